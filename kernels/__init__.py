@@ -1,0 +1,1 @@
+"""Triton kernels for TopK SAEs and their pure-torch references (imported as workbench.kernels)."""

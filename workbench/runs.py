@@ -1,0 +1,186 @@
+"""Run directories: one folder per run holding its config, metrics and artifacts.
+
+    runs/<name>/
+        config.json        what produced the run (a dataclass, as JSON)
+        metrics.jsonl      one JSON object per logged step, appended
+        results.json       final numbers a figure or table reads
+        *.safetensors      weights and arrays
+        checkpoint.pt      latest training state (tensors and plain values only)
+
+Every whole-file write goes to a temporary file in the same folder and is renamed into place,
+so a reader (the viewer, a notebook) sees either the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN/inf; the viewer treats null as missing
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False).encode())
+
+
+def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
+                        metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(path: str | Path, state: dict[str, Any]) -> None:
+    """Save a dict of tensors and plain values; read it back with `load_state`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupt, or was written by something else."""
+
+
+def load_state(path: str | Path, *, kind: str) -> dict[str, Any]:
+    """Load a checkpoint written by `atomic_torch_save` with weights_only=True (no pickle code runs).
+
+    `kind` must match the checkpoint's own "kind" entry, so an SAE checkpoint is never taken for
+    a language model's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a workbench checkpoint: {e}") from e
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        found = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"checkpoint {path} holds {found!r}, expected a {kind!r} checkpoint")
+    return state
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        return load_file(path)
+    except Exception as e:
+        raise CheckpointError(f"weights file {path} is corrupt or not safetensors: {e}") from e
+
+
+class RunDir:
+    """A run's folder. Creating one makes the folder; nothing else is written until asked."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_config(self, config: Any, kind: str) -> None:
+        atomic_write_json(self.file("config.json"), {"kind": kind, "config": config})
+
+    def read_config(self) -> dict[str, Any]:
+        return json.loads(self.file("config.json").read_text())
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Append one line; a crash mid-write leaves at most one partial last line, which
+        `metrics()` skips."""
+        line = json.dumps(_jsonable(metrics), allow_nan=False) + "\n"
+        with open(self.file("metrics.jsonl"), "a") as f:
+            f.write(line)
+            f.flush()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.file("metrics.jsonl")
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line from an interrupted run
+        return out
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop metric lines past a checkpoint's step, so a resumed run does not log twice."""
+        kept = [m for m in self.metrics() if m.get("step", -1) <= after_step]
+        atomic_write_bytes(self.file("metrics.jsonl"),
+                           "".join(json.dumps(m) + "\n" for m in kept).encode())
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        atomic_write_json(self.file("results.json"), results)
+
+    def read_results(self) -> dict[str, Any]:
+        return json.loads(self.file("results.json").read_text())
+
+
+def iter_runs(root: str | Path) -> Iterator[RunDir]:
+    """Run folders directly under root (those with a config.json), sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and (p / "config.json").exists():
+            yield RunDir(p)
