@@ -57,6 +57,11 @@ class Corpus:
 
 
 def _split(name: str, docs: dict[str, str], val_every: int) -> Corpus:
+    # Identical texts (inherited docstrings, repeated paragraphs) would leak across the split.
+    unique: dict[str, str] = {}
+    for key in sorted(docs):
+        unique.setdefault(docs[key], key)
+    docs = {key: text for text, key in unique.items()}
     if not docs:
         raise ValueError(f"corpus {name!r} is empty: no documents with text were found")
     train, val = [], []

@@ -1,0 +1,267 @@
+"""Activations (and optionally loss gradients) at a hook, as shuffled batches or cached shards.
+
+Data are produced in *chunks*: chunk i is a deterministic function of (seed, i): for a live
+model, `buffer_tokens` activations from windows drawn with that seed; for a disk cache, a group
+of shards. A chunk is shuffled in memory and cut into batches, so memory is bounded by the
+chunk, not the corpus, and the position (chunk, batch) is all a checkpoint must store to resume
+on exactly the same batches. With `world_size > 1` every rank takes its own contiguous slice
+of each global batch, so data-parallel training sees the same global batches as one process.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple, Protocol
+
+import torch
+from jaxtyping import Float, Int
+from safetensors import safe_open
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from .corpus import windows
+from .runs import atomic_save_tensors, atomic_write_json
+
+
+class ActivationBatch(NamedTuple):
+    acts: Float[torch.Tensor, "batch d"]
+    grads: Float[torch.Tensor, "batch d"] | None  # dL/d(acts) when the source captures them
+
+
+def validate_hook_name(model: HookedTransformer, hook_name: str) -> None:
+    """Raise a KeyError naming close matches when the model has no hook called `hook_name`."""
+    if hook_name in model.hook_dict:
+        return
+    close = difflib.get_close_matches(hook_name, list(model.hook_dict), n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"hook_name {hook_name!r} is not a hook of this model "
+                   f"({model.cfg.n_layers} layers, e.g. 'blocks.0.hook_resid_post'){hint}")
+
+
+def hook_dim(model: HookedTransformer, hook_name: str) -> int:
+    """Width of the activation at a hook (last axis), found by a 2-token forward pass."""
+    validate_hook_name(model, hook_name)
+    _, cache = model.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names_filter=hook_name)
+    return cache[hook_name].shape[-1]
+
+
+def capture(model: HookedTransformer, tokens: Int[torch.Tensor, "batch seq"], hook_name: str,
+            with_grads: bool = False) -> tuple[Float[torch.Tensor, "batch seq d"],
+                                               Float[torch.Tensor, "batch seq d"] | None]:
+    """Activations at `hook_name` and, optionally, d(sum of next-token losses)/d(activation).
+
+    The loss is summed over positions (not averaged), so a gradient does not shrink with the
+    batch size or sequence length; sequences do not interact, so each row's gradient is that of
+    its own sequence's total loss. Gradients flow only through the layers after the hook.
+    """
+    validate_hook_name(model, hook_name)
+    if not with_grads:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+        return cache[hook_name], None
+    saved = {}
+
+    def make_leaf(act, hook):
+        saved["act"] = act.detach().requires_grad_(True)
+        return saved["act"]
+
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad(), model.hooks(fwd_hooks=[(hook_name, make_leaf)]):
+            loss = model(tokens, return_type="loss", loss_per_token=True).sum()
+            (grad,) = torch.autograd.grad(loss, saved["act"])
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+    return saved["act"].detach(), grad
+
+
+class ChunkSource(Protocol):
+    d: int
+    has_grads: bool
+
+    def chunk(self, i: int) -> ActivationBatch: ...
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where activations come from and how they are batched."""
+
+    hook_name: str  # e.g. "blocks.1.hook_resid_post"
+    batch_size: int = 4096  # activations per (global) batch
+    buffer_tokens: int = 65_536  # activations per chunk: the memory bound
+    seq_len: int = 128  # tokens per window after BOS
+    with_grads: bool = False  # also capture dL/d(activation) (gradient SAEs need it)
+    skip_bos: bool = True  # drop the BOS position: its activations are outliers, not text
+    reverse: bool = False  # reverse windows (for a backward model)
+    seed: int = 0  # which windows each chunk holds, and its shuffle
+    model_batch: int = 32  # windows per model forward pass
+
+
+class ModelSource:
+    """Chunks computed from a model over a token stream."""
+
+    def __init__(self, model: HookedTransformer, stream: Int[torch.Tensor, "n"], cfg: StoreConfig,
+                 bos_token_id: int):
+        validate_hook_name(model, cfg.hook_name)
+        if cfg.seq_len >= model.cfg.n_ctx:
+            raise ValueError(f"seq_len={cfg.seq_len} must be < the model's n_ctx={model.cfg.n_ctx}")
+        self.model, self.stream, self.cfg, self.bos = model, stream, cfg, bos_token_id
+        self.d = hook_dim(model, cfg.hook_name)
+        self.has_grads = cfg.with_grads
+
+    def chunk(self, i: int) -> ActivationBatch:
+        per_seq = self.cfg.seq_len + (0 if self.cfg.skip_bos else 1)
+        n_seq = -(-self.cfg.buffer_tokens // per_seq)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 7_919 + i)
+        seqs = windows(self.stream, self.cfg.seq_len, bos_token_id=self.bos, reverse=self.cfg.reverse,
+                       n=n_seq, generator=gen)
+        acts, grads = [], []
+        start = 1 if self.cfg.skip_bos else 0
+        for batch in seqs.split(self.cfg.model_batch):
+            a, g = capture(self.model, batch, self.cfg.hook_name, self.cfg.with_grads)
+            acts.append(a[:, start:].reshape(-1, self.d))
+            if g is not None:
+                grads.append(g[:, start:].reshape(-1, self.d))
+        n = self.cfg.buffer_tokens
+        return ActivationBatch(torch.cat(acts)[:n], torch.cat(grads)[:n] if grads else None)
+
+
+class TensorSource:
+    """Chunks cut from tensors already in memory (synthetic data, small experiments)."""
+
+    def __init__(self, acts: Float[torch.Tensor, "n d"], grads: Float[torch.Tensor, "n d"] | None = None,
+                 chunk_size: int | None = None):
+        if acts.ndim != 2:
+            raise ValueError(f"acts: expected [n, d], got shape {tuple(acts.shape)}")
+        if grads is not None and grads.shape != acts.shape:
+            raise ValueError(f"grads: shape {tuple(grads.shape)} must equal acts' {tuple(acts.shape)}")
+        if not torch.isfinite(acts).all():
+            raise ValueError("acts: contains NaN or inf")
+        self.acts, self.grads = acts, grads
+        self.d, self.has_grads = acts.shape[1], grads is not None
+        self.chunk_size = min(chunk_size or len(acts), len(acts))
+        self.n_chunks = len(acts) // self.chunk_size
+
+    def chunk(self, i: int) -> ActivationBatch:
+        j = i % self.n_chunks
+        sl = slice(j * self.chunk_size, (j + 1) * self.chunk_size)
+        return ActivationBatch(self.acts[sl], None if self.grads is None else self.grads[sl])
+
+
+class ActivationStore:
+    """Shuffled batches from a chunk source; `state_dict()` is enough to resume exactly.
+
+    With `world_size > 1` each rank gets rows [rank·b/W, (rank+1)·b/W) of every global batch b.
+    """
+
+    def __init__(self, source: ChunkSource, batch_size: int, seed: int = 0, *, rank: int = 0,
+                 world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} must be divisible by world_size={world_size}")
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.d, self.has_grads = source.d, source.has_grads
+        self._chunk_index, self._batch_index = 0, 0
+        self._chunk: ActivationBatch | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"chunk": self._chunk_index, "batch": self._batch_index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._chunk_index, self._batch_index = int(state["chunk"]), int(state["batch"])
+        self._chunk = None
+
+    def _load_chunk(self) -> None:
+        acts, grads = self.source.chunk(self._chunk_index)
+        if len(acts) < self.batch_size:
+            raise ValueError(f"a chunk holds {len(acts)} activations, fewer than batch_size={self.batch_size}")
+        if not torch.isfinite(acts).all():
+            raise ValueError(f"chunk {self._chunk_index}: activations contain NaN or inf")
+        gen = torch.Generator().manual_seed(self.seed * 104_729 + self._chunk_index)
+        perm = torch.randperm(len(acts), generator=gen)
+        self._chunk = ActivationBatch(acts[perm], None if grads is None else grads[perm])
+
+    def __iter__(self) -> Iterator[ActivationBatch]:
+        return self
+
+    def __next__(self) -> ActivationBatch:
+        if self._chunk is None:
+            self._load_chunk()
+        assert self._chunk is not None
+        per_chunk = len(self._chunk.acts) // self.batch_size
+        if self._batch_index >= per_chunk:
+            self._chunk_index, self._batch_index = self._chunk_index + 1, 0
+            self._load_chunk()
+        local = self.batch_size // self.world_size
+        start = self._batch_index * self.batch_size + self.rank * local
+        self._batch_index += 1
+        sl = slice(start, start + local)
+        acts, grads = self._chunk
+        return ActivationBatch(acts[sl], None if grads is None else grads[sl])
+
+
+# --- disk cache ------------------------------------------------------------------------------
+
+MANIFEST = "manifest.json"
+
+
+def cache_activations(source: ChunkSource, out_dir: str | Path, n_chunks: int, *,
+                      metadata: dict | None = None, dtype: torch.dtype = torch.float32,
+                      progress: bool = True) -> Path:
+    """Write chunks 0..n_chunks-1 of `source` as safetensors shards plus a manifest (written
+    last, so a half-written cache has no manifest and is refused on read)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for i in tqdm(range(n_chunks), desc="caching activations", disable=not progress):
+        acts, grads = source.chunk(i)
+        tensors = {"acts": acts.to(dtype)}
+        if grads is not None:
+            tensors["grads"] = grads.to(dtype)
+        name = f"shard_{i:05d}.safetensors"
+        atomic_save_tensors(out / name, tensors)
+        shards.append({"file": name, "n": len(acts)})
+    atomic_write_json(out / MANIFEST, {
+        "format": "workbench-activations/1", "d": source.d, "has_grads": source.has_grads,
+        "dtype": str(dtype).removeprefix("torch."), "shards": shards, "metadata": metadata or {}})
+    return out
+
+
+class CachedSource:
+    """Chunks read back from a cache directory; chunk i is shard i mod n (loaded lazily)."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.dir = Path(cache_dir)
+        path = self.dir / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"cache_dir {self.dir} has no {MANIFEST} (not a cache, or not finished)")
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        if manifest.get("format") != "workbench-activations/1":
+            raise ValueError(f"{path}: unknown cache format {manifest.get('format')!r}")
+        self.manifest = manifest
+        self.d, self.has_grads = int(manifest["d"]), bool(manifest["has_grads"])
+        self.shards = manifest["shards"]
+        if not self.shards:
+            raise ValueError(f"{path} lists no shards")
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s["n"] for s in self.shards)
+
+    def chunk(self, i: int) -> ActivationBatch:
+        shard = self.shards[i % len(self.shards)]
+        with safe_open(self.dir / shard["file"], framework="pt") as f:
+            acts = f.get_tensor("acts").float()
+            grads = f.get_tensor("grads").float() if self.has_grads else None
+        if acts.shape != (shard["n"], self.d):
+            raise ValueError(f"{shard['file']}: shape {tuple(acts.shape)} != manifest's ({shard['n']}, {self.d})")
+        return ActivationBatch(acts, grads)
