@@ -1,0 +1,159 @@
+"""The sparse autoencoder: one module for every selection rule.
+
+    pre = (x − b_dec) W_encᵀ + b_enc            [B, F]
+    z   = ReLU(pre) on the rule's mask, else 0  [B, F]
+    x̂   = z W_dec + b_dec                       [B, d]
+
+Decoder rows stay at unit norm: the trainer removes each row's parallel gradient component
+before the step and renormalises after it. At inference TopK and g-SAE keep the top k by
+activation (no gradient is available there); Mutual and Feature Choice, whose count per token
+varies, become a JumpReLU with the threshold learned during training (an EMA of the smallest
+kept activation, per latent for Feature Choice and shared for Mutual Choice).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from .config import SAEConfig
+from .selection import (select_feature_choice, select_gradient, select_mutual_choice, select_topk,
+                        uniform_capacities, zipf_capacities)
+
+
+class SAEOutput(NamedTuple):
+    x_hat: Float[Tensor, "B d"]
+    z: Float[Tensor, "B F"]  # kept activations, zero elsewhere
+    mask: Bool[Tensor, "B F"]  # which entries the rule kept (a kept entry may be 0 after ReLU)
+    pre: Float[Tensor, "B F"]
+
+
+def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float = 1e-6) -> Float[Tensor, "d"]:
+    """Weiszfeld's algorithm in float64."""
+    p = points.double()
+    y = p.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (p - y).norm(dim=1).clamp_min(1e-9)
+        y_next = (w[:, None] * p).sum(0) / w.sum()
+        if (y_next - y).norm() < tol * (1 + y.norm()):
+            y = y_next
+            break
+        y = y_next
+    return y.to(points.dtype)
+
+
+class SparseAutoencoder(nn.Module):
+    def __init__(self, cfg: SAEConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        F, d = cfg.d_sae, cfg.d_in
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(F, d, generator=gen)
+        w = w / w.norm(dim=1, keepdim=True)
+        self.W_enc = nn.Parameter(w.clone())  # [F, d]: encoder starts as the decoder's transpose
+        self.b_enc = nn.Parameter(torch.zeros(F))
+        self.W_dec = nn.Parameter(w.clone())  # [F, d], unit-norm rows
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.register_buffer("threshold", torch.zeros(F))  # JumpReLU threshold (MC/FC inference)
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("tokens_since_fired", torch.zeros(F, dtype=torch.long))
+        self.register_buffer("usage", torch.full((F,), cfg.k / F))  # EMA of firing rate per token
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    def pre_acts(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "B F"]:
+        if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
+            raise ValueError(f"x: expected [batch, {self.cfg.d_in}], got {tuple(x.shape)}")
+        return (x - self.b_dec) @ self.W_enc.T + self.b_enc
+
+    def capacities(self, batch: int) -> Tensor:
+        """Feature Choice: tokens each latent may take from a batch (sums to k·batch)."""
+        total = self.cfg.k * batch
+        if self.cfg.fc_capacity == "uniform":
+            return uniform_capacities(self.cfg.d_sae, total).to(self.usage.device)
+        return zipf_capacities(self.usage.cpu(), total, self.cfg.zipf_alpha, cap=batch).to(self.usage.device)
+
+    def select(self, pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"] | None = None) -> Bool[Tensor, "B F"]:
+        """The training-time rule: which entries of `pre` are kept."""
+        rule = self.cfg.selection
+        pre = pre.detach()
+        if rule == "topk":
+            return select_topk(pre, self.cfg.k)
+        if rule == "gradient":
+            if grads is None:
+                raise ValueError("selection='gradient' needs grads (the activation store's with_grads=True)")
+            if grads.shape != (pre.shape[0], self.cfg.d_in):
+                raise ValueError(f"grads: expected [{pre.shape[0]}, {self.cfg.d_in}], got {tuple(grads.shape)}")
+            return select_gradient(pre, grads, self.W_dec.detach(), self.cfg.k, self.cfg.beta)
+        if rule == "mutual_choice":
+            return select_mutual_choice(pre, self.cfg.k)
+        return select_feature_choice(pre, self.capacities(pre.shape[0]))
+
+    def encode(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "B F"]:
+        """Inference encoding (no batch coupling): TopK, or JumpReLU for MC/FC."""
+        pre = self.pre_acts(x)
+        if self.cfg.selection in ("topk", "gradient"):
+            return torch.where(select_topk(pre.detach(), self.cfg.k), pre.relu(), 0.0)
+        return pre * (pre > self.threshold)
+
+    def decode(self, z: Float[Tensor, "B F"]) -> Float[Tensor, "B d"]:
+        return z @ self.W_dec + self.b_dec
+
+    def forward(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None) -> SAEOutput:
+        """Training mode applies the selection rule; eval mode the inference encoding."""
+        pre = self.pre_acts(x)
+        if self.training:
+            mask = self.select(pre, grads)
+            z = torch.where(mask, pre.relu(), 0.0)
+        else:
+            z = self.encode(x)
+            mask = z > 0
+        return SAEOutput(self.decode(z), z, mask, pre)
+
+    # --- bookkeeping the trainer calls --------------------------------------------------------
+
+    def dead_mask(self) -> Bool[Tensor, "F"]:
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    @torch.no_grad()
+    def update_stats(self, z: Float[Tensor, "B F"], mask: Bool[Tensor, "B F"], usage_decay: float = 0.99) -> None:
+        """After a training batch: dead-latent clocks, usage EMA, and the MC/FC threshold."""
+        fired = z > 0
+        self.tokens_since_fired += z.shape[0]
+        self.tokens_since_fired[fired.any(0)] = 0
+        rate = fired.float().mean(0)
+        self.usage.mul_(usage_decay).add_(rate, alpha=1 - usage_decay)
+        if self.cfg.selection not in ("mutual_choice", "feature_choice"):
+            return
+        kept = torch.where(mask & fired, z, torch.full_like(z, float("inf")))
+        if self.cfg.selection == "mutual_choice":
+            smallest = kept.min().expand_as(self.threshold)
+        else:
+            smallest = kept.min(0).values
+        seen = torch.isfinite(smallest)
+        decay = self.cfg.threshold_decay if int(self.threshold_updates) > 0 else 0.0
+        self.threshold[seen] = decay * self.threshold[seen] + (1 - decay) * smallest[seen]
+        self.threshold_updates += 1
+
+    @torch.no_grad()
+    def remove_parallel_grads(self) -> None:
+        """Project out of W_dec's gradient the component along each row (norm stays 1 to first order)."""
+        if self.W_dec.grad is not None:
+            w = self.W_dec
+            self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def init_b_dec(self, sample: Float[Tensor, "n d"], method: str = "geometric_median") -> None:
+        if method == "geometric_median":
+            self.b_dec.copy_(geometric_median(sample))
+        elif method == "mean":
+            self.b_dec.copy_(sample.mean(0))
+        elif method != "zeros":
+            raise ValueError(f"b_dec_init={method!r}: expected 'geometric_median', 'mean' or 'zeros'")
