@@ -29,6 +29,9 @@ def topk_mask(scores: Float[Tensor, "... n"], k: int | Int[Tensor, "..."]) -> Bo
         return torch.zeros_like(scores, dtype=torch.bool)
     top = torch.topk(scores, k_max, dim=-1, sorted=True).values  # [..., k_max], descending
     kth = top.gather(-1, (k_t - 1).clamp(min=0).unsqueeze(-1))  # the k-th largest value
+    at_least = scores >= kth
+    if bool((at_least.sum(-1) == k_t).all()) and bool((k_t > 0).all()):
+        return at_least  # no tie straddles the k-th value (the usual case with real data)
     above = scores > kth
     tied = scores == kth
     room = k_t.unsqueeze(-1) - above.sum(-1, keepdim=True)  # how many of the ties still fit
