@@ -90,6 +90,26 @@ def needle_batch(batch: int, seq_len: int, needle_len: int, vocab: int, *, bos: 
     return NeedleBatch(tokens, needle_start, copy_start, needle_len)
 
 
+def copy_task_batch(batch: int, seq_len: int, vocab: int, *, bos: int | None = None, min_len: int = 6,
+                    max_len: int = 16, seed: int = 0) -> Int[torch.Tensor, "batch seq"]:
+    """A random prefix, then a random segment repeated to the end; prefix and segment lengths vary
+    by row, so only content-based copying (an induction head), not a fixed offset, predicts the
+    repeats. Dense in copies, so induction heads form in a few hundred steps."""
+    prefix = 1 if bos is not None else 0
+    if seq_len < prefix + 2 * max_len + 1:
+        raise ValueError(f"seq_len={seq_len} is too short for two segments of {max_len} tokens")
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (batch, seq_len), generator=gen)
+    for row in range(batch):
+        n = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
+        a = int(torch.randint(prefix, prefix + max_len, (1,), generator=gen))
+        reps = -(-(seq_len - a) // n)
+        tokens[row, a:] = tokens[row, a: a + n].repeat(reps)[: seq_len - a]
+    if bos is not None:
+        tokens[:, 0] = bos
+    return tokens
+
+
 def repeated_segments(batch: int, segment: int, repeats: int, vocab: int, *, bos: int | None = None,
                       seed: int = 0) -> Int[torch.Tensor, "batch seq"]:
     """A random segment repeated `repeats` times: induction heads can predict every repeat."""

@@ -1,0 +1,130 @@
+"""Probes: sparsity on hand-built MLPs, head roles on a copy-task model built here, arrow of time."""
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from workbench.models import ModelConfig, new_model
+from workbench.probes.arrow import bootstrap_gap
+from workbench.probes.heads import HeadRoleConfig, head_roles, make_contexts, sink_window_hook
+from workbench.probes.sparsity import (activation_sparsity, hidden_activations, threshold_for_loss, topk_hook,
+                                       topk_intervention)
+from workbench.tasks import copy_task_batch
+
+
+def _planted_mlp_model():
+    """1-layer ReLU model whose MLP input weights make neurons 0..9 always zero (W_in = 0,
+    b_in = -1) and neurons 10..15 always active (W_in = 0, b_in = +1)."""
+    model = new_model(ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=16, n_ctx=9), seed=0).eval()
+    with torch.no_grad():
+        model.blocks[0].mlp.W_in.zero_()
+        model.blocks[0].mlp.b_in[:10] = -1.0
+        model.blocks[0].mlp.b_in[10:] = 1.0
+    return model
+
+
+def test_sparsity_of_hand_built_mlp():
+    model = _planted_mlp_model()
+    tokens = torch.randint(0, 257, (4, 9))
+    r = activation_sparsity(model, tokens)
+    assert r.active_frac == [pytest.approx(6 / 16)]
+    assert r.active_frac_std[0] == pytest.approx(0.0, abs=1e-6)
+    assert r.never_firing == [10]
+    assert r.neuron_freq[0][:10] == [0.0] * 10 and r.neuron_freq[0][10:] == [1.0] * 6
+    assert r.n_tokens == 4 * 8
+    # a threshold above the active value (exactly 1.0) turns every neuron off
+    assert activation_sparsity(model, tokens, threshold=1.5).active_frac == [0.0]
+
+
+def test_fat_epsilon_to_zero_equals_exact_zero_count_on_relu(tiny_model):
+    tokens = torch.randint(0, 257, (3, 16))
+    exact = [float((a != 0).float().mean()) for a in hidden_activations(tiny_model, tokens)]
+    assert activation_sparsity(tiny_model, tokens, threshold=0.0).active_frac == pytest.approx(exact)
+    assert activation_sparsity(tiny_model, tokens, threshold=1e-12).active_frac == pytest.approx(exact)
+
+
+def test_topk_hook_keeps_exactly_k_even_with_ties():
+    act = torch.tensor([[[3.0, 1.0, 1.0, 1.0, 0.5, 2.0]]])
+    out = topk_hook(3)(act, None)
+    assert torch.equal(out, torch.tensor([[[3.0, 1.0, 0.0, 0.0, 0.0, 2.0]]]))
+    act = torch.randn(2, 5, 64)
+    assert ((topk_hook(7)(act, None) != 0).sum(-1) == 7).all()
+
+
+def test_topk_intervention_and_threshold(tiny_model):
+    tokens = torch.randint(0, 257, (4, 16))
+    res = topk_intervention(tiny_model, tokens, ks=[1, 64])
+    assert res["delta"][1] == pytest.approx(0.0, abs=1e-6)  # k = d_mlp changes nothing
+    assert res["delta"][0] != pytest.approx(0.0, abs=1e-6)
+    eps = threshold_for_loss(tiny_model, tokens, p=1.0)
+    assert eps["epsilon"] >= 0 and 0 <= eps["active_frac"][0] <= 1
+
+
+def test_model_without_mlps_gets_clear_error():
+    attn_only = new_model(ModelConfig(n_layers=1, d_model=16, n_heads=2, n_ctx=9, attn_only=True), seed=0)
+    with pytest.raises(ValueError, match="no MLP hooks"):
+        activation_sparsity(attn_only, torch.randint(0, 257, (2, 8)))
+
+
+def test_sink_window_hook_renormalises_one_head():
+    pattern = torch.softmax(torch.randn(2, 3, 10, 10).masked_fill(torch.ones(10, 10).triu(1).bool(), -1e9), -1)
+    out = sink_window_hook(head=1, sink=1, window=2)(pattern, None)
+    assert torch.equal(out[:, [0, 2]], pattern[:, [0, 2]])
+    torch.testing.assert_close(out[:, 1].sum(-1), torch.ones(2, 10))
+    assert (out[0, 1, 9, 1:8] == 0).all() and out[0, 1, 9, 0] > 0
+
+
+V = 64  # copy-task vocabulary; BOS = V
+
+
+@pytest.fixture(scope="module")
+def copy_model():
+    """2-layer attention-only model: layer 0 forced local (window 4), layer 1 global, trained on
+    repeated random segments until an induction head forms in layer 1."""
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=64, d_vocab=V + 1,
+                                  attn_only=True, normalization_type="LN", use_local_attn=True,
+                                  attn_types=["local", "global"], window_size=4, seed=0, device="cpu")
+    model = HookedTransformer(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(350):
+        loss = model(copy_task_batch(32, 64, V, bos=V, seed=step), return_type="loss")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_induction_head_is_retrieval_and_local_heads_are_streaming(copy_model):
+    cfg = HeadRoleConfig(seq_len=64, needle_len=8, window=4, token_range=(0, V))
+    roles = head_roles(copy_model, cfg, bos=V)
+    retrieval, streaming = torch.tensor(roles.retrieval), torch.tensor(roles.streaming)
+    delta = torch.tensor(roles.delta_loss)
+    assert roles.copy_accuracy > 0.7
+    best = int(retrieval[1].argmax())
+    assert roles.labels[1][best] == "retrieval" and retrieval[1, best] > 0.5
+    assert roles.labels[0] == ["streaming"] * 4  # forced-local heads
+    assert (streaming[0] > 0.99).all()
+    # causal check: restricting a streaming head changes nothing, the retrieval head hurts
+    assert delta[0].abs().max() < 0.01
+    assert delta[1, best] > 0.2
+    # TransformerLens' induction detector agrees on where the induction head is
+    tl = torch.tensor(roles.tl_scores["induction"])
+    assert tl[1].max() > 3 * tl[0].max()
+
+
+def test_needle_context_too_short_errors(copy_model):
+    with pytest.raises(ValueError, match="too short"):
+        make_contexts(copy_model, HeadRoleConfig(seq_len=20, needle_len=8, token_range=(0, V)), bos=V)
+    with pytest.raises(ValueError, match="n_ctx"):
+        make_contexts(copy_model, HeadRoleConfig(seq_len=200, token_range=(0, V)), bos=V)
+
+
+def test_bootstrap_gap_interval_covers_planted_gap():
+    gen = torch.Generator().manual_seed(0)
+    f = 2.0 + 0.1 * torch.randn(400, generator=gen)
+    b = f * 1.05 + 0.05 * torch.randn(400, generator=gen)
+    gap, lo, hi = bootstrap_gap(f, b)
+    assert lo < 0.05 < hi and gap == pytest.approx(0.05, abs=0.01)
+    with pytest.raises(ValueError, match="equal-length"):
+        bootstrap_gap(f, b[:10])

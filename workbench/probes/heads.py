@@ -1,0 +1,199 @@
+"""Attention-head roles: retrieval heads vs streaming heads, with a causal check.
+
+- Retrieval score (Wu et al. 2024): in contexts where a needle (a token sequence) appears in a
+  random haystack and again at the end, at each copy step where the model predicts the next
+  needle token correctly, a head retrieves if its highest-attention key is that token's position
+  inside the first needle. Score = retrieved steps / correctly copied steps.
+- Streaming score (StreamingLLM): attention mass on the sink (first tokens) ∪ the recent window.
+- Classification: retrieval if retrieval ≥ its threshold, else streaming if streaming ≥ its
+  threshold, else other; thresholds are returned with the result.
+- Causal check: replace one head's attention by sink+window attention (renormalised) and measure
+  the loss on the copy positions; streaming heads barely change it, retrieval heads hurt it.
+- Cross-check: TransformerLens' head-detector patterns (previous-token, duplicate-token,
+  induction) scored on repeated random segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.head_detector import (compute_head_attention_similarity_score,
+                                            get_duplicate_token_head_detection_pattern,
+                                            get_induction_head_detection_pattern,
+                                            get_previous_token_head_detection_pattern)
+
+from ..tasks import NeedleBatch, needle_batch, repeated_segments
+
+
+@dataclass(frozen=True)
+class HeadRoleConfig:
+    """Contexts and thresholds of the head-role probe."""
+
+    n_contexts: int = 32  # needle contexts per measurement
+    seq_len: int = 96  # tokens per context (BOS included); must be ≤ the model's n_ctx
+    needle_len: int = 10  # needle tokens
+    sink: int = 1  # first positions counted as attention sinks (BOS here; ~4 in large models)
+    window: int = 4  # most recent positions (the query's own included) of the streaming window
+    retrieval_threshold: float = 0.1  # the paper's cut-off
+    streaming_threshold: float = 0.7  # share of attention on sink ∪ window
+    token_range: tuple[int, int] | None = None  # haystack/needle ids [lo, hi); None: the whole vocab but BOS
+    seed: int = 0
+
+
+def _token_range(model: HookedTransformer, cfg: HeadRoleConfig, bos: int | None) -> tuple[int, int]:
+    if cfg.token_range is not None:
+        return cfg.token_range
+    if model.cfg.d_vocab == 257:  # the byte tokenizer: printable ASCII reads like text
+        return (32, 127)
+    hi = model.cfg.d_vocab - 1 if bos == model.cfg.d_vocab - 1 else model.cfg.d_vocab
+    return (0, hi)
+
+
+def make_contexts(model: HookedTransformer, cfg: HeadRoleConfig, bos: int | None) -> NeedleBatch:
+    if cfg.seq_len > model.cfg.n_ctx:
+        raise ValueError(f"seq_len={cfg.seq_len} exceeds the model's context n_ctx={model.cfg.n_ctx}")
+    lo, hi = _token_range(model, cfg, bos)
+    batch = needle_batch(cfg.n_contexts, cfg.seq_len, cfg.needle_len, hi - lo, bos=None, seed=cfg.seed)
+    tokens = batch.tokens + lo
+    if bos is not None:
+        tokens[:, 0] = bos
+    if batch.needle_start < (1 if bos is not None else 0):
+        raise ValueError("the needle overlaps BOS: increase seq_len")
+    return batch._replace(tokens=tokens)
+
+
+def _patterns(model: HookedTransformer, tokens: Tensor) -> tuple[Tensor, Float[Tensor, "L b H q k"]]:
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    return logits, torch.stack([cache[n] for n in names])
+
+
+def copy_steps(batch: NeedleBatch) -> tuple[Tensor, Tensor]:
+    """Query positions q at which the next token is needle[i] (i ≥ 1: predictable by copying),
+    and the position of needle[i] in the first occurrence (the key a retrieval head should pick)."""
+    i = torch.arange(1, batch.needle_len)
+    return batch.copy_start + i - 1, batch.needle_start + i
+
+
+def retrieval_scores(model: HookedTransformer, batch: NeedleBatch) -> tuple[Float[Tensor, "L H"], float]:
+    """Per-head retrieval score, and the model's copy accuracy on the same steps."""
+    logits, pat = _patterns(model, batch.tokens)
+    q, src = copy_steps(batch)
+    targets = batch.tokens[:, q + 1]  # [b, steps]
+    copied = logits[:, q].argmax(-1) == targets  # [b, steps]
+    top_key = pat[:, :, :, q].argmax(-1)  # [L, b, H, steps]
+    hit = (top_key == src) & copied[None, :, None, :]
+    n = int(copied.sum())
+    scores = hit.sum((1, 3)).float() / max(n, 1)
+    return scores, n / copied.numel()
+
+
+def streaming_scores(model: HookedTransformer, tokens: Tensor, sink: int, window: int) -> Float[Tensor, "L H"]:
+    """Mean attention mass on the first `sink` keys ∪ the last `window` keys, over queries past both."""
+    T = tokens.shape[1]
+    if T <= sink + window:
+        raise ValueError(f"contexts of {T} tokens are too short for sink={sink} + window={window}")
+    _, pat = _patterns(model, tokens)
+    qpos = torch.arange(T)[:, None]
+    kpos = torch.arange(T)[None, :]
+    region = (kpos < sink) | ((kpos > qpos - window) & (kpos <= qpos))  # [q, k]
+    mass = (pat * region).sum(-1)  # [L, b, H, q]
+    return mass[..., sink + window:].mean((1, 3))
+
+
+def sink_window_hook(head: int, sink: int, window: int):
+    """Hook on attn.hook_pattern: head `head` attends only to sink ∪ window (renormalised)."""
+    def hook(pattern, hook):
+        T = pattern.shape[-1]
+        qpos = torch.arange(T, device=pattern.device)[:, None]
+        kpos = torch.arange(T, device=pattern.device)[None, :]
+        region = ((kpos < sink) | ((kpos > qpos - window) & (kpos <= qpos))).to(pattern.dtype)
+        new = pattern.clone()
+        p = pattern[:, head] * region
+        new[:, head] = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+        return new
+    return hook
+
+
+@torch.no_grad()
+def causal_check(model: HookedTransformer, batch: NeedleBatch, sink: int, window: int) -> dict:
+    """Loss on the copy steps with each head restricted to sink+window, minus the clean loss."""
+    q, _ = copy_steps(batch)
+    targets = batch.tokens[:, q + 1]
+
+    def copy_loss(hooks):
+        logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+        return float(torch.nn.functional.cross_entropy(logits[:, q].flatten(0, 1), targets.flatten()))
+
+    clean = copy_loss([])
+    delta = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for l in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            delta[l, h] = copy_loss([(f"blocks.{l}.attn.hook_pattern", sink_window_hook(h, sink, window))]) - clean
+    return {"clean_copy_loss": clean, "delta_loss": delta}
+
+
+def tl_detector_scores(model: HookedTransformer, tokens: Int[Tensor, "b s"]) -> dict[str, Float[Tensor, "L H"]]:
+    """TransformerLens' previous-token, duplicate-token and induction head-detector scores."""
+    _, pat = _patterns(model, tokens)
+    out = {}
+    builders = {"previous_token": get_previous_token_head_detection_pattern,
+                "duplicate_token": get_duplicate_token_head_detection_pattern,
+                "induction": get_induction_head_detection_pattern}
+    L, b, H = pat.shape[:3]
+    for name, build in builders.items():
+        scores = torch.zeros(L, H)
+        for i in range(b):
+            det = build(tokens[i: i + 1].cpu()).to(pat.dtype)
+            for l in range(L):
+                for h in range(H):
+                    scores[l, h] += compute_head_attention_similarity_score(
+                        pat[l, i, h], det, exclude_bos=True, exclude_current_token=False, error_measure="mul")
+        out[name] = scores / b
+    return out
+
+
+@dataclass
+class HeadRoles:
+    retrieval: list[list[float]]  # [L][H]
+    streaming: list[list[float]]  # [L][H]
+    labels: list[list[str]]  # [L][H]: "retrieval" | "streaming" | "other"
+    delta_loss: list[list[float]]  # [L][H] copy-loss increase under sink+window attention
+    clean_copy_loss: float
+    copy_accuracy: float
+    tl_scores: dict[str, list[list[float]]]  # TransformerLens detectors
+    config: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def classify(retrieval: Tensor, streaming: Tensor, cfg: HeadRoleConfig) -> list[list[str]]:
+    labels = []
+    for r_row, s_row in zip(retrieval.tolist(), streaming.tolist()):
+        labels.append(["retrieval" if r >= cfg.retrieval_threshold else
+                       "streaming" if s >= cfg.streaming_threshold else "other" for r, s in zip(r_row, s_row)])
+    return labels
+
+
+def head_roles(model: HookedTransformer, cfg: HeadRoleConfig = HeadRoleConfig(), bos: int | None = None) -> HeadRoles:
+    """Every head's retrieval and streaming score, its role, the causal check and TL's detectors."""
+    model.eval()
+    batch = make_contexts(model, cfg, bos)
+    retrieval, acc = retrieval_scores(model, batch)
+    streaming = streaming_scores(model, batch.tokens, cfg.sink, cfg.window)
+    causal = causal_check(model, batch, cfg.sink, cfg.window)
+    lo, hi = _token_range(model, cfg, bos)
+    seg = max(4, (cfg.seq_len - 1) // 3)
+    rep = repeated_segments(min(8, cfg.n_contexts), seg, 3, hi - lo, bos=None, seed=cfg.seed + 1) + lo
+    if bos is not None:
+        rep = torch.cat([torch.full((len(rep), 1), bos), rep], dim=1)
+    tl = tl_detector_scores(model, rep[:, : model.cfg.n_ctx])
+    return HeadRoles(retrieval.tolist(), streaming.tolist(), classify(retrieval, streaming, cfg),
+                     causal["delta_loss"].tolist(), causal["clean_copy_loss"], acc,
+                     {k: v.tolist() for k, v in tl.items()}, asdict(cfg))

@@ -1,0 +1,163 @@
+"""Activation sparsity of MLP hidden layers: the lazy-neuron effect (Li et al., ICLR 2023).
+
+For each layer, the fraction of MLP hidden activations that are active (nonzero for ReLU, |a| > ε
+otherwise, with ε in the result), its spread over tokens, per-neuron firing frequencies, the same
+over the checkpoints saved during training, and a Top-k thresholding intervention with its loss
+change. For gated MLPs TransformerLens' hook_post is act(gate)·up, so act(gate) is recomputed
+from hook_pre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from ..models import ModelConfig, load_model_file
+from ..runs import RunDir
+
+
+def _check_mlps(model: HookedTransformer) -> None:
+    if model.cfg.attn_only or "blocks.0.mlp.hook_post" not in model.hook_dict:
+        raise ValueError("model has no MLP hooks (attn_only?): activation sparsity needs MLP layers")
+
+
+def hidden_activations(model: HookedTransformer, tokens: Int[Tensor, "b s"]) -> list[Float[Tensor, "b s d_mlp"]]:
+    """act(pre) of every MLP layer (for gated MLPs, the gate's activation), BOS position dropped."""
+    _check_mlps(model)
+    gated = bool(getattr(model.cfg, "gated_mlp", False))
+    names = [f"blocks.{l}.mlp.hook_{'pre' if gated else 'post'}" for l in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    acts = []
+    for l, name in enumerate(names):
+        a = cache[name]
+        if gated:
+            a = model.blocks[l].mlp.act_fn(a)
+        acts.append(a[:, 1:])
+    return acts
+
+
+@dataclass
+class SparsityResult:
+    threshold: float  # |a| > threshold counts as active
+    active_frac: list[float]  # per layer: mean over tokens of the fraction of active neurons
+    active_frac_std: list[float]  # per layer: its standard deviation over tokens
+    neuron_freq: list[list[float]]  # per layer, per neuron: fraction of tokens it is active on
+    never_firing: list[int]  # per layer: neurons active on no token of the sample
+    n_tokens: int
+    act_fn: str = ""
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def activation_sparsity(model: HookedTransformer, tokens: Int[Tensor, "b s"], threshold: float = 0.0,
+                        batch_size: int = 32) -> SparsityResult:
+    """Per-layer fraction of active MLP neurons on `tokens` (BOS excluded)."""
+    if threshold < 0:
+        raise ValueError(f"threshold={threshold} must be >= 0")
+    L = model.cfg.n_layers
+    _check_mlps(model)
+    sums = [0.0] * L
+    sq = [0.0] * L
+    counts = [torch.zeros(model.cfg.d_mlp) for _ in range(L)]
+    n = 0
+    for chunk in tokens.split(batch_size):
+        for l, a in enumerate(hidden_activations(model, chunk)):
+            active = (a.abs() > threshold).float()  # [b, s, d_mlp]
+            per_token = active.mean(-1).flatten()
+            sums[l] += float(per_token.sum())
+            sq[l] += float(per_token.pow(2).sum())
+            counts[l] += active.sum((0, 1))
+        n += chunk.shape[0] * (chunk.shape[1] - 1)
+    mean = [s / n for s in sums]
+    std = [max(0.0, q / n - m * m) ** 0.5 for q, m in zip(sq, mean)]
+    freq = [c / n for c in counts]
+    return SparsityResult(threshold, mean, std, [f.tolist() for f in freq],
+                          [int((f == 0).sum()) for f in freq], n, str(model.cfg.act_fn))
+
+
+def sparsity_over_training(run_dir: str | Path, model_cfg: ModelConfig, tokens: Int[Tensor, "b s"],
+                           threshold: float = 0.0) -> dict:
+    """Active fraction per layer at every checkpoint saved in run_dir/checkpoints (and the end)."""
+    run_dir = Path(run_dir)
+    paths = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
+    steps = [int(p.stem.split("_")[1]) for p in paths]
+    final = run_dir / "model.safetensors"
+    if final.exists():
+        logged = [m["step"] for m in RunDir(run_dir).metrics()]
+        paths.append(final)
+        steps.append(max(logged) + 1 if logged else (max(steps) + 1 if steps else 0))
+    if not paths:
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/step_*.safetensors")
+    out = {"steps": steps, "threshold": threshold, "active_frac": [], "active_frac_std": []}
+    for p in paths:
+        r = activation_sparsity(load_model_file(p, model_cfg), tokens, threshold)
+        out["active_frac"].append(r.active_frac)
+        out["active_frac_std"].append(r.active_frac_std)
+    return out
+
+
+def topk_hook(k: int):
+    """A hook keeping the k largest entries of each token's MLP hidden vector, zeroing the rest."""
+    def hook(act, hook):
+        if k >= act.shape[-1]:
+            return act
+        kth = act.topk(k, dim=-1).values[..., -1:]
+        keep = act >= kth
+        # exact k even with ties: among equal values keep the lowest indices
+        extra = keep.sum(-1, keepdim=True) - k
+        if bool((extra > 0).any()):
+            tied = act == kth
+            drop = tied & (tied.flip(-1).cumsum(-1).flip(-1) <= extra)
+            keep &= ~drop
+        return act * keep
+    return hook
+
+
+@torch.no_grad()
+def topk_intervention(model: HookedTransformer, tokens: Int[Tensor, "b s"], ks: list[int],
+                      batch_size: int = 32) -> dict:
+    """Loss when only the top-k MLP hidden activations per token are kept, in every layer."""
+    _check_mlps(model)
+    names = [f"blocks.{l}.mlp.hook_post" for l in range(model.cfg.n_layers)]
+
+    def loss(hooks):
+        total = 0.0
+        for chunk in tokens.split(batch_size):
+            total += float(model.run_with_hooks(chunk, return_type="loss", fwd_hooks=hooks)) * len(chunk)
+        return total / len(tokens)
+
+    clean = loss([])
+    losses = [loss([(n, topk_hook(k)) for n in names]) for k in ks]
+    return {"ks": list(ks), "loss": losses, "clean_loss": clean,
+            "delta": [l_ - clean for l_ in losses], "d_mlp": model.cfg.d_mlp}
+
+
+@torch.no_grad()
+def threshold_for_loss(model: HookedTransformer, tokens: Int[Tensor, "b s"], p: float = 1.0,
+                       iters: int = 12) -> dict:
+    """A principled ε: the largest |a| threshold whose zeroing (in every MLP layer) raises the loss
+    by at most p percent, found by bisection; returns ε and the active fraction there."""
+    _check_mlps(model)
+    names = [f"blocks.{l}.mlp.hook_post" for l in range(model.cfg.n_layers)]
+    base = float(model(tokens, return_type="loss"))
+    hi = max(float(a.abs().max()) for a in hidden_activations(model, tokens))
+    lo = 0.0
+
+    def zero_small(eps):
+        return lambda act, hook: act * (act.abs() > eps)
+
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        l_ = float(model.run_with_hooks(tokens, return_type="loss",
+                                        fwd_hooks=[(n, zero_small(mid)) for n in names]))
+        lo, hi = (mid, hi) if l_ <= base * (1 + p / 100) else (lo, mid)
+    frac = activation_sparsity(model, tokens, lo).active_frac
+    return {"p_percent": p, "epsilon": lo, "active_frac": frac, "clean_loss": base}
+
