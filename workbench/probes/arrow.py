@@ -8,7 +8,7 @@ interval over windows, and both loss curves over training.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -69,11 +69,11 @@ def train_pair(model_cfg: ModelConfig, train_cfg: LMTrainConfig, data: TokenData
     return models[0], models[1]
 
 
-def loss_curves(root: str | Path) -> dict:
-    """Validation loss over training of both directions, from their metrics.jsonl."""
+def loss_curves(run_dirs: dict[str, str | Path]) -> dict:
+    """Validation loss over training per direction, read from each run's metrics.jsonl."""
     out = {}
-    for direction in ("forward", "backward"):
-        rows = [m for m in RunDir(Path(root) / direction).metrics() if "val_loss" in m]
+    for direction, path in run_dirs.items():
+        rows = [m for m in RunDir(path).metrics() if "val_loss" in m]
         out[direction] = {"step": [m["step"] for m in rows], "val_loss": [m["val_loss"] for m in rows]}
     return out
 
@@ -88,6 +88,3 @@ def primes_data(n_train: int = 20_000, n_val: int = 2_000, seed: int = 0) -> Tok
 PRIMES_MODEL = ModelConfig(n_layers=2, d_model=128, n_heads=4, d_mlp=512, n_ctx=65)
 PRIMES_TRAIN = LMTrainConfig(steps=400, batch_size=32, seq_len=64, lr=3e-3, checkpoint_steps=(), eval_every=100)
 
-
-def experiment_config() -> dict:
-    return {"model": asdict(PRIMES_MODEL), "train": asdict(PRIMES_TRAIN)}

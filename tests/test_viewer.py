@@ -1,0 +1,138 @@
+"""The viewer in a real headless Chromium (Debian's, driven by Playwright): every page loads
+without console errors, the feature browser updates, screenshots are kept, traversal is refused,
+a broken run shows its error while the rest keeps working."""
+
+import http.client
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from workbench.demo import DemoConfig, build_demo
+from workbench.models import LMTrainConfig, ModelConfig
+from workbench.probes.heads import HeadRoleConfig
+from workbench.viewer.server import create_app
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TINY_DEMO = DemoConfig(
+    d_sae=256, k=8, sae_tokens=8 * 4096, eval_windows=8, seq_len=32, topk_ks=(1, 8, 64),
+    head_roles=HeadRoleConfig(n_contexts=4, seq_len=32, needle_len=4),
+    primes_model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
+    primes_train=LMTrainConfig(steps=10, batch_size=8, seq_len=32, checkpoint_steps=(), eval_every=5),
+    model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
+    model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6))
+
+
+def _chromium() -> str:
+    path = os.environ.get("WORKBENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is not installed (./install.sh --test installs Debian's chromium)")
+        pytest.skip("Chromium is not installed")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    build_demo(root, TINY_DEMO, progress=False)
+    broken = root / "broken-run"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"kind": "sae", "config": {}}')
+    (broken / "results.json").write_text('{"fvu": 0.1, "l0"')  # half-written
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(root), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", port
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    exe = _chromium()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def _open(browser, url):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    response = page.goto(url)
+    page.wait_for_load_state("networkidle")
+    return page, response, errors
+
+
+@pytest.mark.parametrize("path,name", [("/", "overview"), ("/run/sae-topk", "sae"),
+                                       ("/run/probe-sparsity", "sparsity"), ("/run/probe-heads", "heads"),
+                                       ("/run/probe-arrow", "arrow"), ("/benchmarks", "benchmarks")])
+def test_every_page_loads_without_console_errors(server, browser, path, name):
+    base, _ = server
+    page, response, errors = _open(browser, base + path)
+    assert response.status == 200
+    assert errors == []
+    if path.startswith("/run/"):
+        assert page.locator(".js-plotly-plot").count() >= 1  # plotly.js (served locally) drew figures
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"viewer-{name}.png"), full_page=True)
+    page.close()
+
+
+def test_choosing_another_feature_updates_contexts(server, browser):
+    base, _ = server
+    page, _, errors = _open(browser, base + "/run/sae-topk")
+    page.wait_for_function("document.getElementById('contexts').dataset.feature !== undefined")
+    first = page.eval_on_selector("#contexts", "e => e.dataset.feature")
+    before = page.inner_html("#contexts")
+    page.fill("#feature", str((int(first) + 1) % 256))
+    page.click("#go")
+    page.wait_for_function(f"document.getElementById('contexts').dataset.feature !== '{first}'")
+    assert page.inner_html("#contexts") != before
+    page.click("#prompt-go")
+    page.wait_for_selector("#prompt-out .tok")
+    assert errors == []
+    page.close()
+
+
+def test_traversal_is_refused(server, browser):
+    base, port = server
+    for raw in ["/files/sae-topk/../../../etc/passwd", "/files/sae-topk/..%2F..%2F..%2Fetc%2Fpasswd",
+                "/files/_models/forward/config.json", "/run/..%2F_models"]:
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        conn.request("GET", raw)
+        assert conn.getresponse().status == 404, raw
+        conn.close()
+    page, response, _ = _open(browser, base + "/files/sae-topk/sae_config.json")
+    assert response.status == 200  # a run's own files are served
+    page.close()
+
+
+def test_broken_run_shows_error_and_rest_works(server, browser):
+    base, _ = server
+    page, response, _ = _open(browser, base + "/run/broken-run")
+    assert response.status == 500
+    assert "results.json is not valid JSON" in page.inner_text("#run-error")
+    page.close()
+    page, response, errors = _open(browser, base + "/")
+    assert response.status == 200 and "broken-run" in page.inner_text("body") and errors == []
+    assert page.locator("a[href='/run/sae-topk']").count() == 1
+    page.close()

@@ -1,0 +1,145 @@
+"""The demo: real results on the embedded default, built once and reused by app.py and notebooks.
+
+    <root>/sae-topk/         a TopK SAE on the default model (metrics, feature table, its model)
+    <root>/probe-sparsity/   MLP sparsity per layer, over training checkpoints, top-k intervention
+    <root>/probe-heads/      head roles, causal check, example attention patterns
+    <root>/probe-arrow/      forward vs backward: natural text and primes×product
+
+Every run folder is self-contained, so the viewer needs nothing outside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .activations import ActivationStore, ModelSource, StoreConfig
+from .corpus import windows
+from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, LMTrainConfig, ModelConfig, default_data, default_model_dir,
+                     load_default, save_model, train_lm, workbench_home)
+from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_gap, loss_curves, primes_data, train_pair
+from .probes.heads import HeadRoleConfig, _patterns, head_roles, make_contexts
+from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_intervention
+from .runs import RunDir, atomic_write_json
+from .sae import SAEConfig, SAETrainConfig, train_sae
+from .sae.evaluate import feature_table, reconstruction_metrics, splice_metrics
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo; the defaults are what `python app.py` builds (a few minutes on 2 cores)."""
+
+    hook_name: str = "blocks.1.hook_resid_post"  # where the SAE reads
+    d_sae: int = 2048
+    k: int = 16
+    sae_tokens: int = 524_288  # SAE training tokens
+    eval_windows: int = 64  # held-out windows for SAE evaluation and probes
+    seq_len: int = 128
+    topk_ks: tuple[int, ...] = (1, 4, 16, 64, 256, 512)
+    head_roles: HeadRoleConfig = HeadRoleConfig()
+    primes_model: ModelConfig = PRIMES_MODEL
+    primes_train: LMTrainConfig = PRIMES_TRAIN
+    # None: the cached embedded default pair; otherwise train this pair inside the demo (tests)
+    model: ModelConfig | None = None
+    model_train: LMTrainConfig | None = None
+    models_dir: str | None = field(default=None)
+
+
+def default_demo_dir() -> Path:
+    return workbench_home() / "demo"
+
+
+def _models(cfg: DemoConfig, root: Path, progress: bool):
+    if cfg.model is None:
+        fwd, bwd = load_default("forward", progress=progress), load_default("backward", progress=progress)
+        return fwd, bwd, DEFAULT_MODEL, DEFAULT_TRAIN, default_model_dir("forward"), default_model_dir("backward")
+    base = Path(cfg.models_dir) if cfg.models_dir else root / "_models"
+    train = cfg.model_train or DEFAULT_TRAIN
+    data = default_data()
+    out = []
+    for direction in ("forward", "backward"):
+        run = RunDir(base / direction)
+        out.append(train_lm(cfg.model, LMTrainConfig(**{**asdict(train), "direction": direction}), data, run,
+                            progress=progress))
+    return out[0], out[1], cfg.model, train, base / "forward", base / "backward"
+
+
+def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), progress: bool = True) -> Path:
+    """Build every demo run that is missing (each is written last-step-atomically: a run counts
+    as done once its results.json exists)."""
+    root = Path(root) if root is not None else default_demo_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    steps = tqdm(total=5, desc="building the demo", disable=not progress)
+    steps.set_postfix_str("language models")
+    fwd, bwd, model_cfg, train_cfg, fwd_dir, bwd_dir = _models(cfg, root, progress)
+    steps.update()
+    data = default_data()
+    val = windows(data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=cfg.eval_windows)
+
+    sae_run = RunDir(root / "sae-topk")
+    if not sae_run.file("results.json").exists():
+        steps.set_postfix_str("TopK SAE")
+        store_cfg = StoreConfig(cfg.hook_name, batch_size=4096, buffer_tokens=65_536, seq_len=cfg.seq_len)
+        store = ActivationStore(ModelSource(fwd, data.train, store_cfg, data.tokenizer.bos_token_id), 4096)
+        sae_cfg = SAEConfig(d_in=fwd.cfg.d_model, d_sae=cfg.d_sae, k=cfg.k, hook_name=cfg.hook_name,
+                            model_name="workbench-tiny", dead_tokens=200_000)
+        train = SAETrainConfig(total_tokens=cfg.sae_tokens, batch_size=4096, log_every=5, checkpoint_every=10**9)
+        sae = train_sae(sae_cfg, train, store, sae_run, progress=progress)
+        val_store = ActivationStore(ModelSource(fwd, data.validation, StoreConfig(
+            cfg.hook_name, buffer_tokens=16_384, seq_len=cfg.seq_len, seed=1), data.tokenizer.bos_token_id), 4096)
+        rec = reconstruction_metrics(sae, [next(val_store) for _ in range(4)])
+        spl = splice_metrics(fwd, sae, cfg.hook_name, val)
+        feature_table(fwd, sae, cfg.hook_name, val).save(sae_run.file("features.safetensors"))
+        save_model(fwd, sae_run.file("model.safetensors"), model_cfg)
+        atomic_write_json(sae_run.file("model_config.json"), asdict(model_cfg))
+        sae_run.write_results({**rec, **spl})
+    steps.update()
+
+    sp_run = RunDir(root / "probe-sparsity")
+    if not sp_run.file("results.json").exists():
+        steps.set_postfix_str("sparsity probe")
+        sp_run.write_config({"model": model_cfg, "ks": cfg.topk_ks}, kind="sparsity")
+        final = activation_sparsity(fwd, val)
+        over = sparsity_over_training(fwd_dir, model_cfg, val[:16])
+        ks = [k for k in cfg.topk_ks if k <= model_cfg.d_mlp]
+        sp_run.write_results({"final": final.to_dict(), "over_training": over,
+                              "topk": topk_intervention(fwd, val[:16], ks)})
+    steps.update()
+
+    hd_run = RunDir(root / "probe-heads")
+    if not hd_run.file("results.json").exists():
+        steps.set_postfix_str("head roles")
+        hcfg = cfg.head_roles
+        hd_run.write_config(hcfg, kind="heads")
+        roles = head_roles(fwd, hcfg, bos=data.tokenizer.bos_token_id)
+        example = make_contexts(fwd, hcfg, data.tokenizer.bos_token_id).tokens[:1]
+        _, pat = _patterns(fwd, example)
+        toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
+        hd_run.write_results({**roles.to_dict(), "example_tokens": toks,
+                              "example_patterns": pat[:, 0].tolist()})  # [L][H][q][k]
+    steps.update()
+
+    ar_run = RunDir(root / "probe-arrow")
+    if not ar_run.file("results.json").exists():
+        steps.set_postfix_str("arrow of time")
+        ar_run.write_config({"natural": {"model": model_cfg, "train": train_cfg},
+                             "primes": {"model": cfg.primes_model, "train": cfg.primes_train}}, kind="arrow")
+        natural = arrow_gap(fwd, bwd, data, cfg.seq_len, n_windows=cfg.eval_windows * 4)
+        pdata = primes_data()
+        pf, pb = train_pair(cfg.primes_model, cfg.primes_train, pdata, ar_run.file("primes"), progress=progress)
+        primes = arrow_gap(pf, pb, pdata, cfg.primes_train.seq_len, n_windows=256)
+        primes_dir = ar_run.file("primes")
+        curves = {"natural text": loss_curves({"forward": fwd_dir, "backward": bwd_dir}),
+                  "primes×product": loss_curves({d: primes_dir / d for d in ("forward", "backward")})}
+        ar_run.write_results({"gaps": {"natural text": natural, "primes×product": primes}, "curves": curves})
+    steps.update()
+    steps.close()
+    return root
+
+
+
+def reset_demo(root: str | Path | None = None) -> None:
+    shutil.rmtree(Path(root) if root is not None else default_demo_dir(), ignore_errors=True)

@@ -1,0 +1,267 @@
+"""The local viewer: a Starlette app over one folder of run directories.
+
+It serves only what lies inside those run directories (and plotly.js from the installed plotly
+package); a run that cannot be read shows an error on its own page while the others keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import plotly
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..corpus import ByteTokenizer
+from ..figures import probes as pf
+from ..figures import sae as sf
+from ..runs import iter_runs
+from . import pages
+
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+class RunError(Exception):
+    pass
+
+
+def _kind(run_dir: Path) -> str:
+    try:
+        return json.loads((run_dir / "config.json").read_text())["kind"]
+    except Exception as e:
+        raise RunError(f"config.json is unreadable: {e}") from e
+
+
+def _results(run_dir: Path) -> dict:
+    path = run_dir / "results.json"
+    if not path.exists():
+        raise RunError("results.json is missing: the run has not finished (or was interrupted)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"results.json is not valid JSON: {e}") from e
+
+
+def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -> Starlette:
+    root = Path(runs_root).resolve()
+    tokenizer = ByteTokenizer()
+
+    def run_dir(name: str) -> Path | None:
+        for run in iter_runs(root):
+            if run.name == name:
+                return run.path.resolve()
+        return None
+
+    @lru_cache(maxsize=8)
+    def feature_table(name: str, mtime: float):
+        from ..sae.evaluate import FeatureTable
+        return FeatureTable.load(root / name / "features.safetensors")
+
+    def table_for(name: str):
+        path = root / name / "features.safetensors"
+        if not path.exists():
+            raise RunError("features.safetensors is missing")
+        try:
+            return feature_table(name, os.path.getmtime(path))
+        except Exception as e:
+            raise RunError(f"features.safetensors is unreadable: {e}") from e
+
+    @lru_cache(maxsize=2)
+    def model_and_sae(name: str):
+        from ..models import ModelConfig, load_model_file
+        from ..sae.io import load_sae
+        d = root / name
+        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in json.loads((d / "model_config.json").read_text()).items()})
+        return load_model_file(d / "model.safetensors", cfg), load_sae(d)
+
+    # --- pages ---------------------------------------------------------------------------------
+
+    async def overview(request: Request) -> HTMLResponse:
+        rows = []
+        for run in iter_runs(root):
+            try:
+                kind = _kind(run.path)
+                summary = _summary(kind, _results(run.path))
+            except RunError as e:
+                kind, summary = "?", f'<span class="error">{e}</span>'
+            rows.append(f'<tr><td><a href="/run/{run.name}">{run.name}</a></td><td>{kind}</td><td>{summary}</td></tr>')
+        body = ("<table><tr><th>run</th><th>kind</th><th>headline</th></tr>" + "".join(rows) + "</table>"
+                if rows else f'<p class="empty">No runs in {root}.</p>')
+        return HTMLResponse(pages.page("Runs", body))
+
+    async def run_page(request: Request) -> HTMLResponse:
+        name = request.path_params["name"]
+        d = run_dir(name)
+        if d is None:
+            return HTMLResponse(pages.page("Not found", pages.error_box(f"no run named {name!r}")), 404)
+        try:
+            kind = _kind(d)
+            body = RENDERERS[kind](name, d, _results(d))
+        except (RunError, KeyError, ValueError, TypeError, IndexError) as e:
+            return HTMLResponse(pages.page(name, pages.error_box(f"{type(e).__name__}: {e}")), 500)
+        return HTMLResponse(pages.page(f"{name} ({kind})", body))
+
+    def render_sae(name: str, d: Path, res: dict) -> str:
+        from ..runs import RunDir
+        table = table_for(name)
+        body = pages.metrics_table(res, ["fvu", "explained_variance", "l0", "dead_frac", "dense_frac",
+                                         "ce_loss_recovered", "ce_loss_recovered_vs_mean", "kl_sae", "ce_clean",
+                                         "ce_sae", "n_tokens"])
+        body += pages.figure_div(sf.training_curves(RunDir(d).metrics()), "curves")
+        body += '<div class="grid">' + pages.figure_div(sf.density_histogram(res["log10_density"]), "density")
+        body += pages.figure_div(sf.l0_histogram(res["l0_hist"]), "l0") + "</div>"
+        first = int(table.density.argmax()) if float(table.density.max()) > 0 else 0
+        return body + pages.feature_browser(name, len(table.density), first)
+
+    def render_sparsity(name: str, d: Path, res: dict) -> str:
+        final = res["final"]
+        body = pages.figure_div(pf.sparsity_by_layer(final["active_frac"], final["active_frac_std"],
+                                                     final["threshold"]), "by-layer")
+        body += pages.figure_div(pf.sparsity_over_training(res["over_training"]), "over-training")
+        body += '<div class="grid">' + pages.figure_div(pf.neuron_frequencies(final["neuron_freq"]), "neurons")
+        body += pages.figure_div(pf.topk_curve(res["topk"]), "topk") + "</div>"
+        never = ", ".join(f"L{l}: {n}" for l, n in enumerate(final["never_firing"]))
+        return body + f"<p>Never-firing neurons on {final['n_tokens']} tokens: {never}.</p>"
+
+    def render_heads(name: str, d: Path, res: dict) -> str:
+        body = pages.figure_div(pf.head_role_map(res), "roles")
+        body += pages.figure_div(pf.causal_check(res), "causal")
+        body += (f"<p>Copy accuracy on the needle task: {res['copy_accuracy']:.2f}; clean copy loss "
+                 f"{res['clean_copy_loss']:.3f} nats.</p>")
+        L, H = len(res["retrieval"]), len(res["retrieval"][0])
+        return body + pages.attention_picker(json.dumps(name)[1:-1], L, H)
+
+    def render_arrow(name: str, d: Path, res: dict) -> str:
+        body = pages.figure_div(pf.arrow_gaps(res["gaps"]), "gaps")
+        rows = "".join(f"<tr><td>{k}</td><td>{v['loss_forward']:.4f}</td><td>{v['loss_backward']:.4f}</td>"
+                       f"<td>{100 * v['gap']:+.2f}% [{100 * v['gap_ci95'][0]:+.2f}, {100 * v['gap_ci95'][1]:+.2f}]</td></tr>"
+                       for k, v in res["gaps"].items())
+        body += ("<table><tr><th>data</th><th>forward loss</th><th>backward loss</th><th>gap (95% CI)</th></tr>"
+                 + rows + "</table>")
+        for i, (k, c) in enumerate(res["curves"].items()):
+            body += pages.figure_div(pf.arrow_curves(c, f"{k}: validation loss over training"), f"curves-{i}")
+        return body
+
+    RENDERERS = {"sae": render_sae, "sparsity": render_sparsity, "heads": render_heads, "arrow": render_arrow}
+
+    async def benchmarks(request: Request) -> HTMLResponse:
+        path = Path(benchmarks_md) if benchmarks_md else None
+        if path is None or not path.exists():
+            return HTMLResponse(pages.page("Benchmarks", '<p class="empty">No benchmark results found.</p>'))
+        import html as html_
+        return HTMLResponse(pages.page("Benchmarks", f"<pre>{html_.escape(path.read_text())}</pre>"))
+
+    # --- API -----------------------------------------------------------------------------------
+
+    async def feature_api(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        if run_dir(name) is None:
+            return JSONResponse({"error": "no such run"}, 404)
+        try:
+            table = table_for(name)
+        except RunError as e:
+            return JSONResponse({"error": str(e)}, 500)
+        f = request.path_params["feature"]
+        if not 0 <= f < len(table.density):
+            return JSONResponse({"error": f"feature must lie in [0, {len(table.density)})"}, 404)
+        figs = {"feat-hist": sf.feature_histogram(table, f), "feat-logits": sf.logit_effects(table, f, tokenizer),
+                "feat-corr": sf.correlated_features(table, f)}
+        return JSONResponse({"feature": f, "contexts_html": sf.contexts_html(table, f, tokenizer),
+                             "figures": {k: json.loads(v.to_json()) for k, v in figs.items()}})
+
+    async def search_api(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        if run_dir(name) is None:
+            return JSONResponse({"error": "no such run"}, 404)
+        q = request.query_params.get("q", "")
+        ids = tokenizer.encode(q)
+        if not ids:
+            return JSONResponse({"features": []})
+        table = table_for(name)
+        target = ids[0] if len(ids) == 1 else None
+        hits = []
+        for f in range(len(table.density)):
+            if table.top_values[f, 0] <= 0:
+                continue
+            seq, pos = int(table.top_seq[f, 0]), int(table.top_pos[f, 0])
+            toks = table.tokens[seq, max(0, pos - len(ids) + 1): pos + 1].tolist()
+            if (target is not None and target in table.logit_top[f, :3].tolist()) or toks == ids:
+                hits.append(f)
+        return JSONResponse({"features": hits[:50]})
+
+    async def prompt_api(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        if run_dir(name) is None:
+            return JSONResponse({"error": "no such run"}, 404)
+        try:
+            body = await request.json()
+            text, feature = str(body["text"]), int(body["feature"])
+        except Exception:
+            return JSONResponse({"error": "expected JSON {text: str, feature: int}"}, 400)
+        if not text:
+            return JSONResponse({"error": "text is empty"}, 400)
+        import torch
+        from ..sae.evaluate import feature_activations
+        model, sae = model_and_sae(name)
+        if not 0 <= feature < sae.cfg.d_sae:
+            return JSONResponse({"error": f"feature must lie in [0, {sae.cfg.d_sae})"}, 400)
+        ids = tokenizer.encode(text)[: model.cfg.n_ctx - 1]
+        tokens = torch.tensor([[tokenizer.bos_token_id] + ids])
+        acts = feature_activations(model, sae, sae.cfg.hook_name, tokens)[0, 1:, feature].tolist()
+        return JSONResponse({"html": sf.prompt_html(ids, acts, tokenizer)})
+
+    async def attention_api(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        d = run_dir(name)
+        if d is None:
+            return JSONResponse({"error": "no such run"}, 404)
+        res = _results(d)
+        try:
+            layer, head = int(request.query_params["layer"]), int(request.query_params["head"])
+            pattern = res["example_patterns"][layer][head]
+        except (KeyError, ValueError, IndexError):
+            return JSONResponse({"error": "layer and head must be valid indices"}, 400)
+        fig = pf.attention_pattern(pattern, res["example_tokens"], f"layer {layer}, head {head}")
+        return JSONResponse(json.loads(fig.to_json()))
+
+    async def run_file(request: Request) -> Response:
+        d = run_dir(request.path_params["name"])
+        if d is None:
+            return PlainTextResponse("not found", 404)
+        target = (d / request.path_params["path"]).resolve()
+        if not target.is_relative_to(d) or not target.is_file():
+            return PlainTextResponse("not found", 404)
+        return FileResponse(target)
+
+    async def plotly_js(request: Request) -> FileResponse:
+        return FileResponse(PLOTLY_JS, media_type="application/javascript")
+
+    return Starlette(routes=[
+        Route("/", overview), Route("/run/{name}", run_page), Route("/benchmarks", benchmarks),
+        Route("/api/run/{name}/feature/{feature:int}", feature_api),
+        Route("/api/run/{name}/search", search_api),
+        Route("/api/run/{name}/prompt", prompt_api, methods=["POST"]),
+        Route("/api/run/{name}/attention", attention_api),
+        Route("/files/{name}/{path:path}", run_file),
+        Route("/static/plotly.min.js", plotly_js),
+    ])
+
+
+def _summary(kind: str, res: dict) -> str:
+    if kind == "sae":
+        return f"FVU {res['fvu']:.3f} · L0 {res['l0']:.1f} · CE loss recovered {res['ce_loss_recovered']:.3f}"
+    if kind == "sparsity":
+        return "active " + ", ".join(f"L{l} {100 * a:.1f}%" for l, a in enumerate(res["final"]["active_frac"]))
+    if kind == "heads":
+        n = sum(row.count("retrieval") for row in res["labels"])
+        s = sum(row.count("streaming") for row in res["labels"])
+        return f"{n} retrieval, {s} streaming heads (copy accuracy {res['copy_accuracy']:.2f})"
+    if kind == "arrow":
+        return " · ".join(f"{k}: gap {100 * v['gap']:+.2f}%" for k, v in res["gaps"].items())
+    return ""
