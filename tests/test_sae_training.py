@@ -33,6 +33,8 @@ def test_every_variant_recovers_planted_features(synthetic, rule):
     print(f"{rule}: MMCS {score:.3f}, FVU {fvu(x, out.x_hat).item():.3f}")
     assert score >= 0.9
     assert fvu(x, out.x_hat) < 0.5
+    l0 = (out.z > 0).float().sum(1).mean().item()
+    assert abs(l0 - 4) < 0.6  # MC/FC's learned JumpReLU threshold keeps k active on average
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(192), atol=1e-5)
 
 
