@@ -23,3 +23,19 @@ def default_models():
     """The embedded default pair, trained on first use (cached in WORKBENCH_HOME)."""
     from workbench.models import load_default
     return load_default("forward"), load_default("backward")
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A demo folder built from 12-step models in ~20 s: every run kind, real file layout."""
+    from workbench.demo import DemoConfig, build_demo
+    from workbench.models import LMTrainConfig
+    from workbench.probes.heads import HeadRoleConfig
+    cfg = DemoConfig(
+        d_sae=256, k=8, sae_tokens=8 * 4096, eval_windows=8, seq_len=32, topk_ks=(1, 8, 64),
+        head_roles=HeadRoleConfig(n_contexts=4, seq_len=32, needle_len=4),
+        primes_model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
+        primes_train=LMTrainConfig(steps=10, batch_size=8, seq_len=32, checkpoint_steps=(), eval_every=5),
+        model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
+        model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6))
+    return build_demo(tmp_path_factory.mktemp("demo"), cfg, progress=False)

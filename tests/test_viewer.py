@@ -13,21 +13,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from workbench.demo import DemoConfig, build_demo
-from workbench.models import LMTrainConfig, ModelConfig
-from workbench.probes.heads import HeadRoleConfig
 from workbench.viewer.server import create_app
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-TINY_DEMO = DemoConfig(
-    d_sae=256, k=8, sae_tokens=8 * 4096, eval_windows=8, seq_len=32, topk_ks=(1, 8, 64),
-    head_roles=HeadRoleConfig(n_contexts=4, seq_len=32, needle_len=4),
-    primes_model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
-    primes_train=LMTrainConfig(steps=10, batch_size=8, seq_len=32, checkpoint_steps=(), eval_every=5),
-    model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
-    model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6))
-
-
 def _chromium() -> str:
     path = os.environ.get("WORKBENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
@@ -38,9 +26,8 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    build_demo(root, TINY_DEMO, progress=False)
+def server(tiny_demo):
+    root = tiny_demo
     broken = root / "broken-run"
     broken.mkdir()
     (broken / "config.json").write_text('{"kind": "sae", "config": {}}')

@@ -9,6 +9,7 @@ feed the sparsity-over-training probe.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -142,6 +143,13 @@ def load_model_file(path: str | Path, model_cfg: ModelConfig) -> HookedTransform
                          f"unexpected {sorted(unexpected)[:3]})")
     model.load_state_dict(state)
     return model.eval()
+
+
+def load_model_dir(folder: str | Path) -> HookedTransformer:
+    """A model saved as model.safetensors + model_config.json (as run directories keep it)."""
+    folder = Path(folder)
+    cfg = ModelConfig(**json.loads((folder / "model_config.json").read_text()))
+    return load_model_file(folder / "model.safetensors", cfg)
 
 
 def train_lm(model_cfg: ModelConfig, train_cfg: LMTrainConfig, data: TokenData,

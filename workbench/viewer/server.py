@@ -73,12 +73,9 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
 
     @lru_cache(maxsize=2)
     def model_and_sae(name: str):
-        from ..models import ModelConfig, load_model_file
+        from ..models import load_model_dir
         from ..sae.io import load_sae
-        d = root / name
-        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in json.loads((d / "model_config.json").read_text()).items()})
-        return load_model_file(d / "model.safetensors", cfg), load_sae(d)
+        return load_model_dir(root / name), load_sae(root / name)
 
     # --- pages ---------------------------------------------------------------------------------
 

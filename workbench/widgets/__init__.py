@@ -1,0 +1,237 @@
+"""ipywidgets dashboards built on workbench.figures (the same builders as the viewer).
+
+Each dashboard keeps its current plotly figures in `.figures` (name → go.Figure) so code and
+tests can read what is shown; `.widget` is what a notebook displays.
+"""
+
+from __future__ import annotations
+
+import json
+
+import ipywidgets as W
+import plotly.graph_objects as go
+import torch
+
+from ..corpus import Tokenizer
+from ..figures import probes as pf
+from ..figures import sae as sf
+from ..sae.evaluate import FeatureTable, feature_activations
+
+
+class FigurePane:
+    """A plotly figure as a widget: a FigureWidget where anywidget is installed, else an Output."""
+
+    def __init__(self, fig: go.Figure):
+        self.figure = fig
+        try:
+            self.widget = go.FigureWidget(fig)
+        except ImportError:
+            self.widget = W.Output()
+            self._render()
+
+    def _render(self) -> None:
+        self.widget.clear_output(wait=True)
+        with self.widget:
+            self.figure.show()
+
+    def set(self, fig: go.Figure) -> None:
+        self.figure = fig
+        if isinstance(self.widget, go.FigureWidget):
+            with self.widget.batch_update():
+                self.widget.data = []
+                self.widget.add_traces(list(fig.data))
+                self.widget.layout = fig.layout
+        else:
+            self._render()
+
+
+class _Dashboard:
+    panes: dict[str, FigurePane]
+
+    @property
+    def figures(self) -> dict[str, go.Figure]:
+        return {k: p.figure for k, p in self.panes.items()}
+
+    def _ipython_display_(self):  # pragma: no cover - notebook display
+        from IPython.display import display
+        display(self.widget)
+
+
+class FeatureExplorer(_Dashboard):
+    """Choose a feature (or search by token): contexts, activation histogram, logit effects,
+    correlated features; with a model and SAE, run your own text through it."""
+
+    def __init__(self, table: FeatureTable, tokenizer: Tokenizer, model=None, sae=None, feature: int | None = None):
+        self.table, self.tok, self.model, self.sae = table, tokenizer, model, sae
+        n = len(table.density)
+        first = int(table.density.argmax()) if feature is None else feature
+        self.feature = W.BoundedIntText(value=first, min=0, max=n - 1, description="feature")
+        self.search = W.Text(placeholder="token, e.g. def", description="search")
+        self.search_button = W.Button(description="search")
+        self.search_out = W.HTML()
+        self.contexts = W.HTML()
+        self.prompt = W.Textarea(value="def f(x):\n    return x + 1", layout=W.Layout(width="100%"))
+        self.prompt_button = W.Button(description="run through the SAE", disabled=model is None or sae is None)
+        self.prompt_out = W.HTML()
+        dead = int((table.density == 0).sum())
+        self.status = W.HTML(f"<i>{dead} of {n} features never fire on these tokens</i>" if dead
+                             else f"<i>no dead latents: all {n} features fire</i>")
+        self.panes = {"hist": FigurePane(sf.feature_histogram(table, first)),
+                      "logits": FigurePane(sf.logit_effects(table, first, tokenizer)),
+                      "corr": FigurePane(sf.correlated_features(table, first))}
+        self.feature.observe(lambda ch: self.show(ch["new"]), names="value")
+        self.search_button.on_click(lambda _: self.run_search())
+        self.prompt_button.on_click(lambda _: self.run_prompt())
+        self.show(first)
+        self.widget = W.VBox([self.status, W.HBox([self.feature, self.search, self.search_button]), self.search_out,
+                              self.contexts, W.HBox([self.panes["hist"].widget, self.panes["logits"].widget]),
+                              self.panes["corr"].widget, self.prompt, self.prompt_button, self.prompt_out])
+
+    def show(self, f: int) -> None:
+        if self.feature.value != f:
+            self.feature.value = f  # triggers show again through the observer
+            return
+        self.contexts.value = sf.contexts_html(self.table, f, self.tok)
+        self.panes["hist"].set(sf.feature_histogram(self.table, f))
+        self.panes["logits"].set(sf.logit_effects(self.table, f, self.tok))
+        self.panes["corr"].set(sf.correlated_features(self.table, f))
+
+    def matches(self, text: str) -> list[int]:
+        """Features whose strongest context ends in `text`, or that promote it most."""
+        ids = self.tok.encode(text)
+        if not ids:
+            return []
+        hits = []
+        for f in range(len(self.table.density)):
+            if self.table.top_values[f, 0] <= 0:
+                continue
+            seq, pos = int(self.table.top_seq[f, 0]), int(self.table.top_pos[f, 0])
+            ctx = self.table.tokens[seq, max(0, pos - len(ids) + 1): pos + 1].tolist()
+            if ctx == ids or (len(ids) == 1 and ids[0] in self.table.logit_top[f, :3].tolist()):
+                hits.append(f)
+        return hits
+
+    def run_search(self) -> None:
+        hits = self.matches(self.search.value)
+        self.search_out.value = ("features: " + ", ".join(f"#{h}" for h in hits[:30])) if hits else "<i>no match</i>"
+        if hits:
+            self.show(hits[0])
+
+    def run_prompt(self) -> None:
+        if self.model is None or self.sae is None:
+            self.prompt_out.value = "<i>pass model= and sae= to run your own text</i>"
+            return
+        ids = self.tok.encode(self.prompt.value)[: self.model.cfg.n_ctx - 1]
+        if not ids:
+            self.prompt_out.value = "<i>empty text</i>"
+            return
+        tokens = torch.tensor([[self.tok.bos_token_id] + ids])
+        acts = feature_activations(self.model, self.sae, self.sae.cfg.hook_name, tokens)[0, 1:, self.feature.value]
+        self.prompt_out.value = sf.prompt_html(ids, acts.tolist(), self.tok)
+
+
+class HeadRoleMap(_Dashboard):
+    """Layer × head retrieval/streaming heatmaps; choose a head to see its attention pattern on
+    the needle context (or, with a model, on your own token ids)."""
+
+    def __init__(self, roles: dict, patterns: list | None = None, token_strs: list[str] | None = None):
+        self.roles, self.patterns, self.token_strs = roles, patterns, token_strs or []
+        L, H = len(roles["retrieval"]), len(roles["retrieval"][0])
+        self.layer = W.Dropdown(options=list(range(L)), value=L - 1, description="layer")
+        self.head = W.Dropdown(options=list(range(H)), value=0, description="head")
+        self.role = W.HTML()
+        self.panes = {"roles": FigurePane(pf.head_role_map(roles)), "causal": FigurePane(pf.causal_check(roles)),
+                      "attention": FigurePane(self._attention())}
+        self.layer.observe(lambda _: self.update(), names="value")
+        self.head.observe(lambda _: self.update(), names="value")
+        self.update()
+        self.widget = W.VBox([self.panes["roles"].widget, self.panes["causal"].widget,
+                              W.HBox([self.layer, self.head, self.role]), self.panes["attention"].widget])
+
+    def _attention(self) -> go.Figure:
+        if not self.patterns:
+            return sf.empty_figure("no attention patterns recorded")
+        l, h = self.layer.value, self.head.value
+        return pf.attention_pattern(self.patterns[l][h], self.token_strs, f"layer {l}, head {h}")
+
+    def update(self) -> None:
+        l, h = self.layer.value, self.head.value
+        self.role.value = (f"<b>{self.roles['labels'][l][h]}</b> · retrieval {self.roles['retrieval'][l][h]:.2f} · "
+                           f"streaming {self.roles['streaming'][l][h]:.2f}")
+        self.panes["attention"].set(self._attention())
+
+
+class SparsityDashboard(_Dashboard):
+    """Per-layer sparsity at a chosen training checkpoint (slider), and its emergence over training."""
+
+    def __init__(self, results: dict):
+        self.results = results
+        over = results.get("over_training", {})
+        steps = over.get("steps", [])
+        self.slider = W.SelectionSlider(options=steps or [0], value=(steps or [0])[-1], description="step",
+                                        disabled=not steps)
+        self.panes = {"layer": FigurePane(self._layer_fig()), "over": FigurePane(pf.sparsity_over_training(over)),
+                      "neurons": FigurePane(pf.neuron_frequencies(results.get("final", {}).get("neuron_freq", [])))}
+        self.slider.observe(lambda _: self.update(), names="value")
+        self.update()
+        self.widget = W.VBox([self.slider, W.HBox([self.panes["layer"].widget, self.panes["over"].widget]),
+                              self.panes["neurons"].widget])
+
+    def _layer_fig(self) -> go.Figure:
+        over = self.results.get("over_training", {})
+        if not over.get("steps"):
+            final = self.results.get("final", {})
+            return pf.sparsity_by_layer(final.get("active_frac", []), final.get("active_frac_std", []))
+        i = over["steps"].index(self.slider.value)
+        return pf.sparsity_by_layer(over["active_frac"][i], over["active_frac_std"][i], over.get("threshold", 0.0),
+                                    title=f"Step {self.slider.value}")
+
+    def update(self) -> None:
+        self.panes["layer"].set(self._layer_fig())
+        over = self.results.get("over_training", {})
+        if over.get("steps"):
+            self.panes["over"].set(pf.sparsity_over_training(over, over["steps"].index(self.slider.value)))
+
+
+class ArrowDashboard(_Dashboard):
+    """Forward and backward loss curves per dataset, and the gap with its interval."""
+
+    def __init__(self, results: dict):
+        self.results = results
+        names = list(results.get("curves", {}))
+        self.dataset = W.Dropdown(options=names or ["(none)"], description="data", disabled=not names)
+        self.table = W.HTML()
+        self.panes = {"gaps": FigurePane(pf.arrow_gaps(results.get("gaps", {}))),
+                      "curves": FigurePane(self._curves())}
+        self.dataset.observe(lambda _: self.update(), names="value")
+        self.update()
+        self.widget = W.VBox([self.panes["gaps"].widget, self.dataset, self.table, self.panes["curves"].widget])
+
+    def _curves(self) -> go.Figure:
+        c = self.results.get("curves", {}).get(self.dataset.value)
+        return pf.arrow_curves(c, f"{self.dataset.value}: validation loss") if c else sf.empty_figure("no curves")
+
+    def update(self) -> None:
+        self.panes["curves"].set(self._curves())
+        g = self.results.get("gaps", {}).get(self.dataset.value)
+        self.table.value = (f"forward {g['loss_forward']:.4f}, backward {g['loss_backward']:.4f} nats/token; "
+                            f"gap {100 * g['gap']:+.2f}% (95% CI {100 * g['gap_ci95'][0]:+.2f} to "
+                            f"{100 * g['gap_ci95'][1]:+.2f})") if g else ""
+
+
+def load_demo_dashboards(root) -> dict:
+    """All four dashboards from a demo folder (see workbench.demo)."""
+    from pathlib import Path
+
+    from ..corpus import ByteTokenizer
+    from ..models import load_model_dir
+    from ..sae.io import load_sae
+    root = Path(root)
+    read = lambda name: json.loads((root / name / "results.json").read_text())  # noqa: E731
+    heads = read("probe-heads")
+    sae_dir = root / "sae-topk"
+    model = load_model_dir(sae_dir)
+    return {"features": FeatureExplorer(FeatureTable.load(sae_dir / "features.safetensors"), ByteTokenizer(),
+                                        model=model, sae=load_sae(sae_dir)),
+            "heads": HeadRoleMap(heads, heads.get("example_patterns"), heads.get("example_tokens")),
+            "sparsity": SparsityDashboard(read("probe-sparsity")), "arrow": ArrowDashboard(read("probe-arrow"))}

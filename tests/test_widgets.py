@@ -1,0 +1,81 @@
+"""Dashboards on the tiny demo: changing a control changes the figure data; empty states speak."""
+
+import json
+
+import pytest
+import torch
+
+from workbench.corpus import ByteTokenizer
+from workbench.sae.evaluate import FeatureTable
+from workbench.widgets import (ArrowDashboard, FeatureExplorer, HeadRoleMap, SparsityDashboard,
+                               load_demo_dashboards)
+
+
+def _read(root, name):
+    return json.loads((root / name / "results.json").read_text())
+
+
+def test_feature_explorer_follows_the_chosen_feature(tiny_demo):
+    dash = load_demo_dashboards(tiny_demo)["features"]
+    table = dash.table
+    alive = [f for f in range(len(table.density)) if table.top_values[f, 0] > 0]
+    a, b = alive[0], alive[1]
+    dash.feature.value = a
+    hist_a, ctx_a = dash.figures["hist"].data[0].y, dash.contexts.value
+    dash.feature.value = b
+    assert dash.contexts.value != ctx_a
+    assert list(dash.figures["hist"].data[0].y) == table.hist_counts[b].tolist() != list(hist_a)
+    assert f"{float(table.top_values[b, 0]):.2f}" in dash.contexts.value
+    dash.run_prompt()
+    assert 'class="tok"' in dash.prompt_out.value
+    # search by the token at a feature's strongest position finds that feature
+    seq, pos = int(table.top_seq[b, 0]), int(table.top_pos[b, 0])
+    assert b in dash.matches(ByteTokenizer().decode([int(table.tokens[seq, pos])]))
+
+
+def test_feature_that_never_fires_shows_a_message(tiny_demo):
+    table = FeatureTable.load(tiny_demo / "sae-topk" / "features.safetensors")
+    table = table._replace(top_values=torch.zeros_like(table.top_values),
+                           hist_counts=torch.zeros_like(table.hist_counts), density=torch.zeros_like(table.density))
+    dash = FeatureExplorer(table, ByteTokenizer(), feature=0)
+    assert "never fires" in dash.contexts.value
+    assert "never fires" in dash.figures["hist"].layout.annotations[0].text
+    assert "never fire on these tokens" in dash.status.value
+
+
+def test_no_dead_latents_is_a_message_not_an_error(tiny_demo):
+    table = FeatureTable.load(tiny_demo / "sae-topk" / "features.safetensors")
+    dash = FeatureExplorer(table._replace(density=torch.full_like(table.density, 0.01)), ByteTokenizer())
+    assert "no dead latents" in dash.status.value
+
+
+def test_head_map_shows_the_chosen_heads_pattern(tiny_demo):
+    res = _read(tiny_demo, "probe-heads")
+    dash = HeadRoleMap(res, res["example_patterns"], res["example_tokens"])
+    dash.layer.value, dash.head.value = 0, 0
+    z00 = [list(r) for r in dash.figures["attention"].data[0].z]
+    dash.layer.value, dash.head.value = 1, 1
+    assert [list(r) for r in dash.figures["attention"].data[0].z] == res["example_patterns"][1][1] != z00
+    assert res["labels"][1][1] in dash.role.value
+    assert HeadRoleMap(res).figures["attention"].layout.annotations[0].text == "no attention patterns recorded"
+
+
+def test_sparsity_slider_moves_through_checkpoints(tiny_demo):
+    res = _read(tiny_demo, "probe-sparsity")
+    dash = SparsityDashboard(res)
+    steps = res["over_training"]["steps"]
+    for i, step in enumerate(steps):
+        dash.slider.value = step
+        shown = [v / 100 for v in dash.figures["layer"].data[0].y]
+        assert shown == pytest.approx(res["over_training"]["active_frac"][i])
+    empty = SparsityDashboard({"final": res["final"], "over_training": {}})
+    assert empty.slider.disabled
+
+
+def test_arrow_dashboard_switches_dataset(tiny_demo):
+    res = _read(tiny_demo, "probe-arrow")
+    dash = ArrowDashboard(res)
+    for name in res["curves"]:
+        dash.dataset.value = name
+        assert list(dash.figures["curves"].data[0].y) == res["curves"][name]["forward"]["val_loss"]
+        assert f"{100 * res['gaps'][name]['gap']:+.2f}%" in dash.table.value
