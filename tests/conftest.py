@@ -2,6 +2,9 @@ import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # Triton kernels run on the CPU interpreter here (before triton loads)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from transformer_lens import HookedTransformer
 
 from workbench.models import ModelConfig, new_model

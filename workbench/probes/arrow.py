@@ -78,11 +78,12 @@ def loss_curves(run_dirs: dict[str, str | Path]) -> dict:
     return out
 
 
-def primes_data(n_train: int = 20_000, n_val: int = 2_000, seed: int = 0) -> TokenData:
+def primes_data(n_train: int = 20_000, n_val: int = 2_000, max_prime: int = 1000, seed: int = 0) -> TokenData:
     """Byte-level 'p*q=r' lines (r reversed): forward is multiplication, backward factorisation."""
     tok = ByteTokenizer()
     enc = lambda text: torch.tensor(tok.encode(text), dtype=torch.long)  # noqa: E731
-    return TokenData(enc(primes_product_text(n_train, seed=seed)), enc(primes_product_text(n_val, seed=seed + 1)), tok)
+    return TokenData(enc(primes_product_text(n_train, max_prime, seed=seed)),
+                     enc(primes_product_text(n_val, max_prime, seed=seed + 1)), tok)
 
 
 PRIMES_MODEL = ModelConfig(n_layers=2, d_model=128, n_heads=4, d_mlp=512, n_ctx=65)

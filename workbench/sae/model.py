@@ -139,6 +139,16 @@ class SparseAutoencoder(nn.Module):
         self.threshold_updates += 1
 
     @torch.no_grad()
+    def update_stats_sparse(self, idx: Tensor, vals: Tensor, usage_decay: float = 0.99) -> None:
+        """`update_stats` from [B, k] indices and values (the Triton path never builds z)."""
+        fired = (vals > 0) & (idx >= 0)
+        counts = torch.zeros(self.cfg.d_sae, device=idx.device).index_add_(
+            0, idx[fired], torch.ones(int(fired.sum()), device=idx.device))
+        self.tokens_since_fired += idx.shape[0]
+        self.tokens_since_fired[counts > 0] = 0
+        self.usage.mul_(usage_decay).add_(counts / idx.shape[0], alpha=1 - usage_decay)
+
+    @torch.no_grad()
     def remove_parallel_grads(self) -> None:
         """Project out of W_dec's gradient the component along each row (norm stays 1 to first order)."""
         if self.W_dec.grad is not None:

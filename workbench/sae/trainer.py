@@ -59,9 +59,39 @@ def make_optimizer(sae: SparseAutoencoder, cfg: SAETrainConfig) -> torch.optim.A
                             eps=cfg.adam_eps)
 
 
-def sae_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None) -> dict[str, Any]:
+def triton_supported(sae_cfg: SAEConfig) -> bool:
+    return sae_cfg.selection in ("topk", "gradient") and sae_cfg.aux in ("auxk", "none")
+
+
+def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig) -> bool:
+    if cfg.use_triton is None:
+        return cfg.device.startswith("cuda") and torch.cuda.is_available() and triton_supported(sae_cfg)
+    if cfg.use_triton and not triton_supported(sae_cfg):
+        raise ValueError(f"use_triton: the kernels cover selection topk/gradient with aux auxk/none, "
+                         f"not {sae_cfg.selection}/{sae_cfg.aux}")
+    return cfg.use_triton
+
+
+def _triton_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None, dead: torch.Tensor):
+    from ..kernels.autograd import triton_forward
+
+    cfg = sae.cfg
+    n_dead = int(dead.sum())
+    idx, vals, x_hat, aux_idx, e_hat = triton_forward(
+        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, cfg.k, dead=dead if cfg.aux == "auxk" and n_dead else None,
+        k_aux=cfg.aux_k, grads=grads if cfg.selection == "gradient" else None, beta=cfg.beta)
+    mse = fvu(x, x_hat)
+    aux = mse * 0.0 if e_hat is None else fvu((x - x_hat).detach(), e_hat) * min(n_dead / cfg.aux_k, 1.0)
+    return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "sparse": (idx, vals.detach()), "dead": dead,
+            "l0": float((vals > 0).sum(1).float().mean())}
+
+
+def sae_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None,
+               triton: bool = False) -> dict[str, Any]:
     """Forward pass and losses of one batch (used by the single- and multi-process trainers)."""
     dead = sae.dead_mask()
+    if triton:
+        return _triton_losses(sae, x, grads, dead)
     out = sae(x, grads)
     mse = fvu(x, out.x_hat)
     cfg = sae.cfg
@@ -70,7 +100,15 @@ def sae_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | No
     else:
         weights = auxk_weights(dead) if cfg.aux == "auxk" else aux_zipf_weights(sae.usage, dead, cfg.k)
         aux = aux_loss(out.pre, x - out.x_hat, sae.W_dec, weights, cfg.aux_k)
-    return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "out": out, "dead": dead}
+    return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "out": out, "dead": dead,
+            "l0": float(out.mask.float().sum(1).mean())}
+
+
+def update_stats(sae: SparseAutoencoder, res: dict[str, Any]) -> None:
+    if "sparse" in res:
+        sae.update_stats_sparse(*res["sparse"])
+    else:
+        sae.update_stats(res["out"].z.detach(), res["out"].mask)
 
 
 def optimizer_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, cfg: SAETrainConfig, step: int) -> float:
@@ -129,21 +167,22 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, r
             run.write_config({"sae": sae_cfg, "train": cfg}, kind="sae")
     wandb_run = _wandb(cfg, sae_cfg)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    triton = use_triton(cfg, sae_cfg)
     bar = tqdm(range(start, end), desc=f"training {sae_cfg.selection} SAE", disable=not progress)
     sae.train()
     for step in bar:
         batch: ActivationBatch = next(store)
         x = batch.acts.to(cfg.device)
         g = batch.grads.to(cfg.device) if batch.grads is not None else None
-        res = sae_losses(sae, x, g)
+        res = sae_losses(sae, x, g, triton)
         opt.zero_grad(set_to_none=True)
         res["loss"].backward()
         grad_norm = optimizer_step(sae, opt, cfg, step)
-        sae.update_stats(res["out"].z.detach(), res["out"].mask)
+        update_stats(sae, res)
         if step % cfg.log_every == 0 or step + 1 == cfg.steps:
             metrics = {"step": step, "tokens": (step + 1) * cfg.batch_size, "loss": res["loss"].item(),
                        "fvu": res["fvu"].item(), "aux": res["aux"].item(),
-                       "l0": res["out"].mask.float().sum(1).mean().item(),
+                       "l0": res["l0"],
                        "dead_frac": res["dead"].float().mean().item(), "grad_norm": grad_norm,
                        "lr": opt.param_groups[0]["lr"]}
             bar.set_postfix(fvu=f"{metrics['fvu']:.3f}", dead=f"{metrics['dead_frac']:.2f}")
