@@ -78,14 +78,18 @@ def loss_curves(run_dirs: dict[str, str | Path]) -> dict:
     return out
 
 
-def primes_data(n_train: int = 20_000, n_val: int = 2_000, max_prime: int = 1000, seed: int = 0) -> TokenData:
-    """Byte-level 'p*q=r' lines (r reversed): forward is multiplication, backward factorisation."""
+def primes_data(n_train: int = 20_000, n_val: int = 2_000, max_prime: int = 100, seed: int = 0) -> TokenData:
+    """Byte-level 'p*q=r' lines (r reversed): forward is multiplication, backward factorisation.
+
+    Primes below 100 by default: with 3-digit primes neither direction of a 2-layer model learned
+    any arithmetic in 1,500 steps (gap −0.08%, 95% CI [−0.38%, +0.21%]); with 2-digit primes the
+    forward model wins by ~15% after 600 steps (benchmarks/RESULTS.md)."""
     tok = ByteTokenizer()
     enc = lambda text: torch.tensor(tok.encode(text), dtype=torch.long)  # noqa: E731
     return TokenData(enc(primes_product_text(n_train, max_prime, seed=seed)),
                      enc(primes_product_text(n_val, max_prime, seed=seed + 1)), tok)
 
 
-PRIMES_MODEL = ModelConfig(n_layers=2, d_model=128, n_heads=4, d_mlp=512, n_ctx=65)
-PRIMES_TRAIN = LMTrainConfig(steps=400, batch_size=32, seq_len=64, lr=3e-3, checkpoint_steps=(), eval_every=100)
+PRIMES_MODEL = ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=65)
+PRIMES_TRAIN = LMTrainConfig(steps=600, batch_size=32, seq_len=64, lr=3e-3, checkpoint_steps=(), eval_every=100)
 

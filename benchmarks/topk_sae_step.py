@@ -1,0 +1,136 @@
+"""Time full TopK-SAE training steps on one GPU: ours (Triton and pure torch), SAELens, sparsify.
+
+A step = forward + backward + Adam, AuxK on with 10% of latents dead, B = 4096 tokens. Prints
+median ms/step, tokens/s, peak memory, the ratio to each peer, and the ratio to the floor (the
+bf16 encoder GEMM alone + the optimizer's memory traffic at measured bandwidth). Not yet here:
+the FVU-after-300-steps parity check (CPU tests prove step-for-step parity at small shapes).
+
+    python benchmarks/topk_sae_step.py            # both shapes (needs CUDA)
+    python benchmarks/topk_sae_step.py --quick    # small shape, fewer repeats
+Peers are optional: `pip install -e .[bench]` brings eai-sparsify; SAELens is a dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from datetime import date
+
+import torch
+
+from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder
+from workbench.sae.trainer import make_optimizer, optimizer_step, sae_losses
+
+SHAPES = {"gpt2-small": (768, 24_576, 32), "wide": (2048, 65_536, 64)}
+B = 4096
+
+
+def timed(step, n: int, warmup: int = 5) -> tuple[float, float]:
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(n):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
+
+
+def ours(d, F, k, x, triton: bool):
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=F, k=k, dead_tokens=1)).cuda().train()
+    sae.tokens_since_fired[: F // 10] = 10  # 10% dead
+    cfg = SAETrainConfig(batch_size=B, device="cuda", use_triton=triton)
+    opt = make_optimizer(sae, cfg)
+
+    def step():
+        res = sae_losses(sae, x, None, triton)
+        opt.zero_grad(set_to_none=True)
+        res["loss"].backward()
+        optimizer_step(sae, opt, cfg, 100)
+    return step
+
+
+def saelens(d, F, k, x, autocast: bool):
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=F, k=k, device="cuda"))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    dead = torch.zeros(F, dtype=torch.bool, device="cuda")
+    dead[: F // 10] = True
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
+                                                           n_training_steps=100))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+    return step
+
+
+def sparsify(d, F, k, x):
+    from sparsify import SaeConfig, SparseCoder
+    sae = SparseCoder(d, SaeConfig(num_latents=F, k=k), device="cuda")
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    dead = torch.zeros(F, dtype=torch.bool, device="cuda")
+    dead[: F // 10] = True
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = sae(x, dead_mask=dead)
+        opt.zero_grad(set_to_none=True)
+        (out.fvu + out.auxk_loss / 32).backward()
+        opt.step()
+    return step
+
+
+def floor_ms(d, F, x) -> float:
+    w = torch.randn(F, d, device="cuda", dtype=torch.bfloat16)
+    xb = x.bfloat16()
+    gemm, _ = timed(lambda: xb @ w.T, 30)
+    buf = torch.empty(2**28, dtype=torch.uint8, device="cuda")
+    out = torch.empty_like(buf)
+    copy_ms, _ = timed(lambda: out.copy_(buf), 30)
+    bandwidth = 2 * buf.numel() / (copy_ms / 1e3)  # bytes read + written per second
+    return gemm + 28 * (2 * F * d) / bandwidth * 1e3  # Adam fp32: 28 bytes per parameter
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("topk_sae_step.py needs a CUDA GPU (none here): see benchmarks/RESULTS.md")
+    n = 10 if args.quick else 30
+    print(f"{date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__}")
+    for name, (d, F, k) in SHAPES.items():
+        if args.quick and name != "gpt2-small":
+            continue
+        x = torch.randn(B, d, device="cuda")
+        rows = {"workbench triton": lambda: ours(d, F, k, x, True), "workbench torch": lambda: ours(d, F, k, x, False),
+                "SAELens fp32": lambda: saelens(d, F, k, x, False), "SAELens bf16 autocast": lambda: saelens(d, F, k, x, True),
+                "sparsify": lambda: sparsify(d, F, k, x)}
+        results = {}
+        for label, make in rows.items():
+            try:
+                results[label] = timed(make(), n)
+            except Exception as e:  # a peer not installed, or out of memory
+                print(f"  {label}: skipped ({type(e).__name__}: {str(e)[:120]})")
+            torch.cuda.empty_cache()
+        fl = floor_ms(d, F, x)
+        ref = results.get("workbench triton", (float("nan"), 0))[0]
+        print(f"\n{name}: {d} → {F}, k={k}, B={B}; floor {fl:.3f} ms")
+        print("| path | ms/step | tokens/s | peak GiB | triton speed-up | × floor |")
+        print("|---|---|---|---|---|---|")
+        for label, (ms, mem) in results.items():
+            print(f"| {label} | {ms:.3f} | {B / ms * 1e3:,.0f} | {mem:.2f} | {ms / ref:.2f}× | {ms / fl:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
