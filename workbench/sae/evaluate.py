@@ -234,3 +234,17 @@ def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: s
         top_values=top_v, top_seq=top_seq, top_pos=top_pos, context_acts=ctx, context_start=start,
         hist_counts=hist, hist_max=hist_max, logit_top=lt, logit_top_values=ltv, logit_bottom=lb,
         logit_bottom_values=lbv, corr_idx=c.indices, corr_values=c.values.float().clamp(min=-1.0))
+
+
+def features_matching(table: FeatureTable, ids: list[int], limit: int | None = 50) -> list[int]:
+    """Features whose strongest context ends in the token ids, or (one token) that promote it
+    among their top 3 logits: the dashboards' search by token."""
+    hits = []
+    for f in range(len(table.density)):
+        if table.top_values[f, 0] <= 0:
+            continue
+        seq, pos = int(table.top_seq[f, 0]), int(table.top_pos[f, 0])
+        ctx = table.tokens[seq, max(0, pos - len(ids) + 1): pos + 1].tolist()
+        if ids and (ctx == ids or (len(ids) == 1 and ids[0] in table.logit_top[f, :3].tolist())):
+            hits.append(f)
+    return hits if limit is None else hits[:limit]

@@ -176,21 +176,12 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
         name = request.path_params["name"]
         if run_dir(name) is None:
             return JSONResponse({"error": "no such run"}, 404)
-        q = request.query_params.get("q", "")
-        ids = tokenizer.encode(q)
-        if not ids:
-            return JSONResponse({"features": []})
-        table = table_for(name)
-        target = ids[0] if len(ids) == 1 else None
-        hits = []
-        for f in range(len(table.density)):
-            if table.top_values[f, 0] <= 0:
-                continue
-            seq, pos = int(table.top_seq[f, 0]), int(table.top_pos[f, 0])
-            toks = table.tokens[seq, max(0, pos - len(ids) + 1): pos + 1].tolist()
-            if (target is not None and target in table.logit_top[f, :3].tolist()) or toks == ids:
-                hits.append(f)
-        return JSONResponse({"features": hits[:50]})
+        from ..sae.evaluate import features_matching
+        try:
+            table = table_for(name)
+        except RunError as e:
+            return JSONResponse({"error": str(e)}, 500)
+        return JSONResponse({"features": features_matching(table, tokenizer.encode(request.query_params.get("q", "")))})
 
     async def prompt_api(request: Request) -> JSONResponse:
         name = request.path_params["name"]

@@ -15,7 +15,7 @@ import torch
 from ..corpus import Tokenizer
 from ..figures import probes as pf
 from ..figures import sae as sf
-from ..sae.evaluate import FeatureTable, feature_activations
+from ..sae.evaluate import FeatureTable, feature_activations, features_matching
 
 
 class FigurePane:
@@ -98,18 +98,7 @@ class FeatureExplorer(_Dashboard):
 
     def matches(self, text: str) -> list[int]:
         """Features whose strongest context ends in `text`, or that promote it most."""
-        ids = self.tok.encode(text)
-        if not ids:
-            return []
-        hits = []
-        for f in range(len(self.table.density)):
-            if self.table.top_values[f, 0] <= 0:
-                continue
-            seq, pos = int(self.table.top_seq[f, 0]), int(self.table.top_pos[f, 0])
-            ctx = self.table.tokens[seq, max(0, pos - len(ids) + 1): pos + 1].tolist()
-            if ctx == ids or (len(ids) == 1 and ids[0] in self.table.logit_top[f, :3].tolist()):
-                hits.append(f)
-        return hits
+        return features_matching(self.table, self.tok.encode(text), limit=None)
 
     def run_search(self) -> None:
         hits = self.matches(self.search.value)
