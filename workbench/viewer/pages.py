@@ -34,7 +34,7 @@ def figure_div(fig: go.Figure, div_id: str) -> str:
 
 def page(title: str, body: str, status_note: str = "") -> str:
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>{html.escape(title)} · workbench</title><style>{CSS}</style>
+<title>{html.escape(title)} · workbench</title><link rel="icon" href="data:,"><style>{CSS}</style>
 <script src="/static/plotly.min.js"></script></head>
 <body><nav><a href="/">Runs</a><a href="/benchmarks">Benchmarks</a></nav>
 <main><h1>{html.escape(title)}</h1>{status_note}{body}</main></body></html>"""
