@@ -1,0 +1,17 @@
+import pytest
+
+from workbench.__main__ import main
+from workbench.sae import load_sae
+
+
+@pytest.mark.slow
+def test_train_sae_command_line_matches_config(tmp_path, default_models):
+    out = tmp_path / "run"
+    assert main(["train-sae", "--hook", "blocks.0.hook_resid_post", "--d-sae", "256", "--k", "8",
+                 "--selection", "mutual_choice", "--total-tokens", "8192", "--batch-size", "4096",
+                 "--out", str(out)]) == 0
+    sae = load_sae(out)
+    assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k, sae.cfg.selection) == (128, 256, 8, "mutual_choice")
+    assert sae.cfg.hook_name == "blocks.0.hook_resid_post"
+    with pytest.raises(KeyError, match="did you mean"):
+        main(["train-sae", "--hook", "blocks.0.hook_resid_pots", "--d-sae", "256", "--out", str(tmp_path / "x")])
