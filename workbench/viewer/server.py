@@ -156,14 +156,20 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
 
     # --- API -----------------------------------------------------------------------------------
 
-    async def feature_api(request: Request) -> JSONResponse:
+    def table_or_error(request: Request):
+        """(feature table, None), or (None, the JSON error response) for the feature APIs."""
         name = request.path_params["name"]
         if run_dir(name) is None:
-            return JSONResponse({"error": "no such run"}, 404)
+            return None, JSONResponse({"error": "no such run"}, 404)
         try:
-            table = table_for(name)
+            return table_for(name), None
         except RunError as e:
-            return JSONResponse({"error": str(e)}, 500)
+            return None, JSONResponse({"error": str(e)}, 500)
+
+    async def feature_api(request: Request) -> JSONResponse:
+        table, error = table_or_error(request)
+        if error is not None:
+            return error
         f = request.path_params["feature"]
         if not 0 <= f < len(table.density):
             return JSONResponse({"error": f"feature must lie in [0, {len(table.density)})"}, 404)
@@ -173,14 +179,10 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
                              "figures": {k: json.loads(v.to_json()) for k, v in figs.items()}})
 
     async def search_api(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        if run_dir(name) is None:
-            return JSONResponse({"error": "no such run"}, 404)
         from ..sae.evaluate import features_matching
-        try:
-            table = table_for(name)
-        except RunError as e:
-            return JSONResponse({"error": str(e)}, 500)
+        table, error = table_or_error(request)
+        if error is not None:
+            return error
         return JSONResponse({"features": features_matching(table, tokenizer.encode(request.query_params.get("q", "")))})
 
     async def prompt_api(request: Request) -> JSONResponse:
