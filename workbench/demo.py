@@ -21,7 +21,7 @@ from .corpus import windows
 from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, LMTrainConfig, ModelConfig, default_data, default_model_dir,
                      load_default, save_model, train_lm, workbench_home)
 from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_gap, loss_curves, primes_data, train_pair
-from .probes.heads import HeadRoleConfig, _patterns, head_roles, make_contexts
+from .probes.heads import HeadRoleConfig, attention_patterns, head_roles, make_contexts
 from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_intervention
 from .runs import RunDir, atomic_write_json
 from .sae import SAEConfig, SAETrainConfig, train_sae
@@ -116,7 +116,7 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         hd_run.write_config(hcfg, kind="heads")
         roles = head_roles(fwd, hcfg, bos=data.tokenizer.bos_token_id)
         example = make_contexts(fwd, hcfg, data.tokenizer.bos_token_id).tokens[:1]
-        _, pat = _patterns(fwd, example)
+        _, pat = attention_patterns(fwd, example)
         toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
         hd_run.write_results({**roles.to_dict(), "example_tokens": toks,
                               "example_patterns": pat[:, 0].tolist()})  # [L][H][q][k]

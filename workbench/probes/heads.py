@@ -66,7 +66,7 @@ def make_contexts(model: HookedTransformer, cfg: HeadRoleConfig, bos: int | None
     return batch._replace(tokens=tokens)
 
 
-def _patterns(model: HookedTransformer, tokens: Tensor) -> tuple[Tensor, Float[Tensor, "L b H q k"]]:
+def attention_patterns(model: HookedTransformer, tokens: Tensor) -> tuple[Tensor, Float[Tensor, "L b H q k"]]:
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
@@ -82,7 +82,7 @@ def copy_steps(batch: NeedleBatch) -> tuple[Tensor, Tensor]:
 
 def retrieval_scores(model: HookedTransformer, batch: NeedleBatch) -> tuple[Float[Tensor, "L H"], float]:
     """Per-head retrieval score, and the model's copy accuracy on the same steps."""
-    logits, pat = _patterns(model, batch.tokens)
+    logits, pat = attention_patterns(model, batch.tokens)
     q, src = copy_steps(batch)
     targets = batch.tokens[:, q + 1]  # [b, steps]
     copied = logits[:, q].argmax(-1) == targets  # [b, steps]
@@ -98,7 +98,7 @@ def streaming_scores(model: HookedTransformer, tokens: Tensor, sink: int, window
     T = tokens.shape[1]
     if T <= sink + window:
         raise ValueError(f"contexts of {T} tokens are too short for sink={sink} + window={window}")
-    _, pat = _patterns(model, tokens)
+    _, pat = attention_patterns(model, tokens)
     qpos = torch.arange(T)[:, None]
     kpos = torch.arange(T)[None, :]
     region = (kpos < sink) | ((kpos > qpos - window) & (kpos <= qpos))  # [q, k]
@@ -140,7 +140,7 @@ def causal_check(model: HookedTransformer, batch: NeedleBatch, sink: int, window
 
 def tl_detector_scores(model: HookedTransformer, tokens: Int[Tensor, "b s"]) -> dict[str, Float[Tensor, "L H"]]:
     """TransformerLens' previous-token, duplicate-token and induction head-detector scores."""
-    _, pat = _patterns(model, tokens)
+    _, pat = attention_patterns(model, tokens)
     out = {}
     builders = {"previous_token": get_previous_token_head_detection_pattern,
                 "duplicate_token": get_duplicate_token_head_detection_pattern,
