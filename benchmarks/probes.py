@@ -7,7 +7,6 @@ short markdown report for benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from datetime import date
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from workbench.demo import build_demo, default_demo_dir
+from workbench.runs import RunDir
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--runs", default=None)
     args = ap.parse_args()
     root = build_demo(Path(args.runs) if args.runs else default_demo_dir())
-    read = lambda name: json.loads((root / name / "results.json").read_text())  # noqa: E731
+    read = lambda name: RunDir(root / name).read_results()  # noqa: E731
     sp, hd, ar = read("probe-sparsity"), read("probe-heads"), read("probe-arrow")
     print(f"\n{date.today()} · {platform.machine()} CPU, {torch.get_num_threads()} threads · workbench-tiny "
           f"(2 layers, d_model 128, d_mlp 512, ReLU)\n")

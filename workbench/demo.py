@@ -10,7 +10,6 @@ Every run folder is self-contained, so the viewer needs nothing outside it.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,6 +139,3 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
     return root
 
 
-
-def reset_demo(root: str | Path | None = None) -> None:
-    shutil.rmtree(Path(root) if root is not None else default_demo_dir(), ignore_errors=True)

@@ -6,7 +6,6 @@ tests can read what is shown; `.widget` is what a notebook displays.
 
 from __future__ import annotations
 
-import json
 
 import ipywidgets as W
 import plotly.graph_objects as go
@@ -214,9 +213,10 @@ def load_demo_dashboards(root) -> dict:
 
     from ..corpus import ByteTokenizer
     from ..models import load_model_dir
+    from ..runs import RunDir
     from ..sae.io import load_sae
     root = Path(root)
-    read = lambda name: json.loads((root / name / "results.json").read_text())  # noqa: E731
+    read = lambda name: RunDir(root / name).read_results()  # noqa: E731
     heads = read("probe-heads")
     sae_dir = root / "sae-topk"
     model = load_model_dir(sae_dir)
