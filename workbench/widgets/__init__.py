@@ -6,7 +6,6 @@ tests can read what is shown; `.widget` is what a notebook displays.
 
 from __future__ import annotations
 
-
 import ipywidgets as W
 import plotly.graph_objects as go
 import torch
