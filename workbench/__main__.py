@@ -1,9 +1,13 @@
-"""Command line: `python -m workbench train-sae …` (also installed as `workbench`).
+"""Command line: `python -m workbench …` (also installed as `workbench`).
 
-The flags are the fields of SAEConfig, SAETrainConfig and StoreConfig, so the command line and
-the library train the same thing. Single process; multi-process training is not built yet.
+The flags are the fields of SAEConfig and SAETrainConfig, so the command line and the library
+train the same thing. Under torchrun every process runs the same command; --parallel picks how
+one SAE is spread over them (see workbench/sae/parallel.py).
 
-    python -m workbench train-sae --hook blocks.1.hook_resid_post --d-sae 2048 --k 16 --out runs/sae
+    workbench cache-acts --hook blocks.1.hook_resid_post --tokens 2000000 --out cache/l1
+    workbench train-sae --cache cache/l1 --d-sae 2048 --k 16 --out runs/sae
+    torchrun --standalone --nproc_per_node 8 -m workbench train-sae --cache cache/l1 \\
+        --d-sae 262144 --k 32 --parallel latent --device cuda --out runs/wide
 """
 
 from __future__ import annotations
@@ -29,39 +33,88 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip: set[str]) -> None:
             parser.add_argument(flag, type=kind, default=f.default)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench")
     sub = ap.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train-sae", help="train an SAE on a model's activations at a hook")
+    ca = sub.add_parser("cache-acts", help="write a model's activations at a hook as safetensors shards")
+    ca.add_argument("--model", default="workbench-tiny", help="workbench-tiny or a TransformerLens pretrained name")
+    ca.add_argument("--hook", required=True, help="TransformerLens hook name, e.g. blocks.1.hook_resid_post")
+    ca.add_argument("--tokens", type=int, required=True, help="activations to write (whole shards)")
+    ca.add_argument("--shard-tokens", type=int, default=65_536, help="activations per shard")
+    ca.add_argument("--with-grads", action="store_true", help="also store dL/d(activation) (gradient SAEs)")
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--device", default="cpu")
+    ca.add_argument("--out", required=True)
+    tr = sub.add_parser("train-sae", help="train an SAE on a model's activations at a hook, or on a cache")
     tr.add_argument("--model", default="workbench-tiny", help="workbench-tiny or a TransformerLens pretrained name")
-    tr.add_argument("--hook", required=True, help="TransformerLens hook name, e.g. blocks.1.hook_resid_post")
+    tr.add_argument("--hook", help="TransformerLens hook name, e.g. blocks.1.hook_resid_post (without --cache)")
+    tr.add_argument("--cache", help="a folder written by cache-acts (the way to train on many ranks)")
     tr.add_argument("--d-sae", type=int, required=True)
     tr.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
     _add_fields(tr, SAEConfig, skip={"d_in", "d_sae", "hook_name", "model_name"})
     _add_fields(tr, SAETrainConfig, skip=set())
-    args = ap.parse_args(argv)
+    return ap
 
-    from .activations import ActivationStore, ModelSource, StoreConfig, hook_dim
+
+def _model_source(model_name: str, hook: str, device: str, with_grads: bool, seed: int, buffer_tokens: int):
+    from .activations import ModelSource, StoreConfig
     from .corpus import encode_corpus, python_docs_corpus
     from .models import load_model
+
+    model, tok = load_model(model_name, device=device)
+    seq = min(128, model.cfg.n_ctx - 1)
+    cfg = StoreConfig(hook, seq_len=seq, with_grads=with_grads, seed=seed, buffer_tokens=buffer_tokens)
+    return ModelSource(model, encode_corpus(python_docs_corpus(), tok, "train"), cfg, tok.bos_token_id)
+
+
+def cache_acts(args: argparse.Namespace) -> int:
+    from .activations import cache_activations
+
+    src = _model_source(args.model, args.hook, args.device, args.with_grads, args.seed, args.shard_tokens)
+    n = max(1, args.tokens // args.shard_tokens)
+    cache_activations(src, args.out, n, metadata={"model": args.model, "hook_name": args.hook, "seed": args.seed})
+    print(f"wrote {n} shards of {args.shard_tokens} activations to {args.out}")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from .activations import ActivationStore, CachedSource
     from .runs import RunDir
+    from .sae.parallel import init_from_env
     from .sae.trainer import train_sae
 
-    model, tok = load_model(args.model, device=args.device)
-    d = hook_dim(model, args.hook)
+    if (args.cache is None) == (args.hook is None):
+        raise SystemExit("train-sae: give exactly one of --hook (a live model) or --cache (a cache-acts folder)")
+    rank, local_rank, world = init_from_env()
     values = vars(args)
-    sae_cfg = SAEConfig(d_in=d, d_sae=args.d_sae, hook_name=args.hook, model_name=args.model,
+    if world > 1 and values["device"] == "cuda":
+        values["device"] = f"cuda:{local_rank}"  # one GPU per process
+    gradient = values["selection"] == "gradient"
+    if args.cache is not None:
+        src = CachedSource(args.cache)
+        hook, model_name = src.manifest["metadata"].get("hook_name", ""), src.manifest["metadata"].get("model", "")
+    else:
+        hook, model_name = args.hook, args.model
+        src = _model_source(args.model, args.hook, values["device"], gradient, values["seed"], 65_536)
+    sae_cfg = SAEConfig(d_in=src.d, d_sae=args.d_sae, hook_name=hook, model_name=model_name,
                         **{f.name: values[f.name] for f in dataclasses.fields(SAEConfig)
                            if f.name in values and f.name not in ("d_in", "d_sae")})
     train_cfg = SAETrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(SAETrainConfig)
                                   if f.name in values})
-    seq = min(128, model.cfg.n_ctx - 1)
-    src = ModelSource(model, encode_corpus(python_docs_corpus(), tok, "train"),
-                      StoreConfig(args.hook, seq_len=seq, with_grads=sae_cfg.selection == "gradient",
-                                  seed=train_cfg.seed), tok.bos_token_id)
-    train_sae(sae_cfg, train_cfg, ActivationStore(src, train_cfg.batch_size, seed=train_cfg.seed), RunDir(args.out))
-    print(f"saved {args.out}/sae.safetensors")
+    store = ActivationStore(src, train_cfg.batch_size, seed=train_cfg.seed, rank=rank, world_size=world)
+    train_sae(sae_cfg, train_cfg, store, RunDir(args.out), progress=rank == 0)
+    if rank == 0:
+        print(f"saved {args.out}/sae.safetensors")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return cache_acts(args) if args.command == "cache-acts" else train(args)
 
 
 if __name__ == "__main__":

@@ -5,22 +5,28 @@ model, `buffer_tokens` activations from windows drawn with that seed; for a disk
 of shards. A chunk is shuffled in memory and cut into batches, so memory is bounded by the
 chunk, not the corpus, and the position (chunk, batch) is all a checkpoint must store to resume
 on exactly the same batches. With `world_size > 1` every rank takes its own contiguous slice
-of each global batch, so data-parallel training sees the same global batches as one process.
+of each global batch, so data-parallel training sees the same global batches as one process,
+and reads only those rows: no row of a chunk is loaded by two ranks (a disk cache is read row
+by row through a memory map; a live model source still computes the whole chunk on each rank).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Protocol
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from safetensors import safe_open
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
+
+if TYPE_CHECKING:  # importing transformer_lens costs seconds; torchrun workers on a cache skip it
+    from transformer_lens import HookedTransformer
 
 from .corpus import windows
 from .runs import atomic_save_tensors, atomic_write_json
@@ -178,14 +184,26 @@ class ActivationStore:
         self._chunk = None
 
     def _load_chunk(self) -> None:
-        acts, grads = self.source.chunk(self._chunk_index)
-        if len(acts) < self.batch_size:
-            raise ValueError(f"a chunk holds {len(acts)} activations, fewer than batch_size={self.batch_size}")
+        """This rank's rows of the current chunk, in the order its batches use them."""
+        i = self._chunk_index
+        n = self.source.chunk_len(i) if hasattr(self.source, "chunk_len") else None
+        whole = None
+        if n is None:
+            whole = self.source.chunk(i)
+            n = len(whole.acts)
+        if n < self.batch_size:
+            raise ValueError(f"a chunk holds {n} activations, fewer than batch_size={self.batch_size}")
+        gen = torch.Generator().manual_seed(self.seed * 104_729 + i)
+        perm = torch.randperm(n, generator=gen)
+        per_chunk, local = n // self.batch_size, self.batch_size // self.world_size
+        rows = perm[: per_chunk * self.batch_size].view(per_chunk, self.world_size, local)[:, self.rank].reshape(-1)
+        if whole is None:
+            acts, grads = self.source.chunk_rows(i, rows)
+        else:
+            acts, grads = whole.acts[rows], None if whole.grads is None else whole.grads[rows]
         if not torch.isfinite(acts).all():
-            raise ValueError(f"chunk {self._chunk_index}: activations contain NaN or inf")
-        gen = torch.Generator().manual_seed(self.seed * 104_729 + self._chunk_index)
-        perm = torch.randperm(len(acts), generator=gen)
-        self._chunk = ActivationBatch(acts[perm], None if grads is None else grads[perm])
+            raise ValueError(f"chunk {i}: activations contain NaN or inf")
+        self._chunk = ActivationBatch(acts, grads)
 
     def __iter__(self) -> Iterator[ActivationBatch]:
         return self
@@ -194,12 +212,11 @@ class ActivationStore:
         if self._chunk is None:
             self._load_chunk()
         assert self._chunk is not None
-        per_chunk = len(self._chunk.acts) // self.batch_size
-        if self._batch_index >= per_chunk:
+        local = self.batch_size // self.world_size
+        if self._batch_index >= len(self._chunk.acts) // local:
             self._chunk_index, self._batch_index = self._chunk_index + 1, 0
             self._load_chunk()
-        local = self.batch_size // self.world_size
-        start = self._batch_index * self.batch_size + self.rank * local
+        start = self._batch_index * local
         self._batch_index += 1
         sl = slice(start, start + local)
         acts, grads = self._chunk
@@ -265,3 +282,42 @@ class CachedSource:
         if acts.shape != (shard["n"], self.d):
             raise ValueError(f"{shard['file']}: shape {tuple(acts.shape)} != manifest's ({shard['n']}, {self.d})")
         return ActivationBatch(acts, grads)
+
+    def chunk_len(self, i: int) -> int:
+        return int(self.shards[i % len(self.shards)]["n"])
+
+    def chunk_rows(self, i: int, rows: Int[torch.Tensor, "m"]) -> ActivationBatch:
+        """Rows `rows` of chunk i, read through a memory map: only their pages leave the disk."""
+        shard = self.shards[i % len(self.shards)]
+        path = self.dir / shard["file"]
+        acts = read_rows(path, "acts", rows, (shard["n"], self.d))
+        grads = read_rows(path, "grads", rows, (shard["n"], self.d)) if self.has_grads else None
+        return ActivationBatch(acts, grads)
+
+
+_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # bf16 travels as raw bits
+
+
+def read_rows(path: Path, name: str, rows: Int[torch.Tensor, "m"], shape: tuple[int, int]) -> Float[torch.Tensor, "m d"]:
+    """Rows of a 2-D tensor in a safetensors file, as float32, without reading the others.
+
+    safetensors reads whole tensors or contiguous slices; a rank's rows of a shuffled batch are
+    scattered, so this maps the file (an 8-byte header length, a JSON header, then raw
+    little-endian data) and gathers the rows.
+    """
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    info = header.get(name)
+    if info is None or info["dtype"] not in _NP_DTYPES or tuple(info["shape"]) != shape:
+        raise ValueError(f"{path}: tensor {name!r} is {info and (info['dtype'], info['shape'])}, "
+                         f"expected {shape} in one of {list(_NP_DTYPES)}")
+    begin = 8 + header_len + info["data_offsets"][0]
+    data = np.memmap(path, dtype=_NP_DTYPES[info["dtype"]], mode="r", offset=begin, shape=shape)
+    order = torch.argsort(rows)  # ascending offsets read the file forwards
+    picked = torch.from_numpy(np.ascontiguousarray(data[rows[order].numpy()]))
+    if info["dtype"] == "BF16":
+        picked = picked.view(torch.bfloat16)
+    out = torch.empty((len(rows), shape[1]), dtype=torch.float32)
+    out[order] = picked.float()
+    return out

@@ -20,26 +20,34 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .selection import topk_mask
+from .parallel import SINGLE, Layout
 
 
-def fvu(x: Float[Tensor, "B d"], x_hat: Float[Tensor, "B d"]) -> Tensor:
-    """Fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the batch."""
-    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+def fvu(x: Float[Tensor, "B d"], x_hat: Float[Tensor, "B d"], layout: Layout = SINGLE) -> Tensor:
+    """Fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the batch.
+
+    With layout.mode "data" each rank holds some rows of the batch: the denominator is the whole
+    batch's and the result this rank's share (the shares sum to the batch's FVU).
+    """
+    if not layout.data:
+        return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    xd = x.detach()
+    mean = layout.sum(xd.sum(0)) / layout.global_batch(len(x))
+    return (x - x_hat).pow(2).sum() / layout.sum((xd - mean).pow(2).sum()).clamp_min(1e-12)
 
 
 def aux_loss(pre: Float[Tensor, "B F"], residual: Float[Tensor, "B d"], W_dec: Float[Tensor, "F d"],
-             weights: Float[Tensor, "F"], k_aux: int) -> Tensor:
+             weights: Float[Tensor, "F"], k_aux: int, layout: Layout = SINGLE) -> Tensor:
     """Weighted candidates reconstruct the residual; scaled by min(n_candidates / k_aux, 1)."""
     candidates = weights > 0
-    n = int(candidates.sum())
+    n = int(layout.sum_over_latents(candidates.sum()))
     if n == 0:
         return pre.sum() * 0.0  # keeps the graph; contributes nothing
     scores = pre.masked_fill(~candidates, float("-inf"))
-    mask = topk_mask(scores, min(k_aux, n))
+    mask = layout.token_topk(scores, min(k_aux, n))
     z_aux = torch.where(mask, pre.relu(), 0.0) * weights
     e = residual.detach()
-    return fvu(e, z_aux @ W_dec) * min(n / k_aux, 1.0)
+    return fvu(e, layout.sum_partials(z_aux @ W_dec), layout) * min(n / k_aux, 1.0)
 
 
 def auxk_weights(dead: torch.BoolTensor) -> Float[Tensor, "F"]:

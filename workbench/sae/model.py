@@ -20,8 +20,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from .config import SAEConfig
-from .selection import (select_feature_choice, select_gradient, select_mutual_choice, select_topk,
-                        uniform_capacities, zipf_capacities)
+from .parallel import SINGLE, Layout
+from .selection import gradient_scores, topk_mask, uniform_capacities, zipf_capacities
 
 
 class SAEOutput(NamedTuple):
@@ -46,13 +46,17 @@ def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float 
 
 
 class SparseAutoencoder(nn.Module):
-    def __init__(self, cfg: SAEConfig, seed: int = 0):
+    """`layout` spreads it over torch.distributed ranks (see parallel.py); with
+    layout.mode == "latent" this rank holds latents layout.latent_slice(d_sae) only."""
+
+    def __init__(self, cfg: SAEConfig, seed: int = 0, layout: Layout = SINGLE):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.layout = cfg, layout
         F, d = cfg.d_sae, cfg.d_in
         gen = torch.Generator().manual_seed(seed)
         w = torch.randn(F, d, generator=gen)
-        w = w / w.norm(dim=1, keepdim=True)
+        w = (w / w.norm(dim=1, keepdim=True))[layout.latent_slice(F)]  # same init for any rank count
+        F = len(w)
         self.W_enc = nn.Parameter(w.clone())  # [F, d]: encoder starts as the decoder's transpose
         self.b_enc = nn.Parameter(torch.zeros(F))
         self.W_dec = nn.Parameter(w.clone())  # [F, d], unit-norm rows
@@ -60,7 +64,7 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("threshold", torch.zeros(F))  # JumpReLU threshold (MC/FC inference)
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("tokens_since_fired", torch.zeros(F, dtype=torch.long))
-        self.register_buffer("usage", torch.full((F,), cfg.k / F))  # EMA of firing rate per token
+        self.register_buffer("usage", torch.full((F,), cfg.k / cfg.d_sae))  # EMA of firing rate per token
 
     # --- encoding ---------------------------------------------------------------------------
 
@@ -74,33 +78,46 @@ class SparseAutoencoder(nn.Module):
         total = self.cfg.k * batch
         if self.cfg.fc_capacity == "uniform":
             return uniform_capacities(self.cfg.d_sae, total).to(self.usage.device)
-        return zipf_capacities(self.usage.cpu(), total, self.cfg.zipf_alpha, cap=batch).to(self.usage.device)
+        usage = self.layout.gather_latents(self.usage)
+        return zipf_capacities(usage.cpu(), total, self.cfg.zipf_alpha, cap=batch).to(self.usage.device)
 
     def select(self, pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"] | None = None) -> Bool[Tensor, "B F"]:
-        """The training-time rule: which entries of `pre` are kept."""
-        rule = self.cfg.selection
+        """The training-time rule: which entries of `pre` are kept (selection.py defines each rule
+        on one process; here the layout merges what ranks hold into the same choice)."""
+        rule, L, k = self.cfg.selection, self.layout, self.cfg.k
         pre = pre.detach()
+        B, F = pre.shape
         if rule == "topk":
-            return select_topk(pre, self.cfg.k)
+            return L.token_topk(pre, k)
         if rule == "gradient":
             if grads is None:
                 raise ValueError("selection='gradient' needs grads (the activation store's with_grads=True)")
-            if grads.shape != (pre.shape[0], self.cfg.d_in):
-                raise ValueError(f"grads: expected [{pre.shape[0]}, {self.cfg.d_in}], got {tuple(grads.shape)}")
-            return select_gradient(pre, grads, self.W_dec.detach(), self.cfg.k, self.cfg.beta)
-        if rule == "mutual_choice":
-            return select_mutual_choice(pre, self.cfg.k)
-        return select_feature_choice(pre, self.capacities(pre.shape[0]))
+            if grads.shape != (B, self.cfg.d_in):
+                raise ValueError(f"grads: expected [{B}, {self.cfg.d_in}], got {tuple(grads.shape)}")
+            return L.token_topk(gradient_scores(pre, grads, self.W_dec.detach(), self.cfg.beta), k)
+        if rule == "mutual_choice":  # the k·B largest entries of the whole batch, row-major index order
+            first = L.rank * B * F
+            def to_global(c):
+                return c + first if L.data else c // F * self.cfg.d_sae + F * L.rank + c % F
+            return L.merged_topk(pre.reshape(1, B * F), k * L.global_batch(B), to_global).view(B, F)
+        batch = L.global_batch(B)  # feature choice: latent i keeps its capacities[i] best tokens
+        caps = self.capacities(batch)[L.latent_slice(self.cfg.d_sae)].clamp(max=batch)
+        if L.data:
+            return L.merged_topk(pre.T, caps, lambda c: c + L.rank * B).T
+        return topk_mask(pre.T, caps).T
 
     def encode(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "B F"]:
         """Inference encoding (no batch coupling): TopK, or JumpReLU for MC/FC."""
         pre = self.pre_acts(x)
         if self.cfg.selection in ("topk", "gradient"):
-            return torch.where(select_topk(pre.detach(), self.cfg.k), pre.relu(), 0.0)
+            return torch.where(self.layout.token_topk(pre.detach(), self.cfg.k), pre.relu(), 0.0)
         return pre * (pre > self.threshold)
 
     def decode(self, z: Float[Tensor, "B F"]) -> Float[Tensor, "B d"]:
-        return z @ self.W_dec + self.b_dec
+        if not self.layout.latent:
+            return z @ self.W_dec + self.b_dec
+        partial = z @ self.W_dec  # this rank's latents; b_dec joins once, so its gradient counts once
+        return self.layout.sum_partials(partial + self.b_dec if self.layout.rank == 0 else partial)
 
     def forward(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None) -> SAEOutput:
         """Training mode applies the selection rule; eval mode the inference encoding."""
@@ -122,17 +139,15 @@ class SparseAutoencoder(nn.Module):
     def update_stats(self, z: Float[Tensor, "B F"], mask: Bool[Tensor, "B F"], usage_decay: float = 0.99) -> None:
         """After a training batch: dead-latent clocks, usage EMA, and the MC/FC threshold."""
         fired = z > 0
-        self.tokens_since_fired += z.shape[0]
-        self.tokens_since_fired[fired.any(0)] = 0
-        rate = fired.float().mean(0)
-        self.usage.mul_(usage_decay).add_(rate, alpha=1 - usage_decay)
+        self._count_firing(fired.sum(0).float(), z.shape[0], usage_decay)
         if self.cfg.selection not in ("mutual_choice", "feature_choice"):
             return
         kept = torch.where(mask & fired, z, torch.full_like(z, float("inf")))
         if self.cfg.selection == "mutual_choice":
-            smallest = kept.min().expand_as(self.threshold)
+            smallest = self.layout.min(kept.min()).expand_as(self.threshold)
         else:
             smallest = kept.min(0).values
+            smallest = self.layout.min(smallest) if self.layout.data else smallest
         seen = torch.isfinite(smallest)
         decay = self.cfg.threshold_decay if int(self.threshold_updates) > 0 else 0.0
         self.threshold[seen] = decay * self.threshold[seen] + (1 - decay) * smallest[seen]
@@ -144,9 +159,15 @@ class SparseAutoencoder(nn.Module):
         fired = (vals > 0) & (idx >= 0)
         counts = torch.zeros(self.cfg.d_sae, device=idx.device).index_add_(
             0, idx[fired], torch.ones(int(fired.sum()), device=idx.device))
-        self.tokens_since_fired += idx.shape[0]
+        self._count_firing(counts, idx.shape[0], usage_decay)
+
+    def _count_firing(self, counts: Float[Tensor, "F"], rows: int, usage_decay: float) -> None:
+        """Dead-latent clocks and usage EMA from this rank's firing counts over `rows` tokens."""
+        counts = self.layout.sum_over_tokens(counts)
+        batch = self.layout.global_batch(rows)
+        self.tokens_since_fired += batch
         self.tokens_since_fired[counts > 0] = 0
-        self.usage.mul_(usage_decay).add_(counts / idx.shape[0], alpha=1 - usage_decay)
+        self.usage.mul_(usage_decay).add_(counts / batch, alpha=1 - usage_decay)
 
     @torch.no_grad()
     def remove_parallel_grads(self) -> None:

@@ -15,6 +15,7 @@ from .config import SAEConfig
 from .io import save_sae
 from .losses import aux_loss, aux_zipf_weights, auxk_weights, fvu
 from .model import SparseAutoencoder
+from .parallel import SINGLE, Layout, current_layout
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,16 @@ class SAETrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
     use_triton: bool | None = None  # fused kernels; None: on CUDA for topk and gradient rules
     device: str = "cpu"
+    dtype: str = "float32"  # parameters and batches: "float32", "bfloat16", or "float64" (exact tests)
+    parallel: str = "data"  # under torchrun: "data" (DDP, whole SAE per rank) or "latent" (latents
+    # sharded over ranks, for dictionaries too wide for one device); ignored in one process
     wandb_project: str | None = None  # also log to wandb when it is installed and this is set
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype not in ("float32", "bfloat16", "float64"):
+            raise ValueError(f"dtype={self.dtype!r}: expected 'float32', 'bfloat16' or 'float64'")
+        return getattr(torch, self.dtype)
 
     @property
     def steps(self) -> int:
@@ -63,43 +73,52 @@ def triton_supported(sae_cfg: SAEConfig) -> bool:
     return sae_cfg.selection in ("topk", "gradient") and sae_cfg.aux in ("auxk", "none")
 
 
-def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig) -> bool:
+def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE) -> bool:
     if cfg.use_triton is None:
-        return cfg.device.startswith("cuda") and torch.cuda.is_available() and triton_supported(sae_cfg)
+        return (cfg.device.startswith("cuda") and torch.cuda.is_available() and triton_supported(sae_cfg)
+                and not layout.latent)
     if cfg.use_triton and not triton_supported(sae_cfg):
         raise ValueError(f"use_triton: the kernels cover selection topk/gradient with aux auxk/none, "
                          f"not {sae_cfg.selection}/{sae_cfg.aux}")
+    if cfg.use_triton and layout.latent:
+        raise ValueError("use_triton: the fused kernels do not merge candidates across ranks yet; "
+                         "use parallel='data' or use_triton=False")
     return cfg.use_triton
 
 
 def _triton_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None, dead: torch.Tensor):
     from ..kernels.autograd import triton_forward
 
-    cfg = sae.cfg
+    cfg, layout = sae.cfg, sae.layout
     n_dead = int(dead.sum())
     idx, vals, x_hat, aux_idx, e_hat = triton_forward(
         x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, cfg.k, dead=dead if cfg.aux == "auxk" and n_dead else None,
         k_aux=cfg.aux_k, grads=grads if cfg.selection == "gradient" else None, beta=cfg.beta)
-    mse = fvu(x, x_hat)
-    aux = mse * 0.0 if e_hat is None else fvu((x - x_hat).detach(), e_hat) * min(n_dead / cfg.aux_k, 1.0)
+    mse = fvu(x, x_hat, layout)
+    aux = mse * 0.0 if e_hat is None else fvu((x - x_hat).detach(), e_hat, layout) * min(n_dead / cfg.aux_k, 1.0)
     return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "sparse": (idx, vals.detach()), "dead": dead,
             "l0": float((vals > 0).sum(1).float().mean())}
 
 
 def sae_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None,
                triton: bool = False) -> dict[str, Any]:
-    """Forward pass and losses of one batch (used by the single- and multi-process trainers)."""
+    """Forward pass and losses of one batch. Under a "data" layout "fvu" and "aux" are this
+    rank's shares of the global batch's values; under "latent" every rank has the same values."""
     dead = sae.dead_mask()
     if triton:
         return _triton_losses(sae, x, grads, dead)
     out = sae(x, grads)
-    mse = fvu(x, out.x_hat)
-    cfg = sae.cfg
+    cfg, layout = sae.cfg, sae.layout
+    mse = fvu(x, out.x_hat, layout)
     if cfg.aux == "none":
         aux = mse * 0.0
     else:
-        weights = auxk_weights(dead) if cfg.aux == "auxk" else aux_zipf_weights(sae.usage, dead, cfg.k)
-        aux = aux_loss(out.pre, x - out.x_hat, sae.W_dec, weights, cfg.aux_k)
+        if cfg.aux == "auxk":
+            weights = auxk_weights(dead)
+        else:  # ranks the usage of all latents, wherever they live
+            weights = aux_zipf_weights(layout.gather_latents(sae.usage), layout.gather_latents(dead.float()) > 0,
+                                       cfg.k)[layout.latent_slice(cfg.d_sae)]
+        aux = aux_loss(out.pre, x - out.x_hat, sae.W_dec, weights, cfg.aux_k, layout)
     return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "out": out, "dead": dead,
             "l0": float(out.mask.float().sum(1).mean())}
 
@@ -114,7 +133,7 @@ def update_stats(sae: SparseAutoencoder, res: dict[str, Any]) -> None:
 def optimizer_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, cfg: SAETrainConfig, step: int) -> float:
     """Decoder-gradient projection, clipping, the Adam step, renormalisation. Returns grad norm."""
     sae.remove_parallel_grads()
-    norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+    norm = clip_grad_norm(sae, cfg.grad_clip)
     for group in opt.param_groups:
         group["lr"] = cfg.learning_rate(sae.cfg.d_sae) * lr_factor(step, cfg)
     opt.step()
@@ -122,10 +141,91 @@ def optimizer_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, cfg: SAET
     return float(norm)
 
 
-def _checkpoint(run: RunDir, sae, opt, store, step: int) -> None:
-    atomic_torch_save(run.file("checkpoint.pt"), {
-        "kind": "workbench-sae", "sae_config": asdict(sae.cfg), "sae": sae.state_dict(),
-        "optimizer": opt.state_dict(), "store": store.state_dict(), "step": step})
+def clip_grad_norm(sae: SparseAutoencoder, max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_; under parallel="latent" the norm spans every rank's latents."""
+    layout = sae.layout
+    if not layout.latent:
+        return torch.nn.utils.clip_grad_norm_(sae.parameters(), max_norm)
+    sharded = sum(p.grad.pow(2).sum() for name, p in sae.named_parameters() if name != "b_dec")
+    total = (layout.sum(sharded) + sae.b_dec.grad.pow(2).sum()).sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in sae.parameters():
+        p.grad.mul_(coef)
+    return total
+
+
+class _Losses(torch.nn.Module):
+    """sae_losses as a module, so DistributedDataParallel can wrap the whole forward."""
+
+    def __init__(self, sae: SparseAutoencoder, triton: bool):
+        super().__init__()
+        self.sae, self.triton = sae, triton
+
+    def forward(self, x: torch.Tensor, grads: torch.Tensor | None) -> dict[str, Any]:
+        return sae_losses(self.sae, x, grads, self.triton)
+
+
+def _loss_fn(sae: SparseAutoencoder, triton: bool, device: str):
+    module = _Losses(sae, triton)
+    if not sae.layout.data:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [torch.device(device).index] if device.startswith("cuda") else None
+    # buffers (dead clocks, usage, thresholds) are kept equal by all-reduced statistics instead
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+
+def _next_batch(store: ActivationStore, layout: Layout, device: str,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    batch: ActivationBatch = next(store)
+    x = batch.acts.to(device, dtype)
+    g = batch.grads.to(device, dtype) if batch.grads is not None else None
+    if layout.latent:  # each rank read 1/W of the batch; every rank's latents see all of it
+        x = layout.all_gather(x)
+        g = layout.all_gather(g) if g is not None else None
+    return x, g
+
+
+def _metrics(res: dict[str, Any], sae: SparseAutoencoder, step: int, cfg: SAETrainConfig) -> dict[str, Any]:
+    layout = sae.layout
+    fvu_, aux = res["fvu"].detach(), res["aux"].detach()
+    l0 = torch.tensor(res["l0"], dtype=torch.float64, device=fvu_.device)
+    dead = res["dead"].sum().to(fvu_.device)
+    if layout.data:  # shares of the global batch; l0 is a mean over equal row slices
+        fvu_, aux, l0 = layout.sum(fvu_), layout.sum(aux), layout.sum(l0) / layout.world
+    if layout.latent:  # each rank counts its own latents
+        l0, dead = layout.sum(l0), layout.sum(dead)
+    return {"step": step, "tokens": (step + 1) * cfg.batch_size,
+            "loss": (fvu_ + sae.cfg.aux_coef * aux).item(), "fvu": fvu_.item(), "aux": aux.item(),
+            "l0": l0.item(), "dead_frac": dead.item() / sae.cfg.d_sae}
+
+
+def _checkpoint(run: RunDir | None, sae: SparseAutoencoder, opt, store, step: int) -> None:
+    """Collective under parallel="latent": every rank calls it; rank 0 writes the whole SAE."""
+    sae_state, opt_state = sae.layout.full_state(sae, opt)
+    if run is not None and sae.layout.rank == 0:
+        atomic_torch_save(run.file("checkpoint.pt"), {
+            "kind": "workbench-sae", "sae_config": asdict(sae.cfg), "sae": sae_state,
+            "optimizer": opt_state, "store": store.state_dict(), "step": step})
+
+
+def _save_final(run: RunDir, sae: SparseAutoencoder) -> None:
+    if not sae.layout.latent:
+        if sae.layout.rank == 0:
+            save_sae(sae, run.path)
+        return
+    whole, _ = sae.layout.full_state(sae)
+    if sae.layout.rank == 0:
+        full = SparseAutoencoder(sae.cfg).to(sae.W_dec.dtype)
+        full.load_state_dict(whole)
+        save_sae(full, run.path)
+
+
+def _check_store(store: ActivationStore, layout: Layout) -> None:
+    if (store.rank, store.world_size) != (layout.rank, layout.world):
+        raise ValueError(f"store: built as rank {store.rank} of {store.world_size}, but this process is rank "
+                         f"{layout.rank} of {layout.world}: pass rank= and world_size= to ActivationStore")
 
 
 def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, run: RunDir | None = None,
@@ -135,6 +235,12 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, r
     Writes config.json, metrics.jsonl, checkpoint.pt (every `checkpoint_every` steps) and, at the
     end, sae.safetensors + sae_config.json. `stop_after` ends after that many steps (a stand-in
     for an interruption, to test resumption).
+
+    Inside an initialised torch.distributed process group (torchrun; see parallel.py) it trains
+    one SAE across the ranks as `cfg.parallel` says; `store` must be built with this process's
+    rank and world_size. Rank 0 writes the run directory; checkpoints and sae.safetensors always
+    hold the whole SAE, so a run resumes on any number of ranks. Under parallel="latent" the
+    returned module holds this rank's latents only.
     """
     if store.d != sae_cfg.d_in:
         raise ValueError(f"the store yields d={store.d} activations, SAEConfig.d_in is {sae_cfg.d_in}")
@@ -147,8 +253,11 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, r
                          f"{sae_cfg.d_sae} latents one")
     if cfg.steps < 1:
         raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch of {cfg.batch_size}")
+    layout = current_layout(cfg.parallel)
+    _check_store(store, layout)
+    lead = layout.rank == 0
     torch.manual_seed(cfg.seed)
-    sae = SparseAutoencoder(sae_cfg, seed=cfg.seed).to(cfg.device)
+    sae = SparseAutoencoder(sae_cfg, seed=cfg.seed, layout=layout).to(cfg.device, cfg.torch_dtype)
     opt = make_optimizer(sae, cfg)
     start = 0
     ckpt = run.file("checkpoint.pt") if run is not None else None
@@ -156,46 +265,44 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, r
         state = load_state(ckpt, kind="workbench-sae")
         if state["sae_config"] != asdict(sae_cfg):
             raise CheckpointError(f"{ckpt} was written for a different SAEConfig: {state['sae_config']}")
-        sae.load_state_dict(state["sae"])
-        opt.load_state_dict(state["optimizer"])
+        layout.load_full_state(sae, opt, state["sae"], state["optimizer"])
         store.load_state_dict(state["store"])
         start = state["step"]
-        run.truncate_metrics(start - 1)
+        if lead:
+            run.truncate_metrics(start - 1)
     else:
-        sae.init_b_dec(store.source.chunk(0).acts[: cfg.batch_size].to(cfg.device), cfg.b_dec_init)
-        if run is not None:
+        sae.init_b_dec(store.source.chunk(0).acts[: cfg.batch_size].to(cfg.device, cfg.torch_dtype), cfg.b_dec_init)
+        if run is not None and lead:
             run.write_config({"sae": sae_cfg, "train": cfg}, kind="sae")
-    wandb_run = _wandb(cfg, sae_cfg)
+    wandb_run = _wandb(cfg, sae_cfg) if lead else None
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    triton = use_triton(cfg, sae_cfg)
-    bar = tqdm(range(start, end), desc=f"training {sae_cfg.selection} SAE", disable=not progress)
+    loss_fn = _loss_fn(sae, use_triton(cfg, sae_cfg, layout), cfg.device)
+    scale = layout.world if layout.data else 1.0  # DDP averages; a rank's loss is its share of the sum
+    bar = tqdm(range(start, end), desc=f"training {sae_cfg.selection} SAE", disable=not (progress and lead))
     sae.train()
     for step in bar:
-        batch: ActivationBatch = next(store)
-        x = batch.acts.to(cfg.device)
-        g = batch.grads.to(cfg.device) if batch.grads is not None else None
-        res = sae_losses(sae, x, g, triton)
+        x, g = _next_batch(store, layout, cfg.device, cfg.torch_dtype)
+        res = loss_fn(x, g)
         opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
+        (res["loss"] * scale).backward()
+        if layout.latent:  # b_dec is replicated: its gradient sums every rank's latents' part
+            sae.b_dec.grad = layout.sum(sae.b_dec.grad)
         grad_norm = optimizer_step(sae, opt, cfg, step)
         update_stats(sae, res)
         if step % cfg.log_every == 0 or step + 1 == cfg.steps:
-            metrics = {"step": step, "tokens": (step + 1) * cfg.batch_size, "loss": res["loss"].item(),
-                       "fvu": res["fvu"].item(), "aux": res["aux"].item(),
-                       "l0": res["l0"],
-                       "dead_frac": res["dead"].float().mean().item(), "grad_norm": grad_norm,
-                       "lr": opt.param_groups[0]["lr"]}
+            metrics = _metrics(res, sae, step, cfg) | {"grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"]}
             bar.set_postfix(fvu=f"{metrics['fvu']:.3f}", dead=f"{metrics['dead_frac']:.2f}")
-            if run is not None:
+            if run is not None and lead:
                 run.log(metrics)
             if wandb_run is not None:
                 wandb_run.log(metrics, step=step)
         if run is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == end):
             _checkpoint(run, sae, opt, store, step + 1)
     if run is not None and end == cfg.steps:
-        save_sae(sae, run.path)
+        _save_final(run, sae)
     if wandb_run is not None:
         wandb_run.finish()
+    layout.barrier()  # the run directory is complete before any rank returns
     return sae.eval()
 
 
