@@ -118,3 +118,14 @@ def test_layout_errors(cache):
     with pytest.raises(ValueError, match="parallel='pipeline'"):
         train_sae(sae_cfg, type(train)(**{**train.__dict__, "parallel": "pipeline"}), store(cache, train),
                   progress=False)
+
+
+def test_sharded_init_equals_one_process_rows():
+    """A rank draws only the init blocks its latents lie in, and gets one process's rows."""
+    from workbench.sae.model import INIT_BLOCK, init_rows
+
+    F = 2 * INIT_BLOCK + 100  # three blocks, the last one short
+    whole = init_rows(F, 8, seed=5, rows=slice(0, F))
+    assert torch.allclose(whole.norm(dim=1), torch.ones(F))
+    for rows in (slice(0, F // 2), slice(F // 2, F), slice(INIT_BLOCK - 3, INIT_BLOCK + 3), slice(F - 1, F)):
+        assert torch.equal(init_rows(F, 8, seed=5, rows=rows), whole[rows])

@@ -45,6 +45,22 @@ def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float 
     return y.to(points.dtype)
 
 
+INIT_BLOCK = 4096  # rows drawn from one seed
+
+
+def init_rows(F: int, d: int, seed: int, rows: slice) -> Float[Tensor, "n d"]:
+    """Rows `rows` of a random F×d matrix with unit-norm rows. Drawn in blocks of INIT_BLOCK rows,
+    block b from seed + 7919·b, so a rank holding some latents draws only their blocks (a wide
+    dictionary is never materialised whole) and gets the same rows as one process would."""
+    parts = []
+    for b in range(rows.start // INIT_BLOCK, -(-rows.stop // INIT_BLOCK)):
+        first = b * INIT_BLOCK
+        block = torch.randn(min(INIT_BLOCK, F - first), d, generator=torch.Generator().manual_seed(seed + 7919 * b))
+        parts.append(block[max(rows.start - first, 0): rows.stop - first])
+    w = torch.cat(parts)
+    return w / w.norm(dim=1, keepdim=True)
+
+
 class SparseAutoencoder(nn.Module):
     """`layout` spreads it over torch.distributed ranks (see parallel.py); with
     layout.mode == "latent" this rank holds latents layout.latent_slice(d_sae) only."""
@@ -52,15 +68,12 @@ class SparseAutoencoder(nn.Module):
     def __init__(self, cfg: SAEConfig, seed: int = 0, layout: Layout = SINGLE):
         super().__init__()
         self.cfg, self.layout = cfg, layout
-        F, d = cfg.d_sae, cfg.d_in
-        gen = torch.Generator().manual_seed(seed)
-        w = torch.randn(F, d, generator=gen)
-        w = (w / w.norm(dim=1, keepdim=True))[layout.latent_slice(F)]  # same init for any rank count
-        F = len(w)
+        w = init_rows(cfg.d_sae, cfg.d_in, seed, layout.latent_slice(cfg.d_sae))  # same for any rank count
+        F = len(w)  # this rank's latents
         self.W_enc = nn.Parameter(w.clone())  # [F, d]: encoder starts as the decoder's transpose
         self.b_enc = nn.Parameter(torch.zeros(F))
         self.W_dec = nn.Parameter(w.clone())  # [F, d], unit-norm rows
-        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.register_buffer("threshold", torch.zeros(F))  # JumpReLU threshold (MC/FC inference)
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("tokens_since_fired", torch.zeros(F, dtype=torch.long))

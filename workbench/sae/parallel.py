@@ -111,7 +111,7 @@ class Layout:
         if self.world == 1:
             return t
         out = t.new_empty((self.world * t.shape[0], *t.shape[1:]))
-        dist.all_gather_into_tensor(out, t.contiguous(), group=self.group)
+        dist.all_gather_single(out, t.contiguous(), group=self.group)
         return out
 
     def gather_latents(self, t: Tensor) -> Tensor:

@@ -172,8 +172,8 @@ def _loss_fn(sae: SparseAutoencoder, triton: bool, device: str):
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [torch.device(device).index] if device.startswith("cuda") else None
-    # buffers (dead clocks, usage, thresholds) are kept equal by all-reduced statistics instead
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    # buffers (dead clocks, usage, thresholds) stay equal through all-reduced statistics, not broadcasts
+    return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
 
 
 def _next_batch(store: ActivationStore, layout: Layout, device: str,
