@@ -2,11 +2,13 @@
 
 A step = forward + backward + Adam, AuxK on with 10% of latents dead, B = 4096 tokens. Prints
 median ms/step, tokens/s, peak memory, the ratio to each peer, and the ratio to the floor (the
-bf16 encoder GEMM alone + the optimizer's memory traffic at measured bandwidth). Not yet here:
-the FVU-after-300-steps parity check (CPU tests prove step-for-step parity at small shapes).
+bf16 encoder GEMM alone + the optimizer's memory traffic at measured bandwidth). Then trains
+300 steps through `train_sae` on the same synthetic superposition data with the Triton path and
+the pure-torch path, and prints both held-out FVUs and their relative gap (target: within 2%).
 
     python benchmarks/topk_sae_step.py            # both shapes (needs CUDA)
     python benchmarks/topk_sae_step.py --quick    # small shape, fewer repeats
+    python benchmarks/topk_sae_step.py --parity-only
 Peers are optional: `pip install -e .[bench]` brings eai-sparsify; SAELens is a dependency.
 """
 
@@ -19,8 +21,11 @@ from datetime import date
 
 import torch
 
-from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder
+from workbench.activations import ActivationStore, TensorSource
+from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sae
+from workbench.sae.losses import fvu
 from workbench.sae.trainer import make_optimizer, optimizer_step, sae_losses
+from workbench.tasks import SuperpositionConfig, superposition_data
 
 SHAPES = {"gpt2-small": (768, 24_576, 32), "wide": (2048, 65_536, 64)}
 B = 4096
@@ -101,16 +106,36 @@ def floor_ms(d, F, x) -> float:
     return gemm + 28 * (2 * F * d) / bandwidth * 1e3  # Adam fp32: 28 bytes per parameter
 
 
+def fvu_parity(d: int, F: int, k: int, steps: int = 300, batch: int = B, device: str = "cuda") -> None:
+    """Held-out FVU after `steps` training steps, Triton path vs pure torch, same data and seed."""
+    syn = SuperpositionConfig(d=d, n_features=4 * d, mean_active=k, seed=0)
+    n = 16 * batch
+    train, held_out = superposition_data(syn, n).acts, superposition_data(syn, n + 8192).acts[-8192:]
+    result = {}
+    for triton in (True, False):
+        store = ActivationStore(TensorSource(train, chunk_size=n), batch)  # 16 batches, cycled
+        cfg = SAETrainConfig(total_tokens=steps * batch, batch_size=batch, device=device, use_triton=triton,
+                             b_dec_init="mean")
+        sae = train_sae(SAEConfig(d_in=d, d_sae=F, k=k), cfg, store, progress=False)
+        with torch.no_grad():
+            x = held_out.to(device)
+            result[triton] = fvu(x, sae(x).x_hat).item()
+    gap = abs(result[True] - result[False]) / result[False]
+    print(f"FVU after {steps} steps ({d} → {F}, k={k}): triton {result[True]:.4f}, torch {result[False]:.4f}, "
+          f"gap {gap:.2%} ({'within' if gap <= 0.02 else 'OUTSIDE'} 2%)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--parity-only", action="store_true")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("topk_sae_step.py needs a CUDA GPU (none here): see benchmarks/RESULTS.md")
     n = 10 if args.quick else 30
     print(f"{date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__}")
     for name, (d, F, k) in SHAPES.items():
-        if args.quick and name != "gpt2-small":
+        if args.quick and name != "gpt2-small" or args.parity_only:
             continue
         x = torch.randn(B, d, device="cuda")
         rows = {"workbench triton": lambda: ours(d, F, k, x, True), "workbench torch": lambda: ours(d, F, k, x, False),
@@ -130,6 +155,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for label, (ms, mem) in results.items():
             print(f"| {label} | {ms:.3f} | {B / ms * 1e3:,.0f} | {mem:.2f} | {ms / ref:.2f}× | {ms / fl:.2f} |")
+    fvu_parity(*SHAPES["gpt2-small"])
 
 
 if __name__ == "__main__":
