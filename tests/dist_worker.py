@@ -30,6 +30,7 @@ CASES = [  # (layout, selection, aux, feature-choice capacities)
 ]
 RESUMED = [("data", "mutual_choice", "aux_zipf", "uniform"), ("latent", "topk", "auxk", "uniform")]
 STOP_AT = 5  # the 2-rank runs in RESUMED stop here; the test finishes them on one process
+GROWN = ("latent", "mutual_choice", "auxk", "uniform")  # one process stops at STOP_AT, two ranks finish
 
 
 def name(case: tuple) -> str:
@@ -92,6 +93,9 @@ def main(cache: Path, out: Path) -> None:
         sae_cfg, train = configs(case)
         train_sae(sae_cfg, train, store(cache, train, rank, world), RunDir(out / ("resumed-" + name(case))),
                   stop_after=STOP_AT, progress=False)
+    sae_cfg, train = configs(GROWN)
+    train_sae(sae_cfg, train, store(cache, train, rank, world), RunDir(out / ("grown-" + name(GROWN))),
+              progress=False)
     dist.destroy_process_group()
 
 

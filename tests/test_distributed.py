@@ -15,7 +15,7 @@ from workbench.sae import load_sae, train_sae
 from workbench.sae.selection import topk_mask
 from workbench.tasks import SuperpositionConfig, superposition_data
 
-from .dist_worker import BATCH, CASES, D, RESUMED, configs, name, store, tie_scores
+from .dist_worker import BATCH, CASES, D, GROWN, RESUMED, STEPS, STOP_AT, configs, name, store, tie_scores
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
@@ -39,6 +39,9 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def two_ranks(cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("two_ranks")
+    sae_cfg, train = configs(GROWN)  # a one-process checkpoint for the two ranks to resume
+    train_sae(sae_cfg, train, store(cache, train), RunDir(out / ("grown-" + name(GROWN))), stop_after=STOP_AT,
+              progress=False)
     torchrun(str(WORKER), str(cache), str(out), cwd=out)
     return out
 
@@ -78,6 +81,12 @@ def test_two_rank_checkpoint_resumes_on_one_process(cache, two_ranks, tmp_path, 
     assert not (run / "sae.safetensors").exists()  # the 2-rank run stopped at its checkpoint
     _single(cache, case, run)
     _assert_same_run(run, _single(cache, case, tmp_path / "uninterrupted").path)
+
+
+def test_one_process_checkpoint_resumes_on_two_ranks(cache, two_ranks, tmp_path):
+    grown = two_ranks / ("grown-" + name(GROWN))
+    assert [m["step"] for m in RunDir(grown).metrics()] == list(range(STEPS))  # no step logged twice
+    _assert_same_run(grown, _single(cache, GROWN, tmp_path / "uninterrupted").path)
 
 
 def test_merged_selection_breaks_ties_like_one_process(two_ranks):
