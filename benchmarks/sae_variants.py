@@ -7,7 +7,7 @@ Columns: FVU and mean L0 on held-out text, dead % (no firing on 65k held-out tok
 recovered (vs zero ablation) and KL with the SAE spliced in, MMCS on the synthetic
 superposition set (a separate short run per variant), and training tokens/s on this machine.
 
-    python benchmarks/sae_variants.py [--tokens 1000000] [--json out.json]
+    python benchmarks/sae_variants.py [--tokens 1000000] [--json out.json] [--only Zipf SAELens]
 """
 
 from __future__ import annotations
@@ -88,7 +88,12 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=2048)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only", nargs="+", default=None, help="rows whose name contains one of these words")
     args = ap.parse_args()
+
+    def wanted(name: str) -> bool:
+        return args.only is None or any(w.lower() in name.lower() for w in args.only)
+
     torch.manual_seed(0)
     model, data = load_default("forward"), default_data()
     print(f"collecting {args.tokens} activations (+ loss gradients) at {HOOK} ...", flush=True)
@@ -113,6 +118,8 @@ def main() -> None:
     beta = float(acts.shape[1] ** 0.5 / grads.norm(dim=1).mean())
     print(f"g-SAE beta = {beta:.3g}")
     for name, kwargs in VARIANTS.items():
+        if not wanted(name):
+            continue
         if kwargs["selection"] == "gradient":
             kwargs = {**kwargs, "beta": beta}
         cfg = SAEConfig(d_in=acts.shape[1], d_sae=args.d_sae, k=args.k, hook_name=HOOK,
@@ -121,8 +128,9 @@ def main() -> None:
         t0 = time.perf_counter()
         sae = train_sae(cfg, train, store, progress=False)
         evaluate(name, sae, time.perf_counter() - t0, synthetic_mmcs({**kwargs, "beta": 1.0}))
-    sae, seconds = train_saelens_topk(acts, args.d_sae, args.k, train)
-    evaluate("SAELens TopKTrainingSAE (its trainer)", sae, seconds, float("nan"))
+    if wanted("SAELens TopKTrainingSAE (its trainer)"):
+        sae, seconds = train_saelens_topk(acts, args.d_sae, args.k, train)
+        evaluate("SAELens TopKTrainingSAE (its trainer)", sae, seconds, float("nan"))
 
     print(f"\n{date.today()} · {platform.processor() or platform.machine()} CPU, "
           f"{torch.get_num_threads()} threads · torch {torch.__version__} · {args.tokens:,} tokens, "

@@ -109,9 +109,10 @@ class SparseAutoencoder(nn.Module):
                 raise ValueError(f"grads: expected [{B}, {self.cfg.d_in}], got {tuple(grads.shape)}")
             return L.token_topk(gradient_scores(pre, grads, self.W_dec.detach(), self.cfg.beta), k)
         if rule == "mutual_choice":  # the k·B largest entries of the whole batch, row-major index order
-            first = L.rank * B * F
-            def to_global(c):
-                return c + first if L.data else c // F * self.cfg.d_sae + F * L.rank + c % F
+            def to_global(c):  # local flat index (row·F + col) -> index in the whole batch × all latents
+                if L.data:  # this rank's rows follow the lower ranks' rows
+                    return c + L.rank * B * F
+                return c // F * self.cfg.d_sae + L.rank * F + c % F  # this rank's columns within a row
             return L.merged_topk(pre.reshape(1, B * F), k * L.global_batch(B), to_global).view(B, F)
         batch = L.global_batch(B)  # feature choice: latent i keeps its capacities[i] best tokens
         caps = self.capacities(batch)[L.latent_slice(self.cfg.d_sae)].clamp(max=batch)
