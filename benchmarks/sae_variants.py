@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=2048)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--lr", type=float, default=None, help="Adam lr for every row; default 2e-4/sqrt(d_sae/16384)")
     ap.add_argument("--only", nargs="+", default=None, help="rows whose name contains one of these words")
     args = ap.parse_args()
 
@@ -100,7 +101,7 @@ def main() -> None:
     acts, grads = collect(model, data.train, args.tokens, with_grads=True, seed=0)
     val_acts, _ = collect(model, data.validation, 65_536, with_grads=False, seed=1)
     val_tokens = windows(data.validation, 128, bos_token_id=256, n=96)
-    train = SAETrainConfig(total_tokens=args.tokens, batch_size=4096, log_every=10_000)
+    train = SAETrainConfig(total_tokens=args.tokens, batch_size=4096, log_every=10_000, lr=args.lr)
     rows = []
 
     def evaluate(name, sae, seconds, syn):
@@ -134,7 +135,8 @@ def main() -> None:
 
     print(f"\n{date.today()} · {platform.processor() or platform.machine()} CPU, "
           f"{torch.get_num_threads()} threads · torch {torch.__version__} · {args.tokens:,} tokens, "
-          f"d_sae={args.d_sae}, k={args.k}, hook {HOOK}, g-SAE β={beta:.3g}\n")
+          f"d_sae={args.d_sae}, k={args.k}, lr {train.learning_rate(args.d_sae):.2g}, hook {HOOK}, "
+          f"g-SAE β={beta:.3g}\n")
     print("| variant | FVU | mean L0 | dead % | CE loss recovered | KL | MMCS (synthetic) | tokens/s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
