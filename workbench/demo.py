@@ -35,6 +35,7 @@ class DemoConfig:
     d_sae: int = 2048
     k: int = 16
     sae_tokens: int = 524_288  # SAE training tokens
+    sae_lr: float = 6e-3  # best of 5.7e-4 (Gao et al.'s rule), 2e-3, 6e-3 at 256 steps (benchmarks/RESULTS.md)
     eval_windows: int = 64  # held-out windows for SAE evaluation and probes
     seq_len: int = 128
     topk_ks: tuple[int, ...] = (1, 4, 16, 64, 256, 512)
@@ -85,7 +86,8 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         store = ActivationStore(ModelSource(fwd, data.train, store_cfg, data.tokenizer.bos_token_id), 4096)
         sae_cfg = SAEConfig(d_in=fwd.cfg.d_model, d_sae=cfg.d_sae, k=cfg.k, hook_name=cfg.hook_name,
                             model_name="workbench-tiny", dead_tokens=200_000)
-        train = SAETrainConfig(total_tokens=cfg.sae_tokens, batch_size=4096, log_every=5, checkpoint_every=10**9)
+        train = SAETrainConfig(total_tokens=cfg.sae_tokens, batch_size=4096, lr=cfg.sae_lr, log_every=5,
+                               checkpoint_every=10**9)
         sae = train_sae(sae_cfg, train, store, sae_run, progress=progress)
         val_store = ActivationStore(ModelSource(fwd, data.validation, StoreConfig(
             cfg.hook_name, buffer_tokens=16_384, seq_len=cfg.seq_len, seed=1), data.tokenizer.bos_token_id), 4096)
