@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -171,7 +171,7 @@ def _loss_fn(sae: SparseAutoencoder, triton: bool, device: str):
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = [torch.device(device).index] if device.startswith("cuda") else None
+    ids = [torch.device(device)] if device.startswith("cuda") else None
     # buffers (dead clocks, usage, thresholds) stay equal through all-reduced statistics, not broadcasts
     return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
 
@@ -255,6 +255,8 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, r
         raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch of {cfg.batch_size}")
     layout = current_layout(cfg.parallel)
     _check_store(store, layout)
+    if layout.world > 1 and cfg.device == "cuda":  # one GPU per process: the one torchrun's rank set
+        cfg = replace(cfg, device=f"cuda:{torch.cuda.current_device()}")
     lead = layout.rank == 0
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(sae_cfg, seed=cfg.seed, layout=layout).to(cfg.device, cfg.torch_dtype)
