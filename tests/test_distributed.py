@@ -138,3 +138,12 @@ def test_sharded_init_equals_one_process_rows():
     assert torch.allclose(whole.norm(dim=1), torch.ones(F))
     for rows in (slice(0, F // 2), slice(F // 2, F), slice(INIT_BLOCK - 3, INIT_BLOCK + 3), slice(F - 1, F)):
         assert torch.equal(init_rows(F, 8, seed=5, rows=rows), whole[rows])
+
+
+def test_latent_layout_needs_divisible_dictionary():
+    from workbench.sae.parallel import Layout
+
+    assert Layout("latent", 2, 4).latent_slice(64) == slice(48, 64)
+    assert Layout("data", 1, 4).latent_slice(64) == slice(0, 64)  # data parallel holds every latent
+    with pytest.raises(ValueError, match="d_sae=64 must be divisible by the 3 ranks"):
+        Layout("latent", 0, 3).latent_slice(64)
