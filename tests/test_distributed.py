@@ -143,7 +143,7 @@ def test_sharded_init_equals_one_process_rows():
 def test_latent_layout_needs_divisible_dictionary():
     from workbench.sae.parallel import Layout
 
-    assert Layout("latent", 2, 4).latent_slice(64) == slice(48, 64)
+    assert Layout("latent", 2, 4).latent_slice(64) == slice(32, 48)
     assert Layout("data", 1, 4).latent_slice(64) == slice(0, 64)  # data parallel holds every latent
     with pytest.raises(ValueError, match="d_sae=64 must be divisible by the 3 ranks"):
         Layout("latent", 0, 3).latent_slice(64)
