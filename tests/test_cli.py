@@ -35,3 +35,11 @@ def test_cache_acts_then_train_on_the_cache(tmp_path, default_models):
     with pytest.raises(SystemExit, match="exactly one of --hook"):
         main(["train-sae", "--cache", str(cache), "--hook", "blocks.0.hook_resid_post", "--d-sae", "256",
               "--out", str(tmp_path / "x")])
+
+
+def test_flags_carry_the_config_fields_documentation(capsys):
+    with pytest.raises(SystemExit):
+        main(["train-sae", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert '--parallel PARALLEL under torchrun: "data" (DDP, whole SAE per rank)' in out  # SAETrainConfig
+    assert "a latent that has not fired for this many tokens is dead (default: 1000000)" in out  # SAEConfig

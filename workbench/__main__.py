@@ -14,23 +14,33 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import sys
 
 from .sae.config import SAEConfig
 from .sae.trainer import SAETrainConfig
 
 
+def _field_comments(cls) -> dict[str, str]:
+    """`name: type = default  # comment` lines of a config dataclass: its fields' documentation."""
+    found = re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", inspect.getsource(cls), flags=re.M)
+    return {name: text.replace("%", "%%") for name, text in found}
+
+
 def _add_fields(parser: argparse.ArgumentParser, cls, skip: set[str]) -> None:
+    docs = _field_comments(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or f.type not in ("int", "float", "str", "bool", "int | None", "float | None",
                                             "bool | None", "str | None"):
             continue
         kind = {"int": int, "float": float, "str": str}.get(f.type.split(" |")[0], str)
         flag = "--" + f.name.replace("_", "-")
+        help_ = f"{docs.get(f.name, '')} (default: {f.default})"
         if f.type.startswith("bool"):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default, help=help_)
         else:
-            parser.add_argument(flag, type=kind, default=f.default)
+            parser.add_argument(flag, type=kind, default=f.default, help=help_)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -24,8 +24,8 @@ class SAEConfig:
     k_aux: int | None = None  # latents the aux loss uses per token; None: d_in // 2
     aux_coef: float = 1 / 32  # weight of the aux loss
     dead_tokens: int = 1_000_000  # a latent that has not fired for this many tokens is dead
-    threshold_decay: float = 0.9  # mutual/feature choice: EMA decay of the inference threshold (0.99
-    # kept early-training values long enough to bias it high: inference L0 fell to 0.6·k)
+    # (0.99 kept early-training values long enough to bias the threshold high: inference L0 fell to 0.6·k)
+    threshold_decay: float = 0.9  # mutual/feature choice: EMA decay of the inference JumpReLU threshold
     hook_name: str = ""  # where the activations came from (metadata, SAELens export)
     model_name: str = ""  # which model (metadata, SAELens export)
 

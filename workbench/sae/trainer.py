@@ -37,8 +37,8 @@ class SAETrainConfig:
     use_triton: bool | None = None  # fused kernels; None: on CUDA for topk and gradient rules
     device: str = "cpu"
     dtype: str = "float32"  # parameters and batches: "float32", "bfloat16", or "float64" (exact tests)
-    parallel: str = "data"  # under torchrun: "data" (DDP, whole SAE per rank) or "latent" (latents
-    # sharded over ranks, for dictionaries too wide for one device); ignored in one process
+    # "latent" is for dictionaries whose weights and Adam state do not fit on one device
+    parallel: str = "data"  # under torchrun: "data" (DDP, whole SAE per rank) or "latent" (latents split over ranks)
     wandb_project: str | None = None  # also log to wandb when it is installed and this is set
 
     @property
