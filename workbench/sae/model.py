@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from .config import SAEConfig
 from .parallel import SINGLE, Layout
-from .selection import gradient_scores, topk_mask, uniform_capacities, zipf_capacities
+from .selection import (select_feature_choice, select_gradient, select_mutual_choice, select_topk,
+                        uniform_capacities, zipf_capacities)
 
 
 class SAEOutput(NamedTuple):
@@ -95,36 +96,28 @@ class SparseAutoencoder(nn.Module):
         return zipf_capacities(usage.cpu(), total, self.cfg.zipf_alpha, cap=batch).to(self.usage.device)
 
     def select(self, pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"] | None = None) -> Bool[Tensor, "B F"]:
-        """The training-time rule: which entries of `pre` are kept (selection.py defines each rule
-        on one process; here the layout merges what ranks hold into the same choice)."""
+        """The training-time rule: which entries of `pre` are kept (selection.py; the layout
+        merges what ranks hold into the same choice as one process)."""
         rule, L, k = self.cfg.selection, self.layout, self.cfg.k
         pre = pre.detach()
-        B, F = pre.shape
         if rule == "topk":
-            return L.token_topk(pre, k)
+            return select_topk(pre, k, L)
         if rule == "gradient":
             if grads is None:
                 raise ValueError("selection='gradient' needs grads (the activation store's with_grads=True)")
-            if grads.shape != (B, self.cfg.d_in):
-                raise ValueError(f"grads: expected [{B}, {self.cfg.d_in}], got {tuple(grads.shape)}")
-            return L.token_topk(gradient_scores(pre, grads, self.W_dec.detach(), self.cfg.beta), k)
-        if rule == "mutual_choice":  # the k·B largest entries of the whole batch, row-major index order
-            def to_global(c):  # local flat index (row·F + col) -> index in the whole batch × all latents
-                if L.data:  # this rank's rows follow the lower ranks' rows
-                    return c + L.rank * B * F
-                return c // F * self.cfg.d_sae + L.rank * F + c % F  # this rank's columns within a row
-            return L.merged_topk(pre.reshape(1, B * F), k * L.global_batch(B), to_global).view(B, F)
-        batch = L.global_batch(B)  # feature choice: latent i keeps its capacities[i] best tokens
-        caps = self.capacities(batch)[L.latent_slice(self.cfg.d_sae)].clamp(max=batch)
-        if L.data:
-            return L.merged_topk(pre.T, caps, lambda c: c + L.rank * B).T
-        return topk_mask(pre.T, caps).T
+            if grads.shape != (pre.shape[0], self.cfg.d_in):
+                raise ValueError(f"grads: expected [{pre.shape[0]}, {self.cfg.d_in}], got {tuple(grads.shape)}")
+            return select_gradient(pre, grads, self.W_dec.detach(), k, self.cfg.beta, L)
+        if rule == "mutual_choice":
+            return select_mutual_choice(pre, k, L)
+        caps = self.capacities(L.global_batch(pre.shape[0]))[L.latent_slice(self.cfg.d_sae)]
+        return select_feature_choice(pre, caps, L)
 
     def encode(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "B F"]:
         """Inference encoding (no batch coupling): TopK, or JumpReLU for MC/FC."""
         pre = self.pre_acts(x)
         if self.cfg.selection in ("topk", "gradient"):
-            return torch.where(self.layout.token_topk(pre.detach(), self.cfg.k), pre.relu(), 0.0)
+            return torch.where(select_topk(pre.detach(), self.cfg.k, self.layout), pre.relu(), 0.0)
         return pre * (pre > self.threshold)
 
     def decode(self, z: Float[Tensor, "B F"]) -> Float[Tensor, "B d"]:

@@ -4,13 +4,21 @@ Each rule maps pre-activations `pre` [B, F] (and, for g-SAE, the loss gradient a
 a boolean mask of the same shape. Kept values are always ReLU(pre) at the mask, so every rule
 reconstructs the same way. Ties are broken towards the lower index (token or latent), which
 makes the active set a deterministic function of the scores, and testable exactly.
+
+Each rule also takes the SAE's `layout` (parallel.py) when one SAE is spread over ranks: it then
+merges what the ranks hold into the same choice one process would make.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+if TYPE_CHECKING:  # parallel.py imports this module
+    from .parallel import Layout
 
 RULES = ("topk", "gradient", "mutual_choice", "feature_choice")
 
@@ -39,9 +47,9 @@ def topk_mask(scores: Float[Tensor, "... n"], k: int | Int[Tensor, "..."]) -> Bo
     return mask & (k_t > 0).unsqueeze(-1)
 
 
-def select_topk(pre: Float[Tensor, "B F"], k: int) -> Bool[Tensor, "B F"]:
+def select_topk(pre: Float[Tensor, "B F"], k: int, layout: Layout | None = None) -> Bool[Tensor, "B F"]:
     """TopK (Gao et al. 2024): k latents per token."""
-    return topk_mask(pre, k)
+    return topk_mask(pre, k) if layout is None else layout.token_topk(pre, k)
 
 
 def gradient_scores(pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"], W_dec: Float[Tensor, "F d"],
@@ -52,23 +60,35 @@ def gradient_scores(pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"], W_de
 
 
 def select_gradient(pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"], W_dec: Float[Tensor, "F d"],
-                    k: int, beta: float) -> Bool[Tensor, "B F"]:
+                    k: int, beta: float, layout: Layout | None = None) -> Bool[Tensor, "B F"]:
     """g-SAE (Olmo et al. 2024): top-k of the gradient-aware score; values stay ReLU(pre)."""
-    return topk_mask(gradient_scores(pre, grads, W_dec, beta), k)
+    return select_topk(gradient_scores(pre, grads, W_dec, beta), k, layout)
 
 
-def select_mutual_choice(pre: Float[Tensor, "B F"], k: int) -> Bool[Tensor, "B F"]:
+def select_mutual_choice(pre: Float[Tensor, "B F"], k: int, layout: Layout | None = None) -> Bool[Tensor, "B F"]:
     """Mutual Choice (Ayonrinde 2024; BatchTopK): the k·B largest entries of the whole batch."""
     B, F = pre.shape
-    return topk_mask(pre.reshape(1, B * F), k * B).reshape(B, F)
+    if layout is None:
+        return topk_mask(pre.reshape(1, B * F), k * B).reshape(B, F)
+
+    def to_global(c):  # local flat index (row·F + col) -> row-major index in the whole batch × all latents
+        if layout.data:  # this rank's rows follow the lower ranks' rows
+            return c + layout.rank * B * F
+        return c // F * (F * layout.world) + layout.rank * F + c % F  # this rank's columns within a row
+    return layout.merged_topk(pre.reshape(1, B * F), k * layout.global_batch(B), to_global).view(B, F)
 
 
-def select_feature_choice(pre: Float[Tensor, "B F"], capacities: Int[Tensor, "F"]) -> Bool[Tensor, "B F"]:
+def select_feature_choice(pre: Float[Tensor, "B F"], capacities: Int[Tensor, "F"],
+                          layout: Layout | None = None) -> Bool[Tensor, "B F"]:
     """Feature Choice: latent i keeps its `capacities[i]` highest-scoring tokens of the batch."""
     B, F = pre.shape
     if capacities.shape != (F,):
         raise ValueError(f"capacities: expected shape ({F},), got {tuple(capacities.shape)}")
-    return topk_mask(pre.T, capacities.clamp(max=B)).T
+    if layout is None or not layout.data:
+        return topk_mask(pre.T, capacities.clamp(max=B)).T
+    # a latent's tokens lie on every rank: merge them, this rank's rows after the lower ranks'
+    caps = capacities.clamp(max=layout.global_batch(B))
+    return layout.merged_topk(pre.T, caps, lambda c: c + layout.rank * B).T
 
 
 def uniform_capacities(F: int, total: int) -> Int[Tensor, "F"]:
