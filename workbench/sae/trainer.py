@@ -15,7 +15,7 @@ from .config import SAEConfig
 from .io import save_sae
 from .losses import aux_loss, aux_zipf_weights, auxk_weights, fvu
 from .model import SparseAutoencoder
-from .parallel import SINGLE, Layout, current_layout
+from .parallel import SHARDED, SINGLE, Layout, current_layout
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def clip_grad_norm(sae: SparseAutoencoder, max_norm: float) -> torch.Tensor:
     layout = sae.layout
     if not layout.latent:
         return torch.nn.utils.clip_grad_norm_(sae.parameters(), max_norm)
-    sharded = sum(p.grad.pow(2).sum() for name, p in sae.named_parameters() if name != "b_dec")
+    sharded = sum(p.grad.pow(2).sum() for name, p in sae.named_parameters() if name in SHARDED)
     total = (layout.sum(sharded) + sae.b_dec.grad.pow(2).sum()).sqrt()
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for p in sae.parameters():
