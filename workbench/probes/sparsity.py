@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer
 
 from ..models import ModelConfig, load_model_file
 from ..runs import RunDir
+from ..sae.selection import topk_mask
 
 
 def _check_mlps(model: HookedTransformer) -> None:
@@ -104,19 +105,10 @@ def sparsity_over_training(run_dir: str | Path, model_cfg: ModelConfig, tokens: 
 
 
 def topk_hook(k: int):
-    """A hook keeping the k largest entries of each token's MLP hidden vector, zeroing the rest."""
+    """A hook keeping the k largest entries of each token's MLP hidden vector (exactly k: equal
+    values go to the lower indices, as in the SAEs' TopK), zeroing the rest."""
     def hook(act, hook):
-        if k >= act.shape[-1]:
-            return act
-        kth = act.topk(k, dim=-1).values[..., -1:]
-        keep = act >= kth
-        # exact k even with ties: among equal values keep the lowest indices
-        extra = keep.sum(-1, keepdim=True) - k
-        if bool((extra > 0).any()):
-            tied = act == kth
-            drop = tied & (tied.flip(-1).cumsum(-1).flip(-1) <= extra)
-            keep &= ~drop
-        return act * keep
+        return act if k >= act.shape[-1] else act * topk_mask(act, k)
     return hook
 
 
