@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.head_detector import (compute_head_attention_similarity_score,
@@ -99,20 +99,21 @@ def streaming_scores(model: HookedTransformer, tokens: Tensor, sink: int, window
     if T <= sink + window:
         raise ValueError(f"contexts of {T} tokens are too short for sink={sink} + window={window}")
     _, pat = attention_patterns(model, tokens)
-    qpos = torch.arange(T)[:, None]
-    kpos = torch.arange(T)[None, :]
-    region = (kpos < sink) | ((kpos > qpos - window) & (kpos <= qpos))  # [q, k]
-    mass = (pat * region).sum(-1)  # [L, b, H, q]
+    mass = (pat * sink_window_region(T, sink, window, pat.device)).sum(-1)  # [L, b, H, q]
     return mass[..., sink + window:].mean((1, 3))
+
+
+def sink_window_region(T: int, sink: int, window: int, device=None) -> Bool[Tensor, "q k"]:
+    """Keys a streaming head attends to: the first `sink` and the last `window` (query included)."""
+    qpos = torch.arange(T, device=device)[:, None]
+    kpos = torch.arange(T, device=device)[None, :]
+    return (kpos < sink) | ((kpos > qpos - window) & (kpos <= qpos))
 
 
 def sink_window_hook(head: int, sink: int, window: int):
     """Hook on attn.hook_pattern: head `head` attends only to sink ∪ window (renormalised)."""
     def hook(pattern, hook):
-        T = pattern.shape[-1]
-        qpos = torch.arange(T, device=pattern.device)[:, None]
-        kpos = torch.arange(T, device=pattern.device)[None, :]
-        region = ((kpos < sink) | ((kpos > qpos - window) & (kpos <= qpos))).to(pattern.dtype)
+        region = sink_window_region(pattern.shape[-1], sink, window, pattern.device).to(pattern.dtype)
         new = pattern.clone()
         p = pattern[:, head] * region
         new[:, head] = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
