@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .activations import ActivationStore, ModelSource, StoreConfig
 from .corpus import windows
 from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, LMTrainConfig, ModelConfig, default_data, default_model_dir,
-                     load_default, save_model, train_lm, workbench_home)
+                     load_default, save_model, workbench_home)
 from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_gap, loss_curves, primes_data, train_pair
 from .probes.heads import HeadRoleConfig, attention_patterns, head_roles, make_contexts
 from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_intervention
@@ -58,13 +58,8 @@ def _models(cfg: DemoConfig, root: Path, progress: bool):
         return fwd, bwd, DEFAULT_MODEL, DEFAULT_TRAIN, default_model_dir("forward"), default_model_dir("backward")
     base = Path(cfg.models_dir) if cfg.models_dir else root / "_models"
     train = cfg.model_train or DEFAULT_TRAIN
-    data = default_data()
-    out = []
-    for direction in ("forward", "backward"):
-        run = RunDir(base / direction)
-        out.append(train_lm(cfg.model, LMTrainConfig(**{**asdict(train), "direction": direction}), data, run,
-                            progress=progress))
-    return out[0], out[1], cfg.model, train, base / "forward", base / "backward"
+    fwd, bwd = train_pair(cfg.model, train, default_data(), base, progress=progress)
+    return fwd, bwd, cfg.model, train, base / "forward", base / "backward"
 
 
 def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), progress: bool = True) -> Path:
