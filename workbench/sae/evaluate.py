@@ -172,6 +172,15 @@ def feature_activations(model: HookedTransformer, sae: SparseAutoencoder, hook_n
     return z
 
 
+def feature_on_text(model: HookedTransformer, sae: SparseAutoencoder, tokenizer, text: str,
+                    feature: int) -> tuple[list[int], list[float]]:
+    """A user's text (BOS prepended, cut to the model's context) and one feature's activation at
+    each of its tokens: what the dashboards' "your own text" shows."""
+    ids = tokenizer.encode(text)[: model.cfg.n_ctx - 1]
+    tokens = torch.tensor([[tokenizer.bos_token_id] + ids])
+    return ids, feature_activations(model, sae, sae.cfg.hook_name, tokens)[0, 1:, feature].tolist()
+
+
 @torch.no_grad()
 def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: str,
                   tokens: Int[Tensor, "n_seq seq"], *, n_top: int = 8, context: tuple[int, int] = (20, 4),

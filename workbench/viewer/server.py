@@ -196,14 +196,11 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
             return JSONResponse({"error": "expected JSON {text: str, feature: int}"}, 400)
         if not text:
             return JSONResponse({"error": "text is empty"}, 400)
-        import torch
-        from ..sae.evaluate import feature_activations
+        from ..sae.evaluate import feature_on_text
         model, sae = model_and_sae(name)
         if not 0 <= feature < sae.cfg.d_sae:
             return JSONResponse({"error": f"feature must lie in [0, {sae.cfg.d_sae})"}, 400)
-        ids = tokenizer.encode(text)[: model.cfg.n_ctx - 1]
-        tokens = torch.tensor([[tokenizer.bos_token_id] + ids])
-        acts = feature_activations(model, sae, sae.cfg.hook_name, tokens)[0, 1:, feature].tolist()
+        ids, acts = feature_on_text(model, sae, tokenizer, text, feature)
         return JSONResponse({"html": sf.prompt_html(ids, acts, tokenizer)})
 
     async def attention_api(request: Request) -> JSONResponse:

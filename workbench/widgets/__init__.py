@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import ipywidgets as W
 import plotly.graph_objects as go
-import torch
 
 from ..corpus import Tokenizer
 from ..figures import probes as pf
 from ..figures import sae as sf
-from ..sae.evaluate import FeatureTable, feature_activations, features_matching
+from ..sae.evaluate import FeatureTable, feature_on_text, features_matching
 
 
 class FigurePane:
@@ -108,13 +107,8 @@ class FeatureExplorer(_Dashboard):
         if self.model is None or self.sae is None:
             self.prompt_out.value = "<i>pass model= and sae= to run your own text</i>"
             return
-        ids = self.tok.encode(self.prompt.value)[: self.model.cfg.n_ctx - 1]
-        if not ids:
-            self.prompt_out.value = "<i>empty text</i>"
-            return
-        tokens = torch.tensor([[self.tok.bos_token_id] + ids])
-        acts = feature_activations(self.model, self.sae, self.sae.cfg.hook_name, tokens)[0, 1:, self.feature.value]
-        self.prompt_out.value = sf.prompt_html(ids, acts.tolist(), self.tok)
+        ids, acts = feature_on_text(self.model, self.sae, self.tok, self.prompt.value, self.feature.value)
+        self.prompt_out.value = sf.prompt_html(ids, acts, self.tok) if ids else "<i>empty text</i>"
 
 
 class HeadRoleMap(_Dashboard):
