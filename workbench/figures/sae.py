@@ -105,22 +105,21 @@ def contexts_html(table: FeatureTable, feature: int, tokenizer: Tokenizer) -> st
         seq, start = int(table.top_seq[feature, j]), int(table.context_start[feature, j])
         acts = table.context_acts[feature, j].tolist()
         toks = table.tokens[seq, start: start + len(acts)].tolist()
-        spans = []
-        for t, a in zip(toks, acts):
-            alpha = max(0.0, min(1.0, a / peak))
-            label = html.escape(tokenizer.token_str(t))
-            spans.append(f'<span class="tok" style="background: rgba(245,133,24,{alpha:.2f})" '
-                         f'title="{a:.3f}">{label}</span>')
-        rows.append(f'<div class="ctx"><span class="val">{v:.2f}</span>{"".join(spans)}</div>')
+        spans = _shaded_tokens(toks, acts, peak, tokenizer, "245,133,24")
+        rows.append(f'<div class="ctx"><span class="val">{v:.2f}</span>{spans}</div>')
     return "\n".join(rows)
 
 
 def prompt_html(tokens: list[int], acts: list[float], tokenizer: Tokenizer) -> str:
     """A user's prompt with each token shaded by one feature's activation."""
     peak = max([a for a in acts if a > 0], default=1.0)
-    spans = [f'<span class="tok" style="background: rgba(76,120,168,{max(0.0, min(1.0, a / peak)):.2f})" '
-             f'title="{a:.3f}">{html.escape(tokenizer.token_str(t))}</span>' for t, a in zip(tokens, acts)]
-    return f'<div class="ctx">{"".join(spans)}</div>'
+    return f'<div class="ctx">{_shaded_tokens(tokens, acts, peak, tokenizer, "76,120,168")}</div>'
+
+
+def _shaded_tokens(tokens: list[int], acts: list[float], peak: float, tokenizer: Tokenizer, rgb: str) -> str:
+    """Token spans whose background opacity is activation / peak (clipped to [0, 1])."""
+    return "".join(f'<span class="tok" style="background: rgba({rgb},{max(0.0, min(1.0, a / peak)):.2f})" '
+                   f'title="{a:.3f}">{html.escape(tokenizer.token_str(t))}</span>' for t, a in zip(tokens, acts))
 
 
 def variants_bar(rows: list[dict], metric: str = "fvu") -> go.Figure:
