@@ -20,7 +20,7 @@ from starlette.routing import Route
 from ..corpus import ByteTokenizer
 from ..figures import probes as pf
 from ..figures import sae as sf
-from ..runs import iter_runs
+from ..runs import RunDir, iter_runs
 from . import pages
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -32,17 +32,16 @@ class RunError(Exception):
 
 def _kind(run_dir: Path) -> str:
     try:
-        return json.loads((run_dir / "config.json").read_text())["kind"]
+        return RunDir(run_dir).read_config()["kind"]
     except Exception as e:
         raise RunError(f"config.json is unreadable: {e}") from e
 
 
 def _results(run_dir: Path) -> dict:
-    path = run_dir / "results.json"
-    if not path.exists():
+    if not (run_dir / "results.json").exists():
         raise RunError("results.json is missing: the run has not finished (or was interrupted)")
     try:
-        return json.loads(path.read_text())
+        return RunDir(run_dir).read_results()
     except json.JSONDecodeError as e:
         raise RunError(f"results.json is not valid JSON: {e}") from e
 
@@ -105,7 +104,6 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
         return HTMLResponse(pages.page(f"{name} ({kind})", body))
 
     def render_sae(name: str, d: Path, res: dict) -> str:
-        from ..runs import RunDir
         table = table_for(name)
         body = pages.metrics_table(res, ["fvu", "explained_variance", "l0", "dead_frac", "dense_frac",
                                          "ce_loss_recovered", "ce_loss_recovered_vs_mean", "kl_sae", "ce_clean",
