@@ -5,9 +5,9 @@
 W_enc, b_enc, W_dec, b_dec (and x if it requires grad) from the B·k selected rows only.
 Selection (which idx) happens before, without gradient: `topk_encode` on CUDA.
 
-`triton_forward(sae, x, grads)` is what the trainer calls on CUDA: the fused top-k (and AuxK
-candidates) then the sparse encode/decode, for the main path and the AuxK path (whose
-reconstruction ê leaves b_dec out).
+`triton_forward(x, W_enc, b_enc, W_dec, b_dec, k, dead=, k_aux=, grads=, beta=)` is what the
+trainer calls on CUDA: the fused top-k (and AuxK candidates) then the sparse encode/decode, for
+the main path and the AuxK path (whose reconstruction ê leaves b_dec out).
 """
 
 from __future__ import annotations
