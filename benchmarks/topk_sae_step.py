@@ -110,7 +110,7 @@ def fvu_parity(d: int, F: int, k: int, steps: int = 300, batch: int = B, device:
     """Held-out FVU after `steps` training steps, Triton path vs pure torch, same data and seed."""
     syn = SuperpositionConfig(d=d, n_features=4 * d, mean_active=k, seed=0)
     n = 16 * batch
-    train, held_out = superposition_data(syn, n).acts, superposition_data(syn, n + 8192).acts[-8192:]
+    train, held_out = superposition_data(syn, n + 8192).acts.split([n, 8192])
     result = {}
     for triton in (True, False):
         store = ActivationStore(TensorSource(train, chunk_size=n), batch)  # 16 batches, cycled
