@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import os
 
 import pytest
@@ -5,20 +7,24 @@ import torch
 
 if not torch.cuda.is_available():  # Triton kernels run on the CPU interpreter here (before triton loads)
     os.environ.setdefault("TRITON_INTERPRET", "1")
-from transformer_lens import HookedTransformer
+from typing import TYPE_CHECKING
 
-from workbench.models import ModelConfig, new_model
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-TINY = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=33, d_vocab=257)
+# Model imports (TransformerLens) stay inside the fixtures, so that the kernel and SAE tests also
+# run where only torch and triton are installed (a lent GPU machine).
+TINY_KW = dict(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=33, d_vocab=257)
 
 
 @pytest.fixture
 def tiny_model() -> HookedTransformer:
     """A random-init 2-layer model, as TransformerLens tests its own code."""
-    return new_model(TINY, seed=0).eval()
+    from workbench.models import ModelConfig, new_model
+    return new_model(ModelConfig(**TINY_KW), seed=0).eval()
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +38,7 @@ def default_models():
 def tiny_demo(tmp_path_factory):
     """A demo folder built from 12-step models in ~20 s: every run kind, real file layout."""
     from workbench.demo import DemoConfig, build_demo
-    from workbench.models import LMTrainConfig
+    from workbench.models import LMTrainConfig, ModelConfig
     from workbench.probes.heads import HeadRoleConfig
     cfg = DemoConfig(
         d_sae=256, k=8, sae_tokens=8 * 4096, eval_windows=8, seq_len=32, topk_ks=(1, 8, 64),

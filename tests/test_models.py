@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from workbench.corpus import ByteTokenizer, unigram_entropy
-from workbench.models import (DEFAULT_TRAIN, LMTrainConfig, TokenData, default_data, evaluate_lm,
+from workbench.models import (DEFAULT_TRAIN, LMTrainConfig, ModelConfig, TokenData, default_data, evaluate_lm,
                               load_model, load_model_file, save_model, train_batch, train_lm)
 from workbench.runs import CheckpointError, RunDir, atomic_torch_save, load_state
 
-from .conftest import TINY
+from .conftest import TINY_KW
+
+TINY = ModelConfig(**TINY_KW)
 
 
 def _toy_data() -> TokenData:
