@@ -5,9 +5,9 @@
 W_enc, b_enc, W_dec, b_dec (and x if it requires grad) from the B·k selected rows only.
 Selection (which idx) happens before, without gradient: `topk_encode` on CUDA.
 
-`triton_forward(x, W_enc, b_enc, W_dec, b_dec, k, dead=, k_aux=, grads=, beta=)` is what the
-trainer calls on CUDA: the fused top-k (and AuxK candidates) then the sparse encode/decode, for
-the main path and the AuxK path (whose reconstruction ê leaves b_dec out).
+`triton_forward(x, W_enc, b_enc, W_dec, b_dec, k, dead=, k_aux=, grads=, beta=, precision=)` is
+what the trainer calls on CUDA: the fused top-k (and, with `dead`, AuxK candidates) then the sparse
+encode/decode, for the main path and the AuxK path (whose reconstruction ê leaves b_dec out).
 """
 
 from __future__ import annotations
@@ -53,11 +53,13 @@ class SparseEncodeDecode(torch.autograd.Function):
 
 
 def triton_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int, *,
-                   dead: Tensor | None = None, k_aux: int = 0, grads: Tensor | None = None, beta: float = 0.0):
-    """Main path (idx, vals, x̂) and, with dead latents, the AuxK path (aux_idx, ê without b_dec)."""
+                   dead: Tensor | None = None, k_aux: int = 0, grads: Tensor | None = None, beta: float = 0.0,
+                   precision: str = "fp32"):
+    """Main path (idx, vals, x̂) and, with dead latents, the AuxK path (aux_idx, ê without b_dec).
+    `precision` is the selection GEMM's (see topk_encode); vals and x̂ are in the inputs' dtype."""
     with torch.no_grad():
         idx, aux_idx = topk_encode(x, W_enc, b_enc, b_dec, k, dead=dead, k_aux=k_aux, grads=grads, W_dec=W_dec,
-                                   beta=beta)
+                                   beta=beta, precision=precision)
     vals, x_hat = SparseEncodeDecode.apply(x, W_enc, b_enc, W_dec, b_dec, idx, True)
     if aux_idx is None:
         return idx, vals, x_hat, None, None

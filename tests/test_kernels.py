@@ -6,11 +6,11 @@ import torch
 
 from workbench.kernels.autograd import SparseEncodeDecode, triton_forward
 from workbench.kernels.reference import pre_acts, sparse_decode, sparse_values, topk_indices
-from workbench.kernels.topk_encoder import topk_encode
+from workbench.kernels.topk_encoder import Blocks, topk_encode
 from workbench.sae.selection import gradient_scores
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-SMALL = dict(block_b=16, block_f=64, block_d=16)
+SMALL = dict(blocks=Blocks(16, 64, 16, 1, 1))
 
 
 def _params(B, d, F, seed=0, dtype=torch.float32, ints=False):
@@ -24,11 +24,24 @@ def _params(B, d, F, seed=0, dtype=torch.float32, ints=False):
 
 
 @pytest.mark.parametrize("B,d,F,k", [(19, 24, 150, 1), (16, 16, 64, 5), (5, 20, 70, 60), (33, 16, 100, 8)])
-def test_topk_encoder_matches_reference(B, d, F, k):
+@pytest.mark.parametrize("split", [1, 2, 5])  # 5 > the tiles of F=64: some programs own none
+def test_topk_encoder_matches_reference(B, d, F, k, split):
     x, W_enc, b_enc, _, b_dec = _params(B, d, F, seed=k)
-    idx, _ = topk_encode(x, W_enc, b_enc, b_dec, k, **SMALL)
+    idx, _ = topk_encode(x, W_enc, b_enc, b_dec, k, split=split, **SMALL)
     ref = topk_indices(pre_acts(*(t.double() for t in (x, W_enc, b_enc, b_dec))), k)
     assert torch.equal(idx.cpu(), ref.cpu())
+
+
+def test_topk_encoder_bf16_precision_selects_on_bf16_operands():
+    """precision="bf16" (the fast path for fp32 parameters) rounds x − b_dec and W_enc to bf16 and
+    accumulates in fp32: its choice is the exact top-k of those rounded operands' products."""
+    x, W_enc, b_enc, _, b_dec = _params(24, 40, 200, seed=11)
+    idx, _ = topk_encode(x, W_enc, b_enc, b_dec, 7, precision="bf16", split=2, **SMALL)
+    xc = (x - b_dec).bfloat16().double()
+    pre_bf16 = xc @ W_enc.bfloat16().double().T + b_enc.double()
+    assert torch.equal(idx.cpu(), topk_indices(pre_bf16, 7).cpu())
+    exact = topk_indices(pre_acts(*(t.double() for t in (x, W_enc, b_enc, b_dec))), 7)
+    assert not torch.equal(idx.cpu(), exact.cpu())  # the rounding is real: some choices differ
 
 
 def test_topk_encoder_ties_go_to_lower_index():
@@ -43,9 +56,11 @@ def test_auxk_candidates_are_top_dead_latents():
     x, W_enc, b_enc, _, b_dec = _params(16, 16, 128, seed=3)
     dead = torch.zeros(128, dtype=torch.bool, device=DEV)
     dead[torch.randperm(128, generator=torch.Generator().manual_seed(0))[:20]] = True
-    idx, aux = topk_encode(x, W_enc, b_enc, b_dec, 4, dead=dead, k_aux=8, **SMALL)
     pre = pre_acts(*(t.double() for t in (x, W_enc, b_enc, b_dec)))
-    assert torch.equal(aux.cpu(), topk_indices(pre, 8, dead).cpu())
+    for split in (1, 2):
+        idx, aux = topk_encode(x, W_enc, b_enc, b_dec, 4, dead=dead, k_aux=8, split=split, **SMALL)
+        assert torch.equal(aux.cpu(), topk_indices(pre, 8, dead).cpu())
+        assert torch.equal(idx.cpu(), topk_indices(pre, 4).cpu())
     few = torch.zeros_like(dead)
     few[[5, 77]] = True  # fewer dead latents than k_aux: the rest is -1
     _, aux = topk_encode(x, W_enc, b_enc, b_dec, 4, dead=few, k_aux=8, **SMALL)
@@ -107,14 +122,16 @@ def test_auxk_path_gradient_reaches_encoder():
     assert rows[:10].any() and not rows[10:].any()
 
 
-def test_triton_training_step_equals_torch_path():
+@pytest.mark.parametrize("aux", ["dense", "fused"])
+def test_triton_training_step_equals_torch_path(aux):
     from workbench.activations import ActivationStore, TensorSource
     from workbench.sae import SAEConfig, SAETrainConfig, train_sae
     acts = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
     cfg = SAEConfig(d_in=16, d_sae=64, k=4, dead_tokens=64)  # latents die quickly: AuxK active
     runs = {}
     for flag in (False, True):
-        train = SAETrainConfig(total_tokens=3 * 64, batch_size=64, lr=1e-3, warmup_steps=1, use_triton=flag)
+        train = SAETrainConfig(total_tokens=3 * 64, batch_size=64, lr=1e-3, warmup_steps=1, use_triton=flag,
+                               triton_precision="fp32", triton_aux=aux, device=DEV)
         runs[flag] = train_sae(cfg, train, ActivationStore(TensorSource(acts), 64), progress=False)
     for name, a in runs[False].named_parameters():
         torch.testing.assert_close(a, dict(runs[True].named_parameters())[name], rtol=2e-4, atol=2e-5, msg=name)
