@@ -137,6 +137,12 @@ def test_bad_configs_and_files_fail_clearly(tmp_path, synthetic):
     with pytest.raises(ValueError, match="with_grads"):
         train_sae(SAEConfig(d_in=SYN.d, d_sae=64, k=2, selection="gradient"), SAETrainConfig(batch_size=1024),
                   no_grads, progress=False)
+    with pytest.raises(ValueError, match="triton_precision='fp16'"):
+        train_sae(SAEConfig(d_in=SYN.d, d_sae=64, k=2), SAETrainConfig(batch_size=1024, triton_precision="fp16"),
+                  _store(synthetic), progress=False)
+    with pytest.raises(ValueError, match="triton_aux='sparse'"):
+        train_sae(SAEConfig(d_in=SYN.d, d_sae=64, k=2), SAETrainConfig(batch_size=1024, triton_aux="sparse"),
+                  _store(synthetic), progress=False)
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2))
     with pytest.raises(ValueError, match=r"x: expected \[batch, 8\]"):
         sae(torch.randn(4, 9))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +35,9 @@ class SAETrainConfig:
     log_every: int = 10  # steps between metric lines
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
     use_triton: bool | None = None  # fused kernels; None: on CUDA for topk and gradient rules
+    # bf16 is what autocast would do; the kept latents' values are still computed in the parameters' dtype
+    triton_precision: str = "bf16"  # the Triton path's selection GEMM: "bf16" operands or "fp32" (exact)
+    triton_aux: str = "dense"  # the Triton path's AuxK: "dense" (GEMMs over dead rows) or "fused" (kernel candidates)
     device: str = "cpu"
     dtype: str = "float32"  # parameters and batches: "float32", "bfloat16", or "float64" (exact tests)
     # "latent" is for dictionaries whose weights and Adam state do not fit on one device
@@ -54,6 +57,19 @@ class SAETrainConfig:
     def learning_rate(self, d_sae: int) -> float:
         return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 16384)
 
+    def triton_path(self) -> TritonPath:
+        if self.triton_precision not in ("bf16", "fp32"):
+            raise ValueError(f"triton_precision={self.triton_precision!r}: expected 'bf16' or 'fp32'")
+        if self.triton_aux not in ("dense", "fused"):
+            raise ValueError(f"triton_aux={self.triton_aux!r}: expected 'dense' or 'fused'")
+        return TritonPath(self.triton_precision, self.triton_aux)
+
+
+class TritonPath(NamedTuple):
+    """How the fused-kernel path runs (SAETrainConfig.triton_precision / triton_aux)."""
+    precision: str = "bf16"
+    aux: str = "dense"
+
 
 def lr_factor(step: int, cfg: SAETrainConfig) -> float:
     if step < cfg.warmup_steps:
@@ -65,48 +81,65 @@ def lr_factor(step: int, cfg: SAETrainConfig) -> float:
 
 
 def make_optimizer(sae: SparseAutoencoder, cfg: SAETrainConfig) -> torch.optim.Adam:
+    on_cuda = sae.W_enc.is_cuda  # the fused CUDA Adam is one pass over p, g, m, v: the step's floor
     return torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(sae.cfg.d_sae), betas=cfg.adam_betas,
-                            eps=cfg.adam_eps)
+                            eps=cfg.adam_eps, fused=on_cuda or None)
 
 
 def triton_supported(sae_cfg: SAEConfig) -> bool:
     return sae_cfg.selection in ("topk", "gradient") and sae_cfg.aux in ("auxk", "none")
 
 
-def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE) -> bool:
+def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE) -> TritonPath | None:
+    """The fused-kernel path's options when this run takes it, else None."""
+    path = cfg.triton_path()
     if cfg.use_triton is None:
-        return (cfg.device.startswith("cuda") and torch.cuda.is_available() and triton_supported(sae_cfg)
+        auto = (cfg.device.startswith("cuda") and torch.cuda.is_available() and triton_supported(sae_cfg)
                 and not layout.latent)
+        return path if auto else None
     if cfg.use_triton and not triton_supported(sae_cfg):
         raise ValueError(f"use_triton: the kernels cover selection topk/gradient with aux auxk/none, "
                          f"not {sae_cfg.selection}/{sae_cfg.aux}")
     if cfg.use_triton and layout.latent:
         raise ValueError("use_triton: the fused kernels do not merge candidates across ranks yet; "
                          "use parallel='data' or use_triton=False")
-    return cfg.use_triton
+    return path if cfg.use_triton else None
 
 
-def _triton_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None, dead: torch.Tensor):
+def _triton_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None, dead: torch.Tensor,
+                   path: TritonPath):
     from ..kernels.autograd import triton_forward
 
     cfg, layout = sae.cfg, sae.layout
-    n_dead = int(dead.sum())
+    n_dead = int(dead.sum()) if cfg.aux == "auxk" else 0
+    fused_aux = n_dead > 0 and path.aux == "fused"
     idx, vals, x_hat, aux_idx, e_hat = triton_forward(
-        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, cfg.k, dead=dead if cfg.aux == "auxk" and n_dead else None,
-        k_aux=cfg.aux_k, grads=grads if cfg.selection == "gradient" else None, beta=cfg.beta)
+        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, cfg.k, dead=dead if fused_aux else None,
+        k_aux=cfg.aux_k, grads=grads if cfg.selection == "gradient" else None, beta=cfg.beta,
+        precision=path.precision)
     mse = fvu(x, x_hat, layout)
-    aux = mse * 0.0 if e_hat is None else fvu((x - x_hat).detach(), e_hat, layout) * min(n_dead / cfg.aux_k, 1.0)
+    if fused_aux:
+        aux = fvu((x - x_hat).detach(), e_hat, layout) * min(n_dead / cfg.aux_k, 1.0)
+    elif n_dead:
+        # AuxK as dense GEMMs over the dead latents' rows alone: with k_aux = d/2 candidates per
+        # token, sparse gathers would read k_aux/k times the main path's rows. The rows keep their
+        # order, so selection and ties are exactly the torch path's.
+        rows = dead.nonzero().squeeze(1)  # [n_dead]
+        pre = (x - sae.b_dec) @ sae.W_enc[rows].T + sae.b_enc[rows]  # [B, n_dead]
+        aux = aux_loss(pre, x - x_hat, sae.W_dec[rows], torch.ones_like(rows, dtype=pre.dtype), cfg.aux_k, layout)
+    else:
+        aux = mse * 0.0
     return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "sparse": (idx, vals.detach()), "dead": dead,
             "l0": float((vals > 0).sum(1).float().mean())}
 
 
 def sae_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None,
-               triton: bool = False) -> dict[str, Any]:
+               triton: TritonPath | bool | None = None) -> dict[str, Any]:
     """Forward pass and losses of one batch. Under a "data" layout "fvu" and "aux" are this
     rank's shares of the global batch's values; under "latent" every rank has the same values."""
     dead = sae.dead_mask()
     if triton:
-        return _triton_losses(sae, x, grads, dead)
+        return _triton_losses(sae, x, grads, dead, TritonPath() if triton is True else triton)
     out = sae(x, grads)
     cfg, layout = sae.cfg, sae.layout
     mse = fvu(x, out.x_hat, layout)
@@ -157,7 +190,7 @@ def clip_grad_norm(sae: SparseAutoencoder, max_norm: float) -> torch.Tensor:
 class _Losses(torch.nn.Module):
     """sae_losses as a module, so DistributedDataParallel can wrap the whole forward."""
 
-    def __init__(self, sae: SparseAutoencoder, triton: bool):
+    def __init__(self, sae: SparseAutoencoder, triton: TritonPath | None):
         super().__init__()
         self.sae, self.triton = sae, triton
 
@@ -165,7 +198,7 @@ class _Losses(torch.nn.Module):
         return sae_losses(self.sae, x, grads, self.triton)
 
 
-def _loss_fn(sae: SparseAutoencoder, triton: bool, device: str):
+def _loss_fn(sae: SparseAutoencoder, triton: TritonPath | None, device: str):
     module = _Losses(sae, triton)
     if not sae.layout.data:
         return module
