@@ -9,6 +9,7 @@ the pure-torch path, and prints both held-out FVUs and their relative gap (targe
     python benchmarks/topk_sae_step.py            # both shapes (needs CUDA)
     python benchmarks/topk_sae_step.py --quick    # small shape, fewer repeats
     python benchmarks/topk_sae_step.py --parity-only
+    python benchmarks/topk_sae_step.py --parts    # also time the step's parts and each kernel launch shape
 Peers are optional: `pip install -e .[bench]` brings eai-sparsify; SAELens is a dependency.
 """
 
@@ -24,10 +25,15 @@ import torch
 from workbench.activations import ActivationStore, TensorSource
 from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sae
 from workbench.sae.losses import fvu
-from workbench.sae.trainer import make_optimizer, optimizer_step, sae_losses
+from workbench.kernels.autograd import SparseEncodeDecode
+from workbench.kernels.topk_encoder import GPU_CANDIDATES, topk_encode
+from workbench.sae.trainer import TritonPath, make_optimizer, optimizer_step, sae_losses
 from workbench.tasks import SuperpositionConfig, superposition_data
 
 SHAPES = {"gpt2-small": (768, 24_576, 32), "wide": (2048, 65_536, 64)}
+# The fused AuxK candidates sort tiles as wide as k_aux = d/2 rounded up to a power of two: past 512
+# (the wide shape's 1024) that is a register-spilling, slow-to-compile variant not worth a lease's time.
+FUSED_AUX_MAX = 512
 B = 4096
 
 
@@ -47,10 +53,10 @@ def timed(step, n: int, warmup: int = 5) -> tuple[float, float]:
     return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
 
 
-def ours(d, F, k, x, triton: bool):
-    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=F, k=k, dead_tokens=1)).cuda().train()
+def ours(d, F, k, x, triton: TritonPath | None):
+    sae = SparseAutoencoder(SAEConfig(d_in=d, d_sae=F, k=k, dead_tokens=1)).to(x.device).train()
     sae.tokens_since_fired[: F // 10] = 10  # 10% dead
-    cfg = SAETrainConfig(batch_size=B, device="cuda", use_triton=triton)
+    cfg = SAETrainConfig(batch_size=B, device=str(x.device), use_triton=triton is not None)
     opt = make_optimizer(sae, cfg)
 
     def step():
@@ -64,15 +70,15 @@ def ours(d, F, k, x, triton: bool):
 def saelens(d, F, k, x, autocast: bool):
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=F, k=k, device="cuda"))
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=F, k=k, device=str(x.device)))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    dead = torch.zeros(F, dtype=torch.bool, device="cuda")
+    dead = torch.zeros(F, dtype=torch.bool, device=x.device)
     dead[: F // 10] = True
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
-                                                           n_training_steps=100))
+                                                           n_training_steps=100, is_logging_step=False))
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -81,13 +87,13 @@ def saelens(d, F, k, x, autocast: bool):
 
 def sparsify(d, F, k, x):
     from sparsify import SaeConfig, SparseCoder
-    sae = SparseCoder(d, SaeConfig(num_latents=F, k=k), device="cuda")
+    sae = SparseCoder(d, SaeConfig(num_latents=F, k=k), device=x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    dead = torch.zeros(F, dtype=torch.bool, device="cuda")
+    dead = torch.zeros(F, dtype=torch.bool, device=x.device)
     dead[: F // 10] = True
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             out = sae(x, dead_mask=dead)
         opt.zero_grad(set_to_none=True)
         (out.fvu + out.auxk_loss / 32).backward()
@@ -104,6 +110,56 @@ def floor_ms(d, F, x) -> float:
     copy_ms, _ = timed(lambda: out.copy_(buf), 30)
     bandwidth = 2 * buf.numel() / (copy_ms / 1e3)  # bytes read + written per second
     return gemm + 28 * (2 * F * d) / bandwidth * 1e3  # Adam fp32: 28 bytes per parameter
+
+
+def parts(d: int, F: int, k: int, x: torch.Tensor, n: int) -> None:
+    """ms of each piece of our Triton step alone, and of the encoder kernel at each launch shape."""
+    dev = x.device
+    W_enc, W_dec = torch.randn(F, d, device=dev) / d**0.5, torch.randn(F, d, device=dev) / d**0.5
+    b_enc, b_dec = torch.zeros(F, device=dev), torch.zeros(d, device=dev)
+    dead = torch.zeros(F, dtype=torch.bool, device=dev)
+    dead[: F // 10] = True
+    rows_dead = dead.nonzero().squeeze(1)
+    xb, wb = x.bfloat16(), W_enc.bfloat16()
+    idx, _ = topk_encode(x, W_enc, b_enc, b_dec, k, precision="bf16")
+    params = [p.clone().requires_grad_(True) for p in (W_enc, b_enc, W_dec, b_dec)]
+    weights = [W_enc.clone().requires_grad_(True), W_dec.clone().requires_grad_(True)]
+    adam = torch.optim.Adam(weights, fused=dev.type == "cuda")
+    for p in adam.param_groups[0]["params"]:
+        p.grad = torch.randn_like(p)
+
+    def encode_decode():
+        vals, out = SparseEncodeDecode.apply(x, *params[:3], params[3], idx, True)
+        (vals.sum() + out.sum()).backward()
+
+    def dense_aux():
+        pre = (x - b_dec) @ W_enc[rows_dead].T + b_enc[rows_dead]
+        pre.topk(d // 2, dim=1)
+
+    pieces = {
+        "bf16 GEMM alone": lambda: xb @ wb.T,
+        "bf16 GEMM + torch.topk (unfused)": lambda: torch.topk(xb @ wb.T, k, dim=1),
+        "topk_encode bf16 (tuned launch)": lambda: topk_encode(x, W_enc, b_enc, b_dec, k, precision="bf16"),
+        "topk_encode bf16 + fused AuxK candidates": lambda: topk_encode(x, W_enc, b_enc, b_dec, k, dead=dead,
+                                                                       k_aux=d // 2, precision="bf16"),
+        "dense AuxK selection (GEMM on dead rows + topk)": dense_aux,
+        "sparse encode/decode fwd + bwd": encode_decode,
+        "fused Adam over W_enc, W_dec": adam.step,
+    }
+    if d // 2 > FUSED_AUX_MAX:
+        del pieces["topk_encode bf16 + fused AuxK candidates"]
+    for bl in GPU_CANDIDATES:
+        bl = bl._replace(f=max(bl.f, 1 << max(1, (k - 1).bit_length())))  # a tile holds k winners
+        label = f"topk_encode bf16, blocks {bl.b}×{bl.f}×{bl.d}, {bl.warps} warps, {bl.stages} stages"
+        pieces[label] = lambda bl=bl: topk_encode(x, W_enc, b_enc, b_dec, k, precision="bf16", blocks=bl)
+    print(f"\nparts at {d} → {F}, k={k}, B={len(x)} (ms, median of {n})")
+    print("| part | ms |")
+    print("|---|---|")
+    for label, fn in pieces.items():
+        try:
+            print(f"| {label} | {timed(fn, n)[0]:.3f} |")
+        except Exception as e:  # a launch shape this device cannot run
+            print(f"| {label} | failed: {type(e).__name__}: {str(e)[:80]} |")
 
 
 def fvu_parity(d: int, F: int, k: int, steps: int = 300, batch: int = B, device: str = "cuda") -> None:
@@ -129,6 +185,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--parity-only", action="store_true")
+    ap.add_argument("--parts", action="store_true", help="also time the step's parts and each launch shape")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("topk_sae_step.py needs a CUDA GPU (none here): see benchmarks/RESULTS.md")
@@ -138,9 +195,14 @@ def main() -> None:
         if args.quick and name != "gpt2-small" or args.parity_only:
             continue
         x = torch.randn(B, d, device="cuda")
-        rows = {"workbench triton": lambda: ours(d, F, k, x, True), "workbench torch": lambda: ours(d, F, k, x, False),
-                "SAELens fp32": lambda: saelens(d, F, k, x, False), "SAELens bf16 autocast": lambda: saelens(d, F, k, x, True),
+        rows = {"workbench triton": lambda: ours(d, F, k, x, TritonPath("bf16", "dense")),
+                "workbench triton, fused AuxK": lambda: ours(d, F, k, x, TritonPath("bf16", "fused")),
+                "workbench torch": lambda: ours(d, F, k, x, None),
+                "SAELens fp32": lambda: saelens(d, F, k, x, False),
+                "SAELens bf16 autocast": lambda: saelens(d, F, k, x, True),
                 "sparsify": lambda: sparsify(d, F, k, x)}
+        if d // 2 > FUSED_AUX_MAX:
+            del rows["workbench triton, fused AuxK"]
         results = {}
         for label, make in rows.items():
             try:
@@ -155,6 +217,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for label, (ms, mem) in results.items():
             print(f"| {label} | {ms:.3f} | {B / ms * 1e3:,.0f} | {mem:.2f} | {ms / ref:.2f}× | {ms / fl:.2f} |")
+        if args.parts:
+            parts(d, F, k, x, n)
     fvu_parity(*SHAPES["gpt2-small"])
 
 
