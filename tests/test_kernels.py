@@ -109,6 +109,30 @@ def test_sparse_encode_decode_forward_and_backward_match_float64(add_b_dec):
     assert (ours[1].grad[untouched.to(DEV)] == 0).all()  # only selected rows are touched
 
 
+def test_sparse_encode_decode_with_bf16_parameters():
+    """bf16 parameters: outputs and gradients come back in bf16, within bf16's rounding of the
+    float64 reference computed from the same (bf16-valued) inputs."""
+    B, d, F, k = 24, 40, 96, 6
+    params = _params(B, d, F, seed=12, dtype=torch.bfloat16)
+    idx = topk_indices(pre_acts(*(params[i].double() for i in (0, 1, 2, 4))), k).to(DEV)
+    ours = [p.clone().requires_grad_(True) for p in params]
+    ref = [p.double().clone().requires_grad_(True) for p in params]
+    vals, out = SparseEncodeDecode.apply(*ours[:5], idx, True)
+    assert vals.dtype == out.dtype == torch.bfloat16
+    rv = sparse_values(ref[0], ref[1], ref[2], ref[4], idx)
+    rout = sparse_decode(rv, idx, ref[3], ref[4])
+    go = torch.randn(B, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEV)
+    (out.double() * go).sum().backward()
+    (rout * go).sum().backward()
+
+    def rel(a, b):
+        return float((a.double() - b).norm() / b.norm())
+    assert rel(out, rout) < 1e-2
+    for name, a, b in zip(["x", "W_enc", "b_enc", "W_dec", "b_dec"], ours, ref):
+        assert a.grad.dtype == torch.bfloat16, name
+        assert rel(a.grad, b.grad) < 1e-2, name
+
+
 def test_auxk_path_gradient_reaches_encoder():
     B, d, F = 16, 16, 64
     x, W_enc, b_enc, W_dec, b_dec = _params(B, d, F, seed=7)
