@@ -77,6 +77,28 @@ def test_cache_round_trip_with_grads(tiny_model, tmp_path):
         assert torch.equal(x.acts, y.acts) and torch.equal(x.grads, y.grads)
 
 
+def test_head_computes_chunk_zero_once_and_reads_only_its_rows(tiny_model, tmp_path):
+    """train_sae's b_dec comes from store.head(): a live source's chunk 0 is computed once (then
+    serves the first batches), a disk cache reads just the head rows, and batches are unchanged."""
+    cfg = StoreConfig("blocks.1.hook_resid_post", batch_size=32, buffer_tokens=128, seq_len=16)
+    src = ModelSource(tiny_model, _stream(), cfg, bos_token_id=256)
+    calls = []
+    chunk = src.chunk
+    src.chunk = lambda i: calls.append(i) or chunk(i)
+    store = ActivationStore(src, 32, seed=0)
+    torch.testing.assert_close(store.head(20), chunk(0).acts[:20])
+    batches = [next(store).acts for _ in range(5)]  # chunk 0 has 4 batches: chunk 1 follows
+    assert calls == [0, 1]
+    fresh = ActivationStore(ModelSource(tiny_model, _stream(), cfg, bos_token_id=256), 32, seed=0)
+    assert all(torch.equal(a, next(fresh).acts) for a in batches)
+
+    cache_activations(ModelSource(tiny_model, _stream(), cfg, bos_token_id=256), tmp_path / "c", n_chunks=2,
+                      progress=False)
+    back = CachedSource(tmp_path / "c")
+    back.chunk = None  # head() must not load a whole shard
+    torch.testing.assert_close(ActivationStore(back, 32).head(500), chunk(0).acts)  # capped at the chunk
+
+
 def test_bad_inputs_get_clear_errors(tmp_path, tiny_model):
     with pytest.raises(ValueError, match="NaN"):
         TensorSource(torch.tensor([[float("nan"), 0.0]]))

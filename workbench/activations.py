@@ -175,6 +175,7 @@ class ActivationStore:
         self.d, self.has_grads = source.d, source.has_grads
         self._chunk_index, self._batch_index = 0, 0
         self._chunk: ActivationBatch | None = None
+        self._kept: tuple[int, ActivationBatch] | None = None  # a whole chunk head() computed
 
     def state_dict(self) -> dict[str, int]:
         return {"chunk": self._chunk_index, "batch": self._batch_index}
@@ -183,13 +184,23 @@ class ActivationStore:
         self._chunk_index, self._batch_index = int(state["chunk"]), int(state["batch"])
         self._chunk = None
 
+    def head(self, n: int) -> Float[torch.Tensor, "m d"]:
+        """The first min(n, len) activations of chunk 0 in source order, the same on every rank
+        (what an SAE's b_dec starts from). A disk cache reads only those rows; a computed chunk 0
+        is kept for the first batches instead of being computed twice."""
+        if hasattr(self.source, "chunk_rows"):
+            return self.source.chunk_rows(0, torch.arange(min(n, self.source.chunk_len(0)))).acts
+        self._kept = (0, self.source.chunk(0))
+        return self._kept[1].acts[:n]
+
     def _load_chunk(self) -> None:
         """This rank's rows of the current chunk, in the order its batches use them."""
         i = self._chunk_index
         n = self.source.chunk_len(i) if hasattr(self.source, "chunk_len") else None
         whole = None
         if n is None:
-            whole = self.source.chunk(i)
+            whole = self._kept[1] if self._kept is not None and self._kept[0] == i else self.source.chunk(i)
+            self._kept = None
             n = len(whole.acts)
         if n < self.batch_size:
             raise ValueError(f"a chunk holds {n} activations, fewer than batch_size={self.batch_size}")

@@ -306,7 +306,7 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, r
         if lead:
             run.truncate_metrics(start - 1)
     else:
-        sae.init_b_dec(store.source.chunk(0).acts[: cfg.batch_size].to(cfg.device, cfg.torch_dtype), cfg.b_dec_init)
+        sae.init_b_dec(store.head(cfg.batch_size).to(cfg.device, cfg.torch_dtype), cfg.b_dec_init)
         if run is not None and lead:
             run.write_config({"sae": sae_cfg, "train": cfg}, kind="sae")
     wandb_run = _wandb(cfg, sae_cfg) if lead else None
