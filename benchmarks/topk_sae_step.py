@@ -26,7 +26,7 @@ from workbench.activations import ActivationStore, TensorSource
 from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sae
 from workbench.sae.losses import fvu
 from workbench.kernels.autograd import SparseEncodeDecode
-from workbench.kernels.topk_encoder import GPU_CANDIDATES, topk_encode
+from workbench.kernels.topk_encoder import GPU_CANDIDATES, tile_keys, topk_encode
 from workbench.sae.trainer import TritonPath, make_optimizer, optimizer_step, sae_losses
 from workbench.tasks import SuperpositionConfig, superposition_data
 
@@ -149,7 +149,7 @@ def parts(d: int, F: int, k: int, x: torch.Tensor, n: int) -> None:
     if d // 2 > FUSED_AUX_MAX:
         del pieces["topk_encode bf16 + fused AuxK candidates"]
     for bl in GPU_CANDIDATES:
-        bl = bl._replace(f=max(bl.f, 1 << max(1, (k - 1).bit_length())))  # a tile holds k winners
+        bl = bl.holding(tile_keys(k))
         label = f"topk_encode bf16, blocks {bl.b}×{bl.f}×{bl.d}, {bl.warps} warps, {bl.stages} stages"
         pieces[label] = lambda bl=bl: topk_encode(x, W_enc, b_enc, b_dec, k, precision="bf16", blocks=bl)
     print(f"\nparts at {d} → {F}, k={k}, B={len(x)} (ms, median of {n})")

@@ -44,6 +44,10 @@ class Blocks(NamedTuple):
     warps: int = 4
     stages: int = 3
 
+    def holding(self, n: int) -> Blocks:
+        """Tiles at least n latents wide, so that a tile can hold n winners."""
+        return self._replace(f=max(self.f, n))
+
 
 INTERPRETER_BLOCKS = Blocks(16, 64, 16, 1, 1)  # the interpreter pays per element: small tiles
 GPU_CANDIDATES = [Blocks(64, 128, 64, 4, 3), Blocks(64, 256, 64, 8, 3), Blocks(128, 128, 64, 8, 3),
@@ -148,6 +152,12 @@ def _pow2(n: int) -> int:
     return max(2, triton.next_power_of_2(n))  # tl.topk wants a power of two; k = 1 is kept as 2
 
 
+def tile_keys(k: int, k_aux: int = 0) -> int:
+    """How many winners a tile keeps: k (and k_aux) rounded up to a power of two; blocks.f must be
+    at least this (Blocks.holding)."""
+    return max(_pow2(k), _pow2(k_aux) if k_aux else 2)
+
+
 def _default_split(B: int, F: int, blocks: Blocks, device: torch.device) -> int:
     """Enough programs to give every multiprocessor about four; fewer when F has few tiles."""
     if device.type != "cuda":
@@ -177,7 +187,7 @@ def _launch(x, W_enc, b_enc, b_dec, k, dead, k_aux, grads, W_dec, beta, bf16, bl
 def _tune(args: tuple, key: tuple, kp: int) -> Blocks:
     """On CUDA, time each candidate launch shape once per problem key and keep the fastest."""
     if key not in _tuned:
-        fits = [Blocks(b.b, max(b.f, kp), *b[2:]) for b in GPU_CANDIDATES]
+        fits = [b.holding(kp) for b in GPU_CANDIDATES]
         if len(fits) == 1:
             _tuned[key] = fits[0]
         else:
@@ -216,13 +226,13 @@ def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, 
         raise ValueError("the g-SAE score needs grads [B, d] (like x) and W_dec [F, d] (like W_enc)")
     if dead is not None and (dead.shape != (F,) or not 1 <= k_aux <= F):
         raise ValueError(f"AuxK needs dead [F={F}] and 1 ≤ k_aux ≤ F (got {tuple(dead.shape)}, k_aux={k_aux})")
-    kp = max(_pow2(k), _pow2(k_aux) if dead is not None else 2)
+    kp = tile_keys(k, k_aux if dead is not None else 0)
     args = (x, W_enc, b_enc, b_dec, k, dead, k_aux, grads, W_dec, beta, precision == "bf16")
     if blocks is None:
         key = (x.device, x.dtype, W_enc.dtype, B, F, D, k, k_aux if dead is not None else 0, grads is not None,
                precision)
-        blocks = (Blocks(INTERPRETER_BLOCKS.b, max(INTERPRETER_BLOCKS.f, kp), *INTERPRETER_BLOCKS[2:])
-                  if INTERPRETED or x.device.type != "cuda" else _tune(args, key, kp))
+        blocks = (INTERPRETER_BLOCKS.holding(kp) if INTERPRETED or x.device.type != "cuda"
+                  else _tune(args, key, kp))
     if blocks.f < kp or blocks.f & (blocks.f - 1):
         raise ValueError(f"blocks.f={blocks.f} must be a power of two ≥ {kp} (k and k_aux rounded up)")
     split = split or _default_split(B, F, blocks, x.device)
@@ -232,5 +242,6 @@ def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, 
         return idx, None
     n_dead = int(dead.sum())
     aux_idx, ok = _finish(aux, k_aux, split)
-    aux_idx, ok = aux_idx[:, :max(1, min(k_aux, n_dead))], ok[:, :max(1, min(k_aux, n_dead))]
+    m = max(1, min(k_aux, n_dead))  # fewer dead latents than k_aux: the rest would all be masked
+    aux_idx, ok = aux_idx[:, :m], ok[:, :m]
     return idx, torch.where(ok, aux_idx, torch.full_like(aux_idx, -1))
