@@ -82,10 +82,13 @@ class SparseAutoencoder(nn.Module):
 
     # --- encoding ---------------------------------------------------------------------------
 
-    def pre_acts(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "B F"]:
+    def pre_acts(self, x: Float[Tensor, "B d"], rows: Tensor | None = None) -> Float[Tensor, "B F"]:
+        """(x − b_dec) W_encᵀ + b_enc; with `rows` (latent indices) only those columns [B, len(rows)]."""
         if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
             raise ValueError(f"x: expected [batch, {self.cfg.d_in}], got {tuple(x.shape)}")
-        return (x - self.b_dec) @ self.W_enc.T + self.b_enc
+        if rows is None:
+            return (x - self.b_dec) @ self.W_enc.T + self.b_enc
+        return (x - self.b_dec) @ self.W_enc[rows].T + self.b_enc[rows]
 
     def capacities(self, batch: int) -> Tensor:
         """Feature Choice: tokens each latent may take from a batch (sums to k·batch)."""

@@ -125,7 +125,7 @@ def _triton_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor 
         # token, sparse gathers would read k_aux/k times the main path's rows. The rows keep their
         # order, so selection and ties are exactly the torch path's.
         rows = dead.nonzero().squeeze(1)  # [n_dead]
-        pre = (x - sae.b_dec) @ sae.W_enc[rows].T + sae.b_enc[rows]  # [B, n_dead]
+        pre = sae.pre_acts(x, rows)  # [B, n_dead]
         aux = aux_loss(pre, x - x_hat, sae.W_dec[rows], torch.ones_like(rows, dtype=pre.dtype), cfg.aux_k, layout)
     else:
         aux = mse * 0.0
