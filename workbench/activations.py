@@ -175,7 +175,7 @@ class ActivationStore:
         self.d, self.has_grads = source.d, source.has_grads
         self._chunk_index, self._batch_index = 0, 0
         self._chunk: ActivationBatch | None = None
-        self._kept: tuple[int, ActivationBatch] | None = None  # a whole chunk head() computed
+        self._head_chunk: ActivationBatch | None = None  # chunk 0, when head() computed it
 
     def state_dict(self) -> dict[str, int]:
         return {"chunk": self._chunk_index, "batch": self._batch_index}
@@ -190,8 +190,8 @@ class ActivationStore:
         is kept for the first batches instead of being computed twice."""
         if hasattr(self.source, "chunk_rows"):
             return self.source.chunk_rows(0, torch.arange(min(n, self.source.chunk_len(0)))).acts
-        self._kept = (0, self.source.chunk(0))
-        return self._kept[1].acts[:n]
+        self._head_chunk = self.source.chunk(0)
+        return self._head_chunk.acts[:n]
 
     def _load_chunk(self) -> None:
         """This rank's rows of the current chunk, in the order its batches use them."""
@@ -199,8 +199,9 @@ class ActivationStore:
         n = self.source.chunk_len(i) if hasattr(self.source, "chunk_len") else None
         whole = None
         if n is None:
-            whole = self._kept[1] if self._kept is not None and self._kept[0] == i else self.source.chunk(i)
-            self._kept = None
+            kept = self._head_chunk if i == 0 else None
+            whole = kept if kept is not None else self.source.chunk(i)
+            self._head_chunk = None
             n = len(whole.acts)
         if n < self.batch_size:
             raise ValueError(f"a chunk holds {n} activations, fewer than batch_size={self.batch_size}")
@@ -309,7 +310,8 @@ class CachedSource:
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # bf16 travels as raw bits
 
 
-def read_rows(path: Path, name: str, rows: Int[torch.Tensor, "m"], shape: tuple[int, int]) -> Float[torch.Tensor, "m d"]:
+def read_rows(path: Path, name: str, rows: Int[torch.Tensor, "m"],
+              shape: tuple[int, int]) -> Float[torch.Tensor, "m d"]:
     """Rows of a 2-D tensor in a safetensors file, as float32, without reading the others.
 
     safetensors reads whole tensors or contiguous slices; a rank's rows of a shuffled batch are
