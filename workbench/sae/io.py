@@ -52,52 +52,126 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
     return sae.eval()
 
 
+# --- SAELens ---------------------------------------------------------------------------------
+#
+# SAELens' TopK SAE computes
+#     pre  = (norm(x) − b_dec·apply_b_dec_to_input) W_enc + b_enc,   pre *= ‖W_dec,i‖ if rescaled
+#     z    = ReLU(top-k(pre))
+#     x̂    = denorm((z / ‖W_dec,i‖ if rescaled) W_dec + b_dec)
+# and ours (x − b_dec) W_encᵀ + b_enc, top-k, ReLU, z W_dec + b_dec. Each config field that
+# changes that computation is either folded into the weights (exactly, in float64) or refused.
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64,
+           # upcast exactly: our modules compute in float32 at least
+           "float16": torch.float32, "bfloat16": torch.float32}
+_NORMALIZE_REFUSED = {
+    "constant_norm_rescale": "rescales each input to norm sqrt(d_in) at run time (not affine)",
+    "layer_norm": "layer-normalises each input at run time (not affine)",
+    "expected_average_only_in": "expects inputs pre-scaled by a factor SAELens does not store in the "
+                                "folder; fold it first (sae.fold_activation_norm_scaling_factor)",
+    "covariance_whitening": "expects whitened inputs; fold the whitening first (sae.fold_activation_whitening)",
+}
+
+
+def _refuse(cfg_path: Path, field: str, value, why: str) -> CheckpointError:
+    return CheckpointError(f"{cfg_path}: SAELens {field}={value!r} cannot be translated: {why}")
+
+
+def _check_translatable(lens, cfg_path: Path) -> None:
+    """Raise a CheckpointError naming the first config field the workbench cannot reproduce."""
+    c = lens.cfg
+    if c.normalize_activations != "none":
+        why = _NORMALIZE_REFUSED.get(c.normalize_activations, "unknown normalisation")
+        raise _refuse(cfg_path, "normalize_activations", c.normalize_activations, why)
+    if c.reshape_activations != "none":
+        raise _refuse(cfg_path, "reshape_activations", c.reshape_activations,
+                      "it reads [n_heads·d_head] flattened heads; the workbench's stores read the last axis "
+                      "(one head's d_head) per row")
+    if c.metadata.hook_head_index is not None:
+        raise _refuse(cfg_path, "hook_head_index", c.metadata.hook_head_index,
+                      "it reads one attention head of its hook; workbench hook names cannot select a head")
+    if c.dtype not in _DTYPES:
+        raise _refuse(cfg_path, "dtype", c.dtype, f"expected one of {sorted(_DTYPES)}")
+    if c.rescale_acts_by_decoder_norm and bool((lens.W_dec.norm(dim=-1) == 0).any()):
+        raise _refuse(cfg_path, "rescale_acts_by_decoder_norm", True,
+                      "a decoder row has norm 0, so SAELens divides by zero")
+
+
 def to_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
-    """Write `sae` in SAELens' on-disk layout; `sae_lens.SAE.load_from_disk(folder)` reads it."""
+    """Write `sae` in SAELens' on-disk layout; `sae_lens.SAE.load_from_disk(folder)` computes the
+    same codes and reconstructions. Every field that changes SAELens' computation is set
+    explicitly (not left to its defaults, which differ between its versions and classes)."""
     from sae_lens import JumpReLUSAE, TopKSAE
     from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.saes.topk_sae import TopKSAEConfig
 
     cfg = sae.cfg
+    if sae.layout.latent:
+        raise ValueError("sae: a latent-parallel rank holds only part of the dictionary; gather it first")
+    dtype = sae.W_enc.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"sae: parameters are {dtype}; expected float32 or float64 (SAELens' own dtypes "
+                         "would round them differently)")
     meta = SAEMetadata(hook_name=cfg.hook_name or None, model_name=cfg.model_name or None,
-                       workbench_selection=cfg.selection)
-    common = dict(d_in=cfg.d_in, d_sae=cfg.d_sae, dtype="float32", device="cpu", metadata=meta)
-    if cfg.selection in ("topk", "gradient"):
-        lens = TopKSAE(TopKSAEConfig(k=cfg.k, **common))
-    else:
-        lens = JumpReLUSAE(JumpReLUSAEConfig(**common))
+                       hook_head_index=None, workbench_selection=cfg.selection)
+    # ours always subtracts b_dec from the input, never normalises, reshapes or rescales
+    common = dict(d_in=cfg.d_in, d_sae=cfg.d_sae, dtype=str(dtype).removeprefix("torch."), device="cpu",
+                  apply_b_dec_to_input=True, normalize_activations="none", reshape_activations="none",
+                  metadata=meta)
     state = {"W_enc": sae.W_enc.detach().T.contiguous(), "b_enc": sae.b_enc.detach(),
              "W_dec": sae.W_dec.detach(), "b_dec": sae.b_dec.detach()}
-    if cfg.selection in ("mutual_choice", "feature_choice"):
+    if cfg.selection in ("topk", "gradient"):
+        lens = TopKSAE(TopKSAEConfig(k=cfg.k, rescale_acts_by_decoder_norm=False, **common))
+    else:
+        # SAELens' JumpReLU is ReLU(pre)·(pre > θ), ours pre·(pre > θ): equal only for θ ≥ 0
+        if bool((sae.threshold < 0).any()):
+            raise ValueError("sae.threshold: negative JumpReLU thresholds have no SAELens equivalent")
+        lens = JumpReLUSAE(JumpReLUSAEConfig(**common))
         state["threshold"] = sae.threshold.detach()
-    lens.load_state_dict({k: v.float().cpu() for k, v in state.items()})
+    lens.load_state_dict({k: v.cpu() for k, v in state.items()})
     lens.save_model(folder)
     return Path(folder)
 
 
 def from_saelens(folder: str | Path) -> SparseAutoencoder:
-    """Load a SAELens TopK SAE from disk into a workbench TopK SAE."""
+    """Load a SAELens TopK SAE from disk into a workbench TopK SAE that computes the same codes and
+    reconstructions. apply_b_dec_to_input=False is folded into the encoder bias (b_enc + b_dec W_enc),
+    rescale_acts_by_decoder_norm=True into the weights (which leaves our decoder rows at unit norm);
+    fields with no workbench equivalent raise a CheckpointError naming the field and its value.
+    float64 SAEs load as float64, float32/float16/bfloat16 ones as float32 (an exact upcast)."""
     from sae_lens import SAE
 
     folder = Path(folder)
     cfg_path = folder / "cfg.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder} has no cfg.json: not a SAELens SAE folder")
-    raw = json.loads(cfg_path.read_text())
-    arch = raw.get("architecture")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from e
+    arch = raw.get("architecture") if isinstance(raw, dict) else None
     if arch != "topk":
         raise CheckpointError(f"{cfg_path}: architecture {arch!r} is not supported (only 'topk')")
-    if raw.get("normalize_activations", "none") != "none" or raw.get("rescale_acts_by_decoder_norm"):
-        raise CheckpointError(f"{cfg_path}: input normalisation / decoder-norm rescaling is not supported")
-    lens = SAE.load_from_disk(folder)
-    meta = lens.cfg.metadata
-    cfg = SAEConfig(d_in=lens.cfg.d_in, d_sae=lens.cfg.d_sae, k=lens.cfg.k, selection="topk",
+    lens = SAE.load_from_disk(folder)  # applies SAELens' own defaults for older config versions
+    _check_translatable(lens, cfg_path)
+    c = lens.cfg
+    W_enc = lens.W_enc.detach().double().T  # [F, d]
+    b_enc = lens.b_enc.detach().double()
+    W_dec = lens.W_dec.detach().double()
+    b_dec = lens.b_dec.detach().double()
+    if not c.apply_b_dec_to_input:
+        # x W + b = (x − b_dec) W + (b + b_dec W)
+        b_enc = b_enc + W_enc @ b_dec
+    if c.rescale_acts_by_decoder_norm:
+        # pre·n then z/n before W_dec  ==  encoder rows and bias times n, decoder rows over n
+        n = W_dec.norm(dim=1)
+        W_enc, b_enc, W_dec = W_enc * n[:, None], b_enc * n, W_dec / n[:, None]
+    meta = c.metadata
+    cfg = SAEConfig(d_in=c.d_in, d_sae=c.d_sae, k=c.k, selection="topk",
                     hook_name=meta.hook_name or "", model_name=meta.model_name or "")
-    sae = SparseAutoencoder(cfg)
+    sae = SparseAutoencoder(cfg).to(_DTYPES[c.dtype])
     with torch.no_grad():
-        sae.W_enc.copy_(lens.W_enc.T)
-        sae.b_enc.copy_(lens.b_enc)
-        sae.W_dec.copy_(lens.W_dec)
-        sae.b_dec.copy_(lens.b_dec)
+        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
+            getattr(sae, name).copy_(value)
     return sae.eval()
