@@ -3,14 +3,16 @@
 For each layer, the fraction of MLP hidden activations that are active (nonzero for ReLU, |a| > ε
 otherwise, with ε in the result), its spread over tokens, per-neuron firing frequencies, the same
 over the checkpoints saved during training, and a Top-k thresholding intervention with its loss
-change. For gated MLPs TransformerLens' hook_post is act(gate)·up, so act(gate) is recomputed
-from hook_pre.
+change. For gated MLPs TransformerLens' hook_post is act(gate)·up + b_in; the quantity measured,
+thresholded and ranked is act(gate) (the activation after the nonlinearity, as in the paper),
+recomputed from hook_pre, and the interventions zero hook_post at the neurons it rules out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -27,10 +29,14 @@ def _check_mlps(model: HookedTransformer) -> None:
         raise ValueError("model has no MLP hooks (attn_only?): activation sparsity needs MLP layers")
 
 
+def _gated(model: HookedTransformer) -> bool:
+    return bool(getattr(model.cfg, "gated_mlp", False))
+
+
 def hidden_activations(model: HookedTransformer, tokens: Int[Tensor, "b s"]) -> list[Float[Tensor, "b s d_mlp"]]:
     """act(pre) of every MLP layer (for gated MLPs, the gate's activation), BOS position dropped."""
     _check_mlps(model)
-    gated = bool(getattr(model.cfg, "gated_mlp", False))
+    gated = _gated(model)
     names = [f"blocks.{l}.mlp.hook_{'pre' if gated else 'post'}" for l in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
@@ -105,19 +111,46 @@ def sparsity_over_training(run_dir: str | Path, model_cfg: ModelConfig, tokens: 
 
 
 def topk_hook(k: int):
-    """A hook keeping the k largest entries of each token's MLP hidden vector (exactly k: equal
+    """A hook keeping the k largest |entries| of each token's MLP hidden vector (exactly k: equal
     values go to the lower indices, as in the SAEs' TopK), zeroing the rest."""
     def hook(act, hook):
-        return act if k >= act.shape[-1] else act * topk_mask(act, k)
+        return act if k >= act.shape[-1] else act * topk_mask(act.abs(), k)
     return hook
+
+
+Keep = Callable[[Float[Tensor, "b s d_mlp"]], Tensor]  # measured activation -> which neurons stay
+
+
+def masking_hooks(model: HookedTransformer, keep: Keep) -> list[tuple[str, Callable]]:
+    """Hooks zeroing every MLP layer's hook_post wherever `keep(a)` is False, `a` being the
+    activation `hidden_activations` measures: hook_post itself, or act(gate) for gated MLPs,
+    where hook_post = act(gate)·up would rank and threshold a different quantity."""
+    _check_mlps(model)
+    hooks: list[tuple[str, Callable]] = []
+    for l in range(model.cfg.n_layers):
+        post = f"blocks.{l}.mlp.hook_post"
+        if not _gated(model):
+            hooks.append((post, lambda act, hook: act * keep(act)))
+            continue
+        held: dict[str, Tensor] = {}  # this layer's mask, from its hook_pre to its hook_post
+
+        def measure(pre, hook, held=held, act_fn=model.blocks[l].mlp.act_fn):
+            held["keep"] = keep(act_fn(pre))
+
+        def apply(act, hook, held=held):
+            return act * held.pop("keep")
+
+        hooks += [(f"blocks.{l}.mlp.hook_pre", measure), (post, apply)]
+    return hooks
 
 
 @torch.no_grad()
 def topk_intervention(model: HookedTransformer, tokens: Int[Tensor, "b s"], ks: list[int],
                       batch_size: int = 32) -> dict:
-    """Loss when only the top-k MLP hidden activations per token are kept, in every layer."""
+    """Loss when only the k largest |hidden activations| per token (act(gate) for gated MLPs) are
+    kept, in every layer."""
     _check_mlps(model)
-    names = [f"blocks.{l}.mlp.hook_post" for l in range(model.cfg.n_layers)]
+    d_mlp = model.cfg.d_mlp
 
     def loss(hooks):
         total = 0.0
@@ -125,31 +158,32 @@ def topk_intervention(model: HookedTransformer, tokens: Int[Tensor, "b s"], ks: 
             total += float(model.run_with_hooks(chunk, return_type="loss", fwd_hooks=hooks)) * len(chunk)
         return total / len(tokens)
 
+    def top(k: int) -> Keep:
+        return lambda a: topk_mask(a.abs(), k)
+
     clean = loss([])
-    losses = [loss([(n, topk_hook(k)) for n in names]) for k in ks]
+    losses = [clean if k >= d_mlp else loss(masking_hooks(model, top(k))) for k in ks]
     return {"ks": list(ks), "loss": losses, "clean_loss": clean,
-            "delta": [l_ - clean for l_ in losses], "d_mlp": model.cfg.d_mlp}
+            "delta": [l_ - clean for l_ in losses], "d_mlp": d_mlp}
 
 
 @torch.no_grad()
 def threshold_for_loss(model: HookedTransformer, tokens: Int[Tensor, "b s"], p: float = 1.0,
                        iters: int = 12) -> dict:
-    """A principled ε: the largest |a| threshold whose zeroing (in every MLP layer) raises the loss
-    by at most p percent, found by bisection; returns ε and the active fraction there."""
+    """A principled ε: the largest threshold whose zeroing of every MLP neuron with |a| ≤ ε (a as
+    `hidden_activations` measures it) raises the loss by at most p percent, found by bisection;
+    returns ε and the active fraction there."""
     _check_mlps(model)
-    names = [f"blocks.{l}.mlp.hook_post" for l in range(model.cfg.n_layers)]
     base = float(model(tokens, return_type="loss"))
     hi = max(float(a.abs().max()) for a in hidden_activations(model, tokens))
     lo = 0.0
 
-    def zero_small(eps):
-        return lambda act, hook: act * (act.abs() > eps)
+    def above(eps: float) -> Keep:
+        return lambda a: a.abs() > eps
 
     for _ in range(iters):
         mid = (lo + hi) / 2
-        l_ = float(model.run_with_hooks(tokens, return_type="loss",
-                                        fwd_hooks=[(n, zero_small(mid)) for n in names]))
+        l_ = float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=masking_hooks(model, above(mid))))
         lo, hi = (mid, hi) if l_ <= base * (1 + p / 100) else (lo, mid)
     frac = activation_sparsity(model, tokens, lo).active_frac
     return {"p_percent": p, "epsilon": lo, "active_frac": frac, "clean_loss": base}
-
