@@ -103,6 +103,10 @@ def test_induction_head_is_retrieval_and_local_heads_are_streaming(copy_model):
     assert roles.copy_accuracy > 0.7
     best = int(retrieval[1].argmax())
     assert roles.labels[1][best] == "retrieval" and retrieval[1, best] > 0.5
+    # labelled on the Wilson lower bound, from enough copied steps
+    assert roles.n_copied >= cfg.min_copied_steps and not roles.too_few_copied
+    assert roles.retrieval_ci[1][best][0] > 0.4 and roles.retrieval_hits[1][best] / roles.n_copied > 0.5
+    assert all(ci[0] > 0.9 for ci in roles.streaming_ci[0])  # t interval over contexts, lower bound
     assert roles.labels[0] == ["streaming"] * 4  # forced-local heads
     assert (streaming[0] > 0.99).all()
     # causal check: restricting a streaming head changes nothing, the retrieval head hurts

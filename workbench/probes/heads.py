@@ -3,10 +3,15 @@
 - Retrieval score (Wu et al. 2024): in contexts where a needle (a token sequence) appears in a
   random haystack and again at the end, at each copy step where the model predicts the next
   needle token correctly, a head retrieves if its highest-attention key is that token's position
-  inside the first needle. Score = retrieved steps / correctly copied steps.
-- Streaming score (StreamingLLM): attention mass on the sink (first tokens) ∪ the recent window.
-- Classification: retrieval if retrieval ≥ its threshold, else streaming if streaming ≥ its
-  threshold, else other; thresholds are returned with the result.
+  inside the first needle. Score = retrieved steps / correctly copied steps, with its Wilson 95%
+  interval (hits of n copied steps).
+- Streaming score (StreamingLLM): attention mass on the sink (first tokens) ∪ the recent window,
+  with a Student t 95% interval over contexts (each context's mean over its queries).
+- Classification, on lower bounds (a score that only clears a threshold by noise is not a role):
+  "retrieval" if at least `min_copied_steps` steps were copied and the retrieval interval's
+  lower bound ≥ its threshold; else "streaming" if the streaming interval's lower bound ≥ its
+  threshold; else "other", or "too few copied steps" when fewer than `min_copied_steps` were
+  copied (then retrieval can be neither shown nor ruled out). Thresholds travel with the result.
 - Causal check: replace one head's attention by sink+window attention (renormalised) and measure
   the loss on the copy positions; streaming heads barely change it, retrieval heads hurt it.
 - Cross-check: TransformerLens' head-detector patterns (previous-token, duplicate-token,
@@ -27,6 +32,9 @@ from transformer_lens.head_detector import (compute_head_attention_similarity_sc
                                             get_previous_token_head_detection_pattern)
 
 from ..tasks import NeedleBatch, needle_batch, repeated_segments
+from .intervals import t_interval, wilson_interval
+
+RETRIEVAL, STREAMING, OTHER, TOO_FEW = "retrieval", "streaming", "other", "too few copied steps"
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,11 @@ class HeadRoleConfig:
     window: int = 4  # most recent positions (the query's own included) of the streaming window
     retrieval_threshold: float = 0.1  # the paper's cut-off
     streaming_threshold: float = 0.7  # share of attention on sink ∪ window
+    # Below this many correctly copied steps no head is labelled "retrieval" or "other". 40 is the
+    # smallest n at which even a head with 0 hits has a Wilson upper bound (z²/(n+z²) = 0.088)
+    # under the 0.1 threshold, i.e. where "not retrieval" is itself established; with fewer, one
+    # or two chance hits read as a score ≥ 0.1 (an undertrained model: 18 steps, scores 0.11-0.28).
+    min_copied_steps: int = 40
     token_range: tuple[int, int] | None = None  # haystack/needle ids [lo, hi); None: the whole vocab but BOS
     seed: int = 0
 
@@ -80,27 +93,39 @@ def copy_steps(batch: NeedleBatch) -> tuple[Tensor, Tensor]:
     return batch.copy_start + i - 1, batch.needle_start + i
 
 
-def retrieval_scores(model: HookedTransformer, batch: NeedleBatch) -> tuple[Float[Tensor, "L H"], float]:
-    """Per-head retrieval score, and the model's copy accuracy on the same steps."""
+def retrieval_counts(model: HookedTransformer, batch: NeedleBatch) -> tuple[Int[Tensor, "L H"], int, int]:
+    """Per-head retrieval hits, the number of correctly copied steps n (the hits' denominator)
+    and the number of copy steps offered."""
     logits, pat = attention_patterns(model, batch.tokens)
     q, src = copy_steps(batch)
     targets = batch.tokens[:, q + 1]  # [b, steps]
     copied = logits[:, q].argmax(-1) == targets  # [b, steps]
     top_key = pat[:, :, :, q].argmax(-1)  # [L, b, H, steps]
     hit = (top_key == src) & copied[None, :, None, :]
-    n = int(copied.sum())
-    scores = hit.sum((1, 3)).float() / max(n, 1)
-    return scores, n / copied.numel()
+    return hit.sum((1, 3)), int(copied.sum()), copied.numel()
 
 
-def streaming_scores(model: HookedTransformer, tokens: Tensor, sink: int, window: int) -> Float[Tensor, "L H"]:
-    """Mean attention mass on the first `sink` keys ∪ the last `window` keys, over queries past both."""
+def retrieval_scores(model: HookedTransformer, batch: NeedleBatch) -> tuple[Float[Tensor, "L H"], float]:
+    """Per-head retrieval score, and the model's copy accuracy on the same steps."""
+    hits, n, offered = retrieval_counts(model, batch)
+    return hits.float() / max(n, 1), n / offered
+
+
+def streaming_per_context(model: HookedTransformer, tokens: Tensor, sink: int,
+                          window: int) -> Float[Tensor, "b L H"]:
+    """Each context's mean attention mass on the first `sink` keys ∪ the last `window` keys,
+    over its queries past both."""
     T = tokens.shape[1]
     if T <= sink + window:
         raise ValueError(f"contexts of {T} tokens are too short for sink={sink} + window={window}")
     _, pat = attention_patterns(model, tokens)
     mass = (pat * sink_window_region(T, sink, window, pat.device)).sum(-1)  # [L, b, H, q]
-    return mass[..., sink + window:].mean((1, 3))
+    return mass[..., sink + window:].mean(-1).permute(1, 0, 2)
+
+
+def streaming_scores(model: HookedTransformer, tokens: Tensor, sink: int, window: int) -> Float[Tensor, "L H"]:
+    """Mean attention mass on the first `sink` keys ∪ the last `window` keys, over queries past both."""
+    return streaming_per_context(model, tokens, sink, window).mean(0)
 
 
 def sink_window_region(T: int, sink: int, window: int, device=None) -> Bool[Tensor, "q k"]:
@@ -161,33 +186,48 @@ def tl_detector_scores(model: HookedTransformer, tokens: Int[Tensor, "b s"]) -> 
 
 @dataclass
 class HeadRoles:
-    retrieval: list[list[float]]  # [L][H]
-    streaming: list[list[float]]  # [L][H]
-    labels: list[list[str]]  # [L][H]: "retrieval" | "streaming" | "other"
+    retrieval: list[list[float]]  # [L][H] hits / n_copied
+    streaming: list[list[float]]  # [L][H] mean over contexts
+    labels: list[list[str]]  # [L][H]: "retrieval" | "streaming" | "other" | "too few copied steps"
     delta_loss: list[list[float]]  # [L][H] copy-loss increase under sink+window attention
     clean_copy_loss: float
     copy_accuracy: float
     tl_scores: dict[str, list[list[float]]]  # TransformerLens detectors
     config: dict
+    retrieval_hits: list[list[int]]  # [L][H] copied steps at which the head's top key was the needle token
+    retrieval_ci: list[list[list[float]]]  # [L][H][lo, hi] Wilson 95% of hits / n_copied
+    streaming_ci: list[list[list[float]]]  # [L][H][lo, hi] t 95% over contexts
+    n_copied: int  # correctly copied steps: the retrieval score's denominator
+    n_copy_steps: int  # copy steps offered (contexts × (needle_len - 1))
+    too_few_copied: bool  # n_copied < min_copied_steps: no head is labelled retrieval or other
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def classify(retrieval: Tensor, streaming: Tensor, cfg: HeadRoleConfig) -> list[list[str]]:
+def classify(retrieval_lo: Tensor, streaming_lo: Tensor, n_copied: int, cfg: HeadRoleConfig) -> list[list[str]]:
+    """Roles from the intervals' lower bounds (see the module docstring for the rule)."""
+    enough = n_copied >= cfg.min_copied_steps
     labels = []
-    for r_row, s_row in zip(retrieval.tolist(), streaming.tolist()):
-        labels.append(["retrieval" if r >= cfg.retrieval_threshold else
-                       "streaming" if s >= cfg.streaming_threshold else "other" for r, s in zip(r_row, s_row)])
+    for r_row, s_row in zip(retrieval_lo.tolist(), streaming_lo.tolist()):
+        labels.append([RETRIEVAL if enough and r >= cfg.retrieval_threshold else
+                       STREAMING if s >= cfg.streaming_threshold else
+                       OTHER if enough else TOO_FEW for r, s in zip(r_row, s_row)])
     return labels
 
 
 def head_roles(model: HookedTransformer, cfg: HeadRoleConfig = HeadRoleConfig(), bos: int | None = None) -> HeadRoles:
     """Every head's retrieval and streaming score, its role, the causal check and TL's detectors."""
+    if cfg.n_contexts < 2:
+        raise ValueError(f"n_contexts must be >= 2 (the streaming interval is over contexts), got {cfg.n_contexts}")
+    if cfg.min_copied_steps < 1:
+        raise ValueError(f"min_copied_steps must be >= 1, got {cfg.min_copied_steps}")
     model.eval()
     batch = make_contexts(model, cfg, bos)
-    retrieval, acc = retrieval_scores(model, batch)
-    streaming = streaming_scores(model, batch.tokens, cfg.sink, cfg.window)
+    hits, n_copied, offered = retrieval_counts(model, batch)
+    r_lo, r_hi = wilson_interval(hits, n_copied)
+    per_context = streaming_per_context(model, batch.tokens, cfg.sink, cfg.window)
+    streaming, s_lo, s_hi = (x.clamp(0, 1) for x in t_interval(per_context))
     causal = causal_check(model, batch, cfg.sink, cfg.window)
     lo, hi = _token_range(model, cfg, bos)
     seg = max(4, (cfg.seq_len - 1) // 3)
@@ -195,6 +235,10 @@ def head_roles(model: HookedTransformer, cfg: HeadRoleConfig = HeadRoleConfig(),
     if bos is not None:
         rep = torch.cat([torch.full((len(rep), 1), bos), rep], dim=1)
     tl = tl_detector_scores(model, rep[:, : model.cfg.n_ctx])
-    return HeadRoles(retrieval.tolist(), streaming.tolist(), classify(retrieval, streaming, cfg),
-                     causal["delta_loss"].tolist(), causal["clean_copy_loss"], acc,
-                     {k: v.tolist() for k, v in tl.items()}, asdict(cfg))
+    return HeadRoles(
+        retrieval=(hits.double() / max(n_copied, 1)).tolist(), streaming=streaming.tolist(),
+        labels=classify(r_lo, s_lo, n_copied, cfg), delta_loss=causal["delta_loss"].tolist(),
+        clean_copy_loss=causal["clean_copy_loss"], copy_accuracy=n_copied / offered,
+        tl_scores={k: v.tolist() for k, v in tl.items()}, config=asdict(cfg), retrieval_hits=hits.tolist(),
+        retrieval_ci=torch.stack([r_lo, r_hi], -1).tolist(), streaming_ci=torch.stack([s_lo, s_hi], -1).tolist(),
+        n_copied=n_copied, n_copy_steps=offered, too_few_copied=n_copied < cfg.min_copied_steps)

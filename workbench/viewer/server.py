@@ -125,19 +125,39 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
         return body + f"<p>Never-firing neurons on {final['n_tokens']} tokens: {never}.</p>"
 
     def render_heads(name: str, d: Path, res: dict) -> str:
-        body = pages.figure_div(pf.head_role_map(res), "roles")
+        import html as html_
+        body = pf.head_roles_summary_html(res) + pages.figure_div(pf.head_role_map(res), "roles")
         body += pages.figure_div(pf.causal_check(res), "causal")
-        body += (f"<p>Copy accuracy on the needle task: {res['copy_accuracy']:.2f}; clean copy loss "
-                 f"{res['clean_copy_loss']:.3f} nats.</p>")
         L, H = len(res["retrieval"]), len(res["retrieval"][0])
+        if res.get("retrieval_ci"):
+            ci = lambda key, l, h: f"{res[key][l][h][0]:.2f} – {res[key][l][h][1]:.2f}"  # noqa: E731
+            rows = "".join(f"<tr><td>L{l}H{h}</td><td>{html_.escape(str(res['labels'][l][h]))}</td>"
+                           f"<td>{res['retrieval'][l][h]:.2f} ({int(res['retrieval_hits'][l][h])}/{int(res['n_copied'])})</td>"
+                           f"<td>{ci('retrieval_ci', l, h)}</td><td>{res['streaming'][l][h]:.2f}</td>"
+                           f"<td>{ci('streaming_ci', l, h)}</td><td>{res['delta_loss'][l][h]:+.3f}</td></tr>"
+                           for l in range(L) for h in range(H))
+            body += ("<table><tr><th>head</th><th>role</th><th>retrieval (hits/copied)</th><th>Wilson 95%</th>"
+                     "<th>streaming</th><th>t 95% over contexts</th><th>Δ copy loss</th></tr>" + rows + "</table>")
         return body + pages.attention_picker(json.dumps(name)[1:-1], L, H)
 
     def render_arrow(name: str, d: Path, res: dict) -> str:
-        body = pages.figure_div(pf.arrow_gaps(res["gaps"]), "gaps")
-        rows = "".join(f"<tr><td>{k}</td><td>{v['loss_forward']:.4f}</td><td>{v['loss_backward']:.4f}</td>"
+        if "datasets" in res:  # seeds: verdict, seed-level interval, null, window-level interval
+            body = pages.figure_div(pf.arrow_gaps(res["datasets"]), "gaps")
+            for i, (k, v) in enumerate(res["datasets"].items()):
+                body += pf.arrow_summary_html(k, v) + '<div class="grid">'
+                body += pages.figure_div(pf.arrow_gap_over_training(v["over_training"], "gap over training"),
+                                         f"over-{i}")
+                body += pages.figure_div(pf.arrow_seed_curves(v["curves"], "validation loss over training"),
+                                         f"curves-{i}") + "</div>"
+            return body
+        import html as html_
+        body = ('<p class="error">One seed only: the interval below resamples held-out windows, not seeds, '
+                "so no verdict is given; rebuild the run to train several seeds.</p>")
+        body += pages.figure_div(pf.arrow_gaps(res["gaps"]), "gaps")
+        rows = "".join(f"<tr><td>{html_.escape(k)}</td><td>{v['loss_forward']:.4f}</td><td>{v['loss_backward']:.4f}</td>"
                        f"<td>{100 * v['gap']:+.2f}% [{100 * v['gap_ci95'][0]:+.2f}, {100 * v['gap_ci95'][1]:+.2f}]</td></tr>"
                        for k, v in res["gaps"].items())
-        body += ("<table><tr><th>data</th><th>forward loss</th><th>backward loss</th><th>gap (95% CI)</th></tr>"
+        body += ("<table><tr><th>data</th><th>forward loss</th><th>backward loss</th><th>gap (window-level 95% CI)</th></tr>"
                  + rows + "</table>")
         for i, (k, c) in enumerate(res["curves"].items()):
             body += pages.figure_div(pf.arrow_curves(c, f"{k}: validation loss over training"), f"curves-{i}")
@@ -246,7 +266,15 @@ def _summary(kind: str, res: dict) -> str:
     if kind == "heads":
         n = sum(row.count("retrieval") for row in res["labels"])
         s = sum(row.count("streaming") for row in res["labels"])
-        return f"{n} retrieval, {s} streaming heads (copy accuracy {res['copy_accuracy']:.2f})"
+        few = (f"; too few copied steps to label retrieval ({int(res['n_copied'])} < "
+               f"{int(res['config']['min_copied_steps'])})" if res.get("too_few_copied") else "")
+        return f"{n} retrieval, {s} streaming heads (copy accuracy {res['copy_accuracy']:.2f}{few})"
     if kind == "arrow":
-        return " · ".join(f"{k}: gap {100 * v['gap']:+.2f}%" for k, v in res["gaps"].items())
+        import html as html_
+        if "datasets" in res:
+            return " · ".join(f"{html_.escape(k)}: {html_.escape(v['verdict'])} (gap {100 * v['gap']:+.2f}%, "
+                              f"seed-level CI [{100 * v['gap_ci_seeds'][0]:+.2f}, {100 * v['gap_ci_seeds'][1]:+.2f}])"
+                              for k, v in res["datasets"].items())
+        return " · ".join(f"{html_.escape(k)}: gap {100 * v['gap']:+.2f}% (one seed, no verdict)"
+                          for k, v in res["gaps"].items())
     return ""

@@ -112,8 +112,9 @@ class FeatureExplorer(_Dashboard):
 
 
 class HeadRoleMap(_Dashboard):
-    """Layer × head retrieval/streaming heatmaps; choose a head to see its attention pattern on
-    the needle context (or, with a model, on your own token ids)."""
+    """Layer × head retrieval/streaming heatmaps with their 95% intervals (roles decided on the
+    lower bounds; a warning when too few steps were copied to label); choose a head to see its
+    attention pattern on the needle context."""
 
     def __init__(self, roles: dict, patterns: list | None = None, token_strs: list[str] | None = None):
         self.roles, self.patterns, self.token_strs = roles, patterns, token_strs or []
@@ -121,12 +122,13 @@ class HeadRoleMap(_Dashboard):
         self.layer = W.Dropdown(options=list(range(L)), value=L - 1, description="layer")
         self.head = W.Dropdown(options=list(range(H)), value=0, description="head")
         self.role = W.HTML()
+        self.status = W.HTML(pf.head_roles_summary_html(roles))
         self.panes = {"roles": FigurePane(pf.head_role_map(roles)), "causal": FigurePane(pf.causal_check(roles)),
                       "attention": FigurePane(self._attention())}
         self.layer.observe(lambda _: self.update(), names="value")
         self.head.observe(lambda _: self.update(), names="value")
         self.update()
-        self.widget = W.VBox([self.panes["roles"].widget, self.panes["causal"].widget,
+        self.widget = W.VBox([self.status, self.panes["roles"].widget, self.panes["causal"].widget,
                               W.HBox([self.layer, self.head, self.role]), self.panes["attention"].widget])
 
     def _attention(self) -> go.Figure:
@@ -136,9 +138,14 @@ class HeadRoleMap(_Dashboard):
         return pf.attention_pattern(self.patterns[l][h], self.token_strs, f"layer {l}, head {h}")
 
     def update(self) -> None:
-        l, h = self.layer.value, self.head.value
-        self.role.value = (f"<b>{self.roles['labels'][l][h]}</b> · retrieval {self.roles['retrieval'][l][h]:.2f} · "
-                           f"streaming {self.roles['streaming'][l][h]:.2f}")
+        import html
+        l, h, r = self.layer.value, self.head.value, self.roles
+
+        def ci(key):
+            return f" [{r[key][l][h][0]:.2f}, {r[key][l][h][1]:.2f}]" if r.get(key) else ""
+        hits = f" ({r['retrieval_hits'][l][h]}/{r['n_copied']} copied steps)" if r.get("retrieval_hits") else ""
+        self.role.value = (f"<b>{html.escape(r['labels'][l][h])}</b> · retrieval {r['retrieval'][l][h]:.2f}"
+                           f"{ci('retrieval_ci')}{hits} · streaming {r['streaming'][l][h]:.2f}{ci('streaming_ci')}")
         self.panes["attention"].set(self._attention())
 
 
@@ -175,29 +182,51 @@ class SparsityDashboard(_Dashboard):
 
 
 class ArrowDashboard(_Dashboard):
-    """Forward and backward loss curves per dataset, and the gap with its interval."""
+    """Per dataset: the verdict, the gap over seeds with its seed-level interval beside the
+    same-direction null, the window-level interval (named so), the gap over training and every
+    seed's loss curves. `results` is {"datasets": {name: ArrowResult.to_dict()}}; an older
+    single-pair result ({"gaps", "curves"}) shows its window interval only, without a verdict."""
 
     def __init__(self, results: dict):
         self.results = results
-        names = list(results.get("curves", {}))
+        self.datasets = results.get("datasets")
+        names = list(self.datasets or results.get("curves", {}))
         self.dataset = W.Dropdown(options=names or ["(none)"], description="data", disabled=not names)
         self.table = W.HTML()
-        self.panes = {"gaps": FigurePane(pf.arrow_gaps(results.get("gaps", {}))),
-                      "curves": FigurePane(self._curves())}
+        gaps = pf.arrow_gaps(self.datasets if self.datasets is not None else results.get("gaps", {}))
+        self.panes = {"gaps": FigurePane(gaps), "curves": FigurePane(self._curves()),
+                      "over_training": FigurePane(self._over_training())}
         self.dataset.observe(lambda _: self.update(), names="value")
         self.update()
-        self.widget = W.VBox([self.panes["gaps"].widget, self.dataset, self.table, self.panes["curves"].widget])
+        self.widget = W.VBox([self.panes["gaps"].widget, self.dataset, self.table,
+                              W.HBox([self.panes["over_training"].widget, self.panes["curves"].widget])])
 
     def _curves(self) -> go.Figure:
-        c = self.results.get("curves", {}).get(self.dataset.value)
-        return pf.arrow_curves(c, f"{self.dataset.value}: validation loss") if c else sf.empty_figure("no curves")
+        name = self.dataset.value
+        if self.datasets is not None:
+            c = self.datasets.get(name, {}).get("curves")
+            return pf.arrow_seed_curves(c, f"{name}: validation loss") if c else sf.empty_figure("no curves")
+        c = self.results.get("curves", {}).get(name)
+        return pf.arrow_curves(c, f"{name}: validation loss") if c else sf.empty_figure("no curves")
+
+    def _over_training(self) -> go.Figure:
+        res = (self.datasets or {}).get(self.dataset.value)
+        if res is None:
+            return sf.empty_figure("one seed only: no gap over training across seeds")
+        return pf.arrow_gap_over_training(res.get("over_training", {}), f"{self.dataset.value}: gap over training")
 
     def update(self) -> None:
         self.panes["curves"].set(self._curves())
+        self.panes["over_training"].set(self._over_training())
+        if self.datasets is not None:
+            res = self.datasets.get(self.dataset.value)
+            self.table.value = pf.arrow_summary_html(self.dataset.value, res) if res else ""
+            return
         g = self.results.get("gaps", {}).get(self.dataset.value)
         self.table.value = (f"forward {g['loss_forward']:.4f}, backward {g['loss_backward']:.4f} nats/token; "
-                            f"gap {100 * g['gap']:+.2f}% (95% CI {100 * g['gap_ci95'][0]:+.2f} to "
-                            f"{100 * g['gap_ci95'][1]:+.2f})") if g else ""
+                            f"gap {100 * g['gap']:+.2f}% (one seed: window-level 95% CI "
+                            f"{100 * g['gap_ci95'][0]:+.2f} to {100 * g['gap_ci95'][1]:+.2f}; no verdict "
+                            f"without seeds)") if g else ""
 
 
 def load_demo_dashboards(root) -> dict:
