@@ -5,22 +5,38 @@ a boolean mask of the same shape. Kept values are always ReLU(pre) at the mask, 
 reconstructs the same way. Ties are broken towards the lower index (token or latent), which
 makes the active set a deterministic function of the scores, and testable exactly.
 
-Each rule also takes the SAE's `layout` (parallel.py) when one SAE is spread over ranks: it then
-merges what the ranks hold into the same choice one process would make.
+Each rule also takes a `layout` (a `Layout`: the few operations below; parallel.Layout is the
+one the trainer passes) when one SAE is spread over ranks: it then merges what the ranks hold
+into the same choice one process would make. This module imports nothing of parallel.py, which
+builds on it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable, Protocol
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-if TYPE_CHECKING:  # parallel.py imports this module
-    from .parallel import Layout
-
 RULES = ("topk", "gradient", "mutual_choice", "feature_choice")
+
+
+class Layout(Protocol):
+    """What a rule needs from the distributed layout (see parallel.Layout for the semantics)."""
+
+    rank: int
+    world: int
+
+    @property
+    def data(self) -> bool: ...  # rows of the batch are spread over ranks
+
+    def global_batch(self, local_rows: int) -> int: ...
+
+    def token_topk(self, scores: Tensor, k: int) -> Tensor: ...  # top k per row over all ranks' columns
+
+    def merged_topk(self, scores: Tensor, k: int | Tensor,
+                    to_global: Callable[[Tensor], Tensor]) -> Tensor: ...  # per row, over all ranks' entries
 
 
 def topk_mask(scores: Float[Tensor, "... n"], k: int | Int[Tensor, "..."]) -> Bool[Tensor, "... n"]:
