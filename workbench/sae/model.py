@@ -23,6 +23,7 @@ from .config import SAEConfig
 from .parallel import SINGLE, Layout
 from .selection import (select_feature_choice, select_gradient, select_mutual_choice, select_topk,
                         uniform_capacities, zipf_capacities)
+from .sparse import Kept, decode, from_mask, kept_values, select_per_token
 
 
 class SAEOutput(NamedTuple):
@@ -30,6 +31,13 @@ class SAEOutput(NamedTuple):
     z: Float[Tensor, "B F"]  # kept activations, zero elsewhere
     mask: Bool[Tensor, "B F"]  # which entries the rule kept (a kept entry may be 0 after ReLU)
     pre: Float[Tensor, "B F"]
+
+
+class SparseOutput(NamedTuple):
+    """`forward_sparse`'s result: the training rule's kept entries instead of [B, F] tensors."""
+    x_hat: Float[Tensor, "B d"]
+    kept: Kept  # which (token, latent) entries the rule kept, and their pre-activations
+    vals: Float[Tensor, "n"]  # ReLU(pre) at the kept entries (differentiable)
 
 
 def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float = 1e-6) -> Float[Tensor, "d"]:
@@ -106,15 +114,47 @@ class SparseAutoencoder(nn.Module):
         if rule == "topk":
             return select_topk(pre, k, L)
         if rule == "gradient":
-            if grads is None:
-                raise ValueError("selection='gradient' needs grads (the activation store's with_grads=True)")
-            if grads.shape != (pre.shape[0], self.cfg.d_in):
-                raise ValueError(f"grads: expected [{pre.shape[0]}, {self.cfg.d_in}], got {tuple(grads.shape)}")
+            self._check_grads(grads, pre.shape[0])
             return select_gradient(pre, grads, self.W_dec.detach(), k, self.cfg.beta, L)
         if rule == "mutual_choice":
             return select_mutual_choice(pre, k, L)
         caps = self.capacities(L.global_batch(pre.shape[0]))[L.latent_slice(self.cfg.d_sae)]
         return select_feature_choice(pre, caps, L)
+
+    def _check_grads(self, grads: Tensor | None, rows: int) -> None:
+        if self.cfg.selection != "gradient":
+            return
+        if grads is None:
+            raise ValueError("selection='gradient' needs grads (the activation store's with_grads=True)")
+        if grads.shape != (rows, self.cfg.d_in):
+            raise ValueError(f"grads: expected [{rows}, {self.cfg.d_in}], got {tuple(grads.shape)}")
+
+    def select_kept(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None) -> Kept:
+        """The training rule's kept entries (the same as `select`'s mask), without keeping a
+        [B, F] tensor: per-token rules select chunk by chunk (sparse.py); the batch-coupled rules
+        and the latent layout, whose rules merge across ranks, select densely."""
+        rule = self.cfg.selection
+        if rule in ("topk", "gradient") and not self.layout.latent:
+            if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
+                raise ValueError(f"x: expected [batch, {self.cfg.d_in}], got {tuple(x.shape)}")
+            self._check_grads(grads, x.shape[0])
+            return select_per_token(x.detach() - self.b_dec.detach(), self.W_enc.detach(), self.b_enc.detach(),
+                                    self.cfg.k, grads if rule == "gradient" else None, self.W_dec.detach(),
+                                    self.cfg.beta)
+        with torch.no_grad():
+            pre = self.pre_acts(x)
+        return from_mask(self.select(pre, grads), pre)
+
+    def forward_sparse(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None) -> SparseOutput:
+        """Training forward of the sparse path: the same x̂ as `forward` in training mode, with a
+        backward that touches only the kept latents' rows of W_enc and W_dec."""
+        kept = self.select_kept(x, grads)
+        vals = kept_values(kept, x - self.b_dec, self.W_enc, self.b_enc)
+        partial = decode(kept, vals, self.W_dec)
+        if not self.layout.latent:
+            return SparseOutput(partial + self.b_dec, kept, vals)
+        x_hat = self.layout.sum_partials(partial + self.b_dec if self.layout.rank == 0 else partial)
+        return SparseOutput(x_hat, kept, vals)
 
     def encode(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "B F"]:
         """Inference encoding (no batch coupling): TopK, or JumpReLU for MC/FC."""
@@ -158,18 +198,39 @@ class SparseAutoencoder(nn.Module):
         else:
             smallest = kept.min(0).values
             smallest = self.layout.min(smallest) if self.layout.data else smallest
+        self._move_threshold(smallest)
+
+    def _move_threshold(self, smallest: Float[Tensor, "F"]) -> None:
+        """EMA of each latent's smallest fired kept value (inf: none this batch, left alone)."""
         seen = torch.isfinite(smallest)
         decay = self.cfg.threshold_decay if int(self.threshold_updates) > 0 else 0.0
-        self.threshold[seen] = decay * self.threshold[seen] + (1 - decay) * smallest[seen]
+        self.threshold[seen] = decay * self.threshold[seen] + (1 - decay) * smallest[seen].to(self.threshold.dtype)
         self.threshold_updates += 1
 
     @torch.no_grad()
-    def update_stats_sparse(self, idx: Tensor, vals: Tensor, usage_decay: float = 0.99) -> None:
-        """`update_stats` from [B, k] indices and values (the Triton path never builds z)."""
+    def update_stats_sparse(self, idx: Tensor, vals: Tensor, tokens: int | None = None,
+                            usage_decay: float = 0.99) -> None:
+        """`update_stats` from the kept entries' latent indices and values, of any matching shape
+        (the Triton path's [B, k], the sparse path's flat [n]; index < 0: no entry) over `tokens`
+        tokens (None: idx.shape[0]). Neither path builds z."""
+        idx, vals = idx.reshape(-1), vals.reshape(-1)
+        tokens = idx.shape[0] if tokens is None else tokens
         fired = (vals > 0) & (idx >= 0)
-        counts = torch.zeros(self.cfg.d_sae, device=idx.device).index_add_(
+        F = len(self.usage)  # this rank's latents
+        counts = torch.zeros(F, device=idx.device).index_add_(
             0, idx[fired], torch.ones(int(fired.sum()), device=idx.device))
-        self._count_firing(counts, idx.shape[0], usage_decay)
+        self._count_firing(counts, tokens, usage_decay)
+        if self.cfg.selection not in ("mutual_choice", "feature_choice"):
+            return
+        v = vals[fired]  # a kept entry that fired is what `update_stats` keeps too
+        if self.cfg.selection == "mutual_choice":
+            least = v.min() if len(v) else torch.tensor(float("inf"), dtype=vals.dtype, device=vals.device)
+            smallest = self.layout.min(least).expand_as(self.threshold)
+        else:
+            smallest = torch.full((F,), float("inf"), dtype=vals.dtype, device=vals.device).scatter_reduce_(
+                0, idx[fired], v, "amin")
+            smallest = self.layout.min(smallest) if self.layout.data else smallest
+        self._move_threshold(smallest)
 
     def _count_firing(self, counts: Float[Tensor, "F"], rows: int, usage_decay: float) -> None:
         """Dead-latent clocks and usage EMA from this rank's firing counts over `rows` tokens."""

@@ -38,6 +38,11 @@ class SAETrainConfig:
     # bf16 is what autocast would do; the kept latents' values are still computed in the parameters' dtype
     triton_precision: str = "bf16"  # the Triton path's selection GEMM: "bf16" operands or "fp32" (exact)
     triton_aux: str = "dense"  # the Triton path's AuxK: "dense" (GEMMs over dead rows) or "fused" (kernel candidates)
+    # Without Triton: True keeps only the kept entries after selection and decodes/backpropagates
+    # them sparsely (sparse.py; every rule, 3-4x faster on CPU); False is the dense reference path
+    # (differentiates the whole [B, F] code); "auto" is sparse on CPU, dense on CUDA (not yet measured
+    # there) and under parallel="latent" (its cross-rank AuxK needs the dense candidates)
+    sparse: bool | str = "auto"
     device: str = "cpu"
     dtype: str = "float32"  # parameters and batches: "float32", "bfloat16", or "float64" (exact tests)
     # "latent" is for dictionaries whose weights and Adam state do not fit on one device
@@ -63,6 +68,20 @@ class SAETrainConfig:
         if self.triton_aux not in ("dense", "fused"):
             raise ValueError(f"triton_aux={self.triton_aux!r}: expected 'dense' or 'fused'")
         return TritonPath(self.triton_precision, self.triton_aux)
+
+
+def use_sparse(cfg: SAETrainConfig, layout: Layout = SINGLE, triton: TritonPath | None = None) -> bool:
+    """Whether the torch path keeps the kept entries only (SAETrainConfig.sparse)."""
+    if cfg.sparse not in (True, False, "auto"):
+        raise ValueError(f"sparse={cfg.sparse!r}: expected True, False or 'auto'")
+    if triton is not None:
+        return False  # the fused kernels already are sparse
+    if cfg.sparse == "auto":
+        return not cfg.device.startswith("cuda") and not layout.latent
+    if cfg.sparse and layout.latent:
+        raise ValueError("sparse=True: parallel='latent' merges AuxK candidates across ranks densely; "
+                         "use parallel='data' or sparse=False")
+    return bool(cfg.sparse)
 
 
 class TritonPath(NamedTuple):
@@ -129,31 +148,61 @@ def _triton_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor 
         aux = aux_loss(pre, x - x_hat, sae.W_dec[rows], torch.ones_like(rows, dtype=pre.dtype), cfg.aux_k, layout)
     else:
         aux = mse * 0.0
+    # L0 counts positive values on every path (as SAELens and SAEBench do), not selected entries
     return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "sparse": (idx, vals.detach()), "dead": dead,
             "l0": float((vals > 0).sum(1).float().mean())}
 
 
+def _aux_weights(sae: SparseAutoencoder, dead: torch.Tensor) -> torch.Tensor | None:
+    """Each latent's weight as an aux-loss candidate (losses.py), None without an aux loss."""
+    cfg, layout = sae.cfg, sae.layout
+    if cfg.aux == "none":
+        return None
+    if cfg.aux == "auxk":
+        return auxk_weights(dead).to(sae.W_dec.dtype)
+    # ranks the usage of all latents, wherever they live
+    return aux_zipf_weights(layout.gather_latents(sae.usage), layout.gather_latents(dead.float()) > 0,
+                            cfg.k)[layout.latent_slice(cfg.d_sae)]
+
+
+def _sparse_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None,
+                   dead: torch.Tensor) -> dict[str, Any]:
+    cfg, layout = sae.cfg, sae.layout
+    out = sae.forward_sparse(x, grads)
+    mse = fvu(x, out.x_hat, layout)
+    weights = _aux_weights(sae, dead)
+    if weights is None:
+        aux = mse * 0.0
+    else:
+        # the aux loss as dense GEMMs over its candidate rows alone (as the Triton path's AuxK):
+        # ascending rows keep the dense path's order, so its selection and ties are unchanged
+        rows = (weights > 0).nonzero().squeeze(1)
+        aux = aux_loss(sae.pre_acts(x, rows), x - out.x_hat, sae.W_dec[rows], weights[rows], cfg.aux_k, layout)
+    return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "dead": dead,
+            "sparse": (out.kept.cols, out.vals.detach(), len(x)),
+            "l0": float((out.vals > 0).sum()) / len(x)}
+
+
 def sae_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None,
-               triton: TritonPath | bool | None = None) -> dict[str, Any]:
-    """Forward pass and losses of one batch. Under a "data" layout "fvu" and "aux" are this
-    rank's shares of the global batch's values; under "latent" every rank has the same values."""
+               triton: TritonPath | bool | None = None, sparse: bool = False) -> dict[str, Any]:
+    """Forward pass and losses of one batch: the Triton path, else the sparse torch path
+    (`sparse`), else the dense one. Under a "data" layout "fvu" and "aux" are this rank's shares
+    of the global batch's values; under "latent" every rank has the same values."""
     dead = sae.dead_mask()
     if triton:
         return _triton_losses(sae, x, grads, dead, TritonPath() if triton is True else triton)
+    if sparse:
+        return _sparse_losses(sae, x, grads, dead)
     out = sae(x, grads)
     cfg, layout = sae.cfg, sae.layout
     mse = fvu(x, out.x_hat, layout)
-    if cfg.aux == "none":
+    weights = _aux_weights(sae, dead)
+    if weights is None:
         aux = mse * 0.0
     else:
-        if cfg.aux == "auxk":
-            weights = auxk_weights(dead)
-        else:  # ranks the usage of all latents, wherever they live
-            weights = aux_zipf_weights(layout.gather_latents(sae.usage), layout.gather_latents(dead.float()) > 0,
-                                       cfg.k)[layout.latent_slice(cfg.d_sae)]
         aux = aux_loss(out.pre, x - out.x_hat, sae.W_dec, weights, cfg.aux_k, layout)
     return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "out": out, "dead": dead,
-            "l0": float(out.mask.float().sum(1).mean())}
+            "l0": float((out.z > 0).float().sum(1).mean())}
 
 
 def update_stats(sae: SparseAutoencoder, res: dict[str, Any]) -> None:
@@ -190,16 +239,16 @@ def clip_grad_norm(sae: SparseAutoencoder, max_norm: float) -> torch.Tensor:
 class _Losses(torch.nn.Module):
     """sae_losses as a module, so DistributedDataParallel can wrap the whole forward."""
 
-    def __init__(self, sae: SparseAutoencoder, triton: TritonPath | None):
+    def __init__(self, sae: SparseAutoencoder, triton: TritonPath | None, sparse: bool = False):
         super().__init__()
-        self.sae, self.triton = sae, triton
+        self.sae, self.triton, self.sparse = sae, triton, sparse
 
     def forward(self, x: torch.Tensor, grads: torch.Tensor | None) -> dict[str, Any]:
-        return sae_losses(self.sae, x, grads, self.triton)
+        return sae_losses(self.sae, x, grads, self.triton, self.sparse)
 
 
-def _loss_fn(sae: SparseAutoencoder, triton: TritonPath | None, device: str):
-    module = _Losses(sae, triton)
+def _loss_fn(sae: SparseAutoencoder, triton: TritonPath | None, device: str, sparse: bool = False):
+    module = _Losses(sae, triton, sparse)
     if not sae.layout.data:
         return module
     from torch.nn.parallel import DistributedDataParallel
@@ -311,7 +360,8 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, r
             run.write_config({"sae": sae_cfg, "train": cfg}, kind="sae")
     wandb_run = _wandb(cfg, sae_cfg) if lead else None
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    loss_fn = _loss_fn(sae, use_triton(cfg, sae_cfg, layout), cfg.device)
+    triton = use_triton(cfg, sae_cfg, layout)
+    loss_fn = _loss_fn(sae, triton, cfg.device, use_sparse(cfg, layout, triton))
     scale = layout.world if layout.data else 1.0  # DDP averages; a rank's loss is its share of the sum
     bar = tqdm(range(start, end), desc=f"training {sae_cfg.selection} SAE", disable=not (progress and lead))
     sae.train()
