@@ -10,6 +10,8 @@ Every run folder is self-contained, so the viewer needs nothing outside it.
 
 from __future__ import annotations
 
+import sys
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,32 @@ from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_i
 from .runs import RunDir, atomic_write_json
 from .sae import SAEConfig, SAETrainConfig, train_sae
 from .sae.evaluate import feature_table, reconstruction_metrics, splice_metrics
+from .viewer.build_status import BuildStatus
+
+# Stage names in build order, and the run folder each writes (the models are cached elsewhere).
+STAGES: tuple[tuple[str, str | None], ...] = (("models", None), ("sae-topk", "sae-topk"),
+                                              ("probe-sparsity", "probe-sparsity"), ("probe-heads", "probe-heads"),
+                                              ("probe-arrow", "probe-arrow"))
+
+
+class DemoBuildError(RuntimeError):
+    """Some stages failed; the others were built. `failures` maps stage name to its error."""
+
+    def __init__(self, failures: dict[str, str]):
+        super().__init__("demo stages failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+        self.failures = failures
+
+
+def configure_threads() -> int:
+    """Use one torch thread per process; returns it. Why one: on 2 cores with one busy process
+    beside it, 2 intra-op threads collapse (their OpenMP barriers wait on the descheduled thread):
+    a 256x512 @ 512x512 matmul loop measured 127/s with 2 threads against 685/s with 1 while a
+    training job ran beside it, and the issue measured 311/s against 585/s. Uncontended, 2 threads
+    are only about 1.4x faster (826/s), so 1 thread loses little alone and keeps working under load.
+    The demo's models are small (d_model 128), where intra-op parallelism gains least."""
+    import torch
+    torch.set_num_threads(1)
+    return 1
 
 
 @dataclass(frozen=True)
@@ -62,21 +90,44 @@ def _models(cfg: DemoConfig, root: Path, progress: bool):
     return fwd, bwd, cfg.model, train, base / "forward", base / "backward"
 
 
-def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), progress: bool = True) -> Path:
+def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), progress: bool = True,
+               status: BuildStatus | None = None) -> Path:
     """Build every demo run that is missing (each is written last-step-atomically: a run counts
-    as done once its results.json exists)."""
+    as done once its results.json exists).
+
+    Stages run in order (STAGES); a failed stage is recorded in `status` and the next one still
+    runs (every stage needs the models, so a models failure skips the rest). Raises DemoBuildError
+    after the last stage if any failed, and BuildStopped between stages once `status.stop` is set.
+    """
     root = Path(root) if root is not None else default_demo_dir()
     root.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=5, desc="building the demo", disable=not progress)
-    steps.set_postfix_str("language models")
-    fwd, bwd, model_cfg, train_cfg, fwd_dir, bwd_dir = _models(cfg, root, progress)
-    steps.update()
-    data = default_data()
-    val = windows(data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=cfg.eval_windows)
+    status = status if status is not None else BuildStatus()
+    status.begin(list(STAGES))
+    failures: dict[str, str] = {}
+
+    def report(name: str, error: BaseException | None) -> None:
+        if error is not None:
+            failures[name] = f"{type(error).__name__}: {error}"
+            traceback.print_exception(error, file=sys.stderr)
+        if progress:
+            st = next(s for s in status.snapshot()["stages"] if s["name"] == name)
+            tqdm.write(f"demo: {name} {st['state']}" + (f" in {st['seconds']:.1f} s" if st["seconds"] else ""))
+
+    try:
+        with status.stage("models"):
+            fwd, bwd, model_cfg, train_cfg, fwd_dir, bwd_dir = _models(cfg, root, progress)
+            data = default_data()
+            val = windows(data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=cfg.eval_windows)
+    except Exception as e:
+        report("models", e)
+        for name, _ in STAGES[1:]:
+            status.skip(name, "the language models failed")
+        raise DemoBuildError(failures) from e
+    report("models", None)
 
     sae_run = RunDir(root / "sae-topk")
-    if not sae_run.file("results.json").exists():
-        steps.set_postfix_str("TopK SAE")
+
+    def sae_stage() -> None:
         store_cfg = StoreConfig(cfg.hook_name, batch_size=4096, buffer_tokens=65_536, seq_len=cfg.seq_len)
         store = ActivationStore(ModelSource(fwd, data.train, store_cfg, data.tokenizer.bos_token_id), 4096)
         sae_cfg = SAEConfig(d_in=fwd.cfg.d_model, d_sae=cfg.d_sae, k=cfg.k, hook_name=cfg.hook_name,
@@ -92,22 +143,20 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         save_model(fwd, sae_run.file("model.safetensors"), model_cfg)
         atomic_write_json(sae_run.file("model_config.json"), asdict(model_cfg))
         sae_run.write_results({**rec, **spl})
-    steps.update()
 
     sp_run = RunDir(root / "probe-sparsity")
-    if not sp_run.file("results.json").exists():
-        steps.set_postfix_str("sparsity probe")
+
+    def sparsity_stage() -> None:
         sp_run.write_config({"model": model_cfg, "ks": cfg.topk_ks}, kind="sparsity")
         final = activation_sparsity(fwd, val)
         over = sparsity_over_training(fwd_dir, model_cfg, val[:16])
         ks = [k for k in cfg.topk_ks if k <= model_cfg.d_mlp]
         sp_run.write_results({"final": final.to_dict(), "over_training": over,
                               "topk": topk_intervention(fwd, val[:16], ks)})
-    steps.update()
 
     hd_run = RunDir(root / "probe-heads")
-    if not hd_run.file("results.json").exists():
-        steps.set_postfix_str("head roles")
+
+    def heads_stage() -> None:
         hcfg = cfg.head_roles
         hd_run.write_config(hcfg, kind="heads")
         roles = head_roles(fwd, hcfg, bos=data.tokenizer.bos_token_id)
@@ -116,11 +165,10 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
         hd_run.write_results({**roles.to_dict(), "example_tokens": toks,
                               "example_patterns": pat[:, 0].tolist()})  # [L][H][q][k]
-    steps.update()
 
     ar_run = RunDir(root / "probe-arrow")
-    if not ar_run.file("results.json").exists():
-        steps.set_postfix_str("arrow of time")
+
+    def arrow_stage() -> None:
         ar_run.write_config({"natural": {"model": model_cfg, "train": train_cfg},
                              "primes": {"model": cfg.primes_model, "train": cfg.primes_train}}, kind="arrow")
         natural = arrow_gap(fwd, bwd, data, cfg.seq_len, n_windows=cfg.eval_windows * 4)
@@ -131,8 +179,22 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         curves = {"natural text": loss_curves({"forward": fwd_dir, "backward": bwd_dir}),
                   "primes×product": loss_curves({d: primes_dir / d for d in ("forward", "backward")})}
         ar_run.write_results({"gaps": {"natural text": natural, "primes×product": primes}, "curves": curves})
-    steps.update()
-    steps.close()
+
+    for (name, _), run, build in zip(STAGES[1:], (sae_run, sp_run, hd_run, ar_run),
+                                     (sae_stage, sparsity_stage, heads_stage, arrow_stage)):
+        status.check_stop()
+        if run.file("results.json").exists():  # written last: the run is complete
+            status.reused(name)
+            continue
+        try:
+            with status.stage(name):
+                build()
+        except Exception as e:  # recorded; the next stage does not depend on this one
+            report(name, e)
+            continue
+        report(name, None)
+    if failures:
+        raise DemoBuildError(failures)
     return root
 
 

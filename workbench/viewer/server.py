@@ -6,13 +6,16 @@ package); a run that cannot be read shows an error on its own page while the oth
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import quote
 
 import plotly
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -22,12 +25,26 @@ from ..figures import probes as pf
 from ..figures import sae as sf
 from ..runs import RunDir, iter_runs
 from . import pages
+from .build_status import BuildStatus
+from .front import HostCheck, build_api
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 class RunError(Exception):
-    pass
+    """A run's file is missing or unreadable; the message names the file and what is wrong."""
+
+
+def _check_safetensors(path: Path) -> None:
+    """RunError naming the file unless `path` is a readable safetensors file (reads only its header)."""
+    if not path.exists():
+        raise RunError(f"{path.name} is missing")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:
+        raise RunError(f"{path.name} is unreadable: {e}") from e
 
 
 def _kind(run_dir: Path) -> str:
@@ -46,7 +63,10 @@ def _results(run_dir: Path) -> dict:
         raise RunError(f"results.json is not valid JSON: {e}") from e
 
 
-def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -> Starlette:
+def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, host: str = "127.0.0.1",
+               port: int | None = None, build: BuildStatus | None = None) -> Starlette:
+    """The viewer over `runs_root`. Requests whose Host is not `host` or loopback (on `port`; any
+    port when None) are refused; `build`, when given, is shown live on `/` and at /api/build."""
     root = Path(runs_root).resolve()
     tokenizer = ByteTokenizer()
 
@@ -81,21 +101,29 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
     async def overview(request: Request) -> HTMLResponse:
         rows = []
         for run in iter_runs(root):
+            building = build is not None and build.state_of(run.name) in ("pending", "running")
             try:
                 kind = _kind(run.path)
-                summary = _summary(kind, _results(run.path))
-            except RunError as e:
-                kind, summary = "?", f'<span class="error">{e}</span>'
-            rows.append(f'<tr><td><a href="/run/{run.name}">{run.name}</a></td><td>{kind}</td><td>{summary}</td></tr>')
+                summary = ('<span class="empty">being built</span>' if building
+                           else _summary(kind, _results(run.path)))
+                kind = html.escape(kind)
+            except (RunError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+                kind, summary = "?", f'<span class="error">{html.escape(f"{type(e).__name__}: {e}")}</span>'
+            rows.append(f'<tr><td><a href="/run/{quote(run.name, safe="")}">{html.escape(run.name)}</a></td>'
+                        f'<td>{kind}</td><td>{summary}</td></tr>')
         body = ("<table><tr><th>run</th><th>kind</th><th>headline</th></tr>" + "".join(rows) + "</table>"
-                if rows else f'<p class="empty">No runs in {root}.</p>')
-        return HTMLResponse(pages.page("Runs", body))
+                if rows else f'<p class="empty">No runs in {html.escape(str(root))}.</p>')
+        panel = pages.build_panel({**build.snapshot(), "viewer": "ready"}) if build is not None else ""
+        return HTMLResponse(pages.page("Runs", panel + body))
 
     async def run_page(request: Request) -> HTMLResponse:
         name = request.path_params["name"]
         d = run_dir(name)
         if d is None:
             return HTMLResponse(pages.page("Not found", pages.error_box(f"no run named {name!r}")), 404)
+        if build is not None and build.state_of(name) in ("pending", "running"):
+            return HTMLResponse(pages.page(name, '<p class="empty" id="run-building">This run is being built; '
+                                           'its page appears when it is done (see <a href="/">Runs</a>).</p>'), 503)
         try:
             kind = _kind(d)
             body = RENDERERS[kind](name, d, _results(d))
@@ -121,8 +149,8 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
         body += pages.figure_div(pf.sparsity_over_training(res["over_training"]), "over-training")
         body += '<div class="grid">' + pages.figure_div(pf.neuron_frequencies(final["neuron_freq"]), "neurons")
         body += pages.figure_div(pf.topk_curve(res["topk"]), "topk") + "</div>"
-        never = ", ".join(f"L{l}: {n}" for l, n in enumerate(final["never_firing"]))
-        return body + f"<p>Never-firing neurons on {final['n_tokens']} tokens: {never}.</p>"
+        never = ", ".join(f"L{l}: {int(n)}" for l, n in enumerate(final["never_firing"]))
+        return body + f"<p>Never-firing neurons on {int(final['n_tokens'])} tokens: {never}.</p>"
 
     def render_heads(name: str, d: Path, res: dict) -> str:
         import html as html_
@@ -209,13 +237,33 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
             return JSONResponse({"error": "no such run"}, 404)
         try:
             body = await request.json()
-            text, feature = str(body["text"]), int(body["feature"])
         except Exception:
-            return JSONResponse({"error": "expected JSON {text: str, feature: int}"}, 400)
+            return JSONResponse({"error": "the body is not JSON: expected {\"text\": str, \"feature\": int}"}, 400)
+        if not isinstance(body, dict) or set(body) != {"text", "feature"}:
+            return JSONResponse({"error": "expected a JSON object with exactly the keys text (str) and feature (int)"}, 400)
+        text, feature = body["text"], body["feature"]
+        if not isinstance(text, str):
+            return JSONResponse({"error": f"text must be a string, got {type(text).__name__}"}, 400)
+        if not isinstance(feature, int) or isinstance(feature, bool):
+            return JSONResponse({"error": f"feature must be an integer, got {type(feature).__name__}"}, 400)
         if not text:
             return JSONResponse({"error": "text is empty"}, 400)
         from ..sae.evaluate import feature_on_text
-        model, sae = model_and_sae(name)
+        d = run_dir(name)
+        if not (d / "sae.safetensors").exists():
+            return JSONResponse({"error": f"run {name!r} has no SAE (sae.safetensors is missing): "
+                                          "the prompt API needs an SAE run"}, 400)
+        try:
+            for file in ("sae.safetensors", "model.safetensors"):  # a local HF model has no model.safetensors
+                if file == "sae.safetensors" or (d / file).exists():
+                    _check_safetensors(d / file)
+            model, sae = model_and_sae(name)
+        except RunError as e:
+            return JSONResponse({"error": f"run {name!r}: {e}"}, 500)
+        except Exception as e:
+            return JSONResponse({"error": f"run {name!r}: its model or SAE could not be loaded "
+                                          f"(sae.safetensors, sae_config.json, model.safetensors, "
+                                          f"model_config.json): {type(e).__name__}: {e}"}, 500)
         if not 0 <= feature < sae.cfg.d_sae:
             return JSONResponse({"error": f"feature must lie in [0, {sae.cfg.d_sae})"}, 400)
         ids, acts = feature_on_text(model, sae, tokenizer, text, feature)
@@ -226,12 +274,23 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
         d = run_dir(name)
         if d is None:
             return JSONResponse({"error": "no such run"}, 404)
-        res = _results(d)
+        try:
+            res = _results(d)
+        except RunError as e:
+            return JSONResponse({"error": f"run {name!r}: {e}"}, 500)
+        patterns = res.get("example_patterns") if isinstance(res, dict) else None
+        if not isinstance(patterns, list) or not patterns or not isinstance(patterns[0], list):
+            return JSONResponse({"error": f"run {name!r} has no attention patterns "
+                                          "(results.json lacks example_patterns: not a heads run)"}, 400)
+        n_layers, n_heads = len(patterns), len(patterns[0])
         try:
             layer, head = int(request.query_params["layer"]), int(request.query_params["head"])
-            pattern = res["example_patterns"][layer][head]
-        except (KeyError, ValueError, IndexError):
-            return JSONResponse({"error": "layer and head must be valid indices"}, 400)
+        except (KeyError, ValueError):
+            return JSONResponse({"error": "layer and head must be given as integers"}, 400)
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            return JSONResponse({"error": f"layer must lie in [0, {n_layers}) and head in [0, {n_heads}), "
+                                          f"got layer={layer}, head={head}"}, 400)
+        pattern = patterns[layer][head]
         fig = pf.attention_pattern(pattern, res["example_tokens"], f"layer {layer}, head {head}")
         return JSONResponse(json.loads(fig.to_json()))
 
@@ -247,7 +306,16 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None) -
     async def plotly_js(request: Request) -> FileResponse:
         return FileResponse(PLOTLY_JS, media_type="application/javascript")
 
-    return Starlette(routes=[
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        """Anything unforeseen: APIs still answer JSON naming what failed, pages an error page."""
+        message = f"{type(exc).__name__}: {exc}"
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": message}, 500)
+        return HTMLResponse(pages.page("Error", pages.error_box(message)), 500)
+
+    build_routes = [Route("/api/build", build_api(build, "ready"))] if build is not None else []
+    return Starlette(middleware=[Middleware(HostCheck, host=host, port=port)],
+                     exception_handlers={Exception: unexpected}, routes=build_routes + [
         Route("/", overview), Route("/run/{name}", run_page), Route("/benchmarks", benchmarks),
         Route("/api/run/{name}/feature/{feature:int}", feature_api),
         Route("/api/run/{name}/search", search_api),
