@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -115,16 +116,91 @@ def python_docs_corpus(val_every: int = 10) -> Corpus:
     return _split("python-docs", docs, val_every)
 
 
+TEXT_SUFFIXES = (".txt", ".md", ".py")  # what a --corpus folder contributes; other files are ignored
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text, or a ValueError naming the file and the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); "
+                         "convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def _paragraphs(path: Path, key: str) -> dict[str, str]:
+    return {f"{key}:{i:06d}": block.strip() for i, block in enumerate(_read_utf8(path).split("\n\n"))
+            if block.strip()}
+
+
+def _jsonl_rows(path: Path, key: str, text_field: str) -> dict[str, str]:
+    docs = {}
+    for i, line in enumerate(_read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not a JSON object ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            found = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"{path}:{i}: expected an object with a string field {text_field!r} "
+                             f"(text_field), found {found}")
+        if row[text_field].strip():
+            docs[f"{key}:{i:08d}"] = row[text_field]
+    return docs
+
+
+def _file_docs(path: Path, key: str, text_field: str) -> dict[str, str]:
+    return _jsonl_rows(path, key, text_field) if path.suffix == ".jsonl" else _paragraphs(path, key)
+
+
 def text_files_corpus(paths: Sequence[str | Path], val_every: int = 20) -> Corpus:
     """A corpus from the user's own UTF-8 text files, one document per paragraph block."""
     docs = {}
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"paths: {path} is not a file")
-        for i, block in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n\n")):
-            if block.strip():
-                docs[f"{path.name}:{i:06d}"] = block.strip()
+        docs.update(_paragraphs(path, path.name))
     return _split("text-files", docs, val_every)
+
+
+def load_corpus(path: str | Path, text_field: str = "text", val_every: int = 20) -> Corpus:
+    """The user's own text (`--corpus`): a plain UTF-8 file (one document per paragraph), a
+    `.jsonl` file (one document per line's `text_field`), or a folder whose .txt/.md/.py files
+    (searched recursively, empty ones skipped) are read as plain text. Named after `path`, so
+    every later error (too short for a window, ...) says which corpus it means."""
+    path = Path(path)
+    if path.is_file():
+        docs = _file_docs(path, path.name, text_field)
+        if not docs:
+            raise ValueError(f"{path}: the file is empty (no text to train or evaluate on)")
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + (".jsonl",)
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        docs = {}
+        for f in files:
+            docs.update(_file_docs(f, str(f.relative_to(path)), text_field))
+        if not docs:
+            raise ValueError(f"{path}: the folder holds no non-empty {'/'.join(TEXT_SUFFIXES)}/.jsonl files")
+    else:
+        raise FileNotFoundError(f"corpus: {path} is neither a file nor a folder")
+    if len(docs) < 2:  # one document cannot be split by documents: cut it in two halves instead
+        (key, text), = docs.items()
+        cut = text.rfind(" ", 0, int(len(text) * 0.9)) + 1 or int(len(text) * 0.9)
+        docs = {f"{key}:a": text[:cut], f"{key}:b": text[cut:]}
+    return _split(str(path), docs, val_every)
+
+
+def corpus_stream(corpus: Corpus, tokenizer: Tokenizer, split: str, window: int) -> torch.Tensor:
+    """`encode_corpus`, checked to hold at least one window of `window` tokens (BOS not included):
+    a too-short own corpus fails here with its name, not deep inside the activation store."""
+    stream = encode_corpus(corpus, tokenizer, split)
+    if len(stream) < window:
+        raise ValueError(f"corpus {corpus.name}: its {split} split is {len(stream)} tokens, shorter than one "
+                         f"context window of {window} tokens: give more text")
+    return stream
 
 
 def hf_corpus(dataset: str, split: str = "train", text_field: str = "text", max_docs: int = 10_000,
