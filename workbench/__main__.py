@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import re
 import sys
+from pathlib import Path
 
 from .sae.config import SAEConfig
 from .sae.trainer import SAETrainConfig
@@ -43,11 +44,19 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip: set[str]) -> None:
             parser.add_argument(flag, type=kind, default=f.default, help=help_)
 
 
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="workbench-tiny", help="workbench-tiny, a folder saved with Hugging "
+                        "Face save_pretrained (GPT-2, GPT-NeoX/Pythia, Llama, ...), or a TransformerLens name")
+    parser.add_argument("--corpus", default=None, help="your own text: a UTF-8 file, a .jsonl file, or a folder "
+                        "of .txt/.md/.py files (default: the embedded Python-docs corpus)")
+    parser.add_argument("--text-field", default="text", help="the field holding the text in .jsonl rows")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench")
     sub = ap.add_subparsers(dest="command", required=True)
     ca = sub.add_parser("cache-acts", help="write a model's activations at a hook as safetensors shards")
-    ca.add_argument("--model", default="workbench-tiny", help="workbench-tiny or a TransformerLens pretrained name")
+    _add_source_flags(ca)
     ca.add_argument("--hook", required=True, help="TransformerLens hook name, e.g. blocks.1.hook_resid_post")
     ca.add_argument("--tokens", type=int, required=True, help="activations to write (whole shards)")
     ca.add_argument("--shard-tokens", type=int, default=65_536, help="activations per shard")
@@ -56,7 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     ca.add_argument("--device", default="cpu")
     ca.add_argument("--out", required=True)
     tr = sub.add_parser("train-sae", help="train an SAE on a model's activations at a hook, or on a cache")
-    tr.add_argument("--model", default="workbench-tiny", help="workbench-tiny or a TransformerLens pretrained name")
+    _add_source_flags(tr)
+    tr.add_argument("--no-eval", action="store_true", help="skip results.json and features.safetensors (the "
+                                                           "viewer then lists the run as unfinished)")
+    tr.add_argument("--buffer-tokens", type=int, default=65_536, help="activations computed at once from a live "
+                                                                      "model (with --hook), shuffled into batches")
+    tr.add_argument("--eval-windows", type=int, default=32, help="held-out windows for results.json and the "
+                                                                  "feature table")
     tr.add_argument("--hook", help="TransformerLens hook name, e.g. blocks.1.hook_resid_post (without --cache)")
     tr.add_argument("--cache", help="a folder written by cache-acts (the way to train on many ranks)")
     tr.add_argument("--d-sae", type=int, required=True)
@@ -66,29 +81,68 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _model_source(model_name: str, hook: str, device: str, with_grads: bool, seed: int, buffer_tokens: int):
+def _corpus(path: str | None, text_field: str):
+    from .corpus import load_corpus, python_docs_corpus
+    return python_docs_corpus() if path is None else load_corpus(path, text_field)
+
+
+def _model_source(model_name: str, hook: str, device: str, with_grads: bool, seed: int, buffer_tokens: int,
+                  corpus: str | None = None, text_field: str = "text"):
     from .activations import ModelSource, StoreConfig
-    from .corpus import encode_corpus, python_docs_corpus
+    from .corpus import corpus_stream
     from .models import load_model
 
     model, tok = load_model(model_name, device=device)
     seq = min(128, model.cfg.n_ctx - 1)
     cfg = StoreConfig(hook, seq_len=seq, with_grads=with_grads, seed=seed, buffer_tokens=buffer_tokens)
-    return ModelSource(model, encode_corpus(python_docs_corpus(), tok, "train"), cfg, tok.bos_token_id)
+    return ModelSource(model, corpus_stream(_corpus(corpus, text_field), tok, "train", seq), cfg, tok.bos_token_id)
+
+
+def _evaluate(out: str, model_name: str, corpus: str | None, text_field: str, n_windows: int) -> None:
+    """results.json and features.safetensors for a finished SAE run, as the demo writes them, on
+    the corpus' validation split (its train split when that is shorter than a window)."""
+    import torch
+
+    from .activations import ActivationBatch, capture
+    from .corpus import corpus_stream, windows
+    from .models import load_model
+    from .runs import RunDir
+    from .sae.evaluate import feature_table, reconstruction_metrics, splice_metrics
+    from .sae.io import load_sae
+
+    run, sae = RunDir(out), load_sae(out)
+    model, tok = load_model(model_name)
+    seq, hook, text = min(128, model.cfg.n_ctx - 1), sae.cfg.hook_name, _corpus(corpus, text_field)
+    try:
+        split, stream = "validation", corpus_stream(text, tok, "validation", seq)
+    except ValueError:
+        split, stream = "train", corpus_stream(text, tok, "train", seq)
+    val = windows(stream, seq, bos_token_id=tok.bos_token_id, n=n_windows)
+    acts = torch.cat([capture(model, chunk, hook)[0][:, 1:] for chunk in val.split(32)])  # BOS left out
+    rec = reconstruction_metrics(sae, [ActivationBatch(acts.reshape(-1, acts.shape[-1]), None)])
+    spl = splice_metrics(model, sae, hook, val)
+    feature_table(model, sae, hook, val).save(run.file("features.safetensors"))
+    run.write_results({**rec, **spl, "eval_split": split, "eval_windows": len(val)})
 
 
 def cache_acts(args: argparse.Namespace) -> int:
     from .activations import cache_activations
 
-    src = _model_source(args.model, args.hook, args.device, args.with_grads, args.seed, args.shard_tokens)
+    from .pretrained import model_record
+
+    src = _model_source(args.model, args.hook, args.device, args.with_grads, args.seed, args.shard_tokens,
+                        args.corpus, args.text_field)
     n = max(1, args.tokens // args.shard_tokens)
-    cache_activations(src, args.out, n, metadata={"model": args.model, "hook_name": args.hook, "seed": args.seed})
+    corpus = None if args.corpus is None else str(Path(args.corpus).resolve())  # found again from anywhere
+    cache_activations(src, args.out, n, metadata={"model": model_record(args.model)["model"], "hook_name": args.hook,
+                                                  "seed": args.seed, "corpus": corpus, "text_field": args.text_field})
     print(f"wrote {n} shards of {args.shard_tokens} activations to {args.out}")
     return 0
 
 
 def train(args: argparse.Namespace) -> int:
     from .activations import ActivationStore, CachedSource
+    from .pretrained import model_record, record_model
     from .runs import RunDir
     from .sae.parallel import init_from_env
     from .sae.trainer import train_sae
@@ -102,10 +156,15 @@ def train(args: argparse.Namespace) -> int:
     gradient = values["selection"] == "gradient"
     if args.cache is not None:
         src = CachedSource(args.cache)
-        hook, model_name = src.manifest["metadata"].get("hook_name", ""), src.manifest["metadata"].get("model", "")
+        meta = src.manifest["metadata"]
+        hook, model_name = meta.get("hook_name", ""), meta.get("model", "")
+        corpus, text_field = args.corpus or meta.get("corpus"), meta.get("text_field", args.text_field)
     else:
-        hook, model_name = args.hook, args.model
-        src = _model_source(args.model, args.hook, values["device"], gradient, values["seed"], 65_536)
+        hook, model_name = args.hook, model_record(args.model)["model"]
+        corpus, text_field = args.corpus, args.text_field
+        src = _model_source(args.model, args.hook, values["device"], gradient, values["seed"],
+                            args.buffer_tokens, corpus, text_field)
+    corpus = None if corpus is None else str(Path(corpus).resolve())
     sae_cfg = SAEConfig(d_in=src.d, d_sae=args.d_sae, hook_name=hook, model_name=model_name,
                         **{f.name: values[f.name] for f in dataclasses.fields(SAEConfig)
                            if f.name in values and f.name not in ("d_in", "d_sae")})
@@ -115,10 +174,14 @@ def train(args: argparse.Namespace) -> int:
     train_sae(sae_cfg, train_cfg, store, RunDir(args.out), progress=rank == 0)
     if rank == 0:
         print(f"saved {args.out}/sae.safetensors")
+        record_model(args.out, model_name, corpus=corpus or "python-docs", text_field=text_field)
     if world > 1:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    if rank == 0 and not args.no_eval:  # on the CPU, from the saved SAE: the whole SAE on every layout
+        _evaluate(args.out, model_name, corpus, text_field, args.eval_windows)
+        print(f"wrote {args.out}/results.json and features.safetensors")
     return 0
 
 

@@ -230,11 +230,6 @@ def load_model(name: str = DEFAULT_MODEL_NAME, device: str = "cpu") -> tuple[Hoo
     if name in (DEFAULT_MODEL_NAME, f"{DEFAULT_MODEL_NAME}-forward", f"{DEFAULT_MODEL_NAME}-backward"):
         direction = "backward" if name.endswith("backward") else "forward"
         return load_default(direction).to(device), ByteTokenizer()
-    try:
-        model = HookedTransformer.from_pretrained(name, device=device)
-    except Exception as e:
-        raise RuntimeError(
-            f"pretrained model {name!r} could not be loaded: no hub access and no local copy in "
-            f"the Hugging Face cache ({type(e).__name__}: {str(e)[:200]}). Offline, use the "
-            f"embedded default: load_model({DEFAULT_MODEL_NAME!r})") from e
-    return model, HFTokenizer(model.tokenizer)
+    from .pretrained import load_pretrained  # a local save_pretrained folder, or a hub name
+
+    return load_pretrained(name, device)

@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..corpus import ByteTokenizer
 from ..figures import probes as pf
 from ..figures import sae as sf
 from ..runs import RunDir, iter_runs
@@ -68,7 +67,12 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
     """The viewer over `runs_root`. Requests whose Host is not `host` or loopback (on `port`; any
     port when None) are refused; `build`, when given, is shown live on `/` and at /api/build."""
     root = Path(runs_root).resolve()
-    tokenizer = ByteTokenizer()
+
+    @lru_cache(maxsize=8)
+    def tokenizer(name: str):
+        """The run's own tokenizer (bytes for workbench models, the folder's for a local HF model)."""
+        from ..pretrained import tokenizer_for_run
+        return tokenizer_for_run(root / name)
 
     def run_dir(name: str) -> Path | None:
         for run in iter_runs(root):
@@ -92,9 +96,9 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
 
     @lru_cache(maxsize=2)
     def model_and_sae(name: str):
-        from ..models import load_model_dir
+        from ..pretrained import model_for_run
         from ..sae.io import load_sae
-        return load_model_dir(root / name), load_sae(root / name)
+        return model_for_run(root / name)[0], load_sae(root / name)
 
     # --- pages ---------------------------------------------------------------------------------
 
@@ -219,9 +223,10 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         f = request.path_params["feature"]
         if not 0 <= f < len(table.density):
             return JSONResponse({"error": f"feature must lie in [0, {len(table.density)})"}, 404)
-        figs = {"feat-hist": sf.feature_histogram(table, f), "feat-logits": sf.logit_effects(table, f, tokenizer),
+        tok = tokenizer(request.path_params["name"])
+        figs = {"feat-hist": sf.feature_histogram(table, f), "feat-logits": sf.logit_effects(table, f, tok),
                 "feat-corr": sf.correlated_features(table, f)}
-        return JSONResponse({"feature": f, "contexts_html": sf.contexts_html(table, f, tokenizer),
+        return JSONResponse({"feature": f, "contexts_html": sf.contexts_html(table, f, tok),
                              "figures": {k: json.loads(v.to_json()) for k, v in figs.items()}})
 
     async def search_api(request: Request) -> JSONResponse:
@@ -229,7 +234,8 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         table, error = table_or_error(request)
         if error is not None:
             return error
-        return JSONResponse({"features": features_matching(table, tokenizer.encode(request.query_params.get("q", "")))})
+        ids = tokenizer(request.path_params["name"]).encode(request.query_params.get("q", ""))
+        return JSONResponse({"features": features_matching(table, ids)})
 
     async def prompt_api(request: Request) -> JSONResponse:
         name = request.path_params["name"]
@@ -266,8 +272,8 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
                                           f"model_config.json): {type(e).__name__}: {e}"}, 500)
         if not 0 <= feature < sae.cfg.d_sae:
             return JSONResponse({"error": f"feature must lie in [0, {sae.cfg.d_sae})"}, 400)
-        ids, acts = feature_on_text(model, sae, tokenizer, text, feature)
-        return JSONResponse({"html": sf.prompt_html(ids, acts, tokenizer)})
+        ids, acts = feature_on_text(model, sae, tokenizer(name), text, feature)
+        return JSONResponse({"html": sf.prompt_html(ids, acts, tokenizer(name))})
 
     async def attention_api(request: Request) -> JSONResponse:
         name = request.path_params["name"]
