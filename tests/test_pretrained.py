@@ -203,3 +203,26 @@ def test_sae_on_a_folder_model_through_cli_and_viewer(folders, tmp_path, family)
     word = tok.token_str(int(table.tokens[0, 1]))
     found = client.get(f"/api/run/{out.name}/search", params={"q": word}).json()["features"]
     assert found == features_matching(table, tok.encode(word))
+
+
+def test_cache_acts_on_own_text_then_train_from_the_cache(folders, tmp_path):
+    from workbench.__main__ import main
+    from workbench.activations import CachedSource
+
+    cache = tmp_path / "cache"
+    assert main(["cache-acts", "--model", str(folders["llama"]), "--corpus", str(folders["corpus"]),
+                 "--hook", "blocks.1.hook_resid_post", "--tokens", "2048", "--shard-tokens", "1024",
+                 "--out", str(cache)]) == 0
+    meta = CachedSource(cache).manifest["metadata"]
+    assert (meta["model"], meta["corpus"]) == (str(folders["llama"].resolve()), str(folders["corpus"].resolve()))
+    out = tmp_path / "run"
+    assert main(["train-sae", "--cache", str(cache), "--d-sae", "64", "--k", "4", "--total-tokens", "2048",
+                 "--batch-size", "1024", "--no-eval", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_source"]["model"] == str(folders["llama"].resolve()) and cfg["config"]["sae"]["d_in"] == 32
+    assert cfg["corpus"] == str(folders["corpus"].resolve()) and not (out / "results.json").exists()
+    with pytest.raises(ValueError, match="own.txt: its train split is .* shorter than one context window"):
+        short = tmp_path / "own.txt"
+        short.write_text("too short\n\nfor a window")
+        main(["cache-acts", "--model", str(folders["llama"]), "--corpus", str(short),
+              "--hook", "blocks.1.hook_resid_post", "--tokens", "1024", "--out", str(tmp_path / "c2")])
