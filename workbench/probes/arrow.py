@@ -235,7 +235,8 @@ def train_pairs(model_cfg: ModelConfig, train_cfg: LMTrainConfig, data: TokenDat
             run, cfg = RunDir(path), replace(train_cfg, seed=s, direction=direction)
             weights = run.file("model.safetensors")
             if weights.exists():
-                got = run.read_config()["config"]["train"] if run.file("config.json").exists() else {}
+                got = (run.read_config().get("config", {}).get("train", {})
+                       if run.file("config.json").exists() else {})
                 if (got.get("seed"), got.get("direction")) != (s, direction):
                     raise ValueError(f"{path} holds a model trained with seed={got.get('seed')}, direction="
                                      f"{got.get('direction')}; expected seed={s}, direction={direction}")
