@@ -78,7 +78,32 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
     _add_fields(tr, SAEConfig, skip={"d_in", "d_sae", "hook_name", "model_name"})
     _add_fields(tr, SAETrainConfig, skip=set())
+    td = sub.add_parser("train-default", help="retrain the embedded default workbench-tiny (every seed, both "
+                                              "directions) and pack it into data/ (see data/README.md)")
+    td.add_argument("--out", default="runs/workbench-tiny", help="where the full-precision runs are trained")
+    td.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    td.add_argument("--jobs", type=int, default=2, help="models trained at once (one CPU thread each)")
+    td.add_argument("--steps", type=int, default=None, help="fewer steps than the recipe (a quick check)")
+    td.add_argument("--pack", default=None, help="write the shipped layout here (default: data/workbench-tiny "
+                                                 "for the full recipe, nothing with --steps)")
     return ap
+
+
+def train_default(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from . import default_model as dm
+    from .models import DEFAULT_TRAIN
+
+    cfg = DEFAULT_TRAIN if args.steps is None else replace(
+        DEFAULT_TRAIN, steps=args.steps, checkpoint_steps=tuple(s for s in DEFAULT_TRAIN.checkpoint_steps
+                                                                  if s < args.steps))
+    dm.train_default(args.out, tuple(args.seeds), jobs=args.jobs, train_cfg=cfg)
+    dest = args.pack or (None if args.steps is None else "")
+    if dest != "":
+        man = dm.pack(args.out, dest)
+        print(f"packed {len(man['files'])} files into {dest or dm.shipped_dir()}")
+    return 0
 
 
 def _corpus(path: str | None, text_field: str):
@@ -187,7 +212,7 @@ def train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return cache_acts(args) if args.command == "cache-acts" else train(args)
+    return {"cache-acts": cache_acts, "train-sae": train, "train-default": train_default}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,141 @@
+"""The embedded default `workbench-tiny`: its recipe, its shipped weights, and how to rebuild them.
+
+Three seeds of a forward/backward pair (same config, data and seed within a pair, differing only
+in direction) are trained by `python -m workbench train-default` and shipped in `data/` as bf16
+safetensors, so `load_model("workbench-tiny")` trains nothing. Layout (each folder a RunDir as
+`train_lm` writes it, minus the optimizer state):
+
+    data/workbench-tiny/manifest.json                     sha256, size and held-out loss of every file
+    data/workbench-tiny/seed{s}/{forward,backward}/       config.json, metrics.jsonl, model.safetensors
+    data/workbench-tiny/seed0/forward/checkpoints/        step_XXXXXX.safetensors (sparsity and heads
+                                                          over training)
+
+Seed 0 is the model every notebook, widget and the viewer open; seeds 1 and 2 exist so the
+arrow-of-time probe can put a seed-level interval on its gap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+
+from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, Direction, LMTrainConfig, default_data, evaluate_lm,
+                     load_model_file, save_model, train_lm)
+from .runs import CheckpointError, RunDir, atomic_write_json
+
+DEFAULT_SEEDS = (0, 1, 2)
+REBUILD = "python -m workbench train-default"
+_CHECKPOINTS_OF = (0, "forward")  # (seed, direction) whose training checkpoints are shipped
+
+
+def shipped_dir() -> Path:
+    """data/workbench-tiny, beside the package in a checkout and inside it in a wheel."""
+    here = Path(__file__).resolve().parent
+    for base in (here.parent / "data", here / "data"):
+        if (base / "workbench-tiny").is_dir():
+            return base / "workbench-tiny"
+    return here.parent / "data" / "workbench-tiny"
+
+
+def run_dir(seed: int = 0, direction: Direction = "forward", root: Path | None = None) -> Path:
+    return (root or shipped_dir()) / f"seed{seed}" / direction
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest(root: Path | None = None) -> dict:
+    path = (root or shipped_dir()) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the shipped default weights are not there. "
+                                f"Rebuild them with `{REBUILD}` (see data/README.md)")
+    return json.loads(path.read_text())
+
+
+def load_shipped(direction: Direction = "forward", seed: int = 0, root: Path | None = None,
+                 checkpoint_step: int | None = None) -> HookedTransformer:
+    """One shipped model in float32, after checking its file against the manifest's hash."""
+    folder = run_dir(seed, direction, root)
+    name = "model.safetensors" if checkpoint_step is None else f"checkpoints/step_{checkpoint_step:06d}.safetensors"
+    path = folder / name
+    rel = path.relative_to(root or shipped_dir()).as_posix()
+    entry = manifest(root)["files"].get(rel)
+    if entry is None or not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the shipped default weights; rebuild them with `{REBUILD}`")
+    if _sha256(path) != entry["sha256"]:
+        raise CheckpointError(f"{path} is corrupt: its sha256 differs from {root or shipped_dir()}/manifest.json; "
+                              f"restore it from git or rebuild with `{REBUILD}`")
+    return load_model_file(path, DEFAULT_MODEL).float()
+
+
+def _train_one(job: tuple[int, str, str, LMTrainConfig]) -> str:
+    seed, direction, out, train_cfg = job
+    torch.set_num_threads(1)  # one job per core: two 1-thread jobs beat one 2-thread job here
+    cfg = replace(train_cfg, seed=seed, direction=direction)
+    train_lm(DEFAULT_MODEL, cfg, default_data(), RunDir(run_dir(seed, direction, Path(out))), progress=True)
+    return f"seed {seed} {direction}"
+
+
+def train_default(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, jobs: int = 2,
+                  train_cfg: LMTrainConfig = DEFAULT_TRAIN) -> Path:
+    """Train (or resume) every seed and direction of the default into `out`, `jobs` at a time."""
+    out = Path(out)
+    todo = [(s, d, str(out), train_cfg) for s in seeds for d in ("forward", "backward")
+            if not (run_dir(s, d, out) / "model.safetensors").exists()]
+    if jobs <= 1:
+        for job in todo:
+            print(_train_one(job), "done", flush=True)
+    else:
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            for name in pool.imap_unordered(_train_one, todo):
+                print(name, "done", flush=True)
+    return out
+
+
+def pack(runs: str | Path, dest: str | Path | None = None, eval_windows: int = 128) -> dict:
+    """Copy trained runs into the shipped layout (bf16 weights, no optimizer state) and write the
+    manifest: each file's sha256 and size, and each final model's held-out loss measured on the
+    packed weights (so the recorded loss is what `load_model` gives)."""
+    runs, dest = Path(runs), Path(dest) if dest is not None else shipped_dir()
+    data, files, losses = default_data(), {}, {}
+    for seed_dir in sorted(runs.glob("seed*")):
+        for direction in ("forward", "backward"):
+            src = seed_dir / direction
+            if not (src / "model.safetensors").exists():
+                continue
+            dst = dest / seed_dir.name / direction
+            dst.mkdir(parents=True, exist_ok=True)
+            names = ["model.safetensors"]
+            if (int(seed_dir.name[4:]), direction) == _CHECKPOINTS_OF:
+                names += [f"checkpoints/{p.name}" for p in sorted((src / "checkpoints").glob("*.safetensors"))]
+            for name in names:
+                save_model_bf16(load_model_file(src / name, DEFAULT_MODEL), dst / name)
+            for name in ("config.json", "metrics.jsonl"):
+                shutil.copyfile(src / name, dst / name)
+            packed = load_model_file(dst / "model.safetensors", DEFAULT_MODEL).float()
+            losses[f"{seed_dir.name}/{direction}"] = evaluate_lm(
+                packed, data, direction, eval_windows, DEFAULT_TRAIN.seq_len)
+    for path in sorted(dest.rglob("*")):
+        if path.is_file() and path.name != "manifest.json":
+            files[path.relative_to(dest).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    train = RunDir(next(iter(sorted(runs.glob("seed*/forward"))))).read_config()["config"]["train"]
+    man = {"model": asdict(DEFAULT_MODEL), "train": {**train, "seed": "per folder"}, "storage": "bfloat16",
+           "val_windows": eval_windows, "val_loss": losses, "files": files}
+    atomic_write_json(dest / "manifest.json", man)
+    return man
+
+
+def save_model_bf16(model: HookedTransformer, path: Path) -> None:
+    """Weights stored as bf16 (half the bytes); loading upcasts to float32."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.to(torch.bfloat16)
+    save_model(model, path, DEFAULT_MODEL)
+    model.float()
