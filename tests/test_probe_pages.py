@@ -57,6 +57,7 @@ def test_arrow_widget_shows_verdict_seed_interval_null_and_window_interval():
     assert mean.y[0] == pytest.approx(100 * r["gap"])
     assert mean.y[0] - mean.error_y.arrayminus[0] == pytest.approx(100 * r["gap_ci_seeds"][0])
     assert NO_ARROW in gaps.data[0].x[0] and FORWARD in gaps.data[0].x[1]
+    assert "natural &lt;b&gt;text" in gaps.data[0].x[0]  # a name from disk is text, not plotly markup
 
 
 def test_head_widget_shows_intervals_and_the_too_few_state():

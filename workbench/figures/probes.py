@@ -143,7 +143,7 @@ def arrow_gaps(results: dict[str, dict]) -> go.Figure:
     if not all("gap_ci_seeds" in v for v in results.values()):
         return _arrow_gaps_windows_only(results)
     names = list(results)
-    ticks = [f"{n}<br>{results[n]['verdict']}" for n in names]
+    ticks = [f"{html.escape(n)}<br>{html.escape(results[n]['verdict'])}" for n in names]  # plotly reads tags
     fig = go.Figure()
     fig.add_trace(go.Bar(x=ticks, y=[200 * results[n]["null_max"] for n in names],
                          base=[-100 * results[n]["null_max"] for n in names], marker_color="rgba(128,128,128,0.25)",
@@ -187,7 +187,7 @@ def arrow_gap_over_training(over: dict, title: str = "Gap over training") -> go.
     fig = go.Figure()
     if over.get("ci_lo"):
         fig.add_trace(go.Scatter(x=steps + steps[::-1], y=[100 * v for v in over["ci_hi"] + over["ci_lo"][::-1]],
-                                 fill="toself", fillcolor="rgba(76,120,168,0.2)", line=dict(width=0),
+                                 fill="toself", fillcolor="rgba(76,120,168,0.2)", line=dict(width=0), mode="lines",
                                  name="seed-level 95% CI", hoverinfo="skip"))
     for i, g in enumerate(over.get("gaps", [])):
         fig.add_trace(go.Scatter(x=steps, y=[100 * v for v in g], mode="lines", line=dict(width=1, dash="dot"),
