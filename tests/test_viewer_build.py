@@ -120,9 +120,6 @@ def test_build_page_shows_tqdm_numbers_live(live, tiny_demo, browser):  # noqa: 
     page.close()
 
 
-TINY = None
-
-
 def _tiny_cfg():
     """The conftest tiny demo's config (its models under <root>/_models are reused, not retrained)."""
     from workbench.demo import DemoConfig
@@ -153,6 +150,7 @@ def test_failed_stage_does_not_stop_the_next(rebuild, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("planted heads failure")
     monkeypatch.setattr(demo, "head_roles", broken)
+    (rebuild / "probe-sparsity" / "metrics.jsonl").write_text('{"step": 99}\n')  # left by an interrupted try
     status = BuildStatus()
     with pytest.raises(demo.DemoBuildError) as err:
         demo.build_demo(rebuild, _tiny_cfg(), progress=False, status=status)
@@ -162,6 +160,7 @@ def test_failed_stage_does_not_stop_the_next(rebuild, monkeypatch):
                       "probe-heads": ("failed", False), "probe-arrow": ("done", True)}
     assert "active_frac" in json.loads((rebuild / "probe-sparsity" / "results.json").read_text())["final"]
     assert not (rebuild / "probe-heads" / "results.json").exists()
+    assert not (rebuild / "probe-sparsity" / "metrics.jsonl").exists()  # a rebuilt run starts a fresh log
 
 
 def test_stop_mid_stage_leaves_no_results(rebuild, monkeypatch):

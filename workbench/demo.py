@@ -186,6 +186,8 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         if run.file("results.json").exists():  # written last: the run is complete
             status.reused(name)
             continue
+        if not run.file("checkpoint.pt").exists():  # an interrupted earlier try: a fresh start would append to its log
+            run.file("metrics.jsonl").unlink(missing_ok=True)
         try:
             with status.stage(name):
                 build()
