@@ -115,3 +115,23 @@ def test_sparse_training_reaches_the_dense_fvu_in_float32():
     print(f"held-out FVU dense {fvus[0]:.4f}, sparse {fvus[1]:.4f}")
     assert fvus[0] < 0.5
     assert abs(fvus[1] - fvus[0]) <= 0.01 * fvus[0]
+
+
+def test_stats_from_the_triton_paths_index_grid_equal_the_dense_stats():
+    torch.manual_seed(0)
+    dense = SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, k=3, dead_tokens=100)).train()
+    with torch.no_grad():
+        dense.b_enc.normal_(0, 1.0)  # some kept values are 0 after ReLU: they must not count as firing
+    grid = copy.deepcopy(dense)
+    for _ in range(3):  # [B, k] indices and values, as the Triton path gives them
+        out = dense(torch.randn(40, 8))
+        dense.update_stats(out.z.detach(), out.mask)
+        idx = out.mask.nonzero()[:, 1].view(40, 3)
+        grid.update_stats_sparse(idx, out.z.detach().gather(1, idx))
+    assert torch.equal(dense.tokens_since_fired, grid.tokens_since_fired)
+    assert torch.allclose(dense.usage, grid.usage)
+    assert int(grid.tokens_since_fired.max()) <= 120  # clocks advance by tokens (40 a step), not entries
+    assert int((grid.tokens_since_fired == 120).sum()) > 0  # some latents never fired
+    before = grid.tokens_since_fired.clone()
+    grid.update_stats_sparse(torch.full((40, 3), -1), torch.ones(40, 3))  # -1: no latent, nothing fires
+    assert torch.equal(grid.tokens_since_fired, before + 40)

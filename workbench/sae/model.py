@@ -213,8 +213,8 @@ class SparseAutoencoder(nn.Module):
         """`update_stats` from the kept entries' latent indices and values, of any matching shape
         (the Triton path's [B, k], the sparse path's flat [n]; index < 0: no entry) over `tokens`
         tokens (None: idx.shape[0]). Neither path builds z."""
-        idx, vals = idx.reshape(-1), vals.reshape(-1)
         tokens = idx.shape[0] if tokens is None else tokens
+        idx, vals = idx.reshape(-1), vals.reshape(-1)
         fired = (vals > 0) & (idx >= 0)
         F = len(self.usage)  # this rank's latents
         counts = torch.zeros(F, device=idx.device).index_add_(

@@ -74,7 +74,9 @@ def select_per_token(xc: Float[Tensor, "B d"], W_enc: Float[Tensor, "F d"], b_en
     idx, pre = [], []
     with torch.no_grad():
         for start in range(0, B, CHUNK_ROWS):
-            block = torch.addmm(b_enc, xc[start:start + CHUNK_ROWS], W_enc.T)
+            # the dense path's own formula (not addmm, which rounds differently), so that the same
+            # pre-activations are selected and near-zero values fire the same way
+            block = xc[start:start + CHUNK_ROWS] @ W_enc.T + b_enc
             scores = block if grads is None else gradient_scores(block, grads[start:start + CHUNK_ROWS], W_dec, beta)
             chosen = topk_indices(scores, k)
             idx.append(chosen)
