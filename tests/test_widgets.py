@@ -75,7 +75,7 @@ def test_sparsity_slider_moves_through_checkpoints(tiny_demo):
 def test_arrow_dashboard_switches_dataset(tiny_demo):
     res = _read(tiny_demo, "probe-arrow")
     dash = ArrowDashboard(res)
-    for name in res["curves"]:
+    for name, r in res["datasets"].items():
         dash.dataset.value = name
-        assert list(dash.figures["curves"].data[0].y) == res["curves"][name]["forward"]["val_loss"]
-        assert f"{100 * res['gaps'][name]['gap']:+.2f}%" in dash.table.value
+        assert r["verdict"] in dash.table.value and f"{100 * r['gap']:+.2f}%" in dash.table.value
+        assert list(dash.figures["curves"].data[0].y) == r["curves"]["seed 0"]["forward"]["val_loss"]

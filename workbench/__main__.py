@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--steps", type=int, default=None, help="fewer steps than the recipe (a quick check)")
     td.add_argument("--pack", default=None, help="write the shipped layout here (default: data/workbench-tiny "
                                                  "for the full recipe, nothing with --steps)")
+    td.add_argument("--primes", action="store_true", help="instead, the arrow probe's primes×product pairs "
+                                                          "(runs/arrow-primes, packed into data/arrow-primes)")
     return ap
 
 
@@ -95,6 +97,11 @@ def train_default(args: argparse.Namespace) -> int:
     from . import default_model as dm
     from .models import DEFAULT_TRAIN
 
+    if args.primes:
+        out = args.out if args.out != "runs/workbench-tiny" else "runs/arrow-primes"
+        man = dm.train_primes(out, tuple(args.seeds), args.pack)
+        print(f"packed {len(man['files'])} files into {args.pack or dm.primes_dir()}")
+        return 0
     cfg = DEFAULT_TRAIN if args.steps is None else replace(
         DEFAULT_TRAIN, steps=args.steps, checkpoint_steps=tuple(s for s in DEFAULT_TRAIN.checkpoint_steps
                                                                   if s < args.steps))

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer
 
-from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, Direction, LMTrainConfig, default_data, evaluate_lm,
-                     load_model_file, save_model, train_lm)
+from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, Direction, LMTrainConfig, ModelConfig, TokenData, default_data,
+                     evaluate_lm, load_model_file, save_model, train_lm)
 from .runs import CheckpointError, RunDir, atomic_write_json
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -42,6 +42,12 @@ def shipped_dir() -> Path:
         if (base / "workbench-tiny").is_dir():
             return base / "workbench-tiny"
     return here.parent / "data" / "workbench-tiny"
+
+
+def primes_dir() -> Path:
+    """data/arrow-primes: three seed pairs of the arrow probe's primes×product models (the same
+    layout and manifest as workbench-tiny; `python -m workbench train-default --primes` rebuilds)."""
+    return shipped_dir().parent / "arrow-primes"
 
 
 def run_dir(seed: int = 0, direction: Direction = "forward", root: Path | None = None) -> Path:
@@ -61,7 +67,7 @@ def manifest(root: Path | None = None) -> dict:
 
 
 def load_shipped(direction: Direction = "forward", seed: int = 0, root: Path | None = None,
-                 checkpoint_step: int | None = None) -> HookedTransformer:
+                 checkpoint_step: int | None = None, model_cfg: ModelConfig = DEFAULT_MODEL) -> HookedTransformer:
     """One shipped model in float32, after checking its file against the manifest's hash."""
     folder = run_dir(seed, direction, root)
     name = "model.safetensors" if checkpoint_step is None else f"checkpoints/step_{checkpoint_step:06d}.safetensors"
@@ -73,7 +79,7 @@ def load_shipped(direction: Direction = "forward", seed: int = 0, root: Path | N
     if _sha256(path) != entry["sha256"]:
         raise CheckpointError(f"{path} is corrupt: its sha256 differs from {root or shipped_dir()}/manifest.json; "
                               f"restore it from git or rebuild with `{REBUILD}`")
-    return load_model_file(path, DEFAULT_MODEL).float()
+    return load_model_file(path, model_cfg).float()
 
 
 def _train_one(job: tuple[int, str, str, LMTrainConfig]) -> str:
@@ -100,12 +106,14 @@ def train_default(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, jobs:
     return out
 
 
-def pack(runs: str | Path, dest: str | Path | None = None, eval_windows: int = 128) -> dict:
+def pack(runs: str | Path, dest: str | Path | None = None, eval_windows: int = 128, *,
+         model_cfg: ModelConfig = DEFAULT_MODEL, data: TokenData | None = None,
+         seq_len: int = DEFAULT_TRAIN.seq_len, checkpoints_of: tuple[int, str] | None = _CHECKPOINTS_OF) -> dict:
     """Copy trained runs into the shipped layout (bf16 weights, no optimizer state) and write the
     manifest: each file's sha256 and size, and each final model's held-out loss measured on the
     packed weights (so the recorded loss is what `load_model` gives)."""
     runs, dest = Path(runs), Path(dest) if dest is not None else shipped_dir()
-    data, files, losses = default_data(), {}, {}
+    data, files, losses = data or default_data(), {}, {}
     for seed_dir in sorted(runs.glob("seed*")):
         for direction in ("forward", "backward"):
             src = seed_dir / direction
@@ -114,28 +122,39 @@ def pack(runs: str | Path, dest: str | Path | None = None, eval_windows: int = 1
             dst = dest / seed_dir.name / direction
             dst.mkdir(parents=True, exist_ok=True)
             names = ["model.safetensors"]
-            if (int(seed_dir.name[4:]), direction) == _CHECKPOINTS_OF:
+            if (int(seed_dir.name[4:]), direction) == checkpoints_of:
                 names += [f"checkpoints/{p.name}" for p in sorted((src / "checkpoints").glob("*.safetensors"))]
             for name in names:
-                save_model_bf16(load_model_file(src / name, DEFAULT_MODEL), dst / name)
+                save_model_bf16(load_model_file(src / name, model_cfg), dst / name, model_cfg)
             for name in ("config.json", "metrics.jsonl"):
                 shutil.copyfile(src / name, dst / name)
-            packed = load_model_file(dst / "model.safetensors", DEFAULT_MODEL).float()
-            losses[f"{seed_dir.name}/{direction}"] = evaluate_lm(
-                packed, data, direction, eval_windows, DEFAULT_TRAIN.seq_len)
+            packed = load_model_file(dst / "model.safetensors", model_cfg).float()
+            losses[f"{seed_dir.name}/{direction}"] = evaluate_lm(packed, data, direction, eval_windows, seq_len)
     for path in sorted(dest.rglob("*")):
         if path.is_file() and path.name != "manifest.json":
             files[path.relative_to(dest).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
     train = RunDir(next(iter(sorted(runs.glob("seed*/forward"))))).read_config()["config"]["train"]
-    man = {"model": asdict(DEFAULT_MODEL), "train": {**train, "seed": "per folder"}, "storage": "bfloat16",
+    man = {"model": asdict(model_cfg), "train": {**train, "seed": "per folder"}, "storage": "bfloat16",
            "val_windows": eval_windows, "val_loss": losses, "files": files}
     atomic_write_json(dest / "manifest.json", man)
     return man
 
 
-def save_model_bf16(model: HookedTransformer, path: Path) -> None:
+def save_model_bf16(model: HookedTransformer, path: Path, model_cfg: ModelConfig = DEFAULT_MODEL) -> None:
     """Weights stored as bf16 (half the bytes); loading upcasts to float32."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.to(torch.bfloat16)
-    save_model(model, path, DEFAULT_MODEL)
+    save_model(model, path, model_cfg)
     model.float()
+
+
+def train_primes(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, dest: str | Path | None = None) -> dict:
+    """Train (or reuse) the arrow probe's primes×product pairs into `out` and pack them (one
+    process: each model is small, about a minute on one core)."""
+    from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, primes_data, train_pairs
+
+    torch.set_num_threads(1)
+    data = primes_data()
+    train_pairs(PRIMES_MODEL, PRIMES_TRAIN, data, out, seeds=seeds)
+    return pack(out, dest if dest is not None else primes_dir(), 256, model_cfg=PRIMES_MODEL, data=data,
+                seq_len=PRIMES_TRAIN.seq_len, checkpoints_of=None)

@@ -21,7 +21,8 @@ from .activations import ActivationStore, ModelSource, StoreConfig
 from .corpus import windows
 from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, LMTrainConfig, ModelConfig, default_data, default_model_dir,
                      load_default, save_model, workbench_home)
-from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_gap, loss_curves, primes_data, train_pair
+from .default_model import load_shipped, primes_dir, shipped_dir
+from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_over_seeds, pair_dirs, primes_data, train_pairs
 from .probes.heads import HeadRoleConfig, attention_patterns, head_roles, make_contexts
 from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_intervention
 from .runs import RunDir, atomic_write_json
@@ -70,7 +71,8 @@ class DemoConfig:
     head_roles: HeadRoleConfig = HeadRoleConfig()
     primes_model: ModelConfig = PRIMES_MODEL
     primes_train: LMTrainConfig = PRIMES_TRAIN
-    # None: the cached embedded default pair; otherwise train this pair inside the demo (tests)
+    arrow_seeds: tuple[int, ...] = (0, 1, 2)  # one forward/backward pair per seed (the arrow's seed-level interval)
+    # None: the shipped default pairs; otherwise train these pairs inside the demo (tests)
     model: ModelConfig | None = None
     model_train: LMTrainConfig | None = None
     models_dir: str | None = field(default=None)
@@ -86,8 +88,34 @@ def _models(cfg: DemoConfig, root: Path, progress: bool):
         return fwd, bwd, DEFAULT_MODEL, DEFAULT_TRAIN, default_model_dir("forward"), default_model_dir("backward")
     base = Path(cfg.models_dir) if cfg.models_dir else root / "_models"
     train = cfg.model_train or DEFAULT_TRAIN
-    fwd, bwd = train_pair(cfg.model, train, default_data(), base, progress=progress)
-    return fwd, bwd, cfg.model, train, base / "forward", base / "backward"
+    (fwd, bwd), = train_pairs(cfg.model, train, default_data(), base, seeds=cfg.arrow_seeds[:1], progress=progress)
+    fwd_dir, bwd_dir = pair_dirs(base, cfg.arrow_seeds[:1])[0]
+    return fwd, bwd, cfg.model, train, fwd_dir, bwd_dir
+
+
+def _arrow_pairs(cfg: DemoConfig, root: Path, ar_run: RunDir, data, progress: bool) -> dict:
+    """Both data sets' pairs over `arrow_seeds`: the shipped ones where the config is the shipped
+    one (no training at first start), trained here otherwise."""
+    seeds = cfg.arrow_seeds
+    if cfg.model is None:
+        nat_root = shipped_dir()
+        natural = [(load_shipped("forward", s), load_shipped("backward", s)) for s in seeds]
+    else:
+        nat_root = Path(cfg.models_dir) if cfg.models_dir else root / "_models"
+        natural = train_pairs(cfg.model, cfg.model_train or DEFAULT_TRAIN, data, nat_root, seeds=seeds,
+                              progress=progress)
+    pdata = primes_data()
+    if (cfg.primes_model, cfg.primes_train) == (PRIMES_MODEL, PRIMES_TRAIN) and primes_dir().is_dir():
+        p_root = primes_dir()
+        primes = [tuple(load_shipped(d, s, root=p_root, model_cfg=PRIMES_MODEL) for d in ("forward", "backward"))
+                  for s in seeds]
+    else:
+        p_root = ar_run.file("primes")
+        primes = train_pairs(cfg.primes_model, cfg.primes_train, pdata, p_root, seeds=seeds, progress=progress)
+    return {"natural text": arrow_over_seeds(natural, data, cfg.seq_len, n_windows=cfg.eval_windows * 4,
+                                             seeds=list(seeds), run_dirs=pair_dirs(nat_root, seeds)),
+            "primes×product": arrow_over_seeds(primes, pdata, cfg.primes_train.seq_len, n_windows=256,
+                                               seeds=list(seeds), run_dirs=pair_dirs(p_root, seeds))}
 
 
 def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), progress: bool = True,
@@ -169,16 +197,12 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
     ar_run = RunDir(root / "probe-arrow")
 
     def arrow_stage() -> None:
-        ar_run.write_config({"natural": {"model": model_cfg, "train": train_cfg},
-                             "primes": {"model": cfg.primes_model, "train": cfg.primes_train}}, kind="arrow")
-        natural = arrow_gap(fwd, bwd, data, cfg.seq_len, n_windows=cfg.eval_windows * 4)
-        pdata = primes_data()
-        pf, pb = train_pair(cfg.primes_model, cfg.primes_train, pdata, ar_run.file("primes"), progress=progress)
-        primes = arrow_gap(pf, pb, pdata, cfg.primes_train.seq_len, n_windows=256)
-        primes_dir = ar_run.file("primes")
-        curves = {"natural text": loss_curves({"forward": fwd_dir, "backward": bwd_dir}),
-                  "primes×product": loss_curves({d: primes_dir / d for d in ("forward", "backward")})}
-        ar_run.write_results({"gaps": {"natural text": natural, "primes×product": primes}, "curves": curves})
+        seeds = cfg.arrow_seeds
+        ar_run.write_config({"natural": {"model": model_cfg, "train": train_cfg, "seeds": seeds},
+                             "primes": {"model": cfg.primes_model, "train": cfg.primes_train, "seeds": seeds}},
+                            kind="arrow")
+        results = _arrow_pairs(cfg, root, ar_run, data, progress)
+        ar_run.write_results({"datasets": {k: v.to_dict() for k, v in results.items()}})
 
     for (name, _), run, build in zip(STAGES[1:], (sae_run, sp_run, hd_run, ar_run),
                                      (sae_stage, sparsity_stage, heads_stage, arrow_stage)):
