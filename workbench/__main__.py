@@ -54,6 +54,9 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared 2-core machine two threads collapse when "
+                         "another process is busy; see benchmarks/RESULTS.md, 'Cold start'); 0 keeps torch's default")
     sub = ap.add_subparsers(dest="command", required=True)
     ca = sub.add_parser("cache-acts", help="write a model's activations at a hook as safetensors shards")
     _add_source_flags(ca)
@@ -130,9 +133,11 @@ def _model_source(model_name: str, hook: str, device: str, with_grads: bool, see
     return ModelSource(model, corpus_stream(_corpus(corpus, text_field), tok, "train", seq), cfg, tok.bos_token_id)
 
 
-def _evaluate(out: str, model_name: str, corpus: str | None, text_field: str, n_windows: int) -> None:
+def _evaluate(out: str, model_name: str, corpus: str | None, text_field: str, n_windows: int) -> bool:
     """results.json and features.safetensors for a finished SAE run, as the demo writes them, on
-    the corpus' validation split (its train split when that is shorter than a window)."""
+    the corpus' validation split (its train split when that is shorter than a window). False, with
+    the reason printed, when the run's model cannot be loaded (e.g. a cache of synthetic vectors):
+    the SAE itself is saved either way."""
     import torch
 
     from .activations import ActivationBatch, capture
@@ -143,7 +148,12 @@ def _evaluate(out: str, model_name: str, corpus: str | None, text_field: str, n_
     from .sae.io import load_sae
 
     run, sae = RunDir(out), load_sae(out)
-    model, tok = load_model(model_name)
+    try:
+        model, tok = load_model(model_name)
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
+        print(f"train-sae: {out}/sae.safetensors is saved, but it was not evaluated: its model {model_name!r} "
+              f"cannot be loaded ({e}). Pass --no-eval to skip evaluation.", file=sys.stderr)
+        return False
     seq, hook, text = min(128, model.cfg.n_ctx - 1), sae.cfg.hook_name, _corpus(corpus, text_field)
     try:
         split, stream = "validation", corpus_stream(text, tok, "validation", seq)
@@ -155,6 +165,7 @@ def _evaluate(out: str, model_name: str, corpus: str | None, text_field: str, n_
     spl = splice_metrics(model, sae, hook, val)
     feature_table(model, sae, hook, val).save(run.file("features.safetensors"))
     run.write_results({**rec, **spl, "eval_split": split, "eval_windows": len(val)})
+    return True
 
 
 def cache_acts(args: argparse.Namespace) -> int:
@@ -212,13 +223,16 @@ def train(args: argparse.Namespace) -> int:
 
         dist.destroy_process_group()
     if rank == 0 and not args.no_eval:  # on the CPU, from the saved SAE: the whole SAE on every layout
-        _evaluate(args.out, model_name, corpus, text_field, args.eval_windows)
-        print(f"wrote {args.out}/results.json and features.safetensors")
+        if _evaluate(args.out, model_name, corpus, text_field, args.eval_windows):
+            print(f"wrote {args.out}/results.json and features.safetensors")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.threads > 0:
+        import torch
+        torch.set_num_threads(args.threads)
     return {"cache-acts": cache_acts, "train-sae": train, "train-default": train_default}[args.command](args)
 
 
