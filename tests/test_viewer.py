@@ -5,15 +5,12 @@ a broken run shows its error while the rest keeps working."""
 import http.client
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from workbench.viewer.server import create_app
+from tests.conftest import free_port, serving
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 def _chromium() -> str:
@@ -32,19 +29,9 @@ def server(tiny_demo):
     broken.mkdir()
     (broken / "config.json").write_text('{"kind": "sae", "config": {}}')
     (broken / "results.json").write_text('{"fvu": 0.1, "l0"')  # half-written
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(root), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", port
-    srv.should_exit = True
-    thread.join(timeout=10)
+    port = free_port()
+    with serving(create_app(root), port, log_level="warning") as url:
+        yield url, port
 
 
 @pytest.fixture(scope="module")

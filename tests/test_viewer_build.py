@@ -5,7 +5,6 @@ still built, and a stop (Ctrl-C) leaves no unfinished run with a results.json.""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,26 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from tqdm.auto import tqdm
 
 from tests.test_viewer import browser  # noqa: F401  (the module-scoped Chromium fixture)
 from workbench.viewer.build_status import BuildStatus, BuildStopped
 from workbench.viewer.front import Viewer
+from tests.conftest import free_port, serving
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_app_answers_before_heavy_imports(tmp_path):
     """In a fresh process: the first 200 on `/` comes while torch and TransformerLens are not
     imported (the background loader is held until then), and it is the build page."""
-    port = _port()
+    port = free_port()
     script = textwrap.dedent(f"""
         import sys, threading, urllib.request, time, os
         sys.path.insert(0, {str(ROOT)!r})
@@ -67,18 +60,10 @@ def test_app_answers_before_heavy_imports(tmp_path):
 def live(tiny_demo):
     """A Viewer over the tiny demo with a hand-driven BuildStatus, served on a free port."""
     status = BuildStatus()
-    port = _port()
+    port = free_port()
     viewer = Viewer(status, "127.0.0.1", port)
-    srv = uvicorn.Server(uvicorn.Config(viewer, host="127.0.0.1", port=port, log_level="critical", lifespan="off"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", status, viewer
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(viewer, port, lifespan="off") as url:
+        yield url, status, viewer
 
 
 def _bar_text(page, stage):

@@ -5,15 +5,12 @@ the argument and what is wrong, which the page then shows."""
 import http.client
 import json
 import shutil
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 
 from tests.test_viewer import _open, browser  # noqa: F401  (the module-scoped Chromium fixture)
 from workbench.viewer.server import create_app
+from tests.conftest import free_port, serving
 
 XSS_SAE = "<img src=x onerror=alert(1)>"
 XSS_HEADS = "h<img src=y onerror=alert(2)>"
@@ -38,20 +35,9 @@ def hostile(tiny_demo, tmp_path_factory):
     (root / BAD_KIND / "results.json").write_text("{}")
     md = root.parent / "bench.md"
     md.write_text("# results\n<img src=b onerror=alert(5)>\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(root, benchmarks_md=md, host="127.0.0.1", port=port)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", port
-    srv.should_exit = True
-    thread.join(timeout=10)
+    port = free_port()
+    with serving(create_app(root, benchmarks_md=md, host="127.0.0.1", port=port), port) as url:
+        yield url, port
 
 
 def _request(port, method, path, body=None, host=None):
