@@ -9,7 +9,9 @@ and either one shared lr (`--lr`) or each variant at its own best lr of a small 
 reported metrics do not use. Both the policy and every swept run are printed.
 
 Tables: "model" (the default model's blocks.1.hook_resid_post; FVU, L0 and dead % on 65,536
-held-out tokens, CE loss recovered and KL on 96 held-out windows, tokens/s) and "synthetic"
+held-out tokens, CE loss recovered and KL on 96 held-out windows, tokens/s; sparse probing mean
+test accuracy at k = 1 and 5 over the byte-level concepts and the absorption-style mean full
+absorption rate, workbench/sae/probing.py, on 256 held-out windows) and "synthetic"
 (planted superposition features; MMCS against the planted dictionary, held-out FVU and L0).
 
     python benchmarks/sae_variants.py [--tables model synthetic] [--tokens 1048576] [--lr-sweep 2e-3,6e-3]
@@ -33,6 +35,7 @@ import torch
 from workbench.activations import ActivationBatch, ActivationStore, TensorSource
 from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, from_saelens, train_sae
 from workbench.sae.evaluate import reconstruction_metrics
+from workbench.sae.probing import ABSORPTION_CAVEAT
 from workbench.tasks import SuperpositionConfig, mmcs, superposition_data
 
 HOOK = "blocks.1.hook_resid_post"
@@ -184,6 +187,7 @@ def model_table(budget: Budget, wanted) -> tuple[list[dict], float]:
     from workbench.corpus import windows
     from workbench.models import default_data, load_default
     from workbench.sae.evaluate import splice_metrics
+    from workbench.sae.probing import evaluate_usefulness
 
     def collect(stream, n_tokens: int, with_grads: bool, seed: int):
         cfg = StoreConfig(HOOK, buffer_tokens=65_536, with_grads=with_grads, seed=seed)
@@ -199,6 +203,7 @@ def model_table(budget: Budget, wanted) -> tuple[list[dict], float]:
     eval_acts, _ = collect(data.validation, 65_536, with_grads=False, seed=1)
     select_acts, _ = collect(data.validation, 16_384, with_grads=False, seed=2)  # other windows
     val_tokens = windows(data.validation, 128, bos_token_id=256, n=96)
+    probe_tokens = windows(data.validation, 128, bos_token_id=256, n=256)  # one set for every variant
     # β so that β·|<g, w>| is 1 on average for a random unit direction w: the loss term then
     # weighs as much as the activation itself (with β=1 summed-loss gradients barely register)
     beta = float(acts.shape[1] ** 0.5 / grads.norm(dim=1).mean())
@@ -207,9 +212,13 @@ def model_table(budget: Budget, wanted) -> tuple[list[dict], float]:
     for row in rows:
         rec = reconstruction_metrics(row["sae"], held_out)
         spl = splice_metrics(model, row["sae"], HOOK, val_tokens)
+        use = evaluate_usefulness(model, row["sae"], HOOK, probe_tokens)
+        acc = use.sparse_probing.mean_accuracy()
         row.update(fvu=rec["fvu"], l0=rec["l0"], dead_pct=100 * rec["dead_frac"], kl=spl["kl_sae"],
                    ce_loss_recovered=spl["ce_loss_recovered"], ce_sae=spl["ce_sae"],
-                   tokens_per_s=budget.tokens / row["seconds"])
+                   tokens_per_s=budget.tokens / row["seconds"], sparse_probing_k1=acc[1], sparse_probing_k5=acc[5],
+                   sparse_probing_llm=use.sparse_probing.mean_llm_accuracy(),
+                   absorption=use.absorption.mean_full_absorption(), usefulness=use.to_dict())
     return rows, beta
 
 
@@ -255,11 +264,18 @@ def main() -> None:
                         _lrs(args.lr, args.lr_sweep, default_lr), dead_tokens=200_000)
         rows, beta = model_table(budget, wanted)
         print(f"\n{stamp} · hook {HOOK} of workbench-tiny · g-SAE β={beta:.3g}\nBudget: {budget.describe()}\n")
-        print("| variant | lr | FVU | mean L0 | dead % | CE loss recovered | KL | tokens/s |")
-        print("|---|---|---|---|---|---|---|---|")
+        if rows:
+            print(f"Sparse probing: mean test accuracy over {len(rows[0]['usefulness']['sparse_probing']['tasks'])} "
+                  f"byte-level concepts; probe on the raw activation (all {HOOK} dims): "
+                  f"{rows[0]['sparse_probing_llm']:.3f}. Absorption-style: mean full-absorption rate over "
+                  f"first letters ({ABSORPTION_CAVEAT}).\n")
+        print("| variant | lr | FVU | mean L0 | dead % | CE loss recovered | KL | tokens/s | sparse probe k=1 | "
+              "k=5 | absorption-style |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['variant']} | {r['lr']:.3g} | {r['fvu']:.4f} | {r['l0']:.2f} | {r['dead_pct']:.1f} | "
-                  f"{r['ce_loss_recovered']:.4f} | {r['kl']:.4f} | {r['tokens_per_s']:,.0f} |")
+                  f"{r['ce_loss_recovered']:.4f} | {r['kl']:.4f} | {r['tokens_per_s']:,.0f} | "
+                  f"{r['sparse_probing_k1']:.3f} | {r['sparse_probing_k5']:.3f} | {r['absorption']:.3f} |")
         out["model"] = {"budget": budget.describe(), "beta": beta, "rows": rows}
     if "synthetic" in args.tables:
         syn = SuperpositionConfig(d=args.syn_d, n_features=args.syn_features)
