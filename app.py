@@ -22,6 +22,14 @@ def _load_and_build(viewer, status, args) -> None:
     """The background thread: import the full viewer, install it, then build the missing demo runs."""
     from workbench.viewer.build_status import BuildStopped
     try:
+        _build(viewer, status, args)
+    except BuildStopped:  # Ctrl-C landed while a handler below was already finishing
+        status.finish("stopped")
+
+
+def _build(viewer, status, args) -> None:
+    from workbench.viewer.build_status import BuildStopped
+    try:
         from workbench.demo import DemoBuildError, build_demo, configure_threads, default_demo_dir
         from workbench.viewer.server import create_app
         configure_threads()

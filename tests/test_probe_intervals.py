@@ -12,7 +12,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from workbench.probes import arrow
 from workbench.probes.arrow import (BACKWARD, FORWARD, NO_ARROW, ArrowResult, arrow_from_losses, arrow_over_seeds,
                                     train_pairs)
-from workbench.probes.heads import OTHER, RETRIEVAL, STREAMING, TOO_FEW, HeadRoleConfig, classify, head_roles
+from workbench.probes.heads import OTHER, RETRIEVAL, STREAMING, TOO_FEW, UNDETERMINED, HeadRoleConfig, classify, head_roles
 from workbench.probes.intervals import t_interval, wilson_interval
 from workbench.tasks import copy_task_batch
 
@@ -44,13 +44,14 @@ def test_t_interval_matches_hand_computed_values():
 def test_labels_are_decided_on_lower_bounds():
     cfg = HeadRoleConfig()
     n = 100
-    hits = torch.tensor([[12.0, 30.0, 0.0]])  # raw scores 0.12, 0.30, 0: all three clear 0.1 or not by the raw rule
-    lo, _ = wilson_interval(hits, n)
-    assert lo[0, 0] < 0.1 < lo[0, 1]
-    streaming_lo = torch.tensor([[0.0, 0.0, 0.75]])
-    assert classify(lo, streaming_lo, n, cfg) == [[OTHER, RETRIEVAL, STREAMING]]
+    hits = torch.tensor([[12.0, 30.0, 0.0, 2.0]])  # raw scores 0.12, 0.30, 0, 0.02
+    lo, hi = wilson_interval(hits, n)
+    assert lo[0, 0] < 0.1 < lo[0, 1] and hi[0, 3] < 0.1 < hi[0, 0]
+    streaming_lo = torch.tensor([[0.0, 0.0, 0.75, 0.0]])
+    # 12 of 100: not shown to be retrieval, not ruled out either; 2 of 100: ruled out ("other")
+    assert classify(lo, streaming_lo, n, cfg, hi) == [[UNDETERMINED, RETRIEVAL, STREAMING, OTHER]]
     # the same heads with 39 copied steps: no retrieval and no "other", only the streaming head keeps its label
-    assert classify(lo, streaming_lo, 39, cfg) == [[TOO_FEW, TOO_FEW, STREAMING]]
+    assert classify(lo, streaming_lo, 39, cfg, hi) == [[TOO_FEW, TOO_FEW, STREAMING, TOO_FEW]]
 
 
 V = 64

@@ -112,7 +112,6 @@ def test_sparse_training_reaches_the_dense_fvu_in_float32():
         train = SAETrainConfig(total_tokens=300 * 512, batch_size=512, lr=4e-3, warmup_steps=20, sparse=sparse)
         sae = train_sae(cfg, train, store, progress=False)
         fvus.append(fvu(held_out, sae(held_out).x_hat).item())
-    print(f"held-out FVU dense {fvus[0]:.4f}, sparse {fvus[1]:.4f}")
     assert fvus[0] < 0.5
     assert abs(fvus[1] - fvus[0]) <= 0.01 * fvus[0]
 

@@ -87,7 +87,7 @@ def test_choosing_another_feature_updates_contexts(server, browser):
     page.close()
 
 
-def test_traversal_is_refused(server, browser):
+def test_traversal_is_refused(server, browser, tiny_demo):
     base, port = server
     for raw in ["/files/sae-topk/../../../etc/passwd", "/files/sae-topk/..%2F..%2F..%2Fetc%2Fpasswd",
                 "/files/_models/forward/config.json", "/run/..%2F_models"]:
@@ -98,6 +98,12 @@ def test_traversal_is_refused(server, browser):
     page, response, _ = _open(browser, base + "/files/sae-topk/sae_config.json")
     assert response.status == 200  # a run's own files are served
     page.close()
+    # ...but a page that a run folder holds cannot run script on the viewer's origin
+    (tiny_demo / "sae-topk" / "note.html").write_text("<script>document.title='ran'</script>")
+    page, response, _ = _open(browser, base + "/files/sae-topk/note.html")
+    assert response.headers["content-security-policy"] == "sandbox" and page.title() != "ran"
+    page.close()
+    (tiny_demo / "sae-topk" / "note.html").unlink()
 
 
 def test_broken_run_shows_error_and_rest_works(server, browser):

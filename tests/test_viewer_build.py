@@ -115,6 +115,7 @@ def _tiny_cfg():
         head_roles=HeadRoleConfig(n_contexts=4, seq_len=32, needle_len=4),
         primes_model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
         primes_train=LMTrainConfig(steps=10, batch_size=8, seq_len=32, checkpoint_steps=(), eval_every=5),
+        arrow_seeds=(0, 1),
         model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
         model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6))
 

@@ -201,7 +201,8 @@ def train(args: argparse.Namespace) -> int:
         src = CachedSource(args.cache)
         meta = src.manifest["metadata"]
         hook, model_name = meta.get("hook_name", ""), meta.get("model", "")
-        corpus, text_field = args.corpus or meta.get("corpus"), meta.get("text_field", args.text_field)
+        corpus = args.corpus or meta.get("corpus")  # the user's --corpus and --text-field win over the cache's
+        text_field = args.text_field if args.corpus else meta.get("text_field", args.text_field)
     else:
         hook, model_name = args.hook, model_record(args.model)["model"]
         corpus, text_field = args.corpus, args.text_field

@@ -28,7 +28,7 @@ from transformer_lens import HookedTransformer
 
 from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, Direction, LMTrainConfig, ModelConfig, TokenData, default_data,
                      evaluate_lm, load_model_file, save_model, train_lm)
-from .runs import CheckpointError, RunDir, atomic_write_json
+from .runs import CheckpointError, RunDir, atomic_write_bytes, atomic_write_json
 
 DEFAULT_SEEDS = (0, 1, 2)
 REBUILD = "python -m workbench train-default"
@@ -114,6 +114,8 @@ def pack(runs: str | Path, dest: str | Path | None = None, eval_windows: int = 1
     packed weights (so the recorded loss is what `load_model` gives)."""
     runs, dest = Path(runs), Path(dest) if dest is not None else shipped_dir()
     data, files, losses = data or default_data(), {}, {}
+    for stale in dest.glob("seed*"):  # the manifest lists exactly what this call writes
+        shutil.rmtree(stale)
     for seed_dir in sorted(runs.glob("seed*")):
         for direction in ("forward", "backward"):
             src = seed_dir / direction
@@ -127,7 +129,7 @@ def pack(runs: str | Path, dest: str | Path | None = None, eval_windows: int = 1
             for name in names:
                 save_model_bf16(load_model_file(src / name, model_cfg), dst / name, model_cfg)
             for name in ("config.json", "metrics.jsonl"):
-                shutil.copyfile(src / name, dst / name)
+                atomic_write_bytes(dst / name, (src / name).read_bytes())
             packed = load_model_file(dst / "model.safetensors", model_cfg).float()
             losses[f"{seed_dir.name}/{direction}"] = evaluate_lm(packed, data, direction, eval_windows, seq_len)
     for path in sorted(dest.rglob("*")):

@@ -34,7 +34,7 @@ class ModelFolderError(ValueError):
 
 
 def is_model_folder(name: str | Path) -> bool:
-    return Path(name).is_dir()
+    return bool(str(name)) and Path(name).is_dir()  # Path("") is the working directory
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -189,6 +189,9 @@ def model_for_run(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Mo
     rec = _run_record(run_dir)
     if rec is None:
         return load_model_dir(run_dir).to(device), ByteTokenizer()
+    if rec["source"] == "hf-folder" and not is_model_folder(rec["model"]):
+        raise ModelFolderError(f"{run_dir}/config.json: the run's model folder {rec['model']} no longer exists "
+                               "(moved or deleted?)")
     return load_model(rec["model"], device=device)
 
 
@@ -198,5 +201,8 @@ def tokenizer_for_run(run_dir: str | Path) -> Tokenizer:
     if rec is None or rec["tokenizer"] == "byte":
         return ByteTokenizer()
     if rec["source"] == "hf-folder":
+        if not is_model_folder(rec["tokenizer"]):
+            raise ModelFolderError(f"{run_dir}/config.json: the run's model folder {rec['tokenizer']} no longer "
+                                   "exists (moved or deleted?)")
         return load_tokenizer(rec["tokenizer"])
     return model_for_run(run_dir)[1]

@@ -10,8 +10,9 @@
 - Classification, on lower bounds (a score that only clears a threshold by noise is not a role):
   "retrieval" if at least `min_copied_steps` steps were copied and the retrieval interval's
   lower bound ≥ its threshold; else "streaming" if the streaming interval's lower bound ≥ its
-  threshold; else "other", or "too few copied steps" when fewer than `min_copied_steps` were
-  copied (then retrieval can be neither shown nor ruled out). Thresholds travel with the result.
+  threshold; else "other" when the retrieval interval's upper bound is under its threshold too
+  (retrieval ruled out), "undetermined" when it is not, or "too few copied steps" when fewer than
+  `min_copied_steps` were copied. Thresholds travel with the result.
 - Causal check: replace one head's attention by sink+window attention (renormalised) and measure
   the loss on the copy positions; streaming heads barely change it, retrieval heads hurt it.
 - Cross-check: TransformerLens' head-detector patterns (previous-token, duplicate-token,
@@ -35,6 +36,7 @@ from ..tasks import NeedleBatch, needle_batch, repeated_segments
 from .intervals import t_interval, wilson_interval
 
 RETRIEVAL, STREAMING, OTHER, TOO_FEW = "retrieval", "streaming", "other", "too few copied steps"
+UNDETERMINED = "undetermined"  # enough copied steps, but the retrieval interval straddles the threshold
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,10 @@ class HeadRoleConfig:
     window: int = 4  # most recent positions (the query's own included) of the streaming window
     retrieval_threshold: float = 0.1  # the paper's cut-off
     streaming_threshold: float = 0.7  # share of attention on sink ∪ window
-    # Below this many correctly copied steps no head is labelled "retrieval" or "other". 40 is the
-    # smallest n at which even a head with 0 hits has a Wilson upper bound (z²/(n+z²) = 0.088)
-    # under the 0.1 threshold, i.e. where "not retrieval" is itself established; with fewer, one
-    # or two chance hits read as a score ≥ 0.1 (an undertrained model: 18 steps, scores 0.11-0.28).
+    # Below this many correctly copied steps no head is labelled "retrieval" or "other". From n = 35
+    # on, a head with 0 hits has a Wilson upper bound (z²/(n+z²)) under the 0.1 threshold, so "not
+    # retrieval" can be established at all; 40 rounds that up. With fewer, one or two chance hits
+    # read as a score ≥ 0.1 (an undertrained model: 18 steps, scores 0.11-0.28).
     min_copied_steps: int = 40
     token_range: tuple[int, int] | None = None  # haystack/needle ids [lo, hi); None: the whole vocab but BOS
     seed: int = 0
@@ -205,14 +207,19 @@ class HeadRoles:
         return asdict(self)
 
 
-def classify(retrieval_lo: Tensor, streaming_lo: Tensor, n_copied: int, cfg: HeadRoleConfig) -> list[list[str]]:
-    """Roles from the intervals' lower bounds (see the module docstring for the rule)."""
+def classify(retrieval_lo: Tensor, streaming_lo: Tensor, n_copied: int, cfg: HeadRoleConfig,
+             retrieval_hi: Tensor | None = None) -> list[list[str]]:
+    """Roles from the intervals' bounds (see the module docstring for the rule); without
+    `retrieval_hi` a head that is neither retrieval nor streaming is "undetermined"."""
     enough = n_copied >= cfg.min_copied_steps
+    hi = retrieval_hi.tolist() if retrieval_hi is not None else [[1.0] * len(r) for r in retrieval_lo.tolist()]
     labels = []
-    for r_row, s_row in zip(retrieval_lo.tolist(), streaming_lo.tolist()):
+    for r_row, s_row, h_row in zip(retrieval_lo.tolist(), streaming_lo.tolist(), hi):
         labels.append([RETRIEVAL if enough and r >= cfg.retrieval_threshold else
                        STREAMING if s >= cfg.streaming_threshold else
-                       OTHER if enough else TOO_FEW for r, s in zip(r_row, s_row)])
+                       TOO_FEW if not enough else
+                       OTHER if h < cfg.retrieval_threshold else UNDETERMINED
+                       for r, s, h in zip(r_row, s_row, h_row)])
     return labels
 
 
@@ -237,7 +244,7 @@ def head_roles(model: HookedTransformer, cfg: HeadRoleConfig = HeadRoleConfig(),
     tl = tl_detector_scores(model, rep[:, : model.cfg.n_ctx])
     return HeadRoles(
         retrieval=(hits.double() / max(n_copied, 1)).tolist(), streaming=streaming.tolist(),
-        labels=classify(r_lo, s_lo, n_copied, cfg), delta_loss=causal["delta_loss"].tolist(),
+        labels=classify(r_lo, s_lo, n_copied, cfg, r_hi), delta_loss=causal["delta_loss"].tolist(),
         clean_copy_loss=causal["clean_copy_loss"], copy_accuracy=n_copied / offered,
         tl_scores={k: v.tolist() for k, v in tl.items()}, config=asdict(cfg), retrieval_hits=hits.tolist(),
         retrieval_ci=torch.stack([r_lo, r_hi], -1).tolist(), streaming_ci=torch.stack([s_lo, s_hi], -1).tolist(),

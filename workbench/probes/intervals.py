@@ -18,7 +18,7 @@ def wilson_interval(hits: Tensor | float, n: Tensor | float, z: float = Z95) -> 
     inside [0, 1] and does not collapse to a point at 0 or n hits. With n = 0 nothing is known:
     the interval is [0, 1]."""
     hits = torch.as_tensor(hits, dtype=torch.float64)
-    n = torch.as_tensor(n, dtype=torch.float64).expand_as(hits)
+    hits, n = torch.broadcast_tensors(hits, torch.as_tensor(n, dtype=torch.float64))
     if (hits < 0).any() or (hits > n).any():
         raise ValueError("hits must lie in [0, n]")
     m = n.clamp_min(1)

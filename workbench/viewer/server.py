@@ -20,9 +20,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..figures import evals as ef
 from ..figures import probes as pf
 from ..figures import sae as sf
 from ..runs import RunDir, iter_runs
+from ..sae.saebench_json import read_run_evals
 from . import pages
 from .build_status import BuildStatus
 from .front import HostCheck, build_api
@@ -143,6 +145,9 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         body += pages.figure_div(sf.training_curves(RunDir(d).metrics()), "curves")
         body += '<div class="grid">' + pages.figure_div(sf.density_histogram(res["log10_density"]), "density")
         body += pages.figure_div(sf.l0_histogram(res["l0_hist"]), "l0") + "</div>"
+        ev = read_run_evals(d)  # sparse probing + absorption-style, where the run computed them
+        body += "<h2>Sparse probing and absorption-style</h2>" + ef.usefulness_html(ev)
+        body += pages.figure_div(ef.usefulness_figure(ev), "usefulness") if ev else ""
         first = int(table.density.argmax()) if float(table.density.max()) > 0 else 0
         return body + pages.feature_browser(name, len(table.density), first)
 
@@ -157,13 +162,12 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         return body + f"<p>Never-firing neurons on {int(final['n_tokens'])} tokens: {never}.</p>"
 
     def render_heads(name: str, d: Path, res: dict) -> str:
-        import html as html_
         body = pf.head_roles_summary_html(res) + pages.figure_div(pf.head_role_map(res), "roles")
         body += pages.figure_div(pf.causal_check(res), "causal")
         L, H = len(res["retrieval"]), len(res["retrieval"][0])
         if res.get("retrieval_ci"):
             ci = lambda key, l, h: f"{res[key][l][h][0]:.2f} – {res[key][l][h][1]:.2f}"  # noqa: E731
-            rows = "".join(f"<tr><td>L{l}H{h}</td><td>{html_.escape(str(res['labels'][l][h]))}</td>"
+            rows = "".join(f"<tr><td>L{l}H{h}</td><td>{html.escape(str(res['labels'][l][h]))}</td>"
                            f"<td>{res['retrieval'][l][h]:.2f} ({int(res['retrieval_hits'][l][h])}/{int(res['n_copied'])})</td>"
                            f"<td>{ci('retrieval_ci', l, h)}</td><td>{res['streaming'][l][h]:.2f}</td>"
                            f"<td>{ci('streaming_ci', l, h)}</td><td>{res['delta_loss'][l][h]:+.3f}</td></tr>"
@@ -182,11 +186,10 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
                 body += pages.figure_div(pf.arrow_seed_curves(v["curves"], "validation loss over training"),
                                          f"curves-{i}") + "</div>"
             return body
-        import html as html_
         body = ('<p class="error">One seed only: the interval below resamples held-out windows, not seeds, '
                 "so no verdict is given; rebuild the run to train several seeds.</p>")
         body += pages.figure_div(pf.arrow_gaps(res["gaps"]), "gaps")
-        rows = "".join(f"<tr><td>{html_.escape(k)}</td><td>{v['loss_forward']:.4f}</td><td>{v['loss_backward']:.4f}</td>"
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['loss_forward']:.4f}</td><td>{v['loss_backward']:.4f}</td>"
                        f"<td>{100 * v['gap']:+.2f}% [{100 * v['gap_ci95'][0]:+.2f}, {100 * v['gap_ci95'][1]:+.2f}]</td></tr>"
                        for k, v in res["gaps"].items())
         body += ("<table><tr><th>data</th><th>forward loss</th><th>backward loss</th><th>gap (window-level 95% CI)</th></tr>"
@@ -201,8 +204,7 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         path = Path(benchmarks_md) if benchmarks_md else None
         if path is None or not path.exists():
             return HTMLResponse(pages.page("Benchmarks", '<p class="empty">No benchmark results found.</p>'))
-        import html as html_
-        return HTMLResponse(pages.page("Benchmarks", f"<pre>{html_.escape(path.read_text())}</pre>"))
+        return HTMLResponse(pages.page("Benchmarks", f"<pre>{html.escape(path.read_text())}</pre>"))
 
     # --- API -----------------------------------------------------------------------------------
 
@@ -307,7 +309,8 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         target = (d / request.path_params["path"]).resolve()
         if not target.is_relative_to(d) or not target.is_file():
             return PlainTextResponse("not found", 404)
-        return FileResponse(target)
+        # A run folder may hold anything (an .html or .svg): never let it run script on our origin.
+        return FileResponse(target, headers={"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"})
 
     async def plotly_js(request: Request) -> FileResponse:
         return FileResponse(PLOTLY_JS, media_type="application/javascript")
@@ -344,11 +347,10 @@ def _summary(kind: str, res: dict) -> str:
                f"{int(res['config']['min_copied_steps'])})" if res.get("too_few_copied") else "")
         return f"{n} retrieval, {s} streaming heads (copy accuracy {res['copy_accuracy']:.2f}{few})"
     if kind == "arrow":
-        import html as html_
         if "datasets" in res:
-            return " · ".join(f"{html_.escape(k)}: {html_.escape(v['verdict'])} (gap {100 * v['gap']:+.2f}%, "
+            return " · ".join(f"{html.escape(k)}: {html.escape(v['verdict'])} (gap {100 * v['gap']:+.2f}%, "
                               f"seed-level CI [{100 * v['gap_ci_seeds'][0]:+.2f}, {100 * v['gap_ci_seeds'][1]:+.2f}])"
                               for k, v in res["datasets"].items())
-        return " · ".join(f"{html_.escape(k)}: gap {100 * v['gap']:+.2f}% (one seed, no verdict)"
+        return " · ".join(f"{html.escape(k)}: gap {100 * v['gap']:+.2f}% (one seed, no verdict)"
                           for k, v in res["gaps"].items())
     return ""
