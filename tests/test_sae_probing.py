@@ -153,3 +153,29 @@ def test_saebench_json_round_trip(tmp_path):
     assert raw["eval_result_metrics"]["sae"]["sae_top_1_test_accuracy"] == sp.mean_accuracy()[1]
     assert raw["eval_result_metrics"]["llm"]["llm_test_accuracy"] == sp.mean_llm_accuracy()
     assert raw["eval_result_details"][0]["dataset_name"] == "parent"
+
+
+def test_run_evals_round_trip_and_the_shared_figure(tmp_path):
+    from workbench.figures.evals import usefulness_figure, usefulness_html
+    from workbench.sae.probing import SAEEvals
+    from workbench.sae.saebench_json import read_run_evals, write_run_evals
+
+    x, parent, dirs, n_children = _hierarchy(4000, seed=2)
+    absorbing, _ = _hierarchy_saes(dirs, n_children)
+    train = torch.arange(len(x)) % 2 == 0
+    cfg = ProbingConfig(ks=(1, 2), n_per_class=300)
+    ev = SAEEvals(sparse_probing(x, absorbing.encode, {"parent": parent, "child0": x @ dirs[1] > 0.5}, train, cfg),
+                  absorption(x, absorbing.encode, absorbing.W_dec.detach(), torch.where(parent, 0, -1), train, cfg,
+                             letters="a"))
+    assert read_run_evals(tmp_path) is None  # not computed: the viewer and widget say so
+    assert "not computed" in usefulness_html(None) and usefulness_figure(None).layout.annotations
+    write_run_evals(tmp_path, ev, sae_cfg=absorbing.cfg, cfg=cfg)
+    back = read_run_evals(tmp_path)
+    assert back["sparse_probing"]["sae_accuracy"]["parent"]["1"] == ev.sparse_probing.sae_accuracy["parent"][1]
+    assert (tmp_path / "saebench_absorption_first_letter.json").exists()
+    fig = usefulness_figure(back)
+    lines = {t.name: t for t in fig.data if t.type == "scatter" and t.name}
+    assert list(lines["parent"].y) == [ev.sparse_probing.sae_accuracy["parent"][k] for k in (1, 2)]
+    bars = [t for t in fig.data if t.type == "bar"][0]
+    assert list(bars.x) == ["a"] and bars.y[0] == ev.absorption.letters[0].full_absorption_rate
+    assert "absorption-style" in usefulness_html(back) and "16k latents" in usefulness_html(back)

@@ -104,3 +104,29 @@ def read_eval_json(path: str | Path) -> dict:
     if missing:
         raise ValueError(f"{path} is not a SAEBench per-eval JSON file (missing {missing})")
     return data
+
+
+USEFULNESS = "usefulness.json"  # in an SAE run folder: SAEEvals.to_dict()
+
+
+def write_run_evals(folder: str | Path, evals, sae_cfg=None, model_name: str = "",
+                    cfg: ProbingConfig = ProbingConfig()) -> Path:
+    """An SAE run's usefulness.json (what the viewer and FeatureExplorer show) and the two
+    SAEBench per-eval files beside it (saebench_sparse_probing.json, saebench_absorption_first_letter.json)."""
+    folder = Path(folder)
+    atomic_write_json(folder / USEFULNESS, evals.to_dict())
+    write_sparse_probing_json(evals.sparse_probing, folder / "saebench_sparse_probing.json", cfg=cfg,
+                              sae_cfg=sae_cfg, model_name=model_name)
+    write_absorption_json(evals.absorption, folder / "saebench_absorption_first_letter.json", cfg=cfg,
+                          sae_cfg=sae_cfg, model_name=model_name)
+    return folder / USEFULNESS
+
+
+def read_run_evals(folder: str | Path) -> dict | None:
+    """usefulness.json of an SAE run folder, or None where it was not computed (or is unreadable)."""
+    path = Path(folder) / USEFULNESS
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and {"sparse_probing", "absorption"} <= set(data) else None

@@ -10,6 +10,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 
 from ..corpus import Tokenizer
+from ..figures import evals as ef
 from ..figures import probes as pf
 from ..figures import sae as sf
 from ..sae.evaluate import FeatureTable, feature_on_text, features_matching
@@ -56,9 +57,11 @@ class _Dashboard:
 
 class FeatureExplorer(_Dashboard):
     """Choose a feature (or search by token): contexts, activation histogram, logit effects,
-    correlated features; with a model and SAE, run your own text through it."""
+    correlated features; with a model and SAE, run your own text through it. `evals` (a run's
+    usefulness.json, `read_run_evals`) adds sparse probing and absorption-style scores."""
 
-    def __init__(self, table: FeatureTable, tokenizer: Tokenizer, model=None, sae=None, feature: int | None = None):
+    def __init__(self, table: FeatureTable, tokenizer: Tokenizer, model=None, sae=None, feature: int | None = None,
+                 evals: dict | None = None):
         self.table, self.tok, self.model, self.sae = table, tokenizer, model, sae
         n = len(table.density)
         first = int(table.density.argmax()) if feature is None else feature
@@ -75,14 +78,17 @@ class FeatureExplorer(_Dashboard):
                              else f"<i>no dead latents: all {n} features fire</i>")
         self.panes = {"hist": FigurePane(sf.feature_histogram(table, first)),
                       "logits": FigurePane(sf.logit_effects(table, first, tokenizer)),
-                      "corr": FigurePane(sf.correlated_features(table, first))}
+                      "corr": FigurePane(sf.correlated_features(table, first)),
+                      "usefulness": FigurePane(ef.usefulness_figure(evals))}
+        self.usefulness = W.HTML(ef.usefulness_html(evals))
         self.feature.observe(lambda ch: self.show(ch["new"]), names="value")
         self.search_button.on_click(lambda _: self.run_search())
         self.prompt_button.on_click(lambda _: self.run_prompt())
         self.show(first)
         self.widget = W.VBox([self.status, W.HBox([self.feature, self.search, self.search_button]), self.search_out,
                               self.contexts, W.HBox([self.panes["hist"].widget, self.panes["logits"].widget]),
-                              self.panes["corr"].widget, self.prompt, self.prompt_button, self.prompt_out])
+                              self.panes["corr"].widget, self.prompt, self.prompt_button, self.prompt_out,
+                              self.usefulness, self.panes["usefulness"].widget])
 
     def show(self, f: int) -> None:
         if self.feature.value != f:
