@@ -179,3 +179,18 @@ def test_run_evals_round_trip_and_the_shared_figure(tmp_path):
     bars = [t for t in fig.data if t.type == "bar"][0]
     assert list(bars.x) == ["a"] and bars.y[0] == ev.absorption.letters[0].full_absorption_rate
     assert "absorption-style" in usefulness_html(back) and "16k latents" in usefulness_html(back)
+
+
+def test_demo_sae_run_page_shows_the_panel(tiny_demo):
+    from starlette.testclient import TestClient
+
+    from workbench.sae.saebench_json import read_eval_json, read_run_evals
+    from workbench.viewer.server import create_app
+
+    ev = read_run_evals(tiny_demo / "sae-topk")
+    assert ev is not None and ev["sparse_probing"]["tasks"]
+    assert read_eval_json(tiny_demo / "sae-topk" / "saebench_sparse_probing.json")["eval_type_id"] == "sparse_probing"
+    page = TestClient(create_app(tiny_demo), base_url="http://127.0.0.1").get("/run/sae-topk").text
+    assert 'id="usefulness"' in page and "absorption-style" in page and "16k latents" in page
+    mean_k1 = ev["sparse_probing"]["mean_accuracy"]["1"]
+    assert f"k=1: {mean_k1:.3f}" in page

@@ -28,6 +28,8 @@ from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_i
 from .runs import RunDir, atomic_write_json
 from .sae import SAEConfig, SAETrainConfig, train_sae
 from .sae.evaluate import feature_table, reconstruction_metrics, splice_metrics
+from .sae.probing import evaluate_usefulness
+from .sae.saebench_json import write_run_evals
 from .viewer.build_status import BuildStatus
 
 # Stage names in build order, and the run folder each writes (the models are cached elsewhere).
@@ -168,6 +170,9 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         rec = reconstruction_metrics(sae, [next(val_store) for _ in range(4)])
         spl = splice_metrics(fwd, sae, cfg.hook_name, val)
         feature_table(fwd, sae, cfg.hook_name, val).save(sae_run.file("features.safetensors"))
+        # sparse probing + absorption-style for the viewer's panel (about 5 s on 2 cores)
+        probe_val = windows(data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=2 * cfg.eval_windows)
+        write_run_evals(sae_run.path, evaluate_usefulness(fwd, sae, cfg.hook_name, probe_val), sae.cfg, "workbench-tiny")
         save_model(fwd, sae_run.file("model.safetensors"), model_cfg)
         atomic_write_json(sae_run.file("model_config.json"), asdict(model_cfg))
         sae_run.write_results({**rec, **spl})
