@@ -25,7 +25,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from transformer_lens import HookedTransformer
+
 from ..activations import validate_hook_name
+from .model import SparseAutoencoder
 
 ABSORPTION_CAVEAT = ("absorption-style: SAEBench's first-letter absorption rule on a byte-level model; "
                      "SAEBench warns against reading absorption on models under 1B parameters or SAEs "
@@ -349,6 +352,11 @@ def absorption(acts: Float[Tensor, "n d"], encode: Callable[[Tensor], Tensor], W
     """
     if W_dec.shape[1] != acts.shape[1]:
         raise ValueError(f"W_dec: expected rows of width {acts.shape[1]}, got {tuple(W_dec.shape)}")
+    if not letters or any(c not in LETTERS for c in letters):
+        raise ValueError(f"letters={letters!r}: expected lowercase ASCII letters")
+    if first_letter.shape != (len(acts),) or train.shape != (len(acts),):
+        raise ValueError(f"first_letter, train: expected shape ({len(acts)},), got {tuple(first_letter.shape)} "
+                         f"and {tuple(train.shape)}")
     result = AbsorptionResult()
     with torch.no_grad():
         z = encode(acts).double()
@@ -410,7 +418,7 @@ class SAEEvals:
 
 
 @torch.no_grad()
-def hook_activations(model, hook_name: str, tokens: Int[Tensor, "n seq"], batch_size: int = 32) -> Float[Tensor, "n seq d"]:
+def hook_activations(model: HookedTransformer, hook_name: str, tokens: Int[Tensor, "n seq"], batch_size: int = 32) -> Float[Tensor, "n seq d"]:
     validate_hook_name(model, hook_name)
     out = []
     for chunk in tokens.split(batch_size):
@@ -419,7 +427,7 @@ def hook_activations(model, hook_name: str, tokens: Int[Tensor, "n seq"], batch_
     return torch.cat(out)
 
 
-def evaluate_usefulness(model, sae, hook_name: str, tokens: Int[Tensor, "n seq"],
+def evaluate_usefulness(model: HookedTransformer, sae: SparseAutoencoder, hook_name: str, tokens: Int[Tensor, "n seq"],
                         cfg: ProbingConfig = ProbingConfig(), bos_token_id: int = 256) -> SAEEvals:
     """Sparse probing on `byte_concepts` and absorption-style scores on `word_ends`, for one SAE
     at `hook_name` of a byte-level model, on byte windows `tokens` (even windows train, odd test)."""
