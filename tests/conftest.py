@@ -35,13 +35,12 @@ def default_models():
     return load_default("forward"), load_default("backward")
 
 
-@pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory):
-    """A demo folder built from 12-step models in ~20 s: every run kind, real file layout."""
-    from workbench.demo import DemoConfig, build_demo
+def tiny_demo_config():
+    """The tiny demo's config: 12-step models, every run kind, the real file layout."""
+    from workbench.demo import DemoConfig
     from workbench.models import LMTrainConfig, ModelConfig
     from workbench.probes.heads import HeadRoleConfig
-    cfg = DemoConfig(
+    return DemoConfig(
         d_sae=256, k=8, sae_tokens=8 * 4096, eval_windows=8, seq_len=32, topk_ks=(1, 8, 64),
         head_roles=HeadRoleConfig(n_contexts=4, seq_len=32, needle_len=4),
         primes_model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
@@ -49,7 +48,13 @@ def tiny_demo(tmp_path_factory):
         arrow_seeds=(0, 1),
         model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
         model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6))
-    return build_demo(tmp_path_factory.mktemp("demo"), cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A demo folder built from tiny_demo_config() in ~20 s."""
+    from workbench.demo import build_demo
+    return build_demo(tmp_path_factory.mktemp("demo"), tiny_demo_config(), progress=False)
 
 
 def free_port() -> int:

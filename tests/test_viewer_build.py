@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from tests.test_viewer import browser  # noqa: F401  (the module-scoped Chromium fixture)
 from workbench.viewer.build_status import BuildStatus, BuildStopped
 from workbench.viewer.front import Viewer
-from tests.conftest import free_port, serving
+from tests.conftest import free_port, serving, tiny_demo_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,21 +105,6 @@ def test_build_page_shows_tqdm_numbers_live(live, tiny_demo, browser):  # noqa: 
     page.close()
 
 
-def _tiny_cfg():
-    """The conftest tiny demo's config (its models under <root>/_models are reused, not retrained)."""
-    from workbench.demo import DemoConfig
-    from workbench.models import LMTrainConfig, ModelConfig
-    from workbench.probes.heads import HeadRoleConfig
-    return DemoConfig(
-        d_sae=256, k=8, sae_tokens=8 * 4096, eval_windows=8, seq_len=32, topk_ks=(1, 8, 64),
-        head_roles=HeadRoleConfig(n_contexts=4, seq_len=32, needle_len=4),
-        primes_model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
-        primes_train=LMTrainConfig(steps=10, batch_size=8, seq_len=32, checkpoint_steps=(), eval_every=5),
-        arrow_seeds=(0, 1),
-        model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
-        model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6))
-
-
 @pytest.fixture
 def rebuild(tiny_demo, tmp_path):
     """A copy of the tiny demo whose sparsity and heads runs are unfinished (no results.json)."""
@@ -139,7 +124,7 @@ def test_failed_stage_does_not_stop_the_next(rebuild, monkeypatch):
     (rebuild / "probe-sparsity" / "metrics.jsonl").write_text('{"step": 99}\n')  # left by an interrupted try
     status = BuildStatus()
     with pytest.raises(demo.DemoBuildError) as err:
-        demo.build_demo(rebuild, _tiny_cfg(), progress=False, status=status)
+        demo.build_demo(rebuild, tiny_demo_config(), progress=False, status=status)
     assert err.value.failures == {"probe-heads": "RuntimeError: planted heads failure"}
     states = {s["name"]: (s["state"], s["reused"]) for s in status.snapshot()["stages"]}
     assert states == {"models": ("done", False), "sae-topk": ("done", True), "probe-sparsity": ("done", False),
@@ -166,7 +151,7 @@ def test_stop_mid_stage_leaves_no_results(rebuild, monkeypatch):
 
     def run():
         try:
-            demo.build_demo(rebuild, _tiny_cfg(), progress=False, status=status)
+            demo.build_demo(rebuild, tiny_demo_config(), progress=False, status=status)
         except BuildStopped:
             outcome.append("stopped")
     thread = threading.Thread(target=run, daemon=True)
