@@ -12,6 +12,11 @@ def test_train_sae_command_line_matches_config(tmp_path, default_models):
                  "--out", str(out)]) == 0
     sae = load_sae(out)
     assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k, sae.cfg.selection) == (128, 256, 8, "mutual_choice")
+    # a complete run: evaluation, and on a byte model the usefulness metrics the viewer's panel reads
+    from workbench.sae.saebench_json import read_run_evals
+    assert (out / "results.json").exists() and (out / "features.safetensors").exists()
+    evals = read_run_evals(out)
+    assert evals is not None and len(evals["sparse_probing"]["tasks"]) >= 8
     assert sae.cfg.hook_name == "blocks.0.hook_resid_post"
     with pytest.raises(KeyError, match="did you mean"):
         main(["train-sae", "--hook", "blocks.0.hook_resid_pots", "--d-sae", "256", "--out", str(tmp_path / "x")])

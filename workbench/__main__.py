@@ -141,7 +141,7 @@ def _evaluate(out: str, model_name: str, corpus: str | None, text_field: str, n_
     import torch
 
     from .activations import ActivationBatch, capture
-    from .corpus import corpus_stream, windows
+    from .corpus import ByteTokenizer, corpus_stream, windows
     from .models import load_model
     from .runs import RunDir
     from .sae.evaluate import feature_table, reconstruction_metrics, splice_metrics
@@ -164,6 +164,11 @@ def _evaluate(out: str, model_name: str, corpus: str | None, text_field: str, n_
     rec = reconstruction_metrics(sae, [ActivationBatch(acts.reshape(-1, acts.shape[-1]), None)])
     spl = splice_metrics(model, sae, hook, val)
     feature_table(model, sae, hook, val).save(run.file("features.safetensors"))
+    if isinstance(tok, ByteTokenizer):  # the probing concepts are labelled on bytes
+        from .sae.probing import evaluate_usefulness
+        from .sae.saebench_json import write_run_evals
+        write_run_evals(out, evaluate_usefulness(model, sae, hook, val, bos_token_id=tok.bos_token_id), sae.cfg,
+                        model_name)
     run.write_results({**rec, **spl, "eval_split": split, "eval_windows": len(val)})
     return True
 
