@@ -136,12 +136,13 @@ def test_bootstrap_gap_interval_covers_planted_gap():
 
 @pytest.mark.slow
 def test_primes_forward_model_beats_backward(tmp_path):
-    """Multiplication (forward) is learnable, factorisation (backward) is not, at equal everything."""
+    """Seed 0: the forward (multiplication) model beats its backward (factorisation) twin at equal
+    everything. A regression check of one pair; whether that is an arrow or seed noise is what
+    arrow_over_seeds decides (RESULTS.md: over three seeds it is not resolved at this size)."""
     from dataclasses import replace
 
-    from workbench.probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_gap, primes_data, train_pair
+    from workbench.probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_gap, primes_data, train_pairs
     data = primes_data()
-    f, b = train_pair(PRIMES_MODEL, replace(PRIMES_TRAIN, steps=350), data, tmp_path, progress=False)
+    (f, b), = train_pairs(PRIMES_MODEL, replace(PRIMES_TRAIN, steps=350), data, tmp_path, seeds=(0,), progress=False)
     res = arrow_gap(f, b, data, PRIMES_TRAIN.seq_len, n_windows=256)
-    print(res)
     assert res["gap"] > 0.03 and res["gap_ci95"][0] > 0.01  # forward at least 3% better, CI above 1%

@@ -107,12 +107,6 @@ def retrieval_counts(model: HookedTransformer, batch: NeedleBatch) -> tuple[Int[
     return hit.sum((1, 3)), int(copied.sum()), copied.numel()
 
 
-def retrieval_scores(model: HookedTransformer, batch: NeedleBatch) -> tuple[Float[Tensor, "L H"], float]:
-    """Per-head retrieval score, and the model's copy accuracy on the same steps."""
-    hits, n, offered = retrieval_counts(model, batch)
-    return hits.float() / max(n, 1), n / offered
-
-
 def streaming_per_context(model: HookedTransformer, tokens: Tensor, sink: int,
                           window: int) -> Float[Tensor, "b L H"]:
     """Each context's mean attention mass on the first `sink` keys ∪ the last `window` keys,
@@ -123,11 +117,6 @@ def streaming_per_context(model: HookedTransformer, tokens: Tensor, sink: int,
     _, pat = attention_patterns(model, tokens)
     mass = (pat * sink_window_region(T, sink, window, pat.device)).sum(-1)  # [L, b, H, q]
     return mass[..., sink + window:].mean(-1).permute(1, 0, 2)
-
-
-def streaming_scores(model: HookedTransformer, tokens: Tensor, sink: int, window: int) -> Float[Tensor, "L H"]:
-    """Mean attention mass on the first `sink` keys ∪ the last `window` keys, over queries past both."""
-    return streaming_per_context(model, tokens, sink, window).mean(0)
 
 
 def sink_window_region(T: int, sink: int, window: int, device=None) -> Bool[Tensor, "q k"]:
