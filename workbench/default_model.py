@@ -79,7 +79,14 @@ def load_shipped(direction: Direction = "forward", seed: int = 0, root: Path | N
     if _sha256(path) != entry["sha256"]:
         raise CheckpointError(f"{path} is corrupt: its sha256 differs from {root or shipped_dir()}/manifest.json; "
                               f"restore it from git or rebuild with `{REBUILD}`")
-    return load_model_file(path, model_cfg).float()
+    return load_model_file(path, model_cfg)
+
+
+def load_shipped_pairs(seeds: tuple[int, ...] = DEFAULT_SEEDS, root: Path | None = None,
+                       model_cfg: ModelConfig = DEFAULT_MODEL) -> list[tuple[HookedTransformer, HookedTransformer]]:
+    """(forward, backward) of every seed, as the arrow probe takes them."""
+    return [(load_shipped("forward", s, root, model_cfg=model_cfg), load_shipped("backward", s, root, model_cfg=model_cfg))
+            for s in seeds]
 
 
 def _train_one(job: tuple[int, str, str, LMTrainConfig]) -> str:
@@ -130,7 +137,7 @@ def pack(runs: str | Path, dest: str | Path | None = None, eval_windows: int = 1
                 save_model_bf16(load_model_file(src / name, model_cfg), dst / name, model_cfg)
             for name in ("config.json", "metrics.jsonl"):
                 atomic_write_bytes(dst / name, (src / name).read_bytes())
-            packed = load_model_file(dst / "model.safetensors", model_cfg).float()
+            packed = load_model_file(dst / "model.safetensors", model_cfg)
             losses[f"{seed_dir.name}/{direction}"] = evaluate_lm(packed, data, direction, eval_windows, seq_len)
     for path in sorted(dest.rglob("*")):
         if path.is_file() and path.name != "manifest.json":

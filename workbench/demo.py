@@ -21,7 +21,7 @@ from .activations import ActivationStore, ModelSource, StoreConfig
 from .corpus import windows
 from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, LMTrainConfig, ModelConfig, default_data, default_model_dir,
                      load_default, save_model, workbench_home)
-from .default_model import load_shipped, primes_dir, shipped_dir
+from .default_model import load_shipped_pairs, primes_dir, shipped_dir
 from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_over_seeds, pair_dirs, primes_data, train_pairs
 from .probes.heads import HeadRoleConfig, attention_patterns, head_roles, make_contexts
 from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_intervention
@@ -101,7 +101,7 @@ def _arrow_pairs(cfg: DemoConfig, root: Path, ar_run: RunDir, data, progress: bo
     seeds = cfg.arrow_seeds
     if cfg.model is None:
         nat_root = shipped_dir()
-        natural = [(load_shipped("forward", s), load_shipped("backward", s)) for s in seeds]
+        natural = load_shipped_pairs(seeds)
     else:
         nat_root = Path(cfg.models_dir) if cfg.models_dir else root / "_models"
         natural = train_pairs(cfg.model, cfg.model_train or DEFAULT_TRAIN, data, nat_root, seeds=seeds,
@@ -109,8 +109,7 @@ def _arrow_pairs(cfg: DemoConfig, root: Path, ar_run: RunDir, data, progress: bo
     pdata = primes_data()
     if (cfg.primes_model, cfg.primes_train) == (PRIMES_MODEL, PRIMES_TRAIN) and primes_dir().is_dir():
         p_root = primes_dir()
-        primes = [tuple(load_shipped(d, s, root=p_root, model_cfg=PRIMES_MODEL) for d in ("forward", "backward"))
-                  for s in seeds]
+        primes = load_shipped_pairs(seeds, p_root, PRIMES_MODEL)
     else:
         p_root = ar_run.file("primes")
         primes = train_pairs(cfg.primes_model, cfg.primes_train, pdata, p_root, seeds=seeds, progress=progress)
