@@ -33,6 +33,7 @@ from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sa
 from workbench.sae.losses import fvu  # noqa: E402
 from workbench.sae.trainer import make_optimizer, optimizer_step, sae_losses, update_stats  # noqa: E402
 from workbench.tasks import SuperpositionConfig, superposition_data  # noqa: E402
+from topk_sae_step import saelens  # noqa: E402  (the same SAELens step as the GPU benchmark, without autocast)
 
 SHAPES = [(128, 2048, 16, 4096), (512, 8192, 32, 2048)]  # d, F, k, B (issue 15)
 QUICK = [(32, 512, 8, 1024)]
@@ -50,23 +51,6 @@ def ours(d, F, k, x, g, rule="topk", sparse=True):
         opt.zero_grad(set_to_none=True)
         res["loss"].backward()
         optimizer_step(sae, opt, cfg, 100)
-    return step
-
-
-def saelens(d, F, k, x):
-    from sae_lens.saes.sae import TrainStepInput
-    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=F, k=k, device="cpu"))
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    dead = torch.zeros(F, dtype=torch.bool)
-    dead[: F // 10] = True
-
-    def step():
-        out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
-                                                       n_training_steps=100, is_logging_step=False))
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
     return step
 
 
@@ -143,7 +127,7 @@ def bench_shape(d, F, k, B, rounds, per_round, peers=True):
     for rule in RULES[1:]:
         cands[f"workbench sparse ({rule})"] = ours(d, F, k, x, g if rule == "gradient" else None, rule)
     if peers:
-        cands["SAELens TopKTrainingSAE"] = saelens(d, F, k, x)
+        cands["SAELens TopKTrainingSAE"] = saelens(d, F, k, x, autocast=False)
         try:
             cands["sparsify SparseCoder (eager)"] = sparsify(d, F, k, x)
         except ImportError:
