@@ -1,8 +1,12 @@
-"""What an SAE is: its shape, its selection rule and its auxiliary loss."""
+"""What an SAE is (SAEConfig: shape, selection rule, auxiliary loss) and how it is trained (SAETrainConfig)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
 
 from .selection import RULES
 
@@ -49,3 +53,61 @@ class SAEConfig:
     @property
     def aux_k(self) -> int:
         return self.k_aux if self.k_aux is not None else max(1, min(self.d_in // 2, self.d_sae))
+
+
+class TritonPath(NamedTuple):
+    """How the fused-kernel path runs (SAETrainConfig.triton_precision / triton_aux)."""
+    precision: str = "bf16"
+    aux: str = "dense"
+
+
+@dataclass(frozen=True)
+class SAETrainConfig:
+    """How an SAE is trained (what it is lives in SAEConfig)."""
+
+    total_tokens: int = 2_000_000  # training tokens; steps = total_tokens // batch_size
+    batch_size: int = 4096  # tokens per step (the store must yield batches of this size)
+    lr: float | None = None  # Adam learning rate; None: 2e-4 / sqrt(d_sae / 16384) (Gao et al.)
+    warmup_steps: int = 50  # linear warm-up from 0
+    decay_start: float = 0.8  # fraction of training after which lr decays linearly to 0
+    grad_clip: float = 1.0  # max global gradient norm
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 6.25e-10
+    b_dec_init: str = "geometric_median"  # "geometric_median" | "mean" | "zeros", from chunk 0
+    seed: int = 0  # initialisation (the store's own seed orders the data)
+    log_every: int = 10  # steps between metric lines
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    use_triton: bool | None = None  # fused kernels; None: on CUDA for topk and gradient rules
+    # bf16 is what autocast would do; the kept latents' values are still computed in the parameters' dtype
+    triton_precision: str = "bf16"  # the Triton path's selection GEMM: "bf16" operands or "fp32" (exact)
+    triton_aux: str = "dense"  # the Triton path's AuxK: "dense" (GEMMs over dead rows) or "fused" (kernel candidates)
+    # Without Triton: True keeps only the kept entries after selection and decodes/backpropagates
+    # them sparsely (sparse.py; every rule, 3-4x faster on CPU); False is the dense reference path
+    # (differentiates the whole [B, F] code); "auto" is sparse on CPU, dense on CUDA (not yet measured
+    # there) and under parallel="latent" (its cross-rank AuxK needs the dense candidates)
+    sparse: bool | str = "auto"
+    device: str = "cpu"
+    dtype: str = "float32"  # parameters and batches: "float32", "bfloat16", or "float64" (exact tests)
+    # "latent" is for dictionaries whose weights and Adam state do not fit on one device
+    parallel: str = "data"  # under torchrun: "data" (DDP, whole SAE per rank) or "latent" (latents split over ranks)
+    wandb_project: str | None = None  # also log to wandb when it is installed and this is set
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype not in ("float32", "bfloat16", "float64"):
+            raise ValueError(f"dtype={self.dtype!r}: expected 'float32', 'bfloat16' or 'float64'")
+        return getattr(torch, self.dtype)
+
+    @property
+    def steps(self) -> int:
+        return self.total_tokens // self.batch_size
+
+    def learning_rate(self, d_sae: int) -> float:
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 16384)
+
+    def triton_path(self) -> TritonPath:
+        if self.triton_precision not in ("bf16", "fp32"):
+            raise ValueError(f"triton_precision={self.triton_precision!r}: expected 'bf16' or 'fp32'")
+        if self.triton_aux not in ("dense", "fused"):
+            raise ValueError(f"triton_aux={self.triton_aux!r}: expected 'dense' or 'fused'")
+        return TritonPath(self.triton_precision, self.triton_aux)

@@ -2,72 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, replace
-from typing import Any, NamedTuple
+from dataclasses import asdict, replace
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ..activations import ActivationBatch, ActivationStore
 from ..runs import RunDir, atomic_torch_save, load_state, CheckpointError
-from .config import SAEConfig
+from .config import SAEConfig, SAETrainConfig, TritonPath
 from .io import save_sae
 from .losses import aux_loss, aux_zipf_weights, auxk_weights, fvu
 from .model import SparseAutoencoder
 from .parallel import SHARDED, SINGLE, Layout, current_layout
-
-
-@dataclass(frozen=True)
-class SAETrainConfig:
-    """How an SAE is trained (what it is lives in SAEConfig)."""
-
-    total_tokens: int = 2_000_000  # training tokens; steps = total_tokens // batch_size
-    batch_size: int = 4096  # tokens per step (the store must yield batches of this size)
-    lr: float | None = None  # Adam learning rate; None: 2e-4 / sqrt(d_sae / 16384) (Gao et al.)
-    warmup_steps: int = 50  # linear warm-up from 0
-    decay_start: float = 0.8  # fraction of training after which lr decays linearly to 0
-    grad_clip: float = 1.0  # max global gradient norm
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 6.25e-10
-    b_dec_init: str = "geometric_median"  # "geometric_median" | "mean" | "zeros", from chunk 0
-    seed: int = 0  # initialisation (the store's own seed orders the data)
-    log_every: int = 10  # steps between metric lines
-    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
-    use_triton: bool | None = None  # fused kernels; None: on CUDA for topk and gradient rules
-    # bf16 is what autocast would do; the kept latents' values are still computed in the parameters' dtype
-    triton_precision: str = "bf16"  # the Triton path's selection GEMM: "bf16" operands or "fp32" (exact)
-    triton_aux: str = "dense"  # the Triton path's AuxK: "dense" (GEMMs over dead rows) or "fused" (kernel candidates)
-    # Without Triton: True keeps only the kept entries after selection and decodes/backpropagates
-    # them sparsely (sparse.py; every rule, 3-4x faster on CPU); False is the dense reference path
-    # (differentiates the whole [B, F] code); "auto" is sparse on CPU, dense on CUDA (not yet measured
-    # there) and under parallel="latent" (its cross-rank AuxK needs the dense candidates)
-    sparse: bool | str = "auto"
-    device: str = "cpu"
-    dtype: str = "float32"  # parameters and batches: "float32", "bfloat16", or "float64" (exact tests)
-    # "latent" is for dictionaries whose weights and Adam state do not fit on one device
-    parallel: str = "data"  # under torchrun: "data" (DDP, whole SAE per rank) or "latent" (latents split over ranks)
-    wandb_project: str | None = None  # also log to wandb when it is installed and this is set
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        if self.dtype not in ("float32", "bfloat16", "float64"):
-            raise ValueError(f"dtype={self.dtype!r}: expected 'float32', 'bfloat16' or 'float64'")
-        return getattr(torch, self.dtype)
-
-    @property
-    def steps(self) -> int:
-        return self.total_tokens // self.batch_size
-
-    def learning_rate(self, d_sae: int) -> float:
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 16384)
-
-    def triton_path(self) -> TritonPath:
-        if self.triton_precision not in ("bf16", "fp32"):
-            raise ValueError(f"triton_precision={self.triton_precision!r}: expected 'bf16' or 'fp32'")
-        if self.triton_aux not in ("dense", "fused"):
-            raise ValueError(f"triton_aux={self.triton_aux!r}: expected 'dense' or 'fused'")
-        return TritonPath(self.triton_precision, self.triton_aux)
 
 
 def use_sparse(cfg: SAETrainConfig, layout: Layout = SINGLE, triton: TritonPath | None = None) -> bool:
@@ -82,12 +29,6 @@ def use_sparse(cfg: SAETrainConfig, layout: Layout = SINGLE, triton: TritonPath 
         raise ValueError("sparse=True: parallel='latent' merges AuxK candidates across ranks densely; "
                          "use parallel='data' or sparse=False")
     return bool(cfg.sparse)
-
-
-class TritonPath(NamedTuple):
-    """How the fused-kernel path runs (SAETrainConfig.triton_precision / triton_aux)."""
-    precision: str = "bf16"
-    aux: str = "dense"
 
 
 def lr_factor(step: int, cfg: SAETrainConfig) -> float:
