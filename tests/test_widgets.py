@@ -1,18 +1,17 @@
 """Dashboards on the tiny demo: changing a control changes the figure data; empty states speak."""
 
-import json
-
 import pytest
 import torch
 
 from workbench.corpus import ByteTokenizer
+from workbench.results import SparsityRunResult, read_results
 from workbench.sae.evaluate import FeatureTable
 from workbench.widgets import (ArrowDashboard, FeatureExplorer, HeadRoleMap, SparsityDashboard,
                                load_demo_dashboards)
 
 
 def _read(root, name):
-    return json.loads((root / name / "results.json").read_text())
+    return read_results(root / name)
 
 
 def test_feature_explorer_follows_the_chosen_feature(tiny_demo):
@@ -51,31 +50,31 @@ def test_no_dead_latents_is_a_message_not_an_error(tiny_demo):
 
 def test_head_map_shows_the_chosen_heads_pattern(tiny_demo):
     res = _read(tiny_demo, "probe-heads")
-    dash = HeadRoleMap(res, res["example_patterns"], res["example_tokens"])
+    dash = HeadRoleMap(res)
     dash.layer.value, dash.head.value = 0, 0
     z00 = [list(r) for r in dash.figures["attention"].data[0].z]
     dash.layer.value, dash.head.value = 1, 1
-    assert [list(r) for r in dash.figures["attention"].data[0].z] == res["example_patterns"][1][1] != z00
-    assert res["labels"][1][1] in dash.role.value
-    assert HeadRoleMap(res).figures["attention"].layout.annotations[0].text == "no attention patterns recorded"
+    assert [list(r) for r in dash.figures["attention"].data[0].z] == res.examples[0].patterns[1][1] != z00
+    assert res.roles.labels[1][1] in dash.role.value
+    assert HeadRoleMap(res.roles).figures["attention"].layout.annotations[0].text == "no attention patterns recorded"
 
 
 def test_sparsity_slider_moves_through_checkpoints(tiny_demo):
     res = _read(tiny_demo, "probe-sparsity")
     dash = SparsityDashboard(res)
-    steps = res["over_training"]["steps"]
+    steps = res.over_training.steps
     for i, step in enumerate(steps):
         dash.slider.value = step
         shown = [v / 100 for v in dash.figures["layer"].data[0].y]
-        assert shown == pytest.approx(res["over_training"]["active_frac"][i])
-    empty = SparsityDashboard({"final": res["final"], "over_training": {}})
+        assert shown == pytest.approx(res.over_training.active_frac[i])
+    empty = SparsityDashboard(SparsityRunResult(res.final))
     assert empty.slider.disabled
 
 
 def test_arrow_dashboard_switches_dataset(tiny_demo):
     res = _read(tiny_demo, "probe-arrow")
     dash = ArrowDashboard(res)
-    for name, r in res["datasets"].items():
+    for name, r in res.datasets.items():
         dash.dataset.value = name
-        assert r["verdict"] in dash.table.value and f"{100 * r['gap']:+.2f}%" in dash.table.value
-        assert list(dash.figures["curves"].data[0].y) == r["curves"]["seed 0"]["forward"]["val_loss"]
+        assert r.verdict in dash.table.value and f"{100 * r.gap:+.2f}%" in dash.table.value
+        assert list(dash.figures["curves"].data[0].y) == r.curves["seed 0"]["forward"]["val_loss"]

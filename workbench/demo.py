@@ -25,11 +25,11 @@ from .default_model import load_shipped_pairs, primes_dir, shipped_dir
 from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_over_seeds, pair_dirs, primes_data, train_pairs
 from .probes.heads import HeadRoleConfig, attention_patterns, head_roles, make_contexts
 from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_intervention
+from .results import (ArrowRunResult, AttentionExample, HeadsRunResult, ResultsError, SparsityOverTraining,
+                      SparsityRunResult, TopKIntervention, read_results, write_results)
 from .runs import RunDir, atomic_write_json
 from .sae import SAEConfig, SAETrainConfig, train_sae
-from .sae.evaluate import feature_table, reconstruction_metrics, splice_metrics
-from .sae.probing import evaluate_usefulness
-from .sae.saebench_json import write_run_evals
+from .sae.run_eval import evaluate_sae
 from .viewer.build_status import BuildStatus
 
 # Stage names in build order, and the run folder each writes (the models are cached elsewhere).
@@ -119,6 +119,19 @@ def _arrow_pairs(cfg: DemoConfig, root: Path, ar_run: RunDir, data, progress: bo
                                                seeds=list(seeds), run_dirs=pair_dirs(p_root, seeds))}
 
 
+def _complete(run: RunDir) -> bool:
+    """Whether a demo run is done: its results.json (written last) reads. One that does not (an older
+    schema that cannot migrate, a torn file) is rebuilt: the demo is a cache."""
+    if not run.file("results.json").exists():
+        return False
+    try:
+        read_results(run)
+        return True
+    except ResultsError as e:
+        print(f"demo: rebuilding {run.name}: {e}", file=sys.stderr)
+        return False
+
+
 def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), progress: bool = True,
                status: BuildStatus | None = None) -> Path:
     """Build every demo run that is missing (each is written last-step-atomically: a run counts
@@ -164,17 +177,12 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         train = SAETrainConfig(total_tokens=cfg.sae_tokens, batch_size=4096, lr=cfg.sae_lr, log_every=5,
                                checkpoint_every=10**9)
         sae = train_sae(sae_cfg, train, store, sae_run, progress=progress)
-        val_store = ActivationStore(ModelSource(fwd, data.validation, StoreConfig(
-            cfg.hook_name, buffer_tokens=16_384, seq_len=cfg.seq_len, seed=1), data.tokenizer.bos_token_id), 4096)
-        rec = reconstruction_metrics(sae, [next(val_store) for _ in range(4)])
-        spl = splice_metrics(fwd, sae, cfg.hook_name, val)
-        feature_table(fwd, sae, cfg.hook_name, val).save(sae_run.file("features.safetensors"))
-        # sparse probing + absorption-style for the viewer's panel (about 5 s on 2 cores)
-        probe_val = windows(data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=2 * cfg.eval_windows)
-        write_run_evals(sae_run.path, evaluate_usefulness(fwd, sae, cfg.hook_name, probe_val), sae.cfg, "workbench-tiny")
-        save_model(fwd, sae_run.file("model.safetensors"), model_cfg)
+        save_model(fwd, sae_run.file("model.safetensors"), model_cfg)  # the run opens without the cache
         atomic_write_json(sae_run.file("model_config.json"), asdict(model_cfg))
-        sae_run.write_results({**rec, **spl})
+        # sparse probing + absorption-style on twice the windows (about 5 s on 2 cores)
+        probe_val = windows(data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=2 * cfg.eval_windows)
+        evaluate_sae(sae_run.path, fwd, sae, data.tokenizer, val, model_name="workbench-tiny", probe_tokens=probe_val,
+                     progress=progress)
 
     sp_run = RunDir(root / "probe-sparsity")
 
@@ -183,8 +191,8 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         final = activation_sparsity(fwd, val)
         over = sparsity_over_training(fwd_dir, model_cfg, val[:16])
         ks = [k for k in cfg.topk_ks if k <= model_cfg.d_mlp]
-        sp_run.write_results({"final": final.to_dict(), "over_training": over,
-                              "topk": topk_intervention(fwd, val[:16], ks)})
+        write_results(sp_run, SparsityRunResult(final, SparsityOverTraining(**over),
+                                                TopKIntervention(**topk_intervention(fwd, val[:16], ks))))
 
     hd_run = RunDir(root / "probe-heads")
 
@@ -195,8 +203,7 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         example = make_contexts(fwd, hcfg, data.tokenizer.bos_token_id).tokens[:1]
         _, pat = attention_patterns(fwd, example)
         toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
-        hd_run.write_results({**roles.to_dict(), "example_tokens": toks,
-                              "example_patterns": pat[:, 0].tolist()})  # [L][H][q][k]
+        write_results(hd_run, HeadsRunResult(roles, [AttentionExample("needle", toks, pat[:, 0].tolist())]))
 
     ar_run = RunDir(root / "probe-arrow")
 
@@ -206,12 +213,12 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
                              "primes": {"model": cfg.primes_model, "train": cfg.primes_train, "seeds": seeds}},
                             kind="arrow")
         results = _arrow_pairs(cfg, root, ar_run, data, progress)
-        ar_run.write_results({"datasets": {k: v.to_dict() for k, v in results.items()}})
+        write_results(ar_run, ArrowRunResult(results))
 
     for (name, _), run, build in zip(STAGES[1:], (sae_run, sp_run, hd_run, ar_run),
                                      (sae_stage, sparsity_stage, heads_stage, arrow_stage)):
         status.check_stop()
-        if run.file("results.json").exists():  # written last: the run is complete
+        if _complete(run):
             status.reused(name)
             continue
         if not run.file("checkpoint.pt").exists():  # an interrupted earlier try: a fresh start would append to its log

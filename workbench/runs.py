@@ -3,7 +3,7 @@
     runs/<name>/
         config.json        what produced the run (a dataclass, as JSON)
         metrics.jsonl      one JSON object per logged step, appended
-        results.json       final numbers a figure or table reads
+        results.json       final numbers a figure or table reads (workbench.results: one dataclass per kind)
         *.safetensors      weights and arrays
         checkpoint.pt      latest training state (tensors and plain values only)
 
@@ -168,12 +168,6 @@ class RunDir:
         kept = [m for m in self.metrics() if m.get("step", -1) <= after_step]
         atomic_write_bytes(self.file("metrics.jsonl"),
                            "".join(json.dumps(m) + "\n" for m in kept).encode())
-
-    def write_results(self, results: dict[str, Any]) -> None:
-        atomic_write_json(self.file("results.json"), results)
-
-    def read_results(self) -> dict[str, Any]:
-        return json.loads(self.file("results.json").read_text())
 
 
 def iter_runs(root: str | Path) -> Iterator[RunDir]:

@@ -1,13 +1,20 @@
-"""Plotly figures for the three probes (sparsity, head roles, arrow of time)."""
+"""Plotly figures for the three probes (sparsity, head roles, arrow of time), from their typed
+results (workbench.results and the probes' own result classes)."""
 
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .sae import LAYOUT, empty_figure
+
+if TYPE_CHECKING:
+    from ..probes.arrow import ArrowResult
+    from ..probes.heads import HeadRoles
+    from ..results import SparsityOverTraining, TopKIntervention
 
 
 def sparsity_by_layer(active_frac: list[float], std: list[float], threshold: float = 0.0,
@@ -22,9 +29,9 @@ def sparsity_by_layer(active_frac: list[float], std: list[float], threshold: flo
     return fig
 
 
-def sparsity_over_training(over: dict, checkpoint: int | None = None) -> go.Figure:
+def sparsity_over_training(over: SparsityOverTraining | None, checkpoint: int | None = None) -> go.Figure:
     """Active fraction per layer against training step; `checkpoint` highlights one step."""
-    steps, fracs = over.get("steps", []), over.get("active_frac", [])
+    steps, fracs = (over.steps, over.active_frac) if over is not None else ([], [])
     if not steps:
         return empty_figure("no checkpoints saved during training")
     fig = go.Figure()
@@ -48,11 +55,11 @@ def neuron_frequencies(neuron_freq: list[list[float]]) -> go.Figure:
     return fig
 
 
-def topk_curve(res: dict) -> go.Figure:
-    if not res.get("ks"):
+def topk_curve(res: TopKIntervention | None) -> go.Figure:
+    if res is None or not res.ks:
         return empty_figure("no top-k intervention measured")
-    fig = go.Figure(go.Scatter(x=res["ks"], y=res["delta"], mode="lines+markers"))
-    fig.update_layout(**LAYOUT, title=f"Keeping only the top-k of {res['d_mlp']} MLP activations",
+    fig = go.Figure(go.Scatter(x=res.ks, y=res.delta, mode="lines+markers"))
+    fig.update_layout(**LAYOUT, title=f"Keeping only the top-k of {res.d_mlp} MLP activations",
                       xaxis_title="k", yaxis_title="loss increase (nats)", xaxis_type="log")
     return fig
 
@@ -61,27 +68,27 @@ def _ci_text(ci: list | None) -> str:
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "[no interval]"
 
 
-def too_few_message(roles: dict) -> str | None:
+def too_few_message(roles: HeadRoles) -> str | None:
     """The head-role page's warning when too few steps were copied to label retrieval, else None."""
-    if not roles.get("too_few_copied"):
+    if not roles.too_few_copied:
         return None
-    cfg = roles.get("config", {})
-    return (f"too few copied steps to label: {int(roles['n_copied'])} of {int(roles['n_copy_steps'])} copy steps "
+    cfg = roles.config
+    return (f"too few copied steps to label: {int(roles.n_copied)} of {int(roles.n_copy_steps)} copy steps "
             f"were copied correctly, under the {int(cfg['min_copied_steps'])} needed; no head is labelled "
             f"retrieval or other")
 
 
-def head_role_map(roles: dict) -> go.Figure:
+def head_role_map(roles: HeadRoles) -> go.Figure:
     """Layer × head heatmaps of retrieval and streaming scores; the role (decided on the 95%
     intervals' lower bounds) and the intervals in each cell's text and hover."""
-    r, s, labels = roles.get("retrieval"), roles.get("streaming"), roles.get("labels")
+    r, s, labels = roles.retrieval, roles.streaming, roles.labels
     if not r:
         return empty_figure("no heads measured")
     L, H = len(r), len(r[0])
-    r_ci = roles.get("retrieval_ci") or [[None] * H for _ in range(L)]
-    s_ci = roles.get("streaming_ci") or [[None] * H for _ in range(L)]
-    hits = roles.get("retrieval_hits")
-    n = roles.get("n_copied")
+    r_ci = roles.retrieval_ci or [[None] * H for _ in range(L)]
+    s_ci = roles.streaming_ci or [[None] * H for _ in range(L)]
+    hits = roles.retrieval_hits
+    n = roles.n_copied
     fig = make_subplots(rows=1, cols=2, subplot_titles=("retrieval score (Wilson 95%)",
                                                         "streaming score (t 95% over contexts)"))
     heads, layers = [f"H{h}" for h in range(H)], [f"L{l}" for l in range(L)]
@@ -92,7 +99,7 @@ def head_role_map(roles: dict) -> go.Figure:
         fig.add_trace(go.Heatmap(z=z, x=heads, y=layers, text=text, zmin=0, zmax=1, colorscale=scale,
                                  texttemplate="%{z:.2f}", showscale=col == 2,
                                  hovertemplate="%{y} %{x}: %{z:.2f} (%{text})<extra></extra>"), 1, col)
-    cfg = roles.get("config", {})
+    cfg = roles.config
     title = (f"Head roles on lower bounds (retrieval ≥ {cfg.get('retrieval_threshold')} from ≥ "
              f"{cfg.get('min_copied_steps')} copied steps, streaming ≥ {cfg.get('streaming_threshold')})")
     fig.update_layout(**LAYOUT, title=title)
@@ -103,8 +110,8 @@ def head_role_map(roles: dict) -> go.Figure:
     return fig
 
 
-def causal_check(roles: dict) -> go.Figure:
-    d = roles.get("delta_loss")
+def causal_check(roles: HeadRoles) -> go.Figure:
+    d = roles.delta_loss
     if not d:
         return empty_figure("no causal check measured")
     fig = go.Figure(go.Heatmap(z=d, x=[f"H{h}" for h in range(len(d[0]))], y=[f"L{l}" for l in range(len(d))],
@@ -134,48 +141,33 @@ def arrow_curves(curves: dict, title: str = "Validation loss over training") -> 
     return fig
 
 
-def arrow_gaps(results: dict[str, dict]) -> go.Figure:
+def arrow_gaps(results: dict[str, ArrowResult]) -> go.Figure:
     """Per dataset: the mean gap (L_backward − L_forward) / L_forward with its seed-level 95%
     interval, each seed's gap, and the same-direction null's band ±max|null|; the verdict in the
-    axis label. Results without seeds (an older probe) show their window interval, named so."""
+    axis label."""
     if not results:
         return empty_figure("no arrow-of-time results")
-    if not all("gap_ci_seeds" in v for v in results.values()):
-        return _arrow_gaps_windows_only(results)
     names = list(results)
-    ticks = [f"{html.escape(n)}<br>{html.escape(results[n]['verdict'])}" for n in names]  # plotly reads tags
+    ticks = [f"{html.escape(n)}<br>{html.escape(results[n].verdict)}" for n in names]  # plotly reads tags
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=ticks, y=[200 * results[n]["null_max"] for n in names],
-                         base=[-100 * results[n]["null_max"] for n in names], marker_color="rgba(128,128,128,0.25)",
+    fig.add_trace(go.Bar(x=ticks, y=[200 * results[n].null_max for n in names],
+                         base=[-100 * results[n].null_max for n in names], marker_color="rgba(128,128,128,0.25)",
                          name="same-direction null ±max|gap|", hoverinfo="skip", width=0.6))
-    gaps = [100 * results[n]["gap"] for n in names]
+    gaps = [100 * results[n].gap for n in names]
     fig.add_trace(go.Scatter(
         x=ticks, y=gaps, mode="markers", marker=dict(size=14, symbol="diamond", color="#222"),
-        name=f"mean over seeds, seed-level {round(100 * results[names[0]].get('level', 0.95))}% CI",
+        name=f"mean over seeds, seed-level {round(100 * results[names[0]].level)}% CI",
         error_y=dict(type="data", symmetric=False,
-                     array=[100 * results[n]["gap_ci_seeds"][1] - g for n, g in zip(names, gaps)],
-                     arrayminus=[g - 100 * results[n]["gap_ci_seeds"][0] for n, g in zip(names, gaps)])))
-    fig.add_trace(go.Scatter(x=[t for n, t in zip(names, ticks) for _ in results[n]["gaps"]],
-                             y=[100 * g for n in names for g in results[n]["gaps"]],
-                             text=[f"seed {s}" for n in names for s in results[n]["seeds"]], mode="markers",
+                     array=[100 * results[n].gap_ci_seeds[1] - g for n, g in zip(names, gaps)],
+                     arrayminus=[g - 100 * results[n].gap_ci_seeds[0] for n, g in zip(names, gaps)])))
+    fig.add_trace(go.Scatter(x=[t for n, t in zip(names, ticks) for _ in results[n].gaps],
+                             y=[100 * g for n in names for g in results[n].gaps],
+                             text=[f"seed {s}" for n in names for s in results[n].seeds], mode="markers",
                              marker=dict(size=8, color="#4c78a8"), name="each seed",
                              hovertemplate="%{text}: %{y:+.2f}%<extra></extra>"))
     fig.add_hline(y=0, line_color="#444")
     fig.update_layout(**LAYOUT, title="Arrow of time: (L_backward − L_forward) / L_forward over seeds",
                       yaxis_title="gap (%)", barmode="overlay")
-    return fig
-
-
-def _arrow_gaps_windows_only(results: dict[str, dict]) -> go.Figure:
-    names = list(results)
-    gaps = [100 * results[n]["gap"] for n in names]
-    lo = [100 * (results[n]["gap"] - results[n]["gap_ci95"][0]) for n in names]
-    hi = [100 * (results[n]["gap_ci95"][1] - results[n]["gap"]) for n in names]
-    fig = go.Figure(go.Bar(x=names, y=gaps, error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
-                           marker_color=["#54a24b" if g > 0 else "#e45756" for g in gaps]))
-    fig.add_hline(y=0, line_color="#444")
-    fig.update_layout(**LAYOUT, title="Arrow of time, one seed: (L_backward − L_forward) / L_forward, "
-                      "window-level 95% CI (no seed-level interval, no verdict)", yaxis_title="gap (%)")
     return fig
 
 
@@ -210,35 +202,34 @@ def _pct_ci(ci: list) -> str:
     return f"[{100 * ci[0]:+.2f}%, {100 * ci[1]:+.2f}%]"
 
 
-def arrow_summary_html(name: str, res: dict) -> str:
+def arrow_summary_html(name: str, res: ArrowResult) -> str:
     """Verdict, seed-level interval, same-direction null, per-seed table and the window-level
-    interval of one data set's ArrowResult (a dict)."""
+    interval of one data set's ArrowResult."""
     e = html.escape
-    level = round(100 * res.get("level", 0.95))
+    level = round(100 * res.level)
     rows = "".join(f"<tr><td>{e(str(s))}</td><td>{f:.4f}</td><td>{b:.4f}</td><td>{100 * g:+.2f}%</td>"
                    f"<td>{_pct_ci(ci)}</td></tr>" for s, f, b, g, ci in
-                   zip(res["seeds"], res["loss_forward"], res["loss_backward"], res["gaps"], res["seed_window_cis"]))
+                   zip(res.seeds, res.loss_forward, res.loss_backward, res.gaps, res.seed_window_cis))
     nulls = ", ".join(f"{e(x['direction'])} {e(str(x['seeds'][0]))} vs {e(str(x['seeds'][1]))}: "
-                      f"{100 * x['gap']:+.2f}%" for x in res["null_gaps"])
-    return (f'<p class="verdict"><b>{e(name)}: {e(res["verdict"])}</b> · mean gap {100 * res["gap"]:+.2f}% '
-            f'over {len(res["seeds"])} seeds, seed-level {level}% CI {_pct_ci(res["gap_ci_seeds"])} '
-            f'(t over per-seed gaps) · same-direction null max |gap| {100 * res["null_max"]:.2f}% ({nulls}) · '
-            f'window-level {level}% CI {_pct_ci(res["gap_ci_windows"])} (held-out windows resampled, seeds '
-            f'fixed; not the verdict\'s interval) · {int(res["n_windows"])} windows of {int(res["seq_len"])} tokens</p>'
+                      f"{100 * x['gap']:+.2f}%" for x in res.null_gaps)
+    return (f'<p class="verdict"><b>{e(name)}: {e(res.verdict)}</b> · mean gap {100 * res.gap:+.2f}% '
+            f'over {len(res.seeds)} seeds, seed-level {level}% CI {_pct_ci(res.gap_ci_seeds)} '
+            f'(t over per-seed gaps) · same-direction null max |gap| {100 * res.null_max:.2f}% ({nulls}) · '
+            f'window-level {level}% CI {_pct_ci(res.gap_ci_windows)} (held-out windows resampled, seeds '
+            f'fixed; not the verdict\'s interval) · {int(res.n_windows)} windows of {int(res.seq_len)} tokens</p>'
             "<table><tr><th>seed</th><th>forward loss</th><th>backward loss</th><th>gap</th>"
             f"<th>window-level {level}% CI</th></tr>{rows}</table>")
 
 
-def head_roles_summary_html(roles: dict) -> str:
+def head_roles_summary_html(roles: HeadRoles) -> str:
     """Copy statistics, the too-few warning when it applies, and the role counts."""
     e = html.escape
-    cfg = roles.get("config", {})
-    flat = [lab for row in roles.get("labels", []) for lab in row]
+    flat = [lab for row in roles.labels for lab in row]
     counts = ", ".join(f"{flat.count(lab)} {e(lab)}" for lab in dict.fromkeys(flat))
-    text = (f"<p>Copy accuracy on the needle task: {roles['copy_accuracy']:.2f}"
-            + (f" ({int(roles['n_copied'])} of {int(roles['n_copy_steps'])} copy steps)" if "n_copied" in roles else "")
-            + f"; clean copy loss {roles['clean_copy_loss']:.3f} nats. Roles: {counts}. A head is labelled on "
-            f"the 95% interval's lower bound (retrieval: Wilson over copied steps; streaming: t over contexts).</p>")
+    text = (f"<p>Copy accuracy on the needle task: {roles.copy_accuracy:.2f} ({int(roles.n_copied)} of "
+            f"{int(roles.n_copy_steps)} copy steps); clean copy loss {roles.clean_copy_loss:.3f} nats. Roles: {counts}. "
+            "A head is labelled on the 95% interval's lower bound (retrieval: Wilson over copied steps; streaming: "
+            "t over contexts).</p>")
     warning = too_few_message(roles)
     if warning:
         text = f'<p class="error"><b>{e(warning)}</b></p>' + text

@@ -1,10 +1,37 @@
-"""Evaluate a finished SAE run: results.json, features.safetensors and (byte models) usefulness.
+"""Evaluate a trained SAE run: results.json (`SAERunResult`), features.safetensors and, on byte-level
+models, usefulness.json (sparse probing, absorption-style).
 
-`python -m workbench train-sae` calls this after training (unless --no-eval)."""
+Three callers, one computation (`evaluate_sae`):
+- `python -m workbench train-sae` after training, unless --no-eval (`evaluate_sae_run`);
+- the viewer, for a run trained with --no-eval (`evaluate_recorded_run`: the model, its tokenizer
+  and the text all come from the run's own config.json record);
+- the demo's SAE stage.
+Each step is a stage of a `BuildStatus` (what the viewer's page shows live) and a step of one
+tqdm bar.
+"""
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from tqdm.auto import tqdm
+
+from ..viewer.build_status import BuildStatus
+
+if TYPE_CHECKING:
+    from jaxtyping import Int
+    from torch import Tensor
+    from transformer_lens import HookedTransformer
+
+    from ..corpus import Tokenizer
+    from ..results import SAERunResult
+    from .model import SparseAutoencoder
+
+EVAL_STAGES = ("activations", "reconstruction", "CE loss and KL", "feature table", "usefulness", "results.json")
+DEFAULT_WINDOWS = 32  # held-out windows when the run does not say (train-sae's --eval-windows default)
 
 
 def load_text(path: str | None, text_field: str):
@@ -13,41 +40,125 @@ def load_text(path: str | None, text_field: str):
     return python_docs_corpus() if path is None else load_corpus(path, text_field)
 
 
-def evaluate_sae_run(out: str, model_name: str, corpus: str | None, text_field: str, n_windows: int) -> bool:
-    """results.json and features.safetensors for a finished SAE run, as the demo writes them, on
-    the corpus' validation split (its train split when that is shorter than a window). False, with
-    the reason printed, when the run's model cannot be loaded (e.g. a cache of synthetic vectors):
-    the SAE itself is saved either way."""
+def held_out_windows(text, tokenizer: Tokenizer, seq_len: int, n: int) -> tuple[str, Tensor]:
+    """`n` windows of the corpus' validation split (its train split when that is shorter than one
+    window), and which split it was."""
+    from ..corpus import corpus_stream, windows
+
+    try:
+        split, stream = "validation", corpus_stream(text, tokenizer, "validation", seq_len)
+    except ValueError:
+        split, stream = "train", corpus_stream(text, tokenizer, "train", seq_len)
+    return split, windows(stream, seq_len, bos_token_id=tokenizer.bos_token_id, n=n)
+
+
+class _Steps:
+    """One tqdm bar over the stages, and each stage marked in `status`."""
+
+    def __init__(self, skip: dict[str, str], status: BuildStatus | None, progress: bool):
+        self.status = status if status is not None else BuildStatus()
+        self.status.begin([(name, None) for name in EVAL_STAGES])
+        for name, reason in skip.items():
+            self.status.skip(name, reason)
+        self.bar = tqdm(total=len(EVAL_STAGES) - len(skip), desc="evaluate", disable=not progress)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.bar.set_description(f"evaluate: {name}")
+        with self.status.stage(name):
+            yield
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def evaluate_sae(run_dir: str | Path, model: HookedTransformer, sae: SparseAutoencoder, tokenizer: Tokenizer,
+                 tokens: Int[Tensor, "n seq"], *, model_name: str = "", split: str = "validation",
+                 probe_tokens: Int[Tensor, "m seq"] | None = None, status: BuildStatus | None = None,
+                 progress: bool = True) -> SAERunResult:
+    """Evaluate `sae` on held-out windows `tokens` (BOS first) and write the run's files; results.json
+    last, so a run counts as evaluated only once everything is there. Sparse probing and
+    absorption-style scores need byte-level text (their concepts are labelled on bytes): they run on
+    `probe_tokens` (default `tokens`) only when `tokenizer` is the byte tokenizer."""
     import torch
 
     from ..activations import ActivationBatch, capture
-    from ..corpus import ByteTokenizer, corpus_stream, windows
-    from ..models import load_model
+    from ..corpus import ByteTokenizer
+    from ..results import SAERunResult, write_results
     from ..runs import RunDir
-    from ..sae.evaluate import feature_table, reconstruction_metrics, splice_metrics
-    from ..sae.io import load_sae
+    from .evaluate import feature_table, reconstruction_metrics, splice_metrics
 
-    run, sae = RunDir(out), load_sae(out)
+    run, hook = RunDir(run_dir), sae.cfg.hook_name
+    byte_level = isinstance(tokenizer, ByteTokenizer)
+    skip = {} if byte_level else {"usefulness": "sparse probing's concepts are labelled on bytes: a byte-level model only"}
+    step = _Steps(skip, status, progress)
+    try:
+        with step("activations"):
+            acts = torch.cat([capture(model, chunk, hook)[0][:, 1:] for chunk in tokens.split(32)])  # BOS left out
+        with step("reconstruction"):
+            rec = reconstruction_metrics(sae, [ActivationBatch(acts.reshape(-1, acts.shape[-1]), None)])
+            del acts
+        with step("CE loss and KL"):
+            spl = splice_metrics(model, sae, hook, tokens)
+        with step("feature table"):
+            feature_table(model, sae, hook, tokens).save(run.file("features.safetensors"))
+        if byte_level:
+            with step("usefulness"):
+                from .probing import evaluate_usefulness
+                from .saebench_json import write_run_evals
+                probe = tokens if probe_tokens is None else probe_tokens
+                write_run_evals(run.path, evaluate_usefulness(model, sae, hook, probe,
+                                                              bos_token_id=tokenizer.bos_token_id),
+                                sae.cfg, model_name)
+        with step("results.json"):
+            result = SAERunResult.from_metrics(rec, spl, eval_split=split, eval_windows=len(tokens))
+            write_results(run, result)
+    finally:
+        step.close()
+    return result
+
+
+def evaluate_sae_run(out: str, model_name: str, corpus: str | None, text_field: str, n_windows: int) -> bool:
+    """train-sae's evaluation: `evaluate_sae` on `n_windows` held-out windows of the corpus. False,
+    with the reason printed, when the run's model cannot be loaded (e.g. a cache of synthetic
+    vectors): the SAE itself is saved either way."""
+    from ..models import load_model
+    from .io import load_sae
+
+    sae = load_sae(out)
     try:
         model, tok = load_model(model_name)
     except (RuntimeError, FileNotFoundError, ValueError) as e:
         print(f"train-sae: {out}/sae.safetensors is saved, but it was not evaluated: its model {model_name!r} "
               f"cannot be loaded ({e}). Pass --no-eval to skip evaluation.", file=sys.stderr)
         return False
-    seq, hook, text = min(128, model.cfg.n_ctx - 1), sae.cfg.hook_name, load_text(corpus, text_field)
-    try:
-        split, stream = "validation", corpus_stream(text, tok, "validation", seq)
-    except ValueError:
-        split, stream = "train", corpus_stream(text, tok, "train", seq)
-    val = windows(stream, seq, bos_token_id=tok.bos_token_id, n=n_windows)
-    acts = torch.cat([capture(model, chunk, hook)[0][:, 1:] for chunk in val.split(32)])  # BOS left out
-    rec = reconstruction_metrics(sae, [ActivationBatch(acts.reshape(-1, acts.shape[-1]), None)])
-    spl = splice_metrics(model, sae, hook, val)
-    feature_table(model, sae, hook, val).save(run.file("features.safetensors"))
-    if isinstance(tok, ByteTokenizer):  # the probing concepts are labelled on bytes
-        from ..sae.probing import evaluate_usefulness
-        from ..sae.saebench_json import write_run_evals
-        write_run_evals(out, evaluate_usefulness(model, sae, hook, val, bos_token_id=tok.bos_token_id), sae.cfg,
-                        model_name)
-    run.write_results({**rec, **spl, "eval_split": split, "eval_windows": len(val)})
+    split, val = held_out_windows(load_text(corpus, text_field), tok, min(128, model.cfg.n_ctx - 1), n_windows)
+    evaluate_sae(out, model, sae, tok, val, model_name=model_name, split=split)
     return True
+
+
+def evaluate_recorded_run(run_dir: str | Path, n_windows: int | None = None, status: BuildStatus | None = None,
+                          progress: bool = True) -> SAERunResult:
+    """Evaluate an SAE run from what it recorded (the viewer's "compute the evaluation"): its model
+    and tokenizer through `pretrained.model_for_run`, its corpus and text field from config.json,
+    `n_windows` (default: the run's recorded eval_windows, else 32) held-out windows."""
+    import json
+
+    from ..pretrained import model_for_run
+    from .io import load_sae
+
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    status = status if status is not None else BuildStatus()
+    status.begin([("model", None)] + [(name, None) for name in EVAL_STAGES])  # all shown from the start
+    with status.stage("model"):
+        sae = load_sae(run_dir)
+        model, tok = model_for_run(run_dir)
+        corpus = cfg.get("corpus")
+        text = load_text(None if corpus in (None, "python-docs") else corpus, cfg.get("text_field", "text"))
+        n = n_windows or cfg.get("eval_windows") or DEFAULT_WINDOWS
+        split, val = held_out_windows(text, tok, min(128, model.cfg.n_ctx - 1), n)
+    model_name = (cfg.get("model_source") or {}).get("model", sae.cfg.model_name)
+    return evaluate_sae(run_dir, model, sae, tok, val, model_name=model_name, split=split, status=status,
+                        progress=progress)

@@ -1,10 +1,13 @@
 """ipywidgets dashboards built on workbench.figures (the same builders as the viewer).
 
-Each dashboard keeps its current plotly figures in `.figures` (name → go.Figure) so code and
+Dashboards take the typed run results of workbench.results (what a run's results.json reads back
+as) or the probes' own result classes. Each dashboard keeps its current plotly figures in `.figures` (name → go.Figure) so code and
 tests can read what is shown; `.widget` is what a notebook displays.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import ipywidgets as W
 import plotly.graph_objects as go
@@ -14,6 +17,10 @@ from ..figures import evals as ef
 from ..figures import probes as pf
 from ..figures import sae as sf
 from ..sae.evaluate import FeatureTable, feature_on_text, features_matching
+
+if TYPE_CHECKING:
+    from ..probes.heads import HeadRoles
+    from ..results import ArrowRunResult, HeadsRunResult, SparsityRunResult
 
 
 class FigurePane:
@@ -117,19 +124,34 @@ class FeatureExplorer(_Dashboard):
         self.prompt_out.value = sf.prompt_html(ids, acts, self.tok) if ids else "<i>empty text</i>"
 
 
+def _roles(roles) -> tuple[HeadRoles, list[list[list[list[float]]]] | None, list[str] | None]:
+    """HeadRoles from a HeadsRunResult (with its first example's patterns), a HeadRoles, or its to_dict()."""
+    from ..probes.heads import HeadRoles
+    from ..results import HeadsRunResult, take
+    if isinstance(roles, HeadsRunResult):
+        ex = roles.examples[0] if roles.examples else None
+        return roles.roles, ex.patterns if ex else None, ex.tokens if ex else None
+    if isinstance(roles, dict):
+        return take(HeadRoles, roles, "roles"), None, None
+    return roles, None, None
+
+
 class HeadRoleMap(_Dashboard):
     """Layer × head retrieval/streaming heatmaps with their 95% intervals (roles decided on the
     lower bounds; a warning when too few steps were copied to label); choose a head to see its
-    attention pattern on the needle context."""
+    attention pattern on the needle context. `roles`: a HeadsRunResult (its first example gives the
+    patterns) or a HeadRoles with `patterns` [L][H][q][k] and `token_strs`."""
 
-    def __init__(self, roles: dict, patterns: list | None = None, token_strs: list[str] | None = None):
-        self.roles, self.patterns, self.token_strs = roles, patterns, token_strs or []
-        L, H = len(roles["retrieval"]), len(roles["retrieval"][0])
+    def __init__(self, roles: HeadsRunResult | HeadRoles, patterns: list | None = None,
+                 token_strs: list[str] | None = None):
+        self.roles, ex_patterns, ex_tokens = _roles(roles)
+        self.patterns, self.token_strs = patterns or ex_patterns, token_strs or ex_tokens or []
+        L, H = len(self.roles.retrieval), len(self.roles.retrieval[0])
         self.layer = W.Dropdown(options=list(range(L)), value=L - 1, description="layer")
         self.head = W.Dropdown(options=list(range(H)), value=0, description="head")
         self.role = W.HTML()
-        self.status = W.HTML(pf.head_roles_summary_html(roles))
-        self.panes = {"roles": FigurePane(pf.head_role_map(roles)), "causal": FigurePane(pf.causal_check(roles)),
+        self.status = W.HTML(pf.head_roles_summary_html(self.roles))
+        self.panes = {"roles": FigurePane(pf.head_role_map(self.roles)), "causal": FigurePane(pf.causal_check(self.roles)),
                       "attention": FigurePane(self._attention())}
         self.layer.observe(lambda _: self.update(), names="value")
         self.head.observe(lambda _: self.update(), names="value")
@@ -146,61 +168,56 @@ class HeadRoleMap(_Dashboard):
     def update(self) -> None:
         import html
         l, h, r = self.layer.value, self.head.value, self.roles
-
-        def ci(key):
-            return f" [{r[key][l][h][0]:.2f}, {r[key][l][h][1]:.2f}]" if r.get(key) else ""
-        hits = f" ({r['retrieval_hits'][l][h]}/{r['n_copied']} copied steps)" if r.get("retrieval_hits") else ""
-        self.role.value = (f"<b>{html.escape(r['labels'][l][h])}</b> · retrieval {r['retrieval'][l][h]:.2f}"
-                           f"{ci('retrieval_ci')}{hits} · streaming {r['streaming'][l][h]:.2f}{ci('streaming_ci')}")
+        hits = f" ({r.retrieval_hits[l][h]}/{r.n_copied} copied steps)"
+        self.role.value = (f"<b>{html.escape(r.labels[l][h])}</b> · retrieval {r.retrieval[l][h]:.2f}"
+                           f" [{r.retrieval_ci[l][h][0]:.2f}, {r.retrieval_ci[l][h][1]:.2f}]{hits} · streaming "
+                           f"{r.streaming[l][h]:.2f} [{r.streaming_ci[l][h][0]:.2f}, {r.streaming_ci[l][h][1]:.2f}]")
         self.panes["attention"].set(self._attention())
 
 
 class SparsityDashboard(_Dashboard):
     """Per-layer sparsity at a chosen training checkpoint (slider), and its emergence over training."""
 
-    def __init__(self, results: dict):
+    def __init__(self, results: SparsityRunResult):
         self.results = results
-        over = results.get("over_training", {})
-        steps = over.get("steps", [])
+        over = results.over_training
+        steps = over.steps if over is not None else []
         self.slider = W.SelectionSlider(options=steps or [0], value=(steps or [0])[-1], description="step",
                                         disabled=not steps)
         self.panes = {"layer": FigurePane(self._layer_fig()), "over": FigurePane(pf.sparsity_over_training(over)),
-                      "neurons": FigurePane(pf.neuron_frequencies(results.get("final", {}).get("neuron_freq", [])))}
+                      "neurons": FigurePane(pf.neuron_frequencies(results.final.neuron_freq))}
         self.slider.observe(lambda _: self.update(), names="value")
         self.update()
         self.widget = W.VBox([self.slider, W.HBox([self.panes["layer"].widget, self.panes["over"].widget]),
                               self.panes["neurons"].widget])
 
     def _layer_fig(self) -> go.Figure:
-        over = self.results.get("over_training", {})
-        if not over.get("steps"):
-            final = self.results.get("final", {})
-            return pf.sparsity_by_layer(final.get("active_frac", []), final.get("active_frac_std", []))
-        i = over["steps"].index(self.slider.value)
-        return pf.sparsity_by_layer(over["active_frac"][i], over["active_frac_std"][i], over.get("threshold", 0.0),
+        over = self.results.over_training
+        if over is None or not over.steps:
+            final = self.results.final
+            return pf.sparsity_by_layer(final.active_frac, final.active_frac_std, final.threshold)
+        i = over.steps.index(self.slider.value)
+        return pf.sparsity_by_layer(over.active_frac[i], over.active_frac_std[i], over.threshold,
                                     title=f"Step {self.slider.value}")
 
     def update(self) -> None:
         self.panes["layer"].set(self._layer_fig())
-        over = self.results.get("over_training", {})
-        if over.get("steps"):
-            self.panes["over"].set(pf.sparsity_over_training(over, over["steps"].index(self.slider.value)))
+        over = self.results.over_training
+        if over is not None and over.steps:
+            self.panes["over"].set(pf.sparsity_over_training(over, over.steps.index(self.slider.value)))
 
 
 class ArrowDashboard(_Dashboard):
     """Per dataset: the verdict, the gap over seeds with its seed-level interval beside the
     same-direction null, the window-level interval (named so), the gap over training and every
-    seed's loss curves. `results` is {"datasets": {name: ArrowResult.to_dict()}}; an older
-    single-pair result ({"gaps", "curves"}) shows its window interval only, without a verdict."""
+    seed's loss curves."""
 
-    def __init__(self, results: dict):
-        self.results = results
-        self.datasets = results.get("datasets")
-        names = list(self.datasets or results.get("curves", {}))
+    def __init__(self, results: ArrowRunResult):
+        self.results, self.datasets = results, results.datasets
+        names = list(self.datasets)
         self.dataset = W.Dropdown(options=names or ["(none)"], description="data", disabled=not names)
         self.table = W.HTML()
-        gaps = pf.arrow_gaps(self.datasets if self.datasets is not None else results.get("gaps", {}))
-        self.panes = {"gaps": FigurePane(gaps), "curves": FigurePane(self._curves()),
+        self.panes = {"gaps": FigurePane(pf.arrow_gaps(self.datasets)), "curves": FigurePane(self._curves()),
                       "over_training": FigurePane(self._over_training())}
         self.dataset.observe(lambda _: self.update(), names="value")
         self.update()
@@ -208,47 +225,38 @@ class ArrowDashboard(_Dashboard):
                               W.HBox([self.panes["over_training"].widget, self.panes["curves"].widget])])
 
     def _curves(self) -> go.Figure:
-        name = self.dataset.value
-        if self.datasets is not None:
-            c = self.datasets.get(name, {}).get("curves")
-            return pf.arrow_seed_curves(c, f"{name}: validation loss") if c else sf.empty_figure("no curves")
-        c = self.results.get("curves", {}).get(name)
-        return pf.arrow_curves(c, f"{name}: validation loss") if c else sf.empty_figure("no curves")
+        res = self.datasets.get(self.dataset.value)
+        if res is None or not res.curves:
+            return sf.empty_figure("no curves")
+        return pf.arrow_seed_curves(res.curves, f"{self.dataset.value}: validation loss")
 
     def _over_training(self) -> go.Figure:
-        res = (self.datasets or {}).get(self.dataset.value)
+        res = self.datasets.get(self.dataset.value)
         if res is None:
-            return sf.empty_figure("one seed only: no gap over training across seeds")
-        return pf.arrow_gap_over_training(res.get("over_training", {}), f"{self.dataset.value}: gap over training")
+            return sf.empty_figure("no data set")
+        return pf.arrow_gap_over_training(res.over_training, f"{self.dataset.value}: gap over training")
 
     def update(self) -> None:
         self.panes["curves"].set(self._curves())
         self.panes["over_training"].set(self._over_training())
-        if self.datasets is not None:
-            res = self.datasets.get(self.dataset.value)
-            self.table.value = pf.arrow_summary_html(self.dataset.value, res) if res else ""
-            return
-        g = self.results.get("gaps", {}).get(self.dataset.value)
-        self.table.value = (f"forward {g['loss_forward']:.4f}, backward {g['loss_backward']:.4f} nats/token; "
-                            f"gap {100 * g['gap']:+.2f}% (one seed: window-level 95% CI "
-                            f"{100 * g['gap_ci95'][0]:+.2f} to {100 * g['gap_ci95'][1]:+.2f}; no verdict "
-                            f"without seeds)") if g else ""
+        res = self.datasets.get(self.dataset.value)
+        self.table.value = pf.arrow_summary_html(self.dataset.value, res) if res else ""
 
 
 def load_demo_dashboards(root) -> dict:
-    """All four dashboards from a demo folder (see workbench.demo)."""
+    """All four dashboards from a demo folder (see workbench.demo), each from its run's typed results;
+    the feature explorer decodes with the SAE run's own tokenizer."""
     from pathlib import Path
 
-    from ..corpus import ByteTokenizer
-    from ..models import load_model_dir
-    from ..runs import RunDir
+    from ..pretrained import model_for_run
+    from ..results import read_results
     from ..sae.io import load_sae
+    from ..sae.saebench_json import read_run_evals
     root = Path(root)
-    read = lambda name: RunDir(root / name).read_results()  # noqa: E731
-    heads = read("probe-heads")
     sae_dir = root / "sae-topk"
-    model = load_model_dir(sae_dir)
-    return {"features": FeatureExplorer(FeatureTable.load(sae_dir / "features.safetensors"), ByteTokenizer(),
-                                        model=model, sae=load_sae(sae_dir)),
-            "heads": HeadRoleMap(heads, heads.get("example_patterns"), heads.get("example_tokens")),
-            "sparsity": SparsityDashboard(read("probe-sparsity")), "arrow": ArrowDashboard(read("probe-arrow"))}
+    model, tok = model_for_run(sae_dir)
+    return {"features": FeatureExplorer(FeatureTable.load(sae_dir / "features.safetensors"), tok, model=model,
+                                        sae=load_sae(sae_dir), evals=read_run_evals(sae_dir)),
+            "heads": HeadRoleMap(read_results(root / "probe-heads")),
+            "sparsity": SparsityDashboard(read_results(root / "probe-sparsity")),
+            "arrow": ArrowDashboard(read_results(root / "probe-arrow"))}

@@ -1,0 +1,125 @@
+"""The viewer's JSON APIs, as plain functions of the run store and the request's parameters: each
+returns a JSON-ready dict or raises `ApiError` (status and a message naming the file or argument at
+fault). server.py turns them into routes.
+
+    GET  /api/run/<name>/feature/<i>           one feature's contexts and figures
+    GET  /api/run/<name>/search?q=             features whose top context ends in q, or that promote it
+    POST /api/run/<name>/prompt                {"text": str, "feature": int}: the feature on your text
+    GET  /api/run/<name>/attention?layer=&head=[&example=]   a head's attention pattern (heads runs)
+    GET  /api/run/<name>/evaluate              the SAE run's evaluation state (evaluated, stages, bars)
+    POST /api/run/<name>/evaluate              start evaluating an SAE run that has none
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..figures import sae as sf
+from . import heads_page
+from .evaluation import Evaluations
+from .store import ApiError, RunError, RunStore
+
+
+def run_path(store: RunStore, name: str) -> Path:
+    d = store.path(name)
+    if d is None:
+        raise ApiError(404, "no such run")
+    return d
+
+
+def _table(store: RunStore, name: str):
+    run_path(store, name)
+    try:
+        return store.feature_table(name)
+    except RunError as e:
+        raise ApiError(500, str(e)) from e
+
+
+def _tokenizer(store: RunStore, name: str):
+    try:
+        return store.tokenizer(name)
+    except RunError as e:
+        raise ApiError(500, f"run {name!r}: {e}") from e
+
+
+def feature(store: RunStore, name: str, f: int) -> dict:
+    table = _table(store, name)
+    if not 0 <= f < len(table.density):
+        raise ApiError(404, f"feature must lie in [0, {len(table.density)})")
+    tok = _tokenizer(store, name)
+    figs = {"feat-hist": sf.feature_histogram(table, f), "feat-logits": sf.logit_effects(table, f, tok),
+            "feat-corr": sf.correlated_features(table, f)}
+    return {"feature": f, "contexts_html": sf.contexts_html(table, f, tok),
+            "figures": {k: json.loads(v.to_json()) for k, v in figs.items()}}
+
+
+def search(store: RunStore, name: str, q: str) -> dict:
+    from ..sae.evaluate import features_matching
+    table = _table(store, name)
+    return {"features": features_matching(table, _tokenizer(store, name).encode(q))}
+
+
+def prompt(store: RunStore, name: str, body: Any) -> dict:
+    """`body` is the parsed JSON body; ApiError(400) names what is wrong with it."""
+    d = run_path(store, name)
+    if not isinstance(body, dict) or set(body) != {"text", "feature"}:
+        raise ApiError(400, "expected a JSON object with exactly the keys text (str) and feature (int)")
+    text, f = body["text"], body["feature"]
+    if not isinstance(text, str):
+        raise ApiError(400, f"text must be a string, got {type(text).__name__}")
+    if not isinstance(f, int) or isinstance(f, bool):
+        raise ApiError(400, f"feature must be an integer, got {type(f).__name__}")
+    if not text:
+        raise ApiError(400, "text is empty")
+    if not (d / "sae.safetensors").exists():
+        raise ApiError(400, f"run {name!r} has no SAE (sae.safetensors is missing): the prompt API needs an SAE run")
+    try:
+        model, sae = store.model_and_sae(name)
+    except RunError as e:
+        raise ApiError(500, f"run {name!r}: {e}") from e
+    if not 0 <= f < sae.cfg.d_sae:
+        raise ApiError(400, f"feature must lie in [0, {sae.cfg.d_sae})")
+    from ..sae.evaluate import feature_on_text
+    tok = _tokenizer(store, name)
+    ids, acts = feature_on_text(model, sae, tok, text, f)
+    return {"html": sf.prompt_html(ids, acts, tok)}
+
+
+def attention(store: RunStore, name: str, query: dict) -> dict:
+    run_path(store, name)
+    try:
+        kind = store.kind(name)
+        if kind != heads_page.KIND:
+            raise ApiError(400, f"run {name!r} is a {kind!r} run, not a heads run: it has no attention patterns")
+        res = store.results(name)
+    except RunError as e:
+        raise ApiError(500, f"run {name!r}: {e}") from e
+    return heads_page.attention(name, res, query)
+
+
+def evaluation_state(store: RunStore, jobs: Evaluations, name: str) -> dict:
+    """{"evaluated": bool, "phase", "error", "stages"}: phase "idle" before any evaluation was started."""
+    run_path(store, name)
+    snap = jobs.snapshot(name) or {"phase": "idle", "error": None, "stages": []}
+    return {**snap, "evaluated": store.has_results(name) and not jobs.running(name)}
+
+
+def start_evaluation(store: RunStore, jobs: Evaluations, name: str) -> dict:
+    d = run_path(store, name)
+    try:
+        kind = store.kind(name)
+    except RunError as e:
+        raise ApiError(500, f"run {name!r}: {e}") from e
+    if kind != "sae":
+        raise ApiError(400, f"run {name!r} is a {kind!r} run: only SAE runs are evaluated from the viewer")
+    if not (d / "sae.safetensors").exists():
+        raise ApiError(400, f"run {name!r} has no sae.safetensors: its training has not finished")
+    if store.has_results(name):
+        raise ApiError(409, f"run {name!r} is already evaluated (results.json exists)")
+    try:
+        snap = jobs.start(name, d)
+    except RuntimeError as e:
+        raise ApiError(409, str(e)) from e
+    return {**snap, "evaluated": False}
