@@ -1,0 +1,163 @@
+"""Streaming attention for chosen heads: sink + recent window, an optional RazorAttention
+compensation token, and DuoAttention's per-head mix of full and streaming attention.
+
+Everything happens on `attn.hook_attn_scores` (read) and `attn.hook_pattern` (replaced), so it
+works on any HookedTransformer whose pattern is a plain softmax of its scores:
+
+- **Streaming** (StreamingLLM): a query at position t keeps the keys j < `sink` and
+  t - `window` < j ≤ t, with the softmax renormalised over those keys alone.
+- **Compensation token** (RazorAttention, Tang et al. 2024, eqs. 4-5): the m_t dropped keys and
+  values of query t are replaced by their means k̂ = mean k_j, v̂ = mean v_j, and the head attends
+  to kept ∪ {k̂}: out = (Σ_kept e^{s_j} v_j + w e^{ŝ} v̂) / (Σ_kept e^{s_j} + w e^{ŝ}), with
+  ŝ = q·k̂ / attn_scale and w = m_t (`comp_weight="count"`, the paper's equation: the token
+  stands for m_t keys) or w = 1 (`"one"`: a single extra key in the softmax). Since q·k̂ is linear
+  in k, ŝ is the mean of the dropped scores; and since v̂ is linear in v, the token's weight can be
+  spread evenly over the dropped positions — the output is still `pattern @ v`, no extra key needed.
+- **Gate** (DuoAttention, Xiao et al. 2024): pattern = α·full + (1 - α)·streaming per head. z is
+  linear in the pattern, so this mixes the head's outputs, and it is differentiable in α.
+
+Not supported (clear error): learned attention sinks (GPT-OSS: rows do not sum to 1); with the
+compensation token also ALiBi, relative position bias and score soft-capping, where a score is not
+q·k / scale and the mean score is not q·k̂.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from .heads import sink_window_region
+
+CompWeight = Literal["count", "one"]
+Hook = tuple[str, Callable]
+
+
+def check_supported(model: HookedTransformer, compensation: bool = False) -> None:
+    """Raise a ValueError naming the config field when the restriction would be wrong for `model`."""
+    cfg = model.cfg
+    if getattr(cfg, "use_attention_sinks", False):
+        raise ValueError("model.cfg.use_attention_sinks=True: pattern rows do not sum to 1, so a "
+                         "renormalised sink+window pattern is not defined; not supported")
+    if cfg.attention_dir != "causal":
+        raise ValueError(f"model.cfg.attention_dir={cfg.attention_dir!r}: streaming attention needs a causal model")
+    if compensation:
+        if cfg.positional_embedding_type in ("alibi", "relative_positional_bias"):
+            raise ValueError(f"compensation=True needs scores = q·k/scale; model.cfg.positional_embedding_type="
+                             f"{cfg.positional_embedding_type!r} adds a bias, so the mean score is not q·k̂")
+        if getattr(cfg, "attn_scores_soft_cap", -1.0) not in (None, -1.0, 0.0):
+            raise ValueError("compensation=True is not defined under attention score soft-capping "
+                             f"(model.cfg.attn_scores_soft_cap={cfg.attn_scores_soft_cap})")
+
+
+def _check_window(sink: int, window: int) -> None:
+    if sink < 0:
+        raise ValueError(f"sink must be >= 0, got {sink}")
+    if window < 1:
+        raise ValueError(f"window must be >= 1 (the query's own position), got {window}")
+
+
+def streaming_pattern(scores: Float[Tensor, "b h q k"], sink: int, window: int, *, compensation: bool = False,
+                      comp_weight: CompWeight = "count") -> Float[Tensor, "b h q k"]:
+    """The attention pattern of a head restricted to sink + window, from its pre-softmax scores
+    (causally masked with -inf, as at `hook_attn_scores`). With `compensation`, the
+    RazorAttention token's weight is spread evenly over the dropped positions (module docstring)."""
+    _check_window(sink, window)
+    if comp_weight not in ("count", "one"):
+        raise ValueError(f"comp_weight must be 'count' or 'one', got {comp_weight!r}")
+    q_len, k_len = scores.shape[-2:]
+    if q_len != k_len:
+        raise ValueError(f"scores: expected square [.., q, k] (no KV cache offset), got q={q_len}, k={k_len}")
+    kept = sink_window_region(k_len, sink, window, scores.device)
+    kept_scores = scores.masked_fill(~kept, float("-inf"))
+    if not compensation:
+        return torch.softmax(kept_scores, dim=-1)
+    causal = torch.ones(k_len, k_len, dtype=torch.bool, device=scores.device).tril()
+    dropped = causal & ~kept  # [q, k]
+    m = dropped.sum(-1).to(scores.dtype)  # dropped keys per query
+    mean_score = scores.masked_fill(~dropped, 0.0).sum(-1) / m.clamp_min(1)  # ŝ = q·k̂ / scale
+    log_w = m.clamp_min(1).log() if comp_weight == "count" else torch.zeros_like(m)
+    comp_logit = torch.where(m > 0, mean_score + log_w, torch.full_like(mean_score, float("-inf")))
+    lse = torch.logsumexp(torch.cat([kept_scores, comp_logit[..., None]], dim=-1), dim=-1, keepdim=True)
+    kept_p = torch.exp(kept_scores - lse)
+    comp_p = torch.exp(comp_logit[..., None] - lse) / m.clamp_min(1)[:, None]  # per dropped key
+    return kept_p + comp_p * dropped.to(scores.dtype)
+
+
+def gate_hooks(model: HookedTransformer, alpha: Float[Tensor, "L H"], sink: int, window: int, *,
+               compensation: bool = False, comp_weight: CompWeight = "count") -> list[Hook]:
+    """Hooks making head (l, h) attend with α[l, h]·full + (1 - α[l, h])·streaming.
+
+    α = 1 leaves a head untouched; layers whose α is all ones and does not require grad get no
+    hooks. Use as `with model.hooks(fwd_hooks=gate_hooks(...)): ...`."""
+    check_supported(model, compensation)
+    _check_window(sink, window)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if tuple(alpha.shape) != (L, H):
+        raise ValueError(f"alpha: expected shape [n_layers={L}, n_heads={H}], got {tuple(alpha.shape)}")
+    hooks: list[Hook] = []
+    for layer in range(L):
+        a = alpha[layer]
+        if not a.requires_grad and bool((a == 1).all()):
+            continue
+        store: dict[str, Tensor] = {}
+
+        def save_scores(scores, hook, store=store):
+            store["scores"] = scores
+
+        def mix(pattern, hook, store=store, a=a):
+            scores = store.pop("scores")
+            stream = streaming_pattern(scores, sink, window, compensation=compensation, comp_weight=comp_weight)
+            w = a.to(pattern.dtype)[None, :, None, None]
+            return w * pattern + (1 - w) * stream.to(pattern.dtype)
+
+        hooks += [(f"blocks.{layer}.attn.hook_attn_scores", save_scores), (f"blocks.{layer}.attn.hook_pattern", mix)]
+    return hooks
+
+
+def keep_full_hooks(model: HookedTransformer, keep: Bool[Tensor, "L H"], sink: int, window: int, *,
+                    compensation: bool = False, comp_weight: CompWeight = "count") -> list[Hook]:
+    """Heads in `keep` attend fully, every other head on sink + window (+ compensation token)."""
+    return gate_hooks(model, keep.to(torch.float32), sink, window, compensation=compensation,
+                      comp_weight=comp_weight)
+
+
+def kv_fraction(keep: Bool[Tensor, "L H"], T: int, sink: int, window: int, *, compensation: bool = False,
+                n_kv_heads: int | None = None) -> float:
+    """KV-cache size implied by `keep` at context length T, as a fraction of all heads full.
+
+    A full head keeps T keys, a streaming head min(T, sink + window), plus 1 for the compensation
+    token when it stands for at least one dropped key (T > sink + window). With grouped-query
+    attention (`n_kv_heads` < n_heads) the cache is per KV head: a group's cache is full as soon as
+    one of its query heads is full."""
+    _check_window(sink, window)
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    keep = torch.as_tensor(keep, dtype=torch.bool)
+    L, H = keep.shape
+    if n_kv_heads is not None and n_kv_heads != H:
+        if n_kv_heads < 1 or H % n_kv_heads:
+            raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={H}")
+        keep = keep.view(L, n_kv_heads, H // n_kv_heads).any(-1)
+    n_full = int(keep.sum())
+    n_stream = keep.numel() - n_full
+    short = min(T, sink + window) + (1 if compensation and T > sink + window else 0)
+    return (n_full * T + n_stream * short) / (keep.numel() * T)
+
+
+def n_kv_heads(model: HookedTransformer) -> int | None:
+    """The model's KV heads when it uses grouped-query attention, else None."""
+    n = getattr(model.cfg, "n_key_value_heads", None)
+    return None if n is None or n == model.cfg.n_heads else int(n)
+
+
+def attn_scale(model: HookedTransformer, layer: int) -> float:
+    """What layer `layer` divides q·k by (for float64 reference computations in tests)."""
+    return float(model.blocks[layer].attn.attn_scale)
+
+
+__all__ = ["check_supported", "streaming_pattern", "gate_hooks", "keep_full_hooks", "kv_fraction", "n_kv_heads",
+           "attn_scale"]

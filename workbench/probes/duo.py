@@ -1,0 +1,252 @@
+"""DuoAttention's gates (Xiao et al. 2024): which heads need full attention, found by optimisation.
+
+Every head gets a gate α ∈ [0, 1] (init 1) that mixes its full attention with its sink + window
+attention (`attention_restrict.gate_hooks`). With the model frozen, the gates minimise
+
+    distance + lam · mean|α|,   distance = mean over contexts and answer positions of
+                                ‖h_full − h_gated‖² (final residual stream, summed over d_model)
+
+on synthetic passkey contexts: a needle ("The pass key is 48213.") at a random depth inside a
+natural-text haystack, and the question at the end, teacher-forced with its answer. The answer
+positions are the queries whose next token is an answer token (the last question token and all
+answer tokens but the last): the hidden states that must carry the retrieved key. After each Adam
+step α is clamped back to [0, 1]. A head whose α stays high is a retrieval head; a head whose α
+falls to 0 works as well on sink + window (a streaming head).
+
+The paper averages the squared distance over sequences and sums it over the supervised positions;
+here it is also averaged over positions so that `lam` does not change meaning with the key length.
+The paper's λ = 0.05 was set against Llama's final hidden states (after the last RMSNorm); the
+residual stream before `ln_final` has a model-dependent scale (on the default model the "sum"
+distance is so large that every gate stays above 0.99), so by default (`distance="relative"`) the
+distance is divided by the full states' mean ‖h_full‖², which makes λ scale-free.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from .attention_restrict import check_supported, gate_hooks
+
+
+@dataclass(frozen=True)
+class PasskeyConfig:
+    """Layout of a synthetic passkey context: [BOS] haystack · needle · haystack · question + answer."""
+
+    seq_len: int = 128  # tokens per context, BOS included; must be <= the model's n_ctx
+    key_len: int = 5  # answer tokens (digits with a tokenizer, random tokens without one)
+    needle_prefix: str = " The pass key is "  # text before the key inside the needle
+    needle_suffix: str = ". "  # text after the key inside the needle
+    question: str = " What is the pass key? The pass key is "  # at the end, followed by the answer
+    depth: tuple[float, float] = (0.1, 0.9)  # the needle starts at this share of the haystack, uniform
+    # Without a tokenizer (models whose vocabulary is not text): the needle prefix and the question
+    # are the same `random_prefix_len` random tokens, the key `key_len` random tokens, all from
+    # `token_range` [lo, hi) (None: every id but BOS).
+    random_prefix_len: int = 4
+    token_range: tuple[int, int] | None = None
+
+
+class PasskeyBatch(NamedTuple):
+    tokens: Int[Tensor, "b T"]
+    answer_pos: Int[Tensor, "b k"]  # query positions whose next token is answer[:, i]
+    answer: Int[Tensor, "b k"]  # the key's tokens
+    needle_pos: Int[Tensor, "b"]  # where the needle starts
+
+
+def _token_range(vocab: int, bos: int | None, cfg: PasskeyConfig) -> tuple[int, int]:
+    if cfg.token_range is not None:
+        return cfg.token_range
+    return (0, vocab - 1) if bos == vocab - 1 else (0, vocab)
+
+
+def passkey_batch(n: int, cfg: PasskeyConfig, haystack: Int[Tensor, "n_tokens"], *, bos: int | None,
+                  tokenizer=None, vocab: int | None = None, seed: int = 0) -> PasskeyBatch:
+    """`n` passkey contexts with haystack text cut from random offsets of the `haystack` stream.
+
+    With a `tokenizer` (anything with `encode(str) -> list[int]`) the needle and question are text
+    and the key is `key_len` random digits, each part encoded on its own and concatenated as token
+    lists, so the key is the same tokens in the needle and in the answer. Without one, `vocab`
+    is required and the parts are random tokens (see `PasskeyConfig`)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if haystack.ndim != 1:
+        raise ValueError(f"haystack: expected a 1-D token stream, got shape {tuple(haystack.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    prefix = 1 if bos is not None else 0
+    rows, ans_pos, answers, needle_pos = [], [], [], []
+    for _ in range(n):
+        if tokenizer is not None:
+            digits = torch.randint(0, 10, (cfg.key_len,), generator=gen).tolist()
+            key = []
+            for d in digits:
+                key += tokenizer.encode(str(d))
+            head, tail = tokenizer.encode(cfg.needle_prefix), tokenizer.encode(cfg.needle_suffix)
+            question = tokenizer.encode(cfg.question)
+        else:
+            if vocab is None:
+                raise ValueError("vocab: required without a tokenizer (random-token passkeys)")
+            lo, hi = _token_range(vocab, bos, cfg)
+            head = torch.randint(lo, hi, (cfg.random_prefix_len,), generator=gen).tolist()
+            key = torch.randint(lo, hi, (cfg.key_len,), generator=gen).tolist()
+            tail, question = [], head
+        needle = head + key + tail
+        n_hay = cfg.seq_len - prefix - len(needle) - len(question) - len(key)
+        if n_hay < 2:
+            raise ValueError(f"seq_len={cfg.seq_len} leaves no haystack for a needle of {len(needle)}, a question "
+                             f"of {len(question)} and a key of {len(key)} tokens")
+        if len(haystack) < n_hay:
+            raise ValueError(f"haystack has {len(haystack)} tokens, fewer than the {n_hay} a context needs")
+        start = int(torch.randint(0, len(haystack) - n_hay + 1, (1,), generator=gen))
+        hay = haystack[start: start + n_hay].tolist()
+        lo_d, hi_d = cfg.depth
+        depth = lo_d + (hi_d - lo_d) * float(torch.rand(1, generator=gen))
+        cut = int(round(depth * n_hay))
+        row = ([bos] if bos is not None else []) + hay[:cut] + needle + hay[cut:] + question + key
+        first_answer = len(row) - len(key)
+        rows.append(row)
+        ans_pos.append(list(range(first_answer - 1, len(row) - 1)))
+        answers.append(key)
+        needle_pos.append(prefix + cut)
+    lengths = {len(a) for a in answers}
+    if len(lengths) > 1:  # a tokenizer that merges digits differently per key
+        raise ValueError("the tokenizer encodes keys of different token lengths; not supported")
+    return PasskeyBatch(torch.tensor(rows), torch.tensor(ans_pos), torch.tensor(answers), torch.tensor(needle_pos))
+
+
+@dataclass(frozen=True)
+class DuoConfig:
+    """DuoAttention gate optimisation on synthetic passkey contexts."""
+
+    n_contexts: int = 64  # passkey contexts drawn once; each step uses `batch_size` of them
+    batch_size: int = 16  # contexts per optimisation step
+    steps: int = 300  # Adam steps
+    lr: float = 0.02  # Adam learning rate (the paper's)
+    lam: float = 0.05  # weight of the mean |α| penalty (the paper's λ)
+    sink: int = 1  # first positions every streaming head keeps (BOS here; the paper: 64 tokens at scale)
+    window: int = 4  # most recent positions, the query included (the paper: 256 at scale)
+    # "sum": mean over answer positions of ‖h_full − h_gated‖² (the paper's form); "relative": that
+    # divided by the full states' mean ‖h_full‖² (scale-free, so lam means the same on any model)
+    distance: str = "relative"
+    log_every: int = 5  # α of every head is recorded every this many steps (the head's gate curve)
+    seed: int = 0  # contexts and batch order
+    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
+
+
+@dataclass
+class DuoResult:
+    alphas: list[list[float]]  # [L][H] final gates: 1 = needs full attention, 0 = streaming suffices
+    steps: list[int]  # 1..steps
+    loss: list[float]  # per step: distance + lam · mean|α|
+    distance: list[float]  # per step: mean ‖h_full − h_gated‖² on the answer positions
+    penalty: list[float]  # per step: lam · mean|α|
+    trajectory_steps: list[int]  # steps at which the gates were recorded (0 = the init)
+    trajectory: list[list[list[float]]]  # [n_records][L][H]
+    seconds: float  # wall time of the optimisation
+    config: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DuoResult":
+        return cls(**d)
+
+    def head_curve(self, layer: int, head: int) -> tuple[list[int], list[float]]:
+        """One head's gate over the optimisation (the explorer's "gate training curve")."""
+        return self.trajectory_steps, [a[layer][head] for a in self.trajectory]
+
+
+def default_haystack() -> tuple[Tensor, object, int]:
+    """The default model's training stream, tokenizer and BOS."""
+    from ..models import default_data
+    data = default_data()
+    return data.train, data.tokenizer, data.tokenizer.bos_token_id
+
+
+def _final_resid(model: HookedTransformer, tokens: Tensor) -> Tensor:
+    return model(tokens, stop_at_layer=model.cfg.n_layers)  # = blocks.{L-1}.hook_resid_post
+
+
+def duo_gates(model: HookedTransformer, cfg: DuoConfig = DuoConfig(), *, haystack: Tensor | None = None,
+              bos: int | None = None, tokenizer=None, progress: bool = True) -> DuoResult:
+    """Optimise one gate per head (module docstring). `haystack` None: the default model's corpus
+    (byte tokenizer, BOS 256); otherwise pass the model's token stream, its `bos` and, for text
+    models, its `tokenizer` (without one the needle and key are random tokens)."""
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.n_contexts < cfg.batch_size:
+        raise ValueError(f"need steps >= 1 and 1 <= batch_size <= n_contexts; got steps={cfg.steps}, "
+                         f"batch_size={cfg.batch_size}, n_contexts={cfg.n_contexts}")
+    if cfg.lam < 0 or cfg.lr <= 0 or cfg.log_every < 1:
+        raise ValueError(f"need lam >= 0, lr > 0, log_every >= 1; got {cfg.lam}, {cfg.lr}, {cfg.log_every}")
+    if cfg.distance not in ("sum", "relative"):
+        raise ValueError(f"distance must be 'sum' or 'relative', got {cfg.distance!r}")
+    if cfg.passkey.seq_len > model.cfg.n_ctx:
+        raise ValueError(f"passkey.seq_len={cfg.passkey.seq_len} exceeds the model's n_ctx={model.cfg.n_ctx}")
+    check_supported(model)
+    if haystack is None:
+        haystack, tokenizer, bos = default_haystack()
+    batch = passkey_batch(cfg.n_contexts, cfg.passkey, haystack, bos=bos, tokenizer=tokenizer,
+                          vocab=model.cfg.d_vocab, seed=cfg.seed)
+    device = next(model.parameters()).device
+    tokens, pos = batch.tokens.to(device), batch.answer_pos.to(device)
+    rows = torch.arange(len(tokens), device=device)[:, None]
+    model.eval()
+    with torch.no_grad():  # the full model's answer states, once
+        target = torch.cat([_final_resid(model, t)[rows[: len(t)], p] for t, p in
+                            zip(tokens.split(cfg.batch_size), pos.split(cfg.batch_size))])
+
+    # "relative": the distance in units of the full states' mean squared norm, so that lam weighs
+    # the same against it whatever the residual stream's scale
+    scale = float(target.pow(2).sum(-1).mean()) if cfg.distance == "relative" else 1.0
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    alpha = torch.ones(L, H, dtype=torch.float32, device=device, requires_grad=True)
+    opt = torch.optim.Adam([alpha], lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    order = torch.empty(0, dtype=torch.long)
+    hist = {"loss": [], "distance": [], "penalty": []}
+    traj_steps, traj = [0], [alpha.detach().cpu().tolist()]
+    frozen = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    start = time.perf_counter()
+    try:
+        for step in tqdm(range(1, cfg.steps + 1), desc="duo gates", disable=not progress):
+            if len(order) < cfg.batch_size:
+                order = torch.cat([order, torch.randperm(cfg.n_contexts, generator=gen)])
+            idx, order = order[: cfg.batch_size].to(device), order[cfg.batch_size:]
+            with model.hooks(fwd_hooks=gate_hooks(model, alpha, cfg.sink, cfg.window)):
+                resid = _final_resid(model, tokens[idx])
+            h = resid[torch.arange(len(idx), device=device)[:, None], pos[idx]]
+            distance = (h - target[idx]).pow(2).sum(-1).mean() / scale
+            penalty = cfg.lam * alpha.abs().mean()
+            loss = distance + penalty
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                alpha.clamp_(0.0, 1.0)
+            hist["loss"].append(loss.item())
+            hist["distance"].append(distance.item())
+            hist["penalty"].append(penalty.item())
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                traj_steps.append(step)
+                traj.append(alpha.detach().cpu().tolist())
+    finally:
+        for p, g in zip(model.parameters(), frozen):
+            p.requires_grad_(g)
+    return DuoResult(alphas=alpha.detach().cpu().tolist(), steps=list(range(1, cfg.steps + 1)), **hist,
+                     trajectory_steps=traj_steps, trajectory=traj, seconds=time.perf_counter() - start,
+                     config=asdict(cfg))
+
+
+def passkey_accuracy(logits: Float[Tensor, "b T V"], batch: PasskeyBatch) -> tuple[float, float]:
+    """(share of contexts whose every answer token is the argmax, share of answer tokens that are)."""
+    rows = torch.arange(len(batch.tokens), device=logits.device)[:, None]
+    hit = logits[rows, batch.answer_pos.to(logits.device)].argmax(-1) == batch.answer.to(logits.device)
+    return float(hit.all(-1).double().mean()), float(hit.double().mean())

@@ -1,0 +1,234 @@
+"""The KV-cache trade-off that DuoAttention and RazorAttention exist for: rank the heads by a
+detector, keep full attention on the top x% and sink + window (optionally + RazorAttention's
+compensation token) on the rest, and measure what breaks.
+
+For every ranking and x in `fractions` the top round(x% · n_heads) heads stay full (ties broken
+by the lower flat index l·H + h), and three things are measured on fixed contexts of `seq_len`:
+- needle copy accuracy: the argmax prediction at the copy steps of `heads.make_contexts`' needle
+  contexts (random tokens; what a retrieval head is for);
+- passkey accuracy: share of `duo.passkey_batch` contexts whose every answer token is the argmax
+  (and the share of answer tokens), haystack from held-out text;
+- natural-text loss: mean next-token loss on consecutive held-out windows;
+and the KV cache that choice implies at T = seq_len (`attention_restrict.kv_fraction`).
+The baseline is `n_random` uniformly random rankings: their mean and min-max band. A detector is
+useful where its curve lies outside the band (above for accuracy, below for loss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from .attention_restrict import check_supported, keep_full_hooks, kv_fraction, n_kv_heads
+from .duo import PasskeyConfig, passkey_accuracy, passkey_batch
+from .heads import HeadRoleConfig, copy_steps, make_contexts
+
+METRICS = ("needle_acc", "passkey_acc", "passkey_token_acc", "text_loss")
+LOWER_IS_BETTER = {"text_loss"}
+
+
+@dataclass(frozen=True)
+class TradeoffConfig:
+    """Head fractions, the streaming restriction and the evaluation contexts of the trade-off curve."""
+
+    fractions: tuple[float, ...] = (0, 10, 25, 50, 75, 100)  # % of heads kept full
+    sink: int = 1  # first positions a streaming head keeps
+    window: int = 4  # most recent positions a streaming head keeps (query included)
+    compensation: bool = False  # streaming heads also attend to RazorAttention's compensation token
+    comp_weight: str = "count"  # the token's softmax weight: "count" (× dropped keys, the paper) or "one"
+    n_random: int = 5  # random rankings for the baseline band
+    seq_len: int = 128  # tokens per context (BOS included) = the T of the KV fraction; <= n_ctx
+    n_needle: int = 32  # needle contexts
+    needle_len: int = 10  # needle tokens
+    n_passkey: int = 32  # passkey contexts
+    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)  # its seq_len is replaced by seq_len
+    n_text: int = 32  # held-out text windows
+    token_range: tuple[int, int] | None = None  # needle token ids (see HeadRoleConfig.token_range)
+    seed: int = 0  # contexts and random rankings
+
+
+@dataclass
+class TradeoffResult:
+    fractions: list[float]  # % of heads kept full
+    n_full: list[int]  # heads kept full at each fraction
+    kv_fraction: list[float]  # KV cache kept / all heads full, at T = seq_len (MHA; GQA: see curves)
+    curves: dict[str, dict[str, list[float]]]  # ranking -> metric (+ "kv_fraction") -> one value per fraction
+    random_curves: list[dict[str, list[float]]]  # one per random seed
+    random_band: dict[str, dict[str, list[float]]]  # metric -> {"mean", "min", "max"} per fraction
+    rankings: dict[str, list[list[float]]]  # the scores [L][H] each curve was built from
+    seq_len: int
+    config: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TradeoffResult":
+        return cls(**d)
+
+    def beats_random(self, name: str, metric: str = "needle_acc", pct: float = 25) -> bool:
+        """Whether ranking `name` lies outside the random band (all seeds) at `pct`% heads full:
+        above its max for accuracies, below its min for the loss."""
+        if name not in self.curves:
+            raise ValueError(f"name: no ranking {name!r}; have {sorted(self.curves)}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if pct not in self.fractions:
+            raise ValueError(f"pct={pct} is not one of the measured fractions {self.fractions}")
+        i = self.fractions.index(pct)
+        v = self.curves[name][metric][i]
+        if metric in LOWER_IS_BETTER:
+            return v < self.random_band[metric]["min"][i]
+        return v > self.random_band[metric]["max"][i]
+
+
+def n_full_heads(pct: float, n_heads: int) -> int:
+    """round(pct% · n_heads), halves rounded up (25% of 2 heads = 1, not banker's 0)."""
+    if not 0 <= pct <= 100:
+        raise ValueError(f"fractions: each must lie in [0, 100], got {pct}")
+    return int(math.floor(pct / 100 * n_heads + 0.5 + 1e-9))
+
+
+def keep_top(scores: Float[Tensor, "L H"], n_full: int) -> Bool[Tensor, "L H"]:
+    """The `n_full` highest-scoring heads (ties: the lower flat index l·H + h first)."""
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    if not 0 <= n_full <= scores.numel():
+        raise ValueError(f"n_full must lie in [0, {scores.numel()}], got {n_full}")
+    flat = scores.flatten().tolist()
+    order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+    keep = torch.zeros(len(flat), dtype=torch.bool)
+    keep[order[:n_full]] = True
+    return keep.view(scores.shape)
+
+
+def _get(obj, name):
+    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
+
+
+def standard_rankings(roles=None, duo=None, razor=None) -> dict[str, list[list[float]]]:
+    """Every ranking the available results give (higher = keep full):
+    `roles` (heads.HeadRoles or its dict): "retrieval" (Wu et al.), "streaming_reversed"
+    (1 − streaming mass), "tl_induction" (TransformerLens induction detector), "causal_delta_loss"
+    (copy-loss increase under sink + window); `duo` (DuoResult or dict): "duo_alpha";
+    `razor` (RazorResult or dict): "razor" (protected heads first, then by induction score)."""
+    out: dict[str, list[list[float]]] = {}
+    if roles is not None:
+        out["retrieval"] = _get(roles, "retrieval")
+        out["streaming_reversed"] = [[1.0 - s for s in row] for row in _get(roles, "streaming")]
+        out["tl_induction"] = _get(roles, "tl_scores")["induction"]
+        out["causal_delta_loss"] = _get(roles, "delta_loss")
+    if duo is not None:
+        out["duo_alpha"] = _get(duo, "alphas")
+    if razor is not None:
+        r = razor if not isinstance(razor, dict) else _razor_from_dict(razor)
+        out["razor"] = r.ranking()
+    return out
+
+
+def _razor_from_dict(d: dict):
+    from .razor import RazorResult
+    return RazorResult.from_dict(d)
+
+
+def _text_windows(stream: Tensor, seq_len: int, n: int, bos: int | None) -> Tensor:
+    """`n` consecutive non-overlapping windows of seq_len tokens (BOS first when there is one)."""
+    body = seq_len - (1 if bos is not None else 0)
+    count = min(n, len(stream) // body)
+    if count < 1:
+        raise ValueError(f"text has {len(stream)} tokens, fewer than one window of {body}")
+    seqs = stream[: count * body].view(count, body)
+    if bos is not None:
+        seqs = torch.cat([torch.full((count, 1), bos, dtype=seqs.dtype), seqs], dim=1)
+    return seqs
+
+
+def tradeoff_curve(model: HookedTransformer, rankings: dict[str, list[list[float]]],
+                   cfg: TradeoffConfig = TradeoffConfig(), *, bos: int | None = None, haystack: Tensor | None = None,
+                   text: Tensor | None = None, tokenizer=None, progress: bool = True) -> TradeoffResult:
+    """The trade-off curve of every ranking plus the random band (module docstring).
+
+    `haystack` (passkey filler) and `text` (loss windows) are held-out token streams; both None:
+    the default corpus' validation split, its byte tokenizer and BOS. `text` None with a haystack
+    given: the haystack. Without a `tokenizer` the passkeys are random tokens."""
+    check_supported(model, cfg.compensation)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    for name, scores in rankings.items():
+        if tuple(torch.as_tensor(scores).shape) != (L, H):
+            raise ValueError(f"rankings[{name!r}]: expected [n_layers={L}][n_heads={H}], "
+                             f"got shape {tuple(torch.as_tensor(scores).shape)}")
+    if cfg.n_random < 2:
+        raise ValueError(f"n_random must be >= 2 for a band, got {cfg.n_random}")
+    if cfg.seq_len > model.cfg.n_ctx:
+        raise ValueError(f"seq_len={cfg.seq_len} exceeds the model's n_ctx={model.cfg.n_ctx}")
+    n_full = [n_full_heads(p, L * H) for p in cfg.fractions]
+    if haystack is None:
+        from ..models import default_data
+        data = default_data()
+        haystack, tokenizer, bos = data.validation, data.tokenizer, data.tokenizer.bos_token_id
+    text = haystack if text is None else text
+    device = next(model.parameters()).device
+
+    needle = make_contexts(model, HeadRoleConfig(n_contexts=cfg.n_needle, seq_len=cfg.seq_len,
+                                                 needle_len=cfg.needle_len, token_range=cfg.token_range,
+                                                 seed=cfg.seed), bos)
+    q, _ = copy_steps(needle)
+    needle_tokens, needle_targets = needle.tokens.to(device), needle.tokens[:, q + 1].to(device)
+    pk_cfg = PasskeyConfig(**{**asdict(cfg.passkey), "seq_len": cfg.seq_len})
+    pk = passkey_batch(cfg.n_passkey, pk_cfg, haystack, bos=bos, tokenizer=tokenizer, vocab=model.cfg.d_vocab,
+                       seed=cfg.seed)
+    pk_tokens = pk.tokens.to(device)
+    windows = _text_windows(text, cfg.seq_len, cfg.n_text, bos).to(device)
+
+    cache: dict[tuple, dict[str, float]] = {}
+
+    @torch.no_grad()
+    def measure(keep: Tensor) -> dict[str, float]:
+        key = tuple(keep.flatten().tolist())
+        if key not in cache:
+            with model.hooks(fwd_hooks=keep_full_hooks(model, keep, cfg.sink, cfg.window,
+                                                       compensation=cfg.compensation, comp_weight=cfg.comp_weight)):
+                logits = model(needle_tokens)
+                needle_acc = float((logits[:, q].argmax(-1) == needle_targets).double().mean())
+                pk_acc, pk_tok = passkey_accuracy(model(pk_tokens), pk)
+                loss = sum(float(model(c, return_type="loss")) * len(c) for c in windows.split(16)) / len(windows)
+            cache[key] = {"needle_acc": needle_acc, "passkey_acc": pk_acc, "passkey_token_acc": pk_tok,
+                          "text_loss": loss}
+        return cache[key]
+
+    def curve(scores) -> dict[str, list[float]]:
+        keeps = [keep_top(torch.as_tensor(scores), n) for n in n_full]
+        points = [measure(k) for k in keeps]
+        out = {m: [p[m] for p in points] for m in METRICS}
+        # per ranking: with grouped-query attention the cache depends on which heads are full
+        out["kv_fraction"] = [kv_fraction(k, cfg.seq_len, cfg.sink, cfg.window, compensation=cfg.compensation,
+                                          n_kv_heads=n_kv_heads(model)) for k in keeps]
+        return out
+
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 10_007)
+    random_rankings = [torch.rand(L, H, generator=gen, dtype=torch.float64) for _ in range(cfg.n_random)]
+    jobs = [(name, s) for name, s in rankings.items()] + [(f"random/{i}", s) for i, s in enumerate(random_rankings)]
+    curves, random_curves = {}, []
+    for name, scores in tqdm(jobs, desc="kv trade-off", disable=not progress):
+        c = curve(scores)
+        if name.startswith("random/"):
+            random_curves.append(c)
+        else:
+            curves[name] = c
+    band = {}
+    for m in METRICS:
+        vals = torch.tensor([c[m] for c in random_curves], dtype=torch.float64)  # [seeds, fractions]
+        band[m] = {"mean": vals.mean(0).tolist(), "min": vals.min(0).values.tolist(),
+                   "max": vals.max(0).values.tolist()}
+    kv = [kv_fraction(keep_top(torch.zeros(L, H), n), cfg.seq_len, cfg.sink, cfg.window,
+                      compensation=cfg.compensation, n_kv_heads=n_kv_heads(model)) for n in n_full]
+    return TradeoffResult(fractions=[float(p) for p in cfg.fractions], n_full=n_full, kv_fraction=kv, curves=curves,
+                          random_curves=random_curves, random_band=band,
+                          rankings={k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in rankings.items()},
+                          seq_len=cfg.seq_len, config=asdict(cfg))

@@ -1,0 +1,147 @@
+"""RazorAttention's training-free head rule (Tang et al. 2024, "RazorAttention: Efficient KV Cache
+Compression Through Retrieval Heads", section 3).
+
+Contexts: [BOS] s s … s, a segment s of `segment` distinct random tokens repeated `repeats`
+times. Let r = position − (1 if BOS else 0) be the position inside the repeats. For every query r
+in the second or a later repeat (r ≥ segment):
+- **echo score**: the attention mass on the earlier occurrences of the query's own token,
+  the keys r' < r with r' ≡ r (mod segment) — the head looks at "the same token before";
+- **induction score**: the mass on the tokens that followed those occurrences, the keys
+  r' < r with r' ≡ r + 1 (mod segment) — the head looks at "what came after it last time"
+  (the paper's figure 3b: current token B, the induction head attends to the C after an earlier B);
+each averaged over those queries and the contexts. Distinct tokens in the segment make both sets
+exactly the positions named (with repeats inside s, a chance match would count too).
+Protection rule: the union of the top ⌈induction_frac · n_heads_total⌉ heads by induction score
+and the top ⌈echo_frac · n_heads_total⌉ by echo score (the paper: 14% and 1%) keeps full
+attention; every other head keeps sink + window + the compensation token
+(`attention_restrict`, `compensation=True`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from .heads import attention_patterns
+
+
+@dataclass(frozen=True)
+class RazorConfig:
+    """Repeated random segments and the protection rule's two fractions."""
+
+    n_contexts: int = 8  # contexts (each a different random segment)
+    segment: int = 32  # distinct random tokens per segment
+    repeats: int = 3  # copies of the segment; (BOS +) segment · repeats must fit in n_ctx
+    induction_frac: float = 0.14  # share of all heads protected by induction score (the paper's ~14%)
+    echo_frac: float = 0.01  # share protected by echo score (the paper's ~1%; at least one head)
+    token_range: tuple[int, int] | None = None  # ids [lo, hi) to draw from; None: printable ASCII for
+    # the byte tokenizer (d_vocab 257), else every id but a BOS at d_vocab - 1
+    seed: int = 0
+
+
+@dataclass
+class RazorResult:
+    echo: list[list[float]]  # [L][H]
+    induction: list[list[float]]  # [L][H]
+    protected: list[list[bool]]  # [L][H] the rule's union
+    n_induction_protected: int
+    n_echo_protected: int
+    config: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RazorResult":
+        return cls(**d)
+
+    def ranking(self) -> list[list[float]]:
+        """Scores for keeping heads full: protected heads first, each group by induction score."""
+        return [[ind + (2.0 if p else 0.0) for ind, p in zip(ir, pr)]
+                for ir, pr in zip(self.induction, self.protected)]
+
+
+def repeated_random_segments(n: int, segment: int, repeats: int, token_range: tuple[int, int], *,
+                             bos: int | None, seed: int = 0) -> Int[Tensor, "n T"]:
+    """`n` rows of [BOS] s·repeats, each s `segment` distinct tokens from [lo, hi)."""
+    lo, hi = token_range
+    if hi - lo < segment:
+        raise ValueError(f"token_range {token_range} has fewer than segment={segment} distinct tokens")
+    gen = torch.Generator().manual_seed(seed)
+    segs = torch.stack([torch.randperm(hi - lo, generator=gen)[:segment] + lo for _ in range(n)])
+    tokens = segs.repeat(1, repeats)
+    if bos is not None:
+        tokens = torch.cat([torch.full((n, 1), bos), tokens], dim=1)
+    return tokens
+
+
+def echo_induction_masks(segment: int, repeats: int, prefix: int) -> tuple[Bool[Tensor, "T T"], Bool[Tensor, "T T"]]:
+    """[query, key] masks of the echo and induction keys (module docstring), over T = prefix + segment·repeats."""
+    n = segment * repeats
+    r = torch.arange(n)
+    q, k = r[:, None], r[None, :]
+    later = (q >= segment) & (k < q)
+    echo = later & ((q - k) % segment == 0)
+    induction = later & ((q + 1 - k) % segment == 0)
+    T = prefix + n
+    full_e = torch.zeros(T, T, dtype=torch.bool)
+    full_i = torch.zeros(T, T, dtype=torch.bool)
+    full_e[prefix:, prefix:], full_i[prefix:, prefix:] = echo, induction
+    return full_e, full_i
+
+
+def protected_heads(echo: Float[Tensor, "L H"], induction: Float[Tensor, "L H"], induction_frac: float = 0.14,
+                    echo_frac: float = 0.01) -> Bool[Tensor, "L H"]:
+    """Union of the top ⌈induction_frac·n⌉ heads by induction and the top ⌈echo_frac·n⌉ by echo
+    (n = all heads; ties broken by the lower flat index)."""
+    for name, f in (("induction_frac", induction_frac), ("echo_frac", echo_frac)):
+        if not 0 <= f <= 1:
+            raise ValueError(f"{name} must lie in [0, 1], got {f}")
+    if echo.shape != induction.shape:
+        raise ValueError(f"echo {tuple(echo.shape)} and induction {tuple(induction.shape)} differ in shape")
+    n = echo.numel()
+    keep = torch.zeros(n, dtype=torch.bool)
+    for scores, frac in ((induction, induction_frac), (echo, echo_frac)):
+        k = math.ceil(frac * n - 1e-9)  # 0.14 * 50 = 7.000000000000001 is 7 heads, not 8
+        keep[_top_indices(scores.flatten(), k)] = True
+    return keep.view_as(echo)
+
+
+def _top_indices(scores: Tensor, k: int) -> Tensor:
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    return torch.tensor(order[:k], dtype=torch.long)
+
+
+def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, bos: int | None = None) -> RazorResult:
+    """Echo and induction scores of every head and the protection rule's heads."""
+    prefix = 1 if bos is not None else 0
+    T = prefix + cfg.segment * cfg.repeats
+    if cfg.repeats < 2 or cfg.segment < 2 or cfg.n_contexts < 1:
+        raise ValueError(f"need repeats >= 2, segment >= 2, n_contexts >= 1; got {cfg.repeats}, {cfg.segment}, "
+                         f"{cfg.n_contexts}")
+    if T > model.cfg.n_ctx:
+        raise ValueError(f"segment·repeats (+BOS) = {T} tokens exceeds the model's n_ctx={model.cfg.n_ctx}")
+    if cfg.token_range is not None:
+        token_range = cfg.token_range
+    elif model.cfg.d_vocab == 257:
+        token_range = (32, 127)
+    else:
+        token_range = (0, model.cfg.d_vocab - 1 if bos == model.cfg.d_vocab - 1 else model.cfg.d_vocab)
+    tokens = repeated_random_segments(cfg.n_contexts, cfg.segment, cfg.repeats, token_range, bos=bos, seed=cfg.seed)
+    model.eval()
+    _, pat = attention_patterns(model, tokens.to(next(model.parameters()).device))  # [L, b, H, q, k]
+    pat = pat.double().cpu()
+    echo_m, ind_m = echo_induction_masks(cfg.segment, cfg.repeats, prefix)
+    queries = echo_m.any(-1)  # the queries of the second and later repeats
+    echo = (pat * echo_m).sum(-1)[..., queries].mean((1, 3))  # [L, H]
+    induction = (pat * ind_m).sum(-1)[..., queries].mean((1, 3))
+    keep = protected_heads(echo, induction, cfg.induction_frac, cfg.echo_frac)
+    n = echo.numel()
+    return RazorResult(echo=echo.tolist(), induction=induction.tolist(), protected=keep.tolist(),
+                       n_induction_protected=math.ceil(cfg.induction_frac * n - 1e-9),
+                       n_echo_protected=math.ceil(cfg.echo_frac * n - 1e-9), config=asdict(cfg))
