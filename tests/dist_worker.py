@@ -63,18 +63,19 @@ def tie_scores() -> tuple[torch.Tensor, torch.Tensor]:
 def merge_with_ties(out: Path, rank: int, world: int) -> None:
     """Each rank's part of a merged top-k on tied scores, gathered whole for the test to check."""
     from workbench.sae.parallel import Layout
+    from workbench.sae.topk import merged_topk, token_topk
 
     tokens, latents = tie_scores()
     n = tokens.shape[1] // world
     cols = slice(rank * n, (rank + 1) * n)
     layout = Layout("latent", rank, world)
-    per_token = layout.token_topk(tokens[:, cols], 7)  # latents spread over ranks
-    flat = layout.merged_topk(tokens[:, cols].reshape(1, -1), 30,  # mutual choice, latent layout
-                              lambda c: c // n * tokens.shape[1] + rank * n + c % n).view(12, n)
+    per_token = token_topk(layout, tokens[:, cols], 7)  # latents spread over ranks
+    flat = merged_topk(layout, tokens[:, cols].reshape(1, -1), 30,  # mutual choice, latent layout
+                       lambda c: c // n * tokens.shape[1] + rank * n + c % n).view(12, n)
     m = latents.shape[1] // world  # feature choice, data layout: a latent's tokens spread over ranks
     caps = torch.arange(40) % 9
-    per_latent = Layout("data", rank, world).merged_topk(latents[:, rank * m:(rank + 1) * m], caps,
-                                                         lambda c: c + rank * m)
+    per_latent = merged_topk(Layout("data", rank, world), latents[:, rank * m:(rank + 1) * m], caps,
+                             lambda c: c + rank * m)
     parts = {"per_token": per_token.T, "flat": flat.T, "per_latent": per_latent.T}  # gather along columns
     whole = {k: layout.all_gather(v.to(torch.uint8).contiguous()).T.bool() for k, v in parts.items()}
     if rank == 0:

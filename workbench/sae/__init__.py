@@ -1,9 +1,10 @@
-"""Sparse autoencoders: one module, four selection rules, two auxiliary losses, one trainer."""
+"""Sparse autoencoders: one module, registered selection rules (selection.py), two auxiliary losses, one trainer."""
 
 from .config import SAEConfig
 from .io import from_saelens, load_sae, save_sae, to_saelens
 from .model import SAEOutput, SparseAutoencoder
+from .selection import RULES, Rule, register_rule
 from .trainer import SAETrainConfig, train_sae
 
 __all__ = ["SAEConfig", "SAEOutput", "SparseAutoencoder", "SAETrainConfig", "train_sae", "save_sae",
-           "load_sae", "to_saelens", "from_saelens"]
+           "load_sae", "to_saelens", "from_saelens", "Rule", "RULES", "register_rule"]

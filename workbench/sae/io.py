@@ -2,8 +2,9 @@
 
 SAELens' layout (cfg.json with "architecture", sae_weights.safetensors; W_enc stored [d_in, F])
 is written by SAELens itself, from a SAELens SAE object we fill, so `SAE.load_from_disk` always
-reads what we write. TopK and g-SAE export as "topk"; Mutual and Feature Choice as "jumprelu"
-with their learned thresholds, which is exactly their inference encoding.
+reads what we write. Each rule names its SAELens architecture (selection.Rule.saelens_architecture):
+TopK and g-SAE export as "topk"; Mutual and Feature Choice as "jumprelu" with their learned
+thresholds, which is exactly their inference encoding.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path) -> None:
 
 
 def load_sae(folder: str | Path) -> SparseAutoencoder:
-    """Load an SAE saved by `save_sae`; a foreign or corrupt folder gets a CheckpointError."""
+    """Load an SAE saved by `save_sae` (float64 weights stay float64, others load as float32); a
+    foreign or corrupt folder gets a CheckpointError."""
     folder = Path(folder)
     cfg_path = folder / CONFIG
     if not cfg_path.is_file():
@@ -42,8 +44,9 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
         raise CheckpointError(f"{cfg_path} is not a workbench SAE config")
     known = {f.name for f in fields(SAEConfig)}
     cfg = SAEConfig(**{k: v for k, v in meta["config"].items() if k in known})
-    sae = SparseAutoencoder(cfg)
     state = load_tensors(folder / WEIGHTS)
+    float64 = "W_enc" in state and state["W_enc"].dtype == torch.float64
+    sae = SparseAutoencoder(cfg).to(torch.float64 if float64 else torch.float32)  # float64 is not rounded
     expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:
@@ -121,7 +124,7 @@ def to_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
                   metadata=meta)
     state = {"W_enc": sae.W_enc.detach().T.contiguous(), "b_enc": sae.b_enc.detach(),
              "W_dec": sae.W_dec.detach(), "b_dec": sae.b_dec.detach()}
-    if cfg.selection in ("topk", "gradient"):
+    if sae.rule.saelens_architecture == "topk":
         lens = TopKSAE(TopKSAEConfig(k=cfg.k, rescale_acts_by_decoder_norm=False, **common))
     else:
         # SAELens' JumpReLU is ReLU(pre)·(pre > θ), ours pre·(pre > θ): equal only for θ ≥ 0

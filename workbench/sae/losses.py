@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .parallel import SINGLE, Layout
+from .topk import token_topk
 
 
 def fvu(x: Float[Tensor, "B d"], x_hat: Float[Tensor, "B d"], layout: Layout = SINGLE) -> Tensor:
@@ -44,7 +45,7 @@ def aux_loss(pre: Float[Tensor, "B F"], residual: Float[Tensor, "B d"], W_dec: F
     if n == 0:
         return pre.sum() * 0.0  # keeps the graph; contributes nothing
     scores = pre.masked_fill(~candidates, float("-inf"))
-    mask = layout.token_topk(scores, min(k_aux, n))
+    mask = token_topk(layout, scores, min(k_aux, n))
     z_aux = torch.where(mask, pre.relu(), 0.0) * weights
     e = residual.detach()
     return fvu(e, layout.sum_partials(z_aux @ W_dec), layout) * min(n / k_aux, 1.0)

@@ -5,10 +5,9 @@
     x̂   = z W_dec + b_dec                       [B, d]
 
 Decoder rows stay at unit norm: the trainer removes each row's parallel gradient component
-before the step and renormalises after it. At inference TopK and g-SAE keep the top k by
-activation (no gradient is available there); Mutual and Feature Choice, whose count per token
-varies, become a JumpReLU with the threshold learned during training (an EMA of the smallest
-kept activation, per latent for Feature Choice and shared for Mutual Choice).
+before the step and renormalises after it. Everything that differs between selection rules (the
+training selection on either path, the inference encoding, the threshold Mutual and Feature
+Choice learn for their JumpReLU inference) is the rule's own (selection.py, `self.rule`).
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ from torch import Tensor, nn
 
 from .config import SAEConfig
 from .parallel import SINGLE, Layout
-from .selection import (select_feature_choice, select_gradient, select_mutual_choice, select_topk,
-                        uniform_capacities, zipf_capacities)
-from .sparse import Kept, decode, from_mask, kept_values, select_per_token
+from .selection import Rule, get_rule
+from .sparse import Kept, decode, kept_values
 
 
 class SAEOutput(NamedTuple):
@@ -98,52 +96,22 @@ class SparseAutoencoder(nn.Module):
             return (x - self.b_dec) @ self.W_enc.T + self.b_enc
         return (x - self.b_dec) @ self.W_enc[rows].T + self.b_enc[rows]
 
-    def capacities(self, batch: int) -> Tensor:
-        """Feature Choice: tokens each latent may take from a batch (sums to k·batch)."""
-        total = self.cfg.k * batch
-        if self.cfg.fc_capacity == "uniform":
-            return uniform_capacities(self.cfg.d_sae, total).to(self.usage.device)
-        usage = self.layout.gather_latents(self.usage)
-        return zipf_capacities(usage.cpu(), total, self.cfg.zipf_alpha, cap=batch).to(self.usage.device)
+    @property
+    def rule(self) -> Rule:
+        """The selection rule named by cfg.selection (selection.RULES)."""
+        return get_rule(self.cfg.selection)
 
     def select(self, pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"] | None = None) -> Bool[Tensor, "B F"]:
-        """The training-time rule: which entries of `pre` are kept (selection.py; the layout
-        merges what ranks hold into the same choice as one process)."""
-        rule, L, k = self.cfg.selection, self.layout, self.cfg.k
-        pre = pre.detach()
-        if rule == "topk":
-            return select_topk(pre, k, L)
-        if rule == "gradient":
-            self._check_grads(grads, pre.shape[0])
-            return select_gradient(pre, grads, self.W_dec.detach(), k, self.cfg.beta, L)
-        if rule == "mutual_choice":
-            return select_mutual_choice(pre, k, L)
-        caps = self.capacities(L.global_batch(pre.shape[0]))[L.latent_slice(self.cfg.d_sae)]
-        return select_feature_choice(pre, caps, L)
-
-    def _check_grads(self, grads: Tensor | None, rows: int) -> None:
-        if self.cfg.selection != "gradient":
-            return
-        if grads is None:
-            raise ValueError("selection='gradient' needs grads (the activation store's with_grads=True)")
-        if grads.shape != (rows, self.cfg.d_in):
-            raise ValueError(f"grads: expected [{rows}, {self.cfg.d_in}], got {tuple(grads.shape)}")
+        """The training-time rule: which entries of `pre` are kept (the layout merges what ranks
+        hold into the same choice as one process)."""
+        return self.rule.select(self, pre.detach(), grads)
 
     def select_kept(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None) -> Kept:
-        """The training rule's kept entries (the same as `select`'s mask), without keeping a
-        [B, F] tensor: per-token rules select chunk by chunk (sparse.py); the batch-coupled rules
-        and the latent layout, whose rules merge across ranks, select densely."""
-        rule = self.cfg.selection
-        if rule in ("topk", "gradient") and not self.layout.latent:
-            if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
-                raise ValueError(f"x: expected [batch, {self.cfg.d_in}], got {tuple(x.shape)}")
-            self._check_grads(grads, x.shape[0])
-            return select_per_token(x.detach() - self.b_dec.detach(), self.W_enc.detach(), self.b_enc.detach(),
-                                    self.cfg.k, grads if rule == "gradient" else None, self.W_dec.detach(),
-                                    self.cfg.beta)
-        with torch.no_grad():
-            pre = self.pre_acts(x)
-        return from_mask(self.select(pre, grads), pre)
+        """The training rule's kept entries (the same as `select`'s mask); per-token rules never
+        build a [B, F] tensor for it (sparse.py)."""
+        if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
+            raise ValueError(f"x: expected [batch, {self.cfg.d_in}], got {tuple(x.shape)}")
+        return self.rule.select_kept(self, x, grads)
 
     def forward_sparse(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None) -> SparseOutput:
         """Training forward of the sparse path: the same x̂ as `forward` in training mode, with a
@@ -157,11 +125,8 @@ class SparseAutoencoder(nn.Module):
         return SparseOutput(x_hat, kept, vals)
 
     def encode(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "B F"]:
-        """Inference encoding (no batch coupling): TopK, or JumpReLU for MC/FC."""
-        pre = self.pre_acts(x)
-        if self.cfg.selection in ("topk", "gradient"):
-            return torch.where(select_topk(pre.detach(), self.cfg.k, self.layout), pre.relu(), 0.0)
-        return pre * (pre > self.threshold)
+        """Inference encoding (no batch coupling): the rule's (TopK, or JumpReLU for MC/FC)."""
+        return self.rule.encode(self, self.pre_acts(x))
 
     def decode(self, z: Float[Tensor, "B F"]) -> Float[Tensor, "B d"]:
         if not self.layout.latent:
@@ -187,25 +152,11 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def update_stats(self, z: Float[Tensor, "B F"], mask: Bool[Tensor, "B F"], usage_decay: float = 0.99) -> None:
-        """After a training batch: dead-latent clocks, usage EMA, and the MC/FC threshold."""
-        fired = z > 0
+        """After a training batch: dead-latent clocks, usage EMA, and the rule's threshold."""
+        fired = z > 0  # kept entries that fired (z is 0 off the mask)
         self._count_firing(fired.sum(0).float(), z.shape[0], usage_decay)
-        if self.cfg.selection not in ("mutual_choice", "feature_choice"):
-            return
-        kept = torch.where(mask & fired, z, torch.full_like(z, float("inf")))
-        if self.cfg.selection == "mutual_choice":
-            smallest = self.layout.min(kept.min()).expand_as(self.threshold)
-        else:
-            smallest = kept.min(0).values
-            smallest = self.layout.min(smallest) if self.layout.data else smallest
-        self._move_threshold(smallest)
-
-    def _move_threshold(self, smallest: Float[Tensor, "F"]) -> None:
-        """EMA of each latent's smallest fired kept value (inf: none this batch, left alone)."""
-        seen = torch.isfinite(smallest)
-        decay = self.cfg.threshold_decay if int(self.threshold_updates) > 0 else 0.0
-        self.threshold[seen] = decay * self.threshold[seen] + (1 - decay) * smallest[seen].to(self.threshold.dtype)
-        self.threshold_updates += 1
+        cols = fired.nonzero()[:, 1]
+        self.rule.update_threshold(self, cols, z[fired])
 
     @torch.no_grad()
     def update_stats_sparse(self, idx: Tensor, vals: Tensor, tokens: int | None = None,
@@ -220,17 +171,7 @@ class SparseAutoencoder(nn.Module):
         counts = torch.zeros(F, device=idx.device).index_add_(
             0, idx[fired], torch.ones(int(fired.sum()), device=idx.device))
         self._count_firing(counts, tokens, usage_decay)
-        if self.cfg.selection not in ("mutual_choice", "feature_choice"):
-            return
-        v = vals[fired]  # a kept entry that fired is what `update_stats` keeps too
-        if self.cfg.selection == "mutual_choice":
-            least = v.min() if len(v) else torch.tensor(float("inf"), dtype=vals.dtype, device=vals.device)
-            smallest = self.layout.min(least).expand_as(self.threshold)
-        else:
-            smallest = torch.full((F,), float("inf"), dtype=vals.dtype, device=vals.device).scatter_reduce_(
-                0, idx[fired], v, "amin")
-            smallest = self.layout.min(smallest) if self.layout.data else smallest
-        self._move_threshold(smallest)
+        self.rule.update_threshold(self, idx[fired], vals[fired])
 
     def _count_firing(self, counts: Float[Tensor, "F"], rows: int, usage_decay: float) -> None:
         """Dead-latent clocks and usage EMA from this rank's firing counts over `rows` tokens."""

@@ -15,21 +15,21 @@ order; tests/test_distributed.py runs both with two gloo processes):
 
 Exact Mutual Choice costs one all-gather per step of each rank's top min(k·B, local entries)
 candidates as (value, index) pairs: W·k·B·12 bytes (B=4096, k=32, W=8: 12.6 MB), then a sort
-of W·k·B keys on every rank.
+of W·k·B keys on every rank (topk.merged_topk, which every rule calls with this layout).
+
+`Layout` holds where this rank's share lies and the collectives; the cross-rank selection lives
+in topk.py and the whole-SAE checkpoint gathering in the functions at the end of this module.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from jaxtyping import Bool, Float
 from torch import Tensor
-
-from .selection import topk_mask
 
 MODES = ("data", "latent")
 SHARDED = ("W_enc", "b_enc", "W_dec", "threshold", "tokens_since_fired", "usage")  # split by latent
@@ -52,7 +52,7 @@ class _SumPartials(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class Layout:
-    """Where this rank's part of the SAE and of each batch lies."""
+    """Where this rank's part of the SAE and of each batch lies, and the collectives over ranks."""
 
     mode: str = "single"  # "single" | "data" | "latent"
     rank: int = 0
@@ -118,87 +118,56 @@ class Layout:
         """A per-latent tensor, whole ("latent" gathers the shards; else it already is)."""
         return self.all_gather(t) if self.latent else t
 
-    # --- selection across ranks -------------------------------------------------------------
-
-    def merged_topk(self, scores: Float[Tensor, "R n"], k: int | Tensor,
-                    to_global: Callable[[Tensor], Tensor]) -> Bool[Tensor, "R n"]:
-        """This rank's part of `topk_mask` over each row's entries on all ranks together.
-
-        `to_global` maps local column indices to the entry's index in the whole row; equal scores
-        go to the lower global index, as in one process. Each rank contributes its top
-        min(k, n) per row (a superset of its share of the global top k) as (value, index) pairs.
-        """
-        if self.world == 1:
-            return topk_mask(scores, k)
-        scores = scores.detach()
-        R, n = scores.shape
-        k_t = torch.as_tensor(k, device=scores.device).expand(R)
-        c = min(int(k_t.max()) if R else 0, n)
-        if c == 0:
-            return torch.zeros_like(scores, dtype=torch.bool)
-        local = topk_mask(scores, c)  # exactly c per row
-        cols = local.nonzero()[:, 1].view(R, c)  # ascending within each row
-        W = self.world
-        vals = self.all_gather(scores.gather(1, cols)).view(W, R, c).permute(1, 0, 2).reshape(R, W * c)
-        gidx = self.all_gather(to_global(cols)).view(W, R, c).permute(1, 0, 2).reshape(R, W * c)
-        order = gidx.argsort(dim=1)  # ties resolve in global index order
-        keep_sorted = topk_mask(vals.gather(1, order), k_t)
-        keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
-        mine = keep.view(R, W, c)[:, self.rank]
-        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, cols, mine)
-
-    def token_topk(self, scores: Float[Tensor, "B F_local"], k: int) -> Bool[Tensor, "B F_local"]:
-        """Top k latents per token; in "latent" a token's latents lie on every rank."""
-        if not self.latent:
-            return topk_mask(scores, k)
-        offset = self.rank * scores.shape[1]
-        return self.merged_topk(scores, k, lambda cols: cols + offset)
-
-    # --- checkpoints: always the whole SAE, so any number of ranks can resume ---------------
-
-    def _gather_to_rank0(self, t: Tensor) -> Tensor | None:
-        parts = [torch.empty_like(t) for _ in range(self.world)] if self.rank == 0 else None
-        dist.gather(t.contiguous(), parts, dst=0, group=self.group)
-        return torch.cat(parts).cpu() if parts is not None else None
-
-    def full_state(self, sae: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
-        """The whole SAE's (and optimizer's) state dicts, as one process would have them.
-
-        Collective in "latent" (every rank must call it); the result is meant for rank 0.
-        """
-        sae_state = sae.state_dict()
-        opt_state = opt.state_dict() if opt is not None else None
-        if not self.latent:
-            return sae_state, opt_state
-        names = [n for n, _ in sae.named_parameters()]
-        whole = {k: self._gather_to_rank0(v) if k in SHARDED else v.cpu() for k, v in sae_state.items()}
-        if opt_state is None:
-            return whole, None
-        opt_whole = {"param_groups": opt_state["param_groups"], "state": {}}
-        for i, st in sorted(opt_state["state"].items()):
-            opt_whole["state"][i] = {k: self._gather_to_rank0(v) if names[i] in SHARDED and v.ndim else v
-                                     for k, v in st.items()}
-        return whole, opt_whole
-
-    def load_full_state(self, sae: torch.nn.Module, opt: torch.optim.Optimizer, sae_state: dict,
-                        opt_state: dict) -> None:
-        """Load whole-SAE state dicts (from any number of ranks) into this rank's part."""
-        if self.latent:
-            sl = self.latent_slice(sae.cfg.d_sae)
-            names = [n for n, _ in sae.named_parameters()]
-            sae_state = {k: v[sl] if k in SHARDED else v for k, v in sae_state.items()}
-            opt_state = {"param_groups": opt_state["param_groups"],
-                         "state": {i: {k: v[sl] if names[i] in SHARDED and v.ndim else v for k, v in st.items()}
-                                   for i, st in opt_state["state"].items()}}
-        sae.load_state_dict(sae_state)
-        opt.load_state_dict(opt_state)
-
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier(group=self.group)
 
 
 SINGLE = Layout()
+
+
+# --- checkpoints: always the whole SAE, so any number of ranks can resume -------------------
+
+
+def _gather_to_rank0(layout: Layout, t: Tensor) -> Tensor | None:
+    parts = [torch.empty_like(t) for _ in range(layout.world)] if layout.rank == 0 else None
+    dist.gather(t.contiguous(), parts, dst=0, group=layout.group)
+    return torch.cat(parts).cpu() if parts is not None else None
+
+
+def full_state(layout: Layout, sae: torch.nn.Module,
+               opt: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
+    """The whole SAE's (and optimizer's) state dicts, as one process would have them.
+
+    Collective in "latent" (every rank must call it); the result is meant for rank 0.
+    """
+    sae_state = sae.state_dict()
+    opt_state = opt.state_dict() if opt is not None else None
+    if not layout.latent:
+        return sae_state, opt_state
+    names = [n for n, _ in sae.named_parameters()]
+    whole = {k: _gather_to_rank0(layout, v) if k in SHARDED else v.cpu() for k, v in sae_state.items()}
+    if opt_state is None:
+        return whole, None
+    opt_whole = {"param_groups": opt_state["param_groups"], "state": {}}
+    for i, st in sorted(opt_state["state"].items()):
+        opt_whole["state"][i] = {k: _gather_to_rank0(layout, v) if names[i] in SHARDED and v.ndim else v
+                                 for k, v in st.items()}
+    return whole, opt_whole
+
+
+def load_full_state(layout: Layout, sae: torch.nn.Module, opt: torch.optim.Optimizer, sae_state: dict,
+                    opt_state: dict) -> None:
+    """Load whole-SAE state dicts (from any number of ranks) into this rank's part."""
+    if layout.latent:
+        sl = layout.latent_slice(sae.cfg.d_sae)
+        names = [n for n, _ in sae.named_parameters()]
+        sae_state = {k: v[sl] if k in SHARDED else v for k, v in sae_state.items()}
+        opt_state = {"param_groups": opt_state["param_groups"],
+                     "state": {i: {k: v[sl] if names[i] in SHARDED and v.ndim else v for k, v in st.items()}
+                               for i, st in opt_state["state"].items()}}
+    sae.load_state_dict(sae_state)
+    opt.load_state_dict(opt_state)
 
 
 def current_layout(mode: str) -> Layout:

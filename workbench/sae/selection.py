@@ -1,71 +1,60 @@
-"""Selection rules: which latents are active for which tokens.
+"""Selection rules: which latents are active for which tokens, one object per rule.
 
-Each rule maps pre-activations `pre` [B, F] (and, for g-SAE, the loss gradient at the input) to
-a boolean mask of the same shape. Kept values are always ReLU(pre) at the mask, so every rule
-reconstructs the same way. Ties are broken towards the lower index (token or latent), which
-makes the active set a deterministic function of the scores, and testable exactly.
+A rule maps pre-activations `pre` [B, F] (and, for g-SAE, the loss gradient at the input) to a
+boolean mask of the same shape. Kept values are always ReLU(pre) at the mask, so every rule
+reconstructs the same way. Ties go to the lower index (token or latent), which makes the active
+set a deterministic function of the scores, and testable exactly.
 
-Each rule also takes a `layout` (a `Layout`: the few operations below; parallel.Layout is the
-one the trainer passes) when one SAE is spread over ranks: it then merges what the ranks hold
-into the same choice one process would make. This module imports nothing of parallel.py, which
-builds on it.
+Each rule is a `Rule` registered by name in `RULES` (as SAELens registers its architectures);
+`SAEConfig(selection=name)` picks it. A rule owns everything that differs between variants:
+
+    select         training selection, the dense reference path ([B, F] mask)
+    select_kept    training selection, the sparse path (kept entries only; default: via the mask)
+    encode         inference encoding (no batch coupling)
+    update_threshold   after each training batch (Mutual/Feature Choice learn a JumpReLU threshold)
+    check_training     what a run needs (g-SAE: gradients; Feature Choice: enough tokens)
+    saelens_architecture, triton, needs_grads   export, fused kernels, activation store
+
+Adding a rule is one `register_rule(MyRule())` in any file (tests/test_sae_rules.py does it).
+
+When one SAE is spread over ranks, `sae.layout` (parallel.Layout) is passed to topk.py's merge,
+which gives the same choice as one process. This module imports nothing of parallel.py.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-RULES = ("topk", "gradient", "mutual_choice", "feature_choice")
+from .sparse import Kept, from_mask, select_per_token
+from .topk import Ranks, merged_topk, reference_mask, token_topk, topk_indices, topk_mask
+
+if TYPE_CHECKING:  # annotations only: the model imports this module
+    from .config import SAEConfig
+    from .model import SparseAutoencoder
+
+__all__ = ["RULES", "Rule", "register_rule", "get_rule", "TopK", "Gradient", "MutualChoice", "FeatureChoice",
+           "topk_mask", "topk_indices", "reference_mask", "select_topk", "select_gradient", "gradient_scores",
+           "select_mutual_choice", "select_feature_choice", "uniform_capacities", "zipf_capacities"]
 
 
-class Layout(Protocol):
+class Layout(Ranks, Protocol):
     """What a rule needs from the distributed layout (see parallel.Layout for the semantics)."""
-
-    rank: int
-    world: int
 
     @property
     def data(self) -> bool: ...  # rows of the batch are spread over ranks
 
     def global_batch(self, local_rows: int) -> int: ...
 
-    def token_topk(self, scores: Tensor, k: int) -> Tensor: ...  # top k per row over all ranks' columns
 
-    def merged_topk(self, scores: Tensor, k: int | Tensor,
-                    to_global: Callable[[Tensor], Tensor]) -> Tensor: ...  # per row, over all ranks' entries
-
-
-def topk_mask(scores: Float[Tensor, "... n"], k: int | Int[Tensor, "..."]) -> Bool[Tensor, "... n"]:
-    """The k largest entries of each slice along the last axis; equal scores go to lower indices.
-
-    `k` is an int or one count per slice (0 keeps nothing). Costs one torch.topk plus O(n) work.
-    """
-    n = scores.shape[-1]
-    k_t = torch.as_tensor(k, device=scores.device).expand(scores.shape[:-1])
-    k_max = int(k_t.max()) if k_t.numel() else 0
-    if k_max > n:
-        raise ValueError(f"k={k_max} exceeds the {n} entries it selects from")
-    if k_max == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    top = torch.topk(scores, k_max, dim=-1, sorted=True).values  # [..., k_max], descending
-    kth = top.gather(-1, (k_t - 1).clamp(min=0).unsqueeze(-1))  # the k-th largest value
-    at_least = scores >= kth
-    if bool((at_least.sum(-1) == k_t).all()) and bool((k_t > 0).all()):
-        return at_least  # no tie straddles the k-th value (the usual case with real data)
-    above = scores > kth
-    tied = scores == kth
-    room = k_t.unsqueeze(-1) - above.sum(-1, keepdim=True)  # how many of the ties still fit
-    mask = above | (tied & (tied.cumsum(-1) <= room))
-    return mask & (k_t > 0).unsqueeze(-1)
-
+# --- the rules' building blocks ---------------------------------------------------------------
 
 def select_topk(pre: Float[Tensor, "B F"], k: int, layout: Layout | None = None) -> Bool[Tensor, "B F"]:
     """TopK (Gao et al. 2024): k latents per token."""
-    return topk_mask(pre, k) if layout is None else layout.token_topk(pre, k)
+    return token_topk(layout, pre, k)
 
 
 def gradient_scores(pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"], W_dec: Float[Tensor, "F d"],
@@ -84,14 +73,14 @@ def select_gradient(pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"], W_de
 def select_mutual_choice(pre: Float[Tensor, "B F"], k: int, layout: Layout | None = None) -> Bool[Tensor, "B F"]:
     """Mutual Choice (Ayonrinde 2024; BatchTopK): the k·B largest entries of the whole batch."""
     B, F = pre.shape
-    if layout is None:
+    if layout is None or layout.world == 1:
         return topk_mask(pre.reshape(1, B * F), k * B).reshape(B, F)
 
     def to_global(c):  # local flat index (row·F + col) -> row-major index in the whole batch × all latents
         if layout.data:  # this rank's rows follow the lower ranks' rows
             return c + layout.rank * B * F
         return c // F * (F * layout.world) + layout.rank * F + c % F  # this rank's columns within a row
-    return layout.merged_topk(pre.reshape(1, B * F), k * layout.global_batch(B), to_global).view(B, F)
+    return merged_topk(layout, pre.reshape(1, B * F), k * layout.global_batch(B), to_global).view(B, F)
 
 
 def select_feature_choice(pre: Float[Tensor, "B F"], capacities: Int[Tensor, "F"],
@@ -104,7 +93,7 @@ def select_feature_choice(pre: Float[Tensor, "B F"], capacities: Int[Tensor, "F"
         return topk_mask(pre.T, capacities.clamp(max=B)).T
     # a latent's tokens lie on every rank: merge them, this rank's rows after the lower ranks'
     caps = capacities.clamp(max=layout.global_batch(B))
-    return layout.merged_topk(pre.T, caps, lambda c: c + layout.rank * B).T
+    return merged_topk(layout, pre.T, caps, lambda c: c + layout.rank * B).T
 
 
 def uniform_capacities(F: int, total: int) -> Int[Tensor, "F"]:
@@ -144,12 +133,188 @@ def zipf_capacities(usage: Float[Tensor, "F"], total: int, alpha: float, cap: in
     return m
 
 
-def reference_mask(scores: Tensor, k: int | list[int], dim: int = -1) -> Tensor:
-    """Float64 reference by a full stable sort (slow, obviously right): tests compare against it."""
-    s = scores.double().movedim(dim, -1)
-    order = torch.sort(-s, dim=-1, stable=True).indices  # descending, ties in index order
-    ks = torch.as_tensor(k).expand(s.shape[:-1]).unsqueeze(-1)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(s.shape[-1]).expand_as(order))
-    return (ranks < ks).movedim(-1, dim)
+# --- the rule objects and their registry ----------------------------------------------------
 
+class Rule:
+    """One selection rule. Subclass, set `name`, implement `select`, and `register_rule` an instance.
+
+    Methods receive the SparseAutoencoder `sae` (its cfg, parameters, buffers and layout); rules
+    hold no state of their own, so one instance serves every SAE.
+    """
+
+    name: ClassVar[str] = ""
+    saelens_architecture: ClassVar[str] = "topk"  # how io.to_saelens exports it: "topk" or "jumprelu"
+    triton: ClassVar[bool] = False  # kernels/ implements its training selection (the fused path)
+    needs_grads: ClassVar[bool] = False  # it reads the loss gradient at the input (store with_grads)
+
+    def select(self, sae: SparseAutoencoder, pre: Float[Tensor, "B F"],
+               grads: Float[Tensor, "B d"] | None) -> Bool[Tensor, "B F"]:
+        """Training selection on the dense path: which entries of `pre` (detached) are kept."""
+        raise NotImplementedError
+
+    def select_kept(self, sae: SparseAutoencoder, x: Float[Tensor, "B d"],
+                    grads: Float[Tensor, "B d"] | None) -> Kept:
+        """Training selection on the sparse path: the entries `select` keeps, by token then latent.
+        This default builds the dense mask; a per-token rule can avoid the [B, F] block."""
+        with torch.no_grad():
+            pre = sae.pre_acts(x)
+        return from_mask(self.select(sae, pre, grads), pre)
+
+    def encode(self, sae: SparseAutoencoder, pre: Float[Tensor, "B F"]) -> Float[Tensor, "B F"]:
+        """Inference code from the pre-activations (differentiable in `pre`): top k per token."""
+        return torch.where(token_topk(sae.layout, pre.detach(), sae.cfg.k), pre.relu(), 0.0)
+
+    def update_threshold(self, sae: SparseAutoencoder, cols: Int[Tensor, "n"], vals: Float[Tensor, "n"]) -> None:
+        """After a training batch, from the latents `cols` and values `vals` (> 0) of the kept
+        entries that fired on this rank (any order). Default: no threshold to learn."""
+
+    def check_training(self, cfg: SAEConfig, batch_size: int, has_grads: bool) -> None:
+        """Raise a ValueError when a run with these settings cannot train this rule."""
+        if self.needs_grads and not has_grads:
+            raise ValueError(f"selection={self.name!r} needs a store with gradients (StoreConfig.with_grads=True)")
+
+
+class _Registry(dict):
+    """Rule name -> Rule; shown as the tuple of names in error messages."""
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+RULES: dict[str, Rule] = _Registry()  # live: SAEConfig accepts a name as soon as it is registered
+
+
+def register_rule(rule: Rule) -> Rule:
+    """Make `rule` selectable as SAEConfig(selection=rule.name); returns it."""
+    if not isinstance(rule, Rule) or not rule.name:
+        raise ValueError(f"rule: expected a Rule instance with a non-empty name, got {rule!r}")
+    if rule.saelens_architecture not in ("topk", "jumprelu"):
+        raise ValueError(f"{rule.name}: saelens_architecture={rule.saelens_architecture!r}: "
+                         "expected 'topk' or 'jumprelu'")
+    RULES[rule.name] = rule
+    return rule
+
+
+def get_rule(name: str) -> Rule:
+    if name not in RULES:
+        raise ValueError(f"selection={name!r}: expected one of {RULES}")
+    return RULES[name]
+
+
+class PerToken(Rule):
+    """k latents per token by a score; the sparse path selects chunk by chunk (sparse.py) and
+    never holds the [B, F] block. Subclasses only say how to score."""
+
+    def scores(self, sae: SparseAutoencoder, pre: Float[Tensor, "b F"], grads: Float[Tensor, "b d"] | None,
+               rows: slice) -> Float[Tensor, "b F"]:
+        """Selection scores of the tokens `rows` of the batch, from their pre-activations."""
+        return pre
+
+    def select(self, sae, pre, grads):
+        return token_topk(sae.layout, self.scores(sae, pre, grads, slice(0, len(pre))), sae.cfg.k)
+
+    def select_kept(self, sae, x, grads):
+        if sae.layout.latent:  # a token's latents lie on every rank: select densely, merged across ranks
+            return super().select_kept(sae, x, grads)
+        plain = type(self).scores is PerToken.scores  # the pre-activations are the scores (TopK)
+        return select_per_token(x.detach() - sae.b_dec.detach(), sae.W_enc.detach(), sae.b_enc.detach(), sae.cfg.k,
+                                None if plain else lambda block, rows: self.scores(sae, block, grads, rows))
+
+
+class TopK(PerToken):
+    """TopK (Gao et al. 2024)."""
+    name = "topk"
+    triton = True
+
+
+class Gradient(PerToken):
+    """g-SAE (Olmo et al. 2024): top k of pre + β·pre·|⟨g, W_dec,i⟩| per token; at inference plain TopK."""
+    name = "gradient"
+    triton = True
+    needs_grads = True
+
+    def select(self, sae, pre, grads):
+        self._check(sae, grads, len(pre))
+        return super().select(sae, pre, grads)
+
+    def select_kept(self, sae, x, grads):
+        self._check(sae, grads, len(x))
+        return super().select_kept(sae, x, grads)
+
+    def scores(self, sae, pre, grads, rows):
+        return gradient_scores(pre, grads[rows], sae.W_dec.detach(), sae.cfg.beta)
+
+    @staticmethod
+    def _check(sae, grads: Tensor | None, rows: int) -> None:
+        if grads is None:
+            raise ValueError("selection='gradient' needs grads (the activation store's with_grads=True)")
+        if grads.shape != (rows, sae.cfg.d_in):
+            raise ValueError(f"grads: expected [{rows}, {sae.cfg.d_in}], got {tuple(grads.shape)}")
+
+
+class JumpReLURule(Rule):
+    """A rule whose count per token varies: at inference a JumpReLU with a threshold learned in
+    training, the EMA of the smallest fired kept value (`smallest`, per latent or shared)."""
+
+    saelens_architecture = "jumprelu"
+
+    def encode(self, sae, pre):
+        return pre * (pre > sae.threshold)
+
+    def smallest(self, sae: SparseAutoencoder, cols: Tensor, vals: Tensor) -> Float[Tensor, "F"]:
+        """Each latent's new threshold sample this batch (inf: none, left alone)."""
+        raise NotImplementedError
+
+    def update_threshold(self, sae, cols, vals):
+        smallest = self.smallest(sae, cols, vals)
+        seen = torch.isfinite(smallest)
+        decay = sae.cfg.threshold_decay if int(sae.threshold_updates) > 0 else 0.0
+        sae.threshold[seen] = decay * sae.threshold[seen] + (1 - decay) * smallest[seen].to(sae.threshold.dtype)
+        sae.threshold_updates += 1
+
+
+class MutualChoice(JumpReLURule):
+    """Mutual Choice (Ayonrinde 2024; BatchTopK): the k·B largest entries of the batch; one shared threshold."""
+    name = "mutual_choice"
+
+    def select(self, sae, pre, grads):
+        return select_mutual_choice(pre, sae.cfg.k, sae.layout)
+
+    def smallest(self, sae, cols, vals):
+        least = vals.min() if len(vals) else torch.tensor(float("inf"), dtype=vals.dtype, device=vals.device)
+        return sae.layout.min(least).expand_as(sae.threshold)
+
+
+class FeatureChoice(JumpReLURule):
+    """Feature Choice: latent i keeps its m_i best tokens of the batch (uniform or Zipf m_i); a threshold per latent."""
+    name = "feature_choice"
+
+    def capacities(self, sae: SparseAutoencoder, batch: int) -> Int[Tensor, "F"]:
+        """Tokens each of the d_sae latents may take from a batch of `batch` tokens (sums to k·batch)."""
+        cfg = sae.cfg
+        total = cfg.k * batch
+        if cfg.fc_capacity == "uniform":
+            return uniform_capacities(cfg.d_sae, total).to(sae.usage.device)
+        usage = sae.layout.gather_latents(sae.usage)
+        return zipf_capacities(usage.cpu(), total, cfg.zipf_alpha, cap=batch).to(sae.usage.device)
+
+    def select(self, sae, pre, grads):
+        L = sae.layout
+        caps = self.capacities(sae, L.global_batch(pre.shape[0]))[L.latent_slice(sae.cfg.d_sae)]
+        return select_feature_choice(pre, caps, L)
+
+    def smallest(self, sae, cols, vals):
+        F = len(sae.threshold)  # this rank's latents
+        least = torch.full((F,), float("inf"), dtype=vals.dtype, device=vals.device).scatter_reduce_(
+            0, cols, vals, "amin")
+        return sae.layout.min(least) if sae.layout.data else least
+
+    def check_training(self, cfg, batch_size, has_grads):
+        super().check_training(cfg, batch_size, has_grads)
+        if cfg.k * batch_size < cfg.d_sae:
+            raise ValueError(f"feature_choice: k·batch = {cfg.k * batch_size} tokens cannot give each of "
+                             f"{cfg.d_sae} latents one")
+
+
+for _rule in (TopK(), Gradient(), MutualChoice(), FeatureChoice()):
+    register_rule(_rule)

@@ -1,9 +1,9 @@
 """The sparse training path: after selection only the kept (token, latent, pre-activation)
 entries live on, and no B×F tensor is differentiated.
 
-    selection   chunks of CHUNK_ROWS tokens: one GEMM + torch.topk each (TopK, g-SAE), so the
-                B×F block never leaves cache; Mutual/Feature Choice couple the whole batch and
-                keep their dense rule, then only the kept entries go on
+    selection   the rule's (selection.py): per-token rules (TopK, g-SAE) call `select_per_token`,
+                chunks of CHUNK_ROWS tokens with one GEMM + torch.topk each, so the B×F block
+                never leaves cache; rules that couple the batch select densely, then `from_mask`
     decode      x̂[b] = Σ ReLU(pre[b, i])·W_dec[i] over token b's entries (F.embedding_bag)
     backward    W_dec and the kept values through embedding_bag's own backward; W_enc, b_enc and
                 x − b_dec through `_KeptPre`, which touches only the kept rows
@@ -14,14 +14,14 @@ dense path (model.forward) stays the reference: in float64 both give the same st
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .selection import gradient_scores, topk_mask
+from .topk import topk_indices
 
 # 512 rows × F = 8192 latents of float32 is 16 MB: measured fastest of 128/256/512 at both
 # benchmark shapes (the chunk's topk then runs while its GEMM output is still in L2/L3)
@@ -47,29 +47,12 @@ def _offsets(rows: Tensor, tokens: int) -> Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
-def topk_indices(scores: Float[Tensor, "b F"], k: int) -> Int[Tensor, "b k"]:
-    """The latents `topk_mask(scores, k)` keeps, ascending per row (ties to the lower index).
-
-    torch.topk's order among equal scores is unspecified, so its indices are taken as they are
-    only where the (k+1)-th score is below the k-th (asking topk for one more costs far less
-    than comparing the whole row); rows where a tie straddles the k-th value use topk_mask."""
-    if k >= scores.shape[1]:
-        return torch.arange(scores.shape[1], device=scores.device).expand(scores.shape[0], -1)
-    top = torch.topk(scores, k + 1, dim=1, sorted=True)
-    idx = top.indices[:, :k]
-    straddled = top.values[:, k] == top.values[:, k - 1]
-    if bool(straddled.any()):
-        bad = straddled.nonzero().squeeze(1)
-        idx = idx.clone()
-        idx[bad] = topk_mask(scores[bad], k).nonzero()[:, 1].view(len(bad), k)
-    return idx.sort(1).values
-
-
 def select_per_token(xc: Float[Tensor, "B d"], W_enc: Float[Tensor, "F d"], b_enc: Float[Tensor, "F"], k: int,
-                     grads: Float[Tensor, "B d"] | None = None, W_dec: Float[Tensor, "F d"] | None = None,
-                     beta: float = 0.0) -> Kept:
-    """TopK (grads None) or g-SAE selection of k latents per token, CHUNK_ROWS tokens at a time;
-    `xc` = x − b_dec. The same scores as the dense rules, so the same entries."""
+                     score: Callable[[Tensor, slice], Tensor] | None = None) -> Kept:
+    """The k latents of highest score per token, CHUNK_ROWS tokens at a time; `xc` = x − b_dec.
+
+    `score(block, rows)` turns the pre-activations of tokens `rows` into the rule's scores (None:
+    the pre-activations themselves, TopK); the same scores as the dense rule, so the same entries."""
     B = xc.shape[0]
     idx, pre = [], []
     with torch.no_grad():
@@ -77,7 +60,7 @@ def select_per_token(xc: Float[Tensor, "B d"], W_enc: Float[Tensor, "F d"], b_en
             # the dense path's own formula (not addmm, which rounds differently), so that the same
             # pre-activations are selected and near-zero values fire the same way
             block = xc[start:start + CHUNK_ROWS] @ W_enc.T + b_enc
-            scores = block if grads is None else gradient_scores(block, grads[start:start + CHUNK_ROWS], W_dec, beta)
+            scores = block if score is None else score(block, slice(start, start + CHUNK_ROWS))
             chosen = topk_indices(scores, k)
             idx.append(chosen)
             pre.append(block.gather(1, chosen))

@@ -14,7 +14,8 @@ from .config import SAEConfig, SAETrainConfig, TritonPath
 from .io import save_sae
 from .losses import aux_loss, aux_zipf_weights, auxk_weights, fvu
 from .model import SparseAutoencoder
-from .parallel import SHARDED, SINGLE, Layout, current_layout
+from .parallel import SHARDED, SINGLE, Layout, current_layout, full_state, load_full_state
+from .selection import RULES, get_rule
 
 
 def use_sparse(cfg: SAETrainConfig, layout: Layout = SINGLE, triton: TritonPath | None = None) -> bool:
@@ -47,7 +48,8 @@ def make_optimizer(sae: SparseAutoencoder, cfg: SAETrainConfig) -> torch.optim.A
 
 
 def triton_supported(sae_cfg: SAEConfig) -> bool:
-    return sae_cfg.selection in ("topk", "gradient") and sae_cfg.aux in ("auxk", "none")
+    """Whether the fused kernels cover this SAE: its rule says so, and the aux loss is AuxK or none."""
+    return get_rule(sae_cfg.selection).triton and sae_cfg.aux in ("auxk", "none")
 
 
 def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE) -> TritonPath | None:
@@ -58,7 +60,8 @@ def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE)
                 and not layout.latent)
         return path if auto else None
     if cfg.use_triton and not triton_supported(sae_cfg):
-        raise ValueError(f"use_triton: the kernels cover selection topk/gradient with aux auxk/none, "
+        covered = [name for name, rule in RULES.items() if rule.triton]
+        raise ValueError(f"use_triton: the kernels cover selection {'/'.join(covered)} with aux auxk/none, "
                          f"not {sae_cfg.selection}/{sae_cfg.aux}")
     if cfg.use_triton and layout.latent:
         raise ValueError("use_triton: the fused kernels do not merge candidates across ranks yet; "
@@ -75,7 +78,7 @@ def _triton_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor 
     fused_aux = n_dead > 0 and path.aux == "fused"
     idx, vals, x_hat, aux_idx, e_hat = triton_forward(
         x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, cfg.k, dead=dead if fused_aux else None,
-        k_aux=cfg.aux_k, grads=grads if cfg.selection == "gradient" else None, beta=cfg.beta,
+        k_aux=cfg.aux_k, grads=grads if sae.rule.needs_grads else None, beta=cfg.beta,
         precision=path.precision)
     mse = fvu(x, x_hat, layout)
     if fused_aux:
@@ -226,7 +229,7 @@ def _metrics(res: dict[str, Any], sae: SparseAutoencoder, step: int, cfg: SAETra
 
 def _checkpoint(run: RunDir | None, sae: SparseAutoencoder, opt, store, step: int) -> None:
     """Collective under parallel="latent": every rank calls it; rank 0 writes the whole SAE."""
-    sae_state, opt_state = sae.layout.full_state(sae, opt)
+    sae_state, opt_state = full_state(sae.layout, sae, opt)
     if run is not None and sae.layout.rank == 0:
         atomic_torch_save(run.file("checkpoint.pt"), {
             "kind": "workbench-sae", "sae_config": asdict(sae.cfg), "sae": sae_state,
@@ -238,7 +241,7 @@ def _save_final(run: RunDir, sae: SparseAutoencoder) -> None:
         if sae.layout.rank == 0:
             save_sae(sae, run.path)
         return
-    whole, _ = sae.layout.full_state(sae)
+    whole, _ = full_state(sae.layout, sae)
     if sae.layout.rank == 0:
         full = SparseAutoencoder(sae.cfg).to(sae.W_dec.dtype)
         full.load_state_dict(whole)
@@ -269,11 +272,7 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, r
         raise ValueError(f"the store yields d={store.d} activations, SAEConfig.d_in is {sae_cfg.d_in}")
     if store.batch_size != cfg.batch_size:
         raise ValueError(f"store.batch_size={store.batch_size} != SAETrainConfig.batch_size={cfg.batch_size}")
-    if sae_cfg.selection == "gradient" and not store.has_grads:
-        raise ValueError("selection='gradient' needs a store with gradients (StoreConfig.with_grads=True)")
-    if sae_cfg.selection == "feature_choice" and sae_cfg.k * cfg.batch_size < sae_cfg.d_sae:
-        raise ValueError(f"feature_choice: k·batch = {sae_cfg.k * cfg.batch_size} tokens cannot give each of "
-                         f"{sae_cfg.d_sae} latents one")
+    get_rule(sae_cfg.selection).check_training(sae_cfg, cfg.batch_size, store.has_grads)
     if cfg.steps < 1:
         raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch of {cfg.batch_size}")
     layout = current_layout(cfg.parallel)
@@ -290,7 +289,7 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, r
         state = load_state(ckpt, kind="workbench-sae")
         if state["sae_config"] != asdict(sae_cfg):
             raise CheckpointError(f"{ckpt} was written for a different SAEConfig: {state['sae_config']}")
-        layout.load_full_state(sae, opt, state["sae"], state["optimizer"])
+        load_full_state(layout, sae, opt, state["sae"], state["optimizer"])
         store.load_state_dict(state["store"])
         start = state["step"]
         if lead:
