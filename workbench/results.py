@@ -231,8 +231,8 @@ class HeadsRunResult:
     measurements of issue 21, each stored as its result class's to_dict() (the viewer shows what is
     present): DuoAttention gates (probes.duo.DuoResult), RazorAttention scores
     (probes.razor.RazorResult), the KV-cache trade-off (probes.kv_tradeoff.TradeoffResult), the rank
-    agreement of the head rankings (probes.head_agreement) and the scores over training
-    (probes.heads_over_training)."""
+    agreement of the head rankings (probes.head_agreement), the scores over training
+    (probes.heads_over_training) and the head explorer's data (probes.head_explorer.explorer_data)."""
 
     KIND: ClassVar[str] = "heads"
     SCHEMA: ClassVar[int] = 1
@@ -244,6 +244,7 @@ class HeadsRunResult:
     kv_tradeoff: dict | None = None
     agreement: dict | None = None
     over_training: dict | None = None
+    explorer: dict | None = None  # probes.head_explorer.explorer_data(...): the head explorer's scores and patterns
 
     @property
     def n_layers(self) -> int:

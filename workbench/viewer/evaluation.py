@@ -16,7 +16,8 @@ from .build_status import BuildStatus
 class Evaluations:
     """The viewer's evaluation jobs, by run name; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_windows: int | None = None) -> None:
+        self.n_windows = n_windows  # held-out windows per evaluation (None: the run's own, else 32)
         self._lock = threading.Lock()
         self._jobs: dict[str, BuildStatus] = {}
         self._running: str | None = None
@@ -44,7 +45,7 @@ class Evaluations:
     def _run(self, name: str, run_dir: Path, job: BuildStatus) -> None:
         from ..sae.run_eval import evaluate_recorded_run
         try:
-            evaluate_recorded_run(run_dir, status=job)
+            evaluate_recorded_run(run_dir, self.n_windows, status=job)
             job.finish()
         except Exception as e:  # shown on the page; the run stays unevaluated and can be tried again
             traceback.print_exc()

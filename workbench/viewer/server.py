@@ -114,10 +114,11 @@ def json_route(fn: Callable) -> Callable:
 
 
 def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, host: str = "127.0.0.1",
-               port: int | None = None, build: BuildStatus | None = None) -> Starlette:
+               port: int | None = None, build: BuildStatus | None = None, eval_windows: int | None = None) -> Starlette:
     """The viewer over `runs_root`. Requests whose Host is not `host` or loopback (on `port`; any
-    port when None) are refused; `build`, when given, is shown live on `/` and at /api/build."""
-    store, jobs = RunStore(runs_root), Evaluations()
+    port when None) are refused; `build`, when given, is shown live on `/` and at /api/build;
+    `eval_windows`: held-out windows when an SAE run is evaluated from its page (None: 32)."""
+    store, jobs = RunStore(runs_root), Evaluations(eval_windows)
 
     async def overview(request: Request) -> HTMLResponse:
         return HTMLResponse(pages.page("Runs", overview_body(store, jobs, build)))
