@@ -12,9 +12,21 @@ import torch
 from workbench.probes.arrow import arrow_from_losses
 from workbench.probes.heads import HeadRoles
 from workbench.probes.sparsity import SparsityResult
-from workbench.results import (KINDS, ArrowRunResult, AttentionExample, HeadsRunResult, ResultsError, SAERunResult,
-                               SparsityOverTraining, SparsityRunResult, TopKIntervention, read_results, register,
-                               take, write_results)
+from workbench.results import (
+    KINDS,
+    ArrowRunResult,
+    AttentionExample,
+    HeadsRunResult,
+    ResultsError,
+    SAERunResult,
+    SparsityOverTraining,
+    SparsityRunResult,
+    TopKIntervention,
+    read_results,
+    register,
+    take,
+    write_results,
+)
 from workbench.runs import RunDir
 
 

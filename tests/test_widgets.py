@@ -6,8 +6,7 @@ import torch
 from workbench.corpus import ByteTokenizer
 from workbench.results import SparsityRunResult, read_results
 from workbench.sae.evaluate import FeatureTable
-from workbench.widgets import (ArrowDashboard, FeatureExplorer, HeadRoleMap, SparsityDashboard,
-                               load_demo_dashboards)
+from workbench.widgets import ArrowDashboard, FeatureExplorer, HeadRoleMap, SparsityDashboard, load_demo_dashboards
 
 
 def _read(root, name):

@@ -19,14 +19,32 @@ from tqdm.auto import tqdm
 
 from .activations import ActivationStore, ModelSource, StoreConfig
 from .corpus import windows
-from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, LMTrainConfig, ModelConfig, default_data, default_model_dir,
-                     load_default, save_model, workbench_home)
 from .default_model import load_shipped_pairs, primes_dir, shipped_dir
+from .models import (
+    DEFAULT_MODEL,
+    DEFAULT_TRAIN,
+    LMTrainConfig,
+    ModelConfig,
+    default_data,
+    default_model_dir,
+    load_default,
+    save_model,
+    workbench_home,
+)
 from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_over_seeds, pair_dirs, primes_data, train_pairs
 from .probes.heads import HeadRoleConfig, attention_patterns, head_roles, make_contexts
 from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_intervention
-from .results import (ArrowRunResult, AttentionExample, HeadsRunResult, ResultsError, SparsityOverTraining,
-                      SparsityRunResult, TopKIntervention, read_results, write_results)
+from .results import (
+    ArrowRunResult,
+    AttentionExample,
+    HeadsRunResult,
+    ResultsError,
+    SparsityOverTraining,
+    SparsityRunResult,
+    TopKIntervention,
+    read_results,
+    write_results,
+)
 from .runs import RunDir, atomic_write_json
 from .sae import SAEConfig, SAETrainConfig, train_sae
 from .sae.run_eval import evaluate_sae

@@ -17,8 +17,8 @@ checked (front.HostCheck) and every string read from disk is escaped.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import quote
 
 import plotly
