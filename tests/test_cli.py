@@ -1,6 +1,12 @@
+import dataclasses
+import typing
+
 import pytest
 
-from workbench.__main__ import main
+from workbench.__main__ import FILLED_BY_RUN, STORE_FLAGS, main, parse_args, train_configs
+from workbench.activations import StoreConfig
+from workbench.fielddoc import field_help
+from workbench.sae.config import SAEConfig, SAETrainConfig
 from workbench.sae import load_sae
 
 
@@ -42,9 +48,125 @@ def test_cache_acts_then_train_on_the_cache(tmp_path, default_models):
               "--out", str(tmp_path / "x")])
 
 
-def test_flags_carry_the_config_fields_documentation(capsys):
+D_IN = 64
+BASE = ["train-sae", "--d-sae", "256", "--out", "run"]  # the one required config field, and the run folder
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _typed(value) -> list[str]:
+    """A value as a user types it."""
+    if isinstance(value, tuple):
+        return [x for v in value for x in _typed(v)]
+    return [str(value).lower() if value is None or isinstance(value, bool) else str(value)]
+
+
+def _other_value(cls, f: dataclasses.Field):
+    """A valid value of field `f` other than its default."""
+    choices = f.metadata.get("choices")
+    if choices is not None:
+        return next(c for c in choices if not (c == f.default and type(c) is type(f.default)))
+    tp = typing.get_type_hints(cls)[f.name]
+    if tp == tuple[float, float]:
+        return tuple(v / 2 for v in f.default)
+    if tp in (bool | None,):
+        return True
+    if tp in (int, int | None):
+        return 7 if f.default is None else f.default + 3
+    if tp in (float, float | None):
+        return 3e-3 if f.default is None else f.default / 4
+    if tp in (str, str | None):
+        return "cuda:1" if f.name == "device" else "some-project"
+    raise AssertionError(f"no test value for {cls.__name__}.{f.name}: {tp}")
+
+
+FIELDS = [(cls, f) for cls in (SAEConfig, SAETrainConfig) for f in dataclasses.fields(cls)
+          if f.name not in FILLED_BY_RUN and f.name != "d_sae"]
+
+
+def test_every_config_field_is_a_flag_with_the_dataclass_default():
+    args = parse_args(BASE)
+    sae, train = train_configs(args, D_IN)
+    assert sae == SAEConfig(d_in=D_IN, d_sae=256) and train == SAETrainConfig()
+    flags = {a.dest for a in _parser_actions()}
+    assert {f.name for _, f in FIELDS} | {"d_sae"} <= flags
+    assert not set(FILLED_BY_RUN) & flags  # the run fills these from its data source
+
+
+def _parser_actions():
+    from workbench.__main__ import _parsers
+
+    return _parsers()[1]["train-sae"]._actions
+
+
+@pytest.mark.parametrize("cls,f", FIELDS, ids=[f"{c.__name__}.{f.name}" for c, f in FIELDS])
+def test_each_flag_round_trips_into_its_config(cls, f):
+    value = _other_value(cls, f)
+    sae, train = train_configs(parse_args(BASE + [_flag(f.name), *_typed(value)]), D_IN)
+    want_sae, want_train = SAEConfig(d_in=D_IN, d_sae=256), SAETrainConfig()
+    if cls is SAEConfig:
+        want_sae = dataclasses.replace(want_sae, **{f.name: value})
+    else:
+        want_train = dataclasses.replace(want_train, **{f.name: value})
+    assert (sae, train) == (want_sae, want_train)
+    assert type(getattr(sae if cls is SAEConfig else train, f.name)) is type(value)
+
+
+def test_none_true_false_and_tuples_parse_to_their_types():
+    args = parse_args(BASE + ["--lr", "none", "--k-aux", "None", "--use-triton", "false", "--sparse", "true",
+                              "--adam-betas", "0.5", "0.75", "--wandb-project", "none"])
+    _, train = train_configs(args, D_IN)
+    assert (args.lr, args.k_aux, train.use_triton, train.sparse) == (None, None, False, True)
+    assert train.adam_betas == (0.5, 0.75) and train.wandb_project is None
+    assert train_configs(parse_args(BASE + ["--sparse", "auto", "--use-triton", "none"]), D_IN)[1] == SAETrainConfig()
+
+
+def test_help_shows_every_fields_documentation_and_default(capsys):
     with pytest.raises(SystemExit):
         main(["train-sae", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert '--parallel PARALLEL under torchrun: "data" (DDP, whole SAE per rank)' in out  # SAETrainConfig
-    assert "a latent that has not fired for this many tokens is dead (default: 1000000)" in out  # SAEConfig
+    squeezed = "".join(out.split())  # argparse wraps lines (also after hyphens)
+    for cls, f in FIELDS:
+        assert "".join(field_help(f).split()) in squeezed, f"{cls.__name__}.{f.name}"
+    assert "--parallel {data,latent} under torchrun: \"data\" (DDP, whole SAE per rank)" in out
+    assert "a latent that has not fired for this many tokens is dead (default: 1000000)" in out
+    assert "--adam-betas FLOAT FLOAT Adam's beta1 and beta2 (default: 0.9 0.999)" in out
+    assert "--sparse {true,false,auto}" in out and "--use-triton {true,false,none}" in out
+
+
+@pytest.mark.parametrize("extra,flag,why", [
+    (["--dtype", "float16"], "--dtype", "invalid choice: 'float16'"),
+    (["--adam-betas", "0.9"], "--adam-betas", "expected 2 arguments"),
+    (["--adam-betas", "0.9", "high"], "--adam-betas", "expected float, got 'high'"),
+    (["--k", "eight"], "--k", "expected int, got 'eight'"),
+    (["--k", "256"], "--k", "smaller than the dictionary"),  # refused by SAEConfig, before any model loads
+    (["--selection", "batchtopk"], "--selection", "invalid choice"),
+    (["--sparse", "maybe"], "--sparse", "invalid choice: 'maybe'"),
+    (["--use-triton", "maybe"], "--use-triton", "expected true, false or none"),
+    (["--lr", "fast"], "--lr", "expected float or none"),
+    (["--threshold-decay", "1.0"], "--threshold-decay", "must lie in"),
+])
+def test_a_bad_value_fails_naming_its_flag(capsys, extra, flag, why):
+    with pytest.raises(SystemExit) as e:
+        parse_args(BASE + extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"workbench train-sae: error: argument {flag}: " in err and why in err
+
+
+def test_cache_acts_flags_are_the_store_config_fields(capsys):
+    args = parse_args(["cache-acts", "--hook", "blocks.1.hook_resid_post", "--tokens", "8192", "--out", "c"])
+    defaults = StoreConfig("blocks.1.hook_resid_post")
+    assert (args.hook_name, args.buffer_tokens, args.with_grads, args.seed) == \
+        (defaults.hook_name, defaults.buffer_tokens, defaults.with_grads, defaults.seed)
+    args = parse_args(["cache-acts", "--hook", "h", "--tokens", "1", "--out", "c", "--shard-tokens", "4096",
+                       "--with-grads", "--seed", "3"])
+    assert (args.buffer_tokens, args.with_grads, args.seed) == (4096, True, 3)
+    with pytest.raises(SystemExit):
+        main(["cache-acts", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(StoreConfig):
+        if f.name in STORE_FLAGS:
+            assert f"{_flag(STORE_FLAGS[f.name])} " in out and "".join(field_help(f).split()) in "".join(out.split())

@@ -1,7 +1,8 @@
 """Command line: `python -m workbench …` (also installed as `workbench`).
 
-The flags are the fields of SAEConfig and SAETrainConfig, so the command line and the library
-train the same thing. Under torchrun every process runs the same command; --parallel picks how
+The flags are the fields of SAEConfig and SAETrainConfig (cache-acts': of StoreConfig), with the
+documentation, type and accepted values each field declares (fielddoc.py), so the command line and
+the library train the same thing. Under torchrun every process runs the same command; --parallel picks how
 one SAE is spread over them (see workbench/sae/parallel.py).
 
     workbench cache-acts --hook blocks.1.hook_resid_post --tokens 2000000 --out cache/l1
@@ -13,35 +14,15 @@ one SAE is spread over them (see workbench/sae/parallel.py).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
-import re
 import sys
 from pathlib import Path
 
-from .sae.config import SAEConfig
-from .sae.trainer import SAETrainConfig
+from .activations import StoreConfig
+from .fielddoc import FieldError, add_flags, from_args
+from .sae.config import SAEConfig, SAETrainConfig
 
-
-def _field_comments(cls) -> dict[str, str]:
-    """`name: type = default  # comment` lines of a config dataclass: its fields' documentation."""
-    found = re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", inspect.getsource(cls), flags=re.M)
-    return {name: text.replace("%", "%%") for name, text in found}
-
-
-def _add_fields(parser: argparse.ArgumentParser, cls, skip: set[str]) -> None:
-    docs = _field_comments(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or f.type not in ("int", "float", "str", "bool", "int | None", "float | None",
-                                            "bool | None", "str | None"):
-            continue
-        kind = {"int": int, "float": float, "str": str}.get(f.type.split(" |")[0], str)
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f"{docs.get(f.name, '')} (default: {f.default})"
-        if f.type.startswith("bool"):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=f.default, help=help_)
-        else:
-            parser.add_argument(flag, type=kind, default=f.default, help=help_)
+FILLED_BY_RUN = ("d_in", "hook_name", "model_name")  # SAEConfig fields the data source decides, not a flag
+STORE_FLAGS = {"hook_name": "hook", "buffer_tokens": "shard_tokens", "with_grads": "with_grads", "seed": "seed"}
 
 
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +33,7 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", default="text", help="the field holding the text in .jsonl rows")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     ap = argparse.ArgumentParser(prog="workbench")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared 2-core machine two threads collapse when "
@@ -60,27 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     ca = sub.add_parser("cache-acts", help="write a model's activations at a hook as safetensors shards")
     _add_source_flags(ca)
-    ca.add_argument("--hook", required=True, help="TransformerLens hook name, e.g. blocks.1.hook_resid_post")
+    add_flags(ca, StoreConfig, only=STORE_FLAGS, rename=STORE_FLAGS)
     ca.add_argument("--tokens", type=int, required=True, help="activations to write (whole shards)")
-    ca.add_argument("--shard-tokens", type=int, default=65_536, help="activations per shard")
-    ca.add_argument("--with-grads", action="store_true", help="also store dL/d(activation) (gradient SAEs)")
-    ca.add_argument("--seed", type=int, default=0)
-    ca.add_argument("--device", default="cpu")
-    ca.add_argument("--out", required=True)
+    ca.add_argument("--device", default="cpu", help="where the model runs (default: cpu)")
+    ca.add_argument("--out", required=True, help="the cache folder (shards and manifest.json)")
     tr = sub.add_parser("train-sae", help="train an SAE on a model's activations at a hook, or on a cache")
     _add_source_flags(tr)
     tr.add_argument("--no-eval", action="store_true", help="skip results.json and features.safetensors (the "
                                                            "viewer then lists the run as unfinished)")
-    tr.add_argument("--buffer-tokens", type=int, default=65_536, help="activations computed at once from a live "
-                                                                      "model (with --hook), shuffled into batches")
+    add_flags(tr, StoreConfig, only={"buffer_tokens"})  # with --hook: a live model's chunks
     tr.add_argument("--eval-windows", type=int, default=32, help="held-out windows for results.json and the "
                                                                   "feature table")
     tr.add_argument("--hook", help="TransformerLens hook name, e.g. blocks.1.hook_resid_post (without --cache)")
     tr.add_argument("--cache", help="a folder written by cache-acts (the way to train on many ranks)")
-    tr.add_argument("--d-sae", type=int, required=True)
     tr.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
-    _add_fields(tr, SAEConfig, skip={"d_in", "d_sae", "hook_name", "model_name"})
-    _add_fields(tr, SAETrainConfig, skip=set())
+    add_flags(tr, SAEConfig, skip=FILLED_BY_RUN)
+    add_flags(tr, SAETrainConfig)
     td = sub.add_parser("train-default", help="retrain the embedded default workbench-tiny (every seed, both "
                                               "directions) and pack it into data/ (see data/README.md)")
     td.add_argument("--out", default="runs/workbench-tiny", help="where the full-precision runs are trained")
@@ -91,7 +67,26 @@ def _parser() -> argparse.ArgumentParser:
                                                  "for the full recipe, nothing with --steps)")
     td.add_argument("--primes", action="store_true", help="instead, the arrow probe's primes×product pairs "
                                                           "(runs/arrow-primes, packed into data/arrow-primes)")
-    return ap
+    return ap, {"cache-acts": ca, "train-sae": tr, "train-default": td}
+
+
+def train_configs(args: argparse.Namespace, d_in: int, hook_name: str = "",
+                  model_name: str = "") -> tuple[SAEConfig, SAETrainConfig]:
+    """The SAE and training configs a parsed `train-sae` command line asks for."""
+    return (from_args(SAEConfig, args, d_in=d_in, hook_name=hook_name, model_name=model_name),
+            from_args(SAETrainConfig, args))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check a command line; a value its config refuses exits as argparse does, naming the flag."""
+    ap, subs = _parsers()
+    args = ap.parse_args(argv)
+    if args.command == "train-sae":
+        try:  # before any model loads; d_in (known once the source is) is not checked against anything here
+            train_configs(args, d_in=1)
+        except FieldError as e:
+            subs["train-sae"].error(f"argument --{e.field.replace('_', '-')}: {e}")
+    return args
 
 
 def train_default(args: argparse.Namespace) -> int:
@@ -134,13 +129,13 @@ def cache_acts(args: argparse.Namespace) -> int:
 
     from .pretrained import model_record
 
-    src = _model_source(args.model, args.hook, args.device, args.with_grads, args.seed, args.shard_tokens,
+    src = _model_source(args.model, args.hook_name, args.device, args.with_grads, args.seed, args.buffer_tokens,
                         args.corpus, args.text_field)
-    n = max(1, args.tokens // args.shard_tokens)
+    n = max(1, args.tokens // args.buffer_tokens)
     corpus = None if args.corpus is None else str(Path(args.corpus).resolve())  # found again from anywhere
-    cache_activations(src, args.out, n, metadata={"model": model_record(args.model)["model"], "hook_name": args.hook,
+    cache_activations(src, args.out, n, metadata={"model": model_record(args.model)["model"], "hook_name": args.hook_name,
                                                   "seed": args.seed, "corpus": corpus, "text_field": args.text_field})
-    print(f"wrote {n} shards of {args.shard_tokens} activations to {args.out}")
+    print(f"wrote {n} shards of {args.buffer_tokens} activations to {args.out}")
     return 0
 
 
@@ -170,11 +165,7 @@ def train(args: argparse.Namespace) -> int:
         src = _model_source(args.model, args.hook, values["device"], gradient, values["seed"],
                             args.buffer_tokens, corpus, text_field)
     corpus = None if corpus is None else str(Path(corpus).resolve())
-    sae_cfg = SAEConfig(d_in=src.d, d_sae=args.d_sae, hook_name=hook, model_name=model_name,
-                        **{f.name: values[f.name] for f in dataclasses.fields(SAEConfig)
-                           if f.name in values and f.name not in ("d_in", "d_sae")})
-    train_cfg = SAETrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(SAETrainConfig)
-                                  if f.name in values})
+    sae_cfg, train_cfg = train_configs(args, src.d, hook, model_name)
     store = ActivationStore(src, train_cfg.batch_size, seed=train_cfg.seed, rank=rank, world_size=world)
     train_sae(sae_cfg, train_cfg, store, RunDir(args.out), progress=rank == 0)
     if rank == 0:
@@ -193,7 +184,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     if args.threads > 0:
         import torch
         torch.set_num_threads(args.threads)

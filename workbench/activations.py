@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # importing transformer_lens costs seconds; torchrun workers 
     from transformer_lens import HookedTransformer
 
 from .corpus import windows
+from .fielddoc import REQUIRED, doc
 from .runs import atomic_save_tensors, atomic_write_json
 
 
@@ -98,15 +99,16 @@ class ChunkSource(Protocol):
 class StoreConfig:
     """Where activations come from and how they are batched."""
 
-    hook_name: str  # e.g. "blocks.1.hook_resid_post"
-    batch_size: int = 4096  # activations per (global) batch
-    buffer_tokens: int = 65_536  # activations per chunk: the memory bound
-    seq_len: int = 128  # tokens per window after BOS
-    with_grads: bool = False  # also capture dL/d(activation) (gradient SAEs need it)
-    skip_bos: bool = True  # drop the BOS position: its activations are outliers, not text
-    reverse: bool = False  # reverse windows (for a backward model)
-    seed: int = 0  # which windows each chunk holds, and its shuffle
-    model_batch: int = 32  # windows per model forward pass
+    hook_name: str = doc(REQUIRED, "TransformerLens hook name, e.g. blocks.1.hook_resid_post")
+    batch_size: int = doc(4096, "activations per (global) batch")
+    buffer_tokens: int = doc(65_536, "activations per chunk (a cache shard), computed at once and shuffled into "
+                             "batches: the memory bound")
+    seq_len: int = doc(128, "tokens per window after BOS")
+    with_grads: bool = doc(False, "also capture dL/d(activation) (gradient SAEs need it)")
+    skip_bos: bool = doc(True, "drop the BOS position: its activations are outliers, not text")
+    reverse: bool = doc(False, "reverse windows (for a backward model)")
+    seed: int = doc(0, "which windows each chunk holds, and its shuffle")
+    model_batch: int = doc(32, "windows per model forward pass")
 
 
 class ModelSource:
