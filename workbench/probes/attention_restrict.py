@@ -23,7 +23,8 @@ q·k / scale and the mean score is not q·k̂.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -159,5 +160,5 @@ def attn_scale(model: HookedTransformer, layer: int) -> float:
     return float(model.blocks[layer].attn.attn_scale)
 
 
-__all__ = ["check_supported", "streaming_pattern", "gate_hooks", "keep_full_hooks", "kv_fraction", "n_kv_heads",
-           "attn_scale"]
+__all__ = ["attn_scale", "check_supported", "gate_hooks", "keep_full_hooks", "kv_fraction", "n_kv_heads",
+           "streaming_pattern"]

@@ -23,6 +23,7 @@ distance is divided by the full states' mean ‖h_full‖², which makes λ scal
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
@@ -155,7 +156,7 @@ class DuoResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DuoResult":
+    def from_dict(cls, d: dict) -> DuoResult:
         return cls(**d)
 
     def head_curve(self, layer: int, head: int) -> tuple[list[int], list[float]]:
@@ -242,7 +243,7 @@ def duo_gates(model: HookedTransformer, cfg: DuoConfig = DuoConfig(), *, haystac
             p.requires_grad_(g)
     return DuoResult(alphas=alpha.detach().cpu().tolist(), steps=list(range(1, cfg.steps + 1)), **hist,
                      trajectory_steps=traj_steps, trajectory=traj, seconds=time.perf_counter() - start,
-                     config=asdict(cfg))
+                     config=_jsonable(asdict(cfg)))
 
 
 def passkey_accuracy(logits: Float[Tensor, "b T V"], batch: PasskeyBatch) -> tuple[float, float]:
@@ -250,3 +251,8 @@ def passkey_accuracy(logits: Float[Tensor, "b T V"], batch: PasskeyBatch) -> tup
     rows = torch.arange(len(batch.tokens), device=logits.device)[:, None]
     hit = logits[rows, batch.answer_pos.to(logits.device)].argmax(-1) == batch.answer.to(logits.device)
     return float(hit.all(-1).double().mean()), float(hit.double().mean())
+
+
+def _jsonable(d: dict) -> dict:
+    """The config as JSON gives it back (tuples as lists), so results round-trip through files."""
+    return json.loads(json.dumps(d))

@@ -16,6 +16,7 @@ useful where its curve lies outside the band (above for accuracy, below for loss
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -69,7 +70,7 @@ class TradeoffResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TradeoffResult":
+    def from_dict(cls, d: dict) -> TradeoffResult:
         return cls(**d)
 
     def beats_random(self, name: str, metric: str = "needle_acc", pct: float = 25) -> bool:
@@ -231,4 +232,9 @@ def tradeoff_curve(model: HookedTransformer, rankings: dict[str, list[list[float
     return TradeoffResult(fractions=[float(p) for p in cfg.fractions], n_full=n_full, kv_fraction=kv, curves=curves,
                           random_curves=random_curves, random_band=band,
                           rankings={k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in rankings.items()},
-                          seq_len=cfg.seq_len, config=asdict(cfg))
+                          seq_len=cfg.seq_len, config=_jsonable(asdict(cfg)))
+
+
+def _jsonable(d: dict) -> dict:
+    """The config as JSON gives it back (tuples as lists), so results round-trip through files."""
+    return json.loads(json.dumps(d))

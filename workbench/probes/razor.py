@@ -19,6 +19,7 @@ attention; every other head keeps sink + window + the compensation token
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -57,7 +58,7 @@ class RazorResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RazorResult":
+    def from_dict(cls, d: dict) -> RazorResult:
         return cls(**d)
 
     def ranking(self) -> list[list[float]]:
@@ -144,4 +145,9 @@ def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, 
     n = echo.numel()
     return RazorResult(echo=echo.tolist(), induction=induction.tolist(), protected=keep.tolist(),
                        n_induction_protected=math.ceil(cfg.induction_frac * n - 1e-9),
-                       n_echo_protected=math.ceil(cfg.echo_frac * n - 1e-9), config=asdict(cfg))
+                       n_echo_protected=math.ceil(cfg.echo_frac * n - 1e-9), config=_jsonable(asdict(cfg)))
+
+
+def _jsonable(d: dict) -> dict:
+    """The config as JSON gives it back (tuples as lists), so results round-trip through files."""
+    return json.loads(json.dumps(d))
