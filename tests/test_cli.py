@@ -6,8 +6,8 @@ import pytest
 from workbench.__main__ import FILLED_BY_RUN, STORE_FLAGS, main, parse_args, train_configs
 from workbench.activations import StoreConfig
 from workbench.fielddoc import field_help
-from workbench.sae.config import SAEConfig, SAETrainConfig
 from workbench.sae import load_sae
+from workbench.sae.config import SAEConfig, SAETrainConfig
 
 
 @pytest.mark.slow

@@ -1,13 +1,12 @@
 import pytest
 import torch
 
-from workbench.corpus import (ByteTokenizer, python_docs_corpus, text_files_corpus, unigram_entropy,
-                              windows)
+from workbench.corpus import ByteTokenizer, python_docs_corpus, unigram_entropy, windows
 
 
 def test_python_docs_corpus_is_deterministic_and_split():
     a, b = python_docs_corpus(), python_docs_corpus()
-    assert a.fingerprint() == b.fingerprint()
+    assert a == b
     n_train, n_val = len(a.text("train")), len(a.text("validation"))
     assert 1_000_000 < n_train + n_val < 2_500_000
     assert 0.04 < n_val / (n_train + n_val) < 0.2
@@ -38,15 +37,11 @@ def test_unigram_entropy_of_uniform_stream():
     assert unigram_entropy(stream, 257) == pytest.approx(torch.log(torch.tensor(256.0)).item())
 
 
-def test_empty_corpus_gets_a_clear_error(tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n   \n")
-    with pytest.raises(ValueError, match="empty"):
-        text_files_corpus([empty])
-    with pytest.raises(FileNotFoundError, match="paths"):
-        text_files_corpus([tmp_path / "missing.txt"])
+def test_a_stream_shorter_than_a_window_gets_a_clear_error():
     with pytest.raises(ValueError, match="fewer than one window"):
         windows(torch.arange(5), 10, bos_token_id=0)
+    with pytest.raises(ValueError, match="stream: expected a 1-D"):
+        windows(torch.zeros(2, 20, dtype=torch.long), 10, bos_token_id=0)
 
 
 def test_load_corpus_reads_plain_jsonl_and_folders(tmp_path):

@@ -126,15 +126,15 @@ def _model_source(model_name: str, hook: str, device: str, with_grads: bool, see
 
 def cache_acts(args: argparse.Namespace) -> int:
     from .activations import cache_activations
-
     from .pretrained import model_record
 
     src = _model_source(args.model, args.hook_name, args.device, args.with_grads, args.seed, args.buffer_tokens,
                         args.corpus, args.text_field)
     n = max(1, args.tokens // args.buffer_tokens)
     corpus = None if args.corpus is None else str(Path(args.corpus).resolve())  # found again from anywhere
-    cache_activations(src, args.out, n, metadata={"model": model_record(args.model)["model"], "hook_name": args.hook_name,
-                                                  "seed": args.seed, "corpus": corpus, "text_field": args.text_field})
+    meta = {"model": model_record(args.model)["model"], "hook_name": args.hook_name, "seed": args.seed,
+            "corpus": corpus, "text_field": args.text_field}
+    cache_activations(src, args.out, n, metadata=meta)
     print(f"wrote {n} shards of {args.buffer_tokens} activations to {args.out}")
     return 0
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import difflib
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -114,7 +115,7 @@ class StoreConfig:
 class ModelSource:
     """Chunks computed from a model over a token stream."""
 
-    def __init__(self, model: HookedTransformer, stream: Int[torch.Tensor, "n"], cfg: StoreConfig,
+    def __init__(self, model: HookedTransformer, stream: Int[torch.Tensor, " n"], cfg: StoreConfig,
                  bos_token_id: int):
         validate_hook_name(model, cfg.hook_name)
         if cfg.seq_len >= model.cfg.n_ctx:
@@ -300,7 +301,7 @@ class CachedSource:
     def chunk_len(self, i: int) -> int:
         return int(self.shards[i % len(self.shards)]["n"])
 
-    def chunk_rows(self, i: int, rows: Int[torch.Tensor, "m"]) -> ActivationBatch:
+    def chunk_rows(self, i: int, rows: Int[torch.Tensor, " m"]) -> ActivationBatch:
         """Rows `rows` of chunk i, read through a memory map: only their pages leave the disk."""
         shard = self.shards[i % len(self.shards)]
         path = self.dir / shard["file"]
@@ -312,7 +313,7 @@ class CachedSource:
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # bf16 travels as raw bits
 
 
-def read_rows(path: Path, name: str, rows: Int[torch.Tensor, "m"],
+def read_rows(path: Path, name: str, rows: Int[torch.Tensor, " m"],
               shape: tuple[int, int]) -> Float[torch.Tensor, "m d"]:
     """Rows of a 2-D tensor in a safetensors file, as float32, without reading the others.
 

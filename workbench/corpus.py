@@ -3,7 +3,7 @@
 The embedded corpus is English prose that ships with every CPython: the reference-manual topics
 in `pydoc_data` and the docstrings of a fixed list of standard-library modules (about 1.4 MB).
 It needs no download, and for a given Python version it is the same bytes on every machine.
-User text files and (where a hub is reachable) Hugging Face datasets are the other sources.
+The user's own text (`load_corpus`: a file, a .jsonl file or a folder) is the other source.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import hashlib
 import importlib
 import inspect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -49,22 +50,13 @@ class Corpus:
             raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
         return SEPARATOR.join(self.train if split == "train" else self.validation)
 
-    def fingerprint(self) -> str:
-        """sha256 of both splits: equal fingerprints mean equal corpora."""
-        h = hashlib.sha256()
-        for doc in self.train + ("\0",) + self.validation:
-            h.update(doc.encode("utf-8", "surrogatepass"))
-        return h.hexdigest()
-
 
 def _split(name: str, docs: dict[str, str], val_every: int) -> Corpus:
     # Identical texts (inherited docstrings, repeated paragraphs) would leak across the split.
     unique: dict[str, str] = {}
     for key in sorted(docs):
         unique.setdefault(docs[key], key)
-    docs = {key: text for text, key in unique.items()}
-    if not docs:
-        raise ValueError(f"corpus {name!r} is empty: no documents with text were found")
+    docs = {key: text for text, key in unique.items()}  # callers refuse empty sources before this
     train, val = [], []
     for key in sorted(docs):
         bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % val_every
@@ -156,16 +148,6 @@ def _file_docs(path: Path, key: str, text_field: str) -> dict[str, str]:
     return _jsonl_rows(path, key, text_field) if path.suffix == ".jsonl" else _paragraphs(path, key)
 
 
-def text_files_corpus(paths: Sequence[str | Path], val_every: int = 20) -> Corpus:
-    """A corpus from the user's own UTF-8 text files, one document per paragraph block."""
-    docs = {}
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"paths: {path} is not a file")
-        docs.update(_paragraphs(path, path.name))
-    return _split("text-files", docs, val_every)
-
-
 def load_corpus(path: str | Path, text_field: str = "text", val_every: int = 20) -> Corpus:
     """The user's own text (`--corpus`): a plain UTF-8 file (one document per paragraph), a
     `.jsonl` file (one document per line's `text_field`), or a folder whose .txt/.md/.py files
@@ -201,29 +183,6 @@ def corpus_stream(corpus: Corpus, tokenizer: Tokenizer, split: str, window: int)
         raise ValueError(f"corpus {corpus.name}: its {split} split is {len(stream)} tokens, shorter than one "
                          f"context window of {window} tokens: give more text")
     return stream
-
-
-def hf_corpus(dataset: str, split: str = "train", text_field: str = "text", max_docs: int = 10_000,
-              val_every: int = 20) -> Corpus:
-    """A corpus from a Hugging Face dataset; needs the hub or a local datasets cache."""
-    try:
-        import datasets
-    except ImportError as e:  # pragma: no cover - datasets comes with transformer-lens
-        raise ImportError("hf_corpus needs the `datasets` package") from e
-    try:
-        ds = datasets.load_dataset(dataset, split=split, streaming=True)
-    except Exception as e:
-        raise RuntimeError(
-            f"dataset {dataset!r} could not be loaded (no hub access and no local cache?); "
-            "the offline default is workbench.corpus.python_docs_corpus()") from e
-    docs = {}
-    for i, row in enumerate(ds):
-        if i >= max_docs:
-            break
-        if text_field not in row:
-            raise KeyError(f"text_field {text_field!r} not in dataset columns {sorted(row)}")
-        docs[f"{dataset}:{i:08d}"] = row[text_field]
-    return _split(dataset, docs, val_every)
 
 
 class Tokenizer(Protocol):

@@ -15,7 +15,8 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 REQUIRED = dataclasses.MISSING  # doc(REQUIRED, "...") declares a field without a default
 
