@@ -1,13 +1,17 @@
 """Run the three probes on the default models (via the demo runs, built if missing) and print a
-short markdown report for benchmarks/RESULTS.md.
+short markdown report for benchmarks/RESULTS.md; then the head-role methods of issue 21
+(DuoAttention gates, RazorAttention's rule, the KV-cache trade-off) on the default model, timed,
+with their results saved to benchmarks/results/head_methods.json.
 
-    python benchmarks/probes.py [--runs DIR]
+    python benchmarks/probes.py [--runs DIR] [--only probes|heads]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import time
 from datetime import date
 from pathlib import Path
 
@@ -17,10 +21,100 @@ from workbench.demo import build_demo, default_demo_dir
 from workbench.runs import RunDir
 
 
+RESULTS = Path(__file__).parent / "results" / "head_methods.json"
+DUO_SEEDS = (0, 1, 2)  # the gates' spread over context draws is the verdict's uncertainty
+
+
+def head_methods() -> dict:
+    """Duo gates (3 seeds), Razor scores, Wu's head roles and the trade-off curve (without and with
+    the compensation token) on workbench-tiny, each timed; prints a markdown summary."""
+    from workbench.models import load_model
+    from workbench.probes.duo import DuoConfig, duo_gates
+    from workbench.probes.heads import HeadRoleConfig, head_roles
+    from workbench.probes.kv_tradeoff import TradeoffConfig, standard_rankings, tradeoff_curve
+    from workbench.probes.razor import RazorConfig, razor_scores
+
+    model, tok = load_model("workbench-tiny")
+    bos, timing = tok.bos_token_id, {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        out = fn()
+        timing[name] = time.perf_counter() - start
+        return out
+
+    duos = [timed(f"duo_seed{s}", lambda s=s: duo_gates(model, DuoConfig(seed=s), progress=False)) for s in DUO_SEEDS]
+    razor = timed("razor", lambda: razor_scores(model, RazorConfig(), bos=bos))
+    roles = timed("head_roles", lambda: head_roles(model, HeadRoleConfig(), bos=bos))
+    rankings = standard_rankings(roles, duos[0], razor)
+    plain = timed("tradeoff", lambda: tradeoff_curve(model, rankings, TradeoffConfig(), progress=False))
+    comp = timed("tradeoff_compensation",
+                 lambda: tradeoff_curve(model, rankings, TradeoffConfig(compensation=True), progress=False))
+    out = {"date": str(date.today()), "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+           "model": "workbench-tiny", "timing_s": timing, "duo": [d.to_dict() for d in duos],
+           "razor": razor.to_dict(), "roles": roles.to_dict(), "tradeoff": plain.to_dict(),
+           "tradeoff_compensation": comp.to_dict()}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1))
+    print_head_methods(out)
+    return out
+
+
+def print_head_methods(out: dict) -> None:
+    from workbench.probes.kv_tradeoff import TradeoffResult
+    t = out["timing_s"]
+    alphas = torch.tensor([d["alphas"] for d in out["duo"]])  # [seeds, L, H]
+    L, H = alphas.shape[1:]
+    cfg = out["duo"][0]["config"]
+    print(f"\n**Head methods** ({out['date']} · {out['machine']} · {out['model']}; sink {cfg['sink']} + window "
+          f"{cfg['window']}, passkey contexts of {cfg['passkey']['seq_len']} tokens)\n")
+    print(f"DuoAttention gates ({cfg['steps']} Adam steps, lr {cfg['lr']}, λ {cfg['lam']}, distance "
+          f"{cfg['distance']}): {t['duo_seed0']:.1f} s per run; α per head, seed 0 [min, max over seeds "
+          f"{', '.join(map(str, DUO_SEEDS))}]:\n")
+    print("| layer | " + " | ".join(f"H{h}" for h in range(H)) + " |\n|---|" + "---|" * H)
+    for l in range(L):
+        print(f"| {l} | " + " | ".join(f"{alphas[0, l, h]:.2f} [{alphas[:, l, h].min():.2f}, {alphas[:, l, h].max():.2f}]"
+                                      for h in range(H)) + " |")
+    rz = out["razor"]
+    fmt = lambda m: "; ".join("L%d: " % l + " ".join(f"{v:.2f}" for v in row) for l, row in enumerate(m))  # noqa: E731
+    prot = [f"L{l}H{h}" for l in range(L) for h in range(H) if rz["protected"][l][h]]
+    print(f"\nRazorAttention ({t['razor']:.2f} s): induction {fmt(rz['induction'])}; echo {fmt(rz['echo'])}; "
+          f"protected (top {rz['n_induction_protected']} by induction ∪ top {rz['n_echo_protected']} by echo): "
+          f"{', '.join(prot)}.\n")
+    for key, label in (("tradeoff", "sink + window"), ("tradeoff_compensation", "sink + window + compensation token")):
+        res = TradeoffResult.from_dict(out[key])
+        print(f"KV-cache trade-off, streaming heads on {label} ({t[key]:.1f} s; needle copy accuracy, "
+              f"T = {res.seq_len}; random band = min-max of {len(res.random_curves)} random rankings):\n")
+        print("| ranking | " + " | ".join(f"{p:g}% full (KV {kv:.2f})" for p, kv in zip(res.fractions, res.kv_fraction))
+              + " | beats random at 25%? |\n|---|" + "---|" * (len(res.fractions) + 1))
+        for name, c in res.curves.items():
+            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in c["needle_acc"]) +
+                  f" | {'yes' if res.beats_random(name, 'needle_acc', 25) else 'no'} |")
+        b = res.random_band["needle_acc"]
+        print("| random mean [min, max] | " + " | ".join(f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+                                                          zip(b["mean"], b["min"], b["max"])) + " | |")
+        i = res.fractions.index(25)
+        print(f"\nAt 25% heads full (KV {res.kv_fraction[i]:.2f}): passkey answer-token accuracy "
+              + ", ".join(f"{n} {c['passkey_token_acc'][i]:.3f}" for n, c in res.curves.items())
+              + f" (random {res.random_band['passkey_token_acc']['min'][i]:.3f}-"
+              f"{res.random_band['passkey_token_acc']['max'][i]:.3f}; all full "
+              f"{res.random_band['passkey_token_acc']['mean'][-1]:.3f}); text loss "
+              + ", ".join(f"{n} {c['text_loss'][i]:.3f}" for n, c in res.curves.items())
+              + f" (random {res.random_band['text_loss']['min'][i]:.3f}-{res.random_band['text_loss']['max'][i]:.3f};"
+              f" all full {res.random_band['text_loss']['mean'][-1]:.3f}, all streaming "
+              f"{res.random_band['text_loss']['mean'][0]:.3f} nats).\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default=None)
+    ap.add_argument("--only", choices=("probes", "heads"), default=None,
+                    help="only the demo probes' report, or only the head methods")
     args = ap.parse_args()
+    if args.only != "probes":
+        head_methods()
+    if args.only == "heads":
+        return
     root = build_demo(Path(args.runs) if args.runs else default_demo_dir())
     read = lambda name: RunDir(root / name).read_results()  # noqa: E731
     sp, hd, ar = read("probe-sparsity"), read("probe-heads"), read("probe-arrow")
