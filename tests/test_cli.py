@@ -170,3 +170,30 @@ def test_cache_acts_flags_are_the_store_config_fields(capsys):
     for f in dataclasses.fields(StoreConfig):
         if f.name in STORE_FLAGS:
             assert f"{_flag(STORE_FLAGS[f.name])} " in out and "".join(field_help(f).split()) in "".join(out.split())
+
+
+def test_add_flags_on_a_toy_config():
+    import argparse
+
+    from workbench.fielddoc import REQUIRED, add_flags, doc, from_args
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy:
+        name: str = doc(REQUIRED, "what it is called")
+        sizes: tuple[int, ...] = doc((1, 2), "any number of sizes")
+        bos: bool = doc(True, "keep BOS")
+        limit: float | None = doc(None, "an upper bound, 50% of something")
+
+    ap = argparse.ArgumentParser()
+    assert add_flags(ap, Toy, rename={"bos": "keep_bos"}) == ["name", "sizes", "bos", "limit"]
+    toy = from_args(Toy, ap.parse_args(["--name", "t", "--sizes", "3", "4", "5", "--no-keep-bos", "--limit", "2"]))
+    assert toy == Toy("t", (3, 4, 5), False, 2.0)
+    assert from_args(Toy, ap.parse_args(["--name", "t"])) == Toy("t")
+    assert "50% of something (default: none)" in " ".join(ap.format_help().split())
+
+    @dataclasses.dataclass
+    class Undocumented:
+        x: int = 1
+
+    with pytest.raises(TypeError, match="Undocumented.x has no documentation"):
+        add_flags(argparse.ArgumentParser(), Undocumented)
