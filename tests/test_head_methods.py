@@ -111,6 +111,8 @@ def test_bad_inputs_name_the_argument():
         kv_fraction(torch.ones(2, 4, dtype=torch.bool), 10, 1, 2, n_kv_heads=3)
     with pytest.raises(ValueError, match="fractions"):
         n_full_heads(120, 8)
+    with pytest.raises(ValueError, match="haystack"):
+        duo_gates(model, DuoConfig(passkey=PasskeyConfig(seq_len=16)), progress=False)
     with pytest.raises(ValueError, match="seq_len"):
         passkey_batch(2, PasskeyConfig(seq_len=10), torch.arange(100), bos=0, vocab=50)
 

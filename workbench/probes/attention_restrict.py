@@ -112,7 +112,7 @@ def gate_hooks(model: HookedTransformer, alpha: Float[Tensor, "L H"], sink: int,
         def mix(pattern, hook, store=store, a=a):
             scores = store.pop("scores")
             stream = streaming_pattern(scores, sink, window, compensation=compensation, comp_weight=comp_weight)
-            w = a.to(pattern.dtype)[None, :, None, None]
+            w = a.to(device=pattern.device, dtype=pattern.dtype)[None, :, None, None]
             return w * pattern + (1 - w) * stream.to(pattern.dtype)
 
         hooks += [(f"blocks.{layer}.attn.hook_attn_scores", save_scores), (f"blocks.{layer}.attn.hook_pattern", mix)]

@@ -191,6 +191,9 @@ def duo_gates(model: HookedTransformer, cfg: DuoConfig = DuoConfig(), *, haystac
         raise ValueError(f"passkey.seq_len={cfg.passkey.seq_len} exceeds the model's n_ctx={model.cfg.n_ctx}")
     check_supported(model)
     if haystack is None:
+        if model.cfg.d_vocab != 257:
+            raise ValueError(f"haystack: required for a model with d_vocab={model.cfg.d_vocab}; the default corpus "
+                             "is byte tokens (d_vocab 257)")
         haystack, tokenizer, bos = default_haystack()
     batch = passkey_batch(cfg.n_contexts, cfg.passkey, haystack, bos=bos, tokenizer=tokenizer,
                           vocab=model.cfg.d_vocab, seed=cfg.seed)

@@ -169,6 +169,9 @@ def tradeoff_curve(model: HookedTransformer, rankings: dict[str, list[list[float
         raise ValueError(f"seq_len={cfg.seq_len} exceeds the model's n_ctx={model.cfg.n_ctx}")
     n_full = [n_full_heads(p, L * H) for p in cfg.fractions]
     if haystack is None:
+        if model.cfg.d_vocab != 257:
+            raise ValueError(f"haystack: required for a model with d_vocab={model.cfg.d_vocab}; the default corpus "
+                             "is byte tokens (d_vocab 257)")
         from ..models import default_data
         data = default_data()
         haystack, tokenizer, bos = data.validation, data.tokenizer, data.tokenizer.bos_token_id
