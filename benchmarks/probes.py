@@ -20,7 +20,6 @@ import torch
 from workbench.demo import build_demo, default_demo_dir
 from workbench.runs import RunDir
 
-
 RESULTS = Path(__file__).parent / "results" / "head_methods.json"
 DUO_SEEDS = (0, 1, 2)  # the gates' spread over context draws is the verdict's uncertainty
 
@@ -72,12 +71,13 @@ def print_head_methods(out: dict) -> None:
           f"{cfg['distance']}): {t['duo_seed0']:.1f} s per run; α per head, seed 0 [min, max over seeds "
           f"{', '.join(map(str, DUO_SEEDS))}]:\n")
     print("| layer | " + " | ".join(f"H{h}" for h in range(H)) + " |\n|---|" + "---|" * H)
-    for l in range(L):
-        print(f"| {l} | " + " | ".join(f"{alphas[0, l, h]:.2f} [{alphas[:, l, h].min():.2f}, {alphas[:, l, h].max():.2f}]"
-                                      for h in range(H)) + " |")
+    for layer in range(L):
+        a = alphas[:, layer]
+        print(f"| {layer} | " + " | ".join(f"{a[0, h]:.2f} [{a[:, h].min():.2f}, {a[:, h].max():.2f}]"
+                                          for h in range(H)) + " |")
     rz = out["razor"]
-    fmt = lambda m: "; ".join("L%d: " % l + " ".join(f"{v:.2f}" for v in row) for l, row in enumerate(m))  # noqa: E731
-    prot = [f"L{l}H{h}" for l in range(L) for h in range(H) if rz["protected"][l][h]]
+    fmt = lambda m: "; ".join(f"L{i}: " + " ".join(f"{v:.2f}" for v in row) for i, row in enumerate(m))  # noqa: E731
+    prot = [f"L{i}H{h}" for i in range(L) for h in range(H) if rz["protected"][i][h]]
     print(f"\nRazorAttention ({t['razor']:.2f} s): induction {fmt(rz['induction'])}; echo {fmt(rz['echo'])}; "
           f"protected (top {rz['n_induction_protected']} by induction ∪ top {rz['n_echo_protected']} by echo): "
           f"{', '.join(prot)}.\n")
@@ -122,17 +122,18 @@ def main() -> None:
           f"(2 layers, d_model 128, d_mlp 512, ReLU)\n")
     final, over = sp["final"], sp["over_training"]
     print("**Activation sparsity** (fraction of MLP neurons > 0 per token, held-out text):",
-          ", ".join(f"layer {l}: {100 * a:.1f}% ± {100 * s:.1f}" for l, (a, s) in
+          ", ".join(f"layer {i}: {100 * a:.1f}% ± {100 * s:.1f}" for i, (a, s) in
                     enumerate(zip(final["active_frac"], final["active_frac_std"]))),
           f"; never-firing neurons {final['never_firing']} of {len(final['neuron_freq'][0])}.")
     print("Over training (step: % active per layer):",
-          "; ".join(f"{s}: " + "/".join(f"{100 * a:.1f}" for a in fr) for s, fr in zip(over["steps"], over["active_frac"])))
+          "; ".join(f"{s}: " + "/".join(f"{100 * a:.1f}" for a in fr)
+                    for s, fr in zip(over["steps"], over["active_frac"])))
     tk = sp["topk"]
     print("Top-k on every MLP layer, loss increase (nats):",
           ", ".join(f"k={k}: {d:+.3f}" for k, d in zip(tk["ks"], tk["delta"])), "\n")
     labels = [lab for row in hd["labels"] for lab in row]
     L, H = len(hd["retrieval"]), len(hd["retrieval"][0])
-    best = max(((l, h) for l in range(L) for h in range(H)), key=lambda lh: hd["retrieval"][lh[0]][lh[1]])
+    best = max(((i, h) for i in range(L) for h in range(H)), key=lambda lh: hd["retrieval"][lh[0]][lh[1]])
     ci = hd.get("retrieval_ci", [[[float("nan")] * 2] * H] * L)[best[0]][best[1]]
     counts = ", ".join(f"{labels.count(lab)} {lab}" for lab in dict.fromkeys(labels))
     few = (f" **Too few copied steps to label retrieval** ({hd['n_copied']} < "

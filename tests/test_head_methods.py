@@ -11,12 +11,17 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tests.handset_heads import BOS, INDUCTION_HEAD, N, V, handset_model
-from workbench.probes.attention_restrict import (attn_scale, gate_hooks, keep_full_hooks, kv_fraction,
-                                                 streaming_pattern)
+from workbench.probes.attention_restrict import attn_scale, gate_hooks, keep_full_hooks, kv_fraction, streaming_pattern
 from workbench.probes.duo import DuoConfig, DuoResult, PasskeyConfig, duo_gates, passkey_batch
 from workbench.probes.heads import HeadRoleConfig, copy_steps, make_contexts
-from workbench.probes.kv_tradeoff import (TradeoffConfig, TradeoffResult, keep_top, n_full_heads, standard_rankings,
-                                          tradeoff_curve)
+from workbench.probes.kv_tradeoff import (
+    TradeoffConfig,
+    TradeoffResult,
+    keep_top,
+    n_full_heads,
+    standard_rankings,
+    tradeoff_curve,
+)
 from workbench.probes.razor import RazorConfig, RazorResult, protected_heads, razor_scores
 
 

@@ -58,7 +58,7 @@ class PasskeyBatch(NamedTuple):
     tokens: Int[Tensor, "b T"]
     answer_pos: Int[Tensor, "b k"]  # query positions whose next token is answer[:, i]
     answer: Int[Tensor, "b k"]  # the key's tokens
-    needle_pos: Int[Tensor, "b"]  # where the needle starts
+    needle_pos: Int[Tensor, " b"]  # where the needle starts
 
 
 def _token_range(vocab: int, bos: int | None, cfg: PasskeyConfig) -> tuple[int, int]:
@@ -67,7 +67,7 @@ def _token_range(vocab: int, bos: int | None, cfg: PasskeyConfig) -> tuple[int, 
     return (0, vocab - 1) if bos == vocab - 1 else (0, vocab)
 
 
-def passkey_batch(n: int, cfg: PasskeyConfig, haystack: Int[Tensor, "n_tokens"], *, bos: int | None,
+def passkey_batch(n: int, cfg: PasskeyConfig, haystack: Int[Tensor, " n_tokens"], *, bos: int | None,
                   tokenizer=None, vocab: int | None = None, seed: int = 0) -> PasskeyBatch:
     """`n` passkey contexts with haystack text cut from random offsets of the `haystack` stream.
 
