@@ -68,8 +68,18 @@ def _ci_text(ci: list | None) -> str:
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "[no interval]"
 
 
-def too_few_message(roles: HeadRoles) -> str | None:
+def as_roles(roles: HeadRoles | dict) -> HeadRoles:
+    """HeadRoles, or its to_dict() (what notebooks and the head explorer pass around) read back."""
+    if isinstance(roles, dict):
+        from ..probes.heads import HeadRoles
+        from ..results import take
+        return take(HeadRoles, roles, "roles")
+    return roles
+
+
+def too_few_message(roles: HeadRoles | dict) -> str | None:
     """The head-role page's warning when too few steps were copied to label retrieval, else None."""
+    roles = as_roles(roles)
     if not roles.too_few_copied:
         return None
     cfg = roles.config
@@ -78,9 +88,10 @@ def too_few_message(roles: HeadRoles) -> str | None:
             f"retrieval or other")
 
 
-def head_role_map(roles: HeadRoles) -> go.Figure:
+def head_role_map(roles: HeadRoles | dict) -> go.Figure:
     """Layer × head heatmaps of retrieval and streaming scores; the role (decided on the 95%
     intervals' lower bounds) and the intervals in each cell's text and hover."""
+    roles = as_roles(roles)
     r, s, labels = roles.retrieval, roles.streaming, roles.labels
     if not r:
         return empty_figure("no heads measured")
@@ -110,7 +121,8 @@ def head_role_map(roles: HeadRoles) -> go.Figure:
     return fig
 
 
-def causal_check(roles: HeadRoles) -> go.Figure:
+def causal_check(roles: HeadRoles | dict) -> go.Figure:
+    roles = as_roles(roles)
     d = roles.delta_loss
     if not d:
         return empty_figure("no causal check measured")
@@ -221,8 +233,9 @@ def arrow_summary_html(name: str, res: ArrowResult) -> str:
             f"<th>window-level {level}% CI</th></tr>{rows}</table>")
 
 
-def head_roles_summary_html(roles: HeadRoles) -> str:
+def head_roles_summary_html(roles: HeadRoles | dict) -> str:
     """Copy statistics, the too-few warning when it applies, and the role counts."""
+    roles = as_roles(roles)
     e = html.escape
     flat = [lab for row in roles.labels for lab in row]
     counts = ", ".join(f"{flat.count(lab)} {e(lab)}" for lab in dict.fromkeys(flat))

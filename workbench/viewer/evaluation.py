@@ -44,12 +44,13 @@ class Evaluations:
 
     def _run(self, name: str, run_dir: Path, job: BuildStatus) -> None:
         from ..sae.run_eval import evaluate_recorded_run
+        error = None
         try:
             evaluate_recorded_run(run_dir, self.n_windows, status=job)
-            job.finish()
         except Exception as e:  # shown on the page; the run stays unevaluated and can be tried again
             traceback.print_exc()
-            job.finish(error=f"{type(e).__name__}: {e}")
+            error = f"{type(e).__name__}: {e}"
         finally:
-            with self._lock:
+            with self._lock:  # before the phase ends, so a poll that sees it finished also sees it evaluated
                 self._running = None
+            job.finish(error=error)

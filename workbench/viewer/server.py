@@ -52,8 +52,8 @@ def run_summary(store: RunStore, jobs: Evaluations, name: str) -> tuple[str, str
         if not store.has_results(name) and (store.root / name / "sae.safetensors").exists():
             return kind, sae_page.NOT_EVALUATED
         return kind, sae_page.summary(store.results(name))
-    if kind not in PROBE_PAGES:
-        raise RunError(f"config.json: unknown run kind {kind!r} (the viewer shows {', '.join(known_kinds())})")
+    if kind not in PROBE_PAGES:  # e.g. a language model's training run ("lm"): listed, without a page
+        return kind, f'<span class="empty">no page for {html.escape(kind)!s} runs</span>'
     return kind, PROBE_PAGES[kind].summary(store.results(name))
 
 

@@ -126,14 +126,11 @@ class FeatureExplorer(_Dashboard):
 
 def _roles(roles) -> tuple[HeadRoles, list[list[list[list[float]]]] | None, list[str] | None]:
     """HeadRoles from a HeadsRunResult (with its first example's patterns), a HeadRoles, or its to_dict()."""
-    from ..probes.heads import HeadRoles
-    from ..results import HeadsRunResult, take
+    from ..results import HeadsRunResult
     if isinstance(roles, HeadsRunResult):
         ex = roles.examples[0] if roles.examples else None
         return roles.roles, ex.patterns if ex else None, ex.tokens if ex else None
-    if isinstance(roles, dict):
-        return take(HeadRoles, roles, "roles"), None, None
-    return roles, None, None
+    return pf.as_roles(roles), None, None
 
 
 class HeadRoleMap(_Dashboard):
