@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .config import SAEConfig
 from .parallel import SINGLE, Layout
 from .selection import Rule, get_rule
-from .sparse import Kept, decode, kept_values
+from .sparse import Kept, decode, encoder_values, pre_block
 
 
 class SAEOutput(NamedTuple):
@@ -36,6 +36,7 @@ class SparseOutput(NamedTuple):
     x_hat: Float[Tensor, "B d"]
     kept: Kept  # which (token, latent) entries the rule kept, and their pre-activations
     vals: Float[Tensor, "n"]  # ReLU(pre) at the kept entries (differentiable)
+    aux_pre: Float[Tensor, "B m"] | None = None  # pre-activations at the aux candidates (differentiable)
 
 
 def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float = 1e-6) -> Float[Tensor, "d"]:
@@ -93,8 +94,8 @@ class SparseAutoencoder(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
             raise ValueError(f"x: expected [batch, {self.cfg.d_in}], got {tuple(x.shape)}")
         if rows is None:
-            return (x - self.b_dec) @ self.W_enc.T + self.b_enc
-        return (x - self.b_dec) @ self.W_enc[rows].T + self.b_enc[rows]
+            return pre_block(x - self.b_dec, self.W_enc, self.b_enc)
+        return pre_block(x - self.b_dec, self.W_enc[rows], self.b_enc[rows])
 
     @property
     def rule(self) -> Rule:
@@ -106,23 +107,27 @@ class SparseAutoencoder(nn.Module):
         hold into the same choice as one process)."""
         return self.rule.select(self, pre.detach(), grads)
 
-    def select_kept(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None) -> Kept:
+    def select_kept(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None,
+                    aux_cols: Tensor | None = None) -> Kept:
         """The training rule's kept entries (the same as `select`'s mask); per-token rules never
-        build a [B, F] tensor for it (sparse.py)."""
+        build a [B, F] tensor for it (sparse.py). With `aux_cols`, also the pre-activations there."""
         if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
             raise ValueError(f"x: expected [batch, {self.cfg.d_in}], got {tuple(x.shape)}")
-        return self.rule.select_kept(self, x, grads)
+        return self.rule.select_kept(self, x, grads, aux_cols)
 
-    def forward_sparse(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None) -> SparseOutput:
+    def forward_sparse(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None,
+                       aux_cols: Tensor | None = None) -> SparseOutput:
         """Training forward of the sparse path: the same x̂ as `forward` in training mode, with a
-        backward that touches only the kept latents' rows of W_enc and W_dec."""
-        kept = self.select_kept(x, grads)
-        vals = kept_values(kept, x - self.b_dec, self.W_enc, self.b_enc)
+        backward that touches only the kept latents' rows of W_enc and W_dec. `aux_cols` (the aux
+        loss's candidate latents, ascending): SparseOutput.aux_pre holds the pre-activations there,
+        differentiable, read off the selection's GEMM (None if the rule did not provide them)."""
+        kept = self.select_kept(x, grads, aux_cols)
+        vals, aux_pre = encoder_values(kept, x, self.b_dec, self.W_enc, self.b_enc, aux_cols)
         partial = decode(kept, vals, self.W_dec)
         if not self.layout.latent:
-            return SparseOutput(partial + self.b_dec, kept, vals)
+            return SparseOutput(partial + self.b_dec, kept, vals, aux_pre)
         x_hat = self.layout.sum_partials(partial + self.b_dec if self.layout.rank == 0 else partial)
-        return SparseOutput(x_hat, kept, vals)
+        return SparseOutput(x_hat, kept, vals, aux_pre)
 
     def encode(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "B F"]:
         """Inference encoding (no batch coupling): the rule's (TopK, or JumpReLU for MC/FC)."""

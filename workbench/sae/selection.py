@@ -30,7 +30,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .sparse import Kept, from_mask, select_per_token
-from .topk import Ranks, merged_topk, reference_mask, token_topk, topk_indices, topk_mask
+from .topk import Ranks, flat_topk_indices, merged_topk, reference_mask, token_topk, topk_indices, topk_mask
 
 if TYPE_CHECKING:  # annotations only: the model imports this module
     from .config import SAEConfig
@@ -74,7 +74,8 @@ def select_mutual_choice(pre: Float[Tensor, "B F"], k: int, layout: Layout | Non
     """Mutual Choice (Ayonrinde 2024; BatchTopK): the k·B largest entries of the whole batch."""
     B, F = pre.shape
     if layout is None or layout.world == 1:
-        return topk_mask(pre.reshape(1, B * F), k * B).reshape(B, F)
+        mask = torch.zeros(B * F, dtype=torch.bool, device=pre.device)
+        return mask.index_fill_(0, flat_topk_indices(pre, k * B), True).view(B, F)
 
     def to_global(c):  # local flat index (row·F + col) -> row-major index in the whole batch × all latents
         if layout.data:  # this rank's rows follow the lower ranks' rows
@@ -152,13 +153,14 @@ class Rule:
         """Training selection on the dense path: which entries of `pre` (detached) are kept."""
         raise NotImplementedError
 
-    def select_kept(self, sae: SparseAutoencoder, x: Float[Tensor, "B d"],
-                    grads: Float[Tensor, "B d"] | None) -> Kept:
-        """Training selection on the sparse path: the entries `select` keeps, by token then latent.
-        This default builds the dense mask; a per-token rule can avoid the [B, F] block."""
+    def select_kept(self, sae: SparseAutoencoder, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None,
+                    aux_cols: Int[Tensor, "m"] | None = None) -> Kept:
+        """Training selection on the sparse path: the entries `select` keeps, by token then latent,
+        and (Kept.aux_pre) the pre-activations at the aux loss's candidate latents `aux_cols`.
+        This default builds the dense [B, F] block; a per-token rule can avoid it."""
         with torch.no_grad():
             pre = sae.pre_acts(x)
-        return from_mask(self.select(sae, pre, grads), pre)
+        return from_mask(self.select(sae, pre, grads), pre, aux_cols)
 
     def encode(self, sae: SparseAutoencoder, pre: Float[Tensor, "B F"]) -> Float[Tensor, "B F"]:
         """Inference code from the pre-activations (differentiable in `pre`): top k per token."""
@@ -213,12 +215,13 @@ class PerToken(Rule):
     def select(self, sae, pre, grads):
         return token_topk(sae.layout, self.scores(sae, pre, grads, slice(0, len(pre))), sae.cfg.k)
 
-    def select_kept(self, sae, x, grads):
+    def select_kept(self, sae, x, grads, aux_cols=None):
         if sae.layout.latent:  # a token's latents lie on every rank: select densely, merged across ranks
-            return super().select_kept(sae, x, grads)
+            return super().select_kept(sae, x, grads, aux_cols)
         plain = type(self).scores is PerToken.scores  # the pre-activations are the scores (TopK)
         return select_per_token(x.detach() - sae.b_dec.detach(), sae.W_enc.detach(), sae.b_enc.detach(), sae.cfg.k,
-                                None if plain else lambda block, rows: self.scores(sae, block, grads, rows))
+                                None if plain else lambda block, rows: self.scores(sae, block, grads, rows),
+                                aux_cols)
 
 
 class TopK(PerToken):
@@ -237,9 +240,9 @@ class Gradient(PerToken):
         self._check(sae, grads, len(pre))
         return super().select(sae, pre, grads)
 
-    def select_kept(self, sae, x, grads):
+    def select_kept(self, sae, x, grads, aux_cols=None):
         self._check(sae, grads, len(x))
-        return super().select_kept(sae, x, grads)
+        return super().select_kept(sae, x, grads, aux_cols)
 
     def scores(self, sae, pre, grads, rows):
         return gradient_scores(pre, grads[rows], sae.W_dec.detach(), sae.cfg.beta)
@@ -279,6 +282,17 @@ class MutualChoice(JumpReLURule):
 
     def select(self, sae, pre, grads):
         return select_mutual_choice(pre, sae.cfg.k, sae.layout)
+
+    def select_kept(self, sae, x, grads, aux_cols=None):
+        if sae.layout.world > 1:
+            return super().select_kept(sae, x, grads, aux_cols)
+        with torch.no_grad():  # the kept entries straight from their flat indices (no [B, F] mask)
+            pre = sae.pre_acts(x)
+            flat = flat_topk_indices(pre, sae.cfg.k * len(pre))
+            rows, cols = flat // pre.shape[1], flat % pre.shape[1]
+            counts = torch.bincount(rows, minlength=len(pre))
+            return Kept(rows, cols, pre.reshape(-1)[flat], torch.cumsum(counts, 0) - counts,
+                        None if aux_cols is None else pre[:, aux_cols])
 
     def smallest(self, sae, cols, vals):
         least = vals.min() if len(vals) else torch.tensor(float("inf"), dtype=vals.dtype, device=vals.device)

@@ -41,8 +41,11 @@ def topk_mask(scores: Float[Tensor, "... n"], k: int | Int[Tensor, "..."]) -> Bo
         raise ValueError(f"k={k_max} exceeds the {n} entries it selects from")
     if k_max == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    top = torch.topk(scores, k_max, dim=-1, sorted=True).values  # [..., k_max], descending
-    kth = top.gather(-1, (k_t - 1).clamp(min=0).unsqueeze(-1))  # the k-th largest value
+    if isinstance(k, int):  # one k: the k-th largest is the least of an unsorted top k (cheaper than sorting)
+        kth = torch.topk(scores, k_max, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    else:
+        top = torch.topk(scores, k_max, dim=-1, sorted=True).values  # [..., k_max], descending
+        kth = top.gather(-1, (k_t - 1).clamp(min=0).unsqueeze(-1))  # the k-th largest value
     at_least = scores >= kth
     if bool((at_least.sum(-1) == k_t).all()) and bool((k_t > 0).all()):
         return at_least  # no tie straddles the k-th value (the usual case with real data)
@@ -69,6 +72,28 @@ def topk_indices(scores: Float[Tensor, "b F"], k: int) -> Int[Tensor, "b k"]:
         idx = idx.clone()
         idx[bad] = topk_mask(scores[bad], k).nonzero()[:, 1].view(len(bad), k)
     return idx.sort(1).values
+
+
+def flat_topk_indices(scores: Float[Tensor, "R n"], total: int) -> Int[Tensor, "total"]:
+    """Flat (row-major) indices of the `total` largest entries of the whole matrix, ascending;
+    equal scores go to the lower flat index: the entries `topk_mask(scores.reshape(1, -1), total)` keeps.
+
+    One torch.topk over R·n entries runs on one thread; this splits it. Each row's top c =
+    2·ceil(total / R) values are a subset of the matrix, so the total-th largest among them, `lo`,
+    is at most the total-th largest overall: every entry the exact answer keeps is ≥ lo. The
+    entries ≥ lo (usually not many more than `total`) then go through the exact top-k, in flat
+    order, so ties resolve as they would over the whole matrix."""
+    R, n = scores.shape
+    if total >= R * n:
+        return torch.arange(R * n, device=scores.device)
+    if total <= 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    c = min(2 * -(-total // R), n)  # R·c ≥ total
+    top = torch.topk(scores, c, dim=1, sorted=False).values.reshape(-1)
+    lo = torch.topk(top, total, sorted=False).values.min()
+    idx = (scores >= lo).reshape(-1).nonzero().squeeze(1)  # at least `total`, ascending
+    keep = topk_mask(scores.reshape(-1)[idx], total)
+    return idx[keep]
 
 
 def reference_mask(scores: Tensor, k: int | list[int], dim: int = -1) -> Tensor:

@@ -112,16 +112,18 @@ def _aux_weights(sae: SparseAutoencoder, dead: torch.Tensor) -> torch.Tensor | N
 def _sparse_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None,
                    dead: torch.Tensor) -> dict[str, Any]:
     cfg, layout = sae.cfg, sae.layout
-    out = sae.forward_sparse(x, grads)
-    mse = fvu(x, out.x_hat, layout)
     weights = _aux_weights(sae, dead)
+    # the aux loss as dense GEMMs over its candidate rows alone (as the Triton path's AuxK), their
+    # pre-activations read off the selection's GEMM: ascending rows keep the dense path's order,
+    # so its selection and ties are unchanged
+    rows = None if weights is None else (weights > 0).nonzero().squeeze(1)
+    out = sae.forward_sparse(x, grads, rows)
+    mse = fvu(x, out.x_hat, layout)
     if weights is None:
         aux = mse * 0.0
     else:
-        # the aux loss as dense GEMMs over its candidate rows alone (as the Triton path's AuxK):
-        # ascending rows keep the dense path's order, so its selection and ties are unchanged
-        rows = (weights > 0).nonzero().squeeze(1)
-        aux = aux_loss(sae.pre_acts(x, rows), x - out.x_hat, sae.W_dec[rows], weights[rows], cfg.aux_k, layout)
+        pre = out.aux_pre if out.aux_pre is not None else sae.pre_acts(x, rows)
+        aux = aux_loss(pre, x - out.x_hat, sae.W_dec[rows], weights[rows], cfg.aux_k, layout)
     return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "dead": dead,
             "sparse": (out.kept.cols, out.vals.detach(), len(x)),
             "l0": float((out.vals > 0).sum()) / len(x)}
