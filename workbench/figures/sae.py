@@ -83,12 +83,21 @@ def logit_effects(table: FeatureTable, feature: int, tokenizer: Tokenizer) -> go
 
 
 def correlated_features(table: FeatureTable, feature: int) -> go.Figure:
+    """The feature's most correlated partners (Pearson r over the table's correlation sample), with
+    how many sample tokens each pair fired together on: an r resting on a handful is weak evidence."""
     idx, val = table.corr_idx[feature].tolist(), table.corr_values[feature].tolist()
-    keep = [(i, v) for i, v in zip(idx, val) if v > -1.0]
-    if not keep or float(table.density[feature]) == 0:
+    cof = table.corr_cofires[feature].tolist()
+    keep = [(i, v, k) for i, v, k in zip(idx, val, cof) if i >= 0 and not math.isnan(v)]
+    if float(table.density[feature]) == 0:
         return empty_figure(f"feature {feature} never fires: no correlations")
-    fig = go.Figure(go.Bar(x=[f"#{i}" for i, _ in keep], y=[v for _, v in keep], marker_color="#b279a2"))
-    fig.update_layout(**LAYOUT, title=f"Feature {feature}: most correlated features", yaxis_title="Pearson r")
+    if not keep:
+        return empty_figure(f"feature {feature} fires with no other feature in the correlation sample")
+    n = int(table.corr_tokens)
+    fig = go.Figure(go.Bar(x=[f"#{i}" for i, _, _ in keep], y=[v for _, v, _ in keep], marker_color="#b279a2",
+                           text=[f"{k} together" if k >= 0 else "" for _, _, k in keep],
+                           hovertemplate="%{x}: r = %{y:.3f}<br>%{text}<extra></extra>"))
+    over = f" over {n:,} tokens" if n > 0 else ""
+    fig.update_layout(**LAYOUT, title=f"Feature {feature}: most correlated features{over}", yaxis_title="Pearson r")
     return fig
 
 

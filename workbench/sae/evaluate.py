@@ -17,7 +17,9 @@ from typing import Iterable, NamedTuple
 import torch
 import torch.nn.functional as F_
 from jaxtyping import Float, Int
+from safetensors import safe_open
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ..activations import ActivationBatch, validate_hook_name
@@ -117,36 +119,97 @@ def splice_metrics(model: HookedTransformer, sae: SparseAutoencoder, hook_name: 
             "kl_sae": totals["kl"] / (tokens.shape[0] * (tokens.shape[1] - 2))}
 
 
-class FeatureTable(NamedTuple):
-    """Dashboard data for every feature of an SAE (F features, n top contexts of C tokens)."""
+FORMAT = "workbench-feature-table"
+FORMAT_VERSION = 2  # 1: "no correlation" stored as -1, empty top-n slots pointing at window 0
 
-    tokens: Int[Tensor, "n_seq seq"]  # the windows the statistics were taken on
-    density: Float[Tensor, "F"]  # fraction of tokens on which the feature fires
-    mean_act: Float[Tensor, "F"]  # mean activation where it fires
-    top_values: Float[Tensor, "F n"]  # top activations, descending (0 where fewer exist)
-    top_seq: Int[Tensor, "F n"]  # which window
-    top_pos: Int[Tensor, "F n"]  # which position in it
-    context_acts: Float[Tensor, "F n C"]  # the feature's activation over each context
-    context_start: Int[Tensor, "F n"]  # first position of each context
-    hist_counts: Int[Tensor, "F bins"]  # histogram of nonzero activations
-    hist_max: Float[Tensor, "F"]  # histogram range is [0, hist_max]
-    logit_top: Int[Tensor, "F m"]  # tokens the feature's decoder direction promotes most
+
+class FeatureTable(NamedTuple):
+    """Dashboard data for every feature of an SAE, computed once by `feature_table` and saved, so
+    pages need no model. F features, n top contexts of C tokens, c correlated partners, m logit tokens.
+
+    - tokens [n_seq, T] int64: the windows the statistics were taken on (BOS at position 0).
+    - density [F] float32: fraction of non-BOS tokens on which the feature fires (activation > 0).
+    - mean_act [F] float32: mean activation over the tokens where it fires (0 if it never fires).
+    - top_values [F, n] float32: its n largest activations, descending; equal values keep token
+      order (earlier window, then earlier position, first); 0 in slots beyond how often it fired.
+    - top_seq, top_pos [F, n] int64: window and position of each top activation; -1 in empty slots.
+    - context_acts [F, n, C] float32: the feature's activation over the context of each top
+      activation, C = min(before + 1 + after, T) tokens; 0 in empty slots.
+    - context_start [F, n] int64: first position of each context (the top position minus `before`,
+      moved to stay inside the window); -1 in empty slots.
+    - hist_counts [F, bins] int64: histogram of the nonzero activations over [0, hist_max]: an
+      activation a goes to bin floor(a * bins / hist_max), the maximum into the last bin.
+    - hist_max [F] float32: the largest activation (0 if it never fires).
+    - logit_top, logit_bottom [F, m] int64 and their _values [F, m] float32: tokens the feature's
+      decoder direction promotes and suppresses most (`logit_effects`).
+    - corr_idx [F, c] int64: the c features with the highest Pearson correlation to it over the
+      correlation sample (`corr_tokens`), among those firing together with it on at least one sample
+      token; -1 in slots beyond how many such partners exist (and in all slots of version-1 files'
+      "no correlation" entries).
+    - corr_values [F, c] float32: their Pearson r, descending; NaN where corr_idx is -1.
+    - corr_cofires [F, c] int64: sample tokens on which both fire (how much evidence each r rests
+      on); 0 where corr_idx is -1, -1 throughout a table read from a version-1 file.
+    - corr_tokens [] int64: tokens in the correlation sample; -1 for a version-1 file.
+    """
+
+    tokens: Int[Tensor, "n_seq seq"]
+    density: Float[Tensor, "F"]
+    mean_act: Float[Tensor, "F"]
+    top_values: Float[Tensor, "F n"]
+    top_seq: Int[Tensor, "F n"]
+    top_pos: Int[Tensor, "F n"]
+    context_acts: Float[Tensor, "F n C"]
+    context_start: Int[Tensor, "F n"]
+    hist_counts: Int[Tensor, "F bins"]
+    hist_max: Float[Tensor, "F"]
+    logit_top: Int[Tensor, "F m"]
     logit_top_values: Float[Tensor, "F m"]
-    logit_bottom: Int[Tensor, "F m"]  # and suppresses most
+    logit_bottom: Int[Tensor, "F m"]
     logit_bottom_values: Float[Tensor, "F m"]
-    corr_idx: Int[Tensor, "F c"]  # most correlated other features (Pearson, over tokens)
+    corr_idx: Int[Tensor, "F c"]
     corr_values: Float[Tensor, "F c"]
+    corr_cofires: Int[Tensor, "F c"]
+    corr_tokens: Int[Tensor, ""]
 
     def save(self, path: str | Path) -> None:
-        atomic_save_tensors(path, self._asdict(), metadata={"format": "workbench-feature-table"})
+        atomic_save_tensors(path, self._asdict(), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureTable":
+        """Read a table `save` wrote; a version-1 file (before the version key) is upgraded in memory."""
         state = load_tensors(path)
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format", FORMAT) != FORMAT:
+            raise ValueError(f"{path} is not a feature table (its format is {meta['format']!r})")
+        version = meta.get("version", "1")
+        if version not in ("1", str(FORMAT_VERSION)):
+            raise ValueError(f"{path}: feature-table format version {version} is not readable by this "
+                             f"workbench (it reads 1 and {FORMAT_VERSION}); recompute it or upgrade workbench")
+        if version == "1":
+            state = _upgrade_v1(state, path)
         missing = set(cls._fields) - set(state)
         if missing:
             raise ValueError(f"{path} is not a feature table (missing {sorted(missing)})")
         return cls(**{k: state[k] for k in cls._fields})
+
+
+def _upgrade_v1(state: dict[str, Tensor], path: str | Path) -> dict[str, Tensor]:
+    """Version 1 stored "no correlation" as r = -1 (after clamping a -2 marker) and left empty
+    top-n slots pointing at window 0; both become the explicit markers of version 2."""
+    need = {"corr_idx", "corr_values", "top_values", "top_seq", "top_pos", "context_start"}
+    if need - set(state):
+        raise ValueError(f"{path} is not a feature table (missing {sorted(need - set(state))})")
+    state = dict(state)
+    none = state["corr_values"] <= -1.0
+    state["corr_values"] = state["corr_values"].masked_fill(none, float("nan"))
+    state["corr_idx"] = state["corr_idx"].masked_fill(none, -1)
+    state["corr_cofires"] = torch.full_like(state["corr_idx"], -1)
+    state["corr_tokens"] = torch.tensor(-1)
+    empty = state["top_values"] <= 0
+    for k in ("top_seq", "top_pos", "context_start"):
+        state[k] = state[k].masked_fill(empty, -1)
+    return state
 
 
 def logit_effects(model: HookedTransformer, sae: SparseAutoencoder, m: int = 10):
@@ -181,68 +244,203 @@ def feature_on_text(model: HookedTransformer, sae: SparseAutoencoder, tokenizer,
     return ids, feature_activations(model, sae, sae.cfg.hook_name, tokens)[0, 1:, feature].tolist()
 
 
+class _Fired(NamedTuple):
+    """The nonzero activations of a chunk as (token, feature, value) triples, in token order."""
+    tok: Int[Tensor, "nnz"]  # flat index window * T + position over the whole table
+    feat: Int[Tensor, "nnz"]
+    val: Float[Tensor, "nnz"]
+
+
+def _fired(z: Float[Tensor, "b T F"], first_window: int) -> _Fired:
+    b, T, Fn = z.shape
+    flat = z.reshape(-1, Fn)
+    tok, feat = (flat > 0).nonzero(as_tuple=True)  # row-major: token ascending, then feature
+    return _Fired(tok + first_window * T, feat, flat[tok, feat])
+
+
+def _merge_top(top: tuple[Tensor, Tensor, Tensor], fired: _Fired, z: Float[Tensor, "b T F"], first_window: int,
+               before: int, C: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Running top-n: merge a chunk's activations into (values [F, n], flat token [F, n], context [F, n, C]).
+
+    Ties keep token order: the chunk's candidates are ranked by (value descending, token ascending)
+    and every earlier chunk's tokens precede this chunk's, so a stable sort of [kept, new] by value
+    is exact. Contexts are gathered now, while the chunk's dense activations exist; windows never
+    straddle chunks, so a context is always inside this chunk."""
+    values, toks, ctx = top
+    Fn, n = values.shape
+    b, T, _ = z.shape
+    order = fired.val.sort(descending=True, stable=True).indices
+    order = order[fired.feat[order].sort(stable=True).indices]  # feature, then value desc, then token
+    feat, tok, val = fired.feat[order], fired.tok[order], fired.val[order]
+    counts = torch.bincount(feat, minlength=Fn)
+    rank = torch.arange(len(feat)) - (counts.cumsum(0) - counts)[feat]
+    keep = rank < n
+    feat, tok, val, rank = feat[keep], tok[keep], val[keep], rank[keep]
+    new_v = torch.zeros(Fn, n, dtype=values.dtype)
+    new_t = torch.full((Fn, n), -1, dtype=torch.long)
+    new_c = torch.zeros(Fn, n, C, dtype=ctx.dtype)
+    new_v[feat, rank], new_t[feat, rank] = val, tok
+    local = tok - first_window * T
+    start = _context_start(local % T, before, C, T)
+    new_c[feat, rank] = z[(local // T)[:, None], start[:, None] + torch.arange(C), feat[:, None]]
+    both = torch.cat([values, new_v], 1).sort(dim=1, descending=True, stable=True).indices[:, :n]
+    return (torch.cat([values, new_v], 1).gather(1, both), torch.cat([toks, new_t], 1).gather(1, both),
+            torch.cat([ctx, new_c], 1).gather(1, both[..., None].expand(-1, -1, C)))
+
+
+def _context_start(pos: Tensor, before: int, C: int, T: int) -> Tensor:
+    return (pos - before).clamp(min=0, max=T - C)
+
+
+def _add_histogram(hist: Int[Tensor, "F bins"], fired: _Fired, hist_max: Float[Tensor, "F"]) -> None:
+    Fn, bins = hist.shape
+    b = (fired.val.double() * bins / hist_max[fired.feat].double()).floor().long().clamp(max=bins - 1)
+    hist.view(-1).add_(torch.bincount(fired.feat * bins + b, minlength=Fn * bins))
+
+
+def _correlations(sample: _Fired, n_tokens: int, Fn: int, c: int, block_elements: int):
+    """Top-c Pearson partners per feature over the sample's n_tokens tokens, in float64.
+
+    Σx_i and Σx_i² are per-feature sums; Σx_i·x_j is nonzero only for features that fire on the
+    same token, so it is accumulated from the sample's (token, feature, value) triples by pairing
+    each entry with the other entries of its token, for one block of Fb = block_elements // F
+    features at a time: the largest dense arrays are [Fb, F] (float64 sums, co-fire counts, r),
+    never [F, F]. Pairs that never co-fire are not candidates (their r is -m_i·m_j/(σ_i·σ_j) ≤ 0)."""
+    tok, feat, v = sample.tok, sample.feat, sample.val.double()
+    mean = torch.zeros(Fn, dtype=torch.float64).index_add_(0, feat, v) / n_tokens
+    ex2 = torch.zeros(Fn, dtype=torch.float64).index_add_(0, feat, v * v) / n_tokens
+    var = ex2 - mean**2
+    std = var.clamp_min(0).sqrt()
+    varies = var > 1e-12 * ex2  # a feature constant over the sample has no correlation
+    # each token's entries are contiguous (triples are in token order)
+    _, per_tok = torch.unique_consecutive(tok, return_counts=True)
+    tok_start = (per_tok.cumsum(0) - per_tok).repeat_interleave(per_tok)  # first entry of each entry's token
+    tok_len = per_tok.repeat_interleave(per_tok)
+    idx = torch.full((Fn, c), -1, dtype=torch.long)
+    vals = torch.full((Fn, c), float("nan"))
+    cofires = torch.zeros(Fn, c, dtype=torch.long)
+    if c == 0:
+        return idx, vals, cofires
+    Fb = max(1, block_elements // Fn)
+    for a in range(0, Fn, Fb):
+        rows = min(Fb, Fn - a)
+        e = ((feat >= a) & (feat < a + rows)).nonzero(as_tuple=True)[0]
+        reps = tok_len[e]
+        ee = e.repeat_interleave(reps)
+        partner = tok_start[e].repeat_interleave(reps) + torch.arange(int(reps.sum())) - \
+            (reps.cumsum(0) - reps).repeat_interleave(reps)
+        cell = (feat[ee] - a) * Fn + feat[partner]
+        sxy = torch.zeros(rows * Fn, dtype=torch.float64).index_add_(0, cell, v[ee] * v[partner]).view(rows, Fn)
+        count = torch.bincount(cell, minlength=rows * Fn).view(rows, Fn)
+        r = (sxy / n_tokens - mean[a:a + rows, None] * mean[None, :]) / (std[a:a + rows, None] * std[None, :])
+        ok = (count > 0) & varies[a:a + rows, None] & varies[None, :]
+        ok[torch.arange(rows), torch.arange(a, a + rows)] = False
+        best = r.masked_fill(~ok, float("-inf")).topk(c, dim=1)
+        found = best.values > float("-inf")
+        idx[a:a + rows] = best.indices.masked_fill(~found, -1)
+        vals[a:a + rows] = best.values.float().masked_fill(~found, float("nan"))
+        cofires[a:a + rows] = count.gather(1, best.indices).masked_fill(~found, 0)
+    return idx, vals, cofires
+
+
 @torch.no_grad()
 def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: str,
                   tokens: Int[Tensor, "n_seq seq"], *, n_top: int = 8, context: tuple[int, int] = (20, 4),
-                  bins: int = 30, n_logits: int = 10, n_corr: int = 5, batch_size: int = 32) -> FeatureTable:
+                  bins: int = 30, n_logits: int = 10, n_corr: int = 5, batch_size: int = 32,
+                  chunk_elements: int = 2**24, corr_tokens: int = 2**16, corr_block_elements: int = 2**22,
+                  progress: bool = False) -> FeatureTable:
+    """Everything a feature dashboard shows (see `FeatureTable`, field by field), streamed over
+    `tokens` in chunks of whole windows, so memory does not grow with F² or with the token count.
+
+    Args:
+        tokens: [n_seq, T] windows, BOS first (position 0 is never counted: SAEs are trained without it).
+        n_top: top activations (and contexts) kept per feature.
+        context: (before, after): tokens shown before and after each top activation.
+        bins: histogram bins. n_logits: promoted and suppressed tokens per feature.
+        n_corr: correlated partners per feature.
+        batch_size: the most windows per chunk (one model forward).
+        chunk_elements: the most dense activations (windows x T x F) per chunk; fewer windows are
+            taken when F is wide (at T = 64, F = 24,576 a chunk is 10 windows, 64 MB of float32).
+        corr_tokens: correlations are taken over a sample, the first ⌊corr_tokens / (T − 1)⌋
+            windows (at least one); pass shuffled windows for a random sample.
+        corr_block_elements: features x F per block of the correlation computation.
+        progress: show a tqdm bar over the chunks.
+
+    How (one pass, plus a second only when the sample is not every window):
+      - density, mean and maximum from running counts and sums over the nonzero activations;
+      - top-n per feature by a running merge (values, window, position and the context's
+        activations), ties kept in token order;
+      - correlations over the sample from its stored nonzero (token, feature, value) triples
+        (see `_correlations`);
+      - histograms need each feature's maximum first: from the sample's triples when the sample is
+        every window, else from a second pass over the chunks.
+
+    Memory, beyond the model and the SAE: one chunk's dense activations and the encoder's
+    temporaries (a few x 4·chunk_elements bytes), the running top-n with contexts (F·n·(C + 2)
+    numbers, twice while merging), the sample's triples (24 bytes per nonzero activation, about
+    corr_tokens·L0), and one correlation block (about 5 x 8·corr_block_elements bytes). At
+    d_in = 768, F = 24,576, k = 32 over 16 x 64 tokens that is about 0.5 GB
+    (benchmarks/feature_table_memory.py measures it)."""
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens: expected [n_seq, T] windows with T >= 2 (BOS + tokens), got {tuple(tokens.shape)}")
+    if tokens.shape[0] == 0:
+        raise ValueError("tokens: no windows to build the feature table on")
+    before, after = context
+    for name, value, least in (("n_top", n_top, 1), ("bins", bins, 1), ("n_logits", n_logits, 1),
+                               ("n_corr", n_corr, 0), ("batch_size", batch_size, 1), ("corr_tokens", corr_tokens, 1),
+                               ("chunk_elements", chunk_elements, 1), ("corr_block_elements", corr_block_elements, 1),
+                               ("context[0]", before, 0), ("context[1]", after, 0)):
+        if value < least:
+            raise ValueError(f"{name}={value}: expected an integer >= {least}")
+    validate_hook_name(model, hook_name)
     sae.eval()
     Fn = sae.cfg.d_sae
-    before, after = context
-    C = before + 1 + after
     n_seq, T = tokens.shape
-    fires = torch.zeros(Fn)
-    total = torch.zeros(Fn)
-    top_v = torch.zeros(Fn, n_top)
-    top_i = torch.zeros(Fn, n_top, dtype=torch.long)  # flat index seq*T + pos
-    s1 = torch.zeros(Fn, dtype=torch.float64)
-    s2 = torch.zeros(Fn, Fn, dtype=torch.float64)
+    C = min(before + 1 + after, T)
+    per_chunk = max(1, min(batch_size, chunk_elements // (T * Fn)))
+    sample_windows = min(n_seq, max(1, corr_tokens // (T - 1)))
+    fires = torch.zeros(Fn, dtype=torch.long)
+    total = torch.zeros(Fn, dtype=torch.float64)
     hist_max = torch.zeros(Fn)
-    zs = []
-    for b, chunk in enumerate(tokens.split(batch_size)):
-        z = feature_activations(model, sae, hook_name, chunk)  # [b, T, F]
-        flat = z.reshape(-1, Fn)
-        fires += (flat > 0).sum(0)
-        total += flat.sum(0)
-        s1 += flat.double().sum(0)
-        s2 += flat.double().T @ flat.double()
-        hist_max = torch.maximum(hist_max, flat.max(0).values)
-        v, i = flat.topk(min(n_top, len(flat)), dim=0)  # [n, F]
-        cand_v = torch.cat([top_v, v.T], 1)
-        cand_i = torch.cat([top_i, i.T + b * batch_size * T], 1)
-        keep = cand_v.topk(n_top, dim=1)
-        top_v, top_i = keep.values, cand_i.gather(1, keep.indices)
-        zs.append(z.half())
-    n_tok = n_seq * (T - 1)  # BOS positions never fire
-    # histograms need the range first, so a second (cheap) pass over the stored activations
+    top = (torch.zeros(Fn, n_top), torch.full((Fn, n_top), -1, dtype=torch.long), torch.zeros(Fn, n_top, C))
+    sample: list[_Fired] = []
+    starts = range(0, n_seq, per_chunk)
+
+    def chunks(desc: str):
+        for w in tqdm(starts, desc=desc, disable=not progress, leave=False):
+            z = feature_activations(model, sae, hook_name, tokens[w:w + per_chunk]).float().cpu()
+            yield w, z, _fired(z, w)
+
+    for w, z, fired in chunks("feature table"):
+        fires += torch.bincount(fired.feat, minlength=Fn)
+        total.index_add_(0, fired.feat, fired.val.double())
+        hist_max.scatter_reduce_(0, fired.feat, fired.val, "amax")
+        top = _merge_top(top, fired, z, w, before, C)
+        if w < sample_windows:
+            s = fired.tok < sample_windows * T
+            sample.append(_Fired(fired.tok[s], fired.feat[s], fired.val[s]))
+    sample_all = _Fired(*(torch.cat(parts) for parts in zip(*sample)))
     hist = torch.zeros(Fn, bins, dtype=torch.long)
-    edges_scale = bins / hist_max.clamp_min(1e-6)
-    for z in zs:
-        flat = z.reshape(-1, Fn).float()
-        nz = flat > 0
-        idx = (flat * edges_scale).long().clamp(max=bins - 1)
-        hist.scatter_add_(1, (idx.T * nz.T).long(), nz.T.long())
-    top_seq, top_pos = top_i // T, top_i % T
-    start = (top_pos - before).clamp(min=0)
-    start = torch.minimum(start, torch.full_like(start, max(0, T - C)))
-    all_z = torch.cat(zs)  # [n_seq, T, F] half
-    pos = start[..., None] + torch.arange(min(C, T))  # [F, n, C]
-    feat = torch.arange(Fn)[:, None, None].expand_as(pos)
-    ctx = all_z[top_seq[..., None].expand_as(pos), pos, feat].float()
-    ctx = torch.where(top_v[..., None] > 0, ctx, torch.zeros_like(ctx))
-    mean = s1 / n_tok
-    cov = s2 / n_tok - mean[:, None] * mean[None, :]
-    std = cov.diagonal().clamp_min(1e-12).sqrt()
-    corr = cov / (std[:, None] * std[None, :])
-    corr.fill_diagonal_(-2.0)
-    corr[std < 1e-9] = -2.0
-    corr[:, std < 1e-9] = -2.0
-    c = corr.topk(min(n_corr, Fn - 1), dim=1)
+    if sample_windows == n_seq:
+        _add_histogram(hist, sample_all, hist_max)
+    else:
+        for _, _, fired in chunks("feature histograms"):
+            _add_histogram(hist, fired, hist_max)
+    n_sample = sample_windows * (T - 1)
+    corr_idx, corr_values, corr_cofires = _correlations(sample_all, n_sample, Fn, min(n_corr, Fn - 1),
+                                                        corr_block_elements)
+    top_v, top_t, ctx = top
+    empty = top_t < 0
+    top_seq, top_pos = (top_t // T).masked_fill(empty, -1), (top_t % T).masked_fill(empty, -1)
+    start = _context_start(top_pos, before, C, T).masked_fill(empty, -1)
+    n_tok = n_seq * (T - 1)
     lt, ltv, lb, lbv = logit_effects(model, sae, n_logits)
     return FeatureTable(
-        tokens=tokens, density=fires / n_tok, mean_act=total / fires.clamp_min(1),
-        top_values=top_v, top_seq=top_seq, top_pos=top_pos, context_acts=ctx, context_start=start,
-        hist_counts=hist, hist_max=hist_max, logit_top=lt, logit_top_values=ltv, logit_bottom=lb,
-        logit_bottom_values=lbv, corr_idx=c.indices, corr_values=c.values.float().clamp(min=-1.0))
+        tokens=tokens, density=(fires.double() / n_tok).float(),
+        mean_act=(total / fires.clamp_min(1)).float(), top_values=top_v, top_seq=top_seq, top_pos=top_pos,
+        context_acts=ctx, context_start=start, hist_counts=hist, hist_max=hist_max, logit_top=lt,
+        logit_top_values=ltv, logit_bottom=lb, logit_bottom_values=lbv, corr_idx=corr_idx, corr_values=corr_values,
+        corr_cofires=corr_cofires, corr_tokens=torch.tensor(n_sample))
 
 
 def features_matching(table: FeatureTable, ids: list[int], limit: int | None = 50) -> list[int]:
