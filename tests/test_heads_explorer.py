@@ -11,11 +11,16 @@ from workbench.figures import heads as hf
 from workbench.probes.head_agreement import ranking_agreement, rankings_from_roles
 from workbench.probes.head_explorer import explorer_data
 from workbench.probes.heads import HeadRoleConfig, attention_patterns, head_roles
-from workbench.probes.heads_over_training import (OverTrainingConfig, attention_entropy, heads_over_training,
-                                                  shipped_checkpoints, shipped_heads_over_training)
+from workbench.probes.heads_over_training import (
+    OverTrainingConfig,
+    attention_entropy,
+    heads_over_training,
+    shipped_checkpoints,
+    shipped_heads_over_training,
+)
 from workbench.tasks import repeated_segments
 
-from .handset_heads import BOS, INDUCTION_HEAD, N, V, handset_model
+from .handset_heads import BOS, INDUCTION_HEAD, N, handset_model
 
 ROLES = HeadRoleConfig(n_contexts=16, seq_len=N, needle_len=8, token_range=(0, BOS))
 
@@ -49,7 +54,8 @@ def test_attention_entropy_float64_reference(tiny_model):
     ref = torch.zeros(2, 4, dtype=torch.float64)
     for l in range(2):
         for h in range(4):
-            rows = [-(p[l, b, h, q, : q + 1] * p[l, b, h, q, : q + 1].log()).sum() for b in range(3) for q in range(1, 20)]
+            rows = [-(p[l, b, h, q, : q + 1] * p[l, b, h, q, : q + 1].log()).sum()
+                    for b in range(3) for q in range(1, 20)]
             ref[l, h] = torch.stack(rows).mean()
     assert torch.allclose(attention_entropy(tiny_model, tokens).double(), ref, atol=1e-5)
 
@@ -112,7 +118,8 @@ def test_explorer_data_is_json_and_holds_the_patterns(handset_data):
     assert back["n_layers"] == 2 and back["n_heads"] == 4 and set(back["contexts"]) == {"needle", "repeated segment"}
     ids = torch.tensor(back["contexts"]["needle"]["ids"])
     _, pat = attention_patterns(model, ids[None])
-    assert torch.allclose(torch.tensor(back["contexts"]["needle"]["patterns"], dtype=torch.float64), pat[:, 0], atol=1e-3)
+    stored = torch.tensor(back["contexts"]["needle"]["patterns"], dtype=torch.float64)
+    assert torch.allclose(stored, pat[:, 0], atol=1e-3)
     assert back["metrics"]["retrieval score"] == roles.retrieval
     assert back["intervals"]["retrieval score"] == roles.retrieval_ci
     for name in ("streaming mass", "causal Δloss", "TL induction", "TL previous-token", "attention entropy"):

@@ -177,8 +177,9 @@ def agreement_table_html(agreement: dict) -> str:
     names = agreement.get("names") or []
     if not names:
         return "<p><i>no rankings compared</i></p>"
-    rows = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td><td>{e(_rho_text(agreement['rho'][i][j], agreement['ci'][i][j]))}"
-                   f"</td><td>{_fmt(agreement['p_value'][i][j])}</td></tr>"
+    rows = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td>"
+                   f"<td>{e(_rho_text(agreement['rho'][i][j], agreement['ci'][i][j]))}</td>"
+                   f"<td>{_fmt(agreement['p_value'][i][j])}</td></tr>"
                    for i, a in enumerate(names) for j, b in enumerate(names) if j > i)
     causal = agreement.get("causal") or {}
     crows = "".join(f"<tr><td>{e(a)}</td><td>causal Δloss</td><td>{e(_rho_text(c['rho'], c['ci']))}</td>"

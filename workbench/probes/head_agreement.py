@@ -81,7 +81,7 @@ def _flat(name: str, scores) -> np.ndarray:
     return arr.ravel()
 
 
-def rank_average(x: Float[np.ndarray, "n"]) -> Float[np.ndarray, "n"]:
+def rank_average(x: Float[np.ndarray, " n"]) -> Float[np.ndarray, " n"]:
     """1-based ranks, ties given their average rank (what Spearman's rho is defined on)."""
     return stats.rankdata(x, method="average")
 

@@ -53,7 +53,7 @@ def default_contexts(model: HookedTransformer, cfg: HeadRoleConfig, bos: int | N
 
 
 @torch.no_grad()
-def context_patterns(model: HookedTransformer, tokens: Int[Tensor, "s"], tokenizer=None, digits: int = 3) -> dict:
+def context_patterns(model: HookedTransformer, tokens: Int[Tensor, " s"], tokenizer=None, digits: int = 3) -> dict:
     """{"ids", "tokens", "patterns": [L][H][q][k]} of one context (rounded: this goes to JSON)."""
     if tokens.ndim != 1:
         raise ValueError(f"tokens: expected one context [s], got shape {tuple(tokens.shape)}")

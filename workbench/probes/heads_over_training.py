@@ -82,7 +82,8 @@ class HeadsOverTraining:
     entropy: list[Scores]  # attention entropy (nats) on the needle contexts
     labels: list[list[list[str]]]  # head-role labels at each checkpoint
     copy_accuracy: list[float]  # needle copy accuracy
-    copy_accuracy_ci: list[list[float]]  # Wilson 95% over copy steps (steps of one context are not independent: a floor)
+    # Wilson 95% over copy steps (the steps of one context are not independent: a lower bound on the width)
+    copy_accuracy_ci: list[list[float]]
     n_copied: list[int]
     loss: list[float | None]  # each checkpoint's loss (see loss_source)
     loss_source: str  # "held-out windows" | "metrics.jsonl val_loss" | "none"
@@ -111,9 +112,10 @@ def _metrics_curve(metrics: list[dict]) -> dict:
     return {"step": [int(m["step"]) + 1 for m in rows], "val_loss": [float(m["val_loss"]) for m in rows]}
 
 
-def heads_over_training(checkpoints: Iterable[tuple[int, ModelOrLoader]], cfg: OverTrainingConfig = OverTrainingConfig(),
-                        bos: int | None = None, val_tokens: Int[Tensor, "b s"] | None = None,
-                        metrics: list[dict] | None = None, progress: bool = True) -> HeadsOverTraining:
+def heads_over_training(checkpoints: Iterable[tuple[int, ModelOrLoader]],
+                        cfg: OverTrainingConfig = OverTrainingConfig(), bos: int | None = None,
+                        val_tokens: Int[Tensor, "b s"] | None = None, metrics: list[dict] | None = None,
+                        progress: bool = True) -> HeadsOverTraining:
     """The head scores at every (step, model) — or (step, zero-argument loader) — pair.
 
     The loss at each checkpoint is measured on `val_tokens` (held-out windows) when given, else
