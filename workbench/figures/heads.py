@@ -74,8 +74,9 @@ def head_scatter(data: dict, x: str, y: str, selected: tuple[int, int] | None = 
                         array=[c[1] - v if c else 0 for v, c in zip(vals, cis)],
                         arrayminus=[v - c[0] if c else 0 for v, c in zip(vals, cis)])
         fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="markers+text" if L * H <= 32 else "markers", name=role,  # names clutter past 32 text=[f"L{l}H{h}" for l, h in pts],
-            textposition="top center", textfont=dict(size=9), hovertext=text, hoverinfo="text",
+            # point names clutter past 32 heads; the hover still names every head
+            x=xs, y=ys, mode="markers+text" if L * H <= 32 else "markers", name=role,
+            text=[f"L{l}H{h}" for l, h in pts], textposition="top center", textfont=dict(size=9), hovertext=text, hoverinfo="text",
             customdata=[[l, h] for l, h in pts], error_x=bars(xs, xci), error_y=bars(ys, yci),
             marker=dict(size=11, color=ROLE_COLORS.get(role, "#54a24b"), line=dict(width=1, color="#333"))))
     if selected is not None:
