@@ -6,6 +6,7 @@ import torch
 from workbench.sae.selection import (gradient_scores, reference_mask, select_feature_choice, select_gradient,
                                      select_mutual_choice, select_topk, topk_mask, uniform_capacities,
                                      zipf_capacities)
+from workbench.sae.topk import flat_topk_indices
 
 
 def _with_ties(B, F, seed):
@@ -67,3 +68,20 @@ def test_zipf_capacities_sum_and_cap():
     assert (m[order][:-1] >= m[order][1:]).all()  # more used, more capacity
     with pytest.raises(ValueError, match="cannot fit"):
         zipf_capacities(usage, total=10_000, alpha=1.0, cap=30)
+
+
+def test_flat_topk_indices_equal_a_full_sort_with_ties_and_saturated_rows():
+    """Mutual Choice's batch-wide top k·B through per-row candidates (topk.flat_topk_indices) keeps
+    exactly what one stable sort of the whole matrix keeps: ties in flat order, a row holding more
+    than its share, totals from 0 to all entries."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(120):
+        R, n = (int(v) for v in torch.randint(1, 25, (2,), generator=gen))
+        s = (torch.randint(0, 4, (R, n), generator=gen).float() if trial % 2
+             else torch.randn(R, n, generator=gen, dtype=torch.float64))
+        if trial % 3 == 0:
+            s[0] = 10.0  # one row above every other: it alone holds more than ceil(total / R) of the top
+        total = int(torch.randint(0, R * n + 2, (), generator=gen))
+        got = torch.zeros(R * n, dtype=torch.bool)
+        got[flat_topk_indices(s, total)] = True
+        assert torch.equal(got, reference_mask(s.reshape(-1), min(total, R * n))), (trial, R, n, total)

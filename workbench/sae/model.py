@@ -191,7 +191,8 @@ class SparseAutoencoder(nn.Module):
         """Project out of W_dec's gradient the component along each row (norm stays 1 to first order)."""
         if self.W_dec.grad is not None:
             w = self.W_dec
-            self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+            along = torch.einsum("fd,fd->f", self.W_dec.grad, w)  # per-row dot products, no F × d temporary
+            self.W_dec.grad.addcmul_(along.unsqueeze(1), w, value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -42,9 +42,11 @@ def lr_factor(step: int, cfg: SAETrainConfig) -> float:
 
 
 def make_optimizer(sae: SparseAutoencoder, cfg: SAETrainConfig) -> torch.optim.Adam:
-    on_cuda = sae.W_enc.is_cuda  # the fused CUDA Adam is one pass over p, g, m, v: the step's floor
+    # the fused Adam (CUDA and, since torch 2.4, CPU) is one pass over p, g, m, v: on 2 CPU cores
+    # 4 ms instead of 20-40 ms for the two 8192 × 512 matrices of the wide benchmark shape
+    fused = sae.W_enc.device.type in ("cpu", "cuda") or None
     return torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(sae.cfg.d_sae), betas=cfg.adam_betas,
-                            eps=cfg.adam_eps, fused=on_cuda or None)
+                            eps=cfg.adam_eps, fused=fused)
 
 
 def triton_supported(sae_cfg: SAEConfig) -> bool:
