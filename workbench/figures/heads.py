@@ -76,7 +76,8 @@ def head_scatter(data: dict, x: str, y: str, selected: tuple[int, int] | None = 
         fig.add_trace(go.Scatter(
             # point names clutter past 32 heads; the hover still names every head
             x=xs, y=ys, mode="markers+text" if L * H <= 32 else "markers", name=role,
-            text=[f"L{l}H{h}" for l, h in pts], textposition="top center", textfont=dict(size=9), hovertext=text, hoverinfo="text",
+            text=[f"L{l}H{h}" for l, h in pts], textposition="top center", textfont=dict(size=9),
+            hovertext=text, hoverinfo="text",
             customdata=[[l, h] for l, h in pts], error_x=bars(xs, xci), error_y=bars(ys, yci),
             marker=dict(size=11, color=ROLE_COLORS.get(role, "#54a24b"), line=dict(width=1, color="#333"))))
     if selected is not None:
