@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from workbench.probes.head_agreement import (AgreementConfig, ranking_agreement, rankings_from_roles, spearman)
+from workbench.probes.head_agreement import AgreementConfig, ranking_agreement, rankings_from_roles, spearman
 
 
 def _fisher(rho, n, level=0.95):
