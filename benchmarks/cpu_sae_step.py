@@ -7,7 +7,7 @@ Prints median ms/step, tokens/s, each step's peak RSS above the RSS before it, t
 peer and to the floor (encoder GEMM + one torch.topk over it + Adam over both matrices, measured
 in the same rounds), and each selection rule's own row on the sparse path.
 
-    python benchmarks/cpu_sae_step.py                 # both shapes of issue 15 (~5 min on 2 cores)
+    python benchmarks/cpu_sae_step.py                 # both shapes of issue 15 (~1-2 min on 2 cores)
     python benchmarks/cpu_sae_step.py --quick         # toy shape, a few rounds (seconds)
     python benchmarks/cpu_sae_step.py --rounds 1      # one round per shape: the order of magnitude
     python benchmarks/cpu_sae_step.py --train-sae     # train_sae end to end on the demo's SAE, dense vs sparse
