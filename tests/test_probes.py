@@ -7,8 +7,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from workbench.models import ModelConfig, new_model
 from workbench.probes.arrow import bootstrap_gap
 from workbench.probes.heads import HeadRoleConfig, head_roles, make_contexts, sink_window_hook
-from workbench.probes.sparsity import (activation_sparsity, hidden_activations, threshold_for_loss, topk_hook,
-                                       topk_intervention)
+from workbench.probes.sparsity import (activation_sparsity, hidden_activations, masking_hooks, threshold_for_loss,
+                                       topk_hook, topk_intervention)
 from workbench.tasks import copy_task_batch
 
 
@@ -57,7 +57,43 @@ def test_topk_intervention_and_threshold(tiny_model):
     assert res["delta"][1] == pytest.approx(0.0, abs=1e-6)  # k = d_mlp changes nothing
     assert res["delta"][0] != pytest.approx(0.0, abs=1e-6)
     eps = threshold_for_loss(tiny_model, tokens, p=1.0)
-    assert eps["epsilon"] >= 0 and 0 <= eps["active_frac"][0] <= 1
+    # its promise: zeroing every |a| <= epsilon keeps the loss within 1%; the bisection's other end,
+    # epsilon + max|a| / 2^12 (exact: the midpoints are dyadic), is a threshold it tried and found
+    # to break the bound, unless it never moved from max|a|; the active fraction is taken at epsilon
+    base = float(tiny_model(tokens, return_type="loss").detach())
+    assert eps["clean_loss"] == pytest.approx(base, rel=1e-6)
+    top = max(float(a.abs().max()) for a in hidden_activations(tiny_model, tokens))
+    assert 0 < eps["epsilon"] < top and _loss_zeroing_below(tiny_model, tokens, eps["epsilon"]) <= base * 1.01
+    other_end = eps["epsilon"] + top / 2**12
+    assert other_end == top or _loss_zeroing_below(tiny_model, tokens, other_end) > base * 1.01
+    assert eps["active_frac"] == activation_sparsity(tiny_model, tokens, eps["epsilon"]).active_frac
+
+
+def _loss_zeroing_below(model, tokens, eps):
+    hooks = masking_hooks(model, lambda a: a.abs() > eps)
+    with torch.no_grad():
+        return float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks))
+
+
+def test_threshold_for_loss_finds_a_planted_threshold():
+    """Neurons 10..15 sit at exactly 1.0 and carry the output: any epsilon below 1 keeps them, 1
+    or more zeroes them and raises the loss by far more than 1%, so the bisection over [0, 1]
+    must end within 2^-12 below 1, with 6 of 16 neurons active there."""
+    model = _planted_mlp_model()
+    tokens = torch.randint(0, 257, (4, 9), generator=torch.Generator().manual_seed(0))
+    w_out = model.blocks[0].mlp.W_out
+    opt = torch.optim.Adam([w_out], lr=0.1)
+    for _ in range(30):  # the constant neurons learn an output that lowers the loss (a unigram bias)
+        opt.zero_grad()
+        model(tokens, return_type="loss").backward()
+        w_out.grad[:10] = 0
+        opt.step()
+    base = float(model(tokens, return_type="loss").detach())
+    assert _loss_zeroing_below(model, tokens, 1.0) > base * 1.05  # the plant matters
+    eps = threshold_for_loss(model, tokens, p=1.0)
+    assert 1 - 2**-12 <= eps["epsilon"] < 1
+    assert _loss_zeroing_below(model, tokens, eps["epsilon"]) == pytest.approx(base, rel=1e-6)
+    assert eps["active_frac"] == [pytest.approx(6 / 16)]
 
 
 def test_model_without_mlps_gets_clear_error():
