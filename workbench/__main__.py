@@ -144,6 +144,7 @@ def train(args: argparse.Namespace) -> int:
     from .pretrained import model_record, record_model
     from .runs import RunDir
     from .sae.parallel import init_from_env
+    from .sae.selection import get_rule
     from .sae.trainer import train_sae
 
     if (args.cache is None) == (args.hook is None):
@@ -152,7 +153,7 @@ def train(args: argparse.Namespace) -> int:
     values = vars(args)
     if world > 1 and values["device"] == "cuda":
         values["device"] = f"cuda:{local_rank}"  # one GPU per process
-    gradient = values["selection"] == "gradient"
+    gradient = get_rule(values["selection"]).needs_grads  # g-SAE reads dL/d(activation)
     if args.cache is not None:
         src = CachedSource(args.cache)
         meta = src.manifest["metadata"]

@@ -20,8 +20,6 @@ from .selection import RULES, get_rule
 
 def use_sparse(cfg: SAETrainConfig, layout: Layout = SINGLE, triton: TritonPath | None = None) -> bool:
     """Whether the torch path keeps the kept entries only (SAETrainConfig.sparse)."""
-    if cfg.sparse not in (True, False, "auto"):
-        raise ValueError(f"sparse={cfg.sparse!r}: expected True, False or 'auto'")
     if triton is not None:
         return False  # the fused kernels already are sparse
     if cfg.sparse == "auto":
