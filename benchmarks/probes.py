@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from workbench.demo import build_demo, default_demo_dir
-from workbench.runs import RunDir
+from workbench.results import read_results
 
 RESULTS = Path(__file__).parent / "results" / "head_methods.json"
 DUO_SEEDS = (0, 1, 2)  # the gates' spread over context draws is the verdict's uncertainty
@@ -115,9 +115,13 @@ def main() -> None:
         head_methods()
     if args.only == "heads":
         return
-    root = build_demo(Path(args.runs) if args.runs else default_demo_dir())
-    read = lambda name: RunDir(root / name).read_results()  # noqa: E731
-    sp, hd, ar = read("probe-sparsity"), read("probe-heads"), read("probe-arrow")
+    print_probes(build_demo(Path(args.runs) if args.runs else default_demo_dir()))
+
+
+def print_probes(root: Path) -> None:
+    """The demo probes' markdown report from a demo folder's typed results."""
+    sp, hd, ar = (read_results(root / n) for n in ("probe-sparsity", "probe-heads", "probe-arrow"))
+    sp, hd, ar = sp.to_dict(), hd.roles.to_dict(), ar.to_dict()
     print(f"\n{date.today()} · {platform.machine()} CPU, {torch.get_num_threads()} threads · workbench-tiny "
           f"(2 layers, d_model 128, d_mlp 512, ReLU)\n")
     final, over = sp["final"], sp["over_training"]
@@ -145,10 +149,6 @@ def main() -> None:
           f"{hd['delta_loss'][best[0]][best[1]]:+.3f} nats; TransformerLens induction score "
           f"{hd['tl_scores']['induction'][best[0]][best[1]]:.2f}).\n")
     pct = lambda c: f"[{100 * c[0]:+.2f}%, {100 * c[1]:+.2f}%]"  # noqa: E731
-    if "datasets" not in ar:
-        print("**Arrow of time** (one seed, window-level interval only, no verdict):", "; ".join(
-            f"{k}: gap {100 * v['gap']:+.2f}% {pct(v['gap_ci95'])}" for k, v in ar["gaps"].items()))
-        return
     print("**Arrow of time** (gap = (L_backward − L_forward) / L_forward on the same held-out windows):\n")
     print("| data | verdict | per-seed gaps | mean | seed-level 95% CI | same-direction null max | "
           "window-level 95% CI |\n|---|---|---|---|---|---|---|")
@@ -156,6 +156,7 @@ def main() -> None:
         seeds = ", ".join(f"{s}: {100 * g:+.2f}%" for s, g in zip(v["seeds"], v["gaps"]))
         print(f"| {k} | {v['verdict']} | {seeds} | {100 * v['gap']:+.2f}% | {pct(v['gap_ci_seeds'])} | "
               f"{100 * v['null_max']:.2f}% | {pct(v['gap_ci_windows'])} |")
+
 
 if __name__ == "__main__":
     main()

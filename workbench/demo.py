@@ -2,7 +2,9 @@
 
     <root>/sae-topk/         a TopK SAE on the default model (metrics, feature table, its model)
     <root>/probe-sparsity/   MLP sparsity per layer, over training checkpoints, top-k intervention
-    <root>/probe-heads/      head roles, causal check, example attention patterns
+    <root>/probe-heads/      head roles, causal check, example attention patterns; DuoAttention gates,
+                             RazorAttention's rule, the KV-cache trade-off, the rankings' agreement,
+                             the heads over training and the head explorer's data (issue 21)
     <root>/probe-arrow/      forward vs backward: natural text and primes×product
 
 Every run folder is self-contained, so the viewer needs nothing outside it.
@@ -32,7 +34,13 @@ from .models import (
     workbench_home,
 )
 from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_over_seeds, pair_dirs, primes_data, train_pairs
+from .probes.duo import DuoConfig, PasskeyConfig, duo_gates, passkey_batch
+from .probes.head_agreement import ranking_agreement
+from .probes.head_explorer import default_contexts, explorer_data
 from .probes.heads import HeadRoleConfig, attention_patterns, head_roles, make_contexts
+from .probes.heads_over_training import OverTrainingConfig, run_heads_over_training, shipped_heads_over_training
+from .probes.kv_tradeoff import TradeoffConfig, standard_rankings, tradeoff_curve
+from .probes.razor import RazorConfig, razor_scores
 from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_intervention
 from .results import (
     ArrowRunResult,
@@ -89,6 +97,12 @@ class DemoConfig:
     seq_len: int = 128
     topk_ks: tuple[int, ...] = (1, 4, 16, 64, 256, 512)
     head_roles: HeadRoleConfig = HeadRoleConfig()
+    # Issue 21's head methods, stored in the heads run's optional fields (about 45 s on 2 cores):
+    head_methods: bool = True  # False: the heads run holds the roles and example patterns only
+    duo: DuoConfig = DuoConfig()  # DuoAttention gates, one seed (~22 s on the default model)
+    razor: RazorConfig = RazorConfig()  # echo and induction scores on repeated random segments
+    tradeoff: TradeoffConfig = TradeoffConfig()  # the KV-cache trade-off curve and its random band (~7 s)
+    heads_over_training: bool = True  # the head scores at every saved checkpoint (contexts: head_roles)
     primes_model: ModelConfig = PRIMES_MODEL
     primes_train: LMTrainConfig = PRIMES_TRAIN
     arrow_seeds: tuple[int, ...] = (0, 1, 2)  # one forward/backward pair per seed (the arrow's seed-level interval)
@@ -137,17 +151,71 @@ def _arrow_pairs(cfg: DemoConfig, root: Path, ar_run: RunDir, data, progress: bo
                                                seeds=list(seeds), run_dirs=pair_dirs(p_root, seeds))}
 
 
-def _complete(run: RunDir) -> bool:
+def head_methods(model, roles, cfg: DemoConfig, data, run_dir: Path | None, model_cfg: ModelConfig,
+                 progress: bool = True) -> dict:
+    """Issue 21's measurements for the heads run, as HeadsRunResult's optional fields: DuoAttention
+    gates (one seed), RazorAttention's scores, the KV-cache trade-off of every ranking against
+    random ones, the rankings' agreement, the scores over training (the shipped checkpoints when
+    `run_dir` is None, else that training run's) and the head explorer's data. One outer bar names
+    the part running; the long parts show their own bars beneath it (the build page shows both)."""
+    bos, tok = data.tokenizer.bos_token_id, data.tokenizer
+    parts = ["duo gates", "razor", "kv trade-off", "agreement", "over training", "explorer"]
+    bar = tqdm(total=len(parts), desc="head methods", disable=not progress)
+    out: dict = {}
+
+    def step(name: str) -> None:
+        bar.set_postfix_str(name, refresh=False)
+        bar.update(0 if name == parts[0] else 1)
+
+    try:
+        step("duo gates")
+        duo = duo_gates(model, cfg.duo, haystack=data.train, bos=bos, tokenizer=tok, progress=progress)
+        step("razor")
+        razor = razor_scores(model, cfg.razor, bos=bos)
+        step("kv trade-off")
+        rankings = standard_rankings(roles, duo, razor)
+        tradeoff = tradeoff_curve(model, rankings, cfg.tradeoff, bos=bos, haystack=data.validation, tokenizer=tok,
+                                  progress=progress)
+        step("agreement")  # the causal check is the reference, not one of the compared rankings
+        agreement = ranking_agreement({k: v for k, v in rankings.items() if k != "causal_delta_loss"},
+                                      causal=roles.delta_loss)
+        step("over training")
+        over_cfg = OverTrainingConfig(roles=cfg.head_roles)
+        over = None
+        if cfg.heads_over_training:
+            over = (shipped_heads_over_training(over_cfg, progress=progress) if run_dir is None
+                    else run_heads_over_training(run_dir, model_cfg, over_cfg, bos=bos, progress=progress))
+        step("explorer")
+        # a passkey context as long as the needle ones, so that every stored pattern is [T, T] alike
+        pk = PasskeyConfig(**{**asdict(cfg.duo.passkey), "seq_len": min(cfg.head_roles.seq_len, model.cfg.n_ctx)})
+        contexts = {**default_contexts(model, cfg.head_roles, bos),
+                    "passkey": passkey_batch(1, pk, data.validation, bos=bos, tokenizer=tok, seed=1).tokens[0]}
+        explorer = explorer_data(model, roles, tokenizer=tok, bos=bos, duo=duo, razor=razor, contexts=contexts)
+        bar.update(1)
+        out = {"duo": duo.to_dict(), "razor": razor.to_dict(), "kv_tradeoff": tradeoff.to_dict(),
+               "agreement": agreement.to_dict(), "over_training": over.to_dict() if over is not None else None,
+               "explorer": explorer}
+    finally:
+        bar.close()
+    return out
+
+
+def _complete(run: RunDir, cfg: DemoConfig) -> bool:
     """Whether a demo run is done: its results.json (written last) reads. One that does not (an older
-    schema that cannot migrate, a torn file) is rebuilt: the demo is a cache."""
+    schema that cannot migrate, a torn file) is rebuilt: the demo is a cache. So is a heads run built
+    before the head methods were (no explorer data) while the config asks for them."""
     if not run.file("results.json").exists():
         return False
     try:
-        read_results(run)
-        return True
+        res = read_results(run)
     except ResultsError as e:
         print(f"demo: rebuilding {run.name}: {e}", file=sys.stderr)
         return False
+    if isinstance(res, HeadsRunResult) and cfg.head_methods and res.explorer is None:
+        print(f"demo: rebuilding {run.name}: it has no head methods (DuoAttention, Razor, trade-off, explorer)",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), progress: bool = True,
@@ -221,7 +289,9 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         example = make_contexts(fwd, hcfg, data.tokenizer.bos_token_id).tokens[:1]
         _, pat = attention_patterns(fwd, example)
         toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
-        write_results(hd_run, HeadsRunResult(roles, [AttentionExample("needle", toks, pat[:, 0].tolist())]))
+        extra = (head_methods(fwd, roles, cfg, data, fwd_dir if cfg.model is not None else None, model_cfg, progress)
+                 if cfg.head_methods else {})
+        write_results(hd_run, HeadsRunResult(roles, [AttentionExample("needle", toks, pat[:, 0].tolist())], **extra))
 
     ar_run = RunDir(root / "probe-arrow")
 
@@ -236,7 +306,7 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
     for (name, _), run, build in zip(STAGES[1:], (sae_run, sp_run, hd_run, ar_run),
                                      (sae_stage, sparsity_stage, heads_stage, arrow_stage)):
         status.check_stop()
-        if _complete(run):
+        if _complete(run, cfg):
             status.reused(name)
             continue
         if not run.file("checkpoint.pt").exists():  # an interrupted earlier try: a fresh start would append to its log

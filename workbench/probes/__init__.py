@@ -1,0 +1,107 @@
+"""Probes of a language model's internals, one module per method; the public names are exported here.
+
+    from workbench.probes import head_roles, duo_gates, razor_scores, tradeoff_curve
+
+The exports load lazily (PEP 562): `import workbench.probes.intervals` does not import
+TransformerLens, and reading an SAE run's results never imports a probe it does not need. The
+function `heads_over_training.heads_over_training` is not exported under its name, which is also
+its module's; use `workbench.probes.heads_over_training.heads_over_training`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "heads": ("HeadRoleConfig", "HeadRoles", "head_roles", "make_contexts", "attention_patterns", "causal_check",
+              "tl_detector_scores"),
+    "sparsity": ("SparsityResult", "activation_sparsity", "sparsity_over_training", "topk_intervention",
+                 "threshold_for_loss"),
+    "arrow": ("ArrowResult", "arrow_gap", "arrow_over_seeds", "arrow_from_losses", "gap_over_training"),
+    "intervals": ("wilson_interval", "t_interval"),
+    "attention_restrict": ("streaming_pattern", "gate_hooks", "keep_full_hooks", "kv_fraction", "n_kv_heads",
+                           "check_supported"),
+    "duo": ("PasskeyConfig", "PasskeyBatch", "passkey_batch", "passkey_accuracy", "DuoConfig", "DuoResult",
+            "duo_gates"),
+    "razor": ("RazorConfig", "RazorResult", "razor_scores", "protected_heads"),
+    "kv_tradeoff": ("TradeoffConfig", "TradeoffResult", "tradeoff_curve", "standard_rankings", "keep_top",
+                    "n_full_heads"),
+    "head_agreement": ("AgreementConfig", "Agreement", "Correlation", "spearman", "ranking_agreement",
+                       "rankings_from_roles"),
+    "heads_over_training": ("OverTrainingConfig", "HeadsOverTraining", "attention_entropy", "run_checkpoints",
+                            "run_heads_over_training", "shipped_checkpoints", "shipped_heads_over_training"),
+    "head_explorer": ("explorer_data", "default_contexts", "context_patterns"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:  # a submodule not imported yet: `from workbench.probes import duo` imports it
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from .arrow import ArrowResult, arrow_from_losses, arrow_gap, arrow_over_seeds, gap_over_training
+    from .attention_restrict import (
+        check_supported,
+        gate_hooks,
+        keep_full_hooks,
+        kv_fraction,
+        n_kv_heads,
+        streaming_pattern,
+    )
+    from .duo import DuoConfig, DuoResult, PasskeyBatch, PasskeyConfig, duo_gates, passkey_accuracy, passkey_batch
+    from .head_agreement import (
+        Agreement,
+        AgreementConfig,
+        Correlation,
+        ranking_agreement,
+        rankings_from_roles,
+        spearman,
+    )
+    from .head_explorer import context_patterns, default_contexts, explorer_data
+    from .heads import (
+        HeadRoleConfig,
+        HeadRoles,
+        attention_patterns,
+        causal_check,
+        head_roles,
+        make_contexts,
+        tl_detector_scores,
+    )
+    from .heads_over_training import (
+        HeadsOverTraining,
+        OverTrainingConfig,
+        attention_entropy,
+        run_checkpoints,
+        run_heads_over_training,
+        shipped_checkpoints,
+        shipped_heads_over_training,
+    )
+    from .intervals import t_interval, wilson_interval
+    from .kv_tradeoff import (
+        TradeoffConfig,
+        TradeoffResult,
+        keep_top,
+        n_full_heads,
+        standard_rankings,
+        tradeoff_curve,
+    )
+    from .razor import RazorConfig, RazorResult, protected_heads, razor_scores
+    from .sparsity import (
+        SparsityResult,
+        activation_sparsity,
+        sparsity_over_training,
+        threshold_for_loss,
+        topk_intervention,
+    )

@@ -6,6 +6,8 @@ fault). server.py turns them into routes.
     GET  /api/run/<name>/search?q=             features whose top context ends in q, or that promote it
     POST /api/run/<name>/prompt                {"text": str, "feature": int}: the feature on your text
     GET  /api/run/<name>/attention?layer=&head=[&example=]   a head's attention pattern (heads runs)
+    GET  /api/run/<name>/head?layer=&head=[&context=][&x=&y=]  a head of the explorer: pattern, scores
+                                               with intervals, gate curve, detail and scatter figures
     GET  /api/run/<name>/evaluate              the SAE run's evaluation state (evaluated, stages, bars)
     POST /api/run/<name>/evaluate              start evaluating an SAE run that has none
 """
@@ -87,16 +89,30 @@ def prompt(store: RunStore, name: str, body: Any) -> dict:
     return {"html": sf.prompt_html(ids, acts, tok)}
 
 
-def attention(store: RunStore, name: str, query: dict) -> dict:
+def _heads_results(store: RunStore, name: str, lacks: str):
     run_path(store, name)
     try:
         kind = store.kind(name)
         if kind != heads_page.KIND:
-            raise ApiError(400, f"run {name!r} is a {kind!r} run, not a heads run: it has no attention patterns")
-        res = store.results(name)
+            raise ApiError(400, f"run {name!r} is a {kind!r} run, not a heads run: it has no {lacks}")
+        return store.results(name)
     except RunError as e:
         raise ApiError(500, f"run {name!r}: {e}") from e
-    return heads_page.attention(name, res, query)
+
+
+def attention(store: RunStore, name: str, query: dict) -> dict:
+    return heads_page.attention(name, _heads_results(store, name, "attention patterns"), query)
+
+
+def head(store: RunStore, name: str, query: dict) -> dict:
+    """The explorer's head detail; token labels by the run's own tokenizer (the labels stored at
+    build time when it cannot be loaded or does not cover the ids)."""
+    res = _heads_results(store, name, "head explorer")
+    try:
+        tok = store.tokenizer(name)
+    except RunError:
+        tok = None
+    return heads_page.head(name, res, query, tok)
 
 
 def evaluation_state(store: RunStore, jobs: Evaluations, name: str) -> dict:

@@ -1,15 +1,19 @@
-"""A head-roles run's page (`HeadsRunResult`), as a list of sections, and its attention API.
+"""A head-roles run's page (`HeadsRunResult`), as a list of sections, and its APIs.
 
-The page is `render`'s list of section builders, each `(name, res) -> html`; a new view of the
-heads (e.g. the head explorer: a scatter from workbench.figures.heads with a click handler that
-calls an API) is one more function in SECTIONS, plus its API function beside `attention` and its
-route in server.py."""
+The page is `render`'s list of section builders, each `(name, res) -> html`: the roles and their
+intervals, the head explorer (a scatter of every head over two chosen metrics; clicking a head asks
+`head` for its attention pattern, scores and gate curve), the KV-cache trade-off, the rankings'
+agreement, the heads over training and the example attention patterns. The explorer's figures come
+from `workbench.figures.heads`, the same builders as the notebook widget (`widgets.heads`). A run
+without issue 21's optional fields renders each of their sections as "not computed"."""
 
 from __future__ import annotations
 
 import html
 import json
+import math
 
+from ..figures import heads as hf
 from ..figures import probes as pf
 from ..results import HeadsRunResult
 from .pages import figure_div, js_literal
@@ -75,7 +79,188 @@ attn();
 </script>"""
 
 
-SECTIONS = [roles_section, intervals_table, attention_section]
+def not_computed(title: str, field: str, anchor: str) -> str:
+    """A section whose optional result is absent: said so, with the field results.json lacks."""
+    return (f'<h2>{html.escape(title)}</h2><p class="empty" id="{anchor}-missing">Not computed for this run '
+            f"(results.json has no {html.escape(field)}; the demo computes it, see workbench.demo).</p>")
+
+
+def default_axes(data: dict) -> tuple[str, str]:
+    """The explorer's first metric pair: DuoAttention's gate against Wu's retrieval score when the
+    gates were trained (the two definitions of a retrieval head), else the first two metrics."""
+    names = list(data.get("metrics") or {})
+    if "Duo α" in names and "retrieval score" in names:
+        return "Duo α", "retrieval score"
+    if "retrieval score" in names and "streaming mass" in names:
+        return "retrieval score", "streaming mass"
+    return names[0], names[min(1, len(names) - 1)]
+
+
+def default_head(data: dict) -> tuple[int, int]:
+    """The head the explorer opens on: the top retrieval head (else the last layer's first)."""
+    scores = (data.get("metrics") or {}).get("retrieval score")
+    if not scores:
+        return data["n_layers"] - 1, 0
+    return max(((l, h) for l in range(data["n_layers"]) for h in range(data["n_heads"])),
+               key=lambda lh: (scores[lh[0]][lh[1]] if _finite(scores[lh[0]][lh[1]]) else -math.inf, lh))
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _options(values, selected, label=str) -> str:
+    return "".join(f'<option value="{html.escape(str(v))}"{" selected" if v == selected else ""}>'
+                   f"{html.escape(label(v))}</option>" for v in values)
+
+
+def _fig_json(fig) -> dict:
+    return json.loads(fig.to_json())
+
+
+def explorer_section(name: str, res: HeadsRunResult) -> str:
+    """Every head over two chosen metrics (workbench.figures.heads.head_scatter); a click on a head,
+    or the layer/head/context pickers, fetch its detail (pattern, scores, gate curve) from `head`."""
+    data = res.explorer
+    if not data or not data.get("metrics"):
+        return not_computed("Head explorer", "explorer", "explorer")
+    x, y = default_axes(data)
+    layer, head_ = default_head(data)
+    contexts = list(data.get("contexts") or {})
+    context = contexts[0] if contexts else None
+    scatter = hf.head_scatter(data, x, y, selected=(layer, head_))
+    detail = hf.head_detail(data, layer, head_, context)
+    metrics = list(data["metrics"])
+    ctx_picker = (f'<label>context <select id="hx-context">{_options(contexts, context)}</select></label>'
+                  if contexts else '<span class="empty">no attention patterns recorded</span>')
+    state = {"run": name, "x": x, "y": y, "scatter": _fig_json(scatter), "detail": _fig_json(detail)}
+    return f"""
+<h2>Head explorer</h2>
+<p>Every head over two metrics, coloured by role, 95% intervals as error bars where the metric has one.
+Click a head (or pick it below) to see its attention pattern on a stored context, its scores with their
+intervals and its DuoAttention gate while the gates were trained.</p>
+<div class="controls"><label>x <select id="hx-x">{_options(metrics, x)}</select></label>
+<label>y <select id="hx-y">{_options(metrics, y)}</select></label></div>
+<div id="hx-scatter" class="fig"></div>
+<div class="controls"><label>layer <select id="hx-layer">{_options(range(data["n_layers"]), layer)}</select></label>
+<label>head <select id="hx-head">{_options(range(data["n_heads"]), head_)}</select></label>{ctx_picker}</div>
+<p id="hx-error" class="error" hidden></p>
+<div id="hx-detail" class="fig" data-head="{layer},{head_}"></div>
+<script>
+(function() {{
+  const S = {js_literal(state)};
+  const RUN = encodeURIComponent(S.run), cfg = {{responsive: true, displaylogo: false}};
+  const el = id => document.getElementById(id);
+  let asked = 0;  // only the latest request's answer is drawn
+  async function show() {{
+    const q = new URLSearchParams({{layer: el("hx-layer").value, head: el("hx-head").value,
+                                    x: el("hx-x").value, y: el("hx-y").value}});
+    if (el("hx-context")) q.set("context", el("hx-context").value);
+    const mine = ++asked;
+    const r = await fetch(`/api/run/${{RUN}}/head?${{q}}`);
+    const d = await r.json().catch(() => null);
+    if (mine !== asked) return;
+    const err = el("hx-error");
+    if (!r.ok) {{ err.hidden = false; err.textContent = (d && d.error) || `HTTP ${{r.status}}`; return; }}
+    err.hidden = true;
+    await Plotly.react("hx-scatter", d.scatter.data, d.scatter.layout, cfg);
+    await Plotly.react("hx-detail", d.detail.data, d.detail.layout, cfg);
+    el("hx-detail").dataset.head = `${{d.layer}},${{d.head}}`;
+    el("hx-scatter").dataset.axes = `${{d.x}}|${{d.y}}`;  // drawn: clicks now land on these axes
+  }}
+  Plotly.newPlot("hx-scatter", S.scatter.data, S.scatter.layout, cfg).then(gd => {{
+    gd.on("plotly_click", ev => {{
+      const p = ev.points && ev.points.find(p => p.customdata);
+      if (!p) return;
+      el("hx-layer").value = String(p.customdata[0]); el("hx-head").value = String(p.customdata[1]);
+      show();
+    }});
+    gd.dataset.axes = `${{S.x}}|${{S.y}}`;
+  }});
+  Plotly.newPlot("hx-detail", S.detail.data, S.detail.layout, cfg);
+  for (const id of ["hx-x", "hx-y", "hx-layer", "hx-head", "hx-context"]) if (el(id)) el(id).onchange = show;
+}})();
+</script>"""
+
+
+def methods_section(name: str, res: HeadsRunResult) -> str:
+    """What the DuoAttention gates and RazorAttention's rule were run with, and what they chose."""
+    parts = []
+    if res.duo:
+        d, c = res.duo, res.duo.get("config") or {}
+        how = (f" ({len(d.get('steps') or [])} Adam steps, lr {c.get('lr')}, λ {c.get('lam')}, distance "
+               f"{html.escape(str(c.get('distance')))}, on {c.get('n_contexts')} passkey contexts of "
+               f"{(c.get('passkey') or {}).get('seq_len')} tokens; streaming = sink {c.get('sink')} + window "
+               f"{c.get('window')}; seed {c.get('seed')}"
+               + (f"; final loss {d['loss'][-1]:.4f}" if d.get("loss") else "")
+               + (f"; {d['seconds']:.1f} s)" if d.get("seconds") is not None else ")") if c else "")
+        parts.append(f"<p>DuoAttention gates{how}: each head's α is the explorer's “Duo α”, its curve in the "
+                     f"head's detail.</p>")
+    if res.razor:
+        z = res.razor
+        prot = [f"L{l}H{h}" for l, row in enumerate(z["protected"]) for h, p in enumerate(row) if p]
+        parts.append(f"<p>RazorAttention's rule protects the top {z['n_induction_protected']} heads by induction "
+                     f"score and the top {z['n_echo_protected']} by echo score: {', '.join(prot) or 'none'}.</p>")
+    if not parts:
+        return not_computed("DuoAttention gates and RazorAttention's rule", "duo or razor", "methods")
+    return "<h2>DuoAttention gates and RazorAttention's rule</h2>" + "".join(parts)
+
+
+def tradeoff_section(name: str, res: HeadsRunResult) -> str:
+    """The KV-cache trade-off curve of every ranking against the random band, and which beat it."""
+    if not res.kv_tradeoff:
+        return not_computed("KV-cache trade-off", "kv_tradeoff", "tradeoff")
+    from ..figures.kv_tradeoff import LABELS, tradeoff_figure
+    d = res.kv_tradeoff
+    verdict = ""
+    if 25.0 in d.get("fractions", []) and d.get("random_band"):
+        i = d["fractions"].index(25.0)
+        band = d["random_band"]["needle_acc"]
+        rows = "".join(f"<tr><td>{html.escape(LABELS.get(k, k))}</td><td>{c['needle_acc'][i]:.3f}</td>"
+                       f"<td>{'yes' if c['needle_acc'][i] > band['max'][i] else 'no'}</td></tr>"
+                       for k, c in d["curves"].items())
+        verdict = (f"<p>At 25% of heads full (KV cache {d['kv_fraction'][i]:.2f} of full), needle copy accuracy; "
+                   f"a ranking beats chance when it lies above every one of the {len(d['random_curves'])} random "
+                   f"rankings ({band['min'][i]:.3f}–{band['max'][i]:.3f}).</p><table><tr><th>ranking</th>"
+                   f"<th>needle copy accuracy</th><th>above the random band?</th></tr>{rows}</table>")
+    return "<h2>KV-cache trade-off</h2>" + figure_div(tradeoff_figure(d), "kv-tradeoff") + verdict
+
+
+def agreement_section(name: str, res: HeadsRunResult) -> str:
+    """Spearman rho between the head rankings, and with the causal check, with intervals."""
+    if not res.agreement:
+        return not_computed("Do the head rankings agree?", "agreement", "agreement")
+    return ("<h2>Do the head rankings agree?</h2>" + figure_div(hf.agreement_heatmap(res.agreement), "agreement")
+            + hf.agreement_table_html(res.agreement))
+
+
+def over_training_section(name: str, res: HeadsRunResult) -> str:
+    """One score of every head at each saved checkpoint beside the loss; a picker switches the score
+    (every metric's figure is built here, by the same builder as the widget's)."""
+    over = res.over_training
+    if not over or not over.get("steps"):
+        return not_computed("Heads over training", "over_training", "over")
+    metrics = [m for m in hf.OVER_METRICS if over.get(m)]
+    figs = {m: _fig_json(hf.heads_over_training(over, m)) for m in metrics}
+    formed = over.get("formed") or {}
+    said = "; ".join(f"{html.escape(k)} between steps {v[0]} and {v[1]}" if v else f"{html.escape(k)}: not formed"
+                     for k, v in formed.items())
+    return f"""
+<h2>Heads over training</h2>
+<p>The head scores at every saved checkpoint ({len(over['steps'])}: steps {over['steps'][0]}–{over['steps'][-1]});
+formed (first held to the last checkpoint): {said or "n/a"}.</p>
+<div class="controls"><label>score <select id="over-metric">{_options(metrics, metrics[0], hf.OVER_METRICS.get)}</select>
+</label></div><div id="over" class="fig"></div>
+<script>(function() {{
+  const F = {js_literal(figs)}, cfg = {{responsive: true, displaylogo: false}};
+  const pick = document.getElementById("over-metric");
+  const draw = () => Plotly.react("over", F[pick.value].data, F[pick.value].layout, cfg);
+  pick.onchange = draw; draw();
+}})();</script>"""
+
+
+SECTIONS = [roles_section, intervals_table, explorer_section, methods_section, tradeoff_section,
+            agreement_section, over_training_section, attention_section]
 
 
 def render(name: str, res: HeadsRunResult) -> str:
@@ -105,3 +290,71 @@ def attention(name: str, res: HeadsRunResult, query: dict) -> dict:
         raise ApiError(400, f"layer must lie in [0, {L}) and head in [0, {H}), got layer={layer}, head={head}")
     fig = pf.attention_pattern(ex.patterns[layer][head], ex.tokens, f"{ex.name}: layer {layer}, head {head}")
     return json.loads(fig.to_json())
+
+
+
+def _int_arg(query: dict, key: str, default: int | None = None) -> int:
+    """Query parameter `key` as an integer; ApiError(400) naming it when missing or not one."""
+    if key not in query:
+        if default is None:
+            raise ApiError(400, f"{key} is required (an integer)")
+        return default
+    try:
+        return int(query[key])
+    except ValueError:
+        raise ApiError(400, f"{key} must be an integer, got {str(query[key])[:40]!r}") from None
+
+
+def _choice(query: dict, key: str, options: list[str], default: str) -> str:
+    value = query.get(key, default)
+    if value not in options:
+        raise ApiError(400, f"{key} must be one of {options}, got {str(value)[:60]!r}")
+    return value
+
+
+def _decodes(tokenizer, ids: list[int]) -> bool:
+    """Whether `tokenizer` can label these ids (else the labels stored at build time are used)."""
+    if tokenizer is None or not ids:
+        return False
+    try:
+        for i in ids:
+            tokenizer.token_str(int(i))
+    except Exception:
+        return False
+    return True
+
+
+def head(name: str, res: HeadsRunResult, query: dict, tokenizer=None) -> dict:
+    """GET /api/run/<name>/head?layer=&head=[&context=][&x=&y=]: one head of the explorer: its
+    attention pattern on `context` (token labels decoded by `tokenizer`, the run's own), its scores
+    with their intervals, its gate curve, and the detail and scatter figures' JSON (the scatter over
+    metrics x and y with this head ringed)."""
+    data = res.explorer
+    if not data or not data.get("metrics"):
+        raise ApiError(400, f"run {name!r} has no head explorer data (results.json has no explorer)")
+    L, H = data["n_layers"], data["n_heads"]
+    layer, head_ = _int_arg(query, "layer"), _int_arg(query, "head")
+    if not 0 <= layer < L:
+        raise ApiError(400, f"layer must lie in [0, {L}), got {layer}")
+    if not 0 <= head_ < H:
+        raise ApiError(400, f"head must lie in [0, {H}), got {head_}")
+    contexts = list(data.get("contexts") or {})
+    context = _choice(query, "context", contexts, contexts[0]) if contexts else None
+    if not contexts and "context" in query:
+        raise ApiError(400, f"context: run {name!r} stored no attention patterns")
+    metrics = list(data["metrics"])
+    dx, dy = default_axes(data)
+    x, y = _choice(query, "x", metrics, dx), _choice(query, "y", metrics, dy)
+    ctx = data["contexts"][context] if context else None
+    tok = tokenizer if ctx and _decodes(tokenizer, ctx.get("ids") or []) else None
+    tokens = ([tok.token_str(int(i)) for i in ctx["ids"]] if tok else ctx["tokens"]) if ctx else []
+    iv = data.get("intervals") or {}
+    scores = {m: {"value": v[layer][head_] if _finite(v[layer][head_]) else None,
+                  "interval": iv[m][layer][head_] if iv.get(m) else None} for m, v in data["metrics"].items()}
+    curve = data.get("gate_curve")
+    gate = {"step": curve["step"], "alpha": [a[layer][head_] for a in curve["alpha"]]} if curve else None
+    return {"layer": layer, "head": head_, "role": (data.get("labels") or [[None] * H] * L)[layer][head_],
+            "context": context, "tokens": tokens, "pattern": ctx["patterns"][layer][head_] if ctx else None,
+            "scores": scores, "gate_curve": gate, "x": x, "y": y,
+            "detail": _fig_json(hf.head_detail(data, layer, head_, context, tokenizer=tok)),
+            "scatter": _fig_json(hf.head_scatter(data, x, y, selected=(layer, head_)))}

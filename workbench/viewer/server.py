@@ -159,6 +159,9 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
     async def attention(request: Request) -> dict:
         return api.attention(store, request.path_params["name"], dict(request.query_params))
 
+    async def head(request: Request) -> dict:
+        return api.head(store, request.path_params["name"], dict(request.query_params))
+
     async def evaluate(request: Request) -> dict:
         name = request.path_params["name"]
         if request.method == "POST":
@@ -193,6 +196,7 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         Route("/api/run/{name}/search", json_route(search)),
         Route("/api/run/{name}/prompt", json_route(prompt), methods=["POST"]),
         Route("/api/run/{name}/attention", json_route(attention)),
+        Route("/api/run/{name}/head", json_route(head)),
         Route("/api/run/{name}/evaluate", json_route(evaluate), methods=["GET", "POST"]),
         Route("/files/{name}/{path:path}", run_file),
         Route("/static/plotly.min.js", plotly_js),

@@ -241,19 +241,32 @@ class ArrowDashboard(_Dashboard):
 
 
 def load_demo_dashboards(root) -> dict:
-    """All four dashboards from a demo folder (see workbench.demo), each from its run's typed results;
-    the feature explorer decodes with the SAE run's own tokenizer."""
+    """The dashboards of a demo folder (see workbench.demo), each from its run's typed results: the
+    feature explorer (decoding with the SAE run's own tokenizer), the head-role map, the head
+    explorer when the heads run has its data (labels decoded by that run's tokenizer), sparsity
+    and the arrow of time."""
     from pathlib import Path
 
-    from ..pretrained import model_for_run
+    from ..pretrained import model_for_run, tokenizer_for_run
     from ..results import read_results
     from ..sae.io import load_sae
     from ..sae.saebench_json import read_run_evals
     root = Path(root)
     sae_dir = root / "sae-topk"
     model, tok = model_for_run(sae_dir)
-    return {"features": FeatureExplorer(FeatureTable.load(sae_dir / "features.safetensors"), tok, model=model,
-                                        sae=load_sae(sae_dir), evals=read_run_evals(sae_dir)),
-            "heads": HeadRoleMap(read_results(root / "probe-heads")),
-            "sparsity": SparsityDashboard(read_results(root / "probe-sparsity")),
+    heads = read_results(root / "probe-heads")
+    out = {"features": FeatureExplorer(FeatureTable.load(sae_dir / "features.safetensors"), tok, model=model,
+                                       sae=load_sae(sae_dir), evals=read_run_evals(sae_dir)),
+           "heads": HeadRoleMap(heads)}
+    if heads.explorer:
+        out["explorer"] = HeadExplorer(heads.explorer, agreement=heads.agreement, over=heads.over_training,
+                                       tradeoff=heads.kv_tradeoff, tokenizer=tokenizer_for_run(root / "probe-heads"))
+    return {**out, "sparsity": SparsityDashboard(read_results(root / "probe-sparsity")),
             "arrow": ArrowDashboard(read_results(root / "probe-arrow"))}
+
+
+# last: widgets.heads builds on FigurePane and _Dashboard above
+from .heads import HeadExplorer  # noqa: E402
+
+__all__ = ["FigurePane", "FeatureExplorer", "HeadRoleMap", "HeadExplorer", "SparsityDashboard", "ArrowDashboard",
+           "load_demo_dashboards"]

@@ -1,0 +1,251 @@
+"""The heads page's head explorer and its API: from a hand-made HeadsRunResult (no model, no server),
+over HTTP, in Chromium (a click on a point of the scatter shows that head), and on the tiny demo,
+whose heads run carries every optional measurement of issue 21."""
+
+import copy
+import json
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import free_port, serving
+from tests.test_results import heads_result, new_run, sparsity_result
+from workbench.corpus import ByteTokenizer
+from workbench.results import HeadsRunResult, read_results, write_results
+from workbench.viewer import heads_page
+from workbench.viewer.store import ApiError
+
+OPTIONAL = ("explorer", "methods", "tradeoff", "agreement", "over")  # each section's "-missing" anchor
+
+
+def _pattern(context: int, layer: int, head: int, T: int) -> list[list[float]]:
+    """A [T][T] lower-triangular pattern whose every entry names its context, layer and head."""
+    v = (10 * context + 4 * layer + 2 * head + 1) / 100
+    return [[round(v + k / 1000, 4) if k <= q else 0.0 for k in range(T)] for q in range(T)]
+
+
+def explorer() -> dict:
+    """Two layers of two heads, well apart in (Duo α, retrieval score); a label that is HTML."""
+    ctx = {"needle": [256, 97, 60, 98], "passkey": [256, 49, 50]}
+    return {
+        "n_layers": 2, "n_heads": 2,
+        "metrics": {"retrieval score": [[0.0, 0.5], [0.25, 0.75]], "streaming mass": [[0.9, 0.2], [0.6, 0.1]],
+                    "Duo α": [[0.1, 0.9], [0.4, 0.7]]},
+        "intervals": {"retrieval score": [[[0.0, 0.06], [0.4, 0.6]], [[0.2, 0.3], [0.7, 0.8]]]},
+        "labels": [["streaming", "retrieval"], ["other", "<i>x</i>"]],
+        "contexts": {name: {"ids": ids, "tokens": [f"s{i}" for i in ids],
+                            "patterns": [[_pattern(c, l, h, len(ids)) for h in range(2)] for l in range(2)]}
+                     for c, (name, ids) in enumerate(ctx.items())},
+        "gate_curve": {"step": [0, 5, 10], "alpha": [[[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.95], [0.7, 0.8]],
+                                                     [[0.1, 0.9], [0.4, 0.7]]]},
+    }
+
+
+def explorer_result() -> HeadsRunResult:
+    res = heads_result()
+    res.explorer = explorer()
+    return res
+
+
+# --- the page and the API function, without a server --------------------------------------------
+
+def test_page_renders_the_explorer_from_a_typed_result():
+    page = heads_page.render("hd</script>", explorer_result())
+    assert 'id="explorer-missing"' not in page
+    assert 'id="hx-scatter"' in page and 'id="hx-detail" class="fig" data-head="1,1"' in page  # top retrieval head
+    assert '<option value="Duo α" selected>' in page and '<option value="retrieval score" selected>' in page
+    assert '<option value="needle" selected>needle</option><option value="passkey">' in page
+    state = json.loads(re.search(r"const S = (\{.*?\});\n", page).group(1))
+    assert state["run"] == "hd</script>" and "</script>" not in page.split("const S = ")[1].split(";\n")[0]
+    scatter, detail = state["scatter"], state["detail"]
+    points = {tuple(c): (x, y) for t in scatter["data"] if t.get("showlegend", True) is not False
+              for c, x, y in zip(t["customdata"], t["x"], t["y"])}
+    assert points == {(0, 0): (0.1, 0.0), (0, 1): (0.9, 0.5), (1, 0): (0.4, 0.25), (1, 1): (0.7, 0.75)}
+    heat = next(t for t in detail["data"] if t["type"] == "heatmap")
+    assert heat["z"] == explorer()["contexts"]["needle"]["patterns"][1][1]
+    assert detail["layout"]["title"]["text"] == "L1H1 · <i>x</i>"  # plotly draws titles as text
+    # the sections of the optional results this run lacks say so
+    for anchor in ("tradeoff", "agreement", "over"):
+        assert f'id="{anchor}-missing"' in page
+
+
+def test_page_without_optional_fields_still_renders():
+    res = heads_result()
+    res.duo = None
+    page = heads_page.render("hd", res)
+    for anchor in OPTIONAL:
+        assert f'id="{anchor}-missing"' in page, anchor
+    assert "Not computed for this run (results.json has no explorer" in page
+    assert "<td>0.50 (30/60)</td>" in page and 'id="attn"' in page  # the roles and examples are still there
+    with pytest.raises(ApiError, match="has no head explorer data") as e:
+        heads_page.head("hd", res, {"layer": "0", "head": "0"})
+    assert e.value.status == 400
+
+
+class Tok:
+    def token_str(self, i):
+        if i > 255:
+            raise ValueError(f"id {i} is not a byte")
+        return f"t{i}"
+
+
+def test_head_api_returns_the_heads_pattern_scores_and_gate():
+    res, data = explorer_result(), explorer()
+    got = heads_page.head("hd", res, {"layer": "1", "head": "0", "context": "passkey"}, tokenizer=ByteTokenizer())
+    assert (got["layer"], got["head"], got["context"], got["role"]) == (1, 0, "passkey", "other")
+    assert got["pattern"] == data["contexts"]["passkey"]["patterns"][1][0]
+    assert got["tokens"] == [ByteTokenizer().token_str(i) for i in (256, 49, 50)]  # the run's tokenizer, not s256
+    assert got["scores"]["retrieval score"] == {"value": 0.25, "interval": [0.2, 0.3]}
+    assert got["scores"]["Duo α"] == {"value": 0.4, "interval": None}
+    assert got["gate_curve"] == {"step": [0, 5, 10], "alpha": [1.0, 0.7, 0.4]}
+    heat = next(t for t in got["detail"]["data"] if t["type"] == "heatmap")
+    assert heat["z"] == got["pattern"] and heat["x"][1] == "1:1"
+    table = next(t for t in got["detail"]["data"] if t["type"] == "table")
+    assert "0.25 [0.2, 0.3]" in table["cells"]["values"][1]
+    ring = got["scatter"]["data"][-1]  # the chosen head is ringed on the scatter
+    assert ring["customdata"] == [[1, 0]] and (ring["x"], ring["y"]) == ([0.4], [0.25])
+    # a tokenizer that cannot label the ids: the labels stored at build time
+    res.explorer["contexts"]["needle"]["ids"][1] = 300
+    got = heads_page.head("hd", res, {"layer": "0", "head": "1", "x": "streaming mass", "y": "Duo α"}, Tok())
+    assert got["context"] == "needle" and got["tokens"] == ["s256", "s97", "s60", "s98"]
+    assert got["scatter"]["layout"]["xaxis"]["title"]["text"] == "streaming mass"
+
+
+@pytest.mark.parametrize("query,needle", [
+    ({"head": "0"}, "layer is required"),
+    ({"layer": "1.5", "head": "0"}, "layer must be an integer, got '1.5'"),
+    ({"layer": "0", "head": "x"}, "head must be an integer"),
+    ({"layer": "2", "head": "0"}, r"layer must lie in \[0, 2\), got 2"),
+    ({"layer": "0", "head": "-1"}, r"head must lie in \[0, 2\), got -1"),
+    ({"layer": "0", "head": "0", "context": "haystack"}, "context must be one of \\['needle', 'passkey'\\]"),
+    ({"layer": "0", "head": "0", "x": "<b>"}, "x must be one of"),
+    ({"layer": "0", "head": "0", "y": ""}, "y must be one of"),
+])
+def test_head_api_names_the_bad_parameter(query, needle):
+    with pytest.raises(ApiError, match=needle) as e:
+        heads_page.head("hd", explorer_result(), query)
+    assert e.value.status == 400
+
+
+# --- over HTTP and in Chromium ------------------------------------------------------------------
+
+@pytest.fixture
+def runs(tmp_path):
+    write_results(new_run(tmp_path / "hd", "heads"), explorer_result())
+    write_results(new_run(tmp_path / "sp", "sparsity"), sparsity_result())
+    return tmp_path
+
+
+def test_head_route_answers_json_and_json_errors(runs):
+    from workbench.viewer.server import create_app
+    client = TestClient(create_app(runs), base_url="http://127.0.0.1")
+    r = client.get("/api/run/hd/head", params={"layer": 0, "head": 1, "context": "needle"})
+    assert r.status_code == 200 and r.json()["pattern"] == explorer()["contexts"]["needle"]["patterns"][0][1]
+    assert r.json()["tokens"][2] == "<"  # decoded by the run's (byte) tokenizer
+    for params, status, needle in [({"layer": 0, "head": 7}, 400, "head must lie in [0, 2)"),
+                                   ({"layer": 0, "head": 0, "context": "x"}, 400, "context must be one of"),
+                                   ({"layer": 0}, 400, "head is required")]:
+        r = client.get("/api/run/hd/head", params=params)
+        assert r.status_code == status and r.headers["content-type"] == "application/json"
+        assert needle in r.json()["error"]
+    r = client.get("/api/run/sp/head", params={"layer": 0, "head": 0})
+    assert r.status_code == 400 and "'sparsity' run, not a heads run" in r.json()["error"]
+    assert client.get("/api/run/nope/head", params={"layer": 0, "head": 0}).status_code == 404
+    foreign = client.get("/api/run/hd/head", params={"layer": 0, "head": 0}, headers={"Host": "evil.example"})
+    assert foreign.status_code == 403
+
+
+def _click(page, div: str, x: float, y: float) -> None:
+    """Click data point (x, y) of a plotly figure (scrolled into view first). Plotly reads a second
+    mouse-down within 300 ms of the last as a double click (no plotly_click), hence the pause."""
+    page.locator(f"#{div}").scroll_into_view_if_needed()
+    at = page.evaluate("""([id, x, y]) => { const gd = document.getElementById(id), L = gd._fullLayout;
+        const r = gd.getBoundingClientRect();
+        return [r.left + L.xaxis._offset + L.xaxis.l2p(x), r.top + L.yaxis._offset + L.yaxis.l2p(y)]; }""",
+                       [div, x, y])
+    page.wait_for_timeout(350)
+    page.mouse.click(*at)
+
+
+def _heatmap_z(page):
+    return page.evaluate("document.getElementById('hx-detail').data.find(t => t.type === 'heatmap').z")
+
+
+def test_clicking_a_point_shows_that_head_in_chromium(runs):
+    from tests.test_viewer import _chromium, _open
+    from workbench.viewer.server import create_app
+
+    exe = _chromium()
+    from playwright.sync_api import sync_playwright
+    data = explorer()
+    port = free_port()
+    with serving(create_app(runs), port) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page, response, errors = _open(browser, f"{url}/run/hd")
+        assert response.status == 200
+        page.wait_for_function("document.getElementById('hx-scatter').dataset.axes === 'Duo α|retrieval score'")
+        assert page.get_attribute("#hx-detail", "data-head") == "1,1"
+        assert _heatmap_z(page) == data["contexts"]["needle"]["patterns"][1][1]
+        _click(page, "hx-scatter", 0.4, 0.25)  # head L1H0
+        page.wait_for_function("document.getElementById('hx-detail').dataset.head === '1,0'")
+        assert _heatmap_z(page) == data["contexts"]["needle"]["patterns"][1][0]
+        assert page.evaluate("document.getElementById('hx-detail').layout.title.text") == "L1H0 · other"
+        assert (page.input_value("#hx-layer"), page.input_value("#hx-head")) == ("1", "0")
+        ring = page.evaluate("(d => d[d.length - 1].customdata)(document.getElementById('hx-scatter').data)")
+        assert ring == [[1, 0]]
+        page.select_option("#hx-context", "passkey")  # the same head on the other context
+        page.wait_for_function("document.getElementById('hx-detail').data.find(t => t.type === 'heatmap').z.length"
+                               " === 3")
+        assert _heatmap_z(page) == data["contexts"]["passkey"]["patterns"][1][0]
+        page.select_option("#hx-x", "streaming mass")  # a new axis; a click there still picks its head
+        page.wait_for_function("document.getElementById('hx-scatter').dataset.axes === 'streaming mass|retrieval score'")
+        assert page.evaluate("document.getElementById('hx-scatter')._fullLayout.xaxis.title.text") == "streaming mass"
+        _click(page, "hx-scatter", 0.9, 0.0)  # L0H0: streaming 0.9, retrieval 0.0
+        page.wait_for_function("document.getElementById('hx-detail').dataset.head === '0,0'")
+        assert _heatmap_z(page) == data["contexts"]["passkey"]["patterns"][0][0]
+        assert errors == [] and page.locator("#hx-error").is_hidden()
+        browser.close()
+
+
+# --- the tiny demo's heads run ------------------------------------------------------------------
+
+def test_tiny_demo_heads_run_has_the_head_methods(tiny_demo):
+    import torch
+
+    from tests.conftest import tiny_demo_config
+    from workbench.pretrained import model_for_run
+    from workbench.probes.heads import attention_patterns
+
+    res = read_results(tiny_demo / "probe-heads")
+    cfg = tiny_demo_config()
+    assert len(res.duo["steps"]) == cfg.duo.steps and len(res.duo["alphas"]) == 2
+    assert res.razor["n_induction_protected"] == 1 and res.kv_tradeoff["fractions"] == [0.0, 25.0, 50.0, 100.0]
+    assert set(res.kv_tradeoff["curves"]) == {"retrieval", "streaming_reversed", "tl_induction", "causal_delta_loss",
+                                              "duo_alpha", "razor"}
+    assert "causal_delta_loss" not in res.agreement["names"] and "duo_alpha" in res.agreement["causal"]
+    assert res.over_training["steps"] == [0, 5, 12]  # the tiny model's checkpoints and its final step
+    data = res.explorer
+    assert data["metrics"]["Duo α"] == res.duo["alphas"] and set(data["contexts"]) == {"needle", "repeated segment",
+                                                                                     "passkey"}
+    passkey = data["contexts"]["passkey"]
+    assert " key " in "".join(ByteTokenizer().decode(passkey["ids"][1:]))
+    model, _ = model_for_run(tiny_demo / "sae-topk")  # the same forward model
+    _, pat = attention_patterns(model, torch.tensor([passkey["ids"]]))
+    assert torch.allclose(torch.tensor(passkey["patterns"], dtype=torch.float64), pat[:, 0].double(), atol=1e-3)
+    page = heads_page.render("probe-heads", res)
+    for anchor in OPTIONAL:
+        assert f'id="{anchor}-missing"' not in page, anchor
+    for div in ("hx-scatter", "kv-tradeoff", "agreement", "over"):
+        assert f'id="{div}"' in page
+
+
+def test_every_optional_field_alone_renders(tiny_demo):
+    full = read_results(tiny_demo / "probe-heads")
+    for keep in ("duo", "razor", "kv_tradeoff", "agreement", "over_training", "explorer"):
+        res = copy.deepcopy(full)
+        for name in ("duo", "razor", "kv_tradeoff", "agreement", "over_training", "explorer"):
+            if name != keep:
+                setattr(res, name, None)
+        page = heads_page.render("hd", res)  # one section drawn, the other four say "not computed"
+        assert page.count('-missing">Not computed') == 4, keep
