@@ -163,3 +163,23 @@ def test_stop_mid_stage_leaves_no_results(rebuild, monkeypatch):
     assert not (rebuild / "probe-heads" / "results.json").exists()
     states = {s["name"]: s["state"] for s in status.snapshot()["stages"]}
     assert states["probe-sparsity"] == "pending" and states["probe-heads"] == "pending"
+
+
+def test_heads_stage_shows_its_bars_live(rebuild, monkeypatch):
+    """While the heads stage trains its DuoAttention gates, the build's snapshot (what /api/build
+    serves the page) holds the stage's outer bar, named after the part running."""
+    import workbench.demo as demo
+    status, seen = BuildStatus(), []
+    real = demo.duo_gates
+
+    def spy(*a, **k):
+        seen.append(status.snapshot())
+        return real(*a, **k)
+    monkeypatch.setattr(demo, "duo_gates", spy)
+    demo.build_demo(rebuild, tiny_demo_config(), progress=True, status=status)
+    stage = next(s for s in seen[0]["stages"] if s["name"] == "probe-heads")
+    assert stage["state"] == "running"
+    bar = next(b for b in stage["bars"] if b["desc"] == "head methods")
+    assert bar["total"] == 6 and "duo gates" in bar["text"]
+    from workbench.results import read_results
+    assert read_results(rebuild / "probe-heads").explorer is not None

@@ -77,3 +77,27 @@ def test_arrow_dashboard_switches_dataset(tiny_demo):
         dash.dataset.value = name
         assert r.verdict in dash.table.value and f"{100 * r.gap:+.2f}%" in dash.table.value
         assert list(dash.figures["curves"].data[0].y) == r.curves["seed 0"]["forward"]["val_loss"]
+
+
+def test_head_explorer_in_the_demo_dashboards(tiny_demo, tmp_path):
+    import json
+    import shutil
+
+    res = _read(tiny_demo, "probe-heads")
+    dash = load_demo_dashboards(tiny_demo)["explorer"]
+    assert set(dash.figures) == {"scatter", "detail", "agreement", "over", "tradeoff"}
+    dash.select(0, 1)
+    dash.context.value = "passkey"
+    heat = next(t for t in dash.figures["detail"].data if t.type == "heatmap")
+    passkey = res.explorer["contexts"]["passkey"]
+    assert [list(r) for r in heat.z] == passkey["patterns"][0][1]
+    assert list(heat.x) == [f"{i}:{ByteTokenizer().token_str(t)}" for i, t in enumerate(passkey["ids"])]
+    ring = dash.figures["scatter"].data[-1]
+    assert list(ring.customdata[0]) == [0, 1]
+    # a heads run without the explorer's data: no explorer, the other dashboards as before
+    root = tmp_path / "demo"
+    shutil.copytree(tiny_demo, root, ignore=shutil.ignore_patterns("_models"))
+    path = root / "probe-heads" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "explorer": None}))
+    dashboards = load_demo_dashboards(root)
+    assert "explorer" not in dashboards and "heads" in dashboards
