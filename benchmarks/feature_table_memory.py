@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--warm", action="store_true", help="run the model once before measuring, so torch's "
+                    "one-time buffers (thread pools, the first forward's allocations) are not counted")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = HookedTransformerConfig(n_layers=1, d_model=args.d_in, n_heads=12, d_head=args.d_in // 12,
@@ -53,6 +55,10 @@ def main() -> None:
     hook = "blocks.0.hook_resid_post"
     sae = SparseAutoencoder(SAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, hook_name=hook), seed=0)
     tokens = torch.randint(0, cfg.d_vocab, (args.windows, args.seq), generator=torch.Generator().manual_seed(0))
+    if args.warm:
+        with torch.no_grad():
+            model.run_with_cache(tokens, names_filter=hook)
+            sae.encode(torch.randn(args.windows * args.seq, args.d_in))
     gc.collect()
     before = rss_mib()
     seen, stop = [before], threading.Event()

@@ -7,8 +7,14 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from workbench.models import ModelConfig, new_model
 from workbench.probes.arrow import bootstrap_gap
 from workbench.probes.heads import HeadRoleConfig, head_roles, make_contexts, sink_window_hook
-from workbench.probes.sparsity import (activation_sparsity, hidden_activations, masking_hooks, threshold_for_loss,
-                                       topk_hook, topk_intervention)
+from workbench.probes.sparsity import (
+    activation_sparsity,
+    hidden_activations,
+    masking_hooks,
+    threshold_for_loss,
+    topk_hook,
+    topk_intervention,
+)
 from workbench.tasks import copy_task_batch
 
 

@@ -11,8 +11,14 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from workbench.activations import ActivationBatch
 from workbench.runs import atomic_save_tensors
 from workbench.sae.config import SAEConfig
-from workbench.sae.evaluate import (FeatureTable, feature_activations, feature_table, logit_effects,
-                                    reconstruction_metrics, splice_metrics)
+from workbench.sae.evaluate import (
+    FeatureTable,
+    feature_activations,
+    feature_table,
+    logit_effects,
+    reconstruction_metrics,
+    splice_metrics,
+)
 from workbench.sae.model import SparseAutoencoder
 
 D, V, T = 16, 23, 10  # d_model, vocabulary, window length (BOS + 9)
@@ -53,7 +59,8 @@ def test_reconstruction_metrics_match_a_direct_float64_computation():
         sae.b_enc[:5] = -1e3  # planted dead latents: never among the top k with a positive value
         sae.b_enc[5] = 1e3  # planted dense latent: on every token, with 2 of k left to the rest
     gen = torch.Generator().manual_seed(0)
-    x = 2.0 * torch.randn(D, generator=gen, dtype=torch.float64) + torch.randn(50, D, generator=gen, dtype=torch.float64)  # a mean far from 0: FVU must centre
+    offset = 2.0 * torch.randn(D, generator=gen, dtype=torch.float64)  # a mean far from 0: FVU must centre
+    x = offset + torch.randn(50, D, generator=gen, dtype=torch.float64)  # a mean far from 0: FVU must centre
     got = reconstruction_metrics(sae, [ActivationBatch(b, None) for b in x.split([7, 30, 13])])
 
     with torch.no_grad():

@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F_
@@ -24,7 +25,6 @@ from transformer_lens import HookedTransformer
 
 from ..activations import ActivationBatch, validate_hook_name
 from ..runs import atomic_save_tensors, load_tensors
-from .losses import fvu
 from .model import SparseAutoencoder
 
 DENSE_ABOVE = 0.1  # a latent firing on more than 10% of tokens counts as dense
@@ -153,15 +153,15 @@ class FeatureTable(NamedTuple):
     """
 
     tokens: Int[Tensor, "n_seq seq"]
-    density: Float[Tensor, "F"]
-    mean_act: Float[Tensor, "F"]
+    density: Float[Tensor, " F"]
+    mean_act: Float[Tensor, " F"]
     top_values: Float[Tensor, "F n"]
     top_seq: Int[Tensor, "F n"]
     top_pos: Int[Tensor, "F n"]
     context_acts: Float[Tensor, "F n C"]
     context_start: Int[Tensor, "F n"]
     hist_counts: Int[Tensor, "F bins"]
-    hist_max: Float[Tensor, "F"]
+    hist_max: Float[Tensor, " F"]
     logit_top: Int[Tensor, "F m"]
     logit_top_values: Float[Tensor, "F m"]
     logit_bottom: Int[Tensor, "F m"]
@@ -246,9 +246,9 @@ def feature_on_text(model: HookedTransformer, sae: SparseAutoencoder, tokenizer,
 
 class _Fired(NamedTuple):
     """The nonzero activations of a chunk as (token, feature, value) triples, in token order."""
-    tok: Int[Tensor, "nnz"]  # flat index window * T + position over the whole table
-    feat: Int[Tensor, "nnz"]
-    val: Float[Tensor, "nnz"]
+    tok: Int[Tensor, " nnz"]  # flat index window * T + position over the whole table
+    feat: Int[Tensor, " nnz"]
+    val: Float[Tensor, " nnz"]
 
 
 def _fired(z: Float[Tensor, "b T F"], first_window: int) -> _Fired:
@@ -292,7 +292,7 @@ def _context_start(pos: Tensor, before: int, C: int, T: int) -> Tensor:
     return (pos - before).clamp(min=0, max=T - C)
 
 
-def _add_histogram(hist: Int[Tensor, "F bins"], fired: _Fired, hist_max: Float[Tensor, "F"]) -> None:
+def _add_histogram(hist: Int[Tensor, "F bins"], fired: _Fired, hist_max: Float[Tensor, " F"]) -> None:
     Fn, bins = hist.shape
     b = (fired.val.double() * bins / hist_max[fired.feat].double()).floor().long().clamp(max=bins - 1)
     hist.view(-1).add_(torch.bincount(fired.feat * bins + b, minlength=Fn * bins))
@@ -332,10 +332,10 @@ def _correlations(sample: _Fired, n_tokens: int, Fn: int, c: int, block_elements
         cell = (feat[ee] - a) * Fn + feat[partner]
         sxy = torch.zeros(rows * Fn, dtype=torch.float64).index_add_(0, cell, v[ee] * v[partner]).view(rows, Fn)
         count = torch.bincount(cell, minlength=rows * Fn).view(rows, Fn)
-        r = (sxy / n_tokens - mean[a:a + rows, None] * mean[None, :]) / (std[a:a + rows, None] * std[None, :])
+        r = sxy.div_(n_tokens).sub_(mean[a:a + rows, None] * mean[None, :]).div_(std[a:a + rows, None] * std[None, :])
         ok = (count > 0) & varies[a:a + rows, None] & varies[None, :]
         ok[torch.arange(rows), torch.arange(a, a + rows)] = False
-        best = r.masked_fill(~ok, float("-inf")).topk(c, dim=1)
+        best = r.masked_fill_(~ok, float("-inf")).topk(c, dim=1)
         found = best.values > float("-inf")
         idx[a:a + rows] = best.indices.masked_fill(~found, -1)
         vals[a:a + rows] = best.values.float().masked_fill(~found, float("nan"))
@@ -347,7 +347,7 @@ def _correlations(sample: _Fired, n_tokens: int, Fn: int, c: int, block_elements
 def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: str,
                   tokens: Int[Tensor, "n_seq seq"], *, n_top: int = 8, context: tuple[int, int] = (20, 4),
                   bins: int = 30, n_logits: int = 10, n_corr: int = 5, batch_size: int = 32,
-                  chunk_elements: int = 2**24, corr_tokens: int = 2**16, corr_block_elements: int = 2**22,
+                  chunk_elements: int = 2**24, corr_tokens: int = 2**16, corr_block_elements: int = 2**20,
                   progress: bool = False) -> FeatureTable:
     """Everything a feature dashboard shows (see `FeatureTable`, field by field), streamed over
     `tokens` in chunks of whole windows, so memory does not grow with F² or with the token count.
@@ -379,7 +379,7 @@ def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: s
     temporaries (a few x 4·chunk_elements bytes), the running top-n with contexts (F·n·(C + 2)
     numbers, twice while merging), the sample's triples (24 bytes per nonzero activation, about
     corr_tokens·L0), and one correlation block (about 5 x 8·corr_block_elements bytes). At
-    d_in = 768, F = 24,576, k = 32 over 16 x 64 tokens that is about 0.5 GB
+    d_in = 768, F = 24,576, k = 32 over 16 x 64 tokens the peak RSS rises by under 0.5 GB
     (benchmarks/feature_table_memory.py measures it)."""
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise ValueError(f"tokens: expected [n_seq, T] windows with T >= 2 (BOS + tokens), got {tuple(tokens.shape)}")
