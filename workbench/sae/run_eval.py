@@ -103,7 +103,7 @@ def evaluate_sae(run_dir: str | Path, model: HookedTransformer, sae: SparseAutoe
         with step("CE loss and KL"):
             spl = splice_metrics(model, sae, hook, tokens)
         with step("feature table"):
-            feature_table(model, sae, hook, tokens).save(run.file("features.safetensors"))
+            feature_table(model, sae, hook, tokens, progress=progress).save(run.file("features.safetensors"))
         if byte_level:
             with step("usefulness"):
                 from .probing import evaluate_usefulness
