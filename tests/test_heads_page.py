@@ -35,7 +35,7 @@ def explorer() -> dict:
         "intervals": {"retrieval score": [[[0.0, 0.06], [0.4, 0.6]], [[0.2, 0.3], [0.7, 0.8]]]},
         "labels": [["streaming", "retrieval"], ["other", "<i>x</i>"]],
         "contexts": {name: {"ids": ids, "tokens": [f"s{i}" for i in ids],
-                            "patterns": [[_pattern(c, l, h, len(ids)) for h in range(2)] for l in range(2)]}
+                            "patterns": [[_pattern(c, layer, h, len(ids)) for h in range(2)] for layer in range(2)]}
                      for c, (name, ids) in enumerate(ctx.items())},
         "gate_curve": {"step": [0, 5, 10], "alpha": [[[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.95], [0.7, 0.8]],
                                                      [[0.1, 0.9], [0.4, 0.7]]]},
@@ -199,7 +199,8 @@ def test_clicking_a_point_shows_that_head_in_chromium(runs):
                                " === 3")
         assert _heatmap_z(page) == data["contexts"]["passkey"]["patterns"][1][0]
         page.select_option("#hx-x", "streaming mass")  # a new axis; a click there still picks its head
-        page.wait_for_function("document.getElementById('hx-scatter').dataset.axes === 'streaming mass|retrieval score'")
+        page.wait_for_function("document.getElementById('hx-scatter').dataset.axes === "
+                               "'streaming mass|retrieval score'")
         assert page.evaluate("document.getElementById('hx-scatter')._fullLayout.xaxis.title.text") == "streaming mass"
         _click(page, "hx-scatter", 0.9, 0.0)  # L0H0: streaming 0.9, retrieval 0.0
         page.wait_for_function("document.getElementById('hx-detail').dataset.head === '0,0'")

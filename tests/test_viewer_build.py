@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from tqdm.auto import tqdm
 
+from tests.conftest import free_port, serving, tiny_demo_config
 from tests.test_viewer import browser  # noqa: F401  (the module-scoped Chromium fixture)
 from workbench.viewer.build_status import BuildStatus, BuildStopped
 from workbench.viewer.front import Viewer
-from tests.conftest import free_port, serving, tiny_demo_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

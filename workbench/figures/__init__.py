@@ -5,7 +5,6 @@ module does not import every other's dependencies."""
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "sae": ("empty_figure", "feature_histogram", "logit_effects", "correlated_features", "contexts_html",
@@ -33,26 +32,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-if TYPE_CHECKING:
-    from .evals import usefulness_figure, usefulness_html
-    from .heads import (
-        OVER_METRICS,
-        ROLE_COLORS,
-        agreement_heatmap,
-        agreement_table_html,
-        head_detail,
-        head_scatter,
-        heads_over_training,
-    )
-    from .kv_tradeoff import tradeoff_figure
-    from .probes import (
-        arrow_gaps,
-        attention_pattern,
-        causal_check,
-        head_role_map,
-        head_roles_summary_html,
-        sparsity_by_layer,
-        sparsity_over_training,
-    )
-    from .sae import contexts_html, correlated_features, empty_figure, feature_histogram, logit_effects, prompt_html

@@ -11,7 +11,6 @@ its module's; use `workbench.probes.heads_over_training.heads_over_training`.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "heads": ("HeadRoleConfig", "HeadRoles", "head_roles", "make_contexts", "attention_patterns", "causal_check",
@@ -49,59 +48,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-if TYPE_CHECKING:
-    from .arrow import ArrowResult, arrow_from_losses, arrow_gap, arrow_over_seeds, gap_over_training
-    from .attention_restrict import (
-        check_supported,
-        gate_hooks,
-        keep_full_hooks,
-        kv_fraction,
-        n_kv_heads,
-        streaming_pattern,
-    )
-    from .duo import DuoConfig, DuoResult, PasskeyBatch, PasskeyConfig, duo_gates, passkey_accuracy, passkey_batch
-    from .head_agreement import (
-        Agreement,
-        AgreementConfig,
-        Correlation,
-        ranking_agreement,
-        rankings_from_roles,
-        spearman,
-    )
-    from .head_explorer import context_patterns, default_contexts, explorer_data
-    from .heads import (
-        HeadRoleConfig,
-        HeadRoles,
-        attention_patterns,
-        causal_check,
-        head_roles,
-        make_contexts,
-        tl_detector_scores,
-    )
-    from .heads_over_training import (
-        HeadsOverTraining,
-        OverTrainingConfig,
-        attention_entropy,
-        run_checkpoints,
-        run_heads_over_training,
-        shipped_checkpoints,
-        shipped_heads_over_training,
-    )
-    from .intervals import t_interval, wilson_interval
-    from .kv_tradeoff import (
-        TradeoffConfig,
-        TradeoffResult,
-        keep_top,
-        n_full_heads,
-        standard_rankings,
-        tradeoff_curve,
-    )
-    from .razor import RazorConfig, RazorResult, protected_heads, razor_scores
-    from .sparsity import (
-        SparsityResult,
-        activation_sparsity,
-        sparsity_over_training,
-        threshold_for_loss,
-        topk_intervention,
-    )

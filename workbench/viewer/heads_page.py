@@ -40,13 +40,13 @@ def intervals_table(name: str, res: HeadsRunResult) -> str:
     """Every head's role, scores and intervals (the labels are strings from disk: escaped)."""
     r = res.roles
 
-    def ci(values, l, h):
-        return f"{values[l][h][0]:.2f} – {values[l][h][1]:.2f}"
-    rows = "".join(f"<tr><td>L{l}H{h}</td><td>{html.escape(str(r.labels[l][h]))}</td>"
-                   f"<td>{r.retrieval[l][h]:.2f} ({int(r.retrieval_hits[l][h])}/{int(r.n_copied)})</td>"
-                   f"<td>{ci(r.retrieval_ci, l, h)}</td><td>{r.streaming[l][h]:.2f}</td>"
-                   f"<td>{ci(r.streaming_ci, l, h)}</td><td>{r.delta_loss[l][h]:+.3f}</td></tr>"
-                   for l in range(res.n_layers) for h in range(res.n_heads))
+    def ci(values, layer, h):
+        return f"{values[layer][h][0]:.2f} – {values[layer][h][1]:.2f}"
+    rows = "".join(f"<tr><td>L{i}H{h}</td><td>{html.escape(str(r.labels[i][h]))}</td>"
+                   f"<td>{r.retrieval[i][h]:.2f} ({int(r.retrieval_hits[i][h])}/{int(r.n_copied)})</td>"
+                   f"<td>{ci(r.retrieval_ci, i, h)}</td><td>{r.streaming[i][h]:.2f}</td>"
+                   f"<td>{ci(r.streaming_ci, i, h)}</td><td>{r.delta_loss[i][h]:+.3f}</td></tr>"
+                   for i in range(res.n_layers) for h in range(res.n_heads))
     return ("<table><tr><th>head</th><th>role</th><th>retrieval (hits/copied)</th><th>Wilson 95%</th>"
             "<th>streaming</th><th>t 95% over contexts</th><th>Δ copy loss</th></tr>" + rows + "</table>")
 
@@ -56,7 +56,7 @@ def attention_section(name: str, res: HeadsRunResult) -> str:
     if not res.examples:
         return '<p class="empty">No attention patterns recorded for this run.</p>'
     examples = "".join(f'<option value="{i}">{html.escape(e.name)}</option>' for i, e in enumerate(res.examples))
-    layers = "".join(f'<option value="{l}">layer {l}</option>' for l in range(res.n_layers))
+    layers = "".join(f'<option value="{i}">layer {i}</option>' for i in range(res.n_layers))
     heads = "".join(f'<option value="{h}">head {h}</option>' for h in range(res.n_heads))
     return f"""
 <h2>Attention pattern on an example context</h2>
@@ -71,7 +71,8 @@ async function attn() {{
   const r = await fetch(`/api/run/${{ARUN}}/attention?layer=${{l}}&head=${{h}}&example=${{e}}`);
   const f = await r.json().catch(() => null);
   if (!r.ok) {{ const p = document.createElement("p"); p.className = "error";
-    p.textContent = (f && f.error) || `HTTP ${{r.status}}`; document.getElementById("attn").replaceChildren(p); return; }}
+    p.textContent = (f && f.error) || `HTTP ${{r.status}}`;
+    document.getElementById("attn").replaceChildren(p); return; }}
   Plotly.react("attn", f.data, f.layout, {{responsive: true}});
 }}
 for (const id of ["example", "layer", "head"]) document.getElementById(id).onchange = attn;
@@ -101,7 +102,7 @@ def default_head(data: dict) -> tuple[int, int]:
     scores = (data.get("metrics") or {}).get("retrieval score")
     if not scores:
         return data["n_layers"] - 1, 0
-    return max(((l, h) for l in range(data["n_layers"]) for h in range(data["n_heads"])),
+    return max(((layer, h) for layer in range(data["n_layers"]) for h in range(data["n_heads"])),
                key=lambda lh: (scores[lh[0]][lh[1]] if _finite(scores[lh[0]][lh[1]]) else -math.inf, lh))
 
 
@@ -198,7 +199,7 @@ def methods_section(name: str, res: HeadsRunResult) -> str:
                      f"head's detail.</p>")
     if res.razor:
         z = res.razor
-        prot = [f"L{l}H{h}" for l, row in enumerate(z["protected"]) for h, p in enumerate(row) if p]
+        prot = [f"L{layer}H{h}" for layer, row in enumerate(z["protected"]) for h, p in enumerate(row) if p]
         parts.append(f"<p>RazorAttention's rule protects the top {z['n_induction_protected']} heads by induction "
                      f"score and the top {z['n_echo_protected']} by echo score: {', '.join(prot) or 'none'}.</p>")
     if not parts:
@@ -249,8 +250,9 @@ def over_training_section(name: str, res: HeadsRunResult) -> str:
 <h2>Heads over training</h2>
 <p>The head scores at every saved checkpoint ({len(over['steps'])}: steps {over['steps'][0]}–{over['steps'][-1]});
 formed (first held to the last checkpoint): {said or "n/a"}.</p>
-<div class="controls"><label>score <select id="over-metric">{_options(metrics, metrics[0], hf.OVER_METRICS.get)}</select>
-</label></div><div id="over" class="fig"></div>
+<div class="controls"><label>score
+<select id="over-metric">{_options(metrics, metrics[0], hf.OVER_METRICS.get)}</select></label></div>
+<div id="over" class="fig"></div>
 <script>(function() {{
   const F = {js_literal(figs)}, cfg = {{responsive: true, displaylogo: false}};
   const pick = document.getElementById("over-metric");
