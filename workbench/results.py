@@ -345,7 +345,7 @@ def write_results(run: RunDir | str | Path, result: Any) -> Path:
     if run.file("config.json").exists() and (named := run_kind(run)) != kind:
         raise ResultsError(f"{run.file('config.json')} names kind {named!r}, but the result is a {kind!r} result")
     path = run.file(RESULTS_FILE)
-    atomic_write_json(path, {"kind": kind, "schema": type(result).SCHEMA, **result.to_dict()})
+    atomic_write_json(path, {"kind": kind, "schema": type(result).SCHEMA, **result.to_dict()}, indent=None)
     return path
 
 

@@ -58,8 +58,9 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False).encode())
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """`indent=None` writes compact JSON (results full of [L][H][q][k] patterns are 3x smaller)."""
+    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=indent, allow_nan=False).encode())
 
 
 def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],

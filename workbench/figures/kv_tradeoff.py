@@ -33,7 +33,8 @@ def tradeoff_figure(result: TradeoffResult | dict, panels: tuple[tuple[str, str]
     for col, (metric, _) in enumerate(panels, start=1):
         band = d["random_band"][metric]
         first = col == 1
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=band["max"] + band["min"][::-1], fill="toself", fillcolor=BAND,
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=band["max"] + band["min"][::-1], mode="lines", fill="toself",
+                                 fillcolor=BAND,
                                  line=dict(width=0), hoverinfo="skip", legendgroup="random", showlegend=first,
                                  name=f"random rankings ({len(d['random_curves'])} seeds, min-max)"),
                       row=1, col=col)
