@@ -21,6 +21,7 @@ from pathlib import Path
 def _load_and_build(viewer, status, args) -> None:
     """The background thread: import the full viewer, install it, then build the missing demo runs."""
     from workbench.viewer.build_status import BuildStopped
+
     try:
         _build(viewer, status, args)
     except BuildStopped:  # Ctrl-C landed while a handler below was already finishing
@@ -29,14 +30,23 @@ def _load_and_build(viewer, status, args) -> None:
 
 def _build(viewer, status, args) -> None:
     from workbench.viewer.build_status import BuildStopped
+
     try:
         from workbench.demo import DemoBuildError, build_demo, configure_threads, default_demo_dir
         from workbench.viewer.server import create_app
+
         configure_threads()
         root = Path(args.runs) if args.runs else default_demo_dir()
         build = args.runs is None and not args.no_build
-        viewer.install(create_app(root, benchmarks_md=Path(__file__).parent / "benchmarks" / "RESULTS.md",
-                                  host=args.host, port=args.port, build=status))
+        viewer.install(
+            create_app(
+                root,
+                benchmarks_md=Path(__file__).parent / "benchmarks" / "RESULTS.md",
+                host=args.host,
+                port=args.port,
+                build=status,
+            )
+        )
         print(f"runs: {root}" + (" (the demo: built on first start, reused afterwards)" if build else ""), flush=True)
         if build:
             build_demo(root, status=status)
@@ -56,6 +66,7 @@ def _stop(thread: threading.Thread, status) -> None:
     bytecode (between two small torch ops), so its `finally` blocks and the atomic writes' clean-up
     run; an unfinished run keeps no results.json and is rebuilt on the next start."""
     from workbench.viewer.build_status import BuildStopped
+
     status.stop.set()
     if not thread.is_alive():
         return
@@ -82,8 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     status = BuildStatus()
     viewer = Viewer(status, args.host, args.port)
-    server = uvicorn.Server(uvicorn.Config(viewer, host=args.host, port=args.port, log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(viewer, host=args.host, port=args.port, log_level="warning", lifespan="off"))
     worker = threading.Thread(target=_load_and_build, args=(viewer, status, args), name="demo-build", daemon=True)
 
     def start_when_listening() -> None:  # the imports compete for the GIL: let the server bind first

@@ -85,29 +85,49 @@ def measure(busy: bool, timeout: float) -> dict:
             competitor.kill()
             competitor.wait()
         log.close()
-    stages = {s["name"]: {"state": s["state"], "seconds": s["seconds"], "error": s["error"]}
-              for s in snapshot.get("stages", [])}
-    return {"condition": "one busy process beside it" if busy else "alone", "first_200_s": first,
-            "demo_done_s": done, "stages": stages, "home": str(home)}
+    stages = {
+        s["name"]: {"state": s["state"], "seconds": s["seconds"], "error": s["error"]}
+        for s in snapshot.get("stages", [])
+    }
+    return {
+        "condition": "one busy process beside it" if busy else "alone",
+        "first_200_s": first,
+        "demo_done_s": done,
+        "stages": stages,
+        "home": str(home),
+    }
 
 
 def report(rows: list[dict]) -> str:
     stage_names = list(rows[0]["stages"]) if rows and rows[0]["stages"] else []
     fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
-    lines = [HEADING, "", f"{date.today()} · {platform.machine()}, {os.cpu_count()} cores · `python app.py` on an "
-             "empty `WORKBENCH_HOME` (the install not counted); the build uses 1 torch thread "
-             "(`workbench.demo.configure_threads`).", "",
-             "| condition | first HTTP 200 (s) | every demo run done (s) | " + " | ".join(stage_names) + " |",
-             "|---|---|---|" + "---|" * len(stage_names)]
+    lines = [
+        HEADING,
+        "",
+        f"{date.today()} · {platform.machine()}, {os.cpu_count()} cores · `python app.py` on an "
+        "empty `WORKBENCH_HOME` (the install not counted); the build uses 1 torch thread "
+        "(`workbench.demo.configure_threads`).",
+        "",
+        "| condition | first HTTP 200 (s) | every demo run done (s) | " + " | ".join(stage_names) + " |",
+        "|---|---|---|" + "---|" * len(stage_names),
+    ]
     for r in rows:
-        cells = [fmt(r["stages"][n]["seconds"]) + ("" if r["stages"][n]["state"] == "done" else f" ({r['stages'][n]['state']})")
-                 for n in stage_names]
-        lines.append(f"| {r['condition']} | {fmt(r['first_200_s'])} | {fmt(r['demo_done_s'])} | " + " | ".join(cells) + " |")
+        cells = [
+            fmt(r["stages"][n]["seconds"])
+            + ("" if r["stages"][n]["state"] == "done" else f" ({r['stages'][n]['state']})")
+            for n in stage_names
+        ]
+        lines.append(
+            f"| {r['condition']} | {fmt(r['first_200_s'])} | {fmt(r['demo_done_s'])} | " + " | ".join(cells) + " |"
+        )
     alone = next((r for r in rows if r["condition"] == "alone"), None)
     busy = next((r for r in rows if r["condition"] != "alone"), None)
     if alone and busy and alone["demo_done_s"] and busy["demo_done_s"]:
-        lines += ["", f"With one busy process the build took {busy['demo_done_s'] / alone['demo_done_s']:.2f}x "
-                  "its time alone (the bar: at most 2.5x)."]
+        lines += [
+            "",
+            f"With one busy process the build took {busy['demo_done_s'] / alone['demo_done_s']:.2f}x "
+            "its time alone (the bar: at most 2.5x).",
+        ]
     return "\n".join(lines) + "\n"
 
 

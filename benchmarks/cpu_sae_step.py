@@ -27,13 +27,13 @@ from pathlib import Path
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # before sparsify is imported: its eager decoder
 
 import torch  # noqa: E402
+from topk_sae_step import saelens  # noqa: E402  (the same SAELens step as the GPU benchmark, without autocast)
 
 from workbench.activations import ActivationStore, TensorSource  # noqa: E402
 from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sae  # noqa: E402
 from workbench.sae.losses import fvu  # noqa: E402
-from workbench.sae.trainer import make_optimizer, optimizer_step, sae_losses, update_stats  # noqa: E402
+from workbench.sae.trainer import make_optimizer, optimizer_step, sae_losses  # noqa: E402
 from workbench.tasks import SuperpositionConfig, superposition_data  # noqa: E402
-from topk_sae_step import saelens  # noqa: E402  (the same SAELens step as the GPU benchmark, without autocast)
 
 SHAPES = [(128, 2048, 16, 4096), (512, 8192, 32, 2048)]  # d, F, k, B (issue 15)
 QUICK = [(32, 512, 8, 1024)]
@@ -51,11 +51,13 @@ def ours(d, F, k, x, g, rule="topk", sparse=True):
         opt.zero_grad(set_to_none=True)
         res["loss"].backward()
         optimizer_step(sae, opt, cfg, 100)
+
     return step
 
 
 def sparsify(d, F, k, x):
     from sparsify import SaeConfig, SparseCoder
+
     sae = SparseCoder(d, SaeConfig(num_latents=F, k=k))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     dead = torch.zeros(F, dtype=torch.bool)
@@ -68,6 +70,7 @@ def sparsify(d, F, k, x):
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         sae.set_decoder_norm_to_unit_norm()
+
     return step
 
 
@@ -79,9 +82,11 @@ def floor_parts(d, F, k, x):
     adam = torch.optim.Adam(mats, fused=True)  # the fastest Adam torch has on the CPU (ours uses it too)
     for p in mats:
         p.grad = torch.randn_like(p)
-    return {"floor: encoder GEMM": lambda: torch.addmm(b, x, W.T),
-            "floor: GEMM + topk": lambda: torch.topk(torch.addmm(b, x, W.T), k, dim=1, sorted=False),
-            "floor: Adam (W_enc, W_dec)": adam.step}
+    return {
+        "floor: encoder GEMM": lambda: torch.addmm(b, x, W.T),
+        "floor: GEMM + topk": lambda: torch.topk(torch.addmm(b, x, W.T), k, dim=1, sorted=False),
+        "floor: Adam (W_enc, W_dec)": adam.step,
+    }
 
 
 def _rss_kib(field: str) -> int:
@@ -122,8 +127,10 @@ def measure(cands: dict, rounds: int, per_round: int) -> dict[str, tuple[float, 
 def bench_shape(d, F, k, B, rounds, per_round, peers=True):
     torch.manual_seed(0)
     x, g = torch.randn(B, d), torch.randn(B, d)
-    cands = {"workbench sparse (topk)": ours(d, F, k, x, None),
-             "workbench dense (topk, today)": ours(d, F, k, x, None, sparse=False)}
+    cands = {
+        "workbench sparse (topk)": ours(d, F, k, x, None),
+        "workbench dense (topk, today)": ours(d, F, k, x, None, sparse=False),
+    }
     for rule in RULES[1:]:
         cands[f"workbench sparse ({rule})"] = ours(d, F, k, x, g if rule == "gradient" else None, rule)
     if peers:
@@ -136,8 +143,10 @@ def bench_shape(d, F, k, B, rounds, per_round, peers=True):
     res = measure(cands, rounds, per_round)
     floor = res["floor: GEMM + topk"][0] + res["floor: Adam (W_enc, W_dec)"][0]
     mine = res["workbench sparse (topk)"][0]
-    print(f"\n### {d} -> {F}, k {k}, B {B} (median of {rounds}x{per_round} steps; floor = GEMM + topk + Adam "
-          f"= {floor:.1f} ms)\n")
+    print(
+        f"\n### {d} -> {F}, k {k}, B {B} (median of {rounds}x{per_round} steps; floor = GEMM + topk + Adam "
+        f"= {floor:.1f} ms)\n"
+    )
     print("| step | ms/step | tokens/s | step peak RSS (MiB) | ours' tokens/s ÷ its | ÷ floor |")
     print("|---|---|---|---|---|---|")
     for name, (ms, peak) in res.items():
@@ -183,8 +192,10 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=128)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{date.today()} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores, "
-          f"{args.threads} threads · torch {torch.__version__}")
+    print(
+        f"{date.today()} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores, "
+        f"{args.threads} threads · torch {torch.__version__}"
+    )
     if args.train_sae:
         bench_train_sae(args.train_steps)
         return

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from workbench import default_model as dm
+from workbench.corpus import windows
 from workbench.models import DEFAULT_TRAIN, default_data, evaluate_lm, load_model_file
 from workbench.probes.heads import HeadRoleConfig, head_roles, tl_detector_scores
 from workbench.probes.sparsity import activation_sparsity
-from workbench.corpus import windows
 
 BOS = 256
 
@@ -34,8 +34,8 @@ def repeat_copy(model, n: int = 48, length: int = 40, seed: int = 0) -> tuple[fl
     gen = torch.Generator().manual_seed(seed)
     r = torch.randint(32, 127, (n, length), generator=gen)
     toks = torch.cat([torch.full((n, 1), BOS), r, r], dim=1)
-    pred = model(toks).argmax(-1)[:, length + 1: -1]  # predictions of r[1:] in the second copy
-    acc = float((pred == toks[:, length + 2:]).float().mean())
+    pred = model(toks).argmax(-1)[:, length + 1 : -1]  # predictions of r[1:] in the second copy
+    acc = float((pred == toks[:, length + 2 :]).float().mean())
     induction = tl_detector_scores(model, toks[:8])["induction"]
     return acc, float(induction.max())
 
@@ -52,8 +52,10 @@ def head_line(roles: dict) -> str:
     for l, row in enumerate(roles["labels"]):
         for h, lab in enumerate(row):
             if lab in ("retrieval", "streaming"):
-                out.append(f"L{l}H{h} {lab[:4]}. (ret {roles['retrieval'][l][h]:.2f}, str "
-                           f"{roles['streaming'][l][h]:.2f}, Δloss {roles['delta_loss'][l][h]:+.2f})")
+                out.append(
+                    f"L{l}H{h} {lab[:4]}. (ret {roles['retrieval'][l][h]:.2f}, str "
+                    f"{roles['streaming'][l][h]:.2f}, Δloss {roles['delta_loss'][l][h]:+.2f})"
+                )
     return "; ".join(out) or "none"
 
 
@@ -68,8 +70,10 @@ def main() -> None:
     data, t0 = default_data(), time.time()
     val = windows(data.validation, DEFAULT_TRAIN.seq_len, bos_token_id=BOS, n=64)
     print(f"\n{date.today()} · {platform.machine()} CPU · {root}\n")
-    print("| model | held-out nats/byte | [BOS,r,r] copy acc | best induction | needle copy acc | "
-          "% MLP active (L0/L1) | retrieval / streaming heads |")
+    print(
+        "| model | held-out nats/byte | [BOS,r,r] copy acc | best induction | needle copy acc | "
+        "% MLP active (L0/L1) | retrieval / streaming heads |"
+    )
     print("|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         for direction in ("forward", "backward"):
@@ -77,12 +81,17 @@ def main() -> None:
             model = load_model_file(folder / "model.safetensors", dm.DEFAULT_MODEL)
             d = describe(model, direction, data)
             sp = activation_sparsity(model, val).active_frac
-            print(f"| seed {seed} {direction} | {d['loss']:.3f} | {d['repeat_copy']:.3f} | {d['induction']:.2f} | "
-                  f"{d['roles']['copy_accuracy']:.2f} | {100 * sp[0]:.1f} / {100 * sp[1]:.1f} | "
-                  f"{head_line(d['roles'])} |", flush=True)
+            print(
+                f"| seed {seed} {direction} | {d['loss']:.3f} | {d['repeat_copy']:.3f} | {d['induction']:.2f} | "
+                f"{d['roles']['copy_accuracy']:.2f} | {100 * sp[0]:.1f} / {100 * sp[1]:.1f} | "
+                f"{head_line(d['roles'])} |",
+                flush=True,
+            )
     if args.checkpoints:
         folder = dm.run_dir(0, "forward", root)
-        print("\nSeed 0 forward over training:\n\n| step | % MLP active (L0/L1) | [BOS,r,r] copy acc | best induction |")
+        print(
+            "\nSeed 0 forward over training:\n\n| step | % MLP active (L0/L1) | [BOS,r,r] copy acc | best induction |"
+        )
         print("|---|---|---|---|")
         for path in sorted((folder / "checkpoints").glob("step_*.safetensors")) + [folder / "model.safetensors"]:
             model = load_model_file(path, dm.DEFAULT_MODEL)

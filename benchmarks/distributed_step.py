@@ -54,21 +54,36 @@ def main() -> None:
     data = torch.randn(n2 * args.batch, args.d_in, generator=torch.Generator().manual_seed(0))
     layouts = ["data", "latent"] if world > 1 else ["data"]
     if rank == 0:
-        print(f"{world} process(es), device {device}"
-              f"{' ' + torch.cuda.get_device_name(device) if device.startswith('cuda') else ''}; "
-              f"d_in={args.d_in} d_sae={args.d_sae} k={args.k} global batch={args.batch}")
+        print(
+            f"{world} process(es), device {device}"
+            f"{' ' + torch.cuda.get_device_name(device) if device.startswith('cuda') else ''}; "
+            f"d_in={args.d_in} d_sae={args.d_sae} k={args.k} global batch={args.batch}"
+        )
         print(f"{'layout':8} {'rule':14} {'ms/step':>9} {'tokens/s':>12} {'peak MiB/rank':>14}")
     for layout in layouts:
         for rule in args.rules:
             sae_cfg = SAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, selection=rule)
-            cfgs = [SAETrainConfig(total_tokens=n * args.batch, batch_size=args.batch, device=device,
-                                   parallel=layout, warmup_steps=1, log_every=10**9, b_dec_init="zeros")
-                    for n in (n1, n2)]
+            cfgs = [
+                SAETrainConfig(
+                    total_tokens=n * args.batch,
+                    batch_size=args.batch,
+                    device=device,
+                    parallel=layout,
+                    warmup_steps=1,
+                    log_every=10**9,
+                    b_dec_init="zeros",
+                )
+                for n in (n1, n2)
+            ]
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats(device)
             timed(sae_cfg, cfgs[0], data, rank, world)  # warm-up: allocator, thread pools, kernels
-            ms = sorted((timed(sae_cfg, cfgs[1], data, rank, world) - timed(sae_cfg, cfgs[0], data, rank, world))
-                        / (n2 - n1) * 1e3 for _ in range(3))[1]  # median of three
+            ms = sorted(
+                (timed(sae_cfg, cfgs[1], data, rank, world) - timed(sae_cfg, cfgs[0], data, rank, world))
+                / (n2 - n1)
+                * 1e3
+                for _ in range(3)
+            )[1]  # median of three
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else float("nan")
             if rank == 0:
                 name = layout if world > 1 else "single"

@@ -44,13 +44,27 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--warm", action="store_true", help="run the model once before measuring, so torch's "
-                    "one-time buffers (thread pools, the first forward's allocations) are not counted")
+    ap.add_argument(
+        "--warm",
+        action="store_true",
+        help="run the model once before measuring, so torch's "
+        "one-time buffers (thread pools, the first forward's allocations) are not counted",
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=1, d_model=args.d_in, n_heads=12, d_head=args.d_in // 12,
-                                  d_mlp=4 * args.d_in, n_ctx=args.seq, d_vocab=512, act_fn="gelu",
-                                  normalization_type="LN", seed=0, device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=1,
+        d_model=args.d_in,
+        n_heads=12,
+        d_head=args.d_in // 12,
+        d_mlp=4 * args.d_in,
+        n_ctx=args.seq,
+        d_vocab=512,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+        device="cpu",
+    )
     model = HookedTransformer(cfg).eval()
     hook = "blocks.0.hook_resid_post"
     sae = SparseAutoencoder(SAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, hook_name=hook), seed=0)
@@ -76,11 +90,15 @@ def main() -> None:
     stop.set()
     thread.join()
     alive = int((table.density > 0).sum())
-    print(f"feature_table {args.d_in} -> {args.d_sae} (k={args.k}) over {args.windows} x {args.seq} tokens: "
-          f"{seconds:.1f} s, {alive} features fired, correlations over {int(table.corr_tokens)} tokens")
+    print(
+        f"feature_table {args.d_in} -> {args.d_sae} (k={args.k}) over {args.windows} x {args.seq} tokens: "
+        f"{seconds:.1f} s, {alive} features fired, correlations over {int(table.corr_tokens)} tokens"
+    )
     print(f"RSS before the call: {before:,.0f} MiB")
-    print(f"peak RSS increase: {peak_mib() - before:,.0f} MiB (ru_maxrss, upper bound); "
-          f"{max(seen) - before:,.0f} MiB (sampled, lower bound)")
+    print(
+        f"peak RSS increase: {peak_mib() - before:,.0f} MiB (ru_maxrss, upper bound); "
+        f"{max(seen) - before:,.0f} MiB (sampled, lower bound)"
+    )
 
 
 if __name__ == "__main__":

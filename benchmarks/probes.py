@@ -47,12 +47,21 @@ def head_methods() -> dict:
     roles = timed("head_roles", lambda: head_roles(model, HeadRoleConfig(), bos=bos))
     rankings = standard_rankings(roles, duos[0], razor)
     plain = timed("tradeoff", lambda: tradeoff_curve(model, rankings, TradeoffConfig(), progress=False))
-    comp = timed("tradeoff_compensation",
-                 lambda: tradeoff_curve(model, rankings, TradeoffConfig(compensation=True), progress=False))
-    out = {"date": str(date.today()), "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-           "model": "workbench-tiny", "timing_s": timing, "duo": [d.to_dict() for d in duos],
-           "razor": razor.to_dict(), "roles": roles.to_dict(), "tradeoff": plain.to_dict(),
-           "tradeoff_compensation": comp.to_dict()}
+    comp = timed(
+        "tradeoff_compensation",
+        lambda: tradeoff_curve(model, rankings, TradeoffConfig(compensation=True), progress=False),
+    )
+    out = {
+        "date": str(date.today()),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "model": "workbench-tiny",
+        "timing_s": timing,
+        "duo": [d.to_dict() for d in duos],
+        "razor": razor.to_dict(),
+        "roles": roles.to_dict(),
+        "tradeoff": plain.to_dict(),
+        "tradeoff_compensation": comp.to_dict(),
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1))
     print_head_methods(out)
@@ -61,55 +70,83 @@ def head_methods() -> dict:
 
 def print_head_methods(out: dict) -> None:
     from workbench.probes.kv_tradeoff import TradeoffResult
+
     t = out["timing_s"]
     alphas = torch.tensor([d["alphas"] for d in out["duo"]])  # [seeds, L, H]
     L, H = alphas.shape[1:]
     cfg = out["duo"][0]["config"]
-    print(f"\n**Head methods** ({out['date']} · {out['machine']} · {out['model']}; sink {cfg['sink']} + window "
-          f"{cfg['window']}, passkey contexts of {cfg['passkey']['seq_len']} tokens)\n")
-    print(f"DuoAttention gates ({cfg['steps']} Adam steps, lr {cfg['lr']}, λ {cfg['lam']}, distance "
-          f"{cfg['distance']}): {t['duo_seed0']:.1f} s per run; α per head, seed 0 [min, max over seeds "
-          f"{', '.join(map(str, DUO_SEEDS))}]:\n")
+    print(
+        f"\n**Head methods** ({out['date']} · {out['machine']} · {out['model']}; sink {cfg['sink']} + window "
+        f"{cfg['window']}, passkey contexts of {cfg['passkey']['seq_len']} tokens)\n"
+    )
+    print(
+        f"DuoAttention gates ({cfg['steps']} Adam steps, lr {cfg['lr']}, λ {cfg['lam']}, distance "
+        f"{cfg['distance']}): {t['duo_seed0']:.1f} s per run; α per head, seed 0 [min, max over seeds "
+        f"{', '.join(map(str, DUO_SEEDS))}]:\n"
+    )
     print("| layer | " + " | ".join(f"H{h}" for h in range(H)) + " |\n|---|" + "---|" * H)
     for layer in range(L):
         a = alphas[:, layer]
-        print(f"| {layer} | " + " | ".join(f"{a[0, h]:.2f} [{a[:, h].min():.2f}, {a[:, h].max():.2f}]"
-                                          for h in range(H)) + " |")
+        print(
+            f"| {layer} | "
+            + " | ".join(f"{a[0, h]:.2f} [{a[:, h].min():.2f}, {a[:, h].max():.2f}]" for h in range(H))
+            + " |"
+        )
     rz = out["razor"]
     fmt = lambda m: "; ".join(f"L{i}: " + " ".join(f"{v:.2f}" for v in row) for i, row in enumerate(m))  # noqa: E731
     prot = [f"L{i}H{h}" for i in range(L) for h in range(H) if rz["protected"][i][h]]
-    print(f"\nRazorAttention ({t['razor']:.2f} s): induction {fmt(rz['induction'])}; echo {fmt(rz['echo'])}; "
-          f"protected (top {rz['n_induction_protected']} by induction ∪ top {rz['n_echo_protected']} by echo): "
-          f"{', '.join(prot)}.\n")
+    print(
+        f"\nRazorAttention ({t['razor']:.2f} s): induction {fmt(rz['induction'])}; echo {fmt(rz['echo'])}; "
+        f"protected (top {rz['n_induction_protected']} by induction ∪ top {rz['n_echo_protected']} by echo): "
+        f"{', '.join(prot)}.\n"
+    )
     for key, label in (("tradeoff", "sink + window"), ("tradeoff_compensation", "sink + window + compensation token")):
         res = TradeoffResult.from_dict(out[key])
-        print(f"KV-cache trade-off, streaming heads on {label} ({t[key]:.1f} s; needle copy accuracy, "
-              f"T = {res.seq_len}; random band = min-max of {len(res.random_curves)} random rankings):\n")
-        print("| ranking | " + " | ".join(f"{p:g}% full (KV {kv:.2f})" for p, kv in zip(res.fractions, res.kv_fraction))
-              + " | beats random at 25%? |\n|---|" + "---|" * (len(res.fractions) + 1))
+        print(
+            f"KV-cache trade-off, streaming heads on {label} ({t[key]:.1f} s; needle copy accuracy, "
+            f"T = {res.seq_len}; random band = min-max of {len(res.random_curves)} random rankings):\n"
+        )
+        print(
+            "| ranking | "
+            + " | ".join(f"{p:g}% full (KV {kv:.2f})" for p, kv in zip(res.fractions, res.kv_fraction))
+            + " | beats random at 25%? |\n|---|"
+            + "---|" * (len(res.fractions) + 1)
+        )
         for name, c in res.curves.items():
-            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in c["needle_acc"]) +
-                  f" | {'yes' if res.beats_random(name, 'needle_acc', 25) else 'no'} |")
+            print(
+                f"| {name} | "
+                + " | ".join(f"{v:.3f}" for v in c["needle_acc"])
+                + f" | {'yes' if res.beats_random(name, 'needle_acc', 25) else 'no'} |"
+            )
         b = res.random_band["needle_acc"]
-        print("| random mean [min, max] | " + " | ".join(f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
-                                                          zip(b["mean"], b["min"], b["max"])) + " | |")
+        print(
+            "| random mean [min, max] | "
+            + " | ".join(f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(b["mean"], b["min"], b["max"]))
+            + " | |"
+        )
         i = res.fractions.index(25)
-        print(f"\nAt 25% heads full (KV {res.kv_fraction[i]:.2f}): passkey answer-token accuracy "
-              + ", ".join(f"{n} {c['passkey_token_acc'][i]:.3f}" for n, c in res.curves.items())
-              + f" (random {res.random_band['passkey_token_acc']['min'][i]:.3f}-"
-              f"{res.random_band['passkey_token_acc']['max'][i]:.3f}; all full "
-              f"{res.random_band['passkey_token_acc']['mean'][-1]:.3f}); text loss "
-              + ", ".join(f"{n} {c['text_loss'][i]:.3f}" for n, c in res.curves.items())
-              + f" (random {res.random_band['text_loss']['min'][i]:.3f}-{res.random_band['text_loss']['max'][i]:.3f};"
-              f" all full {res.random_band['text_loss']['mean'][-1]:.3f}, all streaming "
-              f"{res.random_band['text_loss']['mean'][0]:.3f} nats).\n")
+        print(
+            f"\nAt 25% heads full (KV {res.kv_fraction[i]:.2f}): passkey answer-token accuracy "
+            + ", ".join(f"{n} {c['passkey_token_acc'][i]:.3f}" for n, c in res.curves.items())
+            + f" (random {res.random_band['passkey_token_acc']['min'][i]:.3f}-"
+            f"{res.random_band['passkey_token_acc']['max'][i]:.3f}; all full "
+            f"{res.random_band['passkey_token_acc']['mean'][-1]:.3f}); text loss "
+            + ", ".join(f"{n} {c['text_loss'][i]:.3f}" for n, c in res.curves.items())
+            + f" (random {res.random_band['text_loss']['min'][i]:.3f}-{res.random_band['text_loss']['max'][i]:.3f};"
+            f" all full {res.random_band['text_loss']['mean'][-1]:.3f}, all streaming "
+            f"{res.random_band['text_loss']['mean'][0]:.3f} nats).\n"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default=None)
-    ap.add_argument("--only", choices=("probes", "heads"), default=None,
-                    help="only the demo probes' report, or only the head methods")
+    ap.add_argument(
+        "--only",
+        choices=("probes", "heads"),
+        default=None,
+        help="only the demo probes' report, or only the head methods",
+    )
     args = ap.parse_args()
     if args.only != "probes":
         head_methods()
@@ -122,40 +159,61 @@ def print_probes(root: Path) -> None:
     """The demo probes' markdown report from a demo folder's typed results."""
     sp, hd, ar = (read_results(root / n) for n in ("probe-sparsity", "probe-heads", "probe-arrow"))
     sp, hd, ar = sp.to_dict(), hd.roles.to_dict(), ar.to_dict()
-    print(f"\n{date.today()} · {platform.machine()} CPU, {torch.get_num_threads()} threads · workbench-tiny "
-          f"(2 layers, d_model 128, d_mlp 512, ReLU)\n")
+    print(
+        f"\n{date.today()} · {platform.machine()} CPU, {torch.get_num_threads()} threads · workbench-tiny "
+        f"(2 layers, d_model 128, d_mlp 512, ReLU)\n"
+    )
     final, over = sp["final"], sp["over_training"]
-    print("**Activation sparsity** (fraction of MLP neurons > 0 per token, held-out text):",
-          ", ".join(f"layer {i}: {100 * a:.1f}% ± {100 * s:.1f}" for i, (a, s) in
-                    enumerate(zip(final["active_frac"], final["active_frac_std"]))),
-          f"; never-firing neurons {final['never_firing']} of {len(final['neuron_freq'][0])}.")
-    print("Over training (step: % active per layer):",
-          "; ".join(f"{s}: " + "/".join(f"{100 * a:.1f}" for a in fr)
-                    for s, fr in zip(over["steps"], over["active_frac"])))
+    print(
+        "**Activation sparsity** (fraction of MLP neurons > 0 per token, held-out text):",
+        ", ".join(
+            f"layer {i}: {100 * a:.1f}% ± {100 * s:.1f}"
+            for i, (a, s) in enumerate(zip(final["active_frac"], final["active_frac_std"]))
+        ),
+        f"; never-firing neurons {final['never_firing']} of {len(final['neuron_freq'][0])}.",
+    )
+    print(
+        "Over training (step: % active per layer):",
+        "; ".join(
+            f"{s}: " + "/".join(f"{100 * a:.1f}" for a in fr) for s, fr in zip(over["steps"], over["active_frac"])
+        ),
+    )
     tk = sp["topk"]
-    print("Top-k on every MLP layer, loss increase (nats):",
-          ", ".join(f"k={k}: {d:+.3f}" for k, d in zip(tk["ks"], tk["delta"])), "\n")
+    print(
+        "Top-k on every MLP layer, loss increase (nats):",
+        ", ".join(f"k={k}: {d:+.3f}" for k, d in zip(tk["ks"], tk["delta"])),
+        "\n",
+    )
     labels = [lab for row in hd["labels"] for lab in row]
     L, H = len(hd["retrieval"]), len(hd["retrieval"][0])
     best = max(((i, h) for i in range(L) for h in range(H)), key=lambda lh: hd["retrieval"][lh[0]][lh[1]])
     ci = hd.get("retrieval_ci", [[[float("nan")] * 2] * H] * L)[best[0]][best[1]]
     counts = ", ".join(f"{labels.count(lab)} {lab}" for lab in dict.fromkeys(labels))
-    few = (f" **Too few copied steps to label retrieval** ({hd['n_copied']} < "
-           f"{hd['config']['min_copied_steps']})." if hd.get("too_few_copied") else "")
-    print(f"**Head roles** (needle copy accuracy {hd['copy_accuracy']:.2f}, {hd.get('n_copied', '?')} of "
-          f"{hd.get('n_copy_steps', '?')} copy steps; labels on the 95% lower bounds): {counts} of {len(labels)} "
-          f"heads;{few} top retrieval head L{best[0]}H{best[1]} (score {hd['retrieval'][best[0]][best[1]]:.2f}, "
-          f"Wilson 95% [{ci[0]:.2f}, {ci[1]:.2f}], copy-loss increase under sink+window "
-          f"{hd['delta_loss'][best[0]][best[1]]:+.3f} nats; TransformerLens induction score "
-          f"{hd['tl_scores']['induction'][best[0]][best[1]]:.2f}).\n")
+    few = (
+        f" **Too few copied steps to label retrieval** ({hd['n_copied']} < {hd['config']['min_copied_steps']})."
+        if hd.get("too_few_copied")
+        else ""
+    )
+    print(
+        f"**Head roles** (needle copy accuracy {hd['copy_accuracy']:.2f}, {hd.get('n_copied', '?')} of "
+        f"{hd.get('n_copy_steps', '?')} copy steps; labels on the 95% lower bounds): {counts} of {len(labels)} "
+        f"heads;{few} top retrieval head L{best[0]}H{best[1]} (score {hd['retrieval'][best[0]][best[1]]:.2f}, "
+        f"Wilson 95% [{ci[0]:.2f}, {ci[1]:.2f}], copy-loss increase under sink+window "
+        f"{hd['delta_loss'][best[0]][best[1]]:+.3f} nats; TransformerLens induction score "
+        f"{hd['tl_scores']['induction'][best[0]][best[1]]:.2f}).\n"
+    )
     pct = lambda c: f"[{100 * c[0]:+.2f}%, {100 * c[1]:+.2f}%]"  # noqa: E731
     print("**Arrow of time** (gap = (L_backward − L_forward) / L_forward on the same held-out windows):\n")
-    print("| data | verdict | per-seed gaps | mean | seed-level 95% CI | same-direction null max | "
-          "window-level 95% CI |\n|---|---|---|---|---|---|---|")
+    print(
+        "| data | verdict | per-seed gaps | mean | seed-level 95% CI | same-direction null max | "
+        "window-level 95% CI |\n|---|---|---|---|---|---|---|"
+    )
     for k, v in ar["datasets"].items():
         seeds = ", ".join(f"{s}: {100 * g:+.2f}%" for s, g in zip(v["seeds"], v["gaps"]))
-        print(f"| {k} | {v['verdict']} | {seeds} | {100 * v['gap']:+.2f}% | {pct(v['gap_ci_seeds'])} | "
-              f"{100 * v['null_max']:.2f}% | {pct(v['gap_ci_windows'])} |")
+        print(
+            f"| {k} | {v['verdict']} | {seeds} | {100 * v['gap']:+.2f}% | {pct(v['gap_ci_seeds'])} | "
+            f"{100 * v['null_max']:.2f}% | {pct(v['gap_ci_windows'])} |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ import math
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import Callable
 
 import torch
 
@@ -70,16 +70,27 @@ class Budget:
         return self.steps * self.batch
 
     def train_config(self, lr: float) -> SAETrainConfig:
-        return SAETrainConfig(total_tokens=self.tokens, batch_size=self.batch, lr=lr,
-                              warmup_steps=min(self.warmup_steps, self.steps), log_every=10**9)
+        return SAETrainConfig(
+            total_tokens=self.tokens,
+            batch_size=self.batch,
+            lr=lr,
+            warmup_steps=min(self.warmup_steps, self.steps),
+            log_every=10**9,
+        )
 
     def describe(self) -> str:
-        lr = (f"one shared lr {self.lrs[0]:.3g} for every variant" if len(self.lrs) == 1 else
-              "each variant at its best lr of {" + ", ".join(f"{x:.3g}" for x in self.lrs) +
-              "} (lowest FVU on a held-out selection split; the reported metrics use another split)")
-        return (f"{self.steps} steps × {self.batch} tokens = {self.tokens:,} training tokens per variant, "
-                f"same activations in the same order; k = {self.k}, d_sae = {self.d_sae}; {lr}; "
-                f"warm-up {min(self.warmup_steps, self.steps)} steps, linear decay to 0 over the last 20%")
+        lr = (
+            f"one shared lr {self.lrs[0]:.3g} for every variant"
+            if len(self.lrs) == 1
+            else "each variant at its best lr of {"
+            + ", ".join(f"{x:.3g}" for x in self.lrs)
+            + "} (lowest FVU on a held-out selection split; the reported metrics use another split)"
+        )
+        return (
+            f"{self.steps} steps × {self.batch} tokens = {self.tokens:,} training tokens per variant, "
+            f"same activations in the same order; k = {self.k}, d_sae = {self.d_sae}; {lr}; "
+            f"warm-up {min(self.warmup_steps, self.steps)} steps, linear decay to 0 over the last 20%"
+        )
 
 
 class CountingStore(ActivationStore):
@@ -102,6 +113,7 @@ def ours(cfg: SAEConfig, budget: Budget, acts: torch.Tensor, grads: torch.Tensor
         t0 = time.perf_counter()
         sae = train_sae(cfg, budget.train_config(lr), store, progress=False)
         return sae, store.drawn, time.perf_counter() - t0
+
     return train
 
 
@@ -115,20 +127,31 @@ def saelens_topk(budget: Budget, acts: torch.Tensor, hook_name: str) -> Trainer:
 
     def train(lr: float):
         torch.manual_seed(0)
-        lens = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=acts.shape[1], d_sae=budget.d_sae, k=budget.k,
-                                                     metadata=SAEMetadata(hook_name=hook_name)))
+        lens = TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                d_in=acts.shape[1], d_sae=budget.d_sae, k=budget.k, metadata=SAEMetadata(hook_name=hook_name)
+            )
+        )
         store = CountingStore(TensorSource(acts), budget.batch, seed=0)
         tc = budget.train_config(lr)
         decay = tc.steps - int(tc.decay_start * tc.steps)
-        cfg = SAETrainerConfig(total_training_samples=budget.tokens, train_batch_size_samples=budget.batch, lr=lr,
-                               lr_end=lr, lr_warm_up_steps=tc.warmup_steps, lr_decay_steps=decay, device="cpu",
-                               logger=LoggingConfig(log_to_wandb=False))
+        cfg = SAETrainerConfig(
+            total_training_samples=budget.tokens,
+            train_batch_size_samples=budget.batch,
+            lr=lr,
+            lr_end=lr,
+            lr_warm_up_steps=tc.warmup_steps,
+            lr_decay_steps=decay,
+            device="cpu",
+            logger=LoggingConfig(log_to_wandb=False),
+        )
         t0 = time.perf_counter()
         SAETrainer(cfg, lens, data_provider=(b.acts for b in store)).fit()
         seconds = time.perf_counter() - t0
         with tempfile.TemporaryDirectory() as tmp:
             lens.save_inference_model(tmp)
             return from_saelens(tmp), store.drawn, seconds
+
     return train
 
 
@@ -143,9 +166,18 @@ def best_of_sweep(name: str, train: Trainer, budget: Budget, select: list[Activa
         runs.append({"lr": lr, "fvu_select": fvu, "seconds": seconds, "sae": sae})
         print(json.dumps({"variant": name, "lr": lr, "fvu_select": fvu, "tokens": drawn}), flush=True)
     best = min(runs, key=lambda r: r["fvu_select"] if math.isfinite(r["fvu_select"]) else math.inf)
-    return {"variant": name, "sae": best["sae"], "lr": best["lr"], "seconds": best["seconds"],
-            "tokens": budget.tokens, "steps": budget.steps, "batch": budget.batch, "k": budget.k,
-            "d_sae": budget.d_sae, "sweep": [{k: v for k, v in r.items() if k != "sae"} for r in runs]}
+    return {
+        "variant": name,
+        "sae": best["sae"],
+        "lr": best["lr"],
+        "seconds": best["seconds"],
+        "tokens": budget.tokens,
+        "steps": budget.steps,
+        "batch": budget.batch,
+        "k": budget.k,
+        "d_sae": budget.d_sae,
+        "sweep": [{k: v for k, v in r.items() if k != "sae"} for r in runs],
+    }
 
 
 def _batches(acts: torch.Tensor, batch: int) -> list[ActivationBatch]:
@@ -160,8 +192,15 @@ def run_table(budget: Budget, acts, grads, select_acts, beta: float, wanted, hoo
     for name, kwargs in VARIANTS.items():
         if wanted(name):
             extra = {"beta": beta} if kwargs["selection"] == "gradient" else {}
-            cfg = SAEConfig(d_in=acts.shape[1], d_sae=budget.d_sae, k=budget.k, hook_name=hook_name,
-                            dead_tokens=budget.dead_tokens, **kwargs, **extra)
+            cfg = SAEConfig(
+                d_in=acts.shape[1],
+                d_sae=budget.d_sae,
+                k=budget.k,
+                hook_name=hook_name,
+                dead_tokens=budget.dead_tokens,
+                **kwargs,
+                **extra,
+            )
             rows.append(best_of_sweep(name, ours(cfg, budget, acts, grads), budget, select))
     if wanted(SAELENS):
         rows.append(best_of_sweep(SAELENS, saelens_topk(budget, acts, hook_name), budget, select))
@@ -173,7 +212,7 @@ def synthetic_table(syn: SuperpositionConfig, budget: Budget, wanted=lambda name
     n_select = n_eval = 16_384
     data = superposition_data(syn, budget.tokens + n_select + n_eval)
     train, select_acts, eval_acts = data.acts.split([budget.tokens, n_select, n_eval])
-    grads = data.grads[:budget.tokens]
+    grads = data.grads[: budget.tokens]
     rows = run_table(budget, train, grads, select_acts, 1.0, wanted, "synthetic")
     held_out = _batches(eval_acts, min(budget.batch, n_eval))
     for row in rows:
@@ -214,11 +253,20 @@ def model_table(budget: Budget, wanted) -> tuple[list[dict], float]:
         spl = splice_metrics(model, row["sae"], HOOK, val_tokens)
         use = evaluate_usefulness(model, row["sae"], HOOK, probe_tokens)
         acc = use.sparse_probing.mean_accuracy()
-        row.update(fvu=rec["fvu"], l0=rec["l0"], dead_pct=100 * rec["dead_frac"], kl=spl["kl_sae"],
-                   ce_loss_recovered=spl["ce_loss_recovered"], ce_sae=spl["ce_sae"],
-                   tokens_per_s=budget.tokens / row["seconds"], sparse_probing_k1=acc[1], sparse_probing_k5=acc[5],
-                   sparse_probing_llm=use.sparse_probing.mean_llm_accuracy(),
-                   absorption=use.absorption.mean_full_absorption(), usefulness=use.to_dict())
+        row.update(
+            fvu=rec["fvu"],
+            l0=rec["l0"],
+            dead_pct=100 * rec["dead_frac"],
+            kl=spl["kl_sae"],
+            ce_loss_recovered=spl["ce_loss_recovered"],
+            ce_sae=spl["ce_sae"],
+            tokens_per_s=budget.tokens / row["seconds"],
+            sparse_probing_k1=acc[1],
+            sparse_probing_k5=acc[5],
+            sparse_probing_llm=use.sparse_probing.mean_llm_accuracy(),
+            absorption=use.absorption.mean_full_absorption(),
+            usefulness=use.to_dict(),
+        )
     return rows, beta
 
 
@@ -237,8 +285,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--d-sae", type=int, default=2048)
     ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=None, help="model table: one lr for every variant "
-                    "(default 2e-4/sqrt(d_sae/16384), Gao et al.)")
+    ap.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="model table: one lr for every variant (default 2e-4/sqrt(d_sae/16384), Gao et al.)",
+    )
     ap.add_argument("--lr-sweep", default=None, help="model table: comma-separated lrs, each variant at its best")
     ap.add_argument("--syn-d", type=int, default=32)
     ap.add_argument("--syn-features", type=int, default=96)
@@ -256,34 +308,57 @@ def main() -> None:
         return args.only is None or any(w.lower() in name.lower() for w in args.only)
 
     out: dict = {}
-    stamp = (f"{date.today()} · {platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} "
-             f"threads · torch {torch.__version__}")
+    stamp = (
+        f"{date.today()} · {platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} "
+        f"threads · torch {torch.__version__}"
+    )
     if "model" in args.tables:
         default_lr = SAETrainConfig().learning_rate(args.d_sae) if args.lr is None else args.lr
-        budget = Budget(args.tokens // args.batch, args.batch, args.k, args.d_sae,
-                        _lrs(args.lr, args.lr_sweep, default_lr), dead_tokens=200_000)
+        budget = Budget(
+            args.tokens // args.batch,
+            args.batch,
+            args.k,
+            args.d_sae,
+            _lrs(args.lr, args.lr_sweep, default_lr),
+            dead_tokens=200_000,
+        )
         rows, beta = model_table(budget, wanted)
         print(f"\n{stamp} · hook {HOOK} of workbench-tiny · g-SAE β={beta:.3g}\nBudget: {budget.describe()}\n")
         if rows:
-            print(f"Sparse probing: mean test accuracy over {len(rows[0]['usefulness']['sparse_probing']['tasks'])} "
-                  f"byte-level concepts; probe on the raw activation (all {HOOK} dims): "
-                  f"{rows[0]['sparse_probing_llm']:.3f}. Absorption-style: mean full-absorption rate over "
-                  f"first letters ({ABSORPTION_CAVEAT}).\n")
-        print("| variant | lr | FVU | mean L0 | dead % | CE loss recovered | KL | tokens/s | sparse probe k=1 | "
-              "k=5 | absorption-style |")
+            print(
+                f"Sparse probing: mean test accuracy over {len(rows[0]['usefulness']['sparse_probing']['tasks'])} "
+                f"byte-level concepts; probe on the raw activation (all {HOOK} dims): "
+                f"{rows[0]['sparse_probing_llm']:.3f}. Absorption-style: mean full-absorption rate over "
+                f"first letters ({ABSORPTION_CAVEAT}).\n"
+            )
+        print(
+            "| variant | lr | FVU | mean L0 | dead % | CE loss recovered | KL | tokens/s | sparse probe k=1 | "
+            "k=5 | absorption-style |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['variant']} | {r['lr']:.3g} | {r['fvu']:.4f} | {r['l0']:.2f} | {r['dead_pct']:.1f} | "
-                  f"{r['ce_loss_recovered']:.4f} | {r['kl']:.4f} | {r['tokens_per_s']:,.0f} | "
-                  f"{r['sparse_probing_k1']:.3f} | {r['sparse_probing_k5']:.3f} | {r['absorption']:.3f} |")
+            print(
+                f"| {r['variant']} | {r['lr']:.3g} | {r['fvu']:.4f} | {r['l0']:.2f} | {r['dead_pct']:.1f} | "
+                f"{r['ce_loss_recovered']:.4f} | {r['kl']:.4f} | {r['tokens_per_s']:,.0f} | "
+                f"{r['sparse_probing_k1']:.3f} | {r['sparse_probing_k5']:.3f} | {r['absorption']:.3f} |"
+            )
         out["model"] = {"budget": budget.describe(), "beta": beta, "rows": rows}
     if "synthetic" in args.tables:
         syn = SuperpositionConfig(d=args.syn_d, n_features=args.syn_features)
-        budget = Budget(args.syn_steps, args.syn_batch, args.syn_k, args.syn_d_sae or 2 * args.syn_features,
-                        _lrs(args.syn_lr, args.syn_lr_sweep, 4e-3), warmup_steps=20, dead_tokens=20_000)
+        budget = Budget(
+            args.syn_steps,
+            args.syn_batch,
+            args.syn_k,
+            args.syn_d_sae or 2 * args.syn_features,
+            _lrs(args.syn_lr, args.syn_lr_sweep, 4e-3),
+            warmup_steps=20,
+            dead_tokens=20_000,
+        )
         rows = synthetic_table(syn, budget, wanted)
-        print(f"\n{stamp} · synthetic: {syn.n_features} planted features in {syn.d} dims, "
-              f"{syn.mean_active:g} active per sample on average (g-SAE β=1)\nBudget: {budget.describe()}\n")
+        print(
+            f"\n{stamp} · synthetic: {syn.n_features} planted features in {syn.d} dims, "
+            f"{syn.mean_active:g} active per sample on average (g-SAE β=1)\nBudget: {budget.describe()}\n"
+        )
         print("| variant | lr | MMCS | FVU (held out) | mean L0 |")
         print("|---|---|---|---|---|")
         for r in rows:

@@ -21,8 +21,18 @@ import torch
 
 from workbench.sae.synth_bench import SynthBenchConfig, run_bench
 
-COLUMNS = ("mcc", "uniqueness", "f1_score", "precision", "recall", "explained_variance", "shrinkage", "sae_l0",
-           "dead_latents", "seconds")
+COLUMNS = (
+    "mcc",
+    "uniqueness",
+    "f1_score",
+    "precision",
+    "recall",
+    "explained_variance",
+    "shrinkage",
+    "sae_l0",
+    "dead_latents",
+    "seconds",
+)
 
 
 def main() -> None:
@@ -42,22 +52,32 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=None, help="rows whose name contains one of these words")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    cfg = SynthBenchConfig(num_features=args.features, hidden_dim=args.dim, d_sae=args.d_sae, k=args.k,
-                           training_samples=args.samples, batch_size=args.batch, lr=args.lr,
-                           eval_samples=args.eval_samples, seed=args.seed,
-                           hierarchy_roots=0 if args.no_hierarchy else d["hierarchy_roots"],
-                           correlation_rank=0 if args.no_correlation else d["correlation_rank"])
+    cfg = SynthBenchConfig(
+        num_features=args.features,
+        hidden_dim=args.dim,
+        d_sae=args.d_sae,
+        k=args.k,
+        training_samples=args.samples,
+        batch_size=args.batch,
+        lr=args.lr,
+        eval_samples=args.eval_samples,
+        seed=args.seed,
+        hierarchy_roots=0 if args.no_hierarchy else d["hierarchy_roots"],
+        correlation_rank=0 if args.no_correlation else d["correlation_rank"],
+    )
 
     def wanted(name: str) -> bool:
         return args.only is None or any(w.lower() in name.lower() for w in args.only)
 
     res = run_bench(cfg, wanted, log=lambda row: print(json.dumps(row), flush=True))
-    print(f"\n{date.today()} · {platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads · "
-          f"SynthSAEBench (sae_lens.synthetic): {cfg.num_features} features in {cfg.hidden_dim} dims, Zipf firing "
-          f"{cfg.max_prob:g}..{cfg.min_prob:g}, hierarchy {cfg.hierarchy_roots} roots × {cfg.hierarchy_branching} "
-          f"(depth {cfg.hierarchy_depth}), low-rank correlation rank {cfg.correlation_rank}; true L0 "
-          f"{res['true_l0']:.2f}; every SAE: d_sae = {cfg.d_sae}, k = {res['k']}, lr {cfg.lr:g}, the same "
-          f"{cfg.training_samples:,} samples in the same order; scored on {cfg.eval_samples:,} fresh samples\n")
+    print(
+        f"\n{date.today()} · {platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads · "
+        f"SynthSAEBench (sae_lens.synthetic): {cfg.num_features} features in {cfg.hidden_dim} dims, Zipf firing "
+        f"{cfg.max_prob:g}..{cfg.min_prob:g}, hierarchy {cfg.hierarchy_roots} roots × {cfg.hierarchy_branching} "
+        f"(depth {cfg.hierarchy_depth}), low-rank correlation rank {cfg.correlation_rank}; true L0 "
+        f"{res['true_l0']:.2f}; every SAE: d_sae = {cfg.d_sae}, k = {res['k']}, lr {cfg.lr:g}, the same "
+        f"{cfg.training_samples:,} samples in the same order; scored on {cfg.eval_samples:,} fresh samples\n"
+    )
     print("| variant | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
     for r in res["rows"]:

@@ -23,10 +23,10 @@ from datetime import date
 import torch
 
 from workbench.activations import ActivationStore, TensorSource
-from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sae
-from workbench.sae.losses import fvu
 from workbench.kernels.autograd import SparseEncodeDecode
 from workbench.kernels.topk_encoder import GPU_CANDIDATES, tile_keys, topk_encode
+from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sae
+from workbench.sae.losses import fvu
 from workbench.sae.trainer import TritonPath, make_optimizer, optimizer_step, sae_losses
 from workbench.tasks import SuperpositionConfig, superposition_data
 
@@ -64,12 +64,14 @@ def ours(d, F, k, x, triton: TritonPath | None):
         opt.zero_grad(set_to_none=True)
         res["loss"].backward()
         optimizer_step(sae, opt, cfg, 100)
+
     return step
 
 
 def saelens(d, F, k, x, autocast: bool):
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=F, k=k, device=str(x.device)))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     dead = torch.zeros(F, dtype=torch.bool, device=x.device)
@@ -77,16 +79,21 @@ def saelens(d, F, k, x, autocast: bool):
 
     def step():
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
-                                                           n_training_steps=100, is_logging_step=False))
+            out = sae.training_forward_pass(
+                TrainStepInput(
+                    sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=100, is_logging_step=False
+                )
+            )
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
+
     return step
 
 
 def sparsify(d, F, k, x):
     from sparsify import SaeConfig, SparseCoder
+
     sae = SparseCoder(d, SaeConfig(num_latents=F, k=k), device=x.device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     dead = torch.zeros(F, dtype=torch.bool, device=x.device)
@@ -98,6 +105,7 @@ def sparsify(d, F, k, x):
         opt.zero_grad(set_to_none=True)
         (out.fvu + out.auxk_loss / 32).backward()
         opt.step()
+
     return step
 
 
@@ -140,8 +148,9 @@ def parts(d: int, F: int, k: int, x: torch.Tensor, n: int) -> None:
         "bf16 GEMM alone": lambda: xb @ wb.T,
         "bf16 GEMM + torch.topk (unfused)": lambda: torch.topk(xb @ wb.T, k, dim=1),
         "topk_encode bf16 (tuned launch)": lambda: topk_encode(x, W_enc, b_enc, b_dec, k, precision="bf16"),
-        "topk_encode bf16 + fused AuxK candidates": lambda: topk_encode(x, W_enc, b_enc, b_dec, k, dead=dead,
-                                                                       k_aux=d // 2, precision="bf16"),
+        "topk_encode bf16 + fused AuxK candidates": lambda: topk_encode(
+            x, W_enc, b_enc, b_dec, k, dead=dead, k_aux=d // 2, precision="bf16"
+        ),
         "dense AuxK selection (GEMM on dead rows + topk)": dense_aux,
         "sparse encode/decode fwd + bwd": encode_decode,
         "fused Adam over W_enc, W_dec": adam.step,
@@ -170,15 +179,18 @@ def fvu_parity(d: int, F: int, k: int, steps: int = 300, batch: int = B, device:
     result = {}
     for triton in (True, False):
         store = ActivationStore(TensorSource(train, chunk_size=n), batch)  # 16 batches, cycled
-        cfg = SAETrainConfig(total_tokens=steps * batch, batch_size=batch, device=device, use_triton=triton,
-                             b_dec_init="mean")
+        cfg = SAETrainConfig(
+            total_tokens=steps * batch, batch_size=batch, device=device, use_triton=triton, b_dec_init="mean"
+        )
         sae = train_sae(SAEConfig(d_in=d, d_sae=F, k=k), cfg, store, progress=False)
         with torch.no_grad():
             x = held_out.to(device)
             result[triton] = fvu(x, sae(x).x_hat).item()
     gap = abs(result[True] - result[False]) / result[False]
-    print(f"FVU after {steps} steps ({d} → {F}, k={k}): triton {result[True]:.4f}, torch {result[False]:.4f}, "
-          f"gap {gap:.2%} ({'within' if gap <= 0.02 else 'OUTSIDE'} 2%)")
+    print(
+        f"FVU after {steps} steps ({d} → {F}, k={k}): triton {result[True]:.4f}, torch {result[False]:.4f}, "
+        f"gap {gap:.2%} ({'within' if gap <= 0.02 else 'OUTSIDE'} 2%)"
+    )
 
 
 def main() -> None:
@@ -195,12 +207,14 @@ def main() -> None:
         if args.quick and name != "gpt2-small" or args.parity_only:
             continue
         x = torch.randn(B, d, device="cuda")
-        rows = {"workbench triton": lambda: ours(d, F, k, x, TritonPath("bf16", "dense")),
-                "workbench triton, fused AuxK": lambda: ours(d, F, k, x, TritonPath("bf16", "fused")),
-                "workbench torch": lambda: ours(d, F, k, x, None),
-                "SAELens fp32": lambda: saelens(d, F, k, x, False),
-                "SAELens bf16 autocast": lambda: saelens(d, F, k, x, True),
-                "sparsify": lambda: sparsify(d, F, k, x)}
+        rows = {
+            "workbench triton": lambda: ours(d, F, k, x, TritonPath("bf16", "dense")),
+            "workbench triton, fused AuxK": lambda: ours(d, F, k, x, TritonPath("bf16", "fused")),
+            "workbench torch": lambda: ours(d, F, k, x, None),
+            "SAELens fp32": lambda: saelens(d, F, k, x, False),
+            "SAELens bf16 autocast": lambda: saelens(d, F, k, x, True),
+            "sparsify": lambda: sparsify(d, F, k, x),
+        }
         if d // 2 > FUSED_AUX_MAX:
             del rows["workbench triton, fused AuxK"]
         results = {}

@@ -48,18 +48,37 @@ class SparseEncodeDecode(torch.autograd.Function):
         if ctx.add_b_dec:
             db_dec = db_dec + g_out.float().sum(0)
         dx = d_xc.to(xc.dtype) if ctx.x_grad else None
-        return (dx, dW_enc.to(W_enc.dtype), db_enc.to(W_enc.dtype), dW_dec.to(W_dec.dtype),
-                db_dec.to(xc.dtype), None, None)
+        return (
+            dx,
+            dW_enc.to(W_enc.dtype),
+            db_enc.to(W_enc.dtype),
+            dW_dec.to(W_dec.dtype),
+            db_dec.to(xc.dtype),
+            None,
+            None,
+        )
 
 
-def triton_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int, *,
-                   dead: Tensor | None = None, k_aux: int = 0, grads: Tensor | None = None, beta: float = 0.0,
-                   precision: str = "fp32"):
+def triton_forward(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    k: int,
+    *,
+    dead: Tensor | None = None,
+    k_aux: int = 0,
+    grads: Tensor | None = None,
+    beta: float = 0.0,
+    precision: str = "fp32",
+):
     """Main path (idx, vals, x̂) and, with dead latents, the AuxK path (aux_idx, ê without b_dec).
     `precision` is the selection GEMM's (see topk_encode); vals and x̂ are in the inputs' dtype."""
     with torch.no_grad():
-        idx, aux_idx = topk_encode(x, W_enc, b_enc, b_dec, k, dead=dead, k_aux=k_aux, grads=grads, W_dec=W_dec,
-                                   beta=beta, precision=precision)
+        idx, aux_idx = topk_encode(
+            x, W_enc, b_enc, b_dec, k, dead=dead, k_aux=k_aux, grads=grads, W_dec=W_dec, beta=beta, precision=precision
+        )
     vals, x_hat = SparseEncodeDecode.apply(x, W_enc, b_enc, W_dec, b_dec, idx, True)
     if aux_idx is None:
         return idx, vals, x_hat, None, None

@@ -18,8 +18,20 @@ from torch import Tensor
 
 
 @triton.jit
-def _gather_dot_kernel(A_ptr, M_ptr, idx_ptr, bias_ptr, out_ptr, B, D, K,
-                       HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gather_dot_kernel(
+    A_ptr,
+    M_ptr,
+    idx_ptr,
+    bias_ptr,
+    out_ptr,
+    B,
+    D,
+    K,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     rk = (rows[:, None] < B) & (ks[None, :] < K)
@@ -31,8 +43,9 @@ def _gather_dot_kernel(A_ptr, M_ptr, idx_ptr, bias_ptr, out_ptr, B, D, K,
         ds = d0 + tl.arange(0, BLOCK_D)
         dm = ds < D
         a = tl.load(A_ptr + rows[:, None] * D + ds[None, :], mask=(rows[:, None] < B) & dm[None, :], other=0.0)
-        m = tl.load(M_ptr + safe[:, :, None] * D + ds[None, None, :], mask=ok[:, :, None] & dm[None, None, :],
-                    other=0.0)  # [BB, BK, BD]
+        m = tl.load(
+            M_ptr + safe[:, :, None] * D + ds[None, None, :], mask=ok[:, :, None] & dm[None, None, :], other=0.0
+        )  # [BB, BK, BD]
         acc += tl.sum(a.to(tl.float32)[:, None, :] * m.to(tl.float32), axis=2)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + safe, mask=ok, other=0.0).to(tl.float32)
@@ -40,8 +53,19 @@ def _gather_dot_kernel(A_ptr, M_ptr, idx_ptr, bias_ptr, out_ptr, B, D, K,
 
 
 @triton.jit
-def _decode_kernel(v_ptr, idx_ptr, M_ptr, bias_ptr, out_ptr, B, D, K,
-                   HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def _decode_kernel(
+    v_ptr,
+    idx_ptr,
+    M_ptr,
+    bias_ptr,
+    out_ptr,
+    B,
+    D,
+    K,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rm, dm = rows < B, ds < D
@@ -58,8 +82,9 @@ def _decode_kernel(v_ptr, idx_ptr, M_ptr, bias_ptr, out_ptr, B, D, K,
 
 
 @triton.jit
-def _scatter_outer_kernel(c_ptr, idx_ptr, A_ptr, dM_ptr, db_ptr, B, D, K,
-                          HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+def _scatter_outer_kernel(
+    c_ptr, idx_ptr, A_ptr, dM_ptr, db_ptr, B, D, K, HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr
+):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rm, dm = rows < B, ds < D
@@ -80,39 +105,82 @@ def _check(idx: Tensor, B: int) -> None:
         raise ValueError(f"idx: expected int64 [{B}, k], got {idx.dtype} {tuple(idx.shape)}")
 
 
-def gather_dot(A: Tensor, M: Tensor, idx: Tensor, bias: Tensor | None = None, *, block_b: int = 16,
-               block_k: int = 16, block_d: int = 32) -> Tensor:
+def gather_dot(
+    A: Tensor,
+    M: Tensor,
+    idx: Tensor,
+    bias: Tensor | None = None,
+    *,
+    block_b: int = 16,
+    block_k: int = 16,
+    block_d: int = 32,
+) -> Tensor:
     B, D = A.shape
     _check(idx, B)
     K = idx.shape[1]
     out = torch.empty(B, K, dtype=torch.float32, device=A.device)
     grid = (triton.cdiv(B, block_b), triton.cdiv(K, block_k))
-    _gather_dot_kernel[grid](A.contiguous(), M.contiguous(), idx.contiguous(),
-                             bias.contiguous() if bias is not None else M, out, B, D, K, HAS_BIAS=bias is not None,
-                             BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_D=block_d)
+    _gather_dot_kernel[grid](
+        A.contiguous(),
+        M.contiguous(),
+        idx.contiguous(),
+        bias.contiguous() if bias is not None else M,
+        out,
+        B,
+        D,
+        K,
+        HAS_BIAS=bias is not None,
+        BLOCK_B=block_b,
+        BLOCK_K=block_k,
+        BLOCK_D=block_d,
+    )
     return out
 
 
-def sparse_decode(v: Tensor, idx: Tensor, M: Tensor, bias: Tensor | None = None, *, block_b: int = 16,
-                  block_d: int = 64) -> Tensor:
+def sparse_decode(
+    v: Tensor, idx: Tensor, M: Tensor, bias: Tensor | None = None, *, block_b: int = 16, block_d: int = 64
+) -> Tensor:
     B, K = v.shape
     _check(idx, B)
     D = M.shape[1]
     out = torch.empty(B, D, dtype=torch.float32, device=v.device)
     grid = (triton.cdiv(B, block_b), triton.cdiv(D, block_d))
-    _decode_kernel[grid](v.contiguous(), idx.contiguous(), M.contiguous(), bias.contiguous() if bias is not None else M,
-                         out, B, D, K, HAS_BIAS=bias is not None, BLOCK_B=block_b, BLOCK_D=block_d)
+    _decode_kernel[grid](
+        v.contiguous(),
+        idx.contiguous(),
+        M.contiguous(),
+        bias.contiguous() if bias is not None else M,
+        out,
+        B,
+        D,
+        K,
+        HAS_BIAS=bias is not None,
+        BLOCK_B=block_b,
+        BLOCK_D=block_d,
+    )
     return out
 
 
-def scatter_outer(c: Tensor, idx: Tensor, A: Tensor, F: int, with_bias: bool = False, *, block_b: int = 16,
-                  block_d: int = 64) -> tuple[Tensor, Tensor | None]:
+def scatter_outer(
+    c: Tensor, idx: Tensor, A: Tensor, F: int, with_bias: bool = False, *, block_b: int = 16, block_d: int = 64
+) -> tuple[Tensor, Tensor | None]:
     B, K = c.shape
     _check(idx, B)
     D = A.shape[1]
     dM = torch.zeros(F, D, dtype=torch.float32, device=c.device)
     db = torch.zeros(F, dtype=torch.float32, device=c.device) if with_bias else dM
     grid = (triton.cdiv(B, block_b), triton.cdiv(D, block_d))
-    _scatter_outer_kernel[grid](c.contiguous(), idx.contiguous(), A.contiguous(), dM, db, B, D, K,
-                                HAS_BIAS=with_bias, BLOCK_B=block_b, BLOCK_D=block_d)
+    _scatter_outer_kernel[grid](
+        c.contiguous(),
+        idx.contiguous(),
+        A.contiguous(),
+        dM,
+        db,
+        B,
+        D,
+        K,
+        HAS_BIAS=with_bias,
+        BLOCK_B=block_b,
+        BLOCK_D=block_d,
+    )
     return dM, (db if with_bias else None)

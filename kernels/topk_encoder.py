@@ -38,6 +38,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 class Blocks(NamedTuple):
     """Launch shape of the encoder kernel: tile rows, tile latents, d per dot, warps, pipeline stages."""
+
     b: int
     f: int
     d: int
@@ -50,8 +51,12 @@ class Blocks(NamedTuple):
 
 
 INTERPRETER_BLOCKS = Blocks(16, 64, 16, 1, 1)  # the interpreter pays per element: small tiles
-GPU_CANDIDATES = [Blocks(64, 128, 64, 4, 3), Blocks(64, 256, 64, 8, 3), Blocks(128, 128, 64, 8, 3),
-                  Blocks(64, 128, 32, 4, 4)]
+GPU_CANDIDATES = [
+    Blocks(64, 128, 64, 4, 3),
+    Blocks(64, 256, 64, 8, 3),
+    Blocks(128, 128, 64, 8, 3),
+    Blocks(64, 128, 32, 4, 4),
+]
 _tuned: dict[tuple, Blocks] = {}
 
 
@@ -98,11 +103,34 @@ def _dot(a, b, BF16: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _topk_encoder_kernel(x_ptr, W_enc_ptr, b_enc_ptr, b_dec_ptr, dead_ptr, g_ptr, W_dec_ptr, beta,
-                         cand_ptr, aux_ptr, B, F, D, n_split, tiles_per_split,
-                         K: tl.constexpr, KP: tl.constexpr, K_AUX: tl.constexpr, KP_AUX: tl.constexpr,
-                         HAS_AUX: tl.constexpr, HAS_GRAD: tl.constexpr, BF16: tl.constexpr, UPCAST: tl.constexpr,
-                         BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
+def _topk_encoder_kernel(
+    x_ptr,
+    W_enc_ptr,
+    b_enc_ptr,
+    b_dec_ptr,
+    dead_ptr,
+    g_ptr,
+    W_dec_ptr,
+    beta,
+    cand_ptr,
+    aux_ptr,
+    B,
+    F,
+    D,
+    n_split,
+    tiles_per_split,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    K_AUX: tl.constexpr,
+    KP_AUX: tl.constexpr,
+    HAS_AUX: tl.constexpr,
+    HAS_GRAD: tl.constexpr,
+    BF16: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid_b, pid_s = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
     rmask = rows < B
@@ -122,8 +150,9 @@ def _topk_encoder_kernel(x_ptr, W_enc_ptr, b_enc_ptr, b_dec_ptr, dead_ptr, g_ptr
             acc += _dot(x.to(tl.float32) - bd[None, :].to(tl.float32), w, BF16, UPCAST)  # [BB, BD] @ [BD, BF]
             if HAS_GRAD:
                 g = tl.load(g_ptr + rows[:, None] * D + ds[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
-                wd = tl.load(W_dec_ptr + cols[None, :] * D + ds[:, None], mask=cmask[None, :] & dmask[:, None],
-                             other=0.0)
+                wd = tl.load(
+                    W_dec_ptr + cols[None, :] * D + ds[:, None], mask=cmask[None, :] & dmask[:, None], other=0.0
+                )
                 gacc += _dot(g, wd, BF16, UPCAST)
         pre = acc + tl.load(b_enc_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         score = pre
@@ -138,8 +167,9 @@ def _topk_encoder_kernel(x_ptr, W_enc_ptr, b_enc_ptr, b_dec_ptr, dead_ptr, g_ptr
     tl.store(cand_ptr + rows[:, None] * (n_split * K) + pid_s * K + j, best, mask=rmask[:, None] & (j < K))
     if HAS_AUX:
         ja = tl.arange(0, KP_AUX)[None, :]
-        tl.store(aux_ptr + rows[:, None] * (n_split * K_AUX) + pid_s * K_AUX + ja, abest,
-                 mask=rmask[:, None] & (ja < K_AUX))
+        tl.store(
+            aux_ptr + rows[:, None] * (n_split * K_AUX) + pid_s * K_AUX + ja, abest, mask=rmask[:, None] & (ja < K_AUX)
+        )
 
 
 def _finish(cand: Tensor, k: int, split: int) -> tuple[Tensor, Tensor]:
@@ -175,12 +205,35 @@ def _launch(x, W_enc, b_enc, b_dec, k, dead, k_aux, grads, W_dec, beta, bf16, bl
     dead_i8 = dead.to(torch.int8).contiguous() if has_aux else cand  # any pointer when unused
     tiles_per_split = triton.cdiv(triton.cdiv(F, blocks.f), split)
     _topk_encoder_kernel[(triton.cdiv(B, blocks.b), split)](
-        x.contiguous(), W_enc.contiguous(), b_enc.contiguous(), b_dec.contiguous(), dead_i8,
-        grads.contiguous() if has_grad else x, (W_dec if has_grad else W_enc).contiguous(), float(beta),
-        cand, aux, B, F, D, split, tiles_per_split,
-        K=k, KP=_pow2(k), K_AUX=max(k_aux, 1), KP_AUX=_pow2(k_aux) if has_aux else 2,
-        HAS_AUX=has_aux, HAS_GRAD=has_grad, BF16=bf16, UPCAST=INTERPRETED,
-        BLOCK_B=blocks.b, BLOCK_F=blocks.f, BLOCK_D=blocks.d, num_warps=blocks.warps, num_stages=blocks.stages)
+        x.contiguous(),
+        W_enc.contiguous(),
+        b_enc.contiguous(),
+        b_dec.contiguous(),
+        dead_i8,
+        grads.contiguous() if has_grad else x,
+        (W_dec if has_grad else W_enc).contiguous(),
+        float(beta),
+        cand,
+        aux,
+        B,
+        F,
+        D,
+        split,
+        tiles_per_split,
+        K=k,
+        KP=_pow2(k),
+        K_AUX=max(k_aux, 1),
+        KP_AUX=_pow2(k_aux) if has_aux else 2,
+        HAS_AUX=has_aux,
+        HAS_GRAD=has_grad,
+        BF16=bf16,
+        UPCAST=INTERPRETED,
+        BLOCK_B=blocks.b,
+        BLOCK_F=blocks.f,
+        BLOCK_D=blocks.d,
+        num_warps=blocks.warps,
+        num_stages=blocks.stages,
+    )
     return cand, aux
 
 
@@ -199,14 +252,27 @@ def _tune(args: tuple, key: tuple, kp: int) -> Blocks:
                     return triton.testing.do_bench(lambda: _launch(*args, bl, split), warmup=5, rep=20)
                 except Exception:  # e.g. a tile that needs more shared memory than the device has
                     return float("inf")
+
             _tuned[key] = min(fits, key=ms)
     return _tuned[key]
 
 
-def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, *, dead: Tensor | None = None,
-                k_aux: int = 0, grads: Tensor | None = None, W_dec: Tensor | None = None, beta: float = 0.0,
-                precision: str = "fp32", blocks: Blocks | None = None,
-                split: int | None = None) -> tuple[Tensor, Tensor | None]:
+def topk_encode(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
+    k: int,
+    *,
+    dead: Tensor | None = None,
+    k_aux: int = 0,
+    grads: Tensor | None = None,
+    W_dec: Tensor | None = None,
+    beta: float = 0.0,
+    precision: str = "fp32",
+    blocks: Blocks | None = None,
+    split: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """Top-k latent indices per row [B, k] (int64), and, with `dead`, the top-k_aux dead latents
     per row [B, k_aux] (-1 where fewer dead latents exist). No gradient flows through selection.
 
@@ -216,8 +282,10 @@ def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, 
     B, D = x.shape
     F = W_enc.shape[0]
     if W_enc.shape != (F, D) or b_enc.shape != (F,) or b_dec.shape != (D,):
-        raise ValueError(f"shapes: x {tuple(x.shape)}, W_enc {tuple(W_enc.shape)}, b_enc {tuple(b_enc.shape)}, "
-                         f"b_dec {tuple(b_dec.shape)}: expected [B, d], [F, d], [F], [d]")
+        raise ValueError(
+            f"shapes: x {tuple(x.shape)}, W_enc {tuple(W_enc.shape)}, b_enc {tuple(b_enc.shape)}, "
+            f"b_dec {tuple(b_dec.shape)}: expected [B, d], [F, d], [F], [d]"
+        )
     if not 1 <= k <= F:
         raise ValueError(f"k={k} must lie in [1, F={F}]")
     if precision not in ("fp32", "bf16"):
@@ -229,10 +297,19 @@ def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, 
     kp = tile_keys(k, k_aux if dead is not None else 0)
     args = (x, W_enc, b_enc, b_dec, k, dead, k_aux, grads, W_dec, beta, precision == "bf16")
     if blocks is None:
-        key = (x.device, x.dtype, W_enc.dtype, B, F, D, k, k_aux if dead is not None else 0, grads is not None,
-               precision)
-        blocks = (INTERPRETER_BLOCKS.holding(kp) if INTERPRETED or x.device.type != "cuda"
-                  else _tune(args, key, kp))
+        key = (
+            x.device,
+            x.dtype,
+            W_enc.dtype,
+            B,
+            F,
+            D,
+            k,
+            k_aux if dead is not None else 0,
+            grads is not None,
+            precision,
+        )
+        blocks = INTERPRETER_BLOCKS.holding(kp) if INTERPRETED or x.device.type != "cuda" else _tune(args, key, kp)
     if blocks.f < kp or blocks.f & (blocks.f - 1):
         raise ValueError(f"blocks.f={blocks.f} must be a power of two ≥ {kp} (k and k_aux rounded up)")
     split = split or _default_split(B, F, blocks, x.device)

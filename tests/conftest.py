@@ -25,6 +25,7 @@ TINY_KW = dict(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=33, d_vocab=25
 def tiny_model() -> HookedTransformer:
     """A random-init 2-layer model, as TransformerLens tests its own code."""
     from workbench.models import ModelConfig, new_model
+
     return new_model(ModelConfig(**TINY_KW), seed=0).eval()
 
 
@@ -32,6 +33,7 @@ def tiny_model() -> HookedTransformer:
 def default_models():
     """The embedded default pair (seed 0), from the shipped weights in data/workbench-tiny."""
     from workbench.models import load_default
+
     return load_default("forward"), load_default("backward")
 
 
@@ -44,30 +46,47 @@ def tiny_demo_config():
     from workbench.probes.heads import HeadRoleConfig
     from workbench.probes.kv_tradeoff import TradeoffConfig
     from workbench.probes.razor import RazorConfig
+
     passkey = PasskeyConfig(seq_len=32, key_len=3, needle_prefix=" key ", question=" key? ")  # 20 of 32 tokens
     return DemoConfig(
-        d_sae=256, k=8, sae_tokens=8 * 4096, eval_windows=8, seq_len=32, topk_ks=(1, 8, 64),
+        d_sae=256,
+        k=8,
+        sae_tokens=8 * 4096,
+        eval_windows=8,
+        seq_len=32,
+        topk_ks=(1, 8, 64),
         head_roles=HeadRoleConfig(n_contexts=4, seq_len=32, needle_len=4),
         duo=DuoConfig(n_contexts=4, batch_size=4, steps=3, log_every=1, passkey=passkey),
         razor=RazorConfig(n_contexts=2, segment=8, repeats=3),
-        tradeoff=TradeoffConfig(fractions=(0, 25, 50, 100), n_random=2, seq_len=32, n_needle=4, needle_len=4,
-                                n_passkey=4, passkey=passkey, n_text=4),
+        tradeoff=TradeoffConfig(
+            fractions=(0, 25, 50, 100),
+            n_random=2,
+            seq_len=32,
+            n_needle=4,
+            needle_len=4,
+            n_passkey=4,
+            passkey=passkey,
+            n_text=4,
+        ),
         primes_model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
         primes_train=LMTrainConfig(steps=10, batch_size=8, seq_len=32, checkpoint_steps=(), eval_every=5),
         arrow_seeds=(0, 1),
         model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
-        model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6))
+        model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6),
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """A demo folder built from tiny_demo_config() in ~20 s."""
     from workbench.demo import build_demo
+
     return build_demo(tmp_path_factory.mktemp("demo"), tiny_demo_config(), progress=False)
 
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -80,6 +99,7 @@ def serving(app, port: int, **config):
     import time
 
     import uvicorn
+
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "critical", **config}))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

@@ -40,12 +40,21 @@ def name(case: tuple) -> str:
 def configs(case: tuple) -> tuple[SAEConfig, SAETrainConfig]:
     parallel, selection, aux, caps = case
     # dead_tokens of one batch, so AuxK / aux_zipf have dead latents to work on within 12 steps
-    sae = SAEConfig(d_in=D, d_sae=F, k=K, selection=selection, aux=aux, fc_capacity=caps, k_aux=8,
-                    dead_tokens=BATCH, aux_coef=0.5)
+    sae = SAEConfig(
+        d_in=D, d_sae=F, k=K, selection=selection, aux=aux, fc_capacity=caps, k_aux=8, dead_tokens=BATCH, aux_coef=0.5
+    )
     # float64: Adam's first steps divide tiny gradients by their own size, so float32 summation
     # order alone (one rank's sum vs two) moves some weights by ~lr/20 and hides real bugs
-    train = SAETrainConfig(total_tokens=STEPS * BATCH, batch_size=BATCH, lr=3e-3, warmup_steps=2,
-                           log_every=1, checkpoint_every=STOP_AT, parallel=parallel, dtype="float64")
+    train = SAETrainConfig(
+        total_tokens=STEPS * BATCH,
+        batch_size=BATCH,
+        lr=3e-3,
+        warmup_steps=2,
+        log_every=1,
+        checkpoint_every=STOP_AT,
+        parallel=parallel,
+        dtype="float64",
+    )
     return sae, train
 
 
@@ -56,8 +65,7 @@ def store(cache: Path, train: SAETrainConfig, rank: int = 0, world: int = 1) -> 
 def tie_scores() -> tuple[torch.Tensor, torch.Tensor]:
     """Scores with ties everywhere (values 0..3), per-token [12, 40] and per-latent [40, 12]."""
     gen = torch.Generator().manual_seed(1)
-    return (torch.randint(0, 4, (12, 40), generator=gen).float(),
-            torch.randint(0, 4, (40, 12), generator=gen).float())
+    return (torch.randint(0, 4, (12, 40), generator=gen).float(), torch.randint(0, 4, (40, 12), generator=gen).float())
 
 
 def merge_with_ties(out: Path, rank: int, world: int) -> None:
@@ -70,12 +78,17 @@ def merge_with_ties(out: Path, rank: int, world: int) -> None:
     cols = slice(rank * n, (rank + 1) * n)
     layout = Layout("latent", rank, world)
     per_token = token_topk(layout, tokens[:, cols], 7)  # latents spread over ranks
-    flat = merged_topk(layout, tokens[:, cols].reshape(1, -1), 30,  # mutual choice, latent layout
-                       lambda c: c // n * tokens.shape[1] + rank * n + c % n).view(12, n)
+    flat = merged_topk(
+        layout,
+        tokens[:, cols].reshape(1, -1),
+        30,  # mutual choice, latent layout
+        lambda c: c // n * tokens.shape[1] + rank * n + c % n,
+    ).view(12, n)
     m = latents.shape[1] // world  # feature choice, data layout: a latent's tokens spread over ranks
     caps = torch.arange(40) % 9
-    per_latent = merged_topk(Layout("data", rank, world), latents[:, rank * m:(rank + 1) * m], caps,
-                             lambda c: c + rank * m)
+    per_latent = merged_topk(
+        Layout("data", rank, world), latents[:, rank * m : (rank + 1) * m], caps, lambda c: c + rank * m
+    )
     parts = {"per_token": per_token.T, "flat": flat.T, "per_latent": per_latent.T}  # gather along columns
     whole = {k: layout.all_gather(v.to(torch.uint8).contiguous()).T.bool() for k, v in parts.items()}
     if rank == 0:
@@ -92,11 +105,16 @@ def main(cache: Path, out: Path) -> None:
         train_sae(sae_cfg, train, store(cache, train, rank, world), RunDir(out / name(case)), progress=False)
     for case in RESUMED:
         sae_cfg, train = configs(case)
-        train_sae(sae_cfg, train, store(cache, train, rank, world), RunDir(out / ("resumed-" + name(case))),
-                  stop_after=STOP_AT, progress=False)
+        train_sae(
+            sae_cfg,
+            train,
+            store(cache, train, rank, world),
+            RunDir(out / ("resumed-" + name(case))),
+            stop_after=STOP_AT,
+            progress=False,
+        )
     sae_cfg, train = configs(GROWN)
-    train_sae(sae_cfg, train, store(cache, train, rank, world), RunDir(out / ("grown-" + name(GROWN))),
-              progress=False)
+    train_sae(sae_cfg, train, store(cache, train, rank, world), RunDir(out / ("grown-" + name(GROWN))), progress=False)
     dist.destroy_process_group()
 
 

@@ -31,12 +31,24 @@ SHARP = 40.0  # score margin after the 1/sqrt(d_head) scale: attention is one-ho
 
 def handset_model() -> HookedTransformer:
     d_model, d_head = 3 * V + N, V + 1  # the extra head dim carries L1H0's recency preference
-    cfg = HookedTransformerConfig(n_layers=2, d_model=d_model, n_heads=4, d_head=d_head, n_ctx=N, d_vocab=V,
-                                  attn_only=True, normalization_type=None, act_fn=None, dtype=torch.float64,
-                                  default_prepend_bos=False, device="cpu", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=d_model,
+        n_heads=4,
+        d_head=d_head,
+        n_ctx=N,
+        d_vocab=V,
+        attn_only=True,
+        normalization_type=None,
+        act_fn=None,
+        dtype=torch.float64,
+        default_prepend_bos=False,
+        device="cpu",
+        seed=0,
+    )
     model = HookedTransformer(cfg)
     tok, pos, prev, out = 0, V, V + N, 2 * V + N
-    c = SHARP * d_head ** 0.5
+    c = SHARP * d_head**0.5
     sd = {k: torch.zeros_like(p) for k, p in model.named_parameters()}  # buffers (causal mask) stay
     sd["embed.W_E"][torch.arange(V), tok + torch.arange(V)] = 1.0
     sd["pos_embed.W_pos"][torch.arange(N), pos + torch.arange(N)] = 1.0
@@ -56,7 +68,7 @@ def handset_model() -> HookedTransformer:
     sd["blocks.1.attn.W_K"][0, prev + torch.arange(V), torch.arange(V)] = 1.0
     # a mild preference for later keys (score + 2·j/N): two keys holding the same previous token get
     # different weights, so float noise in PREV (~1e-17) can never flip which token wins
-    sd["blocks.1.attn.b_Q"][0, V] = 2.0 * d_head ** 0.5
+    sd["blocks.1.attn.b_Q"][0, V] = 2.0 * d_head**0.5
     sd["blocks.1.attn.W_K"][0, pos + torch.arange(N), V] = torch.arange(N, dtype=torch.float64) / N
     sd["blocks.1.attn.W_V"][0, tok + torch.arange(V), torch.arange(V)] = 1.0
     sd["blocks.1.attn.W_O"][0, torch.arange(V), out + torch.arange(V)] = 1.0

@@ -1,8 +1,16 @@
 import pytest
 import torch
 
-from workbench.activations import (ActivationStore, CachedSource, ModelSource, StoreConfig, TensorSource,
-                                   cache_activations, capture, validate_hook_name)
+from workbench.activations import (
+    ActivationStore,
+    CachedSource,
+    ModelSource,
+    StoreConfig,
+    TensorSource,
+    cache_activations,
+    capture,
+    validate_hook_name,
+)
 
 
 def _stream():
@@ -60,8 +68,7 @@ def test_captured_gradients_equal_autograd(tiny_model):
 
 
 def test_cache_round_trip_with_grads(tiny_model, tmp_path):
-    cfg = StoreConfig("blocks.1.hook_resid_post", batch_size=32, buffer_tokens=128, seq_len=16,
-                      with_grads=True)
+    cfg = StoreConfig("blocks.1.hook_resid_post", batch_size=32, buffer_tokens=128, seq_len=16, with_grads=True)
     src = ModelSource(tiny_model, _stream(), cfg, bos_token_id=256)
     cache_activations(src, tmp_path / "cache", n_chunks=3, progress=False)
     back = CachedSource(tmp_path / "cache")
@@ -92,8 +99,9 @@ def test_head_computes_chunk_zero_once_and_reads_only_its_rows(tiny_model, tmp_p
     fresh = ActivationStore(ModelSource(tiny_model, _stream(), cfg, bos_token_id=256), 32, seed=0)
     assert all(torch.equal(a, next(fresh).acts) for a in batches)
 
-    cache_activations(ModelSource(tiny_model, _stream(), cfg, bos_token_id=256), tmp_path / "c", n_chunks=2,
-                      progress=False)
+    cache_activations(
+        ModelSource(tiny_model, _stream(), cfg, bos_token_id=256), tmp_path / "c", n_chunks=2, progress=False
+    )
     back = CachedSource(tmp_path / "c")
     back.chunk = None  # head() must not load a whole shard
     torch.testing.assert_close(ActivationStore(back, 32).head(500), chunk(0).acts)  # capped at the chunk

@@ -13,13 +13,33 @@ from workbench.sae.config import SAEConfig, SAETrainConfig
 @pytest.mark.slow
 def test_train_sae_command_line_matches_config(tmp_path, default_models):
     out = tmp_path / "run"
-    assert main(["train-sae", "--hook", "blocks.0.hook_resid_post", "--d-sae", "256", "--k", "8",
-                 "--selection", "mutual_choice", "--total-tokens", "8192", "--batch-size", "4096",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train-sae",
+                "--hook",
+                "blocks.0.hook_resid_post",
+                "--d-sae",
+                "256",
+                "--k",
+                "8",
+                "--selection",
+                "mutual_choice",
+                "--total-tokens",
+                "8192",
+                "--batch-size",
+                "4096",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     sae = load_sae(out)
     assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k, sae.cfg.selection) == (128, 256, 8, "mutual_choice")
     # a complete run: evaluation, and on a byte model the usefulness metrics the viewer's panel reads
     from workbench.sae.saebench_json import read_run_evals
+
     assert (out / "results.json").exists() and (out / "features.safetensors").exists()
     evals = read_run_evals(out)
     assert evals is not None and len(evals["sparse_probing"]["tasks"]) >= 8
@@ -33,19 +53,62 @@ def test_cache_acts_then_train_on_the_cache(tmp_path, default_models):
     from workbench.activations import CachedSource
 
     cache = tmp_path / "cache"
-    assert main(["cache-acts", "--hook", "blocks.1.hook_resid_post", "--tokens", "8192", "--shard-tokens", "4096",
-                 "--out", str(cache)]) == 0
+    assert (
+        main(
+            [
+                "cache-acts",
+                "--hook",
+                "blocks.1.hook_resid_post",
+                "--tokens",
+                "8192",
+                "--shard-tokens",
+                "4096",
+                "--out",
+                str(cache),
+            ]
+        )
+        == 0
+    )
     src = CachedSource(cache)
     assert (len(src.shards), src.d, src.n_tokens) == (2, 128, 8192)
     assert src.manifest["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
     out = tmp_path / "run"
-    assert main(["train-sae", "--cache", str(cache), "--d-sae", "256", "--k", "8", "--total-tokens", "8192",
-                 "--batch-size", "1024", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train-sae",
+                "--cache",
+                str(cache),
+                "--d-sae",
+                "256",
+                "--k",
+                "8",
+                "--total-tokens",
+                "8192",
+                "--batch-size",
+                "1024",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     sae = load_sae(out)
     assert (sae.cfg.d_in, sae.cfg.hook_name, sae.cfg.model_name) == (128, "blocks.1.hook_resid_post", "workbench-tiny")
     with pytest.raises(SystemExit, match="exactly one of --hook"):
-        main(["train-sae", "--cache", str(cache), "--hook", "blocks.0.hook_resid_post", "--d-sae", "256",
-              "--out", str(tmp_path / "x")])
+        main(
+            [
+                "train-sae",
+                "--cache",
+                str(cache),
+                "--hook",
+                "blocks.0.hook_resid_post",
+                "--d-sae",
+                "256",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
 
 
 D_IN = 64
@@ -82,8 +145,12 @@ def _other_value(cls, f: dataclasses.Field):
     raise AssertionError(f"no test value for {cls.__name__}.{f.name}: {tp}")
 
 
-FIELDS = [(cls, f) for cls in (SAEConfig, SAETrainConfig) for f in dataclasses.fields(cls)
-          if f.name not in FILLED_BY_RUN and f.name != "d_sae"]
+FIELDS = [
+    (cls, f)
+    for cls in (SAEConfig, SAETrainConfig)
+    for f in dataclasses.fields(cls)
+    if f.name not in FILLED_BY_RUN and f.name != "d_sae"
+]
 
 
 def test_every_config_field_is_a_flag_with_the_dataclass_default():
@@ -115,8 +182,24 @@ def test_each_flag_round_trips_into_its_config(cls, f):
 
 
 def test_none_true_false_and_tuples_parse_to_their_types():
-    args = parse_args(BASE + ["--lr", "none", "--k-aux", "None", "--use-triton", "false", "--sparse", "true",
-                              "--adam-betas", "0.5", "0.75", "--wandb-project", "none"])
+    args = parse_args(
+        BASE
+        + [
+            "--lr",
+            "none",
+            "--k-aux",
+            "None",
+            "--use-triton",
+            "false",
+            "--sparse",
+            "true",
+            "--adam-betas",
+            "0.5",
+            "0.75",
+            "--wandb-project",
+            "none",
+        ]
+    )
     _, train = train_configs(args, D_IN)
     assert (args.lr, args.k_aux, train.use_triton, train.sparse) == (None, None, False, True)
     assert train.adam_betas == (0.5, 0.75) and train.wandb_project is None
@@ -130,24 +213,27 @@ def test_help_shows_every_fields_documentation_and_default(capsys):
     squeezed = "".join(out.split())  # argparse wraps lines (also after hyphens)
     for cls, f in FIELDS:
         assert "".join(field_help(f).split()) in squeezed, f"{cls.__name__}.{f.name}"
-    assert "--parallel {data,latent} under torchrun: \"data\" (DDP, whole SAE per rank)" in out
+    assert '--parallel {data,latent} under torchrun: "data" (DDP, whole SAE per rank)' in out
     assert "a latent that has not fired for this many tokens is dead (default: 1000000)" in out
     assert "--adam-betas FLOAT FLOAT Adam's beta1 and beta2 (default: 0.9 0.999)" in out
     assert "--sparse {true,false,auto}" in out and "--use-triton {true,false,none}" in out
 
 
-@pytest.mark.parametrize("extra,flag,why", [
-    (["--dtype", "float16"], "--dtype", "invalid choice: 'float16'"),
-    (["--adam-betas", "0.9"], "--adam-betas", "expected 2 arguments"),
-    (["--adam-betas", "0.9", "high"], "--adam-betas", "expected float, got 'high'"),
-    (["--k", "eight"], "--k", "expected int, got 'eight'"),
-    (["--k", "256"], "--k", "smaller than the dictionary"),  # refused by SAEConfig, before any model loads
-    (["--selection", "batchtopk"], "--selection", "invalid choice"),
-    (["--sparse", "maybe"], "--sparse", "invalid choice: 'maybe'"),
-    (["--use-triton", "maybe"], "--use-triton", "expected true, false or none"),
-    (["--lr", "fast"], "--lr", "expected float or none"),
-    (["--threshold-decay", "1.0"], "--threshold-decay", "must lie in"),
-])
+@pytest.mark.parametrize(
+    "extra,flag,why",
+    [
+        (["--dtype", "float16"], "--dtype", "invalid choice: 'float16'"),
+        (["--adam-betas", "0.9"], "--adam-betas", "expected 2 arguments"),
+        (["--adam-betas", "0.9", "high"], "--adam-betas", "expected float, got 'high'"),
+        (["--k", "eight"], "--k", "expected int, got 'eight'"),
+        (["--k", "256"], "--k", "smaller than the dictionary"),  # refused by SAEConfig, before any model loads
+        (["--selection", "batchtopk"], "--selection", "invalid choice"),
+        (["--sparse", "maybe"], "--sparse", "invalid choice: 'maybe'"),
+        (["--use-triton", "maybe"], "--use-triton", "expected true, false or none"),
+        (["--lr", "fast"], "--lr", "expected float or none"),
+        (["--threshold-decay", "1.0"], "--threshold-decay", "must lie in"),
+    ],
+)
 def test_a_bad_value_fails_naming_its_flag(capsys, extra, flag, why):
     with pytest.raises(SystemExit) as e:
         parse_args(BASE + extra)
@@ -159,10 +245,28 @@ def test_a_bad_value_fails_naming_its_flag(capsys, extra, flag, why):
 def test_cache_acts_flags_are_the_store_config_fields(capsys):
     args = parse_args(["cache-acts", "--hook", "blocks.1.hook_resid_post", "--tokens", "8192", "--out", "c"])
     defaults = StoreConfig("blocks.1.hook_resid_post")
-    assert (args.hook_name, args.buffer_tokens, args.with_grads, args.seed) == \
-        (defaults.hook_name, defaults.buffer_tokens, defaults.with_grads, defaults.seed)
-    args = parse_args(["cache-acts", "--hook", "h", "--tokens", "1", "--out", "c", "--shard-tokens", "4096",
-                       "--with-grads", "--seed", "3"])
+    assert (args.hook_name, args.buffer_tokens, args.with_grads, args.seed) == (
+        defaults.hook_name,
+        defaults.buffer_tokens,
+        defaults.with_grads,
+        defaults.seed,
+    )
+    args = parse_args(
+        [
+            "cache-acts",
+            "--hook",
+            "h",
+            "--tokens",
+            "1",
+            "--out",
+            "c",
+            "--shard-tokens",
+            "4096",
+            "--with-grads",
+            "--seed",
+            "3",
+        ]
+    )
     assert (args.buffer_tokens, args.with_grads, args.seed) == (4096, True, 3)
     with pytest.raises(SystemExit):
         main(["cache-acts", "--help"])

@@ -58,8 +58,9 @@ def test_load_corpus_reads_plain_jsonl_and_folders(tmp_path):
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text("\n".join(json.dumps({"body": p, "id": i}) for i, p in enumerate(paras)) + "\n\n")
-    assert sorted(load_corpus(rows, text_field="body").train + load_corpus(rows, text_field="body").validation) \
-        == sorted(paras)
+    assert sorted(
+        load_corpus(rows, text_field="body").train + load_corpus(rows, text_field="body").validation
+    ) == sorted(paras)
 
     folder = tmp_path / "src"
     (folder / "pkg" / ".hidden").mkdir(parents=True)
@@ -99,8 +100,11 @@ def test_own_text_errors_name_the_file(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("a few words\n\nand a few more")
     corpus = load_corpus(short)
-    with pytest.raises(ValueError, match=r"short.txt: its train split is \d+ tokens, shorter than one context "
-                                         r"window of 128"):
+    with pytest.raises(
+        ValueError,
+        match=r"short.txt: its train split is \d+ tokens, shorter than one context "
+        r"window of 128",
+    ):
         corpus_stream(corpus, ByteTokenizer(), "train", 128)
     assert len(corpus_stream(corpus, ByteTokenizer(), "train", 5)) == len(corpus.text("train").encode())
     with pytest.raises(FileNotFoundError, match="corpus: .*missing"):

@@ -12,7 +12,15 @@ import torch
 
 from workbench import default_model as dm
 from workbench.corpus import ByteTokenizer
-from workbench.models import DEFAULT_MODEL, DEFAULT_TRAIN, LMTrainConfig, TokenData, default_data, evaluate_lm, train_batch
+from workbench.models import (
+    DEFAULT_MODEL,
+    DEFAULT_TRAIN,
+    LMTrainConfig,
+    TokenData,
+    default_data,
+    evaluate_lm,
+    train_batch,
+)
 from workbench.runs import CheckpointError, load_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +29,9 @@ SHIPPED = dm.shipped_dir()
 
 def _toy_data() -> TokenData:
     gen = torch.Generator().manual_seed(0)
-    return TokenData(torch.randint(0, 256, (5000,), generator=gen), torch.randint(0, 256, (1000,), generator=gen),
-                     ByteTokenizer())
+    return TokenData(
+        torch.randint(0, 256, (5000,), generator=gen), torch.randint(0, 256, (1000,), generator=gen), ByteTokenizer()
+    )
 
 
 def _period_tail(row: list[int], lo: int, hi: int) -> int:
@@ -75,9 +84,12 @@ def test_shipped_files_match_manifest_and_data_readme():
             assert state["blocks.1.mlp.W_in"].shape == (DEFAULT_MODEL.d_model, DEFAULT_MODEL.d_mlp)
             assert sum(k.endswith("attn.W_Q") for k in state) == DEFAULT_MODEL.n_layers
             cfg = json.loads((dm.run_dir(seed, direction) / "config.json").read_text())["config"]["train"]
-            assert {**cfg, "checkpoint_steps": tuple(cfg["checkpoint_steps"]), "copy_period": tuple(cfg["copy_period"]),
-                    "copy_tokens": tuple(cfg["copy_tokens"])} == {
-                **DEFAULT_TRAIN.__dict__, "seed": seed, "direction": direction}
+            assert {
+                **cfg,
+                "checkpoint_steps": tuple(cfg["checkpoint_steps"]),
+                "copy_period": tuple(cfg["copy_period"]),
+                "copy_tokens": tuple(cfg["copy_tokens"]),
+            } == {**DEFAULT_TRAIN.__dict__, "seed": seed, "direction": direction}
     assert man["model"] == DEFAULT_MODEL.__dict__
 
 
@@ -89,10 +101,15 @@ def test_train_default_builds_the_shipped_architecture(tmp_path):
     shipped = load_tensors(dm.run_dir(0, "forward") / "model.safetensors")
     assert {k: v.shape for k, v in built.items()} == {k: v.shape for k, v in shipped.items()}
     assert all(v.dtype == torch.bfloat16 for v in built.values() if v.is_floating_point())
-    assert set(man["files"]) == {"seed0/forward/model.safetensors", "seed0/forward/config.json",
-                                 "seed0/forward/metrics.jsonl", "seed0/forward/checkpoints/step_000000.safetensors",
-                                 "seed0/backward/model.safetensors", "seed0/backward/config.json",
-                                 "seed0/backward/metrics.jsonl"}
+    assert set(man["files"]) == {
+        "seed0/forward/model.safetensors",
+        "seed0/forward/config.json",
+        "seed0/forward/metrics.jsonl",
+        "seed0/forward/checkpoints/step_000000.safetensors",
+        "seed0/backward/model.safetensors",
+        "seed0/backward/config.json",
+        "seed0/backward/metrics.jsonl",
+    }
 
 
 def test_shipped_weights_give_the_recorded_held_out_loss():
@@ -101,7 +118,8 @@ def test_shipped_weights_give_the_recorded_held_out_loss():
         seed, direction = key.split("/")
         model = dm.load_shipped(direction, int(seed[4:]))
         assert evaluate_lm(model, data, direction, man["val_windows"], DEFAULT_TRAIN.seq_len) == pytest.approx(
-            recorded, abs=1e-5), key
+            recorded, abs=1e-5
+        ), key
     assert man["val_loss"]["seed0/forward"] < 2.12  # better than the default it replaced
 
 
@@ -136,10 +154,14 @@ def test_shipped_default_shows_retrieval_and_streaming_heads_and_lazier_neurons(
     roles = head_roles(model, HeadRoleConfig(), bos=256)
     assert roles.copy_accuracy >= 0.9 and max(max(row) for row in roles.tl_scores["induction"]) >= 0.4
     cells = [(l, h) for l in range(2) for h in range(4)]
-    assert any(roles.labels[l][h] == "retrieval" and roles.retrieval[l][h] >= 0.3 and roles.delta_loss[l][h] >= 0.5
-               for l, h in cells)
-    assert any(roles.labels[l][h] == "streaming" and roles.streaming[l][h] >= 0.7
-               and abs(roles.delta_loss[l][h]) <= 0.05 for l, h in cells)
+    assert any(
+        roles.labels[l][h] == "retrieval" and roles.retrieval[l][h] >= 0.3 and roles.delta_loss[l][h] >= 0.5
+        for l, h in cells
+    )
+    assert any(
+        roles.labels[l][h] == "streaming" and roles.streaming[l][h] >= 0.7 and abs(roles.delta_loss[l][h]) <= 0.05
+        for l, h in cells
+    )
     data = default_data()
     val = windows(data.validation, 128, bos_token_id=256, n=32)
     final = activation_sparsity(model, val).active_frac

@@ -15,7 +15,7 @@ from workbench.sae import load_sae, train_sae
 from workbench.sae.selection import topk_mask
 from workbench.tasks import SuperpositionConfig, superposition_data
 
-from .dist_worker import BATCH, CASES, D, GROWN, RESUMED, STEPS, STOP_AT, configs, name, store, tie_scores
+from .dist_worker import BATCH, CASES, GROWN, RESUMED, STEPS, STOP_AT, D, configs, name, store, tie_scores
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
@@ -31,8 +31,13 @@ def cache(tmp_path_factory) -> Path:
     data = superposition_data(SuperpositionConfig(d=D, n_features=48, mean_active=3.0, seed=3), 2048)
     out = tmp_path_factory.mktemp("cache")
     # two shards of 8 batches: 12 steps cross a shard boundary
-    cache_activations(TensorSource(data.acts, data.grads, chunk_size=1024), out, 2, progress=False,
-                      metadata={"hook_name": "synthetic", "model": "superposition"})
+    cache_activations(
+        TensorSource(data.acts, data.grads, chunk_size=1024),
+        out,
+        2,
+        progress=False,
+        metadata={"hook_name": "synthetic", "model": "superposition"},
+    )
     return out
 
 
@@ -40,8 +45,9 @@ def cache(tmp_path_factory) -> Path:
 def two_ranks(cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("two_ranks")
     sae_cfg, train = configs(GROWN)  # a one-process checkpoint for the two ranks to resume
-    train_sae(sae_cfg, train, store(cache, train), RunDir(out / ("grown-" + name(GROWN))), stop_after=STOP_AT,
-              progress=False)
+    train_sae(
+        sae_cfg, train, store(cache, train), RunDir(out / ("grown-" + name(GROWN))), stop_after=STOP_AT, progress=False
+    )
     torchrun(str(WORKER), str(cache), str(out), cwd=out)
     return out
 
@@ -110,9 +116,31 @@ def test_ranks_read_disjoint_rows_of_a_cache(cache):
 
 
 def test_torchrun_command_line_equals_one_process(cache, tmp_path):
-    flags = ["train-sae", "--cache", str(cache), "--d-sae", "64", "--k", "4", "--selection", "mutual_choice",
-             "--total-tokens", str(10 * BATCH), "--batch-size", str(BATCH), "--lr", "3e-3", "--warmup-steps", "2",
-             "--dead-tokens", str(2 * BATCH), "--log-every", "1", "--dtype", "float64"]
+    flags = [
+        "train-sae",
+        "--cache",
+        str(cache),
+        "--d-sae",
+        "64",
+        "--k",
+        "4",
+        "--selection",
+        "mutual_choice",
+        "--total-tokens",
+        str(10 * BATCH),
+        "--batch-size",
+        str(BATCH),
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--dead-tokens",
+        str(2 * BATCH),
+        "--log-every",
+        "1",
+        "--dtype",
+        "float64",
+    ]
     torchrun("-m", "workbench", *flags, "--parallel", "latent", "--out", str(tmp_path / "two"), cwd=tmp_path)
     assert cli(flags + ["--out", str(tmp_path / "one")]) == 0
     _assert_same_run(tmp_path / "one", tmp_path / "two")
@@ -125,8 +153,9 @@ def test_layout_errors(cache):
     with pytest.raises(ValueError, match="rank 1 of 2"):
         train_sae(sae_cfg, train, bad, progress=False)
     with pytest.raises(ValueError, match="parallel='pipeline'"):
-        train_sae(sae_cfg, type(train)(**{**train.__dict__, "parallel": "pipeline"}), store(cache, train),
-                  progress=False)
+        train_sae(
+            sae_cfg, type(train)(**{**train.__dict__, "parallel": "pipeline"}), store(cache, train), progress=False
+        )
 
 
 def test_sharded_init_equals_one_process_rows():

@@ -100,8 +100,11 @@ def test_bad_input_named():
 
 
 def test_rankings_from_roles_orientation():
-    roles = {"retrieval": [[0.9, 0.0]], "streaming": [[0.1, 0.95]],
-             "tl_scores": {"induction": [[0.7, 0.0]], "previous_token": [[0.0, 0.8]]}}
+    roles = {
+        "retrieval": [[0.9, 0.0]],
+        "streaming": [[0.1, 0.95]],
+        "tl_scores": {"induction": [[0.7, 0.0]], "previous_token": [[0.0, 0.8]]},
+    }
     r = rankings_from_roles(roles, extra={"Duo α": [[1.0, 0.0]]})
     assert r["streaming mass (negated)"] == [[-0.1, -0.95]]
     assert list(r) == ["retrieval score", "streaming mass (negated)", "TL induction", "TL previous-token", "Duo α"]

@@ -27,9 +27,21 @@ from workbench.probes.razor import RazorConfig, RazorResult, protected_heads, ra
 
 def random_model(n_kv_heads: int | None = None, seed: int = 0) -> HookedTransformer:
     """A small float64 model with sharp, varied attention (W_Q scaled up from TL's init)."""
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_head=4, n_ctx=16, d_vocab=11, d_mlp=32,
-                                  act_fn="gelu", normalization_type="LN", dtype=torch.float64, seed=seed,
-                                  n_key_value_heads=n_kv_heads, device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_heads=4,
+        d_head=4,
+        n_ctx=16,
+        d_vocab=11,
+        d_mlp=32,
+        act_fn="gelu",
+        normalization_type="LN",
+        dtype=torch.float64,
+        seed=seed,
+        n_key_value_heads=n_kv_heads,
+        device="cpu",
+    )
     model = HookedTransformer(cfg)
     with torch.no_grad():
         for block in model.blocks:
@@ -42,6 +54,7 @@ ALL_STREAMING = torch.zeros(2, 4)
 
 
 # --- the restriction itself -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n_kv_heads", [None, 2])
 def test_window_covering_the_context_is_the_full_model(n_kv_heads):
@@ -63,8 +76,9 @@ def test_streaming_head_output_matches_a_direct_float64_computation(compensation
     scale = attn_scale(model, 0)
     alpha = torch.ones(2, 4)
     alpha[0, head] = 0.0
-    with model.hooks(fwd_hooks=gate_hooks(model, alpha, sink, window, compensation=compensation,
-                                          comp_weight=comp_weight)):
+    with model.hooks(
+        fwd_hooks=gate_hooks(model, alpha, sink, window, compensation=compensation, comp_weight=comp_weight)
+    ):
         _, got = model.run_with_cache(TOKENS, names_filter="blocks.0.attn.hook_z")
     z = got["blocks.0.attn.hook_z"][:, :, head]
     T = TOKENS.shape[1]
@@ -83,8 +97,9 @@ def test_streaming_head_output_matches_a_direct_float64_computation(compensation
             want = sum(pi * vi for pi, vi in zip(p, vals))
             torch.testing.assert_close(z[b, t], want, atol=1e-12, rtol=0)
     # untouched heads are the clean model's
-    torch.testing.assert_close(got["blocks.0.attn.hook_z"][:, :, 0], cache["blocks.0.attn.hook_z"][:, :, 0],
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        got["blocks.0.attn.hook_z"][:, :, 0], cache["blocks.0.attn.hook_z"][:, :, 0], atol=0, rtol=0
+    )
 
 
 def test_streaming_pattern_rows_sum_to_one_and_stay_causal():
@@ -124,6 +139,7 @@ def test_bad_inputs_name_the_argument():
 
 # --- KV arithmetic and rankings ---------------------------------------------------------------
 
+
 def test_kv_fraction_arithmetic_is_exact():
     keep = torch.zeros(2, 4, dtype=torch.bool)
     keep[1, 0] = keep[0, 3] = True
@@ -149,6 +165,7 @@ def test_protection_rule_counts():
 
 
 # --- the hand-set model: known answers ---------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def handset():
@@ -193,8 +210,9 @@ def test_razor_scores_find_the_induction_head(handset):
 
 
 HAYSTACK = torch.randint(0, V - 1, (4000,), generator=torch.Generator().manual_seed(3))
-DUO = DuoConfig(n_contexts=32, batch_size=16, steps=60, lr=0.05, log_every=10,
-                passkey=PasskeyConfig(seq_len=N, key_len=4))
+DUO = DuoConfig(
+    n_contexts=32, batch_size=16, steps=60, lr=0.05, log_every=10, passkey=PasskeyConfig(seq_len=N, key_len=4)
+)
 
 
 def test_duo_gates_keep_only_the_induction_head(handset):
@@ -227,15 +245,24 @@ def test_passkey_contexts_hold_the_key_twice():
     prefix = 4  # random_prefix_len: the needle is prefix + key, the question the same prefix
     inside = batch.tokens[rows, batch.needle_pos[:, None] + prefix + torch.arange(4)]
     assert torch.equal(inside, batch.answer)
-    assert torch.equal(passkey_batch(6, PasskeyConfig(seq_len=N, key_len=4), HAYSTACK, bos=BOS, vocab=V,
-                                     seed=5).tokens, batch.tokens)
+    assert torch.equal(
+        passkey_batch(6, PasskeyConfig(seq_len=N, key_len=4), HAYSTACK, bos=BOS, vocab=V, seed=5).tokens, batch.tokens
+    )
 
 
 def test_tradeoff_curve_on_the_handset_model(handset):
     induction_first = [[0.0] * 4, [0.0] * 4]
     induction_first[INDUCTION_HEAD[0]][INDUCTION_HEAD[1]] = 1.0
-    cfg = TradeoffConfig(seq_len=N, n_needle=32, needle_len=8, n_passkey=16, n_text=8, n_random=5,
-                         passkey=PasskeyConfig(key_len=4), token_range=(0, V - 1))
+    cfg = TradeoffConfig(
+        seq_len=N,
+        n_needle=32,
+        needle_len=8,
+        n_passkey=16,
+        n_text=8,
+        n_random=5,
+        passkey=PasskeyConfig(key_len=4),
+        token_range=(0, V - 1),
+    )
     res = tradeoff_curve(handset, {"induction": induction_first}, cfg, bos=BOS, haystack=HAYSTACK, progress=False)
     acc = res.curves["induction"]["needle_acc"]
     assert res.n_full == [0, 1, 2, 4, 6, 8]
@@ -248,15 +275,26 @@ def test_tradeoff_curve_on_the_handset_model(handset):
     again = TradeoffResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert again == res
     from workbench.figures.kv_tradeoff import tradeoff_figure
+
     fig = tradeoff_figure(again)
     assert len(fig.data) == 3 * (2 + 1)  # per panel: band, random mean, one ranking
 
 
 def test_standard_rankings_from_results_and_dicts():
-    roles = {"retrieval": [[0.1, 0.2]], "streaming": [[0.9, 0.3]], "tl_scores": {"induction": [[0.0, 1.0]]},
-             "delta_loss": [[0.5, 0.0]]}
-    razor = RazorResult(echo=[[0.3, 0.0]], induction=[[0.1, 0.2]], protected=[[True, False]], n_induction_protected=1,
-                        n_echo_protected=1, config={})
+    roles = {
+        "retrieval": [[0.1, 0.2]],
+        "streaming": [[0.9, 0.3]],
+        "tl_scores": {"induction": [[0.0, 1.0]]},
+        "delta_loss": [[0.5, 0.0]],
+    }
+    razor = RazorResult(
+        echo=[[0.3, 0.0]],
+        induction=[[0.1, 0.2]],
+        protected=[[True, False]],
+        n_induction_protected=1,
+        n_echo_protected=1,
+        config={},
+    )
     got = standard_rankings(roles, {"alphas": [[1.0, 0.0]]}, razor.to_dict())
     assert got["streaming_reversed"] == [[pytest.approx(0.1), pytest.approx(0.7)]]
     assert got["duo_alpha"] == [[1.0, 0.0]] and got["tl_induction"] == [[0.0, 1.0]]

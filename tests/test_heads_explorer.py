@@ -36,8 +36,13 @@ def _no_induction():
 @pytest.fixture(scope="module")
 def over():
     val = repeated_segments(4, N // 3, 3, BOS, seed=1)  # held-out text an induction head predicts
-    return heads_over_training([(0, _no_induction), (10, handset_model())], OverTrainingConfig(roles=ROLES), bos=BOS,
-                               val_tokens=val, progress=False)
+    return heads_over_training(
+        [(0, _no_induction), (10, handset_model())],
+        OverTrainingConfig(roles=ROLES),
+        bos=BOS,
+        val_tokens=val,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +59,9 @@ def test_attention_entropy_float64_reference(tiny_model):
     ref = torch.zeros(2, 4, dtype=torch.float64)
     for l in range(2):
         for h in range(4):
-            rows = [-(p[l, b, h, q, : q + 1] * p[l, b, h, q, : q + 1].log()).sum()
-                    for b in range(3) for q in range(1, 20)]
+            rows = [
+                -(p[l, b, h, q, : q + 1] * p[l, b, h, q, : q + 1].log()).sum() for b in range(3) for q in range(1, 20)
+            ]
             ref[l, h] = torch.stack(rows).mean()
     assert torch.allclose(attention_entropy(tiny_model, tokens).double(), ref, atol=1e-5)
 
@@ -82,6 +88,7 @@ def test_planted_induction_head_forms(over):
 
 def test_formed_needs_to_hold_to_the_end():
     from workbench.probes.heads_over_training import _formed
+
     assert _formed([0, 5, 9, 12], [False, True, False, True]) == [9, 12]
     assert _formed([0, 5, 9], [True, True, True]) == [0, 0]
     assert _formed([0, 5, 9], [True, True, False]) is None
@@ -112,6 +119,7 @@ def test_shipped_phase_change():  # 6.6 s on 2 cores (10 checkpoints)
 
 # --- the explorer's data and figures --------------------------------------------------------
 
+
 def test_explorer_data_is_json_and_holds_the_patterns(handset_data):
     model, roles, data = handset_data
     back = json.loads(json.dumps(data, allow_nan=False))
@@ -128,10 +136,16 @@ def test_explorer_data_is_json_and_holds_the_patterns(handset_data):
 
 def test_explorer_data_takes_duo_and_razor(handset_data):
     model, roles, _ = handset_data
-    duo = {"alphas": [[0.1, 0.0, 0.0, 0.0], [0.9, 0.0, 0.0, 0.0]], "trajectory_steps": [0, 5],
-           "trajectory": [[[1.0] * 4] * 2, [[0.1, 0.0, 0.0, 0.0], [0.9, 0.0, 0.0, 0.0]]]}
-    razor = {"echo": [[0.0] * 4, [0.0] * 4], "induction": [[0.0] * 4, [0.9, 0, 0, 0]],
-             "protected": [[False] * 4, [True, False, False, False]]}
+    duo = {
+        "alphas": [[0.1, 0.0, 0.0, 0.0], [0.9, 0.0, 0.0, 0.0]],
+        "trajectory_steps": [0, 5],
+        "trajectory": [[[1.0] * 4] * 2, [[0.1, 0.0, 0.0, 0.0], [0.9, 0.0, 0.0, 0.0]]],
+    }
+    razor = {
+        "echo": [[0.0] * 4, [0.0] * 4],
+        "induction": [[0.0] * 4, [0.9, 0, 0, 0]],
+        "protected": [[False] * 4, [True, False, False, False]],
+    }
     data = explorer_data(model, roles, bos=BOS, duo=duo, razor=razor, contexts={})
     assert data["metrics"]["Duo α"][1][0] == 0.9 and data["metrics"]["Razor induction"][1][0] == 0.9
     fig = hf.head_detail(data, 1, 0)
@@ -165,6 +179,7 @@ def test_head_detail_content(handset_data):
     class Tok:
         def token_str(self, i):
             return f"t{i}"
+
     fig = hf.head_detail(data, 1, 0, "needle", tokenizer=Tok())
     heat = [t for t in fig.data if t.type == "heatmap"][0]
     assert [list(r) for r in heat.z] == data["contexts"]["needle"]["patterns"][1][0]
@@ -214,10 +229,12 @@ def test_over_training_figure(over):
 
 # --- the widget ---------------------------------------------------------------------------------
 
+
 def test_explorer_click_shows_the_clicked_head(handset_data, over):
     from plotly.callbacks import Points
 
     from workbench.widgets.heads import HeadExplorer
+
     _, roles, data = handset_data
     w = HeadExplorer(data, agreement=ranking_agreement(rankings_from_roles(roles.to_dict())), over=over)
     assert set(w.figures) >= {"scatter", "detail", "agreement", "over"}

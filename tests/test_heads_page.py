@@ -29,16 +29,27 @@ def explorer() -> dict:
     """Two layers of two heads, well apart in (Duo α, retrieval score); a label that is HTML."""
     ctx = {"needle": [256, 97, 60, 98], "passkey": [256, 49, 50]}
     return {
-        "n_layers": 2, "n_heads": 2,
-        "metrics": {"retrieval score": [[0.0, 0.5], [0.25, 0.75]], "streaming mass": [[0.9, 0.2], [0.6, 0.1]],
-                    "Duo α": [[0.1, 0.9], [0.4, 0.7]]},
+        "n_layers": 2,
+        "n_heads": 2,
+        "metrics": {
+            "retrieval score": [[0.0, 0.5], [0.25, 0.75]],
+            "streaming mass": [[0.9, 0.2], [0.6, 0.1]],
+            "Duo α": [[0.1, 0.9], [0.4, 0.7]],
+        },
         "intervals": {"retrieval score": [[[0.0, 0.06], [0.4, 0.6]], [[0.2, 0.3], [0.7, 0.8]]]},
         "labels": [["streaming", "retrieval"], ["other", "<i>x</i>"]],
-        "contexts": {name: {"ids": ids, "tokens": [f"s{i}" for i in ids],
-                            "patterns": [[_pattern(c, layer, h, len(ids)) for h in range(2)] for layer in range(2)]}
-                     for c, (name, ids) in enumerate(ctx.items())},
-        "gate_curve": {"step": [0, 5, 10], "alpha": [[[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.95], [0.7, 0.8]],
-                                                     [[0.1, 0.9], [0.4, 0.7]]]},
+        "contexts": {
+            name: {
+                "ids": ids,
+                "tokens": [f"s{i}" for i in ids],
+                "patterns": [[_pattern(c, layer, h, len(ids)) for h in range(2)] for layer in range(2)],
+            }
+            for c, (name, ids) in enumerate(ctx.items())
+        },
+        "gate_curve": {
+            "step": [0, 5, 10],
+            "alpha": [[[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.95], [0.7, 0.8]], [[0.1, 0.9], [0.4, 0.7]]],
+        },
     }
 
 
@@ -50,6 +61,7 @@ def explorer_result() -> HeadsRunResult:
 
 # --- the page and the API function, without a server --------------------------------------------
 
+
 def test_page_renders_the_explorer_from_a_typed_result():
     page = heads_page.render("hd</script>", explorer_result())
     assert 'id="explorer-missing"' not in page
@@ -59,8 +71,12 @@ def test_page_renders_the_explorer_from_a_typed_result():
     state = json.loads(re.search(r"const S = (\{.*?\});\n", page).group(1))
     assert state["run"] == "hd</script>" and "</script>" not in page.split("const S = ")[1].split(";\n")[0]
     scatter, detail = state["scatter"], state["detail"]
-    points = {tuple(c): (x, y) for t in scatter["data"] if t.get("showlegend", True) is not False
-              for c, x, y in zip(t["customdata"], t["x"], t["y"])}
+    points = {
+        tuple(c): (x, y)
+        for t in scatter["data"]
+        if t.get("showlegend", True) is not False
+        for c, x, y in zip(t["customdata"], t["x"], t["y"])
+    }
     assert points == {(0, 0): (0.1, 0.0), (0, 1): (0.9, 0.5), (1, 0): (0.4, 0.25), (1, 1): (0.7, 0.75)}
     heat = next(t for t in detail["data"] if t["type"] == "heatmap")
     assert heat["z"] == explorer()["contexts"]["needle"]["patterns"][1][1]
@@ -112,16 +128,19 @@ def test_head_api_returns_the_heads_pattern_scores_and_gate():
     assert got["scatter"]["layout"]["xaxis"]["title"]["text"] == "streaming mass"
 
 
-@pytest.mark.parametrize("query,needle", [
-    ({"head": "0"}, "layer is required"),
-    ({"layer": "1.5", "head": "0"}, "layer must be an integer, got '1.5'"),
-    ({"layer": "0", "head": "x"}, "head must be an integer"),
-    ({"layer": "2", "head": "0"}, r"layer must lie in \[0, 2\), got 2"),
-    ({"layer": "0", "head": "-1"}, r"head must lie in \[0, 2\), got -1"),
-    ({"layer": "0", "head": "0", "context": "haystack"}, "context must be one of \\['needle', 'passkey'\\]"),
-    ({"layer": "0", "head": "0", "x": "<b>"}, "x must be one of"),
-    ({"layer": "0", "head": "0", "y": ""}, "y must be one of"),
-])
+@pytest.mark.parametrize(
+    "query,needle",
+    [
+        ({"head": "0"}, "layer is required"),
+        ({"layer": "1.5", "head": "0"}, "layer must be an integer, got '1.5'"),
+        ({"layer": "0", "head": "x"}, "head must be an integer"),
+        ({"layer": "2", "head": "0"}, r"layer must lie in \[0, 2\), got 2"),
+        ({"layer": "0", "head": "-1"}, r"head must lie in \[0, 2\), got -1"),
+        ({"layer": "0", "head": "0", "context": "haystack"}, "context must be one of \\['needle', 'passkey'\\]"),
+        ({"layer": "0", "head": "0", "x": "<b>"}, "x must be one of"),
+        ({"layer": "0", "head": "0", "y": ""}, "y must be one of"),
+    ],
+)
 def test_head_api_names_the_bad_parameter(query, needle):
     with pytest.raises(ApiError, match=needle) as e:
         heads_page.head("hd", explorer_result(), query)
@@ -129,6 +148,7 @@ def test_head_api_names_the_bad_parameter(query, needle):
 
 
 # --- over HTTP and in Chromium ------------------------------------------------------------------
+
 
 @pytest.fixture
 def runs(tmp_path):
@@ -139,13 +159,16 @@ def runs(tmp_path):
 
 def test_head_route_answers_json_and_json_errors(runs):
     from workbench.viewer.server import create_app
+
     client = TestClient(create_app(runs), base_url="http://127.0.0.1")
     r = client.get("/api/run/hd/head", params={"layer": 0, "head": 1, "context": "needle"})
     assert r.status_code == 200 and r.json()["pattern"] == explorer()["contexts"]["needle"]["patterns"][0][1]
     assert r.json()["tokens"][2] == "<"  # decoded by the run's (byte) tokenizer
-    for params, status, needle in [({"layer": 0, "head": 7}, 400, "head must lie in [0, 2)"),
-                                   ({"layer": 0, "head": 0, "context": "x"}, 400, "context must be one of"),
-                                   ({"layer": 0}, 400, "head is required")]:
+    for params, status, needle in [
+        ({"layer": 0, "head": 7}, 400, "head must lie in [0, 2)"),
+        ({"layer": 0, "head": 0, "context": "x"}, 400, "context must be one of"),
+        ({"layer": 0}, 400, "head is required"),
+    ]:
         r = client.get("/api/run/hd/head", params=params)
         assert r.status_code == status and r.headers["content-type"] == "application/json"
         assert needle in r.json()["error"]
@@ -160,10 +183,12 @@ def _click(page, div: str, x: float, y: float) -> None:
     """Click data point (x, y) of a plotly figure (scrolled into view first). Plotly reads a second
     mouse-down within 300 ms of the last as a double click (no plotly_click), hence the pause."""
     page.locator(f"#{div}").scroll_into_view_if_needed()
-    at = page.evaluate("""([id, x, y]) => { const gd = document.getElementById(id), L = gd._fullLayout;
+    at = page.evaluate(
+        """([id, x, y]) => { const gd = document.getElementById(id), L = gd._fullLayout;
         const r = gd.getBoundingClientRect();
         return [r.left + L.xaxis._offset + L.xaxis.l2p(x), r.top + L.yaxis._offset + L.yaxis.l2p(y)]; }""",
-                       [div, x, y])
+        [div, x, y],
+    )
     page.wait_for_timeout(350)
     page.mouse.click(*at)
 
@@ -178,6 +203,7 @@ def test_clicking_a_point_shows_that_head_in_chromium(runs):
 
     exe = _chromium()
     from playwright.sync_api import sync_playwright
+
     data = explorer()
     port = free_port()
     with serving(create_app(runs), port) as url, sync_playwright() as p:
@@ -195,12 +221,14 @@ def test_clicking_a_point_shows_that_head_in_chromium(runs):
         ring = page.evaluate("(d => d[d.length - 1].customdata)(document.getElementById('hx-scatter').data)")
         assert ring == [[1, 0]]
         page.select_option("#hx-context", "passkey")  # the same head on the other context
-        page.wait_for_function("document.getElementById('hx-detail').data.find(t => t.type === 'heatmap').z.length"
-                               " === 3")
+        page.wait_for_function(
+            "document.getElementById('hx-detail').data.find(t => t.type === 'heatmap').z.length === 3"
+        )
         assert _heatmap_z(page) == data["contexts"]["passkey"]["patterns"][1][0]
         page.select_option("#hx-x", "streaming mass")  # a new axis; a click there still picks its head
-        page.wait_for_function("document.getElementById('hx-scatter').dataset.axes === "
-                               "'streaming mass|retrieval score'")
+        page.wait_for_function(
+            "document.getElementById('hx-scatter').dataset.axes === 'streaming mass|retrieval score'"
+        )
         assert page.evaluate("document.getElementById('hx-scatter')._fullLayout.xaxis.title.text") == "streaming mass"
         _click(page, "hx-scatter", 0.9, 0.0)  # L0H0: streaming 0.9, retrieval 0.0
         page.wait_for_function("document.getElementById('hx-detail').dataset.head === '0,0'")
@@ -210,6 +238,7 @@ def test_clicking_a_point_shows_that_head_in_chromium(runs):
 
 
 # --- the tiny demo's heads run ------------------------------------------------------------------
+
 
 def test_tiny_demo_heads_run_has_the_head_methods(tiny_demo):
     import torch
@@ -222,13 +251,22 @@ def test_tiny_demo_heads_run_has_the_head_methods(tiny_demo):
     cfg = tiny_demo_config()
     assert len(res.duo["steps"]) == cfg.duo.steps and len(res.duo["alphas"]) == 2
     assert res.razor["n_induction_protected"] == 1 and res.kv_tradeoff["fractions"] == [0.0, 25.0, 50.0, 100.0]
-    assert set(res.kv_tradeoff["curves"]) == {"retrieval", "streaming_reversed", "tl_induction", "causal_delta_loss",
-                                              "duo_alpha", "razor"}
+    assert set(res.kv_tradeoff["curves"]) == {
+        "retrieval",
+        "streaming_reversed",
+        "tl_induction",
+        "causal_delta_loss",
+        "duo_alpha",
+        "razor",
+    }
     assert "causal_delta_loss" not in res.agreement["names"] and "duo_alpha" in res.agreement["causal"]
     assert res.over_training["steps"] == [0, 5, 12]  # the tiny model's checkpoints and its final step
     data = res.explorer
-    assert data["metrics"]["Duo α"] == res.duo["alphas"] and set(data["contexts"]) == {"needle", "repeated segment",
-                                                                                     "passkey"}
+    assert data["metrics"]["Duo α"] == res.duo["alphas"] and set(data["contexts"]) == {
+        "needle",
+        "repeated segment",
+        "passkey",
+    }
     passkey = data["contexts"]["passkey"]
     assert " key " in "".join(ByteTokenizer().decode(passkey["ids"][1:]))
     model, _ = model_for_run(tiny_demo / "sae-topk")  # the same forward model

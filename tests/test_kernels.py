@@ -127,6 +127,7 @@ def test_sparse_encode_decode_with_bf16_parameters():
 
     def rel(a, b):
         return float((a.double() - b).norm() / b.norm())
+
     assert rel(out, rout) < 1e-2
     for name, a, b in zip(["x", "W_enc", "b_enc", "W_dec", "b_dec"], ours, ref):
         assert a.grad.dtype == torch.bfloat16, name
@@ -150,12 +151,21 @@ def test_auxk_path_gradient_reaches_encoder():
 def test_triton_training_step_equals_torch_path(aux):
     from workbench.activations import ActivationStore, TensorSource
     from workbench.sae import SAEConfig, SAETrainConfig, train_sae
+
     acts = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
     cfg = SAEConfig(d_in=16, d_sae=64, k=4, dead_tokens=64)  # latents die quickly: AuxK active
     runs = {}
     for flag in (False, True):
-        train = SAETrainConfig(total_tokens=3 * 64, batch_size=64, lr=1e-3, warmup_steps=1, use_triton=flag,
-                               triton_precision="fp32", triton_aux=aux, device=DEV)
+        train = SAETrainConfig(
+            total_tokens=3 * 64,
+            batch_size=64,
+            lr=1e-3,
+            warmup_steps=1,
+            use_triton=flag,
+            triton_precision="fp32",
+            triton_aux=aux,
+            device=DEV,
+        )
         runs[flag] = train_sae(cfg, train, ActivationStore(TensorSource(acts), 64), progress=False)
     for name, a in runs[False].named_parameters():
         torch.testing.assert_close(a, dict(runs[True].named_parameters())[name], rtol=2e-4, atol=2e-5, msg=name)

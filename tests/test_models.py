@@ -4,8 +4,19 @@ import pytest
 import torch
 
 from workbench.corpus import ByteTokenizer, unigram_entropy
-from workbench.models import (DEFAULT_TRAIN, LMTrainConfig, ModelConfig, TokenData, default_data, evaluate_lm,
-                              load_model, load_model_file, save_model, train_batch, train_lm)
+from workbench.models import (
+    DEFAULT_TRAIN,
+    LMTrainConfig,
+    ModelConfig,
+    TokenData,
+    default_data,
+    evaluate_lm,
+    load_model,
+    load_model_file,
+    save_model,
+    train_batch,
+    train_lm,
+)
 from workbench.runs import CheckpointError, RunDir, atomic_torch_save, load_state
 
 from .conftest import TINY_KW
@@ -15,12 +26,14 @@ TINY = ModelConfig(**TINY_KW)
 
 def _toy_data() -> TokenData:
     gen = torch.Generator().manual_seed(0)
-    return TokenData(torch.randint(0, 256, (5000,), generator=gen),
-                     torch.randint(0, 256, (1000,), generator=gen), ByteTokenizer())
+    return TokenData(
+        torch.randint(0, 256, (5000,), generator=gen), torch.randint(0, 256, (1000,), generator=gen), ByteTokenizer()
+    )
 
 
-TOY_TRAIN = LMTrainConfig(steps=6, batch_size=4, seq_len=16, warmup_steps=2, eval_every=3,
-                          eval_windows=4, checkpoint_steps=(0, 3))
+TOY_TRAIN = LMTrainConfig(
+    steps=6, batch_size=4, seq_len=16, warmup_steps=2, eval_every=3, eval_windows=4, checkpoint_steps=(0, 3)
+)
 
 
 def test_backward_model_sees_reversed_windows():

@@ -24,8 +24,9 @@ def test_notebook_executes(path, default_models):
     for attempt in range(2):
         nb = nbformat.read(path, as_version=4)
         try:
-            NotebookClient(nb, timeout=600, kernel_name="python3",
-                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            NotebookClient(
+                nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+            ).execute()
             break
         except DeadKernelError:  # seen twice here, only with both cores saturated by another job
             if attempt:

@@ -20,8 +20,12 @@ def _tokenizer(text: str):
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.train_from_iterator(
+        [text],
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
 
 
@@ -33,11 +37,27 @@ def _hf_model(family: str, vocab: int):
     if family == "gpt2":
         return tf.GPT2LMHeadModel(tf.GPT2Config(n_positions=80, n_embd=32, n_layer=2, n_head=4, **common))
     if family == "neox":
-        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(max_position_embeddings=80, hidden_size=32, num_hidden_layers=2,
-                                                      num_attention_heads=4, intermediate_size=64, **common))
-    return tf.LlamaForCausalLM(tf.LlamaConfig(max_position_embeddings=80, hidden_size=32, num_hidden_layers=2,
-                                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                              **common))
+        return tf.GPTNeoXForCausalLM(
+            tf.GPTNeoXConfig(
+                max_position_embeddings=80,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                **common,
+            )
+        )
+    return tf.LlamaForCausalLM(
+        tf.LlamaConfig(
+            max_position_embeddings=80,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            **common,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +79,11 @@ def folders(tmp_path_factory):
 
 def _reference(folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    return (AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval(),
-            AutoTokenizer.from_pretrained(folder))
+
+    return (
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval(),
+        AutoTokenizer.from_pretrained(folder),
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -110,6 +133,7 @@ def test_probe_hooks_on_a_folder_model(folders, family):
             new = torch.zeros_like(pattern)
             new[..., 0] = 1.0
             return new
+
         _, cache = model.run_with_cache(ids, names_filter="blocks.0.hook_attn_out")
         with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", on_bos)]):
             _, patched = model.run_with_cache(ids, names_filter="blocks.0.hook_attn_out")
@@ -159,8 +183,11 @@ def test_bad_folders_name_the_file_and_field(folders, tmp_path):
         load_model(broken("bert", {"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
     with pytest.raises(ModelFolderError, match="notok: no tokenizer files"):
         load_model(broken("notok", drop=("tokenizer.json",)))
-    with pytest.raises(ModelFolderError, match=r"wide/model.safetensors: tensor transformer.wte.weight has shape "
-                                               r"\[400, 32\].*\[500, 32\] \(field vocab_size=500\)"):
+    with pytest.raises(
+        ModelFolderError,
+        match=r"wide/model.safetensors: tensor transformer.wte.weight has shape "
+        r"\[400, 32\].*\[500, 32\] \(field vocab_size=500\)",
+    ):
         load_model(broken("wide", {"vocab_size": 500}))
     with pytest.raises(ModelFolderError, match="noweights: no weights"):
         load_model(broken("noweights", drop=("model.safetensors",)))
@@ -179,12 +206,40 @@ def test_sae_on_a_folder_model_through_cli_and_viewer(folders, tmp_path, family)
     from workbench.viewer.server import create_app
 
     out = tmp_path / "runs" / f"sae-{family}"
-    assert main(["train-sae", "--model", str(folders[family]), "--corpus", str(folders["corpus"]),
-                 "--hook", "blocks.0.hook_resid_post", "--d-sae", "64", "--k", "4", "--total-tokens", "2048",
-                 "--batch-size", "1024", "--buffer-tokens", "4096", "--eval-windows", "8", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train-sae",
+                "--model",
+                str(folders[family]),
+                "--corpus",
+                str(folders["corpus"]),
+                "--hook",
+                "blocks.0.hook_resid_post",
+                "--d-sae",
+                "64",
+                "--k",
+                "4",
+                "--total-tokens",
+                "2048",
+                "--batch-size",
+                "1024",
+                "--buffer-tokens",
+                "4096",
+                "--eval-windows",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["model_source"] == {"source": "hf-folder", "model": str(folders[family].resolve()),
-                                   "tokenizer": str(folders[family].resolve())}
+    assert cfg["model_source"] == {
+        "source": "hf-folder",
+        "model": str(folders[family].resolve()),
+        "tokenizer": str(folders[family].resolve()),
+    }
     assert cfg["corpus"] == str(folders["corpus"].resolve())
     model, tok = model_for_run(out)
     assert model.cfg.d_vocab == 400 and tok.encode(TEXT) == load_tokenizer(folders[family]).encode(TEXT)
@@ -210,19 +265,68 @@ def test_cache_acts_on_own_text_then_train_from_the_cache(folders, tmp_path):
     from workbench.activations import CachedSource
 
     cache = tmp_path / "cache"
-    assert main(["cache-acts", "--model", str(folders["llama"]), "--corpus", str(folders["corpus"]),
-                 "--hook", "blocks.1.hook_resid_post", "--tokens", "2048", "--shard-tokens", "1024",
-                 "--out", str(cache)]) == 0
+    assert (
+        main(
+            [
+                "cache-acts",
+                "--model",
+                str(folders["llama"]),
+                "--corpus",
+                str(folders["corpus"]),
+                "--hook",
+                "blocks.1.hook_resid_post",
+                "--tokens",
+                "2048",
+                "--shard-tokens",
+                "1024",
+                "--out",
+                str(cache),
+            ]
+        )
+        == 0
+    )
     meta = CachedSource(cache).manifest["metadata"]
     assert (meta["model"], meta["corpus"]) == (str(folders["llama"].resolve()), str(folders["corpus"].resolve()))
     out = tmp_path / "run"
-    assert main(["train-sae", "--cache", str(cache), "--d-sae", "64", "--k", "4", "--total-tokens", "2048",
-                 "--batch-size", "1024", "--no-eval", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train-sae",
+                "--cache",
+                str(cache),
+                "--d-sae",
+                "64",
+                "--k",
+                "4",
+                "--total-tokens",
+                "2048",
+                "--batch-size",
+                "1024",
+                "--no-eval",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_source"]["model"] == str(folders["llama"].resolve()) and cfg["config"]["sae"]["d_in"] == 32
     assert cfg["corpus"] == str(folders["corpus"].resolve()) and not (out / "results.json").exists()
     with pytest.raises(ValueError, match="own.txt: its train split is .* shorter than one context window"):
         short = tmp_path / "own.txt"
         short.write_text("too short\n\nfor a window")
-        main(["cache-acts", "--model", str(folders["llama"]), "--corpus", str(short),
-              "--hook", "blocks.1.hook_resid_post", "--tokens", "1024", "--out", str(tmp_path / "c2")])
+        main(
+            [
+                "cache-acts",
+                "--model",
+                str(folders["llama"]),
+                "--corpus",
+                str(short),
+                "--hook",
+                "blocks.1.hook_resid_post",
+                "--tokens",
+                "1024",
+                "--out",
+                str(tmp_path / "c2"),
+            ]
+        )

@@ -10,9 +10,25 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench.probes import arrow
-from workbench.probes.arrow import (BACKWARD, FORWARD, NO_ARROW, ArrowResult, arrow_from_losses, arrow_over_seeds,
-                                    train_pairs)
-from workbench.probes.heads import OTHER, RETRIEVAL, STREAMING, TOO_FEW, UNDETERMINED, HeadRoleConfig, classify, head_roles
+from workbench.probes.arrow import (
+    BACKWARD,
+    FORWARD,
+    NO_ARROW,
+    ArrowResult,
+    arrow_from_losses,
+    arrow_over_seeds,
+    train_pairs,
+)
+from workbench.probes.heads import (
+    OTHER,
+    RETRIEVAL,
+    STREAMING,
+    TOO_FEW,
+    UNDETERMINED,
+    HeadRoleConfig,
+    classify,
+    head_roles,
+)
 from workbench.probes.intervals import t_interval, wilson_interval
 from workbench.tasks import copy_task_batch
 
@@ -61,9 +77,20 @@ def test_undertrained_model_gets_no_retrieval_label_and_the_too_few_state():
     """20 steps on the copy task: no induction head yet, 5 of 224 steps copied, and one chance hit
     makes L1H0's raw score 0.2, which the old rule (score ≥ 0.1) labelled "retrieval"."""
     torch.manual_seed(0)
-    model = HookedTransformer(HookedTransformerConfig(
-        n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=64, d_vocab=V + 1, attn_only=True,
-        normalization_type="LN", seed=0, device="cpu"))
+    model = HookedTransformer(
+        HookedTransformerConfig(
+            n_layers=2,
+            d_model=32,
+            n_heads=4,
+            d_head=8,
+            n_ctx=64,
+            d_vocab=V + 1,
+            attn_only=True,
+            normalization_type="LN",
+            seed=0,
+            device="cpu",
+        )
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(20):
         loss = model(copy_task_batch(16, 64, V, bos=V, seed=step), return_type="loss")
@@ -89,14 +116,16 @@ def test_undertrained_model_gets_no_retrieval_label_and_the_too_few_state():
 
 # --- arrow of time on planted per-window losses --------------------------------------------------
 
+
 def _planted(gaps, offsets=(0.0, 0.0, 0.0), n=400, noise=0.002):
     """Forward losses 2 + N(0, 0.1) per window (seed s shifted by offsets[s]), backward = forward·(1 + gap_s)
     plus a little noise: each seed's gap is pinned down tightly by the windows."""
     gen = torch.Generator().manual_seed(0)
     base = 2.0 + 0.1 * torch.randn(n, generator=gen, dtype=torch.float64)
     lf = torch.stack([base * (1 + o) + noise * torch.randn(n, generator=gen, dtype=torch.float64) for o in offsets])
-    lb = torch.stack([lf[s] * (1 + g) + noise * torch.randn(n, generator=gen, dtype=torch.float64)
-                      for s, g in enumerate(gaps)])
+    lb = torch.stack(
+        [lf[s] * (1 + g) + noise * torch.randn(n, generator=gen, dtype=torch.float64) for s, g in enumerate(gaps)]
+    )
     return lf, lb
 
 
@@ -118,7 +147,8 @@ def test_consistent_gap_above_the_null_is_forward_easier_and_mirrored_backward()
     assert res.gap_ci_seeds[0] > 0 and res.gap > res.null_max
     assert len(res.null_gaps) == 6  # 3 pairs of seeds × 2 directions
     assert {(x["direction"], tuple(x["seeds"])) for x in res.null_gaps} == {
-        (d, p) for d in ("forward", "backward") for p in ((0, 1), (0, 2), (1, 2))}
+        (d, p) for d in ("forward", "backward") for p in ((0, 1), (0, 2), (1, 2))
+    }
     fwd01 = next(x for x in res.null_gaps if x["direction"] == "forward" and x["seeds"] == [0, 1])
     assert fwd01["gap"] == pytest.approx(float((lf[1].mean() - lf[0].mean()) / lf[0].mean()), rel=1e-9)
     mirrored = arrow_from_losses(lb, lf, [0, 1, 2])
@@ -147,12 +177,15 @@ def test_arrow_result_round_trips_through_json():
 
 # --- train_pairs: layout, seeds, reuse ------------------------------------------------------------
 
+
 def test_train_pairs_layout_seeds_and_reuse(tmp_path, monkeypatch):
     from workbench.models import LMTrainConfig, ModelConfig
+
     data = arrow.primes_data(n_train=400, n_val=100)
     mcfg = ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=17)
-    tcfg = LMTrainConfig(steps=4, batch_size=4, seq_len=16, warmup_steps=1, checkpoint_steps=(), eval_every=2,
-                         eval_windows=4)
+    tcfg = LMTrainConfig(
+        steps=4, batch_size=4, seq_len=16, warmup_steps=1, checkpoint_steps=(), eval_every=2, eval_windows=4
+    )
     pairs = train_pairs(mcfg, tcfg, data, tmp_path, seeds=(0, 1), progress=False)
     mtimes = {}
     for s in (0, 1):
@@ -160,8 +193,9 @@ def test_train_pairs_layout_seeds_and_reuse(tmp_path, monkeypatch):
             run = tmp_path / f"seed{s}" / d
             cfg = json.loads((run / "config.json").read_text())["config"]["train"]
             assert (cfg["seed"], cfg["direction"]) == (s, d)
-            assert [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                    if "val_loss" in m] == [1, 3]
+            assert [
+                m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in m
+            ] == [1, 3]
             mtimes[run] = (run / "model.safetensors").stat().st_mtime_ns
     # the seed changes the initialisation (and the batches)
     assert not torch.equal(pairs[0][0].W_E, pairs[1][0].W_E)
@@ -175,8 +209,7 @@ def test_train_pairs_layout_seeds_and_reuse(tmp_path, monkeypatch):
         (tmp_path / "seed9").symlink_to(tmp_path / "seed0")
         train_pairs(mcfg, tcfg, data, tmp_path, seeds=(9,), progress=False)
 
-    res = arrow_over_seeds(again, data, 16, n_windows=8, seeds=[0, 1],
-                           run_dirs=arrow.pair_dirs(tmp_path, (0, 1)))
+    res = arrow_over_seeds(again, data, 16, n_windows=8, seeds=[0, 1], run_dirs=arrow.pair_dirs(tmp_path, (0, 1)))
     assert res.over_training["step"] == [1, 3] and len(res.over_training["gaps"]) == 2
     assert res.curves["seed 1"]["backward"]["step"] == [1, 3]
     assert res.verdict in (FORWARD, BACKWARD, NO_ARROW) and res.n_windows == 8

@@ -21,10 +21,19 @@ def _arrow_results():
     lf = torch.stack([base, base * 1.001, base * 0.999])
     mixed = arrow_from_losses(lf, torch.stack([lf[0] * 0.986, lf[1] * 1.041, lf[2] * 1.005]), [0, 1, 2], seq_len=64)
     clear = arrow_from_losses(lf, torch.stack([lf[0] * 1.05, lf[1] * 1.052, lf[2] * 1.048]), [0, 1, 2], seq_len=64)
-    over = {"step": [9, 19], "gaps": [[0.1, 0.05], [0.12, 0.06]], "mean": [0.11, 0.055], "ci_lo": [0.0, 0.0],
-            "ci_hi": [0.2, 0.1]}
-    curves = {"seed 0": {"forward": {"step": [9, 19], "val_loss": [3.0, 2.5]},
-                         "backward": {"step": [9, 19], "val_loss": [3.1, 2.6]}}}
+    over = {
+        "step": [9, 19],
+        "gaps": [[0.1, 0.05], [0.12, 0.06]],
+        "mean": [0.11, 0.055],
+        "ci_lo": [0.0, 0.0],
+        "ci_hi": [0.2, 0.1],
+    }
+    curves = {
+        "seed 0": {
+            "forward": {"step": [9, 19], "val_loss": [3.0, 2.5]},
+            "backward": {"step": [9, 19], "val_loss": [3.1, 2.6]},
+        }
+    }
     clear.over_training, clear.curves = over, curves
     assert (mixed.verdict, clear.verdict) == (NO_ARROW, FORWARD)
     return ArrowRunResult({"natural <b>text</b>": mixed, "primes×product": clear})
@@ -33,14 +42,23 @@ def _arrow_results():
 def _head_results(too_few: bool):
     L, H = 2, 2
     return HeadRoles(
-        retrieval=[[0.2, 0.0], [0.0, 0.0]], streaming=[[0.9, 0.3], [0.2, 0.1]],
+        retrieval=[[0.2, 0.0], [0.0, 0.0]],
+        streaming=[[0.9, 0.3], [0.2, 0.1]],
         labels=[["too few copied steps", "too few copied steps"], ["streaming", "too few copied steps"]]
-        if too_few else [["other", "other"], ["streaming", "<i>x</i>"]],
-        delta_loss=[[0.0] * H for _ in range(L)], clean_copy_loss=4.0, copy_accuracy=0.02,
-        tl_scores={}, config={"retrieval_threshold": 0.1, "streaming_threshold": 0.7, "min_copied_steps": 40},
-        retrieval_hits=[[1, 0], [0, 0]], retrieval_ci=[[[0.036, 0.62], [0.0, 0.43]]] * 2,
-        streaming_ci=[[[0.8, 0.95], [0.2, 0.4]]] * 2, n_copied=5 if too_few else 50, n_copy_steps=224,
-        too_few_copied=too_few)
+        if too_few
+        else [["other", "other"], ["streaming", "<i>x</i>"]],
+        delta_loss=[[0.0] * H for _ in range(L)],
+        clean_copy_loss=4.0,
+        copy_accuracy=0.02,
+        tl_scores={},
+        config={"retrieval_threshold": 0.1, "streaming_threshold": 0.7, "min_copied_steps": 40},
+        retrieval_hits=[[1, 0], [0, 0]],
+        retrieval_ci=[[[0.036, 0.62], [0.0, 0.43]]] * 2,
+        streaming_ci=[[[0.8, 0.95], [0.2, 0.4]]] * 2,
+        n_copied=5 if too_few else 50,
+        n_copy_steps=224,
+        too_few_copied=too_few,
+    )
 
 
 def test_arrow_widget_shows_verdict_seed_interval_null_and_window_interval():
@@ -101,8 +119,10 @@ def test_head_pages_show_intervals_and_the_too_few_state(runs):
     assert "too few copied steps to label" in few and "0.04 – 0.62" in few and "(1/5)" in few
     ok = client.get("/run/heads-ok").text
     assert "too few copied steps to label" not in ok and "&lt;i&gt;x&lt;/i&gt;" in ok and "<i>x</i>" not in ok
-    assert "too few copied steps to label retrieval (5 &lt; 40)" in client.get("/").text or \
-        "too few copied steps to label retrieval (5 < 40)" in client.get("/").text
+    assert (
+        "too few copied steps to label retrieval (5 &lt; 40)" in client.get("/").text
+        or "too few copied steps to label retrieval (5 < 40)" in client.get("/").text
+    )
 
 
 def test_legacy_single_pair_arrow_result_fails_naming_the_file(tmp_path):
@@ -110,9 +130,16 @@ def test_legacy_single_pair_arrow_result_fails_naming_the_file(tmp_path):
     rebuild, and the viewer shows that on the run's page while the overview keeps working."""
     run = RunDir(tmp_path / "old-arrow")
     run.write_config({}, kind="arrow")
-    run.file("results.json").write_text(json.dumps(
-        {"gaps": {"natural text": {"loss_forward": 2.0, "loss_backward": 2.1, "gap": 0.05, "gap_ci95": [0.04, 0.06]}},
-         "curves": {"natural text": {"forward": {"step": [1], "val_loss": [2.0]}}}}))
+    run.file("results.json").write_text(
+        json.dumps(
+            {
+                "gaps": {
+                    "natural text": {"loss_forward": 2.0, "loss_backward": 2.1, "gap": 0.05, "gap_ci95": [0.04, 0.06]}
+                },
+                "curves": {"natural text": {"forward": {"step": [1], "val_loss": [2.0]}}},
+            }
+        )
+    )
     with pytest.raises(ResultsError, match=r"old-arrow/results.json: it holds a one-seed arrow result.*rebuild"):
         read_results(run)
     client = TestClient(create_app(tmp_path), base_url="http://127.0.0.1")

@@ -124,9 +124,21 @@ def copy_model():
     """2-layer attention-only model: layer 0 forced local (window 4), layer 1 global, trained on
     repeated random segments until an induction head forms in layer 1."""
     torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=64, d_vocab=V + 1,
-                                  attn_only=True, normalization_type="LN", use_local_attn=True,
-                                  attn_types=["local", "global"], window_size=4, seed=0, device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        d_head=16,
+        n_ctx=64,
+        d_vocab=V + 1,
+        attn_only=True,
+        normalization_type="LN",
+        use_local_attn=True,
+        attn_types=["local", "global"],
+        window_size=4,
+        seed=0,
+        device="cpu",
+    )
     model = HookedTransformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(350):
@@ -184,7 +196,8 @@ def test_primes_forward_model_beats_backward(tmp_path):
     from dataclasses import replace
 
     from workbench.probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_gap, primes_data, train_pairs
+
     data = primes_data()
-    (f, b), = train_pairs(PRIMES_MODEL, replace(PRIMES_TRAIN, steps=350), data, tmp_path, seeds=(0,), progress=False)
+    ((f, b),) = train_pairs(PRIMES_MODEL, replace(PRIMES_TRAIN, steps=350), data, tmp_path, seeds=(0,), progress=False)
     res = arrow_gap(f, b, data, PRIMES_TRAIN.seq_len, n_windows=256)
     assert res["gap"] > 0.03 and res["gap_ci95"][0] > 0.01  # forward at least 3% better, CI above 1%

@@ -31,36 +31,73 @@ from workbench.runs import RunDir
 
 
 def sae_result(**change) -> SAERunResult:
-    return dataclasses.replace(SAERunResult(
-        fvu=0.125, explained_variance=0.875, l0=7.5, l0_hist=[0, 3, 5], dead_frac=0.25, dense_frac=0.0,
-        log10_density=[-1.0, -2.5, -10.0, -0.5], cos_sim=0.9, l2_ratio=0.95, n_tokens=512, ce_clean=2.0,
-        ce_sae=2.25, ce_zero_ablation=4.0, ce_mean_ablation=3.0, ce_loss_recovered=0.875,
-        ce_loss_recovered_vs_mean=0.75, kl_sae=0.1, eval_split="validation", eval_windows=8), **change)
+    return dataclasses.replace(
+        SAERunResult(
+            fvu=0.125,
+            explained_variance=0.875,
+            l0=7.5,
+            l0_hist=[0, 3, 5],
+            dead_frac=0.25,
+            dense_frac=0.0,
+            log10_density=[-1.0, -2.5, -10.0, -0.5],
+            cos_sim=0.9,
+            l2_ratio=0.95,
+            n_tokens=512,
+            ce_clean=2.0,
+            ce_sae=2.25,
+            ce_zero_ablation=4.0,
+            ce_mean_ablation=3.0,
+            ce_loss_recovered=0.875,
+            ce_loss_recovered_vs_mean=0.75,
+            kl_sae=0.1,
+            eval_split="validation",
+            eval_windows=8,
+        ),
+        **change,
+    )
 
 
 def sparsity_result() -> SparsityRunResult:
-    final = SparsityResult(threshold=0.0, active_frac=[0.5, 0.25], active_frac_std=[0.1, 0.05],
-                           neuron_freq=[[0.5, 0.5], [0.0, 0.5]], never_firing=[0, 1], n_tokens=96, act_fn="relu")
-    return SparsityRunResult(final, SparsityOverTraining([0, 6, 12], 0.0, [[0.6, 0.4], [0.5, 0.3], [0.5, 0.25]],
-                                                         [[0.1, 0.1]] * 3),
-                             TopKIntervention([1, 8], [3.0, 2.5], 2.4, [0.6, 0.1], 64))
+    final = SparsityResult(
+        threshold=0.0,
+        active_frac=[0.5, 0.25],
+        active_frac_std=[0.1, 0.05],
+        neuron_freq=[[0.5, 0.5], [0.0, 0.5]],
+        never_firing=[0, 1],
+        n_tokens=96,
+        act_fn="relu",
+    )
+    return SparsityRunResult(
+        final,
+        SparsityOverTraining([0, 6, 12], 0.0, [[0.6, 0.4], [0.5, 0.3], [0.5, 0.25]], [[0.1, 0.1]] * 3),
+        TopKIntervention([1, 8], [3.0, 2.5], 2.4, [0.6, 0.1], 64),
+    )
 
 
 def head_roles(labels=(("other", "retrieval"), ("streaming", "<i>x</i>"))) -> HeadRoles:
     return HeadRoles(
-        retrieval=[[0.0, 0.5], [0.05, 0.0]], streaming=[[0.3, 0.2], [0.9, 0.1]], labels=[list(r) for r in labels],
-        delta_loss=[[0.01, 0.8], [0.0, 0.02]], clean_copy_loss=1.5, copy_accuracy=0.75,
+        retrieval=[[0.0, 0.5], [0.05, 0.0]],
+        streaming=[[0.3, 0.2], [0.9, 0.1]],
+        labels=[list(r) for r in labels],
+        delta_loss=[[0.01, 0.8], [0.0, 0.02]],
+        clean_copy_loss=1.5,
+        copy_accuracy=0.75,
         tl_scores={"induction": [[0.0, 0.9], [0.1, 0.0]]},
         config={"retrieval_threshold": 0.1, "streaming_threshold": 0.7, "min_copied_steps": 40},
-        retrieval_hits=[[0, 30], [3, 0]], retrieval_ci=[[[0.0, 0.06], [0.4, 0.6]], [[0.01, 0.13], [0.0, 0.06]]],
-        streaming_ci=[[[0.2, 0.4], [0.1, 0.3]], [[0.85, 0.95], [0.05, 0.15]]], n_copied=60, n_copy_steps=80,
-        too_few_copied=False)
+        retrieval_hits=[[0, 30], [3, 0]],
+        retrieval_ci=[[[0.0, 0.06], [0.4, 0.6]], [[0.01, 0.13], [0.0, 0.06]]],
+        streaming_ci=[[[0.2, 0.4], [0.1, 0.3]], [[0.85, 0.95], [0.05, 0.15]]],
+        n_copied=60,
+        n_copy_steps=80,
+        too_few_copied=False,
+    )
 
 
 def heads_result() -> HeadsRunResult:
     pat = [[[[1.0, 0.0], [0.25, 0.75]] for _ in range(2)] for _ in range(2)]  # [L][H][q][k]
-    return HeadsRunResult(head_roles(), [AttentionExample("needle", ["<s>", "a<b>"], pat)],
-                          duo={"alphas": [[0.1, 0.9], [0.0, 0.2]]})
+    return HeadsRunResult(
+        head_roles(), [AttentionExample("needle", ["<s>", "a<b>"], pat)], duo={"alphas": [[0.1, 0.9], [0.0, 0.2]]}
+    )
 
 
 def arrow_result() -> ArrowRunResult:
@@ -95,8 +132,9 @@ def test_files_from_before_schemas_migrate(tmp_path):
     roles = head_roles()
     pat = heads_result().examples[0].patterns
     run = new_run(tmp_path / "heads", "heads")
-    run.file("results.json").write_text(json.dumps({**roles.to_dict(), "example_tokens": ["<s>", "a<b>"],
-                                                    "example_patterns": pat}))
+    run.file("results.json").write_text(
+        json.dumps({**roles.to_dict(), "example_tokens": ["<s>", "a<b>"], "example_patterns": pat})
+    )
     back = read_results(run)
     assert back.roles == roles and back.examples == [AttentionExample("needle", ["<s>", "a<b>"], pat)]
     assert back.duo is None

@@ -26,9 +26,21 @@ HOOK = "blocks.0.hook_resid_post"
 
 
 def _model(init: float = 0.4) -> HookedTransformer:
-    cfg = HookedTransformerConfig(n_layers=2, d_model=D, n_heads=2, d_head=8, d_mlp=32, n_ctx=T, d_vocab=V,
-                                  act_fn="gelu", normalization_type="LN", initializer_range=init,
-                                  dtype=torch.float64, seed=0, device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=D,
+        n_heads=2,
+        d_head=8,
+        d_mlp=32,
+        n_ctx=T,
+        d_vocab=V,
+        act_fn="gelu",
+        normalization_type="LN",
+        initializer_range=init,
+        dtype=torch.float64,
+        seed=0,
+        device="cpu",
+    )
     model = HookedTransformer(cfg).eval()
     model.requires_grad_(False)
     return model
@@ -117,6 +129,7 @@ def _replace_after_bos(fn):
         act = act.clone()
         act[:, 1:] = fn(act[:, 1:])
         return act
+
     return hook
 
 
@@ -138,8 +151,12 @@ def test_splice_metrics_match_a_hand_computation():
     zero, _ = _ce(model, tokens, [(HOOK, _replace_after_bos(torch.zeros_like))])
     mean_abl, _ = _ce(model, tokens, [(HOOK, _replace_after_bos(lambda a: mean.expand_as(a)))])
     assert zero - clean > 0.05 and mean_abl - clean > 0.01  # the ablations matter, so the ratios are sharp
-    for key, want in (("ce_clean", clean), ("ce_sae", ce_sae), ("ce_zero_ablation", zero),
-                      ("ce_mean_ablation", mean_abl)):
+    for key, want in (
+        ("ce_clean", clean),
+        ("ce_sae", ce_sae),
+        ("ce_zero_ablation", zero),
+        ("ce_mean_ablation", mean_abl),
+    ):
         assert got[key] == pytest.approx(want, rel=1e-10), key
     assert got["ce_loss_recovered"] == pytest.approx((zero - ce_sae) / (zero - clean), rel=1e-9)
     assert got["ce_loss_recovered_vs_mean"] == pytest.approx((mean_abl - ce_sae) / (mean_abl - clean), rel=1e-9)
@@ -195,8 +212,12 @@ def _dense_table(z, n_top, before, after, bins, n_corr, sample_windows):
     C = min(before + 1 + after, T_)
     flat = z.reshape(-1, Fn)
     n_tok = n_seq * (T_ - 1)
-    out = {"density": (flat > 0).sum(0).double() / n_tok, "hist_max": flat.max(0).values,
-           "top": [], "hist": torch.zeros(Fn, bins, dtype=torch.long)}
+    out = {
+        "density": (flat > 0).sum(0).double() / n_tok,
+        "hist_max": flat.max(0).values,
+        "top": [],
+        "hist": torch.zeros(Fn, bins, dtype=torch.long),
+    }
     out["mean_act"] = flat.double().sum(0) / (flat > 0).sum(0).clamp_min(1)
     for f in range(Fn):
         hits = sorted((-float(flat[g, f]), g) for g in range(len(flat)) if flat[g, f] > 0)[:n_top]
@@ -204,7 +225,7 @@ def _dense_table(z, n_top, before, after, bins, n_corr, sample_windows):
         for negv, g in hits:
             s, p = divmod(g, T_)
             start = min(max(p - before, 0), T_ - C)
-            rows.append((-negv, s, p, start, z[s, start:start + C, f]))
+            rows.append((-negv, s, p, start, z[s, start : start + C, f]))
         out["top"].append(rows)
         for g in range(len(flat)):
             a = float(flat[g, f])
@@ -228,15 +249,15 @@ def _assert_matches(table: FeatureTable, ref: dict, n_top: int, n_corr: int):
     assert torch.equal(table.hist_counts, ref["hist"])
     for f in range(Fn):
         rows = ref["top"][f]
-        assert table.top_seq[f, :len(rows)].tolist() == [s for _, s, _, _, _ in rows], f
-        assert table.top_pos[f, :len(rows)].tolist() == [p for _, _, p, _, _ in rows], f
-        assert table.context_start[f, :len(rows)].tolist() == [st for _, _, _, st, _ in rows], f
-        torch.testing.assert_close(table.top_values[f, :len(rows)], torch.tensor([v for v, *_ in rows]))
+        assert table.top_seq[f, : len(rows)].tolist() == [s for _, s, _, _, _ in rows], f
+        assert table.top_pos[f, : len(rows)].tolist() == [p for _, _, p, _, _ in rows], f
+        assert table.context_start[f, : len(rows)].tolist() == [st for _, _, _, st, _ in rows], f
+        torch.testing.assert_close(table.top_values[f, : len(rows)], torch.tensor([v for v, *_ in rows]))
         for j, row in enumerate(rows):
             torch.testing.assert_close(table.context_acts[f, j], row[4])
         # empty slots say so explicitly
-        assert (table.top_values[f, len(rows):] == 0).all() and (table.top_seq[f, len(rows):] == -1).all()
-        assert (table.context_start[f, len(rows):] == -1).all() and (table.context_acts[f, len(rows):] == 0).all()
+        assert (table.top_values[f, len(rows) :] == 0).all() and (table.top_seq[f, len(rows) :] == -1).all()
+        assert (table.context_start[f, len(rows) :] == -1).all() and (table.context_acts[f, len(rows) :] == 0).all()
         # correlations: the highest r among partners firing together with f in the sample
         cand = ref["r"][f][ref["ok"][f]]
         n_found = min(n_corr, len(cand))
@@ -244,8 +265,7 @@ def _assert_matches(table: FeatureTable, ref: dict, n_top: int, n_corr: int):
         got_idx = table.corr_idx[f, :n_found]
         torch.testing.assert_close(table.corr_values[f, :n_found].double(), want, rtol=1e-5, atol=1e-6)
         # whichever partner a tie picked, it has the reported r and co-fire count
-        torch.testing.assert_close(ref["r"][f, got_idx], table.corr_values[f, :n_found].double(), rtol=1e-5,
-                                   atol=1e-6)
+        torch.testing.assert_close(ref["r"][f, got_idx], table.corr_values[f, :n_found].double(), rtol=1e-5, atol=1e-6)
         assert table.corr_cofires[f, :n_found].tolist() == ref["together"][f, got_idx].long().tolist()
         assert (table.corr_idx[f, n_found:] == -1).all() and table.corr_values[f, n_found:].isnan().all()
     assert int(table.corr_tokens) == ref["n_sample"]
@@ -257,8 +277,19 @@ def test_streamed_feature_table_equals_the_dense_one(batch_size, corr_tokens):
     (histograms from a second pass), and of 1 with a 1-window sample."""
     model, sae, tokens = _model(), _sae(d_sae=48, k=4), _tokens(7)
     n_top, before, after, bins, n_corr = 5, 3, 2, 7, 4
-    table = feature_table(model, sae, HOOK, tokens, n_top=n_top, context=(before, after), bins=bins, n_corr=n_corr,
-                          batch_size=batch_size, corr_tokens=corr_tokens, corr_block_elements=48 * 5)
+    table = feature_table(
+        model,
+        sae,
+        HOOK,
+        tokens,
+        n_top=n_top,
+        context=(before, after),
+        bins=bins,
+        n_corr=n_corr,
+        batch_size=batch_size,
+        corr_tokens=corr_tokens,
+        corr_block_elements=48 * 5,
+    )
     z = feature_activations(model, sae, HOOK, tokens).float()
     sample = min(7, corr_tokens // (T - 1))
     ref = _dense_table(z, n_top, before, after, bins, n_corr, sample)
@@ -285,8 +316,9 @@ def test_ties_keep_token_order_across_chunks():
     tied = sum(len(r) > 1 and r[0][0] == r[-1][0] for r in ref["top"])
     assert tied >= 3  # several features whose whole top list is one tied value
     for batch_size in (9, 4, 2):
-        table = feature_table(model, sae, hook, tokens, n_top=6, context=(4, 1), bins=5, n_corr=3,
-                              batch_size=batch_size)
+        table = feature_table(
+            model, sae, hook, tokens, n_top=6, context=(4, 1), bins=5, n_corr=3, batch_size=batch_size
+        )
         _assert_matches(table, ref, 6, 3)
 
 
@@ -325,14 +357,24 @@ def test_feature_table_round_trips_through_its_file(tmp_path):
 
 
 def test_version_one_files_load_with_explicit_markers(tmp_path):
-    old = {"tokens": _tokens(2), "density": torch.tensor([0.5, 0.0]), "mean_act": torch.tensor([1.0, 0.0]),
-           "top_values": torch.tensor([[2.0, 0.0], [0.0, 0.0]]), "top_seq": torch.zeros(2, 2, dtype=torch.long),
-           "top_pos": torch.tensor([[3, 0], [0, 0]]), "context_acts": torch.zeros(2, 2, 4),
-           "context_start": torch.tensor([[1, 0], [0, 0]]), "hist_counts": torch.zeros(2, 3, dtype=torch.long),
-           "hist_max": torch.tensor([2.0, 0.0]), "logit_top": torch.zeros(2, 1, dtype=torch.long),
-           "logit_top_values": torch.zeros(2, 1), "logit_bottom": torch.zeros(2, 1, dtype=torch.long),
-           "logit_bottom_values": torch.zeros(2, 1), "corr_idx": torch.tensor([[1], [0]]),
-           "corr_values": torch.tensor([[0.25], [-1.0]])}  # version 1 wrote "no correlation" as -1
+    old = {
+        "tokens": _tokens(2),
+        "density": torch.tensor([0.5, 0.0]),
+        "mean_act": torch.tensor([1.0, 0.0]),
+        "top_values": torch.tensor([[2.0, 0.0], [0.0, 0.0]]),
+        "top_seq": torch.zeros(2, 2, dtype=torch.long),
+        "top_pos": torch.tensor([[3, 0], [0, 0]]),
+        "context_acts": torch.zeros(2, 2, 4),
+        "context_start": torch.tensor([[1, 0], [0, 0]]),
+        "hist_counts": torch.zeros(2, 3, dtype=torch.long),
+        "hist_max": torch.tensor([2.0, 0.0]),
+        "logit_top": torch.zeros(2, 1, dtype=torch.long),
+        "logit_top_values": torch.zeros(2, 1),
+        "logit_bottom": torch.zeros(2, 1, dtype=torch.long),
+        "logit_bottom_values": torch.zeros(2, 1),
+        "corr_idx": torch.tensor([[1], [0]]),
+        "corr_values": torch.tensor([[0.25], [-1.0]]),
+    }  # version 1 wrote "no correlation" as -1
     path = tmp_path / "features.safetensors"
     atomic_save_tensors(path, old, metadata={"format": "workbench-feature-table"})
     t = FeatureTable.load(path)
@@ -354,6 +396,7 @@ def test_unreadable_feature_table_files_name_the_file(tmp_path):
 
 def test_correlation_figure_skips_missing_partners():
     from workbench.figures.sae import correlated_features
+
     model, sae, tokens = _model(), _sae(), _tokens(4)
     table = feature_table(model, sae, HOOK, tokens, n_corr=60)
     f = int(table.density.argmax())
@@ -361,6 +404,7 @@ def test_correlation_figure_skips_missing_partners():
     n_found = int((table.corr_idx[f] >= 0).sum())
     assert len(fig.data[0].x) == n_found and None not in fig.data[0].y
     assert f"{int(table.corr_tokens):,} tokens" in fig.layout.title.text
-    alone = table._replace(corr_idx=torch.full_like(table.corr_idx, -1),
-                           corr_values=torch.full_like(table.corr_values, float("nan")))
+    alone = table._replace(
+        corr_idx=torch.full_like(table.corr_idx, -1), corr_values=torch.full_like(table.corr_values, float("nan"))
+    )
     assert "no other feature" in correlated_features(alone, f).layout.annotations[0].text

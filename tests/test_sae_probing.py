@@ -5,8 +5,7 @@ import json
 import torch
 
 from workbench.sae import SAEConfig, SparseAutoencoder
-from workbench.sae.probing import (ProbingConfig, absorption, byte_concepts, fit_logistic, sparse_probing,
-                                   word_ends)
+from workbench.sae.probing import ProbingConfig, absorption, byte_concepts, fit_logistic, sparse_probing, word_ends
 from workbench.sae.saebench_json import read_eval_json, write_absorption_json, write_sparse_probing_json
 
 
@@ -68,8 +67,9 @@ def _hierarchy(n: int, seed: int, parent_alone: float = 0.6, n_children: int = 2
     dirs = _orthonormal(d, seed + 10)
     n_dis = d - 1 - n_children
     has_parent = torch.rand(n, generator=gen) < 0.3
-    child = torch.where(torch.rand(n, generator=gen) < parent_alone, -1,
-                        torch.randint(0, n_children, (n,), generator=gen))
+    child = torch.where(
+        torch.rand(n, generator=gen) < parent_alone, -1, torch.randint(0, n_children, (n,), generator=gen)
+    )
     child[~has_parent] = -1
     x = has_parent[:, None] * dirs[0]
     x = x + (child >= 0)[:, None] * dirs[1 + child.clamp_min(0)]
@@ -81,14 +81,14 @@ def _hierarchy(n: int, seed: int, parent_alone: float = 0.6, n_children: int = 2
 def _hierarchy_saes(dirs: torch.Tensor, n_children: int):
     """Two hand-built TopK SAEs for `_hierarchy` data: one whose child latents have absorbed the
     parent direction (they fire with it and the parent latent stays silent), one without."""
-    P, C, D = dirs[0], dirs[1:1 + n_children], dirs[1 + n_children:]
+    P, C, D = dirs[0], dirs[1 : 1 + n_children], dirs[1 + n_children :]
     k = 6
     clean = _hand_sae(dirs, dirs, k)
     enc = dirs.clone()
     enc[0] = P - 1.5 * C.sum(0)  # the parent latent is pushed below 0 wherever a child is active
     dec = dirs.clone()
-    dec[1:1 + n_children] = (C + P) / 2 ** 0.5  # a child latent reconstructs child + parent
-    enc[1:1 + n_children] = C * 2 ** 0.5
+    dec[1 : 1 + n_children] = (C + P) / 2**0.5  # a child latent reconstructs child + parent
+    enc[1 : 1 + n_children] = C * 2**0.5
     absorbing = _hand_sae(enc, dec, k)
     assert D.shape[0] > 0
     return absorbing, clean
@@ -117,7 +117,7 @@ def test_byte_concepts_and_word_ends_on_known_text():
     tokens = torch.tensor([[256] + list(text.encode())])
     c = {k: v[0, 1:].tolist() for k, v in byte_concepts(tokens).items()}
     at = lambda name, s: [c[name][i] for i in range(len(text)) if text[i] == s]  # noqa: E731
-    i_a = text.index('a b')
+    i_a = text.index("a b")
     assert c["string_literal"][i_a] and c["string_literal"][i_a + 2] and not c["string_literal"][text.index("now")]
     assert c["in_parentheses"][i_a] and not c["in_parentheses"][text.index("now")]
     assert c["python_code"][text.index("x =")] and not c["python_code"][text.index("Then")]
@@ -136,8 +136,9 @@ def test_saebench_json_round_trip(tmp_path):
     x, parent, dirs, n_children = _hierarchy(4000, seed=1)
     absorbing, _ = _hierarchy_saes(dirs, n_children)
     train = torch.arange(len(x)) % 2 == 0
-    res = absorption(x, absorbing.encode, absorbing.W_dec.detach(), torch.where(parent, 0, -1), train,
-                     ProbingConfig(), letters="a")
+    res = absorption(
+        x, absorbing.encode, absorbing.W_dec.detach(), torch.where(parent, 0, -1), train, ProbingConfig(), letters="a"
+    )
     path = write_absorption_json(res, tmp_path / "absorption.json", sae_cfg=absorbing.cfg, model_name="toy")
     out = read_eval_json(path)
     raw = json.loads(path.read_text())
@@ -164,9 +165,10 @@ def test_run_evals_round_trip_and_the_shared_figure(tmp_path):
     absorbing, _ = _hierarchy_saes(dirs, n_children)
     train = torch.arange(len(x)) % 2 == 0
     cfg = ProbingConfig(ks=(1, 2), n_per_class=300)
-    ev = SAEEvals(sparse_probing(x, absorbing.encode, {"parent": parent, "child0": x @ dirs[1] > 0.5}, train, cfg),
-                  absorption(x, absorbing.encode, absorbing.W_dec.detach(), torch.where(parent, 0, -1), train, cfg,
-                             letters="a"))
+    ev = SAEEvals(
+        sparse_probing(x, absorbing.encode, {"parent": parent, "child0": x @ dirs[1] > 0.5}, train, cfg),
+        absorption(x, absorbing.encode, absorbing.W_dec.detach(), torch.where(parent, 0, -1), train, cfg, letters="a"),
+    )
     assert read_run_evals(tmp_path) is None  # not computed: the viewer and widget say so
     assert "not computed" in usefulness_html(None) and usefulness_figure(None).layout.annotations
     write_run_evals(tmp_path, ev, sae_cfg=absorbing.cfg, cfg=cfg)

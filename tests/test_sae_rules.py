@@ -63,8 +63,9 @@ def test_toy_rule_trains_saves_loads_and_encodes(threshold_rule, tmp_path):
     cfg = SAEConfig(d_in=16, d_sae=64, k=4, selection="threshold", dead_tokens=512)
     runs = {}
     for sparse in (False, True):  # the dense reference path and the sparse path (the default mask-based one)
-        train = SAETrainConfig(total_tokens=6 * 256, batch_size=256, lr=1e-2, warmup_steps=1, dtype="float64",
-                               sparse=sparse)
+        train = SAETrainConfig(
+            total_tokens=6 * 256, batch_size=256, lr=1e-2, warmup_steps=1, dtype="float64", sparse=sparse
+        )
         store = ActivationStore(TensorSource(data.acts.double(), None, chunk_size=2048), 256, seed=0)
         runs[sparse] = train_sae(cfg, train, store, progress=False)
     dense, sae = runs[False], runs[True]

@@ -3,15 +3,23 @@
 import pytest
 import torch
 
-from workbench.sae.selection import (gradient_scores, reference_mask, select_feature_choice, select_gradient,
-                                     select_mutual_choice, select_topk, topk_mask, uniform_capacities,
-                                     zipf_capacities)
+from workbench.sae.selection import (
+    gradient_scores,
+    reference_mask,
+    select_feature_choice,
+    select_gradient,
+    select_mutual_choice,
+    select_topk,
+    topk_mask,
+    uniform_capacities,
+    zipf_capacities,
+)
 from workbench.sae.topk import flat_topk_indices
 
 
 def _with_ties(B, F, seed):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randint(-4, 5, (B, F), generator=gen).float() / 2)  # few distinct values: many ties
+    return torch.randint(-4, 5, (B, F), generator=gen).float() / 2  # few distinct values: many ties
 
 
 @pytest.mark.parametrize("B,F,k", [(7, 13, 1), (16, 64, 5), (5, 33, 32), (3, 10, 9)])
@@ -77,8 +85,11 @@ def test_flat_topk_indices_equal_a_full_sort_with_ties_and_saturated_rows():
     gen = torch.Generator().manual_seed(0)
     for trial in range(120):
         R, n = (int(v) for v in torch.randint(1, 25, (2,), generator=gen))
-        s = (torch.randint(0, 4, (R, n), generator=gen).float() if trial % 2
-             else torch.randn(R, n, generator=gen, dtype=torch.float64))
+        s = (
+            torch.randint(0, 4, (R, n), generator=gen).float()
+            if trial % 2
+            else torch.randn(R, n, generator=gen, dtype=torch.float64)
+        )
         if trial % 3 == 0:
             s[0] = 10.0  # one row above every other: it alone holds more than ceil(total / R) of the top
         total = int(torch.randint(0, R * n + 2, (), generator=gen))

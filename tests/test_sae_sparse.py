@@ -42,8 +42,7 @@ def test_sparse_steps_equal_dense_steps_in_float64(rule, aux, monkeypatch):
         dense.b_enc.normal_(0, 0.5)  # some kept pre-activations ≤ 0: ReLU's gradient cut is exercised
     sparse = copy.deepcopy(dense)
     opt_d, opt_s = make_optimizer(dense, train), make_optimizer(sparse, train)
-    batches = [(torch.randn(128, 12, dtype=torch.float64), torch.randn(128, 12, dtype=torch.float64))
-               for _ in range(5)]
+    batches = [(torch.randn(128, 12, dtype=torch.float64), torch.randn(128, 12, dtype=torch.float64)) for _ in range(5)]
     log_d = _steps(dense, opt_d, train, batches, sparse=False)
     log_s = _steps(sparse, opt_s, train, batches, sparse=True)
     assert log_d[0][1] > 0  # the aux loss took part

@@ -5,8 +5,16 @@ import torch
 
 from workbench.activations import ActivationStore, TensorSource
 from workbench.runs import CheckpointError, RunDir
-from workbench.sae import (SAEConfig, SAETrainConfig, SparseAutoencoder, from_saelens, load_sae, save_sae,
-                           to_saelens, train_sae)
+from workbench.sae import (
+    SAEConfig,
+    SAETrainConfig,
+    SparseAutoencoder,
+    from_saelens,
+    load_sae,
+    save_sae,
+    to_saelens,
+    train_sae,
+)
 from workbench.sae.losses import aux_loss, aux_zipf_weights, auxk_weights, fvu, zipf_expected
 from workbench.tasks import SuperpositionConfig, mmcs, superposition_data
 
@@ -79,8 +87,9 @@ def test_aux_zipf_weights_and_gradient():
 @pytest.mark.parametrize("rule,aux", [("topk", "auxk"), ("mutual_choice", "aux_zipf"), ("feature_choice", "auxk")])
 def test_resumed_training_equals_uninterrupted(tmp_path, synthetic, rule, aux):
     cfg = SAEConfig(d_in=SYN.d, d_sae=64, k=3, selection=rule, aux=aux, dead_tokens=2048)
-    train = SAETrainConfig(total_tokens=12 * 512, batch_size=512, lr=3e-3, warmup_steps=3, checkpoint_every=5,
-                           log_every=1)
+    train = SAETrainConfig(
+        total_tokens=12 * 512, batch_size=512, lr=3e-3, warmup_steps=3, checkpoint_every=5, log_every=1
+    )
     straight = train_sae(cfg, train, _store(synthetic, 512), RunDir(tmp_path / "a"), progress=False)
     run = RunDir(tmp_path / "b")
     train_sae(cfg, train, _store(synthetic, 512), run, stop_after=7, progress=False)
@@ -97,8 +106,9 @@ def test_saelens_round_trip_topk_and_mutual_choice(tmp_path, synthetic):
     x = synthetic.acts[:256]
     for rule in ["topk", "mutual_choice"]:
         cfg = SAEConfig(d_in=SYN.d, d_sae=64, k=3, selection=rule, hook_name="blocks.0.hook_resid_post")
-        sae = train_sae(cfg, SAETrainConfig(total_tokens=20 * 512, batch_size=512, lr=3e-3),
-                        _store(synthetic, 512), progress=False)
+        sae = train_sae(
+            cfg, SAETrainConfig(total_tokens=20 * 512, batch_size=512, lr=3e-3), _store(synthetic, 512), progress=False
+        )
         if rule == "mutual_choice":
             assert (sae.threshold > 0).all()
         to_saelens(sae, tmp_path / rule)
@@ -135,14 +145,26 @@ def test_bad_configs_and_files_fail_clearly(tmp_path, synthetic):
         train_sae(SAEConfig(d_in=7, d_sae=16, k=2), SAETrainConfig(batch_size=1024), _store(synthetic), progress=False)
     no_grads = ActivationStore(TensorSource(synthetic.acts), 1024)
     with pytest.raises(ValueError, match="with_grads"):
-        train_sae(SAEConfig(d_in=SYN.d, d_sae=64, k=2, selection="gradient"), SAETrainConfig(batch_size=1024),
-                  no_grads, progress=False)
+        train_sae(
+            SAEConfig(d_in=SYN.d, d_sae=64, k=2, selection="gradient"),
+            SAETrainConfig(batch_size=1024),
+            no_grads,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="triton_precision='fp16'"):
-        train_sae(SAEConfig(d_in=SYN.d, d_sae=64, k=2), SAETrainConfig(batch_size=1024, triton_precision="fp16"),
-                  _store(synthetic), progress=False)
+        train_sae(
+            SAEConfig(d_in=SYN.d, d_sae=64, k=2),
+            SAETrainConfig(batch_size=1024, triton_precision="fp16"),
+            _store(synthetic),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="triton_aux='sparse'"):
-        train_sae(SAEConfig(d_in=SYN.d, d_sae=64, k=2), SAETrainConfig(batch_size=1024, triton_aux="sparse"),
-                  _store(synthetic), progress=False)
+        train_sae(
+            SAEConfig(d_in=SYN.d, d_sae=64, k=2),
+            SAETrainConfig(batch_size=1024, triton_aux="sparse"),
+            _store(synthetic),
+            progress=False,
+        )
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2))
     with pytest.raises(ValueError, match=r"x: expected \[batch, 8\]"):
         sae(torch.randn(4, 9))

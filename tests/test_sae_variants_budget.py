@@ -23,8 +23,7 @@ def variants():
 
 
 def test_every_variant_gets_the_same_budget_and_its_best_swept_lr(variants):
-    budget = variants.Budget(steps=24, batch=256, k=3, d_sae=40, lrs=(1e-3, 6e-3), warmup_steps=5,
-                             dead_tokens=2_000)
+    budget = variants.Budget(steps=24, batch=256, k=3, d_sae=40, lrs=(1e-3, 6e-3), warmup_steps=5, dead_tokens=2_000)
     names = ("TopK + AuxK", "Mutual Choice + AuxK", variants.SAELENS)
     rows = variants.synthetic_table(SuperpositionConfig(d=12, n_features=20), budget, lambda n: n in names)
     assert [r["variant"] for r in rows] == list(names)

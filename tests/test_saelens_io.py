@@ -16,7 +16,7 @@ def _random_(module: torch.nn.Module, seed: int) -> None:
     """Fill every parameter: non-zero biases, decoder rows with norms spread over [0.3, 3]."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
         W_dec = module.W_dec
         norms = 0.3 + 2.7 * torch.rand(W_dec.shape[0], generator=gen, dtype=torch.float64)
@@ -29,8 +29,10 @@ def _saelens_topk(folder, seed=0, **fields):
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.saes.topk_sae import TopKSAEConfig
 
-    meta = SAEMetadata(hook_name=fields.pop("hook_name", "blocks.0.hook_resid_post"),
-                       **({"hook_head_index": fields.pop("hook_head_index")} if "hook_head_index" in fields else {}))
+    meta = SAEMetadata(
+        hook_name=fields.pop("hook_name", "blocks.0.hook_resid_post"),
+        **({"hook_head_index": fields.pop("hook_head_index")} if "hook_head_index" in fields else {}),
+    )
     lens = TopKSAE(TopKSAEConfig(d_in=D, d_sae=F, k=K, metadata=meta, **fields))
     _random_(lens, seed)
     lens.save_model(folder)
@@ -45,8 +47,9 @@ def _inputs(dtype, n=300, seed=1):
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 @pytest.mark.parametrize("rescale", [False, True])
 def test_from_saelens_matches_saelens_encode_and_decode(tmp_path, dtype, apply_b_dec, rescale):
-    lens = _saelens_topk(tmp_path / "lens", dtype=dtype, apply_b_dec_to_input=apply_b_dec,
-                         rescale_acts_by_decoder_norm=rescale)
+    lens = _saelens_topk(
+        tmp_path / "lens", dtype=dtype, apply_b_dec_to_input=apply_b_dec, rescale_acts_by_decoder_norm=rescale
+    )
     assert lens.cfg.apply_b_dec_to_input is apply_b_dec and lens.cfg.rescale_acts_by_decoder_norm is rescale
     ours = from_saelens(tmp_path / "lens")
     assert ours.W_enc.dtype == getattr(torch, dtype)
@@ -76,14 +79,17 @@ def test_from_saelens_upcasts_bfloat16_exactly(tmp_path):
         torch.testing.assert_close(ours(x).x_hat, lens32(x), atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("fields, match", [
-    (dict(normalize_activations="constant_norm_rescale"), "normalize_activations='constant_norm_rescale'"),
-    (dict(normalize_activations="layer_norm"), "normalize_activations='layer_norm'"),
-    (dict(normalize_activations="expected_average_only_in"), "normalize_activations='expected_average_only_in'"),
-    (dict(normalize_activations="covariance_whitening"), "normalize_activations='covariance_whitening'"),
-    (dict(reshape_activations="hook_z", hook_name="blocks.0.attn.hook_z"), "reshape_activations='hook_z'"),
-    (dict(hook_head_index=3, hook_name="blocks.0.attn.hook_z"), "hook_head_index=3"),
-])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(normalize_activations="constant_norm_rescale"), "normalize_activations='constant_norm_rescale'"),
+        (dict(normalize_activations="layer_norm"), "normalize_activations='layer_norm'"),
+        (dict(normalize_activations="expected_average_only_in"), "normalize_activations='expected_average_only_in'"),
+        (dict(normalize_activations="covariance_whitening"), "normalize_activations='covariance_whitening'"),
+        (dict(reshape_activations="hook_z", hook_name="blocks.0.attn.hook_z"), "reshape_activations='hook_z'"),
+        (dict(hook_head_index=3, hook_name="blocks.0.attn.hook_z"), "hook_head_index=3"),
+    ],
+)
 def test_from_saelens_refuses_what_it_cannot_translate(tmp_path, fields, match):
     _saelens_topk(tmp_path / "lens", **fields)
     with pytest.raises(CheckpointError, match=f"{match} cannot be translated"):
@@ -124,8 +130,10 @@ def test_to_saelens_matches_ours_through_saelens_files(tmp_path, selection, dtyp
     to_saelens(sae, tmp_path / "lens")
     lens = SAE.load_from_disk(tmp_path / "lens")
     c = lens.cfg
-    assert (c.architecture(), c.dtype) == ("topk" if selection in ("topk", "gradient") else "jumprelu",
-                                           str(dtype).removeprefix("torch."))
+    assert (c.architecture(), c.dtype) == (
+        "topk" if selection in ("topk", "gradient") else "jumprelu",
+        str(dtype).removeprefix("torch."),
+    )
     assert (c.apply_b_dec_to_input, c.normalize_activations, c.reshape_activations) == (True, "none", "none")
     assert getattr(c, "rescale_acts_by_decoder_norm", False) is False
     assert c.metadata.hook_name == "blocks.0.hook_mlp_out" and c.metadata.hook_head_index is None

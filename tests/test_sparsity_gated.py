@@ -26,8 +26,19 @@ def silu(v: float) -> float:
 
 @pytest.fixture(scope="module")
 def gated():
-    cfg = HookedTransformerConfig(n_layers=1, d_model=4, n_heads=1, d_head=4, d_mlp=4, n_ctx=8, d_vocab=VOCAB,
-                                  act_fn="silu", gated_mlp=True, normalization_type=None, dtype=torch.float64)
+    cfg = HookedTransformerConfig(
+        n_layers=1,
+        d_model=4,
+        n_heads=1,
+        d_head=4,
+        d_mlp=4,
+        n_ctx=8,
+        d_vocab=VOCAB,
+        act_fn="silu",
+        gated_mlp=True,
+        normalization_type=None,
+        dtype=torch.float64,
+    )
     model = HookedTransformer(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():

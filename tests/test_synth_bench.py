@@ -5,9 +5,19 @@ import torch
 from workbench.sae import SAEConfig, SparseAutoencoder
 from workbench.sae.synth_bench import SAELENS_TOPK, SynthBenchConfig, as_saelens, evaluate, make_model, run_bench
 
-TINY = SynthBenchConfig(num_features=96, hidden_dim=32, d_sae=48, hierarchy_roots=8, hierarchy_branching=3,
-                        correlation_rank=4, max_prob=0.3, min_prob=0.05, training_samples=16_384, batch_size=512,
-                        eval_samples=4096)
+TINY = SynthBenchConfig(
+    num_features=96,
+    hidden_dim=32,
+    d_sae=48,
+    hierarchy_roots=8,
+    hierarchy_branching=3,
+    correlation_rank=4,
+    max_prob=0.3,
+    min_prob=0.05,
+    training_samples=16_384,
+    batch_size=512,
+    eval_samples=4096,
+)
 
 
 def test_the_true_dictionary_scores_mcc_one_through_to_saelens():

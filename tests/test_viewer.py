@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from workbench.viewer.server import create_app
 from tests.conftest import free_port, serving
+from workbench.viewer.server import create_app
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
 def _chromium() -> str:
     path = os.environ.get("WORKBENCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
@@ -37,11 +39,22 @@ def server(tiny_demo):
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
+
     exe = _chromium()
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        b = p.chromium.launch(
+            executable_path=exe,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()
 
@@ -56,9 +69,17 @@ def _open(browser, url):
     return page, response, errors
 
 
-@pytest.mark.parametrize("path,name", [("/", "overview"), ("/run/sae-topk", "sae"),
-                                       ("/run/probe-sparsity", "sparsity"), ("/run/probe-heads", "heads"),
-                                       ("/run/probe-arrow", "arrow"), ("/benchmarks", "benchmarks")])
+@pytest.mark.parametrize(
+    "path,name",
+    [
+        ("/", "overview"),
+        ("/run/sae-topk", "sae"),
+        ("/run/probe-sparsity", "sparsity"),
+        ("/run/probe-heads", "heads"),
+        ("/run/probe-arrow", "arrow"),
+        ("/benchmarks", "benchmarks"),
+    ],
+)
 def test_every_page_loads_without_console_errors(server, browser, path, name):
     base, _ = server
     page, response, errors = _open(browser, base + path)
@@ -89,8 +110,12 @@ def test_choosing_another_feature_updates_contexts(server, browser):
 
 def test_traversal_is_refused(server, browser, tiny_demo):
     base, port = server
-    for raw in ["/files/sae-topk/../../../etc/passwd", "/files/sae-topk/..%2F..%2F..%2Fetc%2Fpasswd",
-                "/files/_models/forward/config.json", "/run/..%2F_models"]:
+    for raw in [
+        "/files/sae-topk/../../../etc/passwd",
+        "/files/sae-topk/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/files/_models/forward/config.json",
+        "/run/..%2F_models",
+    ]:
         conn = http.client.HTTPConnection("127.0.0.1", port)
         conn.request("GET", raw)
         assert conn.getresponse().status == 404, raw

@@ -50,8 +50,13 @@ def test_app_answers_before_heavy_imports(tmp_path):
         threading.Thread(target=probe, daemon=True).start()
         app.main(["--port", "{port}", "--runs", {str(tmp_path)!r}, "--no-build"])
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "WORKBENCH_HOME": str(tmp_path)})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "WORKBENCH_HOME": str(tmp_path)},
+    )
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
     assert line == "RESULT [] True", (out.stdout, out.stderr)
 
@@ -72,6 +77,7 @@ def _bar_text(page, stage):
 
 def test_build_page_shows_tqdm_numbers_live(live, tiny_demo, browser):  # noqa: F811
     from workbench.viewer.server import create_app
+
     base, status, viewer = live
     page = browser.new_page()
     page.goto(base + "/")
@@ -120,6 +126,7 @@ def test_failed_stage_does_not_stop_the_next(rebuild, monkeypatch):
 
     def broken(*a, **k):
         raise RuntimeError("planted heads failure")
+
     monkeypatch.setattr(demo, "head_roles", broken)
     (rebuild / "probe-sparsity" / "metrics.jsonl").write_text('{"step": 99}\n')  # left by an interrupted try
     status = BuildStatus()
@@ -127,8 +134,13 @@ def test_failed_stage_does_not_stop_the_next(rebuild, monkeypatch):
         demo.build_demo(rebuild, tiny_demo_config(), progress=False, status=status)
     assert err.value.failures == {"probe-heads": "RuntimeError: planted heads failure"}
     states = {s["name"]: (s["state"], s["reused"]) for s in status.snapshot()["stages"]}
-    assert states == {"models": ("done", False), "sae-topk": ("done", True), "probe-sparsity": ("done", False),
-                      "probe-heads": ("failed", False), "probe-arrow": ("done", True)}
+    assert states == {
+        "models": ("done", False),
+        "sae-topk": ("done", True),
+        "probe-sparsity": ("done", False),
+        "probe-heads": ("failed", False),
+        "probe-arrow": ("done", True),
+    }
     assert "active_frac" in json.loads((rebuild / "probe-sparsity" / "results.json").read_text())["final"]
     assert not (rebuild / "probe-heads" / "results.json").exists()
     assert not (rebuild / "probe-sparsity" / "metrics.jsonl").exists()  # a rebuilt run starts a fresh log
@@ -139,12 +151,14 @@ def test_stop_mid_stage_leaves_no_results(rebuild, monkeypatch):
     the stage's run gets no results.json, the later stages do not start."""
     import app
     import workbench.demo as demo
+
     entered = threading.Event()
 
     def slow(*a, **k):
         entered.set()
         while True:  # a long stage, in Python between native calls
             time.sleep(0.01)
+
     monkeypatch.setattr(demo, "activation_sparsity", slow)
     status = BuildStatus()
     outcome = []
@@ -154,6 +168,7 @@ def test_stop_mid_stage_leaves_no_results(rebuild, monkeypatch):
             demo.build_demo(rebuild, tiny_demo_config(), progress=False, status=status)
         except BuildStopped:
             outcome.append("stopped")
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert entered.wait(120)
@@ -169,12 +184,14 @@ def test_heads_stage_shows_its_bars_live(rebuild, monkeypatch):
     """While the heads stage trains its DuoAttention gates, the build's snapshot (what /api/build
     serves the page) holds the stage's outer bar, named after the part running."""
     import workbench.demo as demo
+
     status, seen = BuildStatus(), []
     real = demo.duo_gates
 
     def spy(*a, **k):
         seen.append(status.snapshot())
         return real(*a, **k)
+
     monkeypatch.setattr(demo, "duo_gates", spy)
     demo.build_demo(rebuild, tiny_demo_config(), progress=True, status=status)
     stage = next(s for s in seen[0]["stages"] if s["name"] == "probe-heads")
@@ -182,4 +199,5 @@ def test_heads_stage_shows_its_bars_live(rebuild, monkeypatch):
     bar = next(b for b in stage["bars"] if b["desc"] == "head methods")
     assert bar["total"] == 6 and "duo gates" in bar["text"]
     from workbench.results import read_results
+
     assert read_results(rebuild / "probe-heads").explorer is not None

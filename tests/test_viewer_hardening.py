@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
+from tests.conftest import free_port, serving
 from tests.test_viewer import _open, browser  # noqa: F401  (the module-scoped Chromium fixture)
 from workbench.viewer.server import create_app
-from tests.conftest import free_port, serving
 
 XSS_SAE = "<img src=x onerror=alert(1)>"
 XSS_HEADS = "h<img src=y onerror=alert(2)>"
@@ -54,13 +54,20 @@ def _request(port, method, path, body=None, host=None):
 
 def _quote(name):
     from urllib.parse import quote
+
     return quote(name, safe="")
 
 
 def test_strings_from_disk_never_run_as_script(hostile, browser):  # noqa: F811
     base, _ = hostile
-    for path in ["/", f"/run/{_quote(XSS_SAE)}", f"/run/{_quote(XSS_HEADS)}", f"/run/{BAD_SPARSITY}",
-                 f"/run/{BAD_KIND}", "/benchmarks"]:
+    for path in [
+        "/",
+        f"/run/{_quote(XSS_SAE)}",
+        f"/run/{_quote(XSS_HEADS)}",
+        f"/run/{BAD_SPARSITY}",
+        f"/run/{BAD_KIND}",
+        "/benchmarks",
+    ]:
         page = browser.new_page()
         dialogs = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
@@ -84,8 +91,14 @@ def test_foreign_host_header_is_refused(hostile):
     _, port = hostile
     for host in [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LOCALHOST:{port}"]:
         assert _request(port, "GET", "/", host=host)[0] == 200, host
-    for host in [f"evil.example:{port}", "evil.example", f"127.0.0.1:{port + 1}", f"127.0.0.1.evil.example:{port}",
-                 f"localhost:{port}@evil", ""]:
+    for host in [
+        f"evil.example:{port}",
+        "evil.example",
+        f"127.0.0.1:{port + 1}",
+        f"127.0.0.1.evil.example:{port}",
+        f"localhost:{port}@evil",
+        "",
+    ]:
         status, _, data = _request(port, "GET", "/api/run/corrupt-sae/search?q=a", host=host)
         assert status == 403 and b"refused" in data, host
 
@@ -102,15 +115,18 @@ def test_corrupt_sae_gives_json_error_naming_the_file(hostile, browser):  # noqa
     page.close()
 
 
-@pytest.mark.parametrize("run,body,status,needle", [
-    ("probe-sparsity-copy", {"text": "a", "feature": 1}, 400, "sae.safetensors is missing"),
-    (XSS_SAE, {"text": ["a"], "feature": 1}, 400, "text must be a string, got list"),
-    (XSS_SAE, {"text": "a", "feature": "1"}, 400, "feature must be an integer, got str"),
-    (XSS_SAE, {"text": "a", "feature": True}, 400, "feature must be an integer, got bool"),
-    (XSS_SAE, {"text": "a", "feature": 1.5}, 400, "feature must be an integer, got float"),
-    (XSS_SAE, ["a", 1], 400, "exactly the keys"),
-    (XSS_SAE, {"text": "a", "feature": 10**6}, 400, "feature must lie in [0, 256)"),
-])
+@pytest.mark.parametrize(
+    "run,body,status,needle",
+    [
+        ("probe-sparsity-copy", {"text": "a", "feature": 1}, 400, "sae.safetensors is missing"),
+        (XSS_SAE, {"text": ["a"], "feature": 1}, 400, "text must be a string, got list"),
+        (XSS_SAE, {"text": "a", "feature": "1"}, 400, "feature must be an integer, got str"),
+        (XSS_SAE, {"text": "a", "feature": True}, 400, "feature must be an integer, got bool"),
+        (XSS_SAE, {"text": "a", "feature": 1.5}, 400, "feature must be an integer, got float"),
+        (XSS_SAE, ["a", 1], 400, "exactly the keys"),
+        (XSS_SAE, {"text": "a", "feature": 10**6}, 400, "feature must lie in [0, 256)"),
+    ],
+)
 def test_prompt_api_rejects_bad_input_with_json(hostile, tiny_demo, run, body, status, needle):
     _, port = hostile
     if run == "probe-sparsity-copy":
@@ -124,8 +140,12 @@ def test_attention_api_checks_indices(hostile):
     _, port = hostile
     heads = _quote(XSS_HEADS)
     assert _request(port, "GET", f"/api/run/{heads}/attention?layer=0&head=0")[0] == 200
-    for query, needle in [("layer=-1&head=0", "layer must lie in [0, 2)"), ("layer=0&head=2", "head in [0, 2)"),
-                          ("layer=x&head=0", "as integers"), ("head=0", "as integers")]:
+    for query, needle in [
+        ("layer=-1&head=0", "layer must lie in [0, 2)"),
+        ("layer=0&head=2", "head in [0, 2)"),
+        ("layer=x&head=0", "as integers"),
+        ("head=0", "as integers"),
+    ]:
         status, ctype, data = _request(port, "GET", f"/api/run/{heads}/attention?{query}")
         assert status == 400 and ctype.startswith("application/json"), query
         assert needle in json.loads(data)["error"], query

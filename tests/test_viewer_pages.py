@@ -57,9 +57,11 @@ def test_attention_api_function_checks_its_parameters():
     fig = heads_page.attention("hd", res, {"layer": "1", "head": "0"})
     assert fig["data"][0]["z"] == res.examples[0].patterns[1][0]
     assert fig["data"][0]["x"] == ["0:<s>", "1:a<b>"]  # plotly draws labels as text; the figure keeps them raw
-    for query, status, needle in [({"layer": "2", "head": "0"}, 400, "layer must lie in [0, 2)"),
-                                  ({"layer": "0"}, 400, "as integers"),
-                                  ({"layer": "0", "head": "0", "example": "1"}, 400, "example must lie in [0, 1)")]:
+    for query, status, needle in [
+        ({"layer": "2", "head": "0"}, 400, "layer must lie in [0, 2)"),
+        ({"layer": "0"}, 400, "as integers"),
+        ({"layer": "0", "head": "0", "example": "1"}, 400, "example must lie in [0, 1)"),
+    ]:
         with pytest.raises(ApiError, match=needle.replace("[", r"\[").replace(")", r"\)")) as e:
             heads_page.attention("hd", res, query)
         assert e.value.status == status
@@ -73,29 +75,44 @@ def test_api_functions_on_a_run_store(tmp_path):
     write_results(new_run(tmp_path / "sp", "sparsity"), sparsity_result())
     store, jobs = RunStore(tmp_path), Evaluations()
     assert api.attention(store, "hd", {"layer": "0", "head": "1"})["data"][0]["type"] == "heatmap"
-    cases = [(lambda: api.attention(store, "sp", {"layer": "0", "head": "0"}), 400, "'sparsity' run, not a heads run"),
-             (lambda: api.feature(store, "nope", 0), 404, "no such run"),
-             (lambda: api.feature(store, "sp", 0), 500, "features.safetensors is missing"),
-             (lambda: api.prompt(store, "sp", {"text": "a", "feature": 0}), 400, "sae.safetensors is missing"),
-             (lambda: api.start_evaluation(store, jobs, "sp"), 400, "only SAE runs are evaluated")]
+    cases = [
+        (lambda: api.attention(store, "sp", {"layer": "0", "head": "0"}), 400, "'sparsity' run, not a heads run"),
+        (lambda: api.feature(store, "nope", 0), 404, "no such run"),
+        (lambda: api.feature(store, "sp", 0), 500, "features.safetensors is missing"),
+        (lambda: api.prompt(store, "sp", {"text": "a", "feature": 0}), 400, "sae.safetensors is missing"),
+        (lambda: api.start_evaluation(store, jobs, "sp"), 400, "only SAE runs are evaluated"),
+    ]
     for call, status, needle in cases:
         with pytest.raises(ApiError, match=needle) as e:
             call()
         assert e.value.status == status
-    assert api.evaluation_state(store, jobs, "hd") == {"phase": "idle", "error": None, "stages": [],
-                                                       "evaluated": True}
+    assert api.evaluation_state(store, jobs, "hd") == {"phase": "idle", "error": None, "stages": [], "evaluated": True}
 
 
 # --- a run trained with --no-eval -----------------------------------------------------------------
 
-TRAIN = ["--hook", "blocks.0.hook_resid_post", "--d-sae", "64", "--k", "4", "--total-tokens", "4096",
-         "--batch-size", "1024", "--buffer-tokens", "4096", "--no-eval"]
+TRAIN = [
+    "--hook",
+    "blocks.0.hook_resid_post",
+    "--d-sae",
+    "64",
+    "--k",
+    "4",
+    "--total-tokens",
+    "4096",
+    "--batch-size",
+    "1024",
+    "--buffer-tokens",
+    "4096",
+    "--no-eval",
+]
 
 
 @pytest.fixture(scope="module")
 def no_eval_run(tmp_path_factory):
     """A TopK SAE on the default model, trained with --no-eval (a few seconds)."""
     from workbench.__main__ import main
+
     out = tmp_path_factory.mktemp("noeval") / "sae-noeval"
     assert main(["train-sae", *TRAIN, "--out", str(out)]) == 0
     assert (out / "sae.safetensors").exists() and not (out / "results.json").exists()
@@ -180,8 +197,10 @@ def test_a_bpe_run_decodes_features_with_its_own_tokenizer(tmp_path):
     _hf_model("gpt2", len(tok)).save_pretrained(folder)
     tok.save_pretrained(folder)
     out = tmp_path / "runs" / "sae-bpe"
-    assert main(["train-sae", "--model", str(folder), "--corpus", str(tmp_path / "own.txt"), *TRAIN,
-                 "--out", str(out)]) == 0
+    assert (
+        main(["train-sae", "--model", str(folder), "--corpus", str(tmp_path / "own.txt"), *TRAIN, "--out", str(out)])
+        == 0
+    )
     client = TestClient(create_app(out.parent, eval_windows=4), base_url="http://127.0.0.1")
     _evaluate(client, out.name)
     table = FeatureTable.load(out / "features.safetensors")
@@ -192,6 +211,7 @@ def test_a_bpe_run_decodes_features_with_its_own_tokenizer(tmp_path):
     bpe = load_tokenizer(folder)
     assert got == contexts_html(table, f, bpe)
     from workbench.corpus import ByteTokenizer
+
     assert got != contexts_html(table, f, ByteTokenizer())
 
 
@@ -201,6 +221,7 @@ def test_compute_button_in_chromium(no_eval_run, tmp_path):
 
     _chromium()
     from playwright.sync_api import sync_playwright
+
     root, name = _copy(no_eval_run, tmp_path)
     port = free_port()
     with serving(create_app(root, eval_windows=4), port) as url, sync_playwright() as p:
@@ -210,8 +231,10 @@ def test_compute_button_in_chromium(no_eval_run, tmp_path):
         page.click("#evaluate-go")
         page.wait_for_selector("#evaluate-stages tr[data-stage='model']")  # the stages are drawn live
         # done: the page reloads into the full SAE page, whose feature browser loads a feature
-        page.wait_for_function("document.getElementById('contexts') && "
-                               "document.getElementById('contexts').dataset.feature !== undefined", timeout=300_000)
+        page.wait_for_function(
+            "document.getElementById('contexts') && document.getElementById('contexts').dataset.feature !== undefined",
+            timeout=300_000,
+        )
         assert page.locator("#evaluate-go").count() == 0 and "fvu" in page.inner_text("table")
         assert errors == []
         browser.close()

@@ -33,8 +33,11 @@ def test_feature_explorer_follows_the_chosen_feature(tiny_demo):
 
 def test_feature_that_never_fires_shows_a_message(tiny_demo):
     table = FeatureTable.load(tiny_demo / "sae-topk" / "features.safetensors")
-    table = table._replace(top_values=torch.zeros_like(table.top_values),
-                           hist_counts=torch.zeros_like(table.hist_counts), density=torch.zeros_like(table.density))
+    table = table._replace(
+        top_values=torch.zeros_like(table.top_values),
+        hist_counts=torch.zeros_like(table.hist_counts),
+        density=torch.zeros_like(table.density),
+    )
     dash = FeatureExplorer(table, ByteTokenizer(), feature=0)
     assert "never fires" in dash.contexts.value
     assert "never fires" in dash.figures["hist"].layout.annotations[0].text

@@ -26,18 +26,30 @@ STORE_FLAGS = {"hook_name": "hook", "buffer_tokens": "shard_tokens", "with_grads
 
 
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="workbench-tiny", help="workbench-tiny, a folder saved with Hugging "
-                        "Face save_pretrained (GPT-2, GPT-NeoX/Pythia, Llama, ...), or a TransformerLens name")
-    parser.add_argument("--corpus", default=None, help="your own text: a UTF-8 file, a .jsonl file, or a folder "
-                        "of .txt/.md/.py files (default: the embedded Python-docs corpus)")
+    parser.add_argument(
+        "--model",
+        default="workbench-tiny",
+        help="workbench-tiny, a folder saved with Hugging "
+        "Face save_pretrained (GPT-2, GPT-NeoX/Pythia, Llama, ...), or a TransformerLens name",
+    )
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help="your own text: a UTF-8 file, a .jsonl file, or a folder "
+        "of .txt/.md/.py files (default: the embedded Python-docs corpus)",
+    )
     parser.add_argument("--text-field", default="text", help="the field holding the text in .jsonl rows")
 
 
 def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     ap = argparse.ArgumentParser(prog="workbench")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a shared 2-core machine two threads collapse when "
-                         "another process is busy; see benchmarks/RESULTS.md, 'Cold start'); 0 keeps torch's default")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine two threads collapse when "
+        "another process is busy; see benchmarks/RESULTS.md, 'Cold start'); 0 keeps torch's default",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     ca = sub.add_parser("cache-acts", help="write a model's activations at a hook as safetensors shards")
     _add_source_flags(ca)
@@ -47,34 +59,50 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     ca.add_argument("--out", required=True, help="the cache folder (shards and manifest.json)")
     tr = sub.add_parser("train-sae", help="train an SAE on a model's activations at a hook, or on a cache")
     _add_source_flags(tr)
-    tr.add_argument("--no-eval", action="store_true", help="skip results.json and features.safetensors (the "
-                                                           "viewer then lists the run as unfinished)")
+    tr.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="skip results.json and features.safetensors (the viewer then lists the run as unfinished)",
+    )
     add_flags(tr, StoreConfig, only={"buffer_tokens"})  # with --hook: a live model's chunks
-    tr.add_argument("--eval-windows", type=int, default=32, help="held-out windows for results.json and the "
-                                                                  "feature table")
+    tr.add_argument(
+        "--eval-windows", type=int, default=32, help="held-out windows for results.json and the feature table"
+    )
     tr.add_argument("--hook", help="TransformerLens hook name, e.g. blocks.1.hook_resid_post (without --cache)")
     tr.add_argument("--cache", help="a folder written by cache-acts (the way to train on many ranks)")
     tr.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
     add_flags(tr, SAEConfig, skip=FILLED_BY_RUN)
     add_flags(tr, SAETrainConfig)
-    td = sub.add_parser("train-default", help="retrain the embedded default workbench-tiny (every seed, both "
-                                              "directions) and pack it into data/ (see data/README.md)")
+    td = sub.add_parser(
+        "train-default",
+        help="retrain the embedded default workbench-tiny (every seed, both "
+        "directions) and pack it into data/ (see data/README.md)",
+    )
     td.add_argument("--out", default="runs/workbench-tiny", help="where the full-precision runs are trained")
     td.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     td.add_argument("--jobs", type=int, default=2, help="models trained at once (one CPU thread each)")
     td.add_argument("--steps", type=int, default=None, help="fewer steps than the recipe (a quick check)")
-    td.add_argument("--pack", default=None, help="write the shipped layout here (default: data/workbench-tiny "
-                                                 "for the full recipe, nothing with --steps)")
-    td.add_argument("--primes", action="store_true", help="instead, the arrow probe's primes×product pairs "
-                                                          "(runs/arrow-primes, packed into data/arrow-primes)")
+    td.add_argument(
+        "--pack",
+        default=None,
+        help="write the shipped layout here (default: data/workbench-tiny for the full recipe, nothing with --steps)",
+    )
+    td.add_argument(
+        "--primes",
+        action="store_true",
+        help="instead, the arrow probe's primes×product pairs (runs/arrow-primes, packed into data/arrow-primes)",
+    )
     return ap, {"cache-acts": ca, "train-sae": tr, "train-default": td}
 
 
-def train_configs(args: argparse.Namespace, d_in: int, hook_name: str = "",
-                  model_name: str = "") -> tuple[SAEConfig, SAETrainConfig]:
+def train_configs(
+    args: argparse.Namespace, d_in: int, hook_name: str = "", model_name: str = ""
+) -> tuple[SAEConfig, SAETrainConfig]:
     """The SAE and training configs a parsed `train-sae` command line asks for."""
-    return (from_args(SAEConfig, args, d_in=d_in, hook_name=hook_name, model_name=model_name),
-            from_args(SAETrainConfig, args))
+    return (
+        from_args(SAEConfig, args, d_in=d_in, hook_name=hook_name, model_name=model_name),
+        from_args(SAETrainConfig, args),
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,9 +128,15 @@ def train_default(args: argparse.Namespace) -> int:
         man = dm.train_primes(out, tuple(args.seeds), args.pack)
         print(f"packed {len(man['files'])} files into {args.pack or dm.primes_dir()}")
         return 0
-    cfg = DEFAULT_TRAIN if args.steps is None else replace(
-        DEFAULT_TRAIN, steps=args.steps, checkpoint_steps=tuple(s for s in DEFAULT_TRAIN.checkpoint_steps
-                                                                  if s < args.steps))
+    cfg = (
+        DEFAULT_TRAIN
+        if args.steps is None
+        else replace(
+            DEFAULT_TRAIN,
+            steps=args.steps,
+            checkpoint_steps=tuple(s for s in DEFAULT_TRAIN.checkpoint_steps if s < args.steps),
+        )
+    )
     dm.train_default(args.out, tuple(args.seeds), jobs=args.jobs, train_cfg=cfg)
     dest = args.pack or (None if args.steps is None else "")
     if dest != "":
@@ -111,8 +145,16 @@ def train_default(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_source(model_name: str, hook: str, device: str, with_grads: bool, seed: int, buffer_tokens: int,
-                  corpus: str | None = None, text_field: str = "text"):
+def _model_source(
+    model_name: str,
+    hook: str,
+    device: str,
+    with_grads: bool,
+    seed: int,
+    buffer_tokens: int,
+    corpus: str | None = None,
+    text_field: str = "text",
+):
     from .activations import ModelSource, StoreConfig
     from .corpus import corpus_stream
     from .models import load_model
@@ -128,12 +170,25 @@ def cache_acts(args: argparse.Namespace) -> int:
     from .activations import cache_activations
     from .pretrained import model_record
 
-    src = _model_source(args.model, args.hook_name, args.device, args.with_grads, args.seed, args.buffer_tokens,
-                        args.corpus, args.text_field)
+    src = _model_source(
+        args.model,
+        args.hook_name,
+        args.device,
+        args.with_grads,
+        args.seed,
+        args.buffer_tokens,
+        args.corpus,
+        args.text_field,
+    )
     n = max(1, args.tokens // args.buffer_tokens)
     corpus = None if args.corpus is None else str(Path(args.corpus).resolve())  # found again from anywhere
-    meta = {"model": model_record(args.model)["model"], "hook_name": args.hook_name, "seed": args.seed,
-            "corpus": corpus, "text_field": args.text_field}
+    meta = {
+        "model": model_record(args.model)["model"],
+        "hook_name": args.hook_name,
+        "seed": args.seed,
+        "corpus": corpus,
+        "text_field": args.text_field,
+    }
     cache_activations(src, args.out, n, metadata=meta)
     print(f"wrote {n} shards of {args.buffer_tokens} activations to {args.out}")
     return 0
@@ -163,8 +218,9 @@ def train(args: argparse.Namespace) -> int:
     else:
         hook, model_name = args.hook, model_record(args.model)["model"]
         corpus, text_field = args.corpus, args.text_field
-        src = _model_source(args.model, args.hook, values["device"], gradient, values["seed"],
-                            args.buffer_tokens, corpus, text_field)
+        src = _model_source(
+            args.model, args.hook, values["device"], gradient, values["seed"], args.buffer_tokens, corpus, text_field
+        )
     corpus = None if corpus is None else str(Path(corpus).resolve())
     sae_cfg, train_cfg = train_configs(args, src.d, hook, model_name)
     store = ActivationStore(src, train_cfg.batch_size, seed=train_cfg.seed, rank=rank, world_size=world)
@@ -188,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         import torch
+
         torch.set_num_threads(args.threads)
     return {"cache-acts": cache_acts, "train-sae": train, "train-default": train_default}[args.command](args)
 

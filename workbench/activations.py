@@ -45,8 +45,10 @@ def validate_hook_name(model: HookedTransformer, hook_name: str) -> None:
         return
     close = difflib.get_close_matches(hook_name, list(model.hook_dict), n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"hook_name {hook_name!r} is not a hook of this model "
-                   f"({model.cfg.n_layers} layers, e.g. 'blocks.0.hook_resid_post'){hint}")
+    raise KeyError(
+        f"hook_name {hook_name!r} is not a hook of this model "
+        f"({model.cfg.n_layers} layers, e.g. 'blocks.0.hook_resid_post'){hint}"
+    )
 
 
 def hook_dim(model: HookedTransformer, hook_name: str) -> int:
@@ -56,9 +58,9 @@ def hook_dim(model: HookedTransformer, hook_name: str) -> int:
     return cache[hook_name].shape[-1]
 
 
-def capture(model: HookedTransformer, tokens: Int[torch.Tensor, "batch seq"], hook_name: str,
-            with_grads: bool = False) -> tuple[Float[torch.Tensor, "batch seq d"],
-                                               Float[torch.Tensor, "batch seq d"] | None]:
+def capture(
+    model: HookedTransformer, tokens: Int[torch.Tensor, "batch seq"], hook_name: str, with_grads: bool = False
+) -> tuple[Float[torch.Tensor, "batch seq d"], Float[torch.Tensor, "batch seq d"] | None]:
     """Activations at `hook_name` and, optionally, d(sum of next-token losses)/d(activation).
 
     The loss is summed over positions (not averaged), so a gradient does not shrink with the
@@ -102,8 +104,9 @@ class StoreConfig:
 
     hook_name: str = doc(REQUIRED, "TransformerLens hook name, e.g. blocks.1.hook_resid_post")
     batch_size: int = doc(4096, "activations per (global) batch")
-    buffer_tokens: int = doc(65_536, "activations per chunk (a cache shard), computed at once and shuffled into "
-                             "batches: the memory bound")
+    buffer_tokens: int = doc(
+        65_536, "activations per chunk (a cache shard), computed at once and shuffled into batches: the memory bound"
+    )
     seq_len: int = doc(128, "tokens per window after BOS")
     with_grads: bool = doc(False, "also capture dL/d(activation) (gradient SAEs need it)")
     skip_bos: bool = doc(True, "drop the BOS position: its activations are outliers, not text")
@@ -115,8 +118,7 @@ class StoreConfig:
 class ModelSource:
     """Chunks computed from a model over a token stream."""
 
-    def __init__(self, model: HookedTransformer, stream: Int[torch.Tensor, " n"], cfg: StoreConfig,
-                 bos_token_id: int):
+    def __init__(self, model: HookedTransformer, stream: Int[torch.Tensor, " n"], cfg: StoreConfig, bos_token_id: int):
         validate_hook_name(model, cfg.hook_name)
         if cfg.seq_len >= model.cfg.n_ctx:
             raise ValueError(f"seq_len={cfg.seq_len} must be < the model's n_ctx={model.cfg.n_ctx}")
@@ -128,8 +130,9 @@ class ModelSource:
         per_seq = self.cfg.seq_len + (0 if self.cfg.skip_bos else 1)
         n_seq = -(-self.cfg.buffer_tokens // per_seq)
         gen = torch.Generator().manual_seed(self.cfg.seed * 7_919 + i)
-        seqs = windows(self.stream, self.cfg.seq_len, bos_token_id=self.bos, reverse=self.cfg.reverse,
-                       n=n_seq, generator=gen)
+        seqs = windows(
+            self.stream, self.cfg.seq_len, bos_token_id=self.bos, reverse=self.cfg.reverse, n=n_seq, generator=gen
+        )
         acts, grads = [], []
         start = 1 if self.cfg.skip_bos else 0
         for batch in seqs.split(self.cfg.model_batch):
@@ -144,8 +147,12 @@ class ModelSource:
 class TensorSource:
     """Chunks cut from tensors already in memory (synthetic data, small experiments)."""
 
-    def __init__(self, acts: Float[torch.Tensor, "n d"], grads: Float[torch.Tensor, "n d"] | None = None,
-                 chunk_size: int | None = None):
+    def __init__(
+        self,
+        acts: Float[torch.Tensor, "n d"],
+        grads: Float[torch.Tensor, "n d"] | None = None,
+        chunk_size: int | None = None,
+    ):
         if acts.ndim != 2:
             raise ValueError(f"acts: expected [n, d], got shape {tuple(acts.shape)}")
         if grads is not None and grads.shape != acts.shape:
@@ -169,8 +176,7 @@ class ActivationStore:
     With `world_size > 1` each rank gets rows [rank·b/W, (rank+1)·b/W) of every global batch b.
     """
 
-    def __init__(self, source: ChunkSource, batch_size: int, seed: int = 0, *, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(self, source: ChunkSource, batch_size: int, seed: int = 0, *, rank: int = 0, world_size: int = 1):
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} must be divisible by world_size={world_size}")
         self.source, self.batch_size, self.seed = source, batch_size, seed
@@ -243,9 +249,15 @@ class ActivationStore:
 MANIFEST = "manifest.json"
 
 
-def cache_activations(source: ChunkSource, out_dir: str | Path, n_chunks: int, *,
-                      metadata: dict | None = None, dtype: torch.dtype = torch.float32,
-                      progress: bool = True) -> Path:
+def cache_activations(
+    source: ChunkSource,
+    out_dir: str | Path,
+    n_chunks: int,
+    *,
+    metadata: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> Path:
     """Write chunks 0..n_chunks-1 of `source` as safetensors shards plus a manifest (written
     last, so a half-written cache has no manifest and is refused on read)."""
     out = Path(out_dir)
@@ -259,9 +271,17 @@ def cache_activations(source: ChunkSource, out_dir: str | Path, n_chunks: int, *
         name = f"shard_{i:05d}.safetensors"
         atomic_save_tensors(out / name, tensors)
         shards.append({"file": name, "n": len(acts)})
-    atomic_write_json(out / MANIFEST, {
-        "format": "workbench-activations/1", "d": source.d, "has_grads": source.has_grads,
-        "dtype": str(dtype).removeprefix("torch."), "shards": shards, "metadata": metadata or {}})
+    atomic_write_json(
+        out / MANIFEST,
+        {
+            "format": "workbench-activations/1",
+            "d": source.d,
+            "has_grads": source.has_grads,
+            "dtype": str(dtype).removeprefix("torch."),
+            "shards": shards,
+            "metadata": metadata or {},
+        },
+    )
     return out
 
 
@@ -313,8 +333,9 @@ class CachedSource:
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # bf16 travels as raw bits
 
 
-def read_rows(path: Path, name: str, rows: Int[torch.Tensor, " m"],
-              shape: tuple[int, int]) -> Float[torch.Tensor, "m d"]:
+def read_rows(
+    path: Path, name: str, rows: Int[torch.Tensor, " m"], shape: tuple[int, int]
+) -> Float[torch.Tensor, "m d"]:
     """Rows of a 2-D tensor in a safetensors file, as float32, without reading the others.
 
     safetensors reads whole tensors or contiguous slices; a rank's rows of a shuffled batch are
@@ -326,8 +347,10 @@ def read_rows(path: Path, name: str, rows: Int[torch.Tensor, " m"],
         header = json.loads(f.read(header_len))
     info = header.get(name)
     if info is None or info["dtype"] not in _NP_DTYPES or tuple(info["shape"]) != shape:
-        raise ValueError(f"{path}: tensor {name!r} is {info and (info['dtype'], info['shape'])}, "
-                         f"expected {shape} in one of {list(_NP_DTYPES)}")
+        raise ValueError(
+            f"{path}: tensor {name!r} is {info and (info['dtype'], info['shape'])}, "
+            f"expected {shape} in one of {list(_NP_DTYPES)}"
+        )
     begin = 8 + header_len + info["data_offsets"][0]
     data = np.memmap(path, dtype=_NP_DTYPES[info["dtype"]], mode="r", offset=begin, shape=shape)
     order = torch.argsort(rows)  # ascending offsets read the file forwards

@@ -117,13 +117,14 @@ def _read_utf8(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); "
-                         "convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.start} is {data[e.start : e.start + 1]!r}); "
+            "convert it first, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
 
 
 def _paragraphs(path: Path, key: str) -> dict[str, str]:
-    return {f"{key}:{i:06d}": block.strip() for i, block in enumerate(_read_utf8(path).split("\n\n"))
-            if block.strip()}
+    return {f"{key}:{i:06d}": block.strip() for i, block in enumerate(_read_utf8(path).split("\n\n")) if block.strip()}
 
 
 def _jsonl_rows(path: Path, key: str, text_field: str) -> dict[str, str]:
@@ -137,8 +138,9 @@ def _jsonl_rows(path: Path, key: str, text_field: str) -> dict[str, str]:
             raise ValueError(f"{path}:{i}: not a JSON object ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
             found = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(f"{path}:{i}: expected an object with a string field {text_field!r} "
-                             f"(text_field), found {found}")
+            raise ValueError(
+                f"{path}:{i}: expected an object with a string field {text_field!r} (text_field), found {found}"
+            )
         if row[text_field].strip():
             docs[f"{key}:{i:08d}"] = row[text_field]
     return docs
@@ -159,8 +161,13 @@ def load_corpus(path: str | Path, text_field: str = "text", val_every: int = 20)
         if not docs:
             raise ValueError(f"{path}: the file is empty (no text to train or evaluate on)")
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + (".jsonl",)
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix in TEXT_SUFFIXES + (".jsonl",)
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         docs = {}
         for f in files:
             docs.update(_file_docs(f, str(f.relative_to(path)), text_field))
@@ -169,7 +176,7 @@ def load_corpus(path: str | Path, text_field: str = "text", val_every: int = 20)
     else:
         raise FileNotFoundError(f"corpus: {path} is neither a file nor a folder")
     if len(docs) < 2:  # one document cannot be split by documents: cut it in two halves instead
-        (key, text), = docs.items()
+        ((key, text),) = docs.items()
         cut = text.rfind(" ", 0, int(len(text) * 0.9)) + 1 or int(len(text) * 0.9)
         docs = {f"{key}:a": text[:cut], f"{key}:b": text[cut:]}
     return _split(str(path), docs, val_every)
@@ -180,8 +187,10 @@ def corpus_stream(corpus: Corpus, tokenizer: Tokenizer, split: str, window: int)
     a too-short own corpus fails here with its name, not deep inside the activation store."""
     stream = encode_corpus(corpus, tokenizer, split)
     if len(stream) < window:
-        raise ValueError(f"corpus {corpus.name}: its {split} split is {len(stream)} tokens, shorter than one "
-                         f"context window of {window} tokens: give more text")
+        raise ValueError(
+            f"corpus {corpus.name}: its {split} split is {len(stream)} tokens, shorter than one "
+            f"context window of {window} tokens: give more text"
+        )
     return stream
 
 
@@ -248,8 +257,15 @@ def encode_corpus(corpus: Corpus, tokenizer: Tokenizer, split: str = "train") ->
     return torch.from_numpy(np.asarray(ids, dtype=np.int64))
 
 
-def windows(stream: torch.Tensor, length: int, *, bos_token_id: int, reverse: bool = False,
-            n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def windows(
+    stream: torch.Tensor,
+    length: int,
+    *,
+    bos_token_id: int,
+    reverse: bool = False,
+    n: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Cut a token stream into [n, length + 1] sequences: BOS followed by `length` tokens.
 
     Without a generator the windows are consecutive and non-overlapping (validation); with one

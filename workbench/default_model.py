@@ -26,8 +26,19 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer
 
-from .models import (DEFAULT_MODEL, DEFAULT_TRAIN, Direction, LMTrainConfig, ModelConfig, TokenData, default_data,
-                     evaluate_lm, load_model_file, save_model, train_lm)
+from .models import (
+    DEFAULT_MODEL,
+    DEFAULT_TRAIN,
+    Direction,
+    LMTrainConfig,
+    ModelConfig,
+    TokenData,
+    default_data,
+    evaluate_lm,
+    load_model_file,
+    save_model,
+    train_lm,
+)
 from .runs import CheckpointError, RunDir, atomic_write_bytes, atomic_write_json
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -61,13 +72,20 @@ def _sha256(path: Path) -> str:
 def manifest(root: Path | None = None) -> dict:
     path = (root or shipped_dir()) / "manifest.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the shipped default weights are not there. "
-                                f"Rebuild them with `{REBUILD}` (see data/README.md)")
+        raise FileNotFoundError(
+            f"{path} is missing: the shipped default weights are not there. "
+            f"Rebuild them with `{REBUILD}` (see data/README.md)"
+        )
     return json.loads(path.read_text())
 
 
-def load_shipped(direction: Direction = "forward", seed: int = 0, root: Path | None = None,
-                 checkpoint_step: int | None = None, model_cfg: ModelConfig = DEFAULT_MODEL) -> HookedTransformer:
+def load_shipped(
+    direction: Direction = "forward",
+    seed: int = 0,
+    root: Path | None = None,
+    checkpoint_step: int | None = None,
+    model_cfg: ModelConfig = DEFAULT_MODEL,
+) -> HookedTransformer:
     """One shipped model in float32, after checking its file against the manifest's hash."""
     folder = run_dir(seed, direction, root)
     name = "model.safetensors" if checkpoint_step is None else f"checkpoints/step_{checkpoint_step:06d}.safetensors"
@@ -77,16 +95,21 @@ def load_shipped(direction: Direction = "forward", seed: int = 0, root: Path | N
     if entry is None or not path.exists():
         raise FileNotFoundError(f"{path} is missing from the shipped default weights; rebuild them with `{REBUILD}`")
     if _sha256(path) != entry["sha256"]:
-        raise CheckpointError(f"{path} is corrupt: its sha256 differs from {root or shipped_dir()}/manifest.json; "
-                              f"restore it from git or rebuild with `{REBUILD}`")
+        raise CheckpointError(
+            f"{path} is corrupt: its sha256 differs from {root or shipped_dir()}/manifest.json; "
+            f"restore it from git or rebuild with `{REBUILD}`"
+        )
     return load_model_file(path, model_cfg)
 
 
-def load_shipped_pairs(seeds: tuple[int, ...] = DEFAULT_SEEDS, root: Path | None = None,
-                       model_cfg: ModelConfig = DEFAULT_MODEL) -> list[tuple[HookedTransformer, HookedTransformer]]:
+def load_shipped_pairs(
+    seeds: tuple[int, ...] = DEFAULT_SEEDS, root: Path | None = None, model_cfg: ModelConfig = DEFAULT_MODEL
+) -> list[tuple[HookedTransformer, HookedTransformer]]:
     """(forward, backward) of every seed, as the arrow probe takes them."""
-    return [(load_shipped("forward", s, root, model_cfg=model_cfg), load_shipped("backward", s, root, model_cfg=model_cfg))
-            for s in seeds]
+    return [
+        (load_shipped("forward", s, root, model_cfg=model_cfg), load_shipped("backward", s, root, model_cfg=model_cfg))
+        for s in seeds
+    ]
 
 
 def _train_one(job: tuple[int, str, str, LMTrainConfig]) -> str:
@@ -97,12 +120,17 @@ def _train_one(job: tuple[int, str, str, LMTrainConfig]) -> str:
     return f"seed {seed} {direction}"
 
 
-def train_default(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, jobs: int = 2,
-                  train_cfg: LMTrainConfig = DEFAULT_TRAIN) -> Path:
+def train_default(
+    out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, jobs: int = 2, train_cfg: LMTrainConfig = DEFAULT_TRAIN
+) -> Path:
     """Train (or resume) every seed and direction of the default into `out`, `jobs` at a time."""
     out = Path(out)
-    todo = [(s, d, str(out), train_cfg) for s in seeds for d in ("forward", "backward")
-            if not (run_dir(s, d, out) / "model.safetensors").exists()]
+    todo = [
+        (s, d, str(out), train_cfg)
+        for s in seeds
+        for d in ("forward", "backward")
+        if not (run_dir(s, d, out) / "model.safetensors").exists()
+    ]
     if jobs <= 1:
         for job in todo:
             print(_train_one(job), "done", flush=True)
@@ -113,9 +141,16 @@ def train_default(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, jobs:
     return out
 
 
-def pack(runs: str | Path, dest: str | Path | None = None, eval_windows: int = 128, *,
-         model_cfg: ModelConfig = DEFAULT_MODEL, data: TokenData | None = None,
-         seq_len: int = DEFAULT_TRAIN.seq_len, checkpoints_of: tuple[int, str] | None = _CHECKPOINTS_OF) -> dict:
+def pack(
+    runs: str | Path,
+    dest: str | Path | None = None,
+    eval_windows: int = 128,
+    *,
+    model_cfg: ModelConfig = DEFAULT_MODEL,
+    data: TokenData | None = None,
+    seq_len: int = DEFAULT_TRAIN.seq_len,
+    checkpoints_of: tuple[int, str] | None = _CHECKPOINTS_OF,
+) -> dict:
     """Copy trained runs into the shipped layout (bf16 weights, no optimizer state) and write the
     manifest: each file's sha256 and size, and each final model's held-out loss measured on the
     packed weights (so the recorded loss is what `load_model` gives)."""
@@ -143,8 +178,14 @@ def pack(runs: str | Path, dest: str | Path | None = None, eval_windows: int = 1
         if path.is_file() and path.name != "manifest.json":
             files[path.relative_to(dest).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
     train = RunDir(next(iter(sorted(runs.glob("seed*/forward"))))).read_config()["config"]["train"]
-    man = {"model": asdict(model_cfg), "train": {**train, "seed": "per folder"}, "storage": "bfloat16",
-           "val_windows": eval_windows, "val_loss": losses, "files": files}
+    man = {
+        "model": asdict(model_cfg),
+        "train": {**train, "seed": "per folder"},
+        "storage": "bfloat16",
+        "val_windows": eval_windows,
+        "val_loss": losses,
+        "files": files,
+    }
     atomic_write_json(dest / "manifest.json", man)
     return man
 
@@ -165,5 +206,12 @@ def train_primes(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, dest: 
     torch.set_num_threads(1)
     data = primes_data()
     train_pairs(PRIMES_MODEL, PRIMES_TRAIN, data, out, seeds=seeds)
-    return pack(out, dest if dest is not None else primes_dir(), 256, model_cfg=PRIMES_MODEL, data=data,
-                seq_len=PRIMES_TRAIN.seq_len, checkpoints_of=None)
+    return pack(
+        out,
+        dest if dest is not None else primes_dir(),
+        256,
+        model_cfg=PRIMES_MODEL,
+        data=data,
+        seq_len=PRIMES_TRAIN.seq_len,
+        checkpoints_of=None,
+    )

@@ -59,9 +59,13 @@ from .sae.run_eval import evaluate_sae
 from .viewer.build_status import BuildStatus
 
 # Stage names in build order, and the run folder each writes (the models are cached elsewhere).
-STAGES: tuple[tuple[str, str | None], ...] = (("models", None), ("sae-topk", "sae-topk"),
-                                              ("probe-sparsity", "probe-sparsity"), ("probe-heads", "probe-heads"),
-                                              ("probe-arrow", "probe-arrow"))
+STAGES: tuple[tuple[str, str | None], ...] = (
+    ("models", None),
+    ("sae-topk", "sae-topk"),
+    ("probe-sparsity", "probe-sparsity"),
+    ("probe-heads", "probe-heads"),
+    ("probe-arrow", "probe-arrow"),
+)
 
 
 class DemoBuildError(RuntimeError):
@@ -80,6 +84,7 @@ def configure_threads() -> int:
     are only about 1.4x faster (826/s), so 1 thread loses little alone and keeps working under load.
     The demo's models are small (d_model 128), where intra-op parallelism gains least."""
     import torch
+
     torch.set_num_threads(1)
     return 1
 
@@ -125,7 +130,7 @@ def _models(cfg: DemoConfig, root: Path, progress: bool):
         return fwd, bwd, DEFAULT_MODEL, DEFAULT_TRAIN, default_model_dir("forward"), default_model_dir("backward")
     base = Path(cfg.models_dir) if cfg.models_dir else root / "_models"
     train = cfg.model_train or DEFAULT_TRAIN
-    (fwd, bwd), = train_pairs(cfg.model, train, default_data(), base, seeds=cfg.arrow_seeds[:1], progress=progress)
+    ((fwd, bwd),) = train_pairs(cfg.model, train, default_data(), base, seeds=cfg.arrow_seeds[:1], progress=progress)
     fwd_dir, bwd_dir = pair_dirs(base, cfg.arrow_seeds[:1])[0]
     return fwd, bwd, cfg.model, train, fwd_dir, bwd_dir
 
@@ -139,8 +144,9 @@ def _arrow_pairs(cfg: DemoConfig, root: Path, ar_run: RunDir, data, progress: bo
         natural = load_shipped_pairs(seeds)
     else:
         nat_root = Path(cfg.models_dir) if cfg.models_dir else root / "_models"
-        natural = train_pairs(cfg.model, cfg.model_train or DEFAULT_TRAIN, data, nat_root, seeds=seeds,
-                              progress=progress)
+        natural = train_pairs(
+            cfg.model, cfg.model_train or DEFAULT_TRAIN, data, nat_root, seeds=seeds, progress=progress
+        )
     pdata = primes_data()
     if (cfg.primes_model, cfg.primes_train) == (PRIMES_MODEL, PRIMES_TRAIN) and primes_dir().is_dir():
         p_root = primes_dir()
@@ -148,14 +154,24 @@ def _arrow_pairs(cfg: DemoConfig, root: Path, ar_run: RunDir, data, progress: bo
     else:
         p_root = ar_run.file("primes")
         primes = train_pairs(cfg.primes_model, cfg.primes_train, pdata, p_root, seeds=seeds, progress=progress)
-    return {"natural text": arrow_over_seeds(natural, data, cfg.seq_len, n_windows=cfg.eval_windows * 4,
-                                             seeds=list(seeds), run_dirs=pair_dirs(nat_root, seeds)),
-            "primes×product": arrow_over_seeds(primes, pdata, cfg.primes_train.seq_len, n_windows=256,
-                                               seeds=list(seeds), run_dirs=pair_dirs(p_root, seeds))}
+    return {
+        "natural text": arrow_over_seeds(
+            natural,
+            data,
+            cfg.seq_len,
+            n_windows=cfg.eval_windows * 4,
+            seeds=list(seeds),
+            run_dirs=pair_dirs(nat_root, seeds),
+        ),
+        "primes×product": arrow_over_seeds(
+            primes, pdata, cfg.primes_train.seq_len, n_windows=256, seeds=list(seeds), run_dirs=pair_dirs(p_root, seeds)
+        ),
+    }
 
 
-def head_methods(model, roles, cfg: DemoConfig, data, run_dir: Path | None, model_cfg: ModelConfig,
-                 progress: bool = True) -> dict:
+def head_methods(
+    model, roles, cfg: DemoConfig, data, run_dir: Path | None, model_cfg: ModelConfig, progress: bool = True
+) -> dict:
     """Issue 21's measurements for the heads run, as HeadsRunResult's optional fields: DuoAttention
     gates (one seed), RazorAttention's scores, the KV-cache trade-off of every ranking against
     random ones, the rankings' agreement, the scores over training (the shipped checkpoints when
@@ -177,27 +193,39 @@ def head_methods(model, roles, cfg: DemoConfig, data, run_dir: Path | None, mode
         razor = razor_scores(model, cfg.razor, bos=bos)
         step("kv trade-off")
         rankings = standard_rankings(roles, duo, razor)
-        tradeoff = tradeoff_curve(model, rankings, cfg.tradeoff, bos=bos, haystack=data.validation, tokenizer=tok,
-                                  progress=progress)
+        tradeoff = tradeoff_curve(
+            model, rankings, cfg.tradeoff, bos=bos, haystack=data.validation, tokenizer=tok, progress=progress
+        )
         step("agreement")  # the causal check is the reference, not one of the compared rankings
-        agreement = ranking_agreement({k: v for k, v in rankings.items() if k != "causal_delta_loss"},
-                                      causal=roles.delta_loss)
+        agreement = ranking_agreement(
+            {k: v for k, v in rankings.items() if k != "causal_delta_loss"}, causal=roles.delta_loss
+        )
         step("over training")
         over_cfg = OverTrainingConfig(roles=cfg.head_roles)
         over = None
         if cfg.heads_over_training:
-            over = (shipped_heads_over_training(over_cfg, progress=progress) if run_dir is None
-                    else run_heads_over_training(run_dir, model_cfg, over_cfg, bos=bos, progress=progress))
+            over = (
+                shipped_heads_over_training(over_cfg, progress=progress)
+                if run_dir is None
+                else run_heads_over_training(run_dir, model_cfg, over_cfg, bos=bos, progress=progress)
+            )
         step("explorer")
         # a passkey context as long as the needle ones, so that every stored pattern is [T, T] alike
         pk = PasskeyConfig(**{**asdict(cfg.duo.passkey), "seq_len": min(cfg.head_roles.seq_len, model.cfg.n_ctx)})
-        contexts = {**default_contexts(model, cfg.head_roles, bos),
-                    "passkey": passkey_batch(1, pk, data.validation, bos=bos, tokenizer=tok, seed=1).tokens[0]}
+        contexts = {
+            **default_contexts(model, cfg.head_roles, bos),
+            "passkey": passkey_batch(1, pk, data.validation, bos=bos, tokenizer=tok, seed=1).tokens[0],
+        }
         explorer = explorer_data(model, roles, tokenizer=tok, bos=bos, duo=duo, razor=razor, contexts=contexts)
         bar.update(1)
-        out = {"duo": duo.to_dict(), "razor": razor.to_dict(), "kv_tradeoff": tradeoff.to_dict(),
-               "agreement": agreement.to_dict(), "over_training": over.to_dict() if over is not None else None,
-               "explorer": explorer}
+        out = {
+            "duo": duo.to_dict(),
+            "razor": razor.to_dict(),
+            "kv_tradeoff": tradeoff.to_dict(),
+            "agreement": agreement.to_dict(),
+            "over_training": over.to_dict() if over is not None else None,
+            "explorer": explorer,
+        }
     finally:
         bar.close()
     return out
@@ -215,14 +243,20 @@ def _complete(run: RunDir, cfg: DemoConfig) -> bool:
         print(f"demo: rebuilding {run.name}: {e}", file=sys.stderr)
         return False
     if isinstance(res, HeadsRunResult) and cfg.head_methods and res.explorer is None:
-        print(f"demo: rebuilding {run.name}: it has no head methods (DuoAttention, Razor, trade-off, explorer)",
-              file=sys.stderr)
+        print(
+            f"demo: rebuilding {run.name}: it has no head methods (DuoAttention, Razor, trade-off, explorer)",
+            file=sys.stderr,
+        )
         return False
     return True
 
 
-def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), progress: bool = True,
-               status: BuildStatus | None = None) -> Path:
+def build_demo(
+    root: str | Path | None = None,
+    cfg: DemoConfig = DemoConfig(),
+    progress: bool = True,
+    status: BuildStatus | None = None,
+) -> Path:
     """Build every demo run that is missing (each is written last-step-atomically: a run counts
     as done once its results.json exists).
 
@@ -261,17 +295,34 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
     def sae_stage() -> None:
         store_cfg = StoreConfig(cfg.hook_name, batch_size=4096, buffer_tokens=65_536, seq_len=cfg.seq_len)
         store = ActivationStore(ModelSource(fwd, data.train, store_cfg, data.tokenizer.bos_token_id), 4096)
-        sae_cfg = SAEConfig(d_in=fwd.cfg.d_model, d_sae=cfg.d_sae, k=cfg.k, hook_name=cfg.hook_name,
-                            model_name="workbench-tiny", dead_tokens=200_000)
-        train = SAETrainConfig(total_tokens=cfg.sae_tokens, batch_size=4096, lr=cfg.sae_lr, log_every=5,
-                               checkpoint_every=10**9)
+        sae_cfg = SAEConfig(
+            d_in=fwd.cfg.d_model,
+            d_sae=cfg.d_sae,
+            k=cfg.k,
+            hook_name=cfg.hook_name,
+            model_name="workbench-tiny",
+            dead_tokens=200_000,
+        )
+        train = SAETrainConfig(
+            total_tokens=cfg.sae_tokens, batch_size=4096, lr=cfg.sae_lr, log_every=5, checkpoint_every=10**9
+        )
         sae = train_sae(sae_cfg, train, store, sae_run, progress=progress)
         save_model(fwd, sae_run.file("model.safetensors"), model_cfg)  # the run opens without the cache
         atomic_write_json(sae_run.file("model_config.json"), asdict(model_cfg))
         # sparse probing + absorption-style on twice the windows (about 5 s on 2 cores)
-        probe_val = windows(data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=2 * cfg.eval_windows)
-        evaluate_sae(sae_run.path, fwd, sae, data.tokenizer, val, model_name="workbench-tiny", probe_tokens=probe_val,
-                     progress=progress)
+        probe_val = windows(
+            data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=2 * cfg.eval_windows
+        )
+        evaluate_sae(
+            sae_run.path,
+            fwd,
+            sae,
+            data.tokenizer,
+            val,
+            model_name="workbench-tiny",
+            probe_tokens=probe_val,
+            progress=progress,
+        )
 
     sp_run = RunDir(root / "probe-sparsity")
 
@@ -280,8 +331,12 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         final = activation_sparsity(fwd, val)
         over = sparsity_over_training(fwd_dir, model_cfg, val[:16])
         ks = [k for k in cfg.topk_ks if k <= model_cfg.d_mlp]
-        write_results(sp_run, SparsityRunResult(final, SparsityOverTraining(**over),
-                                                TopKIntervention(**topk_intervention(fwd, val[:16], ks))))
+        write_results(
+            sp_run,
+            SparsityRunResult(
+                final, SparsityOverTraining(**over), TopKIntervention(**topk_intervention(fwd, val[:16], ks))
+            ),
+        )
 
     hd_run = RunDir(root / "probe-heads")
 
@@ -292,22 +347,30 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
         example = make_contexts(fwd, hcfg, data.tokenizer.bos_token_id).tokens[:1]
         _, pat = attention_patterns(fwd, example)
         toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
-        extra = (head_methods(fwd, roles, cfg, data, fwd_dir if cfg.model is not None else None, model_cfg, progress)
-                 if cfg.head_methods else {})
+        extra = (
+            head_methods(fwd, roles, cfg, data, fwd_dir if cfg.model is not None else None, model_cfg, progress)
+            if cfg.head_methods
+            else {}
+        )
         write_results(hd_run, HeadsRunResult(roles, [AttentionExample("needle", toks, pat[:, 0].tolist())], **extra))
 
     ar_run = RunDir(root / "probe-arrow")
 
     def arrow_stage() -> None:
         seeds = cfg.arrow_seeds
-        ar_run.write_config({"natural": {"model": model_cfg, "train": train_cfg, "seeds": seeds},
-                             "primes": {"model": cfg.primes_model, "train": cfg.primes_train, "seeds": seeds}},
-                            kind="arrow")
+        ar_run.write_config(
+            {
+                "natural": {"model": model_cfg, "train": train_cfg, "seeds": seeds},
+                "primes": {"model": cfg.primes_model, "train": cfg.primes_train, "seeds": seeds},
+            },
+            kind="arrow",
+        )
         results = _arrow_pairs(cfg, root, ar_run, data, progress)
         write_results(ar_run, ArrowRunResult(results))
 
-    for (name, _), run, build in zip(STAGES[1:], (sae_run, sp_run, hd_run, ar_run),
-                                     (sae_stage, sparsity_stage, heads_stage, arrow_stage)):
+    for (name, _), run, build in zip(
+        STAGES[1:], (sae_run, sp_run, hd_run, ar_run), (sae_stage, sparsity_stage, heads_stage, arrow_stage)
+    ):
         status.check_stop()
         if _complete(run, cfg):
             status.reused(name)
@@ -324,5 +387,3 @@ def build_demo(root: str | Path | None = None, cfg: DemoConfig = DemoConfig(), p
     if failures:
         raise DemoBuildError(failures)
     return root
-
-

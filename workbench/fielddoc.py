@@ -46,8 +46,9 @@ def check_choices(config: Any) -> None:
         choices = f.metadata.get("choices")
         value = getattr(config, f.name)
         # `True in (1, ...)` holds in Python; a bool must match a bool choice and vice versa
-        if choices is not None and not any(value == c and isinstance(value, bool) == isinstance(c, bool)
-                                           for c in choices):
+        if choices is not None and not any(
+            value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices
+        ):
             raise FieldError(f.name, f"{f.name}={value!r}: expected one of {tuple(choices)}")
 
 
@@ -104,8 +105,14 @@ class _StoreTuple(argparse.Action):
         setattr(namespace, self.dest, tuple(values))
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, *, skip: Iterable[str] = (),
-              only: Iterable[str] | None = None, rename: dict[str, str] | None = None) -> list[str]:
+def add_flags(
+    parser: argparse.ArgumentParser,
+    cls,
+    *,
+    skip: Iterable[str] = (),
+    only: Iterable[str] | None = None,
+    rename: dict[str, str] | None = None,
+) -> list[str]:
     """Add a flag per field of the dataclass `cls` (all but `skip`, or just `only`) to `parser`;
     `rename` maps a field to another flag name. The parsed value lands under the field's own name.
     Returns the fields added."""
@@ -159,5 +166,6 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, skip: Iterable[str] = (),
 def from_args(cls, args: argparse.Namespace, **given):
     """`cls` built from the parsed flags of its fields, plus `given` values for the others."""
     values = vars(args)
-    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)
-                  if f.name in values and f.name not in given}, **given)
+    return cls(
+        **{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values and f.name not in given}, **given
+    )

@@ -21,7 +21,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from .corpus import ByteTokenizer, HFTokenizer, Tokenizer, encode_corpus, python_docs_corpus, windows
+from .corpus import ByteTokenizer, Tokenizer, encode_corpus, python_docs_corpus, windows
 from .runs import RunDir, atomic_save_tensors, atomic_torch_save, load_state, load_tensors
 
 Direction = Literal["forward", "backward"]
@@ -50,11 +50,20 @@ class ModelConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         return HookedTransformerConfig(
-            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
-            d_head=self.d_model // self.n_heads, d_mlp=None if self.attn_only else self.d_mlp,
-            n_ctx=self.n_ctx, d_vocab=self.d_vocab, act_fn=None if self.attn_only else self.act_fn,
-            attn_only=self.attn_only, normalization_type="LN", seed=seed,
-            default_prepend_bos=False, device="cpu")
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_model // self.n_heads,
+            d_mlp=None if self.attn_only else self.d_mlp,
+            n_ctx=self.n_ctx,
+            d_vocab=self.d_vocab,
+            act_fn=None if self.attn_only else self.act_fn,
+            attn_only=self.attn_only,
+            normalization_type="LN",
+            seed=seed,
+            default_prepend_bos=False,
+            device="cpu",
+        )
 
 
 @dataclass(frozen=True)
@@ -86,16 +95,21 @@ DEFAULT_MODEL = ModelConfig()
 # The embedded default's recipe (benchmarks/RESULTS.md, issue 13): half the windows end in a repeated
 # random segment, which forms induction heads between steps 1,000 and 1,250 (shared/NOTES.md).
 DEFAULT_TRAIN = LMTrainConfig(
-    steps=1500, lr=3e-3, warmup_steps=100, copy_frac=0.5, eval_every=125,
-    checkpoint_steps=(0, 25, 50, 100, 250, 500, 750, 1000, 1250))
+    steps=1500,
+    lr=3e-3,
+    warmup_steps=100,
+    copy_frac=0.5,
+    eval_every=125,
+    checkpoint_steps=(0, 25, 50, 100, 250, 500, 750, 1000, 1250),
+)
 
 
 @dataclass
 class TokenData:
     """A train and a validation token stream and the tokenizer that made them."""
 
-    train: Int[torch.Tensor, "n_train"]
-    validation: Int[torch.Tensor, "n_val"]
+    train: Int[torch.Tensor, " n_train"]
+    validation: Int[torch.Tensor, " n_val"]
     tokenizer: Tokenizer = field(repr=False)
 
 
@@ -117,8 +131,7 @@ def train_batch(data: TokenData, cfg: LMTrainConfig, step: int) -> Int[torch.Ten
     The copy mix is drawn before the direction is applied, so a backward model sees exactly the
     forward model's windows reversed (copy segments included)."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    seqs = windows(data.train, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id,
-                   n=cfg.batch_size, generator=gen)
+    seqs = windows(data.train, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=cfg.batch_size, generator=gen)
     if cfg.copy_frac > 0:
         seqs = _mix_copies(seqs, cfg, gen)
     if cfg.direction == "backward":
@@ -131,8 +144,9 @@ def _mix_copies(seqs: Int[torch.Tensor, "b s"], cfg: LMTrainConfig, gen: torch.G
     end (random period and start, at least two periods), the rest of the window staying text."""
     lo, hi = cfg.copy_period
     if not 1 <= lo <= hi or 2 * hi > cfg.seq_len:
-        raise ValueError(f"copy_period={cfg.copy_period}: need 1 <= lo <= hi and two periods within "
-                         f"seq_len={cfg.seq_len}")
+        raise ValueError(
+            f"copy_period={cfg.copy_period}: need 1 <= lo <= hi and two periods within seq_len={cfg.seq_len}"
+        )
     if not 0 <= cfg.copy_frac <= 1:
         raise ValueError(f"copy_frac={cfg.copy_frac} must lie in [0, 1]")
     seqs = seqs.clone()
@@ -150,12 +164,12 @@ def _mix_copies(seqs: Int[torch.Tensor, "b s"], cfg: LMTrainConfig, gen: torch.G
 
 
 @torch.no_grad()
-def evaluate_lm(model: HookedTransformer, data: TokenData, direction: Direction,
-                n_windows: int, seq_len: int) -> float:
+def evaluate_lm(model: HookedTransformer, data: TokenData, direction: Direction, n_windows: int, seq_len: int) -> float:
     """Mean next-token loss (nats) on the first `n_windows` consecutive validation windows."""
     model.eval()
-    seqs = windows(data.validation, seq_len, bos_token_id=data.tokenizer.bos_token_id,
-                   reverse=direction == "backward", n=n_windows)
+    seqs = windows(
+        data.validation, seq_len, bos_token_id=data.tokenizer.bos_token_id, reverse=direction == "backward", n=n_windows
+    )
     losses = [model(chunk, return_type="loss").item() * len(chunk) for chunk in seqs.split(32)]
     return sum(losses) / len(seqs)
 
@@ -166,8 +180,7 @@ def new_model(cfg: ModelConfig, seed: int) -> HookedTransformer:
 
 
 def _optimizer(model: HookedTransformer, cfg: LMTrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             betas=(0.9, 0.98))
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
 
 def save_model(model: HookedTransformer, path: str | Path, model_cfg: ModelConfig) -> None:
@@ -181,8 +194,10 @@ def load_model_file(path: str | Path, model_cfg: ModelConfig) -> HookedTransform
     model = new_model(model_cfg, seed=0)
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit ModelConfig (missing {sorted(missing)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]})")
+        raise ValueError(
+            f"{path}: weights do not fit ModelConfig (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
     model.load_state_dict(state)
     return model.eval()
 
@@ -194,9 +209,15 @@ def load_model_dir(folder: str | Path) -> HookedTransformer:
     return load_model_file(folder / "model.safetensors", cfg)
 
 
-def train_lm(model_cfg: ModelConfig, train_cfg: LMTrainConfig, data: TokenData,
-             run: RunDir | None = None, *, stop_after: int | None = None,
-             progress: bool = True) -> HookedTransformer:
+def train_lm(
+    model_cfg: ModelConfig,
+    train_cfg: LMTrainConfig,
+    data: TokenData,
+    run: RunDir | None = None,
+    *,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> HookedTransformer:
     """Train (or resume) a language model; returns it in eval mode.
 
     With a run directory, writes config.json, metrics.jsonl, checkpoints/step_XXXXXX.safetensors
@@ -241,9 +262,15 @@ def train_lm(model_cfg: ModelConfig, train_cfg: LMTrainConfig, data: TokenData,
             val = evaluate_lm(model, data, train_cfg.direction, train_cfg.eval_windows, train_cfg.seq_len)
             if run is not None:
                 run.log({"step": step, "train_loss": loss.item(), "val_loss": val})
-                atomic_torch_save(run.file("checkpoint.pt"), {
-                    "kind": "workbench-lm", "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "step": step + 1})
+                atomic_torch_save(
+                    run.file("checkpoint.pt"),
+                    {
+                        "kind": "workbench-lm",
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "step": step + 1,
+                    },
+                )
         elif run is not None:
             run.log({"step": step, "train_loss": loss.item()})
     if run is not None and end == train_cfg.steps:
@@ -254,6 +281,7 @@ def train_lm(model_cfg: ModelConfig, train_cfg: LMTrainConfig, data: TokenData,
 def default_model_dir(direction: Direction = "forward", seed: int = 0) -> Path:
     """The shipped run folder of the default (metrics.jsonl; checkpoints for seed 0 forward)."""
     from .default_model import run_dir
+
     return run_dir(seed, direction)
 
 
@@ -261,6 +289,7 @@ def load_default(direction: Direction = "forward", seed: int = 0, *, progress: b
     """The embedded default model from its shipped weights (data/workbench-tiny; nothing is
     trained). `progress` is kept for callers written when the default was trained on first use."""
     from .default_model import load_shipped
+
     return load_shipped(direction, seed)
 
 

@@ -23,8 +23,12 @@ import torch
 from .corpus import ByteTokenizer, HFTokenizer, Tokenizer
 
 WORKBENCH_NAMES = ("workbench-tiny", "workbench-tiny-forward", "workbench-tiny-backward")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # Any one of these is a tokenizer AutoTokenizer can build offline.
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
 
@@ -40,8 +44,9 @@ def is_model_folder(name: str | Path) -> bool:
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
-        raise ModelFolderError(f"{folder}: no config.json (a Hugging Face model folder is written by "
-                               "model.save_pretrained(folder))")
+        raise ModelFolderError(
+            f"{folder}: no config.json (a Hugging Face model folder is written by model.save_pretrained(folder))"
+        )
     try:
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -57,21 +62,26 @@ def _check_architecture(folder: Path, cfg: dict[str, Any]) -> str:
     archs = cfg.get("architectures") or []
     supported = sorted(a for a in SUPPORTED_ARCHITECTURES if a.endswith(("ForCausalLM", "LMHeadModel")))
     if not archs:
-        raise ModelFolderError(f"{folder / 'config.json'}: field 'architectures' is missing; expected a causal "
-                               f"LM class such as GPT2LMHeadModel, GPTNeoXForCausalLM or LlamaForCausalLM")
+        raise ModelFolderError(
+            f"{folder / 'config.json'}: field 'architectures' is missing; expected a causal "
+            f"LM class such as GPT2LMHeadModel, GPTNeoXForCausalLM or LlamaForCausalLM"
+        )
     if archs[0] not in supported:
         raise ModelFolderError(
             f"{folder / 'config.json'}: field 'architectures' is {archs!r} (model_type "
             f"{cfg.get('model_type')!r}), not a causal LM that TransformerLens supports; supported include "
-            f"GPT2LMHeadModel, GPTNeoXForCausalLM, LlamaForCausalLM ({len(supported)} in all)")
+            f"GPT2LMHeadModel, GPTNeoXForCausalLM, LlamaForCausalLM ({len(supported)} in all)"
+        )
     return archs[0]
 
 
 def _check_tokenizer(folder: Path) -> None:
     if not any(all((folder / f).is_file() for f in group) for group in TOKENIZER_FILES):
         expected = ", or ".join(" + ".join(group) for group in TOKENIZER_FILES)
-        raise ModelFolderError(f"{folder}: no tokenizer files (expected {expected}); save the model's "
-                               "tokenizer there too: tokenizer.save_pretrained(folder)")
+        raise ModelFolderError(
+            f"{folder}: no tokenizer files (expected {expected}); save the model's "
+            "tokenizer there too: tokenizer.save_pretrained(folder)"
+        )
 
 
 def _load_hf(folder: Path, cfg: dict[str, Any], device: str):
@@ -83,20 +93,31 @@ def _load_hf(folder: Path, cfg: dict[str, Any], device: str):
     if not found:
         raise ModelFolderError(f"{folder}: no weights (expected one of {', '.join(WEIGHT_FILES)})")
     model, info = AutoModelForCausalLM.from_pretrained(
-        folder, local_files_only=True, dtype=torch.float32, attn_implementation="eager",
-        output_loading_info=True, ignore_mismatched_sizes=True)
+        folder,
+        local_files_only=True,
+        dtype=torch.float32,
+        attn_implementation="eager",
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
+    )
     for key, stored, implied in sorted(info["mismatched_keys"]):
         # name the config fields behind the dimensions that disagree, e.g. vocab_size=500
-        fields = [f"{k}={v}" for k, v in cfg.items() if isinstance(v, int) and not isinstance(v, bool)
-                  and v in set(implied) - set(stored)]
+        fields = [
+            f"{k}={v}"
+            for k, v in cfg.items()
+            if isinstance(v, int) and not isinstance(v, bool) and v in set(implied) - set(stored)
+        ]
         raise ModelFolderError(
             f"{found[0]}: tensor {key} has shape {list(stored)}, but {folder / 'config.json'} implies "
             f"{list(implied)} (field {', '.join(fields) or 'of the architecture'}): the weights were saved "
-            "from a different config")
+            "from a different config"
+        )
     missing = sorted(info["missing_keys"])
     if missing:
-        raise ModelFolderError(f"{found[0]}: missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''} "
-                               f"that {folder / 'config.json'} implies (field num_hidden_layers/n_layer?)")
+        raise ModelFolderError(
+            f"{found[0]}: missing tensors {missing[:4]}{' ...' if len(missing) > 4 else ''} "
+            f"that {folder / 'config.json'} implies (field num_hidden_layers/n_layer?)"
+        )
     return model.to(device).eval()
 
 
@@ -108,8 +129,10 @@ def load_tokenizer(folder: str | Path) -> HFTokenizer:
     _check_tokenizer(folder)
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tok.bos_token_id is None and tok.eos_token_id is None:
-        raise ModelFolderError(f"{folder / 'tokenizer_config.json'}: neither field bos_token nor eos_token is "
-                               "set; the workbench puts one of them before every window")
+        raise ModelFolderError(
+            f"{folder / 'tokenizer_config.json'}: neither field bos_token nor eos_token is "
+            "set; the workbench puts one of them before every window"
+        )
     return HFTokenizer(tok)
 
 
@@ -125,8 +148,10 @@ def load_folder(folder: str | Path, device: str = "cpu") -> tuple[torch.nn.Modul
     model = TransformerBridge.boot_transformers(str(folder), device=device, tokenizer=tokenizer.tok, hf_model=hf_model)
     model.enable_compatibility_mode()
     if tokenizer.vocab_size > model.cfg.d_vocab:
-        raise ModelFolderError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but config.json "
-                               f"field vocab_size is {model.cfg.d_vocab}")
+        raise ModelFolderError(
+            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but config.json "
+            f"field vocab_size is {model.cfg.d_vocab}"
+        )
     return model.eval(), tokenizer
 
 
@@ -141,7 +166,8 @@ def load_hub(name: str, device: str = "cpu") -> tuple[torch.nn.Module, HFTokeniz
             f"pretrained model {name!r} could not be loaded: no hub access and no local copy in "
             f"the Hugging Face cache ({type(e).__name__}: {str(e)[:200]}). Offline, use the embedded "
             f"default, load_model({WORKBENCH_NAMES[0]!r}), or a folder saved with save_pretrained: "
-            "load_model('path/to/folder')") from e
+            "load_model('path/to/folder')"
+        ) from e
     return model, HFTokenizer(model.tokenizer)
 
 
@@ -151,6 +177,7 @@ def load_pretrained(name: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
 
 
 # --- where a run's model came from ---------------------------------------------------------------
+
 
 def model_record(name: str | Path) -> dict[str, str]:
     """What a run stores to find its model again: the workbench name, the folder's absolute path
@@ -190,8 +217,9 @@ def model_for_run(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Mo
     if rec is None:
         return load_model_dir(run_dir).to(device), ByteTokenizer()
     if rec["source"] == "hf-folder" and not is_model_folder(rec["model"]):
-        raise ModelFolderError(f"{run_dir}/config.json: the run's model folder {rec['model']} no longer exists "
-                               "(moved or deleted?)")
+        raise ModelFolderError(
+            f"{run_dir}/config.json: the run's model folder {rec['model']} no longer exists (moved or deleted?)"
+        )
     return load_model(rec["model"], device=device)
 
 
@@ -202,7 +230,8 @@ def tokenizer_for_run(run_dir: str | Path) -> Tokenizer:
         return ByteTokenizer()
     if rec["source"] == "hf-folder":
         if not is_model_folder(rec["tokenizer"]):
-            raise ModelFolderError(f"{run_dir}/config.json: the run's model folder {rec['tokenizer']} no longer "
-                                   "exists (moved or deleted?)")
+            raise ModelFolderError(
+                f"{run_dir}/config.json: the run's model folder {rec['tokenizer']} no longer exists (moved or deleted?)"
+            )
         return load_tokenizer(rec["tokenizer"])
     return model_for_run(run_dir)[1]

@@ -92,16 +92,20 @@ def take(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, dict):
         raise ResultsError(f"{where} must be a JSON object, got {type(data).__name__}")
     fields = dataclasses.fields(cls)
-    missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ResultsError(f"{where} lacks {', '.join(missing)} (a {cls.__name__})")
     values = {}
     for f in fields:
         if f.name in data:
             if not _type_ok(data[f.name], f.type):
-                raise ResultsError(f"{where}.{f.name} must be {f.type}, got {type(data[f.name]).__name__} "
-                                   f"{str(data[f.name])[:40]!r}")
+                raise ResultsError(
+                    f"{where}.{f.name} must be {f.type}, got {type(data[f.name]).__name__} {str(data[f.name])[:40]!r}"
+                )
             values[f.name] = data[f.name]
     return cls(**values)
 
@@ -112,6 +116,7 @@ def _plain(obj: Any) -> dict:
 
 
 # --- the kinds ---------------------------------------------------------------------------------------
+
 
 @register
 @dataclass
@@ -196,19 +201,24 @@ class SparsityRunResult:
     topk: TopKIntervention | None = None  # None: not measured
 
     def to_dict(self) -> dict:
-        return {"final": self.final.to_dict(),
-                "over_training": None if self.over_training is None else dataclasses.asdict(self.over_training),
-                "topk": None if self.topk is None else dataclasses.asdict(self.topk)}
+        return {
+            "final": self.final.to_dict(),
+            "over_training": None if self.over_training is None else dataclasses.asdict(self.over_training),
+            "topk": None if self.topk is None else dataclasses.asdict(self.topk),
+        }
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "results") -> SparsityRunResult:
         from .probes.sparsity import SparsityResult
+
         if not isinstance(d, dict) or "final" not in d:
             raise ResultsError(f"{where} lacks final (a SparsityRunResult)")
         over, topk = d.get("over_training"), d.get("topk")
-        return cls(final=take(SparsityResult, d["final"], f"{where}.final"),
-                   over_training=take(SparsityOverTraining, over, f"{where}.over_training") if over else None,
-                   topk=take(TopKIntervention, topk, f"{where}.topk") if topk else None)
+        return cls(
+            final=take(SparsityResult, d["final"], f"{where}.final"),
+            over_training=take(SparsityOverTraining, over, f"{where}.over_training") if over else None,
+            topk=take(TopKIntervention, topk, f"{where}.topk") if topk else None,
+        )
 
     @staticmethod
     def migrate(d: dict, schema: int) -> dict:
@@ -255,12 +265,16 @@ class HeadsRunResult:
         return len(self.roles.retrieval[0]) if self.roles.retrieval else 0
 
     def to_dict(self) -> dict:
-        return {**_plain(self), "roles": self.roles.to_dict(),
-                "examples": [dataclasses.asdict(e) for e in self.examples]}
+        return {
+            **_plain(self),
+            "roles": self.roles.to_dict(),
+            "examples": [dataclasses.asdict(e) for e in self.examples],
+        }
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "results") -> HeadsRunResult:
         from .probes.heads import HeadRoles
+
         if not isinstance(d, dict) or "roles" not in d:
             raise ResultsError(f"{where} lacks roles (a HeadsRunResult)")
         examples = d.get("examples") or []
@@ -276,8 +290,10 @@ class HeadsRunResult:
         if schema == 0:  # HeadRoles' fields, example_tokens and example_patterns, all at the top
             rest = {k: v for k, v in d.items() if k not in ("example_tokens", "example_patterns")}
             tokens, patterns = d.get("example_tokens") or [], d.get("example_patterns") or []
-            d = {"roles": rest, "examples": [{"name": "needle", "tokens": tokens, "patterns": patterns}]
-                 if patterns else []}
+            d = {
+                "roles": rest,
+                "examples": [{"name": "needle", "tokens": tokens, "patterns": patterns}] if patterns else [],
+            }
         return d
 
 
@@ -297,6 +313,7 @@ class ArrowRunResult:
     @classmethod
     def from_dict(cls, d: dict, where: str = "results") -> ArrowRunResult:
         from .probes.arrow import ArrowResult
+
         if not isinstance(d, dict) or not isinstance(d.get("datasets"), dict):
             raise ResultsError(f"{where} lacks datasets (an ArrowRunResult)")
         return cls({k: take(ArrowResult, v, f"{where}.datasets[{k!r}]") for k, v in d["datasets"].items()})
@@ -304,12 +321,15 @@ class ArrowRunResult:
     @staticmethod
     def migrate(d: dict, schema: int) -> dict:
         if schema == 0 and "datasets" not in d and "gaps" in d:
-            raise ResultsError("it holds a one-seed arrow result (gaps and curves, from before seeds), which has "
-                               "no seed-level interval and no verdict; delete it and rebuild the run")
+            raise ResultsError(
+                "it holds a one-seed arrow result (gaps and curves, from before seeds), which has "
+                "no seed-level interval and no verdict; delete it and rebuild the run"
+            )
         return d
 
 
 # --- files -----------------------------------------------------------------------------------------
+
 
 def run_kind(run: RunDir | str | Path) -> str:
     """The kind that the run's config.json names."""
@@ -322,9 +342,9 @@ def run_kind(run: RunDir | str | Path) -> str:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path} is not valid JSON: {e}") from e
     except (KeyError, TypeError):
-        raise ResultsError(f"{path} has no \"kind\"") from None
+        raise ResultsError(f'{path} has no "kind"') from None
     if not isinstance(kind, str):
-        raise ResultsError(f"{path}: \"kind\" must be a string, got {type(kind).__name__}")
+        raise ResultsError(f'{path}: "kind" must be a string, got {type(kind).__name__}')
     return kind
 
 
@@ -340,8 +360,9 @@ def write_results(run: RunDir | str | Path, result: Any) -> Path:
     run = run if isinstance(run, RunDir) else RunDir(run)
     kind = getattr(type(result), "KIND", None)
     if kind not in KINDS or not isinstance(result, KINDS[kind]):
-        raise TypeError(f"result must be one of {', '.join(c.__name__ for c in KINDS.values())}, "
-                        f"got {type(result).__name__}")
+        raise TypeError(
+            f"result must be one of {', '.join(c.__name__ for c in KINDS.values())}, got {type(result).__name__}"
+        )
     if run.file("config.json").exists() and (named := run_kind(run)) != kind:
         raise ResultsError(f"{run.file('config.json')} names kind {named!r}, but the result is a {kind!r} result")
     path = run.file(RESULTS_FILE)
@@ -370,10 +391,12 @@ def results_from_json(data: Any, cls: type, where: str) -> Any:
         raise ResultsError(f"{where} must hold a JSON object, got {type(data).__name__}")
     schema = data.get("schema", 0)
     if not isinstance(schema, int) or isinstance(schema, bool) or schema < 0:
-        raise ResultsError(f"{where}: \"schema\" must be a non-negative integer, got {schema!r}")
+        raise ResultsError(f'{where}: "schema" must be a non-negative integer, got {schema!r}')
     if schema > cls.SCHEMA:
-        raise ResultsError(f"{where} has schema {schema}, newer than this workbench reads for {cls.KIND!r} runs "
-                           f"(up to {cls.SCHEMA}): upgrade workbench to read it")
+        raise ResultsError(
+            f"{where} has schema {schema}, newer than this workbench reads for {cls.KIND!r} runs "
+            f"(up to {cls.SCHEMA}): upgrade workbench to read it"
+        )
     found = data.get("kind", cls.KIND)
     if found != cls.KIND:
         raise ResultsError(f"{where} holds a {found!r} result, but config.json says the run is {cls.KIND!r}")

@@ -18,8 +18,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,8 +64,9 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=indent, allow_nan=False).encode())
 
 
-def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
-                        metadata: dict[str, str] | None = None) -> None:
+def atomic_save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -167,8 +169,7 @@ class RunDir:
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines past a checkpoint's step, so a resumed run does not log twice."""
         kept = [m for m in self.metrics() if m.get("step", -1) <= after_step]
-        atomic_write_bytes(self.file("metrics.jsonl"),
-                           "".join(json.dumps(m) + "\n" for m in kept).encode())
+        atomic_write_bytes(self.file("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in kept).encode())
 
 
 def iter_runs(root: str | Path) -> Iterator[RunDir]:

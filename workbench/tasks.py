@@ -8,8 +8,8 @@ from typing import NamedTuple
 import torch
 from jaxtyping import Float, Int
 
-
 # --- superposition: known feature directions for SAE ground truth ---------------------------
+
 
 @dataclass(frozen=True)
 class SuperpositionConfig:
@@ -37,7 +37,7 @@ def superposition_data(cfg: SuperpositionConfig, n: int) -> SuperpositionData:
     features = torch.randn(cfg.n_features, cfg.d, generator=gen)
     features /= features.norm(dim=1, keepdim=True)
     ranks = torch.arange(1, cfg.n_features + 1, dtype=torch.float64)
-    p = ranks ** -cfg.zipf_alpha
+    p = ranks**-cfg.zipf_alpha
     p = (p * cfg.mean_active / p.sum()).clamp(max=1.0).float()
     fires = torch.rand(n, cfg.n_features, generator=gen) < p
     if cfg.correlated_pairs > 0:
@@ -46,7 +46,7 @@ def superposition_data(cfg: SuperpositionConfig, n: int) -> SuperpositionData:
     lo, hi = cfg.magnitude
     codes = fires * (lo + (hi - lo) * torch.rand(n, cfg.n_features, generator=gen))
     acts = codes @ features + cfg.noise * torch.randn(n, cfg.d, generator=gen)
-    q = torch.randn(cfg.d, cfg.d, generator=gen) / cfg.d ** 0.5
+    q = torch.randn(cfg.d, cfg.d, generator=gen) / cfg.d**0.5
     grads = acts @ (q.T @ q)  # ∇ of ½ xᵀ(QᵀQ)x: a loss some directions matter more to
     return SuperpositionData(acts, codes, features, grads)
 
@@ -60,6 +60,7 @@ def mmcs(learned: Float[torch.Tensor, "F d"], true: Float[torch.Tensor, "n d"]) 
 
 # --- copy / needle contexts: retrieval heads -------------------------------------------------
 
+
 class NeedleBatch(NamedTuple):
     tokens: Int[torch.Tensor, "batch seq"]
     needle_start: int  # position of the needle's first token in the haystack
@@ -67,8 +68,9 @@ class NeedleBatch(NamedTuple):
     needle_len: int
 
 
-def needle_batch(batch: int, seq_len: int, needle_len: int, vocab: int, *, bos: int | None = None,
-                 seed: int = 0) -> NeedleBatch:
+def needle_batch(
+    batch: int, seq_len: int, needle_len: int, vocab: int, *, bos: int | None = None, seed: int = 0
+) -> NeedleBatch:
     """Random haystack tokens with a needle inside and the same needle repeated at the end.
 
     Layout: [BOS] haystack… needle … haystack… needle (copied). The second copy is what a model
@@ -76,22 +78,25 @@ def needle_batch(batch: int, seq_len: int, needle_len: int, vocab: int, *, bos: 
     """
     prefix = 1 if bos is not None else 0
     if seq_len < prefix + 3 * needle_len + 2:
-        raise ValueError(f"seq_len={seq_len} is too short for a needle of {needle_len} tokens "
-                         f"(needs at least {prefix + 3 * needle_len + 2})")
+        raise ValueError(
+            f"seq_len={seq_len} is too short for a needle of {needle_len} tokens "
+            f"(needs at least {prefix + 3 * needle_len + 2})"
+        )
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, vocab, (batch, seq_len), generator=gen)
     needle = torch.randint(0, vocab, (batch, needle_len), generator=gen)
     copy_start = seq_len - needle_len
     needle_start = prefix + (copy_start - prefix - needle_len) // 3
-    tokens[:, needle_start: needle_start + needle_len] = needle
+    tokens[:, needle_start : needle_start + needle_len] = needle
     tokens[:, copy_start:] = needle
     if bos is not None:
         tokens[:, 0] = bos
     return NeedleBatch(tokens, needle_start, copy_start, needle_len)
 
 
-def copy_task_batch(batch: int, seq_len: int, vocab: int, *, bos: int | None = None, min_len: int = 6,
-                    max_len: int = 16, seed: int = 0) -> Int[torch.Tensor, "batch seq"]:
+def copy_task_batch(
+    batch: int, seq_len: int, vocab: int, *, bos: int | None = None, min_len: int = 6, max_len: int = 16, seed: int = 0
+) -> Int[torch.Tensor, "batch seq"]:
     """A random prefix, then a random segment repeated to the end; prefix and segment lengths vary
     by row, so only content-based copying (an induction head), not a fixed offset, predicts the
     repeats. Dense in copies, so induction heads form in a few hundred steps."""
@@ -104,14 +109,15 @@ def copy_task_batch(batch: int, seq_len: int, vocab: int, *, bos: int | None = N
         n = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
         a = int(torch.randint(prefix, prefix + max_len, (1,), generator=gen))
         reps = -(-(seq_len - a) // n)
-        tokens[row, a:] = tokens[row, a: a + n].repeat(reps)[: seq_len - a]
+        tokens[row, a:] = tokens[row, a : a + n].repeat(reps)[: seq_len - a]
     if bos is not None:
         tokens[:, 0] = bos
     return tokens
 
 
-def repeated_segments(batch: int, segment: int, repeats: int, vocab: int, *, bos: int | None = None,
-                      seed: int = 0) -> Int[torch.Tensor, "batch seq"]:
+def repeated_segments(
+    batch: int, segment: int, repeats: int, vocab: int, *, bos: int | None = None, seed: int = 0
+) -> Int[torch.Tensor, "batch seq"]:
     """A random segment repeated `repeats` times: induction heads can predict every repeat."""
     gen = torch.Generator().manual_seed(seed)
     seg = torch.randint(0, vocab, (batch, segment), generator=gen)
@@ -123,12 +129,13 @@ def repeated_segments(batch: int, segment: int, repeats: int, vocab: int, *, bos
 
 # --- primes × product: an arrow of time --------------------------------------------------------
 
+
 def primes_below(n: int) -> list[int]:
     sieve = bytearray([1]) * n
     sieve[:2] = b"\0\0"
-    for i in range(2, int(n ** 0.5) + 1):
+    for i in range(2, int(n**0.5) + 1):
         if sieve[i]:
-            sieve[i * i:: i] = bytearray(len(sieve[i * i:: i]))
+            sieve[i * i :: i] = bytearray(len(sieve[i * i :: i]))
     return [i for i in range(n) if sieve[i]]
 
 

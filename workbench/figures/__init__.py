@@ -7,13 +7,33 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "sae": ("empty_figure", "feature_histogram", "logit_effects", "correlated_features", "contexts_html",
-            "prompt_html"),
-    "probes": ("head_role_map", "causal_check", "head_roles_summary_html", "attention_pattern",
-               "sparsity_by_layer", "sparsity_over_training", "arrow_gaps"),
+    "sae": (
+        "empty_figure",
+        "feature_histogram",
+        "logit_effects",
+        "correlated_features",
+        "contexts_html",
+        "prompt_html",
+    ),
+    "probes": (
+        "head_role_map",
+        "causal_check",
+        "head_roles_summary_html",
+        "attention_pattern",
+        "sparsity_by_layer",
+        "sparsity_over_training",
+        "arrow_gaps",
+    ),
     "evals": ("usefulness_figure", "usefulness_html"),
-    "heads": ("head_scatter", "head_detail", "agreement_heatmap", "agreement_table_html", "heads_over_training",
-              "OVER_METRICS", "ROLE_COLORS"),
+    "heads": (
+        "head_scatter",
+        "head_detail",
+        "agreement_heatmap",
+        "agreement_table_html",
+        "heads_over_training",
+        "OVER_METRICS",
+        "ROLE_COLORS",
+    ),
     "kv_tradeoff": ("tradeoff_figure",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -31,4 +51,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-

@@ -28,8 +28,13 @@ from plotly.subplots import make_subplots
 
 from .sae import LAYOUT, empty_figure
 
-ROLE_COLORS = {"retrieval": "#f58518", "streaming": "#4c78a8", "other": "#9d9d9d", "undetermined": "#b279a2",
-               "too few copied steps": "#d0d0d0"}
+ROLE_COLORS = {
+    "retrieval": "#f58518",
+    "streaming": "#4c78a8",
+    "other": "#9d9d9d",
+    "undetermined": "#b279a2",
+    "too few copied steps": "#d0d0d0",
+}
 PHASE_FILL = "rgba(228,87,86,0.15)"
 
 
@@ -64,29 +69,63 @@ def head_scatter(data: dict, x: str, y: str, selected: tuple[int, int] | None = 
         ys = [metrics[y][l][h] for l, h in pts]
         xci = [_interval(data, x, l, h) for l, h in pts]
         yci = [_interval(data, y, l, h) for l, h in pts]
-        text = [f"L{l}H{h} · {html.escape(role)}<br>{html.escape(x)}: {_fmt(a)}{_ci(ca)}<br>"
-                f"{html.escape(y)}: {_fmt(b)}{_ci(cb)}" for (l, h), a, b, ca, cb in zip(pts, xs, ys, xci, yci)]
+        text = [
+            f"L{l}H{h} · {html.escape(role)}<br>{html.escape(x)}: {_fmt(a)}{_ci(ca)}<br>"
+            f"{html.escape(y)}: {_fmt(b)}{_ci(cb)}"
+            for (l, h), a, b, ca, cb in zip(pts, xs, ys, xci, yci)
+        ]
 
         def bars(vals, cis):
             if not any(cis):
                 return None
-            return dict(type="data", symmetric=False, thickness=1, width=0,
-                        array=[c[1] - v if c else 0 for v, c in zip(vals, cis)],
-                        arrayminus=[v - c[0] if c else 0 for v, c in zip(vals, cis)])
-        fig.add_trace(go.Scatter(
-            # point names clutter past 32 heads; the hover still names every head
-            x=xs, y=ys, mode="markers+text" if L * H <= 32 else "markers", name=role,
-            text=[f"L{l}H{h}" for l, h in pts], textposition="top center", textfont=dict(size=9),
-            hovertext=text, hoverinfo="text",
-            customdata=[[l, h] for l, h in pts], error_x=bars(xs, xci), error_y=bars(ys, yci),
-            marker=dict(size=11, color=ROLE_COLORS.get(role, "#54a24b"), line=dict(width=1, color="#333"))))
+            return dict(
+                type="data",
+                symmetric=False,
+                thickness=1,
+                width=0,
+                array=[c[1] - v if c else 0 for v, c in zip(vals, cis)],
+                arrayminus=[v - c[0] if c else 0 for v, c in zip(vals, cis)],
+            )
+
+        fig.add_trace(
+            go.Scatter(
+                # point names clutter past 32 heads; the hover still names every head
+                x=xs,
+                y=ys,
+                mode="markers+text" if L * H <= 32 else "markers",
+                name=role,
+                text=[f"L{l}H{h}" for l, h in pts],
+                textposition="top center",
+                textfont=dict(size=9),
+                hovertext=text,
+                hoverinfo="text",
+                customdata=[[l, h] for l, h in pts],
+                error_x=bars(xs, xci),
+                error_y=bars(ys, yci),
+                marker=dict(size=11, color=ROLE_COLORS.get(role, "#54a24b"), line=dict(width=1, color="#333")),
+            )
+        )
     if selected is not None:
         l, h = selected
-        fig.add_trace(go.Scatter(x=[metrics[x][l][h]], y=[metrics[y][l][h]], mode="markers", name=f"L{l}H{h}",
-                                 customdata=[[l, h]], hoverinfo="skip", showlegend=False,
-                                 marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(width=2, color="#e45756"))))
-    fig.update_layout(**{**LAYOUT, "height": 420}, title=f"Heads: {x} vs {y} (click a head)", xaxis_title=x,
-                      yaxis_title=y, legend_title_text="role")
+        fig.add_trace(
+            go.Scatter(
+                x=[metrics[x][l][h]],
+                y=[metrics[y][l][h]],
+                mode="markers",
+                name=f"L{l}H{h}",
+                customdata=[[l, h]],
+                hoverinfo="skip",
+                showlegend=False,
+                marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(width=2, color="#e45756")),
+            )
+        )
+    fig.update_layout(
+        **{**LAYOUT, "height": 420},
+        title=f"Heads: {x} vs {y} (click a head)",
+        xaxis_title=x,
+        yaxis_title=y,
+        legend_title_text="role",
+    )
     return fig
 
 
@@ -111,32 +150,81 @@ def head_detail(data: dict, layer: int, head: int, context: str | None = None, t
     if context is not None and context not in contexts:
         raise ValueError(f"context: unknown {context!r}; expected one of {sorted(contexts)}")
     role = (data.get("labels") or [[None] * H] * L)[layer][head]
-    fig = make_subplots(rows=2, cols=2, column_widths=[0.62, 0.38], row_heights=[0.55, 0.45],
-                        specs=[[{"type": "heatmap", "rowspan": 2}, {"type": "table"}], [None, {"type": "xy"}]],
-                        subplot_titles=(f"attention on the {context} context" if context else "no context recorded",
-                                        "", "DuoAttention gate α while training"), horizontal_spacing=0.12)
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        column_widths=[0.62, 0.38],
+        row_heights=[0.55, 0.45],
+        specs=[[{"type": "heatmap", "rowspan": 2}, {"type": "table"}], [None, {"type": "xy"}]],
+        subplot_titles=(
+            f"attention on the {context} context" if context else "no context recorded",
+            "",
+            "DuoAttention gate α while training",
+        ),
+        horizontal_spacing=0.12,
+    )
     if context is not None:
         ctx = contexts[context]
-        toks = ([tokenizer.token_str(int(t)) for t in ctx["ids"]] if tokenizer is not None and ctx.get("ids")
-                else ctx["tokens"])
+        toks = (
+            [tokenizer.token_str(int(t)) for t in ctx["ids"]]
+            if tokenizer is not None and ctx.get("ids")
+            else ctx["tokens"]
+        )
         labels = [f"{i}:{t}" for i, t in enumerate(toks)]
-        fig.add_trace(go.Heatmap(z=ctx["patterns"][layer][head], x=labels, y=labels, colorscale="Viridis", zmin=0,
-                                 zmax=1, colorbar=dict(x=0.52, len=0.9, thickness=10), name="attention",
-                                 hovertemplate="query %{y} → key %{x}: %{z:.3f}<extra></extra>"), 1, 1)
+        fig.add_trace(
+            go.Heatmap(
+                z=ctx["patterns"][layer][head],
+                x=labels,
+                y=labels,
+                colorscale="Viridis",
+                zmin=0,
+                zmax=1,
+                colorbar=dict(x=0.52, len=0.9, thickness=10),
+                name="attention",
+                hovertemplate="query %{y} → key %{x}: %{z:.3f}<extra></extra>",
+            ),
+            1,
+            1,
+        )
         fig.update_yaxes(autorange="reversed", title_text="query", row=1, col=1)
         fig.update_xaxes(title_text="key", row=1, col=1)
     names, vals = _score_rows(data, layer, head)
-    fig.add_trace(go.Table(header=dict(values=["score", "value [95% interval]"], align="left"),
-                           cells=dict(values=[names, vals], align="left"), name="scores"), 1, 2)
+    fig.add_trace(
+        go.Table(
+            header=dict(values=["score", "value [95% interval]"], align="left"),
+            cells=dict(values=[names, vals], align="left"),
+            name="scores",
+        ),
+        1,
+        2,
+    )
     curve = data.get("gate_curve")
     if curve and curve.get("step"):
-        fig.add_trace(go.Scatter(x=curve["step"], y=[a[layer][head] for a in curve["alpha"]], mode="lines",
-                                 name=f"α L{layer}H{head}", line=dict(color="#f58518")), 2, 2)
+        fig.add_trace(
+            go.Scatter(
+                x=curve["step"],
+                y=[a[layer][head] for a in curve["alpha"]],
+                mode="lines",
+                name=f"α L{layer}H{head}",
+                line=dict(color="#f58518"),
+            ),
+            2,
+            2,
+        )
         fig.update_yaxes(range=[-0.05, 1.05], title_text="α", row=2, col=2)
         fig.update_xaxes(title_text="optimisation step", row=2, col=2)
     else:
-        fig.add_annotation(text="no gate trained", x=0.5, y=0.5, xref="x domain", yref="y domain", showarrow=False,
-                           font=dict(color="#666"), row=2, col=2)
+        fig.add_annotation(
+            text="no gate trained",
+            x=0.5,
+            y=0.5,
+            xref="x domain",
+            yref="y domain",
+            showarrow=False,
+            font=dict(color="#666"),
+            row=2,
+            col=2,
+        )
     fig.update_layout(**{**LAYOUT, "height": 560}, title=f"L{layer}H{head} · {role}", showlegend=False)
     return fig
 
@@ -165,11 +253,26 @@ def agreement_heatmap(agreement: dict) -> go.Figure:
             cell.append(_rho_text(c["rho"], c["ci"]))
         z.append(row)
         text.append(cell)
-    fig = go.Figure(go.Heatmap(z=z, x=cols, y=names, text=text, texttemplate="%{text}", zmin=-1, zmax=1,
-                               colorscale="RdBu", reversescale=True, colorbar=dict(title="ρ"),
-                               hovertemplate="%{y} vs %{x}: %{text}<extra></extra>"))
-    fig.update_layout(**{**LAYOUT, "height": 140 + 45 * len(names)}, yaxis_autorange="reversed",
-                      title=f"Rank agreement over {agreement.get('n_heads')} heads: {agreement.get('method', '')}")
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=cols,
+            y=names,
+            text=text,
+            texttemplate="%{text}",
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu",
+            reversescale=True,
+            colorbar=dict(title="ρ"),
+            hovertemplate="%{y} vs %{x}: %{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        **{**LAYOUT, "height": 140 + 45 * len(names)},
+        yaxis_autorange="reversed",
+        title=f"Rank agreement over {agreement.get('n_heads')} heads: {agreement.get('method', '')}",
+    )
     return fig
 
 
@@ -179,22 +282,35 @@ def agreement_table_html(agreement: dict) -> str:
     names = agreement.get("names") or []
     if not names:
         return "<p><i>no rankings compared</i></p>"
-    rows = "".join(f"<tr><td>{e(a)}</td><td>{e(b)}</td>"
-                   f"<td>{e(_rho_text(agreement['rho'][i][j], agreement['ci'][i][j]))}</td>"
-                   f"<td>{_fmt(agreement['p_value'][i][j])}</td></tr>"
-                   for i, a in enumerate(names) for j, b in enumerate(names) if j > i)
+    rows = "".join(
+        f"<tr><td>{e(a)}</td><td>{e(b)}</td>"
+        f"<td>{e(_rho_text(agreement['rho'][i][j], agreement['ci'][i][j]))}</td>"
+        f"<td>{_fmt(agreement['p_value'][i][j])}</td></tr>"
+        for i, a in enumerate(names)
+        for j, b in enumerate(names)
+        if j > i
+    )
     causal = agreement.get("causal") or {}
-    crows = "".join(f"<tr><td>{e(a)}</td><td>causal Δloss</td><td>{e(_rho_text(c['rho'], c['ci']))}</td>"
-                    f"<td>{_fmt(c['p_value'])}{' · ' + e(c['note']) if c.get('note') else ''}</td></tr>"
-                    for a, c in causal.items())
-    return (f"<p>{e(agreement.get('method', ''))}; {int(agreement.get('n_heads', 0))} heads: with few heads the "
-            f"interval is wide, and a rho whose interval covers 0 is no evidence of agreement.</p>"
-            f"<table><tr><th>ranking</th><th>vs</th><th>ρ [95% interval]</th><th>p</th></tr>{rows}{crows}</table>")
+    crows = "".join(
+        f"<tr><td>{e(a)}</td><td>causal Δloss</td><td>{e(_rho_text(c['rho'], c['ci']))}</td>"
+        f"<td>{_fmt(c['p_value'])}{' · ' + e(c['note']) if c.get('note') else ''}</td></tr>"
+        for a, c in causal.items()
+    )
+    return (
+        f"<p>{e(agreement.get('method', ''))}; {int(agreement.get('n_heads', 0))} heads: with few heads the "
+        f"interval is wide, and a rho whose interval covers 0 is no evidence of agreement.</p>"
+        f"<table><tr><th>ranking</th><th>vs</th><th>ρ [95% interval]</th><th>p</th></tr>{rows}{crows}</table>"
+    )
 
 
-OVER_METRICS = {"induction": "TL induction score", "retrieval": "retrieval score (Wilson 95%)",
-                "previous_token": "TL previous-token score", "streaming": "streaming mass (t 95%)",
-                "delta_loss": "causal Δloss (nats)", "entropy": "attention entropy (nats)"}
+OVER_METRICS = {
+    "induction": "TL induction score",
+    "retrieval": "retrieval score (Wilson 95%)",
+    "previous_token": "TL previous-token score",
+    "streaming": "streaming mass (t 95%)",
+    "delta_loss": "causal Δloss (nats)",
+    "entropy": "attention entropy (nats)",
+}
 
 
 def heads_over_training(over: dict, metric: str = "induction", phase: str = "induction") -> go.Figure:
@@ -213,33 +329,86 @@ def heads_over_training(over: dict, metric: str = "induction", phase: str = "ind
     for l in range(L):
         for h in range(H):
             ys = [v[l][h] for v in vals]
-            err = (dict(type="data", symmetric=False, thickness=1, array=[c[l][h][1] - y for c, y in zip(cis, ys)],
-                        arrayminus=[y - c[l][h][0] for c, y in zip(cis, ys)]) if cis else None)
-            fig.add_trace(go.Scatter(x=steps, y=ys, mode="lines+markers", name=f"L{l}H{h}", error_y=err,
-                                     legendgroup=f"layer {l}", line=dict(width=1.5, dash="solid" if l else "dot")),
-                          secondary_y=False)
+            err = (
+                dict(
+                    type="data",
+                    symmetric=False,
+                    thickness=1,
+                    array=[c[l][h][1] - y for c, y in zip(cis, ys)],
+                    arrayminus=[y - c[l][h][0] for c, y in zip(cis, ys)],
+                )
+                if cis
+                else None
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=ys,
+                    mode="lines+markers",
+                    name=f"L{l}H{h}",
+                    error_y=err,
+                    legendgroup=f"layer {l}",
+                    line=dict(width=1.5, dash="solid" if l else "dot"),
+                ),
+                secondary_y=False,
+            )
     acc = over.get("copy_accuracy")
     if acc and metric != "entropy" and metric != "delta_loss":
         ci = over.get("copy_accuracy_ci")
-        fig.add_trace(go.Scatter(x=steps, y=acc, mode="lines+markers", name="needle copy accuracy",
-                                 line=dict(color="#222", dash="dash", width=2),
-                                 error_y=dict(type="data", symmetric=False, array=[c[1] - a for c, a in zip(ci, acc)],
-                                              arrayminus=[a - c[0] for c, a in zip(ci, acc)]) if ci else None),
-                      secondary_y=False)
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=acc,
+                mode="lines+markers",
+                name="needle copy accuracy",
+                line=dict(color="#222", dash="dash", width=2),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[c[1] - a for c, a in zip(ci, acc)],
+                    arrayminus=[a - c[0] for c, a in zip(ci, acc)],
+                )
+                if ci
+                else None,
+            ),
+            secondary_y=False,
+        )
     curve = over.get("loss_curve") or {}
     if curve.get("step"):
-        fig.add_trace(go.Scatter(x=curve["step"], y=curve["val_loss"], mode="lines", name="validation loss (logged)",
-                                 line=dict(color="#888", width=3), opacity=0.6), secondary_y=True)
+        fig.add_trace(
+            go.Scatter(
+                x=curve["step"],
+                y=curve["val_loss"],
+                mode="lines",
+                name="validation loss (logged)",
+                line=dict(color="#888", width=3),
+                opacity=0.6,
+            ),
+            secondary_y=True,
+        )
     loss = over.get("loss") or []
     if any(v is not None for v in loss):
         pts = [(s, v) for s, v in zip(steps, loss) if v is not None]
-        fig.add_trace(go.Scatter(x=[s for s, _ in pts], y=[v for _, v in pts], mode="markers",
-                                 name=f"checkpoint loss ({over.get('loss_source', '')})",
-                                 marker=dict(color="#888", symbol="square", size=8)), secondary_y=True)
+        fig.add_trace(
+            go.Scatter(
+                x=[s for s, _ in pts],
+                y=[v for _, v in pts],
+                mode="markers",
+                name=f"checkpoint loss ({over.get('loss_source', '')})",
+                marker=dict(color="#888", symbol="square", size=8),
+            ),
+            secondary_y=True,
+        )
     formed = (over.get("formed") or {}).get(phase)
     if formed:
-        fig.add_vrect(x0=formed[0], x1=formed[1], fillcolor=PHASE_FILL, line_width=0,
-                      annotation_text=f"{phase} forms: step {formed[0]}–{formed[1]}", annotation_position="top left")
+        fig.add_vrect(
+            x0=formed[0],
+            x1=formed[1],
+            fillcolor=PHASE_FILL,
+            line_width=0,
+            annotation_text=f"{phase} forms: step {formed[0]}–{formed[1]}",
+            annotation_position="top left",
+        )
     fig.update_layout(**{**LAYOUT, "height": 420}, title=f"Heads over training: {OVER_METRICS[metric]}")
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text=OVER_METRICS[metric], secondary_y=False)

@@ -13,11 +13,19 @@ from .sae import LAYOUT, empty_figure
 if TYPE_CHECKING:
     from ..probes.kv_tradeoff import TradeoffResult
 
-PANELS = (("needle_acc", "needle copy accuracy"), ("passkey_token_acc", "passkey answer-token accuracy"),
-          ("text_loss", "natural-text loss (nats)"))
-LABELS = {"retrieval": "Wu retrieval score", "duo_alpha": "DuoAttention α", "razor": "RazorAttention rule",
-          "streaming_reversed": "streaming mass (reversed)", "tl_induction": "TL induction score",
-          "causal_delta_loss": "causal check Δloss"}
+PANELS = (
+    ("needle_acc", "needle copy accuracy"),
+    ("passkey_token_acc", "passkey answer-token accuracy"),
+    ("text_loss", "natural-text loss (nats)"),
+)
+LABELS = {
+    "retrieval": "Wu retrieval score",
+    "duo_alpha": "DuoAttention α",
+    "razor": "RazorAttention rule",
+    "streaming_reversed": "streaming mass (reversed)",
+    "tl_induction": "TL induction score",
+    "causal_delta_loss": "causal check Δloss",
+}
 BAND = "rgba(128,128,128,0.22)"
 
 
@@ -33,31 +41,65 @@ def tradeoff_figure(result: TradeoffResult | dict, panels: tuple[tuple[str, str]
     for col, (metric, _) in enumerate(panels, start=1):
         band = d["random_band"][metric]
         first = col == 1
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=band["max"] + band["min"][::-1], mode="lines", fill="toself",
-                                 fillcolor=BAND,
-                                 line=dict(width=0), hoverinfo="skip", legendgroup="random", showlegend=first,
-                                 name=f"random rankings ({len(d['random_curves'])} seeds, min-max)"),
-                      row=1, col=col)
-        fig.add_trace(go.Scatter(x=x, y=band["mean"], mode="lines", line=dict(color="gray", dash="dash"),
-                                 legendgroup="random", showlegend=False, name="random mean", text=hover,
-                                 hovertemplate="%{text}<br>KV %{x:.3f}<br>random mean %{y:.3f}<extra></extra>"),
-                      row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=x + x[::-1],
+                y=band["max"] + band["min"][::-1],
+                mode="lines",
+                fill="toself",
+                fillcolor=BAND,
+                line=dict(width=0),
+                hoverinfo="skip",
+                legendgroup="random",
+                showlegend=first,
+                name=f"random rankings ({len(d['random_curves'])} seeds, min-max)",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=band["mean"],
+                mode="lines",
+                line=dict(color="gray", dash="dash"),
+                legendgroup="random",
+                showlegend=False,
+                name="random mean",
+                text=hover,
+                hovertemplate="%{text}<br>KV %{x:.3f}<br>random mean %{y:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
         for i, (name, curve) in enumerate(d["curves"].items()):
-            fig.add_trace(go.Scatter(x=curve.get("kv_fraction", x), y=curve[metric], mode="lines+markers",
-                                     name=LABELS.get(name, name), legendgroup=name, showlegend=first, text=hover,
-                                     line=dict(color=_color(i)),
-                                     hovertemplate=f"{LABELS.get(name, name)}<br>%{{text}}<br>KV %{{x:.3f}}<br>"
-                                                   f"%{{y:.3f}}<extra></extra>"),
-                          row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=curve.get("kv_fraction", x),
+                    y=curve[metric],
+                    mode="lines+markers",
+                    name=LABELS.get(name, name),
+                    legendgroup=name,
+                    showlegend=first,
+                    text=hover,
+                    line=dict(color=_color(i)),
+                    hovertemplate=f"{LABELS.get(name, name)}<br>%{{text}}<br>KV %{{x:.3f}}<br>"
+                    f"%{{y:.3f}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
         fig.update_xaxes(title_text="KV cache kept (fraction of full)", range=[0, 1.02], row=1, col=col)
         if metric != "text_loss":
             fig.update_yaxes(range=[-0.02, 1.02], row=1, col=col)
     comp = " + compensation token" if d.get("config", {}).get("compensation") else ""
     cfg = d.get("config", {})
-    fig.update_layout(**{**LAYOUT, "height": 380},
-                      title=f"KV-cache trade-off: top heads full, the rest sink {cfg.get('sink', '?')} + window "
-                            f"{cfg.get('window', '?')}{comp} (T = {d.get('seq_len', '?')})",
-                      legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(
+        **{**LAYOUT, "height": 380},
+        title=f"KV-cache trade-off: top heads full, the rest sink {cfg.get('sink', '?')} + window "
+        f"{cfg.get('window', '?')}{comp} (T = {d.get('seq_len', '?')})",
+        legend=dict(orientation="h", y=-0.25),
+    )
     return fig
 
 

@@ -18,8 +18,9 @@ LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=40), heig
 def empty_figure(message: str) -> go.Figure:
     """A figure that says why there is nothing to draw (empty states never raise)."""
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font=dict(size=14, color="#666"))
+    fig.add_annotation(
+        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=14, color="#666")
+    )
     fig.update_layout(**LAYOUT, xaxis=dict(visible=False), yaxis=dict(visible=False))
     return fig
 
@@ -30,8 +31,13 @@ def training_curves(metrics: list[dict], keys: tuple[str, ...] = ("fvu", "l0", "
         return empty_figure("no training metrics logged yet")
     fig = make_subplots(rows=1, cols=len(keys), subplot_titles=keys)
     for i, key in enumerate(keys, start=1):
-        fig.add_trace(go.Scatter(x=[m["tokens"] for m in rows], y=[m.get(key) for m in rows], mode="lines",
-                                 name=key, showlegend=False), row=1, col=i)
+        fig.add_trace(
+            go.Scatter(
+                x=[m["tokens"] for m in rows], y=[m.get(key) for m in rows], mode="lines", name=key, showlegend=False
+            ),
+            row=1,
+            col=i,
+        )
         fig.update_xaxes(title_text="tokens", row=1, col=i)
     fig.update_layout(**LAYOUT, title="SAE training")
     return fig
@@ -43,8 +49,9 @@ def density_histogram(log10_density: list[float], title: str = "Feature density"
     if not finite:
         return empty_figure("no feature fired on the evaluation tokens")
     fig = go.Figure(go.Histogram(x=finite, nbinsx=50, marker_color="#4c78a8"))
-    fig.update_layout(**LAYOUT, title=f"{title} ({dead} never fired)", xaxis_title="log10 firing frequency",
-                      yaxis_title="features")
+    fig.update_layout(
+        **LAYOUT, title=f"{title} ({dead} never fired)", xaxis_title="log10 firing frequency", yaxis_title="features"
+    )
     return fig
 
 
@@ -62,11 +69,16 @@ def feature_histogram(table: FeatureTable, feature: int) -> go.Figure:
         return empty_figure(f"feature {feature} never fires on the evaluation tokens")
     top = float(table.hist_max[feature])
     width = top / len(counts)
-    fig = go.Figure(go.Bar(x=[(i + 0.5) * width for i in range(len(counts))], y=counts, width=width,
-                           marker_color="#f58518"))
+    fig = go.Figure(
+        go.Bar(x=[(i + 0.5) * width for i in range(len(counts))], y=counts, width=width, marker_color="#f58518")
+    )
     dens = float(table.density[feature])
-    fig.update_layout(**LAYOUT, title=f"Feature {feature}: activations (density {dens:.2e}, "
-                      f"log10 {math.log10(max(dens, 1e-10)):.2f})", xaxis_title="activation", yaxis_title="tokens")
+    fig.update_layout(
+        **LAYOUT,
+        title=f"Feature {feature}: activations (density {dens:.2e}, log10 {math.log10(max(dens, 1e-10)):.2f})",
+        xaxis_title="activation",
+        yaxis_title="tokens",
+    )
     return fig
 
 
@@ -74,10 +86,28 @@ def logit_effects(table: FeatureTable, feature: int, tokenizer: Tokenizer) -> go
     top = [tokenizer.token_str(int(t)) for t in table.logit_top[feature]]
     bottom = [tokenizer.token_str(int(t)) for t in table.logit_bottom[feature]]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("promotes", "suppresses"))
-    fig.add_trace(go.Bar(x=table.logit_top_values[feature].tolist()[::-1], y=[repr(s) for s in top][::-1],
-                         orientation="h", marker_color="#54a24b", showlegend=False), row=1, col=1)
-    fig.add_trace(go.Bar(x=table.logit_bottom_values[feature].tolist()[::-1], y=[repr(s) for s in bottom][::-1],
-                         orientation="h", marker_color="#e45756", showlegend=False), row=1, col=2)
+    fig.add_trace(
+        go.Bar(
+            x=table.logit_top_values[feature].tolist()[::-1],
+            y=[repr(s) for s in top][::-1],
+            orientation="h",
+            marker_color="#54a24b",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=table.logit_bottom_values[feature].tolist()[::-1],
+            y=[repr(s) for s in bottom][::-1],
+            orientation="h",
+            marker_color="#e45756",
+            showlegend=False,
+        ),
+        row=1,
+        col=2,
+    )
     fig.update_layout(**LAYOUT, title=f"Feature {feature}: direct logit effects")
     return fig
 
@@ -93,9 +123,15 @@ def correlated_features(table: FeatureTable, feature: int) -> go.Figure:
     if not keep:
         return empty_figure(f"feature {feature} fires with no other feature in the correlation sample")
     n = int(table.corr_tokens)
-    fig = go.Figure(go.Bar(x=[f"#{i}" for i, _, _ in keep], y=[v for _, v, _ in keep], marker_color="#b279a2",
-                           text=[f"{k} together" if k >= 0 else "" for _, _, k in keep],
-                           hovertemplate="%{x}: r = %{y:.3f}<br>%{text}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=[f"#{i}" for i, _, _ in keep],
+            y=[v for _, v, _ in keep],
+            marker_color="#b279a2",
+            text=[f"{k} together" if k >= 0 else "" for _, _, k in keep],
+            hovertemplate="%{x}: r = %{y:.3f}<br>%{text}<extra></extra>",
+        )
+    )
     over = f" over {n:,} tokens" if n > 0 else ""
     fig.update_layout(**LAYOUT, title=f"Feature {feature}: most correlated features{over}", yaxis_title="Pearson r")
     return fig
@@ -113,7 +149,7 @@ def contexts_html(table: FeatureTable, feature: int, tokenizer: Tokenizer) -> st
             break
         seq, start = int(table.top_seq[feature, j]), int(table.context_start[feature, j])
         acts = table.context_acts[feature, j].tolist()
-        toks = table.tokens[seq, start: start + len(acts)].tolist()
+        toks = table.tokens[seq, start : start + len(acts)].tolist()
         spans = _shaded_tokens(toks, acts, peak, tokenizer, "245,133,24")
         rows.append(f'<div class="ctx"><span class="val">{v:.2f}</span>{spans}</div>')
     return "\n".join(rows)
@@ -127,8 +163,11 @@ def prompt_html(tokens: list[int], acts: list[float], tokenizer: Tokenizer) -> s
 
 def _shaded_tokens(tokens: list[int], acts: list[float], peak: float, tokenizer: Tokenizer, rgb: str) -> str:
     """Token spans whose background opacity is activation / peak (clipped to [0, 1])."""
-    return "".join(f'<span class="tok" style="background: rgba({rgb},{max(0.0, min(1.0, a / peak)):.2f})" '
-                   f'title="{a:.3f}">{html.escape(tokenizer.token_str(t))}</span>' for t, a in zip(tokens, acts))
+    return "".join(
+        f'<span class="tok" style="background: rgba({rgb},{max(0.0, min(1.0, a / peak)):.2f})" '
+        f'title="{a:.3f}">{html.escape(tokenizer.token_str(t))}</span>'
+        for t, a in zip(tokens, acts)
+    )
 
 
 def variants_bar(rows: list[dict], metric: str = "fvu") -> go.Figure:

@@ -13,23 +13,67 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "heads": ("HeadRoleConfig", "HeadRoles", "head_roles", "make_contexts", "attention_patterns", "causal_check",
-              "tl_detector_scores"),
-    "sparsity": ("SparsityResult", "activation_sparsity", "sparsity_over_training", "topk_intervention",
-                 "threshold_for_loss"),
+    "heads": (
+        "HeadRoleConfig",
+        "HeadRoles",
+        "head_roles",
+        "make_contexts",
+        "attention_patterns",
+        "causal_check",
+        "tl_detector_scores",
+    ),
+    "sparsity": (
+        "SparsityResult",
+        "activation_sparsity",
+        "sparsity_over_training",
+        "topk_intervention",
+        "threshold_for_loss",
+    ),
     "arrow": ("ArrowResult", "arrow_gap", "arrow_over_seeds", "arrow_from_losses", "gap_over_training"),
     "intervals": ("wilson_interval", "t_interval"),
-    "attention_restrict": ("streaming_pattern", "gate_hooks", "keep_full_hooks", "kv_fraction", "n_kv_heads",
-                           "check_supported"),
-    "duo": ("PasskeyConfig", "PasskeyBatch", "passkey_batch", "passkey_accuracy", "DuoConfig", "DuoResult",
-            "duo_gates"),
+    "attention_restrict": (
+        "streaming_pattern",
+        "gate_hooks",
+        "keep_full_hooks",
+        "kv_fraction",
+        "n_kv_heads",
+        "check_supported",
+    ),
+    "duo": (
+        "PasskeyConfig",
+        "PasskeyBatch",
+        "passkey_batch",
+        "passkey_accuracy",
+        "DuoConfig",
+        "DuoResult",
+        "duo_gates",
+    ),
     "razor": ("RazorConfig", "RazorResult", "razor_scores", "protected_heads"),
-    "kv_tradeoff": ("TradeoffConfig", "TradeoffResult", "tradeoff_curve", "standard_rankings", "keep_top",
-                    "n_full_heads"),
-    "head_agreement": ("AgreementConfig", "Agreement", "Correlation", "spearman", "ranking_agreement",
-                       "rankings_from_roles"),
-    "heads_over_training": ("OverTrainingConfig", "HeadsOverTraining", "attention_entropy", "run_checkpoints",
-                            "run_heads_over_training", "shipped_checkpoints", "shipped_heads_over_training"),
+    "kv_tradeoff": (
+        "TradeoffConfig",
+        "TradeoffResult",
+        "tradeoff_curve",
+        "standard_rankings",
+        "keep_top",
+        "n_full_heads",
+    ),
+    "head_agreement": (
+        "AgreementConfig",
+        "Agreement",
+        "Correlation",
+        "spearman",
+        "ranking_agreement",
+        "rankings_from_roles",
+    ),
+    "heads_over_training": (
+        "OverTrainingConfig",
+        "HeadsOverTraining",
+        "attention_entropy",
+        "run_checkpoints",
+        "run_heads_over_training",
+        "shipped_checkpoints",
+        "shipped_heads_over_training",
+    ),
     "head_explorer": ("explorer_data", "default_contexts", "context_patterns"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -47,4 +91,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-

@@ -37,17 +37,20 @@ FORWARD, BACKWARD, NO_ARROW = "forward easier", "backward easier", "no arrow det
 
 
 @torch.no_grad()
-def per_sequence_loss(model: HookedTransformer, seqs: Int[Tensor, "n s"], batch_size: int = 32) -> Float[Tensor, "n"]:
+def per_sequence_loss(model: HookedTransformer, seqs: Int[Tensor, "n s"], batch_size: int = 32) -> Float[Tensor, " n"]:
     """Mean next-token loss of each sequence (nats/token)."""
     model.eval()
     return torch.cat([model(c, return_type="loss", loss_per_token=True).mean(-1) for c in seqs.split(batch_size)])
 
 
-def bootstrap_gap(loss_f: Tensor, loss_b: Tensor, n_boot: int = 2000, seed: int = 0,
-                  level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_gap(
+    loss_f: Tensor, loss_b: Tensor, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """Relative gap of the means and its percentile bootstrap interval (windows resampled in pairs)."""
     if loss_f.shape != loss_b.shape or loss_f.ndim != 1:
-        raise ValueError(f"loss_f and loss_b must be equal-length 1-D, got {tuple(loss_f.shape)}, {tuple(loss_b.shape)}")
+        raise ValueError(
+            f"loss_f and loss_b must be equal-length 1-D, got {tuple(loss_f.shape)}, {tuple(loss_b.shape)}"
+        )
     gap = float((loss_b.mean() - loss_f.mean()) / loss_f.mean())
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(loss_f), (n_boot, len(loss_f)), generator=gen)
@@ -57,8 +60,15 @@ def bootstrap_gap(loss_f: Tensor, loss_b: Tensor, n_boot: int = 2000, seed: int 
     return gap, float(lo), float(hi)
 
 
-def arrow_gap(forward: HookedTransformer, backward: HookedTransformer, data: TokenData, seq_len: int,
-              n_windows: int = 256, n_boot: int = 2000, seed: int = 0) -> dict:
+def arrow_gap(
+    forward: HookedTransformer,
+    backward: HookedTransformer,
+    data: TokenData,
+    seq_len: int,
+    n_windows: int = 256,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
     """One pair on the same held-out windows: the gap with its window-level 95% interval. That
     interval leaves out the seed, the largest source of variance: for a verdict use arrow_over_seeds."""
     bos = data.tokenizer.bos_token_id
@@ -66,8 +76,14 @@ def arrow_gap(forward: HookedTransformer, backward: HookedTransformer, data: Tok
     bwd = windows(data.validation, seq_len, bos_token_id=bos, n=n_windows, reverse=True)
     lf, lb = per_sequence_loss(forward, fwd), per_sequence_loss(backward, bwd)
     gap, lo, hi = bootstrap_gap(lf, lb, n_boot=n_boot, seed=seed)
-    return {"loss_forward": float(lf.mean()), "loss_backward": float(lb.mean()), "gap": gap,
-            "gap_ci95": [lo, hi], "n_windows": len(lf), "seq_len": seq_len}
+    return {
+        "loss_forward": float(lf.mean()),
+        "loss_backward": float(lb.mean()),
+        "gap": gap,
+        "gap_ci95": [lo, hi],
+        "n_windows": len(lf),
+        "seq_len": seq_len,
+    }
 
 
 def relative_gap(loss_from: Tensor, loss_to: Tensor) -> float:
@@ -121,14 +137,24 @@ class ArrowResult:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def arrow_from_losses(loss_f: Float[Tensor, "S n"], loss_b: Float[Tensor, "S n"], seeds: list[int] | None = None,
-                      *, level: float = 0.95, n_boot: int = 2000, boot_seed: int = 0,
-                      over_training: dict | None = None, curves: dict | None = None, seq_len: int = 0) -> ArrowResult:
+def arrow_from_losses(
+    loss_f: Float[Tensor, "S n"],
+    loss_b: Float[Tensor, "S n"],
+    seeds: list[int] | None = None,
+    *,
+    level: float = 0.95,
+    n_boot: int = 2000,
+    boot_seed: int = 0,
+    over_training: dict | None = None,
+    curves: dict | None = None,
+    seq_len: int = 0,
+) -> ArrowResult:
     """The probe's statistics from per-window losses: row s holds seed s's forward (backward)
     model's mean loss on each held-out window, the same windows for every seed."""
     if loss_f.ndim != 2 or loss_f.shape != loss_b.shape:
-        raise ValueError(f"loss_f and loss_b must both be [seeds, windows], got {tuple(loss_f.shape)}, "
-                         f"{tuple(loss_b.shape)}")
+        raise ValueError(
+            f"loss_f and loss_b must both be [seeds, windows], got {tuple(loss_f.shape)}, {tuple(loss_b.shape)}"
+        )
     S, n = loss_f.shape
     if S < 2:
         raise ValueError(f"need at least 2 seeds for a seed-level interval and a null, got {S}")
@@ -138,8 +164,11 @@ def arrow_from_losses(loss_f: Float[Tensor, "S n"], loss_b: Float[Tensor, "S n"]
     lf, lb = loss_f.double(), loss_b.double()
     gaps = [relative_gap(lf[s], lb[s]) for s in range(S)]
     mean, lo, hi = (float(x) for x in t_interval(torch.tensor(gaps), level))
-    nulls = [{"direction": name, "seeds": [seeds[a], seeds[b]], "gap": relative_gap(losses[a], losses[b])}
-             for name, losses in (("forward", lf), ("backward", lb)) for a, b in combinations(range(S), 2)]
+    nulls = [
+        {"direction": name, "seeds": [seeds[a], seeds[b]], "gap": relative_gap(losses[a], losses[b])}
+        for name, losses in (("forward", lf), ("backward", lb))
+        for a, b in combinations(range(S), 2)
+    ]
     null_max = max(abs(x["gap"]) for x in nulls)
     # Window-level: the same resampled windows for every seed (they share the held-out set).
     idx = torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(boot_seed))
@@ -148,11 +177,24 @@ def arrow_from_losses(loss_f: Float[Tensor, "S n"], loss_b: Float[Tensor, "S n"]
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     w_lo, w_hi = torch.quantile(boot, q).tolist()
     per_seed = [list(bootstrap_gap(lf[s], lb[s], n_boot, boot_seed, level)[1:]) for s in range(S)]
-    return ArrowResult(seeds=seeds, loss_forward=lf.mean(1).tolist(), loss_backward=lb.mean(1).tolist(), gaps=gaps,
-                       gap=mean, gap_ci_seeds=[lo, hi], null_gaps=nulls, null_max=null_max,
-                       verdict=verdict(mean, (lo, hi), null_max), gap_ci_windows=[w_lo, w_hi],
-                       seed_window_cis=per_seed, over_training=over_training or {}, curves=curves or {},
-                       n_windows=n, seq_len=seq_len, level=level)
+    return ArrowResult(
+        seeds=seeds,
+        loss_forward=lf.mean(1).tolist(),
+        loss_backward=lb.mean(1).tolist(),
+        gaps=gaps,
+        gap=mean,
+        gap_ci_seeds=[lo, hi],
+        null_gaps=nulls,
+        null_max=null_max,
+        verdict=verdict(mean, (lo, hi), null_max),
+        gap_ci_windows=[w_lo, w_hi],
+        seed_window_cis=per_seed,
+        over_training=over_training or {},
+        curves=curves or {},
+        n_windows=n,
+        seq_len=seq_len,
+        level=level,
+    )
 
 
 def gap_over_training(run_dirs: list[tuple[str | Path, str | Path]], level: float = 0.95) -> dict:
@@ -174,17 +216,26 @@ def gap_over_training(run_dirs: list[tuple[str | Path, str | Path]], level: floa
     return out
 
 
-def window_losses(model: HookedTransformer, data: TokenData, seq_len: int, n_windows: int,
-                  direction: str) -> Float[Tensor, "n"]:
+def window_losses(
+    model: HookedTransformer, data: TokenData, seq_len: int, n_windows: int, direction: str
+) -> Float[Tensor, " n"]:
     """Per-window loss on the first `n_windows` validation windows, reversed for "backward"."""
-    seqs = windows(data.validation, seq_len, bos_token_id=data.tokenizer.bos_token_id, n=n_windows,
-                   reverse=direction == "backward")
+    seqs = windows(
+        data.validation, seq_len, bos_token_id=data.tokenizer.bos_token_id, n=n_windows, reverse=direction == "backward"
+    )
     return per_sequence_loss(model, seqs)
 
 
-def arrow_over_seeds(pairs: list[tuple[HookedTransformer, HookedTransformer]], data: TokenData, seq_len: int,
-                     n_windows: int = 256, run_dirs: list[tuple[str | Path, str | Path]] | None = None,
-                     seeds: list[int] | None = None, n_boot: int = 2000, level: float = 0.95) -> ArrowResult:
+def arrow_over_seeds(
+    pairs: list[tuple[HookedTransformer, HookedTransformer]],
+    data: TokenData,
+    seq_len: int,
+    n_windows: int = 256,
+    run_dirs: list[tuple[str | Path, str | Path]] | None = None,
+    seeds: list[int] | None = None,
+    n_boot: int = 2000,
+    level: float = 0.95,
+) -> ArrowResult:
     """Every pair (forward, backward), one per seed, on the same held-out windows; with the runs'
     folders, the gap over training and the loss curves too (see the module docstring)."""
     if len(pairs) < 2:
@@ -198,8 +249,9 @@ def arrow_over_seeds(pairs: list[tuple[HookedTransformer, HookedTransformer]], d
     if run_dirs is not None:
         over = gap_over_training(run_dirs, level)
         curves = {f"seed {s}": loss_curves({"forward": f, "backward": b}) for s, (f, b) in zip(seeds, run_dirs)}
-    return arrow_from_losses(lf, lb, seeds, level=level, n_boot=n_boot, over_training=over, curves=curves,
-                             seq_len=seq_len)
+    return arrow_from_losses(
+        lf, lb, seeds, level=level, n_boot=n_boot, over_training=over, curves=curves, seq_len=seq_len
+    )
 
 
 def pair_dirs(root: str | Path, seeds=(0, 1, 2)) -> list[tuple[Path, Path]]:
@@ -207,8 +259,14 @@ def pair_dirs(root: str | Path, seeds=(0, 1, 2)) -> list[tuple[Path, Path]]:
     return [(Path(root) / f"seed{s}" / "forward", Path(root) / f"seed{s}" / "backward") for s in seeds]
 
 
-def train_pairs(model_cfg: ModelConfig, train_cfg: LMTrainConfig, data: TokenData, root: str | Path,
-                seeds=(0, 1, 2), progress: bool = True) -> list[tuple[HookedTransformer, HookedTransformer]]:
+def train_pairs(
+    model_cfg: ModelConfig,
+    train_cfg: LMTrainConfig,
+    data: TokenData,
+    root: str | Path,
+    seeds=(0, 1, 2),
+    progress: bool = True,
+) -> list[tuple[HookedTransformer, HookedTransformer]]:
     """Train (or reuse) one forward/backward pair per seed under root/seed{s}/{forward,backward};
     the seed sets both the initialisation and the batch order. A finished run (model.safetensors)
     is loaded, an interrupted one resumes; a folder trained with another seed or direction is
@@ -222,11 +280,12 @@ def train_pairs(model_cfg: ModelConfig, train_cfg: LMTrainConfig, data: TokenDat
             run, cfg = RunDir(path), replace(train_cfg, seed=s, direction=direction)
             weights = run.file("model.safetensors")
             if weights.exists():
-                got = (run.read_config().get("config", {}).get("train", {})
-                       if run.file("config.json").exists() else {})
+                got = run.read_config().get("config", {}).get("train", {}) if run.file("config.json").exists() else {}
                 if (got.get("seed"), got.get("direction")) != (s, direction):
-                    raise ValueError(f"{path} holds a model trained with seed={got.get('seed')}, direction="
-                                     f"{got.get('direction')}; expected seed={s}, direction={direction}")
+                    raise ValueError(
+                        f"{path} holds a model trained with seed={got.get('seed')}, direction="
+                        f"{got.get('direction')}; expected seed={s}, direction={direction}"
+                    )
                 pair.append(load_model_file(weights, model_cfg))
             else:
                 pair.append(train_lm(model_cfg, cfg, data, run, progress=progress))
@@ -251,10 +310,12 @@ def primes_data(n_train: int = 20_000, n_val: int = 2_000, max_prime: int = 100,
     forward model wins by ~15% after 600 steps (benchmarks/RESULTS.md)."""
     tok = ByteTokenizer()
     enc = lambda text: torch.tensor(tok.encode(text), dtype=torch.long)  # noqa: E731
-    return TokenData(enc(primes_product_text(n_train, max_prime, seed=seed)),
-                     enc(primes_product_text(n_val, max_prime, seed=seed + 1)), tok)
+    return TokenData(
+        enc(primes_product_text(n_train, max_prime, seed=seed)),
+        enc(primes_product_text(n_val, max_prime, seed=seed + 1)),
+        tok,
+    )
 
 
 PRIMES_MODEL = ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=65)
 PRIMES_TRAIN = LMTrainConfig(steps=600, batch_size=32, seq_len=64, lr=3e-3, checkpoint_steps=(), eval_every=100)
-

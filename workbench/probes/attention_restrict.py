@@ -41,17 +41,23 @@ def check_supported(model: HookedTransformer, compensation: bool = False) -> Non
     """Raise a ValueError naming the config field when the restriction would be wrong for `model`."""
     cfg = model.cfg
     if getattr(cfg, "use_attention_sinks", False):
-        raise ValueError("model.cfg.use_attention_sinks=True: pattern rows do not sum to 1, so a "
-                         "renormalised sink+window pattern is not defined; not supported")
+        raise ValueError(
+            "model.cfg.use_attention_sinks=True: pattern rows do not sum to 1, so a "
+            "renormalised sink+window pattern is not defined; not supported"
+        )
     if cfg.attention_dir != "causal":
         raise ValueError(f"model.cfg.attention_dir={cfg.attention_dir!r}: streaming attention needs a causal model")
     if compensation:
         if cfg.positional_embedding_type in ("alibi", "relative_positional_bias"):
-            raise ValueError(f"compensation=True needs scores = q·k/scale; model.cfg.positional_embedding_type="
-                             f"{cfg.positional_embedding_type!r} adds a bias, so the mean score is not q·k̂")
+            raise ValueError(
+                f"compensation=True needs scores = q·k/scale; model.cfg.positional_embedding_type="
+                f"{cfg.positional_embedding_type!r} adds a bias, so the mean score is not q·k̂"
+            )
         if getattr(cfg, "attn_scores_soft_cap", -1.0) not in (None, -1.0, 0.0):
-            raise ValueError("compensation=True is not defined under attention score soft-capping "
-                             f"(model.cfg.attn_scores_soft_cap={cfg.attn_scores_soft_cap})")
+            raise ValueError(
+                "compensation=True is not defined under attention score soft-capping "
+                f"(model.cfg.attn_scores_soft_cap={cfg.attn_scores_soft_cap})"
+            )
 
 
 def _check_window(sink: int, window: int) -> None:
@@ -61,8 +67,14 @@ def _check_window(sink: int, window: int) -> None:
         raise ValueError(f"window must be >= 1 (the query's own position), got {window}")
 
 
-def streaming_pattern(scores: Float[Tensor, "b h q k"], sink: int, window: int, *, compensation: bool = False,
-                      comp_weight: CompWeight = "count") -> Float[Tensor, "b h q k"]:
+def streaming_pattern(
+    scores: Float[Tensor, "b h q k"],
+    sink: int,
+    window: int,
+    *,
+    compensation: bool = False,
+    comp_weight: CompWeight = "count",
+) -> Float[Tensor, "b h q k"]:
     """The attention pattern of a head restricted to sink + window, from its pre-softmax scores
     (causally masked with -inf, as at `hook_attn_scores`). With `compensation`, the
     RazorAttention token's weight is spread evenly over the dropped positions (module docstring)."""
@@ -88,8 +100,15 @@ def streaming_pattern(scores: Float[Tensor, "b h q k"], sink: int, window: int, 
     return kept_p + comp_p * dropped.to(scores.dtype)
 
 
-def gate_hooks(model: HookedTransformer, alpha: Float[Tensor, "L H"], sink: int, window: int, *,
-               compensation: bool = False, comp_weight: CompWeight = "count") -> list[Hook]:
+def gate_hooks(
+    model: HookedTransformer,
+    alpha: Float[Tensor, "L H"],
+    sink: int,
+    window: int,
+    *,
+    compensation: bool = False,
+    comp_weight: CompWeight = "count",
+) -> list[Hook]:
     """Hooks making head (l, h) attend with α[l, h]·full + (1 - α[l, h])·streaming.
 
     α = 1 leaves a head untouched; layers whose α is all ones and does not require grad get no
@@ -119,15 +138,28 @@ def gate_hooks(model: HookedTransformer, alpha: Float[Tensor, "L H"], sink: int,
     return hooks
 
 
-def keep_full_hooks(model: HookedTransformer, keep: Bool[Tensor, "L H"], sink: int, window: int, *,
-                    compensation: bool = False, comp_weight: CompWeight = "count") -> list[Hook]:
+def keep_full_hooks(
+    model: HookedTransformer,
+    keep: Bool[Tensor, "L H"],
+    sink: int,
+    window: int,
+    *,
+    compensation: bool = False,
+    comp_weight: CompWeight = "count",
+) -> list[Hook]:
     """Heads in `keep` attend fully, every other head on sink + window (+ compensation token)."""
-    return gate_hooks(model, keep.to(torch.float32), sink, window, compensation=compensation,
-                      comp_weight=comp_weight)
+    return gate_hooks(model, keep.to(torch.float32), sink, window, compensation=compensation, comp_weight=comp_weight)
 
 
-def kv_fraction(keep: Bool[Tensor, "L H"], T: int, sink: int, window: int, *, compensation: bool = False,
-                n_kv_heads: int | None = None) -> float:
+def kv_fraction(
+    keep: Bool[Tensor, "L H"],
+    T: int,
+    sink: int,
+    window: int,
+    *,
+    compensation: bool = False,
+    n_kv_heads: int | None = None,
+) -> float:
     """KV-cache size implied by `keep` at context length T, as a fraction of all heads full.
 
     A full head keeps T keys, a streaming head min(T, sink + window), plus 1 for the compensation
@@ -160,5 +192,12 @@ def attn_scale(model: HookedTransformer, layer: int) -> float:
     return float(model.blocks[layer].attn.attn_scale)
 
 
-__all__ = ["attn_scale", "check_supported", "gate_hooks", "keep_full_hooks", "kv_fraction", "n_kv_heads",
-           "streaming_pattern"]
+__all__ = [
+    "attn_scale",
+    "check_supported",
+    "gate_hooks",
+    "keep_full_hooks",
+    "kv_fraction",
+    "n_kv_heads",
+    "streaming_pattern",
+]

@@ -67,8 +67,16 @@ def _token_range(vocab: int, bos: int | None, cfg: PasskeyConfig) -> tuple[int, 
     return (0, vocab - 1) if bos == vocab - 1 else (0, vocab)
 
 
-def passkey_batch(n: int, cfg: PasskeyConfig, haystack: Int[Tensor, " n_tokens"], *, bos: int | None,
-                  tokenizer=None, vocab: int | None = None, seed: int = 0) -> PasskeyBatch:
+def passkey_batch(
+    n: int,
+    cfg: PasskeyConfig,
+    haystack: Int[Tensor, " n_tokens"],
+    *,
+    bos: int | None,
+    tokenizer=None,
+    vocab: int | None = None,
+    seed: int = 0,
+) -> PasskeyBatch:
     """`n` passkey contexts with haystack text cut from random offsets of the `haystack` stream.
 
     With a `tokenizer` (anything with `encode(str) -> list[int]`) the needle and question are text
@@ -100,12 +108,14 @@ def passkey_batch(n: int, cfg: PasskeyConfig, haystack: Int[Tensor, " n_tokens"]
         needle = head + key + tail
         n_hay = cfg.seq_len - prefix - len(needle) - len(question) - len(key)
         if n_hay < 2:
-            raise ValueError(f"seq_len={cfg.seq_len} leaves no haystack for a needle of {len(needle)}, a question "
-                             f"of {len(question)} and a key of {len(key)} tokens")
+            raise ValueError(
+                f"seq_len={cfg.seq_len} leaves no haystack for a needle of {len(needle)}, a question "
+                f"of {len(question)} and a key of {len(key)} tokens"
+            )
         if len(haystack) < n_hay:
             raise ValueError(f"haystack has {len(haystack)} tokens, fewer than the {n_hay} a context needs")
         start = int(torch.randint(0, len(haystack) - n_hay + 1, (1,), generator=gen))
-        hay = haystack[start: start + n_hay].tolist()
+        hay = haystack[start : start + n_hay].tolist()
         lo_d, hi_d = cfg.depth
         depth = lo_d + (hi_d - lo_d) * float(torch.rand(1, generator=gen))
         cut = int(round(depth * n_hay))
@@ -167,6 +177,7 @@ class DuoResult:
 def default_haystack() -> tuple[Tensor, object, int]:
     """The default model's training stream, tokenizer and BOS."""
     from ..models import default_data
+
     data = default_data()
     return data.train, data.tokenizer, data.tokenizer.bos_token_id
 
@@ -175,14 +186,23 @@ def _final_resid(model: HookedTransformer, tokens: Tensor) -> Tensor:
     return model(tokens, stop_at_layer=model.cfg.n_layers)  # = blocks.{L-1}.hook_resid_post
 
 
-def duo_gates(model: HookedTransformer, cfg: DuoConfig = DuoConfig(), *, haystack: Tensor | None = None,
-              bos: int | None = None, tokenizer=None, progress: bool = True) -> DuoResult:
+def duo_gates(
+    model: HookedTransformer,
+    cfg: DuoConfig = DuoConfig(),
+    *,
+    haystack: Tensor | None = None,
+    bos: int | None = None,
+    tokenizer=None,
+    progress: bool = True,
+) -> DuoResult:
     """Optimise one gate per head (module docstring). `haystack` None: the default model's corpus
     (byte tokenizer, BOS 256); otherwise pass the model's token stream, its `bos` and, for text
     models, its `tokenizer` (without one the needle and key are random tokens)."""
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.n_contexts < cfg.batch_size:
-        raise ValueError(f"need steps >= 1 and 1 <= batch_size <= n_contexts; got steps={cfg.steps}, "
-                         f"batch_size={cfg.batch_size}, n_contexts={cfg.n_contexts}")
+        raise ValueError(
+            f"need steps >= 1 and 1 <= batch_size <= n_contexts; got steps={cfg.steps}, "
+            f"batch_size={cfg.batch_size}, n_contexts={cfg.n_contexts}"
+        )
     if cfg.lam < 0 or cfg.lr <= 0 or cfg.log_every < 1:
         raise ValueError(f"need lam >= 0, lr > 0, log_every >= 1; got {cfg.lam}, {cfg.lr}, {cfg.log_every}")
     if cfg.distance not in ("sum", "relative"):
@@ -192,18 +212,25 @@ def duo_gates(model: HookedTransformer, cfg: DuoConfig = DuoConfig(), *, haystac
     check_supported(model)
     if haystack is None:
         if model.cfg.d_vocab != 257:
-            raise ValueError(f"haystack: required for a model with d_vocab={model.cfg.d_vocab}; the default corpus "
-                             "is byte tokens (d_vocab 257)")
+            raise ValueError(
+                f"haystack: required for a model with d_vocab={model.cfg.d_vocab}; the default corpus "
+                "is byte tokens (d_vocab 257)"
+            )
         haystack, tokenizer, bos = default_haystack()
-    batch = passkey_batch(cfg.n_contexts, cfg.passkey, haystack, bos=bos, tokenizer=tokenizer,
-                          vocab=model.cfg.d_vocab, seed=cfg.seed)
+    batch = passkey_batch(
+        cfg.n_contexts, cfg.passkey, haystack, bos=bos, tokenizer=tokenizer, vocab=model.cfg.d_vocab, seed=cfg.seed
+    )
     device = next(model.parameters()).device
     tokens, pos = batch.tokens.to(device), batch.answer_pos.to(device)
     rows = torch.arange(len(tokens), device=device)[:, None]
     model.eval()
     with torch.no_grad():  # the full model's answer states, once
-        target = torch.cat([_final_resid(model, t)[rows[: len(t)], p] for t, p in
-                            zip(tokens.split(cfg.batch_size), pos.split(cfg.batch_size))])
+        target = torch.cat(
+            [
+                _final_resid(model, t)[rows[: len(t)], p]
+                for t, p in zip(tokens.split(cfg.batch_size), pos.split(cfg.batch_size))
+            ]
+        )
 
     # "relative": the distance in units of the full states' mean squared norm, so that lam weighs
     # the same against it whatever the residual stream's scale
@@ -223,7 +250,7 @@ def duo_gates(model: HookedTransformer, cfg: DuoConfig = DuoConfig(), *, haystac
         for step in tqdm(range(1, cfg.steps + 1), desc="duo gates", disable=not progress):
             if len(order) < cfg.batch_size:
                 order = torch.cat([order, torch.randperm(cfg.n_contexts, generator=gen)])
-            idx, order = order[: cfg.batch_size].to(device), order[cfg.batch_size:]
+            idx, order = order[: cfg.batch_size].to(device), order[cfg.batch_size :]
             with model.hooks(fwd_hooks=gate_hooks(model, alpha, cfg.sink, cfg.window)):
                 resid = _final_resid(model, tokens[idx])
             h = resid[torch.arange(len(idx), device=device)[:, None], pos[idx]]
@@ -244,9 +271,15 @@ def duo_gates(model: HookedTransformer, cfg: DuoConfig = DuoConfig(), *, haystac
     finally:
         for p, g in zip(model.parameters(), frozen):
             p.requires_grad_(g)
-    return DuoResult(alphas=alpha.detach().cpu().tolist(), steps=list(range(1, cfg.steps + 1)), **hist,
-                     trajectory_steps=traj_steps, trajectory=traj, seconds=time.perf_counter() - start,
-                     config=_jsonable(asdict(cfg)))
+    return DuoResult(
+        alphas=alpha.detach().cpu().tolist(),
+        steps=list(range(1, cfg.steps + 1)),
+        **hist,
+        trajectory_steps=traj_steps,
+        trajectory=traj,
+        seconds=time.perf_counter() - start,
+        config=_jsonable(asdict(cfg)),
+    )
 
 
 def passkey_accuracy(logits: Float[Tensor, "b T V"], batch: PasskeyBatch) -> tuple[float, float]:

@@ -135,8 +135,9 @@ def spearman(a, b, cfg: AgreementConfig = AgreementConfig()) -> Correlation:
     return Correlation(rho, [math.tanh(z - half), math.tanh(z + half)], p, n)
 
 
-def ranking_agreement(rankings: dict[str, Scores], causal: Scores | None = None,
-                      cfg: AgreementConfig = AgreementConfig()) -> Agreement:
+def ranking_agreement(
+    rankings: dict[str, Scores], causal: Scores | None = None, cfg: AgreementConfig = AgreementConfig()
+) -> Agreement:
     """Spearman rho between every pair of rankings ({name: [L][H] scores}, higher = keep full),
     and each ranking's rho with `causal` (the causal check's per-head loss increase) if given."""
     if not rankings:
@@ -165,8 +166,10 @@ def ranking_agreement(rankings: dict[str, Scores], causal: Scores | None = None,
         if ref.size != next(iter(sizes.values())):
             raise ValueError(f"causal: expected {next(iter(sizes.values()))} heads like the rankings, got {ref.size}")
         out = {name: spearman(flat[name], ref, cfg) for name in names}
-    method = (f"Spearman rho; {round(100 * cfg.level)}% Fisher z interval, var {cfg.fieller_var:g}/(n-3) "
-              f"(Fieller et al. 1957); permutation p")
+    method = (
+        f"Spearman rho; {round(100 * cfg.level)}% Fisher z interval, var {cfg.fieller_var:g}/(n-3) "
+        f"(Fieller et al. 1957); permutation p"
+    )
     return Agreement(names, rho, ci, p, out, int(next(iter(sizes.values()))), method, asdict(cfg))
 
 
@@ -174,8 +177,10 @@ def rankings_from_roles(roles: dict, extra: dict[str, Scores] | None = None) -> 
     """The head-role probe's scores (HeadRoles.to_dict()) as rankings oriented "higher = keep
     full": retrieval score, streaming mass negated, TL induction and previous-token scores;
     `extra` adds others already oriented so (Duo alpha, Razor's scores, ...)."""
-    out = {"retrieval score": roles["retrieval"],
-           "streaming mass (negated)": [[-v for v in row] for row in roles["streaming"]]}
+    out = {
+        "retrieval score": roles["retrieval"],
+        "streaming mass (negated)": [[-v for v in row] for row in roles["streaming"]],
+    }
     tl = roles.get("tl_scores", {})
     if "induction" in tl:
         out["TL induction"] = tl["induction"]

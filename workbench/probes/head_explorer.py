@@ -65,24 +65,40 @@ def context_patterns(model: HookedTransformer, tokens: Int[Tensor, " s"], tokeni
     return {"ids": ids, "tokens": strs, "patterns": _round(pat[:, 0].float().cpu().tolist(), digits)}
 
 
-def explorer_data(model: HookedTransformer, roles, *, tokenizer=None, bos: int | None = None, duo=None, razor=None,
-                  contexts: dict[str, Tensor] | None = None, extra_metrics: dict[str, Scores] | None = None) -> dict:
+def explorer_data(
+    model: HookedTransformer,
+    roles,
+    *,
+    tokenizer=None,
+    bos: int | None = None,
+    duo=None,
+    razor=None,
+    contexts: dict[str, Tensor] | None = None,
+    extra_metrics: dict[str, Scores] | None = None,
+) -> dict:
     """The explorer's dict from the head-role probe's result (`HeadRoles` or its dict), with the
     optional DuoAttention (`DuoResult`) and RazorAttention (`RazorResult`) results, attention
     patterns on `contexts` ({name: 1-D token ids}; default: a needle and a repeated segment) and
     each head's attention entropy on the probe's needle contexts."""
     r = _as_dict(roles)
-    cfg = HeadRoleConfig(**{**r["config"], "token_range": tuple(r["config"]["token_range"])
-                            if r["config"].get("token_range") else None})
+    cfg = HeadRoleConfig(
+        **{**r["config"], "token_range": tuple(r["config"]["token_range"]) if r["config"].get("token_range") else None}
+    )
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if len(r["retrieval"]) != L or len(r["retrieval"][0]) != H:
-        raise ValueError(f"roles: scores [{len(r['retrieval'])}][{len(r['retrieval'][0])}] do not match the model's "
-                         f"[{L}][{H}] heads")
+        raise ValueError(
+            f"roles: scores [{len(r['retrieval'])}][{len(r['retrieval'][0])}] do not match the model's [{L}][{H}] heads"
+        )
     model.eval()
     needles = make_contexts(model, cfg, bos).tokens
-    metrics = {"retrieval score": r["retrieval"], "streaming mass": r["streaming"], "causal Δloss": r["delta_loss"],
-               "TL induction": r["tl_scores"]["induction"], "TL previous-token": r["tl_scores"]["previous_token"],
-               "attention entropy": _round(attention_entropy(model, needles).tolist())}
+    metrics = {
+        "retrieval score": r["retrieval"],
+        "streaming mass": r["streaming"],
+        "causal Δloss": r["delta_loss"],
+        "TL induction": r["tl_scores"]["induction"],
+        "TL previous-token": r["tl_scores"]["previous_token"],
+        "attention entropy": _round(attention_entropy(model, needles).tolist()),
+    }
     intervals = {"retrieval score": r.get("retrieval_ci"), "streaming mass": r.get("streaming_ci")}
     d = _as_dict(duo)
     gate_curve = None
@@ -99,7 +115,15 @@ def explorer_data(model: HookedTransformer, roles, *, tokenizer=None, bos: int |
             raise ValueError(f"extra_metrics[{name!r}]: expected [{L}][{H}] scores")
         metrics[name] = scores
     ctx = contexts if contexts is not None else default_contexts(model, cfg, bos)
-    return {"n_layers": L, "n_heads": H, "metrics": metrics, "intervals": {k: v for k, v in intervals.items() if v},
-            "labels": r["labels"], "contexts": {k: context_patterns(model, t, tokenizer) for k, t in ctx.items()},
-            "gate_curve": gate_curve, "razor_protected": z["protected"] if z is not None else None,
-            "roles_config": r["config"], "copy_accuracy": r["copy_accuracy"]}
+    return {
+        "n_layers": L,
+        "n_heads": H,
+        "metrics": metrics,
+        "intervals": {k: v for k, v in intervals.items() if v},
+        "labels": r["labels"],
+        "contexts": {k: context_patterns(model, t, tokenizer) for k, t in ctx.items()},
+        "gate_curve": gate_curve,
+        "razor_protected": z["protected"] if z is not None else None,
+        "roles_config": r["config"],
+        "copy_accuracy": r["copy_accuracy"],
+    }

@@ -27,10 +27,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.head_detector import (compute_head_attention_similarity_score,
-                                            get_duplicate_token_head_detection_pattern,
-                                            get_induction_head_detection_pattern,
-                                            get_previous_token_head_detection_pattern)
+from transformer_lens.head_detector import (
+    compute_head_attention_similarity_score,
+    get_duplicate_token_head_detection_pattern,
+    get_induction_head_detection_pattern,
+    get_previous_token_head_detection_pattern,
+)
 
 from ..tasks import NeedleBatch, needle_batch, repeated_segments
 from .intervals import t_interval, wilson_interval
@@ -107,8 +109,7 @@ def retrieval_counts(model: HookedTransformer, batch: NeedleBatch) -> tuple[Int[
     return hit.sum((1, 3)), int(copied.sum()), copied.numel()
 
 
-def streaming_per_context(model: HookedTransformer, tokens: Tensor, sink: int,
-                          window: int) -> Float[Tensor, "b L H"]:
+def streaming_per_context(model: HookedTransformer, tokens: Tensor, sink: int, window: int) -> Float[Tensor, "b L H"]:
     """Each context's mean attention mass on the first `sink` keys ∪ the last `window` keys,
     over its queries past both."""
     T = tokens.shape[1]
@@ -116,7 +117,7 @@ def streaming_per_context(model: HookedTransformer, tokens: Tensor, sink: int,
         raise ValueError(f"contexts of {T} tokens are too short for sink={sink} + window={window}")
     _, pat = attention_patterns(model, tokens)
     mass = (pat * sink_window_region(T, sink, window, pat.device)).sum(-1)  # [L, b, H, q]
-    return mass[..., sink + window:].mean(-1).permute(1, 0, 2)
+    return mass[..., sink + window :].mean(-1).permute(1, 0, 2)
 
 
 def sink_window_region(T: int, sink: int, window: int, device=None) -> Bool[Tensor, "q k"]:
@@ -128,12 +129,14 @@ def sink_window_region(T: int, sink: int, window: int, device=None) -> Bool[Tens
 
 def sink_window_hook(head: int, sink: int, window: int):
     """Hook on attn.hook_pattern: head `head` attends only to sink ∪ window (renormalised)."""
+
     def hook(pattern, hook):
         region = sink_window_region(pattern.shape[-1], sink, window, pattern.device).to(pattern.dtype)
         new = pattern.clone()
         p = pattern[:, head] * region
         new[:, head] = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
         return new
+
     return hook
 
 
@@ -159,18 +162,21 @@ def tl_detector_scores(model: HookedTransformer, tokens: Int[Tensor, "b s"]) -> 
     """TransformerLens' previous-token, duplicate-token and induction head-detector scores."""
     _, pat = attention_patterns(model, tokens)
     out = {}
-    builders = {"previous_token": get_previous_token_head_detection_pattern,
-                "duplicate_token": get_duplicate_token_head_detection_pattern,
-                "induction": get_induction_head_detection_pattern}
+    builders = {
+        "previous_token": get_previous_token_head_detection_pattern,
+        "duplicate_token": get_duplicate_token_head_detection_pattern,
+        "induction": get_induction_head_detection_pattern,
+    }
     L, b, H = pat.shape[:3]
     for name, build in builders.items():
         scores = torch.zeros(L, H)
         for i in range(b):
-            det = build(tokens[i: i + 1].cpu()).to(pat.dtype)
+            det = build(tokens[i : i + 1].cpu()).to(pat.dtype)
             for l in range(L):
                 for h in range(H):
                     scores[l, h] += compute_head_attention_similarity_score(
-                        pat[l, i, h], det, exclude_bos=True, exclude_current_token=False, error_measure="mul")
+                        pat[l, i, h], det, exclude_bos=True, exclude_current_token=False, error_measure="mul"
+                    )
         out[name] = scores / b
     return out
 
@@ -196,19 +202,29 @@ class HeadRoles:
         return asdict(self)
 
 
-def classify(retrieval_lo: Tensor, streaming_lo: Tensor, n_copied: int, cfg: HeadRoleConfig,
-             retrieval_hi: Tensor | None = None) -> list[list[str]]:
+def classify(
+    retrieval_lo: Tensor, streaming_lo: Tensor, n_copied: int, cfg: HeadRoleConfig, retrieval_hi: Tensor | None = None
+) -> list[list[str]]:
     """Roles from the intervals' bounds (see the module docstring for the rule); without
     `retrieval_hi` a head that is neither retrieval nor streaming is "undetermined"."""
     enough = n_copied >= cfg.min_copied_steps
     hi = retrieval_hi.tolist() if retrieval_hi is not None else [[1.0] * len(r) for r in retrieval_lo.tolist()]
     labels = []
     for r_row, s_row, h_row in zip(retrieval_lo.tolist(), streaming_lo.tolist(), hi):
-        labels.append([RETRIEVAL if enough and r >= cfg.retrieval_threshold else
-                       STREAMING if s >= cfg.streaming_threshold else
-                       TOO_FEW if not enough else
-                       OTHER if h < cfg.retrieval_threshold else UNDETERMINED
-                       for r, s, h in zip(r_row, s_row, h_row)])
+        labels.append(
+            [
+                RETRIEVAL
+                if enough and r >= cfg.retrieval_threshold
+                else STREAMING
+                if s >= cfg.streaming_threshold
+                else TOO_FEW
+                if not enough
+                else OTHER
+                if h < cfg.retrieval_threshold
+                else UNDETERMINED
+                for r, s, h in zip(r_row, s_row, h_row)
+            ]
+        )
     return labels
 
 
@@ -232,9 +248,18 @@ def head_roles(model: HookedTransformer, cfg: HeadRoleConfig = HeadRoleConfig(),
         rep = torch.cat([torch.full((len(rep), 1), bos), rep], dim=1)
     tl = tl_detector_scores(model, rep[:, : model.cfg.n_ctx])
     return HeadRoles(
-        retrieval=(hits.double() / max(n_copied, 1)).tolist(), streaming=streaming.tolist(),
-        labels=classify(r_lo, s_lo, n_copied, cfg, r_hi), delta_loss=causal["delta_loss"].tolist(),
-        clean_copy_loss=causal["clean_copy_loss"], copy_accuracy=n_copied / offered,
-        tl_scores={k: v.tolist() for k, v in tl.items()}, config=asdict(cfg), retrieval_hits=hits.tolist(),
-        retrieval_ci=torch.stack([r_lo, r_hi], -1).tolist(), streaming_ci=torch.stack([s_lo, s_hi], -1).tolist(),
-        n_copied=n_copied, n_copy_steps=offered, too_few_copied=n_copied < cfg.min_copied_steps)
+        retrieval=(hits.double() / max(n_copied, 1)).tolist(),
+        streaming=streaming.tolist(),
+        labels=classify(r_lo, s_lo, n_copied, cfg, r_hi),
+        delta_loss=causal["delta_loss"].tolist(),
+        clean_copy_loss=causal["clean_copy_loss"],
+        copy_accuracy=n_copied / offered,
+        tl_scores={k: v.tolist() for k, v in tl.items()},
+        config=asdict(cfg),
+        retrieval_hits=hits.tolist(),
+        retrieval_ci=torch.stack([r_lo, r_hi], -1).tolist(),
+        streaming_ci=torch.stack([s_lo, s_hi], -1).tolist(),
+        n_copied=n_copied,
+        n_copy_steps=offered,
+        too_few_copied=n_copied < cfg.min_copied_steps,
+    )

@@ -112,10 +112,14 @@ def _metrics_curve(metrics: list[dict]) -> dict:
     return {"step": [int(m["step"]) + 1 for m in rows], "val_loss": [float(m["val_loss"]) for m in rows]}
 
 
-def heads_over_training(checkpoints: Iterable[tuple[int, ModelOrLoader]],
-                        cfg: OverTrainingConfig = OverTrainingConfig(), bos: int | None = None,
-                        val_tokens: Int[Tensor, "b s"] | None = None, metrics: list[dict] | None = None,
-                        progress: bool = True) -> HeadsOverTraining:
+def heads_over_training(
+    checkpoints: Iterable[tuple[int, ModelOrLoader]],
+    cfg: OverTrainingConfig = OverTrainingConfig(),
+    bos: int | None = None,
+    val_tokens: Int[Tensor, "b s"] | None = None,
+    metrics: list[dict] | None = None,
+    progress: bool = True,
+) -> HeadsOverTraining:
     """The head scores at every (step, model) — or (step, zero-argument loader) — pair.
 
     The loss at each checkpoint is measured on `val_tokens` (held-out windows) when given, else
@@ -128,8 +132,21 @@ def heads_over_training(checkpoints: Iterable[tuple[int, ModelOrLoader]],
     if steps != sorted(steps) or len(set(steps)) != len(steps):
         raise ValueError(f"checkpoints: steps must be strictly increasing, got {steps}")
     t0 = time.perf_counter()
-    keys = ("retrieval", "retrieval_ci", "streaming", "streaming_ci", "induction", "previous_token", "delta_loss",
-            "entropy", "labels", "copy_accuracy", "copy_accuracy_ci", "n_copied", "loss")
+    keys = (
+        "retrieval",
+        "retrieval_ci",
+        "streaming",
+        "streaming_ci",
+        "induction",
+        "previous_token",
+        "delta_loss",
+        "entropy",
+        "labels",
+        "copy_accuracy",
+        "copy_accuracy_ci",
+        "n_copied",
+        "loss",
+    )
     acc: dict[str, list] = {k: [] for k in keys}
     logged = {int(m["step"]) + 1: float(m["val_loss"]) for m in metrics or [] if m.get("val_loss") is not None}
     for step, item in tqdm(pairs, desc="heads over training", disable=not progress):
@@ -138,30 +155,52 @@ def heads_over_training(checkpoints: Iterable[tuple[int, ModelOrLoader]],
         r = head_roles(model, cfg.roles, bos=bos)
         ctx = make_contexts(model, cfg.roles, bos).tokens
         lo, hi = wilson_interval(torch.tensor(float(r.n_copied)), torch.tensor(float(r.n_copy_steps)))
-        for k, v in (("retrieval", r.retrieval), ("retrieval_ci", r.retrieval_ci), ("streaming", r.streaming),
-                     ("streaming_ci", r.streaming_ci), ("induction", r.tl_scores["induction"]),
-                     ("previous_token", r.tl_scores["previous_token"]), ("delta_loss", r.delta_loss),
-                     ("entropy", attention_entropy(model, ctx).tolist()), ("labels", r.labels),
-                     ("copy_accuracy", r.copy_accuracy), ("copy_accuracy_ci", [float(lo), float(hi)]),
-                     ("n_copied", r.n_copied)):
+        for k, v in (
+            ("retrieval", r.retrieval),
+            ("retrieval_ci", r.retrieval_ci),
+            ("streaming", r.streaming),
+            ("streaming_ci", r.streaming_ci),
+            ("induction", r.tl_scores["induction"]),
+            ("previous_token", r.tl_scores["previous_token"]),
+            ("delta_loss", r.delta_loss),
+            ("entropy", attention_entropy(model, ctx).tolist()),
+            ("labels", r.labels),
+            ("copy_accuracy", r.copy_accuracy),
+            ("copy_accuracy_ci", [float(lo), float(hi)]),
+            ("n_copied", r.n_copied),
+        ):
             acc[k].append(v)
-        acc["loss"].append(held_out_loss(model, val_tokens, cfg.loss_batch) if val_tokens is not None
-                           else logged.get(step))
-    source = ("held-out windows" if val_tokens is not None else
-              "metrics.jsonl val_loss" if any(v is not None for v in acc["loss"]) else "none")
+        acc["loss"].append(
+            held_out_loss(model, val_tokens, cfg.loss_batch) if val_tokens is not None else logged.get(step)
+        )
+    source = (
+        "held-out windows"
+        if val_tokens is not None
+        else "metrics.jsonl val_loss"
+        if any(v is not None for v in acc["loss"])
+        else "none"
+    )
     formed = {
         "copy": _formed(steps, [a >= cfg.copy_threshold for a in acc["copy_accuracy"]]),
         "induction": _formed(steps, [max(max(row) for row in s) >= cfg.induction_threshold for s in acc["induction"]]),
         "retrieval": _formed(steps, [any(lab == RETRIEVAL for row in labs for lab in row) for labs in acc["labels"]]),
     }
-    return HeadsOverTraining(steps=steps, **acc, loss_source=source, loss_curve=_metrics_curve(metrics or []),
-                             formed=formed, config=asdict(cfg), seconds=time.perf_counter() - t0)
+    return HeadsOverTraining(
+        steps=steps,
+        **acc,
+        loss_source=source,
+        loss_curve=_metrics_curve(metrics or []),
+        formed=formed,
+        config=asdict(cfg),
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def run_checkpoints(run_dir: str | Path, model_cfg) -> list[tuple[int, Callable[[], HookedTransformer]]]:
     """(step, loader) for every checkpoints/step_*.safetensors of a `train_lm` run folder and its
     final model.safetensors (at the logged step count), loaded only when called."""
     from ..models import load_model_file
+
     run_dir = Path(run_dir)
     paths = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
     out = [(int(p.stem.split("_")[1]), p) for p in paths]
@@ -174,9 +213,14 @@ def run_checkpoints(run_dir: str | Path, model_cfg) -> list[tuple[int, Callable[
     return [(s, lambda p=p: load_model_file(p, model_cfg)) for s, p in out]
 
 
-def run_heads_over_training(run_dir: str | Path, model_cfg, cfg: OverTrainingConfig = OverTrainingConfig(),
-                            bos: int | None = None, val_tokens: Tensor | None = None,
-                            progress: bool = True) -> HeadsOverTraining:
+def run_heads_over_training(
+    run_dir: str | Path,
+    model_cfg,
+    cfg: OverTrainingConfig = OverTrainingConfig(),
+    bos: int | None = None,
+    val_tokens: Tensor | None = None,
+    progress: bool = True,
+) -> HeadsOverTraining:
     """`heads_over_training` on a run folder's checkpoints, with its logged loss curve."""
     metrics = RunDir(Path(run_dir)).metrics()
     return heads_over_training(run_checkpoints(run_dir, model_cfg), cfg, bos, val_tokens, metrics, progress)
@@ -186,20 +230,32 @@ def shipped_checkpoints(seed: int = 0, direction: str = "forward") -> list[tuple
     """(step, loader) of the default model's shipped checkpoints and final model, each file
     checked against the manifest's sha256 when loaded."""
     from ..default_model import load_shipped, manifest, run_dir
+
     prefix = f"seed{seed}/{direction}/checkpoints/step_"
-    steps = sorted(int(k[len(prefix):].split(".")[0]) for k in manifest()["files"] if k.startswith(prefix))
+    steps = sorted(int(k[len(prefix) :].split(".")[0]) for k in manifest()["files"] if k.startswith(prefix))
     logged = [m["step"] for m in RunDir(run_dir(seed, direction)).metrics()]
     final = max(logged) + 1 if logged else (steps[-1] + 1 if steps else 0)
     out = [(s, lambda s=s: load_shipped(direction, seed, checkpoint_step=s)) for s in steps]
     return out + [(final, lambda: load_shipped(direction, seed))]
 
 
-def shipped_heads_over_training(cfg: OverTrainingConfig = OverTrainingConfig(), seed: int = 0,
-                                val_tokens: Tensor | None = None, progress: bool = True) -> HeadsOverTraining:
+def shipped_heads_over_training(
+    cfg: OverTrainingConfig = OverTrainingConfig(),
+    seed: int = 0,
+    val_tokens: Tensor | None = None,
+    progress: bool = True,
+) -> HeadsOverTraining:
     """The default model's head scores at its nine shipped checkpoints and the final model, with
     the loss curve logged during its training (BOS from the byte tokenizer it was trained with)."""
     from ..corpus import ByteTokenizer
     from ..default_model import run_dir
+
     metrics = RunDir(run_dir(seed, "forward")).metrics()
-    return heads_over_training(shipped_checkpoints(seed), cfg, bos=ByteTokenizer.bos_token_id, val_tokens=val_tokens,
-                               metrics=metrics, progress=progress)
+    return heads_over_training(
+        shipped_checkpoints(seed),
+        cfg,
+        bos=ByteTokenizer.bos_token_id,
+        val_tokens=val_tokens,
+        metrics=metrics,
+        progress=progress,
+    )

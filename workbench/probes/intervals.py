@@ -23,9 +23,9 @@ def wilson_interval(hits: Tensor | float, n: Tensor | float, z: float = Z95) -> 
         raise ValueError("hits must lie in [0, n]")
     m = n.clamp_min(1)
     p = hits / m
-    denom = 1 + z ** 2 / m
-    centre = (p + z ** 2 / (2 * m)) / denom
-    half = z * torch.sqrt(p * (1 - p) / m + z ** 2 / (4 * m ** 2)) / denom
+    denom = 1 + z**2 / m
+    centre = (p + z**2 / (2 * m)) / denom
+    half = z * torch.sqrt(p * (1 - p) / m + z**2 / (4 * m**2)) / denom
     lo, hi = (centre - half).clamp(0, 1), (centre + half).clamp(0, 1)
     empty = n == 0
     return torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)
@@ -38,7 +38,7 @@ def t_quantile(level: float, df: int) -> float:
     return float(stats.t.ppf((1 + level) / 2, df))
 
 
-def t_interval(values: Float[Tensor, "n *rest"], level: float = 0.95) -> tuple[Tensor, Tensor, Tensor]:
+def t_interval(values: Float[Tensor, " n *rest"], level: float = 0.95) -> tuple[Tensor, Tensor, Tensor]:
     """Mean over dim 0 and its Student t interval (mean ± t_{n-1} · sd / sqrt(n)), float64.
 
     The right interval for a handful of seeds: a bootstrap over 3 seeds can only reuse those 3
@@ -48,5 +48,5 @@ def t_interval(values: Float[Tensor, "n *rest"], level: float = 0.95) -> tuple[T
     if n < 2:
         raise ValueError(f"a t-interval needs at least 2 values along dim 0, got {n}")
     mean = values.mean(0)
-    half = t_quantile(level, n - 1) * values.std(0, unbiased=True) / n ** 0.5
+    half = t_quantile(level, n - 1) * values.std(0, unbiased=True) / n**0.5
     return mean, mean - half, mean + half

@@ -134,6 +134,7 @@ def standard_rankings(roles=None, duo=None, razor=None) -> dict[str, list[list[f
 
 def _razor_from_dict(d: dict):
     from .razor import RazorResult
+
     return RazorResult.from_dict(d)
 
 
@@ -149,9 +150,17 @@ def _text_windows(stream: Tensor, seq_len: int, n: int, bos: int | None) -> Tens
     return seqs
 
 
-def tradeoff_curve(model: HookedTransformer, rankings: dict[str, list[list[float]]],
-                   cfg: TradeoffConfig = TradeoffConfig(), *, bos: int | None = None, haystack: Tensor | None = None,
-                   text: Tensor | None = None, tokenizer=None, progress: bool = True) -> TradeoffResult:
+def tradeoff_curve(
+    model: HookedTransformer,
+    rankings: dict[str, list[list[float]]],
+    cfg: TradeoffConfig = TradeoffConfig(),
+    *,
+    bos: int | None = None,
+    haystack: Tensor | None = None,
+    text: Tensor | None = None,
+    tokenizer=None,
+    progress: bool = True,
+) -> TradeoffResult:
     """The trade-off curve of every ranking plus the random band (module docstring).
 
     `haystack` (passkey filler) and `text` (loss windows) are held-out token streams; both None:
@@ -161,8 +170,10 @@ def tradeoff_curve(model: HookedTransformer, rankings: dict[str, list[list[float
     L, H = model.cfg.n_layers, model.cfg.n_heads
     for name, scores in rankings.items():
         if tuple(torch.as_tensor(scores).shape) != (L, H):
-            raise ValueError(f"rankings[{name!r}]: expected [n_layers={L}][n_heads={H}], "
-                             f"got shape {tuple(torch.as_tensor(scores).shape)}")
+            raise ValueError(
+                f"rankings[{name!r}]: expected [n_layers={L}][n_heads={H}], "
+                f"got shape {tuple(torch.as_tensor(scores).shape)}"
+            )
     if cfg.n_random < 2:
         raise ValueError(f"n_random must be >= 2 for a band, got {cfg.n_random}")
     if cfg.seq_len > model.cfg.n_ctx:
@@ -170,22 +181,34 @@ def tradeoff_curve(model: HookedTransformer, rankings: dict[str, list[list[float
     n_full = [n_full_heads(p, L * H) for p in cfg.fractions]
     if haystack is None:
         if model.cfg.d_vocab != 257:
-            raise ValueError(f"haystack: required for a model with d_vocab={model.cfg.d_vocab}; the default corpus "
-                             "is byte tokens (d_vocab 257)")
+            raise ValueError(
+                f"haystack: required for a model with d_vocab={model.cfg.d_vocab}; the default corpus "
+                "is byte tokens (d_vocab 257)"
+            )
         from ..models import default_data
+
         data = default_data()
         haystack, tokenizer, bos = data.validation, data.tokenizer, data.tokenizer.bos_token_id
     text = haystack if text is None else text
     device = next(model.parameters()).device
 
-    needle = make_contexts(model, HeadRoleConfig(n_contexts=cfg.n_needle, seq_len=cfg.seq_len,
-                                                 needle_len=cfg.needle_len, token_range=cfg.token_range,
-                                                 seed=cfg.seed), bos)
+    needle = make_contexts(
+        model,
+        HeadRoleConfig(
+            n_contexts=cfg.n_needle,
+            seq_len=cfg.seq_len,
+            needle_len=cfg.needle_len,
+            token_range=cfg.token_range,
+            seed=cfg.seed,
+        ),
+        bos,
+    )
     q, _ = copy_steps(needle)
     needle_tokens, needle_targets = needle.tokens.to(device), needle.tokens[:, q + 1].to(device)
     pk_cfg = PasskeyConfig(**{**asdict(cfg.passkey), "seq_len": cfg.seq_len})
-    pk = passkey_batch(cfg.n_passkey, pk_cfg, haystack, bos=bos, tokenizer=tokenizer, vocab=model.cfg.d_vocab,
-                       seed=cfg.seed)
+    pk = passkey_batch(
+        cfg.n_passkey, pk_cfg, haystack, bos=bos, tokenizer=tokenizer, vocab=model.cfg.d_vocab, seed=cfg.seed
+    )
     pk_tokens = pk.tokens.to(device)
     windows = _text_windows(text, cfg.seq_len, cfg.n_text, bos).to(device)
 
@@ -195,14 +218,21 @@ def tradeoff_curve(model: HookedTransformer, rankings: dict[str, list[list[float
     def measure(keep: Tensor) -> dict[str, float]:
         key = tuple(keep.flatten().tolist())
         if key not in cache:
-            with model.hooks(fwd_hooks=keep_full_hooks(model, keep, cfg.sink, cfg.window,
-                                                       compensation=cfg.compensation, comp_weight=cfg.comp_weight)):
+            with model.hooks(
+                fwd_hooks=keep_full_hooks(
+                    model, keep, cfg.sink, cfg.window, compensation=cfg.compensation, comp_weight=cfg.comp_weight
+                )
+            ):
                 logits = model(needle_tokens)
                 needle_acc = float((logits[:, q].argmax(-1) == needle_targets).double().mean())
                 pk_acc, pk_tok = passkey_accuracy(model(pk_tokens), pk)
                 loss = sum(float(model(c, return_type="loss")) * len(c) for c in windows.split(16)) / len(windows)
-            cache[key] = {"needle_acc": needle_acc, "passkey_acc": pk_acc, "passkey_token_acc": pk_tok,
-                          "text_loss": loss}
+            cache[key] = {
+                "needle_acc": needle_acc,
+                "passkey_acc": pk_acc,
+                "passkey_token_acc": pk_tok,
+                "text_loss": loss,
+            }
         return cache[key]
 
     def curve(scores) -> dict[str, list[float]]:
@@ -210,8 +240,12 @@ def tradeoff_curve(model: HookedTransformer, rankings: dict[str, list[list[float
         points = [measure(k) for k in keeps]
         out = {m: [p[m] for p in points] for m in METRICS}
         # per ranking: with grouped-query attention the cache depends on which heads are full
-        out["kv_fraction"] = [kv_fraction(k, cfg.seq_len, cfg.sink, cfg.window, compensation=cfg.compensation,
-                                          n_kv_heads=n_kv_heads(model)) for k in keeps]
+        out["kv_fraction"] = [
+            kv_fraction(
+                k, cfg.seq_len, cfg.sink, cfg.window, compensation=cfg.compensation, n_kv_heads=n_kv_heads(model)
+            )
+            for k in keeps
+        ]
         return out
 
     model.eval()
@@ -228,14 +262,33 @@ def tradeoff_curve(model: HookedTransformer, rankings: dict[str, list[list[float
     band = {}
     for m in METRICS:
         vals = torch.tensor([c[m] for c in random_curves], dtype=torch.float64)  # [seeds, fractions]
-        band[m] = {"mean": vals.mean(0).tolist(), "min": vals.min(0).values.tolist(),
-                   "max": vals.max(0).values.tolist()}
-    kv = [kv_fraction(keep_top(torch.zeros(L, H), n), cfg.seq_len, cfg.sink, cfg.window,
-                      compensation=cfg.compensation, n_kv_heads=n_kv_heads(model)) for n in n_full]
-    return TradeoffResult(fractions=[float(p) for p in cfg.fractions], n_full=n_full, kv_fraction=kv, curves=curves,
-                          random_curves=random_curves, random_band=band,
-                          rankings={k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in rankings.items()},
-                          seq_len=cfg.seq_len, config=_jsonable(asdict(cfg)))
+        band[m] = {
+            "mean": vals.mean(0).tolist(),
+            "min": vals.min(0).values.tolist(),
+            "max": vals.max(0).values.tolist(),
+        }
+    kv = [
+        kv_fraction(
+            keep_top(torch.zeros(L, H), n),
+            cfg.seq_len,
+            cfg.sink,
+            cfg.window,
+            compensation=cfg.compensation,
+            n_kv_heads=n_kv_heads(model),
+        )
+        for n in n_full
+    ]
+    return TradeoffResult(
+        fractions=[float(p) for p in cfg.fractions],
+        n_full=n_full,
+        kv_fraction=kv,
+        curves=curves,
+        random_curves=random_curves,
+        random_band=band,
+        rankings={k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in rankings.items()},
+        seq_len=cfg.seq_len,
+        config=_jsonable(asdict(cfg)),
+    )
 
 
 def _jsonable(d: dict) -> dict:

@@ -63,12 +63,12 @@ class RazorResult:
 
     def ranking(self) -> list[list[float]]:
         """Scores for keeping heads full: protected heads first, each group by induction score."""
-        return [[ind + (2.0 if p else 0.0) for ind, p in zip(ir, pr)]
-                for ir, pr in zip(self.induction, self.protected)]
+        return [[ind + (2.0 if p else 0.0) for ind, p in zip(ir, pr)] for ir, pr in zip(self.induction, self.protected)]
 
 
-def repeated_random_segments(n: int, segment: int, repeats: int, token_range: tuple[int, int], *,
-                             bos: int | None, seed: int = 0) -> Int[Tensor, "n T"]:
+def repeated_random_segments(
+    n: int, segment: int, repeats: int, token_range: tuple[int, int], *, bos: int | None, seed: int = 0
+) -> Int[Tensor, "n T"]:
     """`n` rows of [BOS] s·repeats, each s `segment` distinct tokens from [lo, hi)."""
     lo, hi = token_range
     if hi - lo < segment:
@@ -96,8 +96,9 @@ def echo_induction_masks(segment: int, repeats: int, prefix: int) -> tuple[Bool[
     return full_e, full_i
 
 
-def protected_heads(echo: Float[Tensor, "L H"], induction: Float[Tensor, "L H"], induction_frac: float = 0.14,
-                    echo_frac: float = 0.01) -> Bool[Tensor, "L H"]:
+def protected_heads(
+    echo: Float[Tensor, "L H"], induction: Float[Tensor, "L H"], induction_frac: float = 0.14, echo_frac: float = 0.01
+) -> Bool[Tensor, "L H"]:
     """Union of the top ⌈induction_frac·n⌉ heads by induction and the top ⌈echo_frac·n⌉ by echo
     (n = all heads; ties broken by the lower flat index)."""
     for name, f in (("induction_frac", induction_frac), ("echo_frac", echo_frac)):
@@ -123,8 +124,9 @@ def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, 
     prefix = 1 if bos is not None else 0
     T = prefix + cfg.segment * cfg.repeats
     if cfg.repeats < 2 or cfg.segment < 2 or cfg.n_contexts < 1:
-        raise ValueError(f"need repeats >= 2, segment >= 2, n_contexts >= 1; got {cfg.repeats}, {cfg.segment}, "
-                         f"{cfg.n_contexts}")
+        raise ValueError(
+            f"need repeats >= 2, segment >= 2, n_contexts >= 1; got {cfg.repeats}, {cfg.segment}, {cfg.n_contexts}"
+        )
     if T > model.cfg.n_ctx:
         raise ValueError(f"segment·repeats (+BOS) = {T} tokens exceeds the model's n_ctx={model.cfg.n_ctx}")
     if cfg.token_range is not None:
@@ -143,9 +145,14 @@ def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, 
     induction = (pat * ind_m).sum(-1)[..., queries].mean((1, 3))
     keep = protected_heads(echo, induction, cfg.induction_frac, cfg.echo_frac)
     n = echo.numel()
-    return RazorResult(echo=echo.tolist(), induction=induction.tolist(), protected=keep.tolist(),
-                       n_induction_protected=math.ceil(cfg.induction_frac * n - 1e-9),
-                       n_echo_protected=math.ceil(cfg.echo_frac * n - 1e-9), config=_jsonable(asdict(cfg)))
+    return RazorResult(
+        echo=echo.tolist(),
+        induction=induction.tolist(),
+        protected=keep.tolist(),
+        n_induction_protected=math.ceil(cfg.induction_frac * n - 1e-9),
+        n_echo_protected=math.ceil(cfg.echo_frac * n - 1e-9),
+        config=_jsonable(asdict(cfg)),
+    )
 
 
 def _jsonable(d: dict) -> dict:

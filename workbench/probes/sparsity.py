@@ -10,9 +10,9 @@ recomputed from hook_pre, and the interventions zero hook_post at the neurons it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -63,8 +63,9 @@ class SparsityResult:
         return self.__dict__.copy()
 
 
-def activation_sparsity(model: HookedTransformer, tokens: Int[Tensor, "b s"], threshold: float = 0.0,
-                        batch_size: int = 32) -> SparsityResult:
+def activation_sparsity(
+    model: HookedTransformer, tokens: Int[Tensor, "b s"], threshold: float = 0.0, batch_size: int = 32
+) -> SparsityResult:
     """Per-layer fraction of active MLP neurons on `tokens` (BOS excluded)."""
     if threshold < 0:
         raise ValueError(f"threshold={threshold} must be >= 0")
@@ -85,12 +86,14 @@ def activation_sparsity(model: HookedTransformer, tokens: Int[Tensor, "b s"], th
     mean = [s / n for s in sums]
     std = [max(0.0, q / n - m * m) ** 0.5 for q, m in zip(sq, mean)]
     freq = [c / n for c in counts]
-    return SparsityResult(threshold, mean, std, [f.tolist() for f in freq],
-                          [int((f == 0).sum()) for f in freq], n, str(model.cfg.act_fn))
+    return SparsityResult(
+        threshold, mean, std, [f.tolist() for f in freq], [int((f == 0).sum()) for f in freq], n, str(model.cfg.act_fn)
+    )
 
 
-def sparsity_over_training(run_dir: str | Path, model_cfg: ModelConfig, tokens: Int[Tensor, "b s"],
-                           threshold: float = 0.0) -> dict:
+def sparsity_over_training(
+    run_dir: str | Path, model_cfg: ModelConfig, tokens: Int[Tensor, "b s"], threshold: float = 0.0
+) -> dict:
     """Active fraction per layer at every checkpoint saved in run_dir/checkpoints (and the end)."""
     run_dir = Path(run_dir)
     paths = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
@@ -113,8 +116,10 @@ def sparsity_over_training(run_dir: str | Path, model_cfg: ModelConfig, tokens: 
 def topk_hook(k: int):
     """A hook keeping the k largest |entries| of each token's MLP hidden vector (exactly k: equal
     values go to the lower indices, as in the SAEs' TopK), zeroing the rest."""
+
     def hook(act, hook):
         return act if k >= act.shape[-1] else act * topk_mask(act.abs(), k)
+
     return hook
 
 
@@ -145,8 +150,9 @@ def masking_hooks(model: HookedTransformer, keep: Keep) -> list[tuple[str, Calla
 
 
 @torch.no_grad()
-def topk_intervention(model: HookedTransformer, tokens: Int[Tensor, "b s"], ks: list[int],
-                      batch_size: int = 32) -> dict:
+def topk_intervention(
+    model: HookedTransformer, tokens: Int[Tensor, "b s"], ks: list[int], batch_size: int = 32
+) -> dict:
     """Loss when only the k largest |hidden activations| per token (act(gate) for gated MLPs) are
     kept, in every layer."""
     _check_mlps(model)
@@ -163,13 +169,11 @@ def topk_intervention(model: HookedTransformer, tokens: Int[Tensor, "b s"], ks: 
 
     clean = loss([])
     losses = [clean if k >= d_mlp else loss(masking_hooks(model, top(k))) for k in ks]
-    return {"ks": list(ks), "loss": losses, "clean_loss": clean,
-            "delta": [l_ - clean for l_ in losses], "d_mlp": d_mlp}
+    return {"ks": list(ks), "loss": losses, "clean_loss": clean, "delta": [l_ - clean for l_ in losses], "d_mlp": d_mlp}
 
 
 @torch.no_grad()
-def threshold_for_loss(model: HookedTransformer, tokens: Int[Tensor, "b s"], p: float = 1.0,
-                       iters: int = 12) -> dict:
+def threshold_for_loss(model: HookedTransformer, tokens: Int[Tensor, "b s"], p: float = 1.0, iters: int = 12) -> dict:
     """A principled ε: the largest threshold whose zeroing of every MLP neuron with |a| ≤ ε (a as
     `hidden_activations` measures it) raises the loss by at most p percent, found by bisection;
     returns ε and the active fraction there."""

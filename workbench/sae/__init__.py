@@ -6,5 +6,17 @@ from .model import SAEOutput, SparseAutoencoder
 from .selection import RULES, Rule, register_rule
 from .trainer import SAETrainConfig, train_sae
 
-__all__ = ["SAEConfig", "SAEOutput", "SparseAutoencoder", "SAETrainConfig", "train_sae", "save_sae",
-           "load_sae", "to_saelens", "from_saelens", "Rule", "RULES", "register_rule"]
+__all__ = [
+    "SAEConfig",
+    "SAEOutput",
+    "SparseAutoencoder",
+    "SAETrainConfig",
+    "train_sae",
+    "save_sae",
+    "load_sae",
+    "to_saelens",
+    "from_saelens",
+    "Rule",
+    "RULES",
+    "register_rule",
+]

@@ -24,11 +24,13 @@ class SAEConfig:
     d_in: int = doc(REQUIRED, "width of the activation it reads")
     d_sae: int = doc(REQUIRED, "number of latents F")
     k: int = doc(32, "active latents per token (on average, for mutual/feature choice)")
-    selection: str = doc("topk", "which latents fire for which tokens: a rule registered in sae/selection.py",
-                           choices=RULES)
+    selection: str = doc(
+        "topk", "which latents fire for which tokens: a rule registered in sae/selection.py", choices=RULES
+    )
     beta: float = doc(1.0, "gradient: weight of the loss-effect term in the selection score")
-    fc_capacity: str = doc("uniform", 'feature_choice: "uniform" (m = k·B/F) or "zipf" capacities',
-                           choices=("uniform", "zipf"))
+    fc_capacity: str = doc(
+        "uniform", 'feature_choice: "uniform" (m = k·B/F) or "zipf" capacities', choices=("uniform", "zipf")
+    )
     zipf_alpha: float = doc(1.0, 'feature_choice "zipf": capacity of usage-rank r ∝ r^-alpha')
     aux: str = doc("auxk", '"auxk" (dead latents), "aux_zipf" (dead and under-used), "none"', choices=AUX_LOSSES)
     k_aux: int | None = doc(None, "latents the aux loss uses per token; none: d_in // 2")
@@ -45,8 +47,7 @@ class SAEConfig:
         if self.d_sae < 1:
             raise FieldError("d_sae", f"d_sae={self.d_sae}: must be positive")
         if not 1 <= self.k < self.d_sae:
-            raise FieldError("k", f"k={self.k} must be at least 1 and smaller than the dictionary "
-                             f"(d_sae={self.d_sae})")
+            raise FieldError("k", f"k={self.k} must be at least 1 and smaller than the dictionary (d_sae={self.d_sae})")
         check_choices(self)
         if self.k_aux is not None and not 1 <= self.k_aux <= self.d_sae:
             raise FieldError("k_aux", f"k_aux={self.k_aux} must lie in [1, d_sae={self.d_sae}]")
@@ -60,6 +61,7 @@ class SAEConfig:
 
 class TritonPath(NamedTuple):
     """How the fused-kernel path runs (SAETrainConfig.triton_precision / triton_aux)."""
+
     precision: str = "bf16"
     aux: str = "dense"
 
@@ -82,22 +84,34 @@ class SAETrainConfig:
     checkpoint_every: int = doc(500, "steps between checkpoints (and one at the end)")
     use_triton: bool | None = doc(None, "fused kernels; none: on CUDA for the rules that have them")
     # bf16 is what autocast would do; the kept latents' values are still computed in the parameters' dtype
-    triton_precision: str = doc("bf16", 'the Triton path\'s selection GEMM: "bf16" operands or "fp32" (exact)',
-                                choices=("bf16", "fp32"))
-    triton_aux: str = doc("dense", 'the Triton path\'s AuxK: "dense" (GEMMs over dead rows) or "fused" (kernel '
-                          "candidates)", choices=("dense", "fused"))
+    triton_precision: str = doc(
+        "bf16", 'the Triton path\'s selection GEMM: "bf16" operands or "fp32" (exact)', choices=("bf16", "fp32")
+    )
+    triton_aux: str = doc(
+        "dense",
+        'the Triton path\'s AuxK: "dense" (GEMMs over dead rows) or "fused" (kernel candidates)',
+        choices=("dense", "fused"),
+    )
     # sparse is 3-4x faster on CPU; on CUDA it is not yet measured, and the latent layout's cross-rank
     # AuxK needs the dense candidates
-    sparse: bool | str = doc("auto", "without Triton, true keeps only the kept entries after selection and "
-                             "decodes/backpropagates them sparsely (sparse.py, every rule); false is the dense "
-                             'reference path (the whole [B, F] code); "auto" is sparse on CPU, dense on CUDA and '
-                             'under --parallel latent', choices=(True, False, "auto"))
-    device: str = doc("cpu", 'where the SAE trains ("cpu", "cuda", "cuda:1"; under torchrun "cuda" means '
-                      "each rank's own GPU)")
+    sparse: bool | str = doc(
+        "auto",
+        "without Triton, true keeps only the kept entries after selection and "
+        "decodes/backpropagates them sparsely (sparse.py, every rule); false is the dense "
+        'reference path (the whole [B, F] code); "auto" is sparse on CPU, dense on CUDA and '
+        "under --parallel latent",
+        choices=(True, False, "auto"),
+    )
+    device: str = doc(
+        "cpu", 'where the SAE trains ("cpu", "cuda", "cuda:1"; under torchrun "cuda" means each rank\'s own GPU)'
+    )
     dtype: str = doc("float32", 'parameters and batches ("float64" for exact tests)', choices=DTYPES)
-    parallel: str = doc("data", 'under torchrun: "data" (DDP, whole SAE per rank) or "latent" (latents split '
-                        "over ranks, for dictionaries whose weights and Adam state do not fit on one device)",
-                        choices=MODES)
+    parallel: str = doc(
+        "data",
+        'under torchrun: "data" (DDP, whole SAE per rank) or "latent" (latents split '
+        "over ranks, for dictionaries whose weights and Adam state do not fit on one device)",
+        choices=MODES,
+    )
     wandb_project: str | None = doc(None, "also log to wandb when it is installed and this is set")
 
     def __post_init__(self) -> None:

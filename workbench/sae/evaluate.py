@@ -56,18 +56,27 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[ActivationB
     l0 = torch.cat(l0s)
     density = fires.double() / n
     return {
-        "fvu": sq_err / var, "explained_variance": 1 - sq_err / var,
-        "l0": float(l0.float().mean()), "l0_hist": torch.bincount(l0).tolist(),
+        "fvu": sq_err / var,
+        "explained_variance": 1 - sq_err / var,
+        "l0": float(l0.float().mean()),
+        "l0_hist": torch.bincount(l0).tolist(),
         "dead_frac": float((fires == 0).double().mean()),
         "dense_frac": float((density > DENSE_ABOVE).double().mean()),
         "log10_density": density.clamp_min(1e-10).log10().tolist(),
-        "cos_sim": cos / n, "l2_ratio": ratio / n, "n_tokens": n,
+        "cos_sim": cos / n,
+        "l2_ratio": ratio / n,
+        "n_tokens": n,
     }
 
 
 @torch.no_grad()
-def splice_metrics(model: HookedTransformer, sae: SparseAutoencoder, hook_name: str,
-                   tokens: Int[Tensor, "batch seq"], batch_size: int = 32) -> dict:
+def splice_metrics(
+    model: HookedTransformer,
+    sae: SparseAutoencoder,
+    hook_name: str,
+    tokens: Int[Tensor, "batch seq"],
+    batch_size: int = 32,
+) -> dict:
     """CE loss with the SAE spliced in, CE loss recovered (vs zero and mean ablation), and KL.
 
     Position 0 (BOS) keeps its clean activation in every variant: SAEs are trained without it.
@@ -93,6 +102,7 @@ def splice_metrics(model: HookedTransformer, sae: SparseAutoencoder, hook_name: 
             else:
                 new[:, 1:] = mean_act
             return new
+
         return hook
 
     totals = {k: 0.0 for k in ("clean", "sae", "zero", "mean", "kl")}
@@ -113,10 +123,15 @@ def splice_metrics(model: HookedTransformer, sae: SparseAutoencoder, hook_name: 
         gap = ce[ablated] - ce["clean"]
         return (ce[ablated] - ce["sae"]) / gap if abs(gap) > 1e-9 else float("nan")
 
-    return {"ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero_ablation": ce["zero"],
-            "ce_mean_ablation": ce["mean"], "ce_loss_recovered": recovered("zero"),
-            "ce_loss_recovered_vs_mean": recovered("mean"),
-            "kl_sae": totals["kl"] / (tokens.shape[0] * (tokens.shape[1] - 2))}
+    return {
+        "ce_clean": ce["clean"],
+        "ce_sae": ce["sae"],
+        "ce_zero_ablation": ce["zero"],
+        "ce_mean_ablation": ce["mean"],
+        "ce_loss_recovered": recovered("zero"),
+        "ce_loss_recovered_vs_mean": recovered("mean"),
+        "kl_sae": totals["kl"] / (tokens.shape[0] * (tokens.shape[1] - 2)),
+    }
 
 
 FORMAT = "workbench-feature-table"
@@ -184,8 +199,10 @@ class FeatureTable(NamedTuple):
             raise ValueError(f"{path} is not a feature table (its format is {meta['format']!r})")
         version = meta.get("version", "1")
         if version not in ("1", str(FORMAT_VERSION)):
-            raise ValueError(f"{path}: feature-table format version {version} is not readable by this "
-                             f"workbench (it reads 1 and {FORMAT_VERSION}); recompute it or upgrade workbench")
+            raise ValueError(
+                f"{path}: feature-table format version {version} is not readable by this "
+                f"workbench (it reads 1 and {FORMAT_VERSION}); recompute it or upgrade workbench"
+            )
         if version == "1":
             state = _upgrade_v1(state, path)
         missing = set(cls._fields) - set(state)
@@ -224,8 +241,9 @@ def logit_effects(model: HookedTransformer, sae: SparseAutoencoder, m: int = 10)
 
 
 @torch.no_grad()
-def feature_activations(model: HookedTransformer, sae: SparseAutoencoder, hook_name: str,
-                        tokens: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq F"]:
+def feature_activations(
+    model: HookedTransformer, sae: SparseAutoencoder, hook_name: str, tokens: Int[Tensor, "batch seq"]
+) -> Float[Tensor, "batch seq F"]:
     """The SAE's (inference) feature activations at every position; 0 at BOS."""
     validate_hook_name(model, hook_name)
     _, cache = model.run_with_cache(tokens, names_filter=hook_name)
@@ -235,8 +253,9 @@ def feature_activations(model: HookedTransformer, sae: SparseAutoencoder, hook_n
     return z
 
 
-def feature_on_text(model: HookedTransformer, sae: SparseAutoencoder, tokenizer, text: str,
-                    feature: int) -> tuple[list[int], list[float]]:
+def feature_on_text(
+    model: HookedTransformer, sae: SparseAutoencoder, tokenizer, text: str, feature: int
+) -> tuple[list[int], list[float]]:
     """A user's text (BOS prepended, cut to the model's context) and one feature's activation at
     each of its tokens: what the dashboards' "your own text" shows."""
     ids = tokenizer.encode(text)[: model.cfg.n_ctx - 1]
@@ -246,6 +265,7 @@ def feature_on_text(model: HookedTransformer, sae: SparseAutoencoder, tokenizer,
 
 class _Fired(NamedTuple):
     """The nonzero activations of a chunk as (token, feature, value) triples, in token order."""
+
     tok: Int[Tensor, " nnz"]  # flat index window * T + position over the whole table
     feat: Int[Tensor, " nnz"]
     val: Float[Tensor, " nnz"]
@@ -258,8 +278,9 @@ def _fired(z: Float[Tensor, "b T F"], first_window: int) -> _Fired:
     return _Fired(tok + first_window * T, feat, flat[tok, feat])
 
 
-def _merge_top(top: tuple[Tensor, Tensor, Tensor], fired: _Fired, z: Float[Tensor, "b T F"], first_window: int,
-               before: int, C: int) -> tuple[Tensor, Tensor, Tensor]:
+def _merge_top(
+    top: tuple[Tensor, Tensor, Tensor], fired: _Fired, z: Float[Tensor, "b T F"], first_window: int, before: int, C: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Running top-n: merge a chunk's activations into (values [F, n], flat token [F, n], context [F, n, C]).
 
     Ties keep token order: the chunk's candidates are ranked by (value descending, token ascending)
@@ -284,8 +305,11 @@ def _merge_top(top: tuple[Tensor, Tensor, Tensor], fired: _Fired, z: Float[Tenso
     start = _context_start(local % T, before, C, T)
     new_c[feat, rank] = z[(local // T)[:, None], start[:, None] + torch.arange(C), feat[:, None]]
     both = torch.cat([values, new_v], 1).sort(dim=1, descending=True, stable=True).indices[:, :n]
-    return (torch.cat([values, new_v], 1).gather(1, both), torch.cat([toks, new_t], 1).gather(1, both),
-            torch.cat([ctx, new_c], 1).gather(1, both[..., None].expand(-1, -1, C)))
+    return (
+        torch.cat([values, new_v], 1).gather(1, both),
+        torch.cat([toks, new_t], 1).gather(1, both),
+        torch.cat([ctx, new_c], 1).gather(1, both[..., None].expand(-1, -1, C)),
+    )
 
 
 def _context_start(pos: Tensor, before: int, C: int, T: int) -> Tensor:
@@ -327,28 +351,47 @@ def _correlations(sample: _Fired, n_tokens: int, Fn: int, c: int, block_elements
         e = ((feat >= a) & (feat < a + rows)).nonzero(as_tuple=True)[0]
         reps = tok_len[e]
         ee = e.repeat_interleave(reps)
-        partner = tok_start[e].repeat_interleave(reps) + torch.arange(int(reps.sum())) - \
-            (reps.cumsum(0) - reps).repeat_interleave(reps)
+        partner = (
+            tok_start[e].repeat_interleave(reps)
+            + torch.arange(int(reps.sum()))
+            - (reps.cumsum(0) - reps).repeat_interleave(reps)
+        )
         cell = (feat[ee] - a) * Fn + feat[partner]
         sxy = torch.zeros(rows * Fn, dtype=torch.float64).index_add_(0, cell, v[ee] * v[partner]).view(rows, Fn)
         count = torch.bincount(cell, minlength=rows * Fn).view(rows, Fn)
-        r = sxy.div_(n_tokens).sub_(mean[a:a + rows, None] * mean[None, :]).div_(std[a:a + rows, None] * std[None, :])
-        ok = (count > 0) & varies[a:a + rows, None] & varies[None, :]
+        r = (
+            sxy.div_(n_tokens)
+            .sub_(mean[a : a + rows, None] * mean[None, :])
+            .div_(std[a : a + rows, None] * std[None, :])
+        )
+        ok = (count > 0) & varies[a : a + rows, None] & varies[None, :]
         ok[torch.arange(rows), torch.arange(a, a + rows)] = False
         best = r.masked_fill_(~ok, float("-inf")).topk(c, dim=1)
         found = best.values > float("-inf")
-        idx[a:a + rows] = best.indices.masked_fill(~found, -1)
-        vals[a:a + rows] = best.values.float().masked_fill(~found, float("nan"))
-        cofires[a:a + rows] = count.gather(1, best.indices).masked_fill(~found, 0)
+        idx[a : a + rows] = best.indices.masked_fill(~found, -1)
+        vals[a : a + rows] = best.values.float().masked_fill(~found, float("nan"))
+        cofires[a : a + rows] = count.gather(1, best.indices).masked_fill(~found, 0)
     return idx, vals, cofires
 
 
 @torch.no_grad()
-def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: str,
-                  tokens: Int[Tensor, "n_seq seq"], *, n_top: int = 8, context: tuple[int, int] = (20, 4),
-                  bins: int = 30, n_logits: int = 10, n_corr: int = 5, batch_size: int = 32,
-                  chunk_elements: int = 2**24, corr_tokens: int = 2**16, corr_block_elements: int = 2**20,
-                  progress: bool = False) -> FeatureTable:
+def feature_table(
+    model: HookedTransformer,
+    sae: SparseAutoencoder,
+    hook_name: str,
+    tokens: Int[Tensor, "n_seq seq"],
+    *,
+    n_top: int = 8,
+    context: tuple[int, int] = (20, 4),
+    bins: int = 30,
+    n_logits: int = 10,
+    n_corr: int = 5,
+    batch_size: int = 32,
+    chunk_elements: int = 2**24,
+    corr_tokens: int = 2**16,
+    corr_block_elements: int = 2**20,
+    progress: bool = False,
+) -> FeatureTable:
     """Everything a feature dashboard shows (see `FeatureTable`, field by field), streamed over
     `tokens` in chunks of whole windows, so memory does not grow with F² or with the token count.
 
@@ -386,10 +429,18 @@ def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: s
     if tokens.shape[0] == 0:
         raise ValueError("tokens: no windows to build the feature table on")
     before, after = context
-    for name, value, least in (("n_top", n_top, 1), ("bins", bins, 1), ("n_logits", n_logits, 1),
-                               ("n_corr", n_corr, 0), ("batch_size", batch_size, 1), ("corr_tokens", corr_tokens, 1),
-                               ("chunk_elements", chunk_elements, 1), ("corr_block_elements", corr_block_elements, 1),
-                               ("context[0]", before, 0), ("context[1]", after, 0)):
+    for name, value, least in (
+        ("n_top", n_top, 1),
+        ("bins", bins, 1),
+        ("n_logits", n_logits, 1),
+        ("n_corr", n_corr, 0),
+        ("batch_size", batch_size, 1),
+        ("corr_tokens", corr_tokens, 1),
+        ("chunk_elements", chunk_elements, 1),
+        ("corr_block_elements", corr_block_elements, 1),
+        ("context[0]", before, 0),
+        ("context[1]", after, 0),
+    ):
         if value < least:
             raise ValueError(f"{name}={value}: expected an integer >= {least}")
     validate_hook_name(model, hook_name)
@@ -408,7 +459,7 @@ def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: s
 
     def chunks(desc: str):
         for w in tqdm(starts, desc=desc, disable=not progress, leave=False):
-            z = feature_activations(model, sae, hook_name, tokens[w:w + per_chunk]).float().cpu()
+            z = feature_activations(model, sae, hook_name, tokens[w : w + per_chunk]).float().cpu()
             yield w, z, _fired(z, w)
 
     for w, z, fired in chunks("feature table"):
@@ -427,8 +478,9 @@ def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: s
         for _, _, fired in chunks("feature histograms"):
             _add_histogram(hist, fired, hist_max)
     n_sample = sample_windows * (T - 1)
-    corr_idx, corr_values, corr_cofires = _correlations(sample_all, n_sample, Fn, min(n_corr, Fn - 1),
-                                                        corr_block_elements)
+    corr_idx, corr_values, corr_cofires = _correlations(
+        sample_all, n_sample, Fn, min(n_corr, Fn - 1), corr_block_elements
+    )
     top_v, top_t, ctx = top
     empty = top_t < 0
     top_seq, top_pos = (top_t // T).masked_fill(empty, -1), (top_t % T).masked_fill(empty, -1)
@@ -436,11 +488,25 @@ def feature_table(model: HookedTransformer, sae: SparseAutoencoder, hook_name: s
     n_tok = n_seq * (T - 1)
     lt, ltv, lb, lbv = logit_effects(model, sae, n_logits)
     return FeatureTable(
-        tokens=tokens, density=(fires.double() / n_tok).float(),
-        mean_act=(total / fires.clamp_min(1)).float(), top_values=top_v, top_seq=top_seq, top_pos=top_pos,
-        context_acts=ctx, context_start=start, hist_counts=hist, hist_max=hist_max, logit_top=lt,
-        logit_top_values=ltv, logit_bottom=lb, logit_bottom_values=lbv, corr_idx=corr_idx, corr_values=corr_values,
-        corr_cofires=corr_cofires, corr_tokens=torch.tensor(n_sample))
+        tokens=tokens,
+        density=(fires.double() / n_tok).float(),
+        mean_act=(total / fires.clamp_min(1)).float(),
+        top_values=top_v,
+        top_seq=top_seq,
+        top_pos=top_pos,
+        context_acts=ctx,
+        context_start=start,
+        hist_counts=hist,
+        hist_max=hist_max,
+        logit_top=lt,
+        logit_top_values=ltv,
+        logit_bottom=lb,
+        logit_bottom_values=lbv,
+        corr_idx=corr_idx,
+        corr_values=corr_values,
+        corr_cofires=corr_cofires,
+        corr_tokens=torch.tensor(n_sample),
+    )
 
 
 def features_matching(table: FeatureTable, ids: list[int], limit: int | None = 50) -> list[int]:
@@ -451,7 +517,7 @@ def features_matching(table: FeatureTable, ids: list[int], limit: int | None = 5
         if table.top_values[f, 0] <= 0:
             continue
         seq, pos = int(table.top_seq[f, 0]), int(table.top_pos[f, 0])
-        ctx = table.tokens[seq, max(0, pos - len(ids) + 1): pos + 1].tolist()
+        ctx = table.tokens[seq, max(0, pos - len(ids) + 1) : pos + 1].tolist()
         if ids and (ctx == ids or (len(ids) == 1 and ids[0] in table.logit_top[f, :3].tolist())):
             hits.append(f)
     return hits if limit is None else hits[:limit]

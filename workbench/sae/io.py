@@ -64,14 +64,18 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
 # and ours (x − b_dec) W_encᵀ + b_enc, top-k, ReLU, z W_dec + b_dec. Each config field that
 # changes that computation is either folded into the weights (exactly, in float64) or refused.
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64,
-           # upcast exactly: our modules compute in float32 at least
-           "float16": torch.float32, "bfloat16": torch.float32}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    # upcast exactly: our modules compute in float32 at least
+    "float16": torch.float32,
+    "bfloat16": torch.float32,
+}
 _NORMALIZE_REFUSED = {
     "constant_norm_rescale": "rescales each input to norm sqrt(d_in) at run time (not affine)",
     "layer_norm": "layer-normalises each input at run time (not affine)",
     "expected_average_only_in": "expects inputs pre-scaled by a factor SAELens does not store in the "
-                                "folder; fold it first (sae.fold_activation_norm_scaling_factor)",
+    "folder; fold it first (sae.fold_activation_norm_scaling_factor)",
     "covariance_whitening": "expects whitened inputs; fold the whitening first (sae.fold_activation_whitening)",
 }
 
@@ -87,17 +91,26 @@ def _check_translatable(lens, cfg_path: Path) -> None:
         why = _NORMALIZE_REFUSED.get(c.normalize_activations, "unknown normalisation")
         raise _refuse(cfg_path, "normalize_activations", c.normalize_activations, why)
     if c.reshape_activations != "none":
-        raise _refuse(cfg_path, "reshape_activations", c.reshape_activations,
-                      "it reads [n_heads·d_head] flattened heads; the workbench's stores read the last axis "
-                      "(one head's d_head) per row")
+        raise _refuse(
+            cfg_path,
+            "reshape_activations",
+            c.reshape_activations,
+            "it reads [n_heads·d_head] flattened heads; the workbench's stores read the last axis "
+            "(one head's d_head) per row",
+        )
     if c.metadata.hook_head_index is not None:
-        raise _refuse(cfg_path, "hook_head_index", c.metadata.hook_head_index,
-                      "it reads one attention head of its hook; workbench hook names cannot select a head")
+        raise _refuse(
+            cfg_path,
+            "hook_head_index",
+            c.metadata.hook_head_index,
+            "it reads one attention head of its hook; workbench hook names cannot select a head",
+        )
     if c.dtype not in _DTYPES:
         raise _refuse(cfg_path, "dtype", c.dtype, f"expected one of {sorted(_DTYPES)}")
     if c.rescale_acts_by_decoder_norm and bool((lens.W_dec.norm(dim=-1) == 0).any()):
-        raise _refuse(cfg_path, "rescale_acts_by_decoder_norm", True,
-                      "a decoder row has norm 0, so SAELens divides by zero")
+        raise _refuse(
+            cfg_path, "rescale_acts_by_decoder_norm", True, "a decoder row has norm 0, so SAELens divides by zero"
+        )
 
 
 def to_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
@@ -114,16 +127,33 @@ def to_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
         raise ValueError("sae: a latent-parallel rank holds only part of the dictionary; gather it first")
     dtype = sae.W_enc.dtype
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"sae: parameters are {dtype}; expected float32 or float64 (SAELens' own dtypes "
-                         "would round them differently)")
-    meta = SAEMetadata(hook_name=cfg.hook_name or None, model_name=cfg.model_name or None,
-                       hook_head_index=None, workbench_selection=cfg.selection)
+        raise ValueError(
+            f"sae: parameters are {dtype}; expected float32 or float64 (SAELens' own dtypes "
+            "would round them differently)"
+        )
+    meta = SAEMetadata(
+        hook_name=cfg.hook_name or None,
+        model_name=cfg.model_name or None,
+        hook_head_index=None,
+        workbench_selection=cfg.selection,
+    )
     # ours always subtracts b_dec from the input, never normalises, reshapes or rescales
-    common = dict(d_in=cfg.d_in, d_sae=cfg.d_sae, dtype=str(dtype).removeprefix("torch."), device="cpu",
-                  apply_b_dec_to_input=True, normalize_activations="none", reshape_activations="none",
-                  metadata=meta)
-    state = {"W_enc": sae.W_enc.detach().T.contiguous(), "b_enc": sae.b_enc.detach(),
-             "W_dec": sae.W_dec.detach(), "b_dec": sae.b_dec.detach()}
+    common = dict(
+        d_in=cfg.d_in,
+        d_sae=cfg.d_sae,
+        dtype=str(dtype).removeprefix("torch."),
+        device="cpu",
+        apply_b_dec_to_input=True,
+        normalize_activations="none",
+        reshape_activations="none",
+        metadata=meta,
+    )
+    state = {
+        "W_enc": sae.W_enc.detach().T.contiguous(),
+        "b_enc": sae.b_enc.detach(),
+        "W_dec": sae.W_dec.detach(),
+        "b_dec": sae.b_dec.detach(),
+    }
     if sae.rule.saelens_architecture == "topk":
         lens = TopKSAE(TopKSAEConfig(k=cfg.k, rescale_acts_by_decoder_norm=False, **common))
     else:
@@ -171,8 +201,14 @@ def from_saelens(folder: str | Path) -> SparseAutoencoder:
         n = W_dec.norm(dim=1)
         W_enc, b_enc, W_dec = W_enc * n[:, None], b_enc * n, W_dec / n[:, None]
     meta = c.metadata
-    cfg = SAEConfig(d_in=c.d_in, d_sae=c.d_sae, k=c.k, selection="topk",
-                    hook_name=meta.hook_name or "", model_name=meta.model_name or "")
+    cfg = SAEConfig(
+        d_in=c.d_in,
+        d_sae=c.d_sae,
+        k=c.k,
+        selection="topk",
+        hook_name=meta.hook_name or "",
+        model_name=meta.model_name or "",
+    )
     sae = SparseAutoencoder(cfg).to(_DTYPES[c.dtype])
     with torch.no_grad():
         for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):

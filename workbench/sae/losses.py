@@ -37,8 +37,14 @@ def fvu(x: Float[Tensor, "B d"], x_hat: Float[Tensor, "B d"], layout: Layout = S
     return (x - x_hat).pow(2).sum() / layout.sum((xd - mean).pow(2).sum()).clamp_min(1e-12)
 
 
-def aux_loss(pre: Float[Tensor, "B F"], residual: Float[Tensor, "B d"], W_dec: Float[Tensor, "F d"],
-             weights: Float[Tensor, "F"], k_aux: int, layout: Layout = SINGLE) -> Tensor:
+def aux_loss(
+    pre: Float[Tensor, "B F"],
+    residual: Float[Tensor, "B d"],
+    W_dec: Float[Tensor, "F d"],
+    weights: Float[Tensor, " F"],
+    k_aux: int,
+    layout: Layout = SINGLE,
+) -> Tensor:
     """Weighted candidates reconstruct the residual; scaled by min(n_candidates / k_aux, 1)."""
     candidates = weights > 0
     n = int(layout.sum_over_latents(candidates.sum()))
@@ -54,11 +60,11 @@ def aux_loss(pre: Float[Tensor, "B F"], residual: Float[Tensor, "B d"], W_dec: F
     return fvu(e, layout.sum_partials(z_aux @ W_dec), layout) * min(n / k_aux, 1.0)
 
 
-def auxk_weights(dead: torch.BoolTensor) -> Float[Tensor, "F"]:
+def auxk_weights(dead: torch.BoolTensor) -> Float[Tensor, " F"]:
     return dead.float()
 
 
-def zipf_expected(usage: Float[Tensor, "F"], k: float) -> Float[Tensor, "F"]:
+def zipf_expected(usage: Float[Tensor, " F"], k: float) -> Float[Tensor, " F"]:
     """Expected usage of each latent under a Zipf curve fitted to the usage ranks (sum = k)."""
     F = len(usage)
     order = torch.sort(-usage.double(), stable=True).indices
@@ -71,11 +77,11 @@ def zipf_expected(usage: Float[Tensor, "F"], k: float) -> Float[Tensor, "F"]:
         alpha = float((-slope).clamp(0.05, 3.0))
     else:
         alpha = 1.0
-    curve = ranks ** -alpha
+    curve = ranks**-alpha
     return (k * curve / curve.sum()).to(usage.dtype)
 
 
-def aux_zipf_weights(usage: Float[Tensor, "F"], dead: torch.BoolTensor, k: float) -> Float[Tensor, "F"]:
+def aux_zipf_weights(usage: Float[Tensor, " F"], dead: torch.BoolTensor, k: float) -> Float[Tensor, " F"]:
     expected = zipf_expected(usage, k)
     weights = ((expected - usage) / expected.clamp_min(1e-12)).clamp(0.0, 1.0)
     return torch.where(dead, torch.ones_like(weights), weights)

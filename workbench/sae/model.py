@@ -33,13 +33,14 @@ class SAEOutput(NamedTuple):
 
 class SparseOutput(NamedTuple):
     """`forward_sparse`'s result: the training rule's kept entries instead of [B, F] tensors."""
+
     x_hat: Float[Tensor, "B d"]
     kept: Kept  # which (token, latent) entries the rule kept, and their pre-activations
-    vals: Float[Tensor, "n"]  # ReLU(pre) at the kept entries (differentiable)
+    vals: Float[Tensor, " n"]  # ReLU(pre) at the kept entries (differentiable)
     aux_pre: Float[Tensor, "B m"] | None = None  # pre-activations at the aux candidates (differentiable)
 
 
-def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float = 1e-6) -> Float[Tensor, "d"]:
+def geometric_median(points: Float[Tensor, "n d"], iters: int = 100, tol: float = 1e-6) -> Float[Tensor, " d"]:
     """Weiszfeld's algorithm in float64."""
     p = points.double()
     y = p.mean(0)
@@ -64,7 +65,7 @@ def init_rows(F: int, d: int, seed: int, rows: slice) -> Float[Tensor, "n d"]:
     for b in range(rows.start // INIT_BLOCK, -(-rows.stop // INIT_BLOCK)):
         first = b * INIT_BLOCK
         block = torch.randn(min(INIT_BLOCK, F - first), d, generator=torch.Generator().manual_seed(seed + 7919 * b))
-        parts.append(block[max(rows.start - first, 0): rows.stop - first])
+        parts.append(block[max(rows.start - first, 0) : rows.stop - first])
     w = torch.cat(parts)
     return w / w.norm(dim=1, keepdim=True)
 
@@ -107,16 +108,18 @@ class SparseAutoencoder(nn.Module):
         hold into the same choice as one process)."""
         return self.rule.select(self, pre.detach(), grads)
 
-    def select_kept(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None,
-                    aux_cols: Tensor | None = None) -> Kept:
+    def select_kept(
+        self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None, aux_cols: Tensor | None = None
+    ) -> Kept:
         """The training rule's kept entries (the same as `select`'s mask); per-token rules never
         build a [B, F] tensor for it (sparse.py). With `aux_cols`, also the pre-activations there."""
         if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
             raise ValueError(f"x: expected [batch, {self.cfg.d_in}], got {tuple(x.shape)}")
         return self.rule.select_kept(self, x, grads, aux_cols)
 
-    def forward_sparse(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None,
-                       aux_cols: Tensor | None = None) -> SparseOutput:
+    def forward_sparse(
+        self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None, aux_cols: Tensor | None = None
+    ) -> SparseOutput:
         """Training forward of the sparse path: the same x̂ as `forward` in training mode, with a
         backward that touches only the kept latents' rows of W_enc and W_dec. `aux_cols` (the aux
         loss's candidate latents, ascending): SparseOutput.aux_pre holds the pre-activations there,
@@ -152,7 +155,7 @@ class SparseAutoencoder(nn.Module):
 
     # --- bookkeeping the trainer calls --------------------------------------------------------
 
-    def dead_mask(self) -> Bool[Tensor, "F"]:
+    def dead_mask(self) -> Bool[Tensor, " F"]:
         return self.tokens_since_fired >= self.cfg.dead_tokens
 
     @torch.no_grad()
@@ -164,8 +167,9 @@ class SparseAutoencoder(nn.Module):
         self.rule.update_threshold(self, cols, z[fired])
 
     @torch.no_grad()
-    def update_stats_sparse(self, idx: Tensor, vals: Tensor, tokens: int | None = None,
-                            usage_decay: float = 0.99) -> None:
+    def update_stats_sparse(
+        self, idx: Tensor, vals: Tensor, tokens: int | None = None, usage_decay: float = 0.99
+    ) -> None:
         """`update_stats` from the kept entries' latent indices and values, of any matching shape
         (the Triton path's [B, k], the sparse path's flat [n]; index < 0: no entry) over `tokens`
         tokens (None: idx.shape[0]). Neither path builds z."""
@@ -174,11 +178,12 @@ class SparseAutoencoder(nn.Module):
         fired = (vals > 0) & (idx >= 0)
         F = len(self.usage)  # this rank's latents
         counts = torch.zeros(F, device=idx.device).index_add_(
-            0, idx[fired], torch.ones(int(fired.sum()), device=idx.device))
+            0, idx[fired], torch.ones(int(fired.sum()), device=idx.device)
+        )
         self._count_firing(counts, tokens, usage_decay)
         self.rule.update_threshold(self, idx[fired], vals[fired])
 
-    def _count_firing(self, counts: Float[Tensor, "F"], rows: int, usage_decay: float) -> None:
+    def _count_firing(self, counts: Float[Tensor, " F"], rows: int, usage_decay: float) -> None:
         """Dead-latent clocks and usage EMA from this rank's firing counts over `rows` tokens."""
         counts = self.layout.sum_over_tokens(counts)
         batch = self.layout.global_batch(rows)

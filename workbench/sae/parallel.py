@@ -135,8 +135,9 @@ def _gather_to_rank0(layout: Layout, t: Tensor) -> Tensor | None:
     return torch.cat(parts).cpu() if parts is not None else None
 
 
-def full_state(layout: Layout, sae: torch.nn.Module,
-               opt: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
+def full_state(
+    layout: Layout, sae: torch.nn.Module, opt: torch.optim.Optimizer | None = None
+) -> tuple[dict, dict | None]:
     """The whole SAE's (and optimizer's) state dicts, as one process would have them.
 
     Collective in "latent" (every rank must call it); the result is meant for rank 0.
@@ -151,21 +152,27 @@ def full_state(layout: Layout, sae: torch.nn.Module,
         return whole, None
     opt_whole = {"param_groups": opt_state["param_groups"], "state": {}}
     for i, st in sorted(opt_state["state"].items()):
-        opt_whole["state"][i] = {k: _gather_to_rank0(layout, v) if names[i] in SHARDED and v.ndim else v
-                                 for k, v in st.items()}
+        opt_whole["state"][i] = {
+            k: _gather_to_rank0(layout, v) if names[i] in SHARDED and v.ndim else v for k, v in st.items()
+        }
     return whole, opt_whole
 
 
-def load_full_state(layout: Layout, sae: torch.nn.Module, opt: torch.optim.Optimizer, sae_state: dict,
-                    opt_state: dict) -> None:
+def load_full_state(
+    layout: Layout, sae: torch.nn.Module, opt: torch.optim.Optimizer, sae_state: dict, opt_state: dict
+) -> None:
     """Load whole-SAE state dicts (from any number of ranks) into this rank's part."""
     if layout.latent:
         sl = layout.latent_slice(sae.cfg.d_sae)
         names = [n for n, _ in sae.named_parameters()]
         sae_state = {k: v[sl] if k in SHARDED else v for k, v in sae_state.items()}
-        opt_state = {"param_groups": opt_state["param_groups"],
-                     "state": {i: {k: v[sl] if names[i] in SHARDED and v.ndim else v for k, v in st.items()}
-                               for i, st in opt_state["state"].items()}}
+        opt_state = {
+            "param_groups": opt_state["param_groups"],
+            "state": {
+                i: {k: v[sl] if names[i] in SHARDED and v.ndim else v for k, v in st.items()}
+                for i, st in opt_state["state"].items()
+            },
+        }
     sae.load_state_dict(sae_state)
     opt.load_state_dict(opt_state)
 

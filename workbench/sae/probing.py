@@ -18,42 +18,45 @@ the workbench does not depend on scikit-learn.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-
 from transformer_lens import HookedTransformer
 
 from ..activations import validate_hook_name
 from .model import SparseAutoencoder
 
-ABSORPTION_CAVEAT = ("absorption-style: SAEBench's first-letter absorption rule on a byte-level model; "
-                     "SAEBench warns against reading absorption on models under 1B parameters or SAEs "
-                     "under 16k latents, so compare variants with each other, not with published numbers")
+ABSORPTION_CAVEAT = (
+    "absorption-style: SAEBench's first-letter absorption rule on a byte-level model; "
+    "SAEBench warns against reading absorption on models under 1B parameters or SAEs "
+    "under 16k latents, so compare variants with each other, not with published numbers"
+)
 LETTERS = string.ascii_lowercase
 
 
 # --- logistic probes ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class LogisticProbe:
     """w·x + b > 0 predicts the positive class; w and b act on the raw (unstandardised) features."""
 
-    w: Float[Tensor, "d"]
+    w: Float[Tensor, " d"]
     b: float
 
-    def scores(self, x: Float[Tensor, "n d"]) -> Float[Tensor, "n"]:
+    def scores(self, x: Float[Tensor, "n d"]) -> Float[Tensor, " n"]:
         return x.double() @ self.w + self.b
 
-    def predict(self, x: Float[Tensor, "n d"]) -> Bool[Tensor, "n"]:
+    def predict(self, x: Float[Tensor, "n d"]) -> Bool[Tensor, " n"]:
         return self.scores(x) > 0
 
 
-def fit_logistic(x: Float[Tensor, "n d"], y: Bool[Tensor, "n"], l2: float = 1e-4, max_iter: int = 100,
-                 balanced: bool = False) -> LogisticProbe:
+def fit_logistic(
+    x: Float[Tensor, "n d"], y: Bool[Tensor, " n"], l2: float = 1e-4, max_iter: int = 100, balanced: bool = False
+) -> LogisticProbe:
     """Logistic regression: mean (optionally class-balanced) cross-entropy + l2/2·|w|² on
     standardised features, minimised with L-BFGS in float64; the weights are mapped back to the
     raw features so callers can read the probe direction in activation space."""
@@ -74,8 +77,9 @@ def fit_logistic(x: Float[Tensor, "n d"], y: Bool[Tensor, "n"], l2: float = 1e-4
 
     def closure():
         opt.zero_grad()
-        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(xs @ w + b, t, reduction="none")
-                ).mean() + 0.5 * l2 * w.pow(2).sum()
+        loss = (
+            weight * torch.nn.functional.binary_cross_entropy_with_logits(xs @ w + b, t, reduction="none")
+        ).mean() + 0.5 * l2 * w.pow(2).sum()
         loss.backward()
         return loss
 
@@ -84,13 +88,13 @@ def fit_logistic(x: Float[Tensor, "n d"], y: Bool[Tensor, "n"], l2: float = 1e-4
     return LogisticProbe(w_raw, float(b.detach() - (w_raw * mu).sum()))
 
 
-def f1_score(pred: Bool[Tensor, "n"], y: Bool[Tensor, "n"]) -> float:
+def f1_score(pred: Bool[Tensor, " n"], y: Bool[Tensor, " n"]) -> float:
     tp = float((pred & y).sum())
     denom = float(pred.sum() + y.sum())
     return 2 * tp / denom if denom else 0.0
 
 
-def top_k_mean_diff(z: Float[Tensor, "n F"], y: Bool[Tensor, "n"], k: int, signed: bool = False) -> Int[Tensor, "k"]:
+def top_k_mean_diff(z: Float[Tensor, "n F"], y: Bool[Tensor, " n"], k: int, signed: bool = False) -> Int[Tensor, " k"]:
     """The k columns with the largest |mean over positives − mean over negatives| (SAEBench's
     sparse-probing selection); `signed` ranks by the difference itself (latents that fire *for* y)."""
     diff = z[y].double().mean(0) - z[~y].double().mean(0)
@@ -98,6 +102,7 @@ def top_k_mean_diff(z: Float[Tensor, "n F"], y: Bool[Tensor, "n"], k: int, signe
 
 
 # --- byte-level concepts -------------------------------------------------------------------------
+
 
 def _is_letter(c: int) -> bool:
     return 65 <= c <= 90 or 97 <= c <= 122
@@ -136,8 +141,17 @@ def byte_concepts(tokens: Int[Tensor, "n seq"], bos_token_id: int = 256) -> dict
     gaps, one byte after) the position; the window's first line counts from the window's start."""
     if tokens.ndim != 2:
         raise ValueError(f"tokens: expected [n, seq] byte windows, got shape {tuple(tokens.shape)}")
-    names = ("python_code", "string_literal", "in_parentheses", "uppercase", "digit", "line_start",
-             "after_sentence_end", "word_start", "indentation")
+    names = (
+        "python_code",
+        "string_literal",
+        "in_parentheses",
+        "uppercase",
+        "digit",
+        "line_start",
+        "after_sentence_end",
+        "word_start",
+        "indentation",
+    )
     out = {name: torch.zeros(tokens.shape, dtype=torch.bool) for name in names}
     for r, row in enumerate(tokens.tolist()):
         body = row[1:] if row and row[0] == bos_token_id else row
@@ -170,7 +184,9 @@ def byte_concepts(tokens: Int[Tensor, "n seq"], bos_token_id: int = 256) -> dict
     return out
 
 
-def word_ends(tokens: Int[Tensor, "n seq"], bos_token_id: int = 256) -> tuple[Bool[Tensor, "n seq"], Int[Tensor, "n seq"]]:
+def word_ends(
+    tokens: Int[Tensor, "n seq"], bos_token_id: int = 256
+) -> tuple[Bool[Tensor, "n seq"], Int[Tensor, "n seq"]]:
     """Last bytes of whole words (maximal runs of ASCII letters that start after the window's
     first byte and end before its last) and, there, the word's first letter as 0..25 (else -1)."""
     is_end = torch.zeros(tokens.shape, dtype=torch.bool)
@@ -190,6 +206,7 @@ def word_ends(tokens: Int[Tensor, "n seq"], bos_token_id: int = 256) -> tuple[Bo
 
 
 # --- sparse probing ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ProbingConfig:
@@ -218,8 +235,9 @@ class ProbingConfig:
             raise ValueError(f"max_main_latents={self.max_main_latents} must be at least 1")
 
 
-def balanced_split(y: Bool[Tensor, "n"], train: Bool[Tensor, "n"], n_per_class: int,
-                   seed: int = 0) -> tuple[Int[Tensor, "a"], Int[Tensor, "b"]]:
+def balanced_split(
+    y: Bool[Tensor, " n"], train: Bool[Tensor, " n"], n_per_class: int, seed: int = 0
+) -> tuple[Int[Tensor, " a"], Int[Tensor, " b"]]:
     """Row indices of a balanced train set (rows with `train`) and test set (the others): up to
     n_per_class positives and as many negatives in each, drawn at random (seeded)."""
     gen = torch.Generator().manual_seed(seed)
@@ -252,9 +270,13 @@ class SparseProbingResult:
         return {**asdict(self), "mean_accuracy": self.mean_accuracy(), "mean_llm_accuracy": self.mean_llm_accuracy()}
 
 
-def sparse_probing(acts: Float[Tensor, "n d"], encode: Callable[[Tensor], Tensor],
-                   labels: Mapping[str, Bool[Tensor, "n"]], train: Bool[Tensor, "n"],
-                   cfg: ProbingConfig = ProbingConfig()) -> SparseProbingResult:
+def sparse_probing(
+    acts: Float[Tensor, "n d"],
+    encode: Callable[[Tensor], Tensor],
+    labels: Mapping[str, Bool[Tensor, " n"]],
+    train: Bool[Tensor, " n"],
+    cfg: ProbingConfig = ProbingConfig(),
+) -> SparseProbingResult:
     """Per task: balanced train/test rows, the top-k latents by |difference of class means| on
     train, a logistic probe on them, its test accuracy for each k; the baseline probe reads all
     of `acts`. `encode` maps activation rows to latents (an SAE's inference encoding)."""
@@ -269,8 +291,9 @@ def sparse_probing(acts: Float[Tensor, "n d"], encode: Callable[[Tensor], Tensor
         tasks.append(task)
         with torch.no_grad():
             z_tr, z_te = encode(acts[tr]).double(), encode(acts[te]).double()
-        llm_acc[task] = float((fit_logistic(acts[tr], y[tr], cfg.l2, cfg.max_iter).predict(acts[te]) == y[te])
-                              .double().mean())
+        llm_acc[task] = float(
+            (fit_logistic(acts[tr], y[tr], cfg.l2, cfg.max_iter).predict(acts[te]) == y[te]).double().mean()
+        )
         sae_acc[task] = {}
         for k in cfg.ks:
             idx = top_k_mean_diff(z_tr, y[tr], min(k, z_tr.shape[1]))
@@ -283,6 +306,7 @@ def sparse_probing(acts: Float[Tensor, "n d"], encode: Callable[[Tensor], Tensor
 
 
 # --- absorption-style ------------------------------------------------------------------------------
+
 
 @dataclass
 class LetterAbsorption:
@@ -307,12 +331,20 @@ class AbsorptionResult:
         return sum(r.mean_absorption_fraction for r in self.letters) / max(1, len(self.letters))
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "mean_full_absorption": self.mean_full_absorption(),
-                "mean_absorption_fraction": self.mean_absorption_fraction()}
+        return {
+            **asdict(self),
+            "mean_full_absorption": self.mean_full_absorption(),
+            "mean_absorption_fraction": self.mean_absorption_fraction(),
+        }
 
 
-def main_latents(z_tr: Float[Tensor, "a F"], y_tr: Bool[Tensor, "a"], z_te: Float[Tensor, "b F"],
-                 y_te: Bool[Tensor, "b"], cfg: ProbingConfig) -> tuple[list[int], list[float]]:
+def main_latents(
+    z_tr: Float[Tensor, "a F"],
+    y_tr: Bool[Tensor, " a"],
+    z_te: Float[Tensor, "b F"],
+    y_te: Bool[Tensor, " b"],
+    cfg: ProbingConfig,
+) -> tuple[list[int], list[float]]:
     """k-sparse probing for one concept's main latents: the top-k latents by (signed) difference
     of class means, a logistic probe on them, its test F1; k grows from 1 while F1 rises by at
     least cfg.f1_jump, up to cfg.max_main_latents (SAEBench's feature-split rule)."""
@@ -330,9 +362,15 @@ def main_latents(z_tr: Float[Tensor, "a F"], y_tr: Bool[Tensor, "a"], z_te: Floa
     return order[:chosen].tolist(), f1s
 
 
-def absorption(acts: Float[Tensor, "n d"], encode: Callable[[Tensor], Tensor], W_dec: Float[Tensor, "F d"],
-               first_letter: Int[Tensor, "n"], train: Bool[Tensor, "n"],
-               cfg: ProbingConfig = ProbingConfig(), letters: str = LETTERS) -> AbsorptionResult:
+def absorption(
+    acts: Float[Tensor, "n d"],
+    encode: Callable[[Tensor], Tensor],
+    W_dec: Float[Tensor, "F d"],
+    first_letter: Int[Tensor, " n"],
+    train: Bool[Tensor, " n"],
+    cfg: ProbingConfig = ProbingConfig(),
+    letters: str = LETTERS,
+) -> AbsorptionResult:
     """Absorption-style scores per letter, SAEBench's first-letter rule (Chanin et al. 2024).
 
     Rows are word-end positions; `first_letter` is the word's first letter (0..25). For each
@@ -355,8 +393,10 @@ def absorption(acts: Float[Tensor, "n d"], encode: Callable[[Tensor], Tensor], W
     if not letters or any(c not in LETTERS for c in letters):
         raise ValueError(f"letters={letters!r}: expected lowercase ASCII letters")
     if first_letter.shape != (len(acts),) or train.shape != (len(acts),):
-        raise ValueError(f"first_letter, train: expected shape ({len(acts)},), got {tuple(first_letter.shape)} "
-                         f"and {tuple(train.shape)}")
+        raise ValueError(
+            f"first_letter, train: expected shape ({len(acts)},), got {tuple(first_letter.shape)} "
+            f"and {tuple(train.shape)}"
+        )
     result = AbsorptionResult()
     with torch.no_grad():
         z = encode(acts).double()
@@ -377,12 +417,24 @@ def absorption(acts: Float[Tensor, "n d"], encode: Callable[[Tensor], Tensor], W
         main_off = (zt[:, main] < 1e-8).all(1)
         top = lat_proj.max(1)
         top_cos = cos[top.indices]
-        full = main_off & (top_cos >= cfg.probe_cos_threshold) & (proj_x > 0) & \
-            (top.values >= cfg.projection_threshold * proj_x)
+        full = (
+            main_off
+            & (top_cos >= cfg.probe_cos_threshold)
+            & (proj_x > 0)
+            & (top.values >= cfg.projection_threshold * proj_x)
+        )
         n_tp = int(tp.sum())
-        result.letters.append(LetterAbsorption(
-            letter, main, f1s, n_tp, int(full.sum()), int(full.sum()) / max(1, n_tp),
-            _absorption_fraction(lat_proj, proj_x, main, cos, cfg)))
+        result.letters.append(
+            LetterAbsorption(
+                letter,
+                main,
+                f1s,
+                n_tp,
+                int(full.sum()),
+                int(full.sum()) / max(1, n_tp),
+                _absorption_fraction(lat_proj, proj_x, main, cos, cfg),
+            )
+        )
     return result
 
 
@@ -408,6 +460,7 @@ def _absorption_fraction(lat_proj: Tensor, proj_x: Tensor, main: list[int], cos:
 
 # --- on a model's activations ---------------------------------------------------------------------
 
+
 @dataclass
 class SAEEvals:
     sparse_probing: SparseProbingResult
@@ -418,7 +471,9 @@ class SAEEvals:
 
 
 @torch.no_grad()
-def hook_activations(model: HookedTransformer, hook_name: str, tokens: Int[Tensor, "n seq"], batch_size: int = 32) -> Float[Tensor, "n seq d"]:
+def hook_activations(
+    model: HookedTransformer, hook_name: str, tokens: Int[Tensor, "n seq"], batch_size: int = 32
+) -> Float[Tensor, "n seq d"]:
     validate_hook_name(model, hook_name)
     out = []
     for chunk in tokens.split(batch_size):
@@ -427,8 +482,14 @@ def hook_activations(model: HookedTransformer, hook_name: str, tokens: Int[Tenso
     return torch.cat(out)
 
 
-def evaluate_usefulness(model: HookedTransformer, sae: SparseAutoencoder, hook_name: str, tokens: Int[Tensor, "n seq"],
-                        cfg: ProbingConfig = ProbingConfig(), bos_token_id: int = 256) -> SAEEvals:
+def evaluate_usefulness(
+    model: HookedTransformer,
+    sae: SparseAutoencoder,
+    hook_name: str,
+    tokens: Int[Tensor, "n seq"],
+    cfg: ProbingConfig = ProbingConfig(),
+    bos_token_id: int = 256,
+) -> SAEEvals:
     """Sparse probing on `byte_concepts` and absorption-style scores on `word_ends`, for one SAE
     at `hook_name` of a byte-level model, on byte windows `tokens` (even windows train, odd test)."""
     acts = hook_activations(model, hook_name, tokens)

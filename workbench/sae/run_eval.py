@@ -38,6 +38,7 @@ DEFAULT_WINDOWS = 32  # held-out windows when the run does not say (train-sae's 
 def load_text(path: str | None, text_field: str):
     """The user's corpus at `path`, or the embedded Python-docs corpus when None."""
     from ..corpus import load_corpus, python_docs_corpus
+
     return python_docs_corpus() if path is None else load_corpus(path, text_field)
 
 
@@ -74,10 +75,19 @@ class _Steps:
         self.bar.close()
 
 
-def evaluate_sae(run_dir: str | Path, model: HookedTransformer, sae: SparseAutoencoder, tokenizer: Tokenizer,
-                 tokens: Int[Tensor, "n seq"], *, model_name: str = "", split: str = "validation",
-                 probe_tokens: Int[Tensor, "m seq"] | None = None, status: BuildStatus | None = None,
-                 progress: bool = True) -> SAERunResult:
+def evaluate_sae(
+    run_dir: str | Path,
+    model: HookedTransformer,
+    sae: SparseAutoencoder,
+    tokenizer: Tokenizer,
+    tokens: Int[Tensor, "n seq"],
+    *,
+    model_name: str = "",
+    split: str = "validation",
+    probe_tokens: Int[Tensor, "m seq"] | None = None,
+    status: BuildStatus | None = None,
+    progress: bool = True,
+) -> SAERunResult:
     """Evaluate `sae` on held-out windows `tokens` (BOS first) and write the run's files; results.json
     last, so a run counts as evaluated only once everything is there. Sparse probing and
     absorption-style scores need byte-level text (their concepts are labelled on bytes): they run on
@@ -92,7 +102,9 @@ def evaluate_sae(run_dir: str | Path, model: HookedTransformer, sae: SparseAutoe
 
     run, hook = RunDir(run_dir), sae.cfg.hook_name
     byte_level = isinstance(tokenizer, ByteTokenizer)
-    skip = {} if byte_level else {"usefulness": "sparse probing's concepts are labelled on bytes: a byte-level model only"}
+    skip = (
+        {} if byte_level else {"usefulness": "sparse probing's concepts are labelled on bytes: a byte-level model only"}
+    )
     step = _Steps(skip, status, progress)
     try:
         with step("activations"):
@@ -108,10 +120,14 @@ def evaluate_sae(run_dir: str | Path, model: HookedTransformer, sae: SparseAutoe
             with step("usefulness"):
                 from .probing import evaluate_usefulness
                 from .saebench_json import write_run_evals
+
                 probe = tokens if probe_tokens is None else probe_tokens
-                write_run_evals(run.path, evaluate_usefulness(model, sae, hook, probe,
-                                                              bos_token_id=tokenizer.bos_token_id),
-                                sae.cfg, model_name)
+                write_run_evals(
+                    run.path,
+                    evaluate_usefulness(model, sae, hook, probe, bos_token_id=tokenizer.bos_token_id),
+                    sae.cfg,
+                    model_name,
+                )
         with step("results.json"):
             result = SAERunResult.from_metrics(rec, spl, eval_split=split, eval_windows=len(tokens))
             write_results(run, result)
@@ -131,16 +147,20 @@ def evaluate_sae_run(out: str, model_name: str, corpus: str | None, text_field: 
     try:
         model, tok = load_model(model_name)
     except (RuntimeError, FileNotFoundError, ValueError) as e:
-        print(f"train-sae: {out}/sae.safetensors is saved, but it was not evaluated: its model {model_name!r} "
-              f"cannot be loaded ({e}). Pass --no-eval to skip evaluation.", file=sys.stderr)
+        print(
+            f"train-sae: {out}/sae.safetensors is saved, but it was not evaluated: its model {model_name!r} "
+            f"cannot be loaded ({e}). Pass --no-eval to skip evaluation.",
+            file=sys.stderr,
+        )
         return False
     split, val = held_out_windows(load_text(corpus, text_field), tok, min(128, model.cfg.n_ctx - 1), n_windows)
     evaluate_sae(out, model, sae, tok, val, model_name=model_name, split=split)
     return True
 
 
-def evaluate_recorded_run(run_dir: str | Path, n_windows: int | None = None, status: BuildStatus | None = None,
-                          progress: bool = True) -> SAERunResult:
+def evaluate_recorded_run(
+    run_dir: str | Path, n_windows: int | None = None, status: BuildStatus | None = None, progress: bool = True
+) -> SAERunResult:
     """Evaluate an SAE run from what it recorded (the viewer's "compute the evaluation"): its model
     and tokenizer through `pretrained.model_for_run`, its corpus and text field from config.json,
     `n_windows` (default: the run's recorded eval_windows, else 32) held-out windows."""
@@ -161,5 +181,6 @@ def evaluate_recorded_run(run_dir: str | Path, n_windows: int | None = None, sta
         n = n_windows or cfg.get("eval_windows") or DEFAULT_WINDOWS
         split, val = held_out_windows(text, tok, min(128, model.cfg.n_ctx - 1), n)
     model_name = (cfg.get("model_source") or {}).get("model", sae.cfg.model_name)
-    return evaluate_sae(run_dir, model, sae, tok, val, model_name=model_name, split=split, status=status,
-                        progress=progress)
+    return evaluate_sae(
+        run_dir, model, sae, tok, val, model_name=model_name, split=split, status=status, progress=progress
+    )

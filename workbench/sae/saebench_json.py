@@ -22,66 +22,129 @@ from .probing import ABSORPTION_CAVEAT, AbsorptionResult, ProbingConfig, SparseP
 
 SAEBENCH_KS = (1, 2, 5, 10, 20, 50, 100)  # the k of SAEBench's sae_top_{k}_test_accuracy fields
 NOT_SAEBENCH = "workbench offline reimplementation (not run by SAEBench)"
-REQUIRED = ("eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics",
-            "eval_result_details", "sae_bench_commit_hash", "sae_lens_id", "sae_lens_release_id",
-            "sae_lens_version", "sae_cfg_dict", "eval_result_unstructured")
+REQUIRED = (
+    "eval_type_id",
+    "eval_config",
+    "eval_id",
+    "datetime_epoch_millis",
+    "eval_result_metrics",
+    "eval_result_details",
+    "sae_bench_commit_hash",
+    "sae_lens_id",
+    "sae_lens_release_id",
+    "sae_lens_version",
+    "sae_cfg_dict",
+    "eval_result_unstructured",
+)
 
 
 def _envelope(eval_type_id: str, config: dict, metrics: dict, details: list, sae_cfg, unstructured) -> dict:
     try:
         from importlib.metadata import version
+
         lens_version = version("sae-lens")
     except Exception:  # noqa: BLE001 - a missing distribution only loses a metadata field
         lens_version = None
     cfg_dict = asdict(sae_cfg) if is_dataclass(sae_cfg) else (dict(sae_cfg) if sae_cfg else None)
-    return {"eval_type_id": eval_type_id, "eval_config": config, "eval_id": str(uuid.uuid4()),
-            "datetime_epoch_millis": int(time.time() * 1000), "eval_result_metrics": metrics,
-            "eval_result_details": details, "sae_bench_commit_hash": NOT_SAEBENCH, "sae_lens_id": None,
-            "sae_lens_release_id": None, "sae_lens_version": lens_version, "sae_cfg_dict": cfg_dict,
-            "eval_result_unstructured": unstructured}
+    return {
+        "eval_type_id": eval_type_id,
+        "eval_config": config,
+        "eval_id": str(uuid.uuid4()),
+        "datetime_epoch_millis": int(time.time() * 1000),
+        "eval_result_metrics": metrics,
+        "eval_result_details": details,
+        "sae_bench_commit_hash": NOT_SAEBENCH,
+        "sae_lens_id": None,
+        "sae_lens_release_id": None,
+        "sae_lens_version": lens_version,
+        "sae_cfg_dict": cfg_dict,
+        "eval_result_unstructured": unstructured,
+    }
 
 
-def sparse_probing_json(result: SparseProbingResult, cfg: ProbingConfig = ProbingConfig(), sae_cfg=None,
-                        model_name: str = "") -> dict:
+def sparse_probing_json(
+    result: SparseProbingResult, cfg: ProbingConfig = ProbingConfig(), sae_cfg=None, model_name: str = ""
+) -> dict:
     """SAEBench's "sparse_probing" output: metrics {"llm": {...}, "sae": {...}} averaged over
     tasks, one detail per task (dataset_name = the concept). k values SAEBench has no field for
     stay in eval_result_unstructured; SAEBench's LLM top-k channel probes are not computed (null)."""
     mean = result.mean_accuracy()
     llm = {"llm_test_accuracy": result.mean_llm_accuracy(), **{f"llm_top_{k}_test_accuracy": None for k in SAEBENCH_KS}}
     sae = {"sae_test_accuracy": None, **{f"sae_top_{k}_test_accuracy": mean.get(k) for k in SAEBENCH_KS}}
-    details = [{"dataset_name": t, "llm_test_accuracy": result.llm_accuracy[t],
-                **{f"llm_top_{k}_test_accuracy": None for k in SAEBENCH_KS}, "sae_test_accuracy": None,
-                **{f"sae_top_{k}_test_accuracy": result.sae_accuracy[t].get(k) for k in SAEBENCH_KS}}
-               for t in result.tasks]
-    config = {**asdict(cfg), "model_name": model_name, "dataset_names": result.tasks,
-              "k_values": list(result.ks), "concepts": "byte-level concepts of workbench.sae.probing.byte_concepts"}
-    return _envelope("sparse_probing", config, {"llm": llm, "sae": sae}, details, sae_cfg,
-                     {"mean_accuracy_by_k": {str(k): v for k, v in mean.items()},
-                      "n_train": result.n_train, "n_test": result.n_test})
+    details = [
+        {
+            "dataset_name": t,
+            "llm_test_accuracy": result.llm_accuracy[t],
+            **{f"llm_top_{k}_test_accuracy": None for k in SAEBENCH_KS},
+            "sae_test_accuracy": None,
+            **{f"sae_top_{k}_test_accuracy": result.sae_accuracy[t].get(k) for k in SAEBENCH_KS},
+        }
+        for t in result.tasks
+    ]
+    config = {
+        **asdict(cfg),
+        "model_name": model_name,
+        "dataset_names": result.tasks,
+        "k_values": list(result.ks),
+        "concepts": "byte-level concepts of workbench.sae.probing.byte_concepts",
+    }
+    return _envelope(
+        "sparse_probing",
+        config,
+        {"llm": llm, "sae": sae},
+        details,
+        sae_cfg,
+        {
+            "mean_accuracy_by_k": {str(k): v for k, v in mean.items()},
+            "n_train": result.n_train,
+            "n_test": result.n_test,
+        },
+    )
 
 
-def absorption_json(result: AbsorptionResult, cfg: ProbingConfig = ProbingConfig(), sae_cfg=None,
-                    model_name: str = "") -> dict:
+def absorption_json(
+    result: AbsorptionResult, cfg: ProbingConfig = ProbingConfig(), sae_cfg=None, model_name: str = ""
+) -> dict:
     """SAEBench's "absorption_first_letter" output: metrics {"mean": {...}}, one detail per letter."""
     rows = result.letters
     sd = lambda xs: statistics.pstdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     fracs = [r.mean_absorption_fraction for r in rows]
     fulls = [r.full_absorption_rate for r in rows]
     splits = [len(r.main_latents) for r in rows]
-    metrics = {"mean": {"mean_absorption_fraction_score": result.mean_absorption_fraction(),
-                        "mean_full_absorption_score": result.mean_full_absorption(),
-                        "mean_num_split_features": sum(splits) / max(1, len(splits)),
-                        "std_dev_absorption_fraction_score": sd(fracs),
-                        "std_dev_full_absorption_score": sd(fulls),
-                        "std_dev_num_split_features": sd(splits)}}
-    details = [{"first_letter": r.letter, "mean_absorption_fraction": r.mean_absorption_fraction,
-                "full_absorption_rate": r.full_absorption_rate, "num_full_absorption": r.num_full_absorption,
-                "num_probe_true_positives": r.num_probe_true_positives, "num_split_features": len(r.main_latents)}
-               for r in rows]
+    metrics = {
+        "mean": {
+            "mean_absorption_fraction_score": result.mean_absorption_fraction(),
+            "mean_full_absorption_score": result.mean_full_absorption(),
+            "mean_num_split_features": sum(splits) / max(1, len(splits)),
+            "std_dev_absorption_fraction_score": sd(fracs),
+            "std_dev_full_absorption_score": sd(fulls),
+            "std_dev_num_split_features": sd(splits),
+        }
+    }
+    details = [
+        {
+            "first_letter": r.letter,
+            "mean_absorption_fraction": r.mean_absorption_fraction,
+            "full_absorption_rate": r.full_absorption_rate,
+            "num_full_absorption": r.num_full_absorption,
+            "num_probe_true_positives": r.num_probe_true_positives,
+            "num_split_features": len(r.main_latents),
+        }
+        for r in rows
+    ]
     config = {**asdict(cfg), "model_name": model_name, "concept": "word starts with letter L, at its last byte"}
-    return _envelope("absorption_first_letter", config, metrics, details, sae_cfg,
-                     {"caveat": ABSORPTION_CAVEAT, "main_latents": {r.letter: r.main_latents for r in rows},
-                      "f1_by_k": {r.letter: r.f1_by_k for r in rows}})
+    return _envelope(
+        "absorption_first_letter",
+        config,
+        metrics,
+        details,
+        sae_cfg,
+        {
+            "caveat": ABSORPTION_CAVEAT,
+            "main_latents": {r.letter: r.main_latents for r in rows},
+            "f1_by_k": {r.letter: r.f1_by_k for r in rows},
+        },
+    )
 
 
 def write_sparse_probing_json(result: SparseProbingResult, path: str | Path, **kw) -> Path:
@@ -109,16 +172,23 @@ def read_eval_json(path: str | Path) -> dict:
 USEFULNESS = "usefulness.json"  # in an SAE run folder: SAEEvals.to_dict()
 
 
-def write_run_evals(folder: str | Path, evals, sae_cfg=None, model_name: str = "",
-                    cfg: ProbingConfig = ProbingConfig()) -> Path:
+def write_run_evals(
+    folder: str | Path, evals, sae_cfg=None, model_name: str = "", cfg: ProbingConfig = ProbingConfig()
+) -> Path:
     """An SAE run's usefulness.json (what the viewer and FeatureExplorer show) and the two
     SAEBench per-eval files beside it (saebench_sparse_probing.json, saebench_absorption_first_letter.json)."""
     folder = Path(folder)
     atomic_write_json(folder / USEFULNESS, evals.to_dict())
-    write_sparse_probing_json(evals.sparse_probing, folder / "saebench_sparse_probing.json", cfg=cfg,
-                              sae_cfg=sae_cfg, model_name=model_name)
-    write_absorption_json(evals.absorption, folder / "saebench_absorption_first_letter.json", cfg=cfg,
-                          sae_cfg=sae_cfg, model_name=model_name)
+    write_sparse_probing_json(
+        evals.sparse_probing, folder / "saebench_sparse_probing.json", cfg=cfg, sae_cfg=sae_cfg, model_name=model_name
+    )
+    write_absorption_json(
+        evals.absorption,
+        folder / "saebench_absorption_first_letter.json",
+        cfg=cfg,
+        sae_cfg=sae_cfg,
+        model_name=model_name,
+    )
     return folder / USEFULNESS
 
 

@@ -36,9 +36,26 @@ if TYPE_CHECKING:  # annotations only: the model imports this module
     from .config import SAEConfig
     from .model import SparseAutoencoder
 
-__all__ = ["RULES", "Rule", "register_rule", "get_rule", "TopK", "Gradient", "MutualChoice", "FeatureChoice",
-           "topk_mask", "topk_indices", "reference_mask", "select_topk", "select_gradient", "gradient_scores",
-           "select_mutual_choice", "select_feature_choice", "uniform_capacities", "zipf_capacities"]
+__all__ = [
+    "RULES",
+    "Rule",
+    "register_rule",
+    "get_rule",
+    "TopK",
+    "Gradient",
+    "MutualChoice",
+    "FeatureChoice",
+    "topk_mask",
+    "topk_indices",
+    "reference_mask",
+    "select_topk",
+    "select_gradient",
+    "gradient_scores",
+    "select_mutual_choice",
+    "select_feature_choice",
+    "uniform_capacities",
+    "zipf_capacities",
+]
 
 
 class Layout(Ranks, Protocol):
@@ -52,20 +69,28 @@ class Layout(Ranks, Protocol):
 
 # --- the rules' building blocks ---------------------------------------------------------------
 
+
 def select_topk(pre: Float[Tensor, "B F"], k: int, layout: Layout | None = None) -> Bool[Tensor, "B F"]:
     """TopK (Gao et al. 2024): k latents per token."""
     return token_topk(layout, pre, k)
 
 
-def gradient_scores(pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"], W_dec: Float[Tensor, "F d"],
-                    beta: float) -> Float[Tensor, "B F"]:
+def gradient_scores(
+    pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"], W_dec: Float[Tensor, "F d"], beta: float
+) -> Float[Tensor, "B F"]:
     """g-SAE score s = pre + β·pre·|⟨g, W_dec,i⟩|: activation plus its first-order loss effect."""
     effect = (grads @ W_dec.T).abs()  # [B, F]
     return pre + beta * pre * effect
 
 
-def select_gradient(pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"], W_dec: Float[Tensor, "F d"],
-                    k: int, beta: float, layout: Layout | None = None) -> Bool[Tensor, "B F"]:
+def select_gradient(
+    pre: Float[Tensor, "B F"],
+    grads: Float[Tensor, "B d"],
+    W_dec: Float[Tensor, "F d"],
+    k: int,
+    beta: float,
+    layout: Layout | None = None,
+) -> Bool[Tensor, "B F"]:
     """g-SAE (Olmo et al. 2024): top-k of the gradient-aware score; values stay ReLU(pre)."""
     return select_topk(gradient_scores(pre, grads, W_dec, beta), k, layout)
 
@@ -81,11 +106,13 @@ def select_mutual_choice(pre: Float[Tensor, "B F"], k: int, layout: Layout | Non
         if layout.data:  # this rank's rows follow the lower ranks' rows
             return c + layout.rank * B * F
         return c // F * (F * layout.world) + layout.rank * F + c % F  # this rank's columns within a row
+
     return merged_topk(layout, pre.reshape(1, B * F), k * layout.global_batch(B), to_global).view(B, F)
 
 
-def select_feature_choice(pre: Float[Tensor, "B F"], capacities: Int[Tensor, "F"],
-                          layout: Layout | None = None) -> Bool[Tensor, "B F"]:
+def select_feature_choice(
+    pre: Float[Tensor, "B F"], capacities: Int[Tensor, " F"], layout: Layout | None = None
+) -> Bool[Tensor, "B F"]:
     """Feature Choice: latent i keeps its `capacities[i]` highest-scoring tokens of the batch."""
     B, F = pre.shape
     if capacities.shape != (F,):
@@ -97,14 +124,14 @@ def select_feature_choice(pre: Float[Tensor, "B F"], capacities: Int[Tensor, "F"
     return merged_topk(layout, pre.T, caps, lambda c: c + layout.rank * B).T
 
 
-def uniform_capacities(F: int, total: int) -> Int[Tensor, "F"]:
+def uniform_capacities(F: int, total: int) -> Int[Tensor, " F"]:
     """m = total // F for every latent, the remainder spread one each over the first latents."""
     m = torch.full((F,), total // F, dtype=torch.long)
     m[: total - int(m.sum())] += 1
     return m
 
 
-def zipf_capacities(usage: Float[Tensor, "F"], total: int, alpha: float, cap: int) -> Int[Tensor, "F"]:
+def zipf_capacities(usage: Float[Tensor, " F"], total: int, alpha: float, cap: int) -> Int[Tensor, " F"]:
     """Capacities m_i ∝ 1/rank_i^α (rank 1 = most used), each at most `cap`, summing to `total`.
 
     Rounds by largest remainder; what the cap cuts off is poured over the uncapped latents.
@@ -136,6 +163,7 @@ def zipf_capacities(usage: Float[Tensor, "F"], total: int, alpha: float, cap: in
 
 # --- the rule objects and their registry ----------------------------------------------------
 
+
 class Rule:
     """One selection rule. Subclass, set `name`, implement `select`, and `register_rule` an instance.
 
@@ -148,13 +176,19 @@ class Rule:
     triton: ClassVar[bool] = False  # kernels/ implements its training selection (the fused path)
     needs_grads: ClassVar[bool] = False  # it reads the loss gradient at the input (store with_grads)
 
-    def select(self, sae: SparseAutoencoder, pre: Float[Tensor, "B F"],
-               grads: Float[Tensor, "B d"] | None) -> Bool[Tensor, "B F"]:
+    def select(
+        self, sae: SparseAutoencoder, pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"] | None
+    ) -> Bool[Tensor, "B F"]:
         """Training selection on the dense path: which entries of `pre` (detached) are kept."""
         raise NotImplementedError
 
-    def select_kept(self, sae: SparseAutoencoder, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None,
-                    aux_cols: Int[Tensor, "m"] | None = None) -> Kept:
+    def select_kept(
+        self,
+        sae: SparseAutoencoder,
+        x: Float[Tensor, "B d"],
+        grads: Float[Tensor, "B d"] | None,
+        aux_cols: Int[Tensor, " m"] | None = None,
+    ) -> Kept:
         """Training selection on the sparse path: the entries `select` keeps, by token then latent,
         and (Kept.aux_pre) the pre-activations at the aux loss's candidate latents `aux_cols`.
         This default builds the dense [B, F] block; a per-token rule can avoid it."""
@@ -166,7 +200,7 @@ class Rule:
         """Inference code from the pre-activations (differentiable in `pre`): top k per token."""
         return torch.where(token_topk(sae.layout, pre.detach(), sae.cfg.k), pre.relu(), 0.0)
 
-    def update_threshold(self, sae: SparseAutoencoder, cols: Int[Tensor, "n"], vals: Float[Tensor, "n"]) -> None:
+    def update_threshold(self, sae: SparseAutoencoder, cols: Int[Tensor, " n"], vals: Float[Tensor, " n"]) -> None:
         """After a training batch, from the latents `cols` and values `vals` (> 0) of the kept
         entries that fired on this rank (any order). Default: no threshold to learn."""
 
@@ -191,8 +225,9 @@ def register_rule(rule: Rule) -> Rule:
     if not isinstance(rule, Rule) or not rule.name:
         raise ValueError(f"rule: expected a Rule instance with a non-empty name, got {rule!r}")
     if rule.saelens_architecture not in ("topk", "jumprelu"):
-        raise ValueError(f"{rule.name}: saelens_architecture={rule.saelens_architecture!r}: "
-                         "expected 'topk' or 'jumprelu'")
+        raise ValueError(
+            f"{rule.name}: saelens_architecture={rule.saelens_architecture!r}: expected 'topk' or 'jumprelu'"
+        )
     RULES[rule.name] = rule
     return rule
 
@@ -207,8 +242,9 @@ class PerToken(Rule):
     """k latents per token by a score; the sparse path selects chunk by chunk (sparse.py) and
     never holds the [B, F] block. Subclasses only say how to score."""
 
-    def scores(self, sae: SparseAutoencoder, pre: Float[Tensor, "b F"], grads: Float[Tensor, "b d"] | None,
-               rows: slice) -> Float[Tensor, "b F"]:
+    def scores(
+        self, sae: SparseAutoencoder, pre: Float[Tensor, "b F"], grads: Float[Tensor, "b d"] | None, rows: slice
+    ) -> Float[Tensor, "b F"]:
         """Selection scores of the tokens `rows` of the batch, from their pre-activations."""
         return pre
 
@@ -219,19 +255,26 @@ class PerToken(Rule):
         if sae.layout.latent:  # a token's latents lie on every rank: select densely, merged across ranks
             return super().select_kept(sae, x, grads, aux_cols)
         plain = type(self).scores is PerToken.scores  # the pre-activations are the scores (TopK)
-        return select_per_token(x.detach() - sae.b_dec.detach(), sae.W_enc.detach(), sae.b_enc.detach(), sae.cfg.k,
-                                None if plain else lambda block, rows: self.scores(sae, block, grads, rows),
-                                aux_cols)
+        return select_per_token(
+            x.detach() - sae.b_dec.detach(),
+            sae.W_enc.detach(),
+            sae.b_enc.detach(),
+            sae.cfg.k,
+            None if plain else lambda block, rows: self.scores(sae, block, grads, rows),
+            aux_cols,
+        )
 
 
 class TopK(PerToken):
     """TopK (Gao et al. 2024)."""
+
     name = "topk"
     triton = True
 
 
 class Gradient(PerToken):
     """g-SAE (Olmo et al. 2024): top k of pre + β·pre·|⟨g, W_dec,i⟩| per token; at inference plain TopK."""
+
     name = "gradient"
     triton = True
     needs_grads = True
@@ -264,7 +307,7 @@ class JumpReLURule(Rule):
     def encode(self, sae, pre):
         return pre * (pre > sae.threshold)
 
-    def smallest(self, sae: SparseAutoencoder, cols: Tensor, vals: Tensor) -> Float[Tensor, "F"]:
+    def smallest(self, sae: SparseAutoencoder, cols: Tensor, vals: Tensor) -> Float[Tensor, " F"]:
         """Each latent's new threshold sample this batch (inf: none, left alone)."""
         raise NotImplementedError
 
@@ -278,6 +321,7 @@ class JumpReLURule(Rule):
 
 class MutualChoice(JumpReLURule):
     """Mutual Choice (Ayonrinde 2024; BatchTopK): the k·B largest entries of the batch; one shared threshold."""
+
     name = "mutual_choice"
 
     def select(self, sae, pre, grads):
@@ -291,8 +335,13 @@ class MutualChoice(JumpReLURule):
             flat = flat_topk_indices(pre, sae.cfg.k * len(pre))
             rows, cols = flat // pre.shape[1], flat % pre.shape[1]
             counts = torch.bincount(rows, minlength=len(pre))
-            return Kept(rows, cols, pre.reshape(-1)[flat], torch.cumsum(counts, 0) - counts,
-                        None if aux_cols is None else pre[:, aux_cols])
+            return Kept(
+                rows,
+                cols,
+                pre.reshape(-1)[flat],
+                torch.cumsum(counts, 0) - counts,
+                None if aux_cols is None else pre[:, aux_cols],
+            )
 
     def smallest(self, sae, cols, vals):
         least = vals.min() if len(vals) else torch.tensor(float("inf"), dtype=vals.dtype, device=vals.device)
@@ -301,9 +350,10 @@ class MutualChoice(JumpReLURule):
 
 class FeatureChoice(JumpReLURule):
     """Feature Choice: latent i keeps its m_i best tokens of the batch (uniform or Zipf m_i); a threshold per latent."""
+
     name = "feature_choice"
 
-    def capacities(self, sae: SparseAutoencoder, batch: int) -> Int[Tensor, "F"]:
+    def capacities(self, sae: SparseAutoencoder, batch: int) -> Int[Tensor, " F"]:
         """Tokens each of the d_sae latents may take from a batch of `batch` tokens (sums to k·batch)."""
         cfg = sae.cfg
         total = cfg.k * batch
@@ -320,14 +370,16 @@ class FeatureChoice(JumpReLURule):
     def smallest(self, sae, cols, vals):
         F = len(sae.threshold)  # this rank's latents
         least = torch.full((F,), float("inf"), dtype=vals.dtype, device=vals.device).scatter_reduce_(
-            0, cols, vals, "amin")
+            0, cols, vals, "amin"
+        )
         return sae.layout.min(least) if sae.layout.data else least
 
     def check_training(self, cfg, batch_size, has_grads):
         super().check_training(cfg, batch_size, has_grads)
         if cfg.k * batch_size < cfg.d_sae:
-            raise ValueError(f"feature_choice: k·batch = {cfg.k * batch_size} tokens cannot give each of "
-                             f"{cfg.d_sae} latents one")
+            raise ValueError(
+                f"feature_choice: k·batch = {cfg.k * batch_size} tokens cannot give each of {cfg.d_sae} latents one"
+            )
 
 
 for _rule in (TopK(), Gradient(), MutualChoice(), FeatureChoice()):

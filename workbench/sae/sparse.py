@@ -14,7 +14,8 @@ dense path (model.forward) stays the reference: in float64 both give the same st
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +31,17 @@ CHUNK_ROWS = 512
 
 class Kept(NamedTuple):
     """The entries a rule kept, ordered by token and, within a token, by latent."""
-    rows: Int[Tensor, "n"]  # token of each entry
-    cols: Int[Tensor, "n"]  # latent of each entry
-    pre: Float[Tensor, "n"]  # its pre-activation (detached; `kept_values` makes it differentiable)
-    offsets: Int[Tensor, "B"]  # index of each token's first entry (embedding_bag's bags)
+
+    rows: Int[Tensor, " n"]  # token of each entry
+    cols: Int[Tensor, " n"]  # latent of each entry
+    pre: Float[Tensor, " n"]  # its pre-activation (detached; `kept_values` makes it differentiable)
+    offsets: Int[Tensor, " B"]  # index of each token's first entry (embedding_bag's bags)
     # pre-activations of every token at the latents `aux_cols` asked of the selection (the aux
     # loss's candidates), read off the selection's own GEMM; None when none were asked for
     aux_pre: Float[Tensor, "B m"] | None = None
 
 
-def from_mask(mask: Tensor, pre: Float[Tensor, "B F"], aux_cols: Int[Tensor, "m"] | None = None) -> Kept:
+def from_mask(mask: Tensor, pre: Float[Tensor, "B F"], aux_cols: Int[Tensor, " m"] | None = None) -> Kept:
     """The kept entries of a dense rule's [B, F] mask (and `pre` at the columns `aux_cols`)."""
     rows, cols = mask.nonzero().unbind(1)  # row-major: by token, then latent
     aux_pre = None if aux_cols is None else pre[:, aux_cols]
@@ -51,14 +53,21 @@ def _offsets(rows: Tensor, tokens: int) -> Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
-def pre_block(xc: Float[Tensor, "b d"], W_enc: Float[Tensor, "F d"], b_enc: Float[Tensor, "F"]) -> Float[Tensor, "b F"]:
+def pre_block(
+    xc: Float[Tensor, "b d"], W_enc: Float[Tensor, "F d"], b_enc: Float[Tensor, " F"]
+) -> Float[Tensor, "b F"]:
     """b_enc + xc W_encᵀ, one GEMM with the bias folded in (model.pre_acts computes the same way)."""
     return torch.addmm(b_enc, xc, W_enc.T)
 
 
-def select_per_token(xc: Float[Tensor, "B d"], W_enc: Float[Tensor, "F d"], b_enc: Float[Tensor, "F"], k: int,
-                     score: Callable[[Tensor, slice], Tensor] | None = None,
-                     aux_cols: Int[Tensor, "m"] | None = None) -> Kept:
+def select_per_token(
+    xc: Float[Tensor, "B d"],
+    W_enc: Float[Tensor, "F d"],
+    b_enc: Float[Tensor, " F"],
+    k: int,
+    score: Callable[[Tensor, slice], Tensor] | None = None,
+    aux_cols: Int[Tensor, " m"] | None = None,
+) -> Kept:
     """The k latents of highest score per token, CHUNK_ROWS tokens at a time; `xc` = x − b_dec.
 
     `score(block, rows)` turns the pre-activations of tokens `rows` into the rule's scores (None:
@@ -68,7 +77,7 @@ def select_per_token(xc: Float[Tensor, "B d"], W_enc: Float[Tensor, "F d"], b_en
     idx, pre, aux = [], [], []
     with torch.no_grad():
         for start in range(0, B, CHUNK_ROWS):
-            block = pre_block(xc[start:start + CHUNK_ROWS], W_enc, b_enc)
+            block = pre_block(xc[start : start + CHUNK_ROWS], W_enc, b_enc)
             scores = block if score is None else score(block, slice(start, start + CHUNK_ROWS))
             chosen = topk_indices(scores, k)
             idx.append(chosen)
@@ -77,8 +86,13 @@ def select_per_token(xc: Float[Tensor, "B d"], W_enc: Float[Tensor, "F d"], b_en
                 aux.append(block[:, aux_cols])
     cols = torch.cat(idx).reshape(-1)
     rows = torch.arange(B, device=xc.device).repeat_interleave(k)
-    return Kept(rows, cols, torch.cat(pre).reshape(-1), torch.arange(0, B * k, k, device=xc.device),
-                torch.cat(aux) if aux_cols is not None else None)
+    return Kept(
+        rows,
+        cols,
+        torch.cat(pre).reshape(-1),
+        torch.arange(0, B * k, k, device=xc.device),
+        torch.cat(aux) if aux_cols is not None else None,
+    )
 
 
 class _EncoderPre(torch.autograd.Function):
@@ -108,8 +122,9 @@ class _EncoderPre(torch.autograd.Function):
             db.index_add_(0, aux_cols, g_aux.sum(0))
         dW = None
         if ctx.needs_input_grad[4]:  # dW_enc = Sᵀ xc with S the [B, F] matrix holding g at the kept entries
-            S_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), g, (n_latents, xc.shape[0]),
-                                          check_invariants=False)  # built in range here
+            S_t = torch.sparse_coo_tensor(
+                torch.stack([cols, rows]), g, (n_latents, xc.shape[0]), check_invariants=False
+            )  # built in range here
             dW = torch.sparse.mm(S_t, xc)
             if g_aux is not None:
                 dW.index_add_(0, aux_cols, g_aux.T @ xc)
@@ -120,13 +135,17 @@ class _EncoderPre(torch.autograd.Function):
                 d_x = d_x + g_aux @ W_enc[aux_cols]
         if ctx.needs_input_grad[3]:
             d_b_dec = -(db @ W_enc)
-        return (None, None, d_x, d_b_dec, dW, db if ctx.needs_input_grad[5] else None,
-                None, None, None, None)
+        return (None, None, d_x, d_b_dec, dW, db if ctx.needs_input_grad[5] else None, None, None, None, None)
 
 
-def encoder_values(kept: Kept, x: Float[Tensor, "B d"], b_dec: Float[Tensor, "d"], W_enc: Float[Tensor, "F d"],
-                   b_enc: Float[Tensor, "F"], aux_cols: Int[Tensor, "m"] | None = None
-                   ) -> tuple[Float[Tensor, "n"], Float[Tensor, "B m"] | None]:
+def encoder_values(
+    kept: Kept,
+    x: Float[Tensor, "B d"],
+    b_dec: Float[Tensor, " d"],
+    W_enc: Float[Tensor, "F d"],
+    b_enc: Float[Tensor, " F"],
+    aux_cols: Int[Tensor, " m"] | None = None,
+) -> tuple[Float[Tensor, " n"], Float[Tensor, "B m"] | None]:
     """ReLU(pre) at the kept entries, and the pre-activations at `aux_cols` (kept.aux_pre's),
     differentiable in b_dec, W_enc and b_enc (and x)."""
     if aux_cols is None or kept.aux_pre is None:
@@ -134,11 +153,12 @@ def encoder_values(kept: Kept, x: Float[Tensor, "B d"], b_dec: Float[Tensor, "d"
         aux_pre = x.new_zeros(x.shape[0], 0)
     else:
         aux_pre = kept.aux_pre
-    vals, aux = _EncoderPre.apply(kept.pre, aux_pre, x, b_dec, W_enc, b_enc, kept.rows, kept.cols, kept.offsets,
-                                  aux_cols)
+    vals, aux = _EncoderPre.apply(
+        kept.pre, aux_pre, x, b_dec, W_enc, b_enc, kept.rows, kept.cols, kept.offsets, aux_cols
+    )
     return vals.relu(), (aux if kept.aux_pre is not None else None)
 
 
-def decode(kept: Kept, vals: Float[Tensor, "n"], W_dec: Float[Tensor, "F d"]) -> Float[Tensor, "B d"]:
+def decode(kept: Kept, vals: Float[Tensor, " n"], W_dec: Float[Tensor, "F d"]) -> Float[Tensor, "B d"]:
     """Σ over each token's entries of vals·W_dec[col] (b_dec not added)."""
     return F.embedding_bag(kept.cols, W_dec, kept.offsets, mode="sum", per_sample_weights=vals)

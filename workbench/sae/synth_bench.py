@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -61,29 +62,53 @@ class SynthBenchConfig:
         if self.num_features < 2 or self.hidden_dim < 2 or self.d_sae < 2:
             raise ValueError(f"num_features, hidden_dim and d_sae must be at least 2, got {self}")
         if self.training_samples < self.batch_size:
-            raise ValueError(f"training_samples={self.training_samples} is less than one batch "
-                             f"(batch_size={self.batch_size})")
+            raise ValueError(
+                f"training_samples={self.training_samples} is less than one batch (batch_size={self.batch_size})"
+            )
         if not 0 < self.min_prob <= self.max_prob <= 1:
             raise ValueError(f"expected 0 < min_prob <= max_prob <= 1, got {self.min_prob}, {self.max_prob}")
 
     def model_config(self):
-        from sae_lens.synthetic import (HierarchyConfig, LowRankCorrelationConfig, SyntheticModelConfig,
-                                        ZipfianFiringProbabilityConfig)
-        hierarchy = (HierarchyConfig(total_root_nodes=self.hierarchy_roots, branching_factor=self.hierarchy_branching,
-                                     max_depth=self.hierarchy_depth, mutually_exclusive_portion=self.mutually_exclusive,
-                                     compensate_probabilities=True)
-                     if self.hierarchy_roots else None)
-        correlation = (LowRankCorrelationConfig(rank=self.correlation_rank, correlation_scale=self.correlation_scale,
-                                                seed=self.seed) if self.correlation_rank else None)
+        from sae_lens.synthetic import (
+            HierarchyConfig,
+            LowRankCorrelationConfig,
+            SyntheticModelConfig,
+            ZipfianFiringProbabilityConfig,
+        )
+
+        hierarchy = (
+            HierarchyConfig(
+                total_root_nodes=self.hierarchy_roots,
+                branching_factor=self.hierarchy_branching,
+                max_depth=self.hierarchy_depth,
+                mutually_exclusive_portion=self.mutually_exclusive,
+                compensate_probabilities=True,
+            )
+            if self.hierarchy_roots
+            else None
+        )
+        correlation = (
+            LowRankCorrelationConfig(
+                rank=self.correlation_rank, correlation_scale=self.correlation_scale, seed=self.seed
+            )
+            if self.correlation_rank
+            else None
+        )
         return SyntheticModelConfig(
-            num_features=self.num_features, hidden_dim=self.hidden_dim,
-            firing_probability=ZipfianFiringProbabilityConfig(exponent=self.zipf_exponent, max_prob=self.max_prob,
-                                                              min_prob=self.min_prob),
-            hierarchy=hierarchy, correlation=correlation, seed=self.seed)
+            num_features=self.num_features,
+            hidden_dim=self.hidden_dim,
+            firing_probability=ZipfianFiringProbabilityConfig(
+                exponent=self.zipf_exponent, max_prob=self.max_prob, min_prob=self.min_prob
+            ),
+            hierarchy=hierarchy,
+            correlation=correlation,
+            seed=self.seed,
+        )
 
 
 def make_model(cfg: SynthBenchConfig):
     from sae_lens.synthetic import SyntheticModel
+
     return SyntheticModel(cfg.model_config())
 
 
@@ -132,9 +157,13 @@ class _Replay(torch.nn.Module):
 
 
 def _train_config(cfg: SynthBenchConfig) -> SAETrainConfig:
-    return SAETrainConfig(total_tokens=cfg.training_samples // cfg.batch_size * cfg.batch_size,
-                          batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=min(50, cfg.training_samples // cfg.batch_size),
-                          log_every=10**9)
+    return SAETrainConfig(
+        total_tokens=cfg.training_samples // cfg.batch_size * cfg.batch_size,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_steps=min(50, cfg.training_samples // cfg.batch_size),
+        log_every=10**9,
+    )
 
 
 def train_ours(name: str, cfg: SynthBenchConfig, acts: Tensor, k: int) -> tuple[SparseAutoencoder, float, int]:
@@ -157,17 +186,27 @@ def train_saelens_topk(cfg: SynthBenchConfig, acts: Tensor, k: int):
     replay = _Replay(store, acts.shape[1])
     t0 = time.perf_counter()
     ours = _train_config(cfg)  # the same warm-up and final linear decay as our trainer
-    train_toy_sae(lens, replay, replay, training_samples=ours.total_tokens, batch_size=cfg.batch_size, lr=cfg.lr,
-                  lr_warm_up_steps=ours.warmup_steps, lr_decay_steps=ours.steps - int(ours.decay_start * ours.steps))
+    train_toy_sae(
+        lens,
+        replay,
+        replay,
+        training_samples=ours.total_tokens,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        lr_warm_up_steps=ours.warmup_steps,
+        lr_decay_steps=ours.steps - int(ours.decay_start * ours.steps),
+    )
     return lens, time.perf_counter() - t0, store.drawn
 
 
 def evaluate(lens_sae, synth, cfg: SynthBenchConfig) -> dict:
     """SAELens' eval_sae_on_synthetic_data on cfg.eval_samples fresh samples (seeded)."""
     from sae_lens.synthetic import eval_sae_on_synthetic_data
+
     torch.manual_seed(cfg.seed + 200)
-    res = eval_sae_on_synthetic_data(lens_sae, synth.feature_dict, synth.activation_generator,
-                                     num_samples=cfg.eval_samples, batch_size=8192)
+    res = eval_sae_on_synthetic_data(
+        lens_sae, synth.feature_dict, synth.activation_generator, num_samples=cfg.eval_samples, batch_size=8192
+    )
     out = asdict(res)
     out.update({f"{k}": v for k, v in out.pop("classification").items()})
     return out
@@ -176,6 +215,7 @@ def evaluate(lens_sae, synth, cfg: SynthBenchConfig) -> dict:
 def as_saelens(sae: SparseAutoencoder):
     """Our SAE as the SAELens SAE that `to_saelens` writes and SAELens reads back."""
     from sae_lens import SAE
+
     with tempfile.TemporaryDirectory() as tmp:
         to_saelens(sae, tmp)
         return SAE.load_from_disk(tmp)
@@ -183,6 +223,7 @@ def as_saelens(sae: SparseAutoencoder):
 
 def _saelens_inference(lens):
     from sae_lens import SAE
+
     with tempfile.TemporaryDirectory() as tmp:
         lens.save_inference_model(tmp)
         return SAE.load_from_disk(tmp)
@@ -206,4 +247,3 @@ def run_bench(cfg: SynthBenchConfig, wanted=lambda name: True, log=print) -> dic
         log(row)
         rows.append(row)
     return {"config": asdict(cfg), "k": k, "true_l0": true_l0, "rows": rows}
-

@@ -10,7 +10,8 @@ The merge functions take any object with the few attributes of `parallel.Layout`
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -74,7 +75,7 @@ def topk_indices(scores: Float[Tensor, "b F"], k: int) -> Int[Tensor, "b k"]:
     return idx.sort(1).values
 
 
-def flat_topk_indices(scores: Float[Tensor, "R n"], total: int) -> Int[Tensor, "total"]:
+def flat_topk_indices(scores: Float[Tensor, "R n"], total: int) -> Int[Tensor, " total"]:
     """Flat (row-major) indices of the `total` largest entries of the whole matrix, ascending;
     equal scores go to the lower flat index: the entries `topk_mask(scores.reshape(1, -1), total)` keeps.
 
@@ -106,8 +107,9 @@ def reference_mask(scores: Tensor, k: int | list[int], dim: int = -1) -> Tensor:
     return (ranks < ks).movedim(-1, dim)
 
 
-def merged_topk(ranks: Ranks | None, scores: Float[Tensor, "R n"], k: int | Tensor,
-                to_global: Callable[[Tensor], Tensor]) -> Bool[Tensor, "R n"]:
+def merged_topk(
+    ranks: Ranks | None, scores: Float[Tensor, "R n"], k: int | Tensor, to_global: Callable[[Tensor], Tensor]
+) -> Bool[Tensor, "R n"]:
     """This rank's part of `topk_mask` over each row's entries on all ranks together.
 
     `to_global` maps local column indices to the entry's index in the whole row; equal scores

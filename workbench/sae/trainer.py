@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations import ActivationBatch, ActivationStore
-from ..runs import RunDir, atomic_torch_save, load_state, CheckpointError
+from ..runs import CheckpointError, RunDir, atomic_torch_save, load_state
 from .config import SAEConfig, SAETrainConfig, TritonPath
 from .io import save_sae
 from .losses import aux_loss, aux_zipf_weights, auxk_weights, fvu
@@ -25,8 +25,10 @@ def use_sparse(cfg: SAETrainConfig, layout: Layout = SINGLE, triton: TritonPath 
     if cfg.sparse == "auto":
         return not cfg.device.startswith("cuda") and not layout.latent
     if cfg.sparse and layout.latent:
-        raise ValueError("sparse=True: parallel='latent' merges AuxK candidates across ranks densely; "
-                         "use parallel='data' or sparse=False")
+        raise ValueError(
+            "sparse=True: parallel='latent' merges AuxK candidates across ranks densely; "
+            "use parallel='data' or sparse=False"
+        )
     return bool(cfg.sparse)
 
 
@@ -43,8 +45,9 @@ def make_optimizer(sae: SparseAutoencoder, cfg: SAETrainConfig) -> torch.optim.A
     # the fused Adam (CUDA and, since torch 2.4, CPU) is one pass over p, g, m, v: on 2 CPU cores
     # 4 ms instead of 20-40 ms for the two 8192 × 512 matrices of the wide benchmark shape
     fused = sae.W_enc.device.type in ("cpu", "cuda") or None
-    return torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(sae.cfg.d_sae), betas=cfg.adam_betas,
-                            eps=cfg.adam_eps, fused=fused)
+    return torch.optim.Adam(
+        sae.parameters(), lr=cfg.learning_rate(sae.cfg.d_sae), betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused
+    )
 
 
 def triton_supported(sae_cfg: SAEConfig) -> bool:
@@ -56,30 +59,48 @@ def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE)
     """The fused-kernel path's options when this run takes it, else None."""
     path = cfg.triton_path()
     if cfg.use_triton is None:
-        auto = (cfg.device.startswith("cuda") and torch.cuda.is_available() and triton_supported(sae_cfg)
-                and not layout.latent)
+        auto = (
+            cfg.device.startswith("cuda")
+            and torch.cuda.is_available()
+            and triton_supported(sae_cfg)
+            and not layout.latent
+        )
         return path if auto else None
     if cfg.use_triton and not triton_supported(sae_cfg):
         covered = [name for name, rule in RULES.items() if rule.triton]
-        raise ValueError(f"use_triton: the kernels cover selection {'/'.join(covered)} with aux auxk/none, "
-                         f"not {sae_cfg.selection}/{sae_cfg.aux}")
+        raise ValueError(
+            f"use_triton: the kernels cover selection {'/'.join(covered)} with aux auxk/none, "
+            f"not {sae_cfg.selection}/{sae_cfg.aux}"
+        )
     if cfg.use_triton and layout.latent:
-        raise ValueError("use_triton: the fused kernels do not merge candidates across ranks yet; "
-                         "use parallel='data' or use_triton=False")
+        raise ValueError(
+            "use_triton: the fused kernels do not merge candidates across ranks yet; "
+            "use parallel='data' or use_triton=False"
+        )
     return path if cfg.use_triton else None
 
 
-def _triton_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None, dead: torch.Tensor,
-                   path: TritonPath):
+def _triton_losses(
+    sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None, dead: torch.Tensor, path: TritonPath
+):
     from ..kernels.autograd import triton_forward
 
     cfg, layout = sae.cfg, sae.layout
     n_dead = int(dead.sum()) if cfg.aux == "auxk" else 0
     fused_aux = n_dead > 0 and path.aux == "fused"
     idx, vals, x_hat, aux_idx, e_hat = triton_forward(
-        x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, cfg.k, dead=dead if fused_aux else None,
-        k_aux=cfg.aux_k, grads=grads if sae.rule.needs_grads else None, beta=cfg.beta,
-        precision=path.precision)
+        x,
+        sae.W_enc,
+        sae.b_enc,
+        sae.W_dec,
+        sae.b_dec,
+        cfg.k,
+        dead=dead if fused_aux else None,
+        k_aux=cfg.aux_k,
+        grads=grads if sae.rule.needs_grads else None,
+        beta=cfg.beta,
+        precision=path.precision,
+    )
     mse = fvu(x, x_hat, layout)
     if fused_aux:
         aux = fvu((x - x_hat).detach(), e_hat, layout) * min(n_dead / cfg.aux_k, 1.0)
@@ -93,8 +114,14 @@ def _triton_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor 
     else:
         aux = mse * 0.0
     # L0 counts positive values on every path (as SAELens and SAEBench do), not selected entries
-    return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "sparse": (idx, vals.detach()), "dead": dead,
-            "l0": float((vals > 0).sum(1).float().mean())}
+    return {
+        "loss": mse + cfg.aux_coef * aux,
+        "fvu": mse,
+        "aux": aux,
+        "sparse": (idx, vals.detach()),
+        "dead": dead,
+        "l0": float((vals > 0).sum(1).float().mean()),
+    }
 
 
 def _aux_weights(sae: SparseAutoencoder, dead: torch.Tensor) -> torch.Tensor | None:
@@ -105,12 +132,14 @@ def _aux_weights(sae: SparseAutoencoder, dead: torch.Tensor) -> torch.Tensor | N
     if cfg.aux == "auxk":
         return auxk_weights(dead).to(sae.W_dec.dtype)
     # ranks the usage of all latents, wherever they live
-    return aux_zipf_weights(layout.gather_latents(sae.usage), layout.gather_latents(dead.float()) > 0,
-                            cfg.k)[layout.latent_slice(cfg.d_sae)]
+    return aux_zipf_weights(layout.gather_latents(sae.usage), layout.gather_latents(dead.float()) > 0, cfg.k)[
+        layout.latent_slice(cfg.d_sae)
+    ]
 
 
-def _sparse_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None,
-                   dead: torch.Tensor) -> dict[str, Any]:
+def _sparse_losses(
+    sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None, dead: torch.Tensor
+) -> dict[str, Any]:
     cfg, layout = sae.cfg, sae.layout
     weights = _aux_weights(sae, dead)
     # the aux loss as dense GEMMs over its candidate rows alone (as the Triton path's AuxK), their
@@ -124,13 +153,23 @@ def _sparse_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor 
     else:
         pre = out.aux_pre if out.aux_pre is not None else sae.pre_acts(x, rows)
         aux = aux_loss(pre, x - out.x_hat, sae.W_dec[rows], weights[rows], cfg.aux_k, layout)
-    return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "dead": dead,
-            "sparse": (out.kept.cols, out.vals.detach(), len(x)),
-            "l0": float((out.vals > 0).sum()) / len(x)}
+    return {
+        "loss": mse + cfg.aux_coef * aux,
+        "fvu": mse,
+        "aux": aux,
+        "dead": dead,
+        "sparse": (out.kept.cols, out.vals.detach(), len(x)),
+        "l0": float((out.vals > 0).sum()) / len(x),
+    }
 
 
-def sae_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None,
-               triton: TritonPath | bool | None = None, sparse: bool = False) -> dict[str, Any]:
+def sae_losses(
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    grads: torch.Tensor | None,
+    triton: TritonPath | bool | None = None,
+    sparse: bool = False,
+) -> dict[str, Any]:
     """Forward pass and losses of one batch: the Triton path, else the sparse torch path
     (`sparse`), else the dense one. Under a "data" layout "fvu" and "aux" are this rank's shares
     of the global batch's values; under "latent" every rank has the same values."""
@@ -147,8 +186,14 @@ def sae_losses(sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | No
         aux = mse * 0.0
     else:
         aux = aux_loss(out.pre, x - out.x_hat, sae.W_dec, weights, cfg.aux_k, layout)
-    return {"loss": mse + cfg.aux_coef * aux, "fvu": mse, "aux": aux, "out": out, "dead": dead,
-            "l0": float((out.z > 0).float().sum(1).mean())}
+    return {
+        "loss": mse + cfg.aux_coef * aux,
+        "fvu": mse,
+        "aux": aux,
+        "out": out,
+        "dead": dead,
+        "l0": float((out.z > 0).float().sum(1).mean()),
+    }
 
 
 def update_stats(sae: SparseAutoencoder, res: dict[str, Any]) -> None:
@@ -204,8 +249,9 @@ def _loss_fn(sae: SparseAutoencoder, triton: TritonPath | None, device: str, spa
     return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
 
 
-def _next_batch(store: ActivationStore, layout: Layout, device: str,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _next_batch(
+    store: ActivationStore, layout: Layout, device: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     batch: ActivationBatch = next(store)
     x = batch.acts.to(device, dtype)
     g = batch.grads.to(device, dtype) if batch.grads is not None else None
@@ -224,18 +270,32 @@ def _metrics(res: dict[str, Any], sae: SparseAutoencoder, step: int, cfg: SAETra
         fvu_, aux, l0 = layout.sum(fvu_), layout.sum(aux), layout.sum(l0) / layout.world
     if layout.latent:  # each rank counts its own latents
         l0, dead = layout.sum(l0), layout.sum(dead)
-    return {"step": step, "tokens": (step + 1) * cfg.batch_size,
-            "loss": (fvu_ + sae.cfg.aux_coef * aux).item(), "fvu": fvu_.item(), "aux": aux.item(),
-            "l0": l0.item(), "dead_frac": dead.item() / sae.cfg.d_sae}
+    return {
+        "step": step,
+        "tokens": (step + 1) * cfg.batch_size,
+        "loss": (fvu_ + sae.cfg.aux_coef * aux).item(),
+        "fvu": fvu_.item(),
+        "aux": aux.item(),
+        "l0": l0.item(),
+        "dead_frac": dead.item() / sae.cfg.d_sae,
+    }
 
 
 def _checkpoint(run: RunDir | None, sae: SparseAutoencoder, opt, store, step: int) -> None:
     """Collective under parallel="latent": every rank calls it; rank 0 writes the whole SAE."""
     sae_state, opt_state = full_state(sae.layout, sae, opt)
     if run is not None and sae.layout.rank == 0:
-        atomic_torch_save(run.file("checkpoint.pt"), {
-            "kind": "workbench-sae", "sae_config": asdict(sae.cfg), "sae": sae_state,
-            "optimizer": opt_state, "store": store.state_dict(), "step": step})
+        atomic_torch_save(
+            run.file("checkpoint.pt"),
+            {
+                "kind": "workbench-sae",
+                "sae_config": asdict(sae.cfg),
+                "sae": sae_state,
+                "optimizer": opt_state,
+                "store": store.state_dict(),
+                "step": step,
+            },
+        )
 
 
 def _save_final(run: RunDir, sae: SparseAutoencoder) -> None:
@@ -252,12 +312,21 @@ def _save_final(run: RunDir, sae: SparseAutoencoder) -> None:
 
 def _check_store(store: ActivationStore, layout: Layout) -> None:
     if (store.rank, store.world_size) != (layout.rank, layout.world):
-        raise ValueError(f"store: built as rank {store.rank} of {store.world_size}, but this process is rank "
-                         f"{layout.rank} of {layout.world}: pass rank= and world_size= to ActivationStore")
+        raise ValueError(
+            f"store: built as rank {store.rank} of {store.world_size}, but this process is rank "
+            f"{layout.rank} of {layout.world}: pass rank= and world_size= to ActivationStore"
+        )
 
 
-def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, store: ActivationStore, run: RunDir | None = None,
-              *, stop_after: int | None = None, progress: bool = True) -> SparseAutoencoder:
+def train_sae(
+    sae_cfg: SAEConfig,
+    cfg: SAETrainConfig,
+    store: ActivationStore,
+    run: RunDir | None = None,
+    *,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> SparseAutoencoder:
     """Train (or resume from `run`'s checkpoint) an SAE on batches from `store`.
 
     Writes config.json, metrics.jsonl, checkpoint.pt (every `checkpoint_every` steps) and, at the

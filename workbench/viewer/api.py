@@ -51,14 +51,21 @@ def feature(store: RunStore, name: str, f: int) -> dict:
     if not 0 <= f < len(table.density):
         raise ApiError(404, f"feature must lie in [0, {len(table.density)})")
     tok = _tokenizer(store, name)
-    figs = {"feat-hist": sf.feature_histogram(table, f), "feat-logits": sf.logit_effects(table, f, tok),
-            "feat-corr": sf.correlated_features(table, f)}
-    return {"feature": f, "contexts_html": sf.contexts_html(table, f, tok),
-            "figures": {k: json.loads(v.to_json()) for k, v in figs.items()}}
+    figs = {
+        "feat-hist": sf.feature_histogram(table, f),
+        "feat-logits": sf.logit_effects(table, f, tok),
+        "feat-corr": sf.correlated_features(table, f),
+    }
+    return {
+        "feature": f,
+        "contexts_html": sf.contexts_html(table, f, tok),
+        "figures": {k: json.loads(v.to_json()) for k, v in figs.items()},
+    }
 
 
 def search(store: RunStore, name: str, q: str) -> dict:
     from ..sae.evaluate import features_matching
+
     table = _table(store, name)
     return {"features": features_matching(table, _tokenizer(store, name).encode(q))}
 
@@ -84,6 +91,7 @@ def prompt(store: RunStore, name: str, body: Any) -> dict:
     if not 0 <= f < sae.cfg.d_sae:
         raise ApiError(400, f"feature must lie in [0, {sae.cfg.d_sae})")
     from ..sae.evaluate import feature_on_text
+
     tok = _tokenizer(store, name)
     ids, acts = feature_on_text(model, sae, tok, text, f)
     return {"html": sf.prompt_html(ids, acts, tok)}

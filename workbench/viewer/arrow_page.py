@@ -14,9 +14,11 @@ KIND = "arrow"
 
 
 def summary(res: ArrowRunResult) -> str:
-    return " · ".join(f"{html.escape(k)}: {html.escape(v.verdict)} (gap {100 * v.gap:+.2f}%, "
-                      f"seed-level CI [{100 * v.gap_ci_seeds[0]:+.2f}, {100 * v.gap_ci_seeds[1]:+.2f}])"
-                      for k, v in res.datasets.items())
+    return " · ".join(
+        f"{html.escape(k)}: {html.escape(v.verdict)} (gap {100 * v.gap:+.2f}%, "
+        f"seed-level CI [{100 * v.gap_ci_seeds[0]:+.2f}, {100 * v.gap_ci_seeds[1]:+.2f}])"
+        for k, v in res.datasets.items()
+    )
 
 
 def render(name: str, res: ArrowRunResult) -> str:

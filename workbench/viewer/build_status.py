@@ -49,9 +49,17 @@ def live_bars() -> list[dict]:
     for bar in bars:
         try:
             d = bar.format_dict
-            out.append({"desc": d.get("prefix") or "", "n": d["n"], "total": d.get("total"),
-                        "rate": d.get("rate"), "elapsed": d.get("elapsed"), "unit": d.get("unit", "it"),
-                        "text": str(bar)})
+            out.append(
+                {
+                    "desc": d.get("prefix") or "",
+                    "n": d["n"],
+                    "total": d.get("total"),
+                    "rate": d.get("rate"),
+                    "elapsed": d.get("elapsed"),
+                    "unit": d.get("unit", "it"),
+                    "text": str(bar),
+                }
+            )
         except Exception:  # a bar closed by its thread while we read it: skip it this time
             continue
     return out

@@ -44,6 +44,7 @@ class Evaluations:
 
     def _run(self, name: str, run_dir: Path, job: BuildStatus) -> None:
         from ..sae.run_eval import evaluate_recorded_run
+
         error = None
         try:
             evaluate_recorded_run(run_dir, self.n_windows, status=job)

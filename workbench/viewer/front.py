@@ -56,7 +56,9 @@ class HostCheck:
             if not self.allowed(value):
                 response = PlainTextResponse(
                     f"Host header {value!r} is refused: this viewer answers only to "
-                    f"{', '.join(sorted(self.names))}" + (f" on port {self.port}" if self.port else ""), 403)
+                    f"{', '.join(sorted(self.names))}" + (f" on port {self.port}" if self.port else ""),
+                    403,
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -65,6 +67,7 @@ class HostCheck:
 def build_api(status: BuildStatus, viewer: str):
     async def endpoint(request: Request) -> JSONResponse:
         return JSONResponse({**status.snapshot(), "viewer": viewer})
+
     return endpoint
 
 
@@ -84,9 +87,17 @@ class Viewer:
             body = '<p class="empty">The viewer is still starting; this page reloads when it is ready.</p>'
             return HTMLResponse(pages.page("Starting", body + pages.reload_when_ready()), 503)
 
-        self.front = HostCheck(Starlette(routes=[
-            Route("/", front_page), Route("/api/build", build_api(status, "starting")),
-            Route("/{path:path}", starting, methods=["GET", "POST", "HEAD"])]), host, port)
+        self.front = HostCheck(
+            Starlette(
+                routes=[
+                    Route("/", front_page),
+                    Route("/api/build", build_api(status, "starting")),
+                    Route("/{path:path}", starting, methods=["GET", "POST", "HEAD"]),
+                ]
+            ),
+            host,
+            port,
+        )
 
     def install(self, app) -> None:
         self.full = app

@@ -25,15 +25,23 @@ KIND = "heads"
 def summary(res: HeadsRunResult) -> str:
     r = res.roles
     labels = [lab for row in r.labels for lab in row]
-    few = (f"; too few copied steps to label retrieval ({int(r.n_copied)} < {int(r.config['min_copied_steps'])})"
-           if r.too_few_copied else "")
-    return (f"{labels.count('retrieval')} retrieval, {labels.count('streaming')} streaming heads "
-            f"(copy accuracy {r.copy_accuracy:.2f}{few})")
+    few = (
+        f"; too few copied steps to label retrieval ({int(r.n_copied)} < {int(r.config['min_copied_steps'])})"
+        if r.too_few_copied
+        else ""
+    )
+    return (
+        f"{labels.count('retrieval')} retrieval, {labels.count('streaming')} streaming heads "
+        f"(copy accuracy {r.copy_accuracy:.2f}{few})"
+    )
 
 
 def roles_section(name: str, res: HeadsRunResult) -> str:
-    return (pf.head_roles_summary_html(res.roles) + figure_div(pf.head_role_map(res.roles), "roles")
-            + figure_div(pf.causal_check(res.roles), "causal"))
+    return (
+        pf.head_roles_summary_html(res.roles)
+        + figure_div(pf.head_role_map(res.roles), "roles")
+        + figure_div(pf.causal_check(res.roles), "causal")
+    )
 
 
 def intervals_table(name: str, res: HeadsRunResult) -> str:
@@ -42,13 +50,19 @@ def intervals_table(name: str, res: HeadsRunResult) -> str:
 
     def ci(values, layer, h):
         return f"{values[layer][h][0]:.2f} – {values[layer][h][1]:.2f}"
-    rows = "".join(f"<tr><td>L{i}H{h}</td><td>{html.escape(str(r.labels[i][h]))}</td>"
-                   f"<td>{r.retrieval[i][h]:.2f} ({int(r.retrieval_hits[i][h])}/{int(r.n_copied)})</td>"
-                   f"<td>{ci(r.retrieval_ci, i, h)}</td><td>{r.streaming[i][h]:.2f}</td>"
-                   f"<td>{ci(r.streaming_ci, i, h)}</td><td>{r.delta_loss[i][h]:+.3f}</td></tr>"
-                   for i in range(res.n_layers) for h in range(res.n_heads))
-    return ("<table><tr><th>head</th><th>role</th><th>retrieval (hits/copied)</th><th>Wilson 95%</th>"
-            "<th>streaming</th><th>t 95% over contexts</th><th>Δ copy loss</th></tr>" + rows + "</table>")
+
+    rows = "".join(
+        f"<tr><td>L{i}H{h}</td><td>{html.escape(str(r.labels[i][h]))}</td>"
+        f"<td>{r.retrieval[i][h]:.2f} ({int(r.retrieval_hits[i][h])}/{int(r.n_copied)})</td>"
+        f"<td>{ci(r.retrieval_ci, i, h)}</td><td>{r.streaming[i][h]:.2f}</td>"
+        f"<td>{ci(r.streaming_ci, i, h)}</td><td>{r.delta_loss[i][h]:+.3f}</td></tr>"
+        for i in range(res.n_layers)
+        for h in range(res.n_heads)
+    )
+    return (
+        "<table><tr><th>head</th><th>role</th><th>retrieval (hits/copied)</th><th>Wilson 95%</th>"
+        "<th>streaming</th><th>t 95% over contexts</th><th>Δ copy loss</th></tr>" + rows + "</table>"
+    )
 
 
 def attention_section(name: str, res: HeadsRunResult) -> str:
@@ -82,8 +96,10 @@ attn();
 
 def not_computed(title: str, field: str, anchor: str) -> str:
     """A section whose optional result is absent: said so, with the field results.json lacks."""
-    return (f'<h2>{html.escape(title)}</h2><p class="empty" id="{anchor}-missing">Not computed for this run '
-            f"(results.json has no {html.escape(field)}; the demo computes it, see workbench.demo).</p>")
+    return (
+        f'<h2>{html.escape(title)}</h2><p class="empty" id="{anchor}-missing">Not computed for this run '
+        f"(results.json has no {html.escape(field)}; the demo computes it, see workbench.demo).</p>"
+    )
 
 
 def default_axes(data: dict) -> tuple[str, str]:
@@ -102,8 +118,10 @@ def default_head(data: dict) -> tuple[int, int]:
     scores = (data.get("metrics") or {}).get("retrieval score")
     if not scores:
         return data["n_layers"] - 1, 0
-    return max(((layer, h) for layer in range(data["n_layers"]) for h in range(data["n_heads"])),
-               key=lambda lh: (scores[lh[0]][lh[1]] if _finite(scores[lh[0]][lh[1]]) else -math.inf, lh))
+    return max(
+        ((layer, h) for layer in range(data["n_layers"]) for h in range(data["n_heads"])),
+        key=lambda lh: (scores[lh[0]][lh[1]] if _finite(scores[lh[0]][lh[1]]) else -math.inf, lh),
+    )
 
 
 def _finite(v) -> bool:
@@ -111,8 +129,10 @@ def _finite(v) -> bool:
 
 
 def _options(values, selected, label=str) -> str:
-    return "".join(f'<option value="{html.escape(str(v))}"{" selected" if v == selected else ""}>'
-                   f"{html.escape(label(v))}</option>" for v in values)
+    return "".join(
+        f'<option value="{html.escape(str(v))}"{" selected" if v == selected else ""}>{html.escape(label(v))}</option>'
+        for v in values
+    )
 
 
 def _fig_json(fig) -> dict:
@@ -132,8 +152,11 @@ def explorer_section(name: str, res: HeadsRunResult) -> str:
     scatter = hf.head_scatter(data, x, y, selected=(layer, head_))
     detail = hf.head_detail(data, layer, head_, context)
     metrics = list(data["metrics"])
-    ctx_picker = (f'<label>context <select id="hx-context">{_options(contexts, context)}</select></label>'
-                  if contexts else '<span class="empty">no attention patterns recorded</span>')
+    ctx_picker = (
+        f'<label>context <select id="hx-context">{_options(contexts, context)}</select></label>'
+        if contexts
+        else '<span class="empty">no attention patterns recorded</span>'
+    )
     state = {"run": name, "x": x, "y": y, "scatter": _fig_json(scatter), "detail": _fig_json(detail)}
     return f"""
 <h2>Head explorer</h2>
@@ -189,19 +212,26 @@ def methods_section(name: str, res: HeadsRunResult) -> str:
     parts = []
     if res.duo:
         d, c = res.duo, res.duo.get("config") or {}
-        how = (f" ({len(d.get('steps') or [])} Adam steps, lr {c.get('lr')}, λ {c.get('lam')}, distance "
-               f"{html.escape(str(c.get('distance')))}, on {c.get('n_contexts')} passkey contexts of "
-               f"{(c.get('passkey') or {}).get('seq_len')} tokens; streaming = sink {c.get('sink')} + window "
-               f"{c.get('window')}; seed {c.get('seed')}"
-               + (f"; final loss {d['loss'][-1]:.4f}" if d.get("loss") else "")
-               + (f"; {d['seconds']:.1f} s)" if d.get("seconds") is not None else ")") if c else "")
-        parts.append(f"<p>DuoAttention gates{how}: each head's α is the explorer's “Duo α”, its curve in the "
-                     f"head's detail.</p>")
+        how = (
+            f" ({len(d.get('steps') or [])} Adam steps, lr {c.get('lr')}, λ {c.get('lam')}, distance "
+            f"{html.escape(str(c.get('distance')))}, on {c.get('n_contexts')} passkey contexts of "
+            f"{(c.get('passkey') or {}).get('seq_len')} tokens; streaming = sink {c.get('sink')} + window "
+            f"{c.get('window')}; seed {c.get('seed')}"
+            + (f"; final loss {d['loss'][-1]:.4f}" if d.get("loss") else "")
+            + (f"; {d['seconds']:.1f} s)" if d.get("seconds") is not None else ")")
+            if c
+            else ""
+        )
+        parts.append(
+            f"<p>DuoAttention gates{how}: each head's α is the explorer's “Duo α”, its curve in the head's detail.</p>"
+        )
     if res.razor:
         z = res.razor
         prot = [f"L{layer}H{h}" for layer, row in enumerate(z["protected"]) for h, p in enumerate(row) if p]
-        parts.append(f"<p>RazorAttention's rule protects the top {z['n_induction_protected']} heads by induction "
-                     f"score and the top {z['n_echo_protected']} by echo score: {', '.join(prot) or 'none'}.</p>")
+        parts.append(
+            f"<p>RazorAttention's rule protects the top {z['n_induction_protected']} heads by induction "
+            f"score and the top {z['n_echo_protected']} by echo score: {', '.join(prot) or 'none'}.</p>"
+        )
     if not parts:
         return not_computed("DuoAttention gates and RazorAttention's rule", "duo or razor", "methods")
     return "<h2>DuoAttention gates and RazorAttention's rule</h2>" + "".join(parts)
@@ -212,18 +242,23 @@ def tradeoff_section(name: str, res: HeadsRunResult) -> str:
     if not res.kv_tradeoff:
         return not_computed("KV-cache trade-off", "kv_tradeoff", "tradeoff")
     from ..figures.kv_tradeoff import LABELS, tradeoff_figure
+
     d = res.kv_tradeoff
     verdict = ""
     if 25.0 in d.get("fractions", []) and d.get("random_band"):
         i = d["fractions"].index(25.0)
         band = d["random_band"]["needle_acc"]
-        rows = "".join(f"<tr><td>{html.escape(LABELS.get(k, k))}</td><td>{c['needle_acc'][i]:.3f}</td>"
-                       f"<td>{'yes' if c['needle_acc'][i] > band['max'][i] else 'no'}</td></tr>"
-                       for k, c in d["curves"].items())
-        verdict = (f"<p>At 25% of heads full (KV cache {d['kv_fraction'][i]:.2f} of full), needle copy accuracy; "
-                   f"a ranking beats chance when it lies above every one of the {len(d['random_curves'])} random "
-                   f"rankings ({band['min'][i]:.3f}–{band['max'][i]:.3f}).</p><table><tr><th>ranking</th>"
-                   f"<th>needle copy accuracy</th><th>above the random band?</th></tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(LABELS.get(k, k))}</td><td>{c['needle_acc'][i]:.3f}</td>"
+            f"<td>{'yes' if c['needle_acc'][i] > band['max'][i] else 'no'}</td></tr>"
+            for k, c in d["curves"].items()
+        )
+        verdict = (
+            f"<p>At 25% of heads full (KV cache {d['kv_fraction'][i]:.2f} of full), needle copy accuracy; "
+            f"a ranking beats chance when it lies above every one of the {len(d['random_curves'])} random "
+            f"rankings ({band['min'][i]:.3f}–{band['max'][i]:.3f}).</p><table><tr><th>ranking</th>"
+            f"<th>needle copy accuracy</th><th>above the random band?</th></tr>{rows}</table>"
+        )
     return "<h2>KV-cache trade-off</h2>" + figure_div(tradeoff_figure(d), "kv-tradeoff") + verdict
 
 
@@ -231,8 +266,11 @@ def agreement_section(name: str, res: HeadsRunResult) -> str:
     """Spearman rho between the head rankings, and with the causal check, with intervals."""
     if not res.agreement:
         return not_computed("Do the head rankings agree?", "agreement", "agreement")
-    return ("<h2>Do the head rankings agree?</h2>" + figure_div(hf.agreement_heatmap(res.agreement), "agreement")
-            + hf.agreement_table_html(res.agreement))
+    return (
+        "<h2>Do the head rankings agree?</h2>"
+        + figure_div(hf.agreement_heatmap(res.agreement), "agreement")
+        + hf.agreement_table_html(res.agreement)
+    )
 
 
 def over_training_section(name: str, res: HeadsRunResult) -> str:
@@ -244,11 +282,13 @@ def over_training_section(name: str, res: HeadsRunResult) -> str:
     metrics = [m for m in hf.OVER_METRICS if over.get(m)]
     figs = {m: _fig_json(hf.heads_over_training(over, m)) for m in metrics}
     formed = over.get("formed") or {}
-    said = "; ".join(f"{html.escape(k)} between steps {v[0]} and {v[1]}" if v else f"{html.escape(k)}: not formed"
-                     for k, v in formed.items())
+    said = "; ".join(
+        f"{html.escape(k)} between steps {v[0]} and {v[1]}" if v else f"{html.escape(k)}: not formed"
+        for k, v in formed.items()
+    )
     return f"""
 <h2>Heads over training</h2>
-<p>The head scores at every saved checkpoint ({len(over['steps'])}: steps {over['steps'][0]}–{over['steps'][-1]});
+<p>The head scores at every saved checkpoint ({len(over["steps"])}: steps {over["steps"][0]}–{over["steps"][-1]});
 formed (first held to the last checkpoint): {said or "n/a"}.</p>
 <div class="controls"><label>score
 <select id="over-metric">{_options(metrics, metrics[0], hf.OVER_METRICS.get)}</select></label></div>
@@ -261,8 +301,16 @@ formed (first held to the last checkpoint): {said or "n/a"}.</p>
 }})();</script>"""
 
 
-SECTIONS = [roles_section, intervals_table, explorer_section, methods_section, tradeoff_section,
-            agreement_section, over_training_section, attention_section]
+SECTIONS = [
+    roles_section,
+    intervals_table,
+    explorer_section,
+    methods_section,
+    tradeoff_section,
+    agreement_section,
+    over_training_section,
+    attention_section,
+]
 
 
 def render(name: str, res: HeadsRunResult) -> str:
@@ -273,8 +321,10 @@ def _int_param(query: dict, key: str, default: int | None = None) -> int:
     try:
         return int(query[key]) if key in query or default is None else default
     except (KeyError, ValueError):
-        raise ApiError(400, "layer and head must be given as integers"
-                       + (f" (and {key} too)" if key not in ("layer", "head") else "")) from None
+        raise ApiError(
+            400,
+            "layer and head must be given as integers" + (f" (and {key} too)" if key not in ("layer", "head") else ""),
+        ) from None
 
 
 def attention(name: str, res: HeadsRunResult, query: dict) -> dict:
@@ -292,7 +342,6 @@ def attention(name: str, res: HeadsRunResult, query: dict) -> dict:
         raise ApiError(400, f"layer must lie in [0, {L}) and head in [0, {H}), got layer={layer}, head={head}")
     fig = pf.attention_pattern(ex.patterns[layer][head], ex.tokens, f"{ex.name}: layer {layer}, head {head}")
     return json.loads(fig.to_json())
-
 
 
 def _int_arg(query: dict, key: str, default: int | None = None) -> int:
@@ -351,12 +400,26 @@ def head(name: str, res: HeadsRunResult, query: dict, tokenizer=None) -> dict:
     tok = tokenizer if ctx and _decodes(tokenizer, ctx.get("ids") or []) else None
     tokens = ([tok.token_str(int(i)) for i in ctx["ids"]] if tok else ctx["tokens"]) if ctx else []
     iv = data.get("intervals") or {}
-    scores = {m: {"value": v[layer][head_] if _finite(v[layer][head_]) else None,
-                  "interval": iv[m][layer][head_] if iv.get(m) else None} for m, v in data["metrics"].items()}
+    scores = {
+        m: {
+            "value": v[layer][head_] if _finite(v[layer][head_]) else None,
+            "interval": iv[m][layer][head_] if iv.get(m) else None,
+        }
+        for m, v in data["metrics"].items()
+    }
     curve = data.get("gate_curve")
     gate = {"step": curve["step"], "alpha": [a[layer][head_] for a in curve["alpha"]]} if curve else None
-    return {"layer": layer, "head": head_, "role": (data.get("labels") or [[None] * H] * L)[layer][head_],
-            "context": context, "tokens": tokens, "pattern": ctx["patterns"][layer][head_] if ctx else None,
-            "scores": scores, "gate_curve": gate, "x": x, "y": y,
-            "detail": _fig_json(hf.head_detail(data, layer, head_, context, tokenizer=tok)),
-            "scatter": _fig_json(hf.head_scatter(data, x, y, selected=(layer, head_)))}
+    return {
+        "layer": layer,
+        "head": head_,
+        "role": (data.get("labels") or [[None] * H] * L)[layer][head_],
+        "context": context,
+        "tokens": tokens,
+        "pattern": ctx["patterns"][layer][head_] if ctx else None,
+        "scores": scores,
+        "gate_curve": gate,
+        "x": x,
+        "y": y,
+        "detail": _fig_json(hf.head_detail(data, layer, head_, context, tokenizer=tok)),
+        "scatter": _fig_json(hf.head_scatter(data, x, y, selected=(layer, head_))),
+    }

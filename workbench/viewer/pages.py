@@ -36,14 +36,22 @@ textarea { width: 100%; height: 60px; font-family: ui-monospace, monospace; }
 def js_literal(value) -> str:
     """`value` as a JavaScript literal that is safe inside a <script> element: JSON with <, > and &
     escaped, so that no string from disk (a run name, a token) can close the script or open a tag."""
-    return (json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return (
+        json.dumps(value)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def figure_div(fig: go.Figure, div_id: str) -> str:
     payload = js_literal(json.loads(fig.to_json()))  # traces carry tokens and names read from disk
-    return (f'<div id="{div_id}" class="fig"></div><script>(function(){{const f={payload};'
-            f'Plotly.newPlot("{div_id}", f.data, f.layout, {{responsive: true, displaylogo: false}});}})();</script>')
+    return (
+        f'<div id="{div_id}" class="fig"></div><script>(function(){{const f={payload};'
+        f'Plotly.newPlot("{div_id}", f.data, f.layout, {{responsive: true, displaylogo: false}});}})();</script>'
+    )
 
 
 def page(title: str, body: str) -> str:
@@ -63,8 +71,11 @@ def metrics_table(values: dict, keys: list[str]) -> str:
     for k in keys:
         if k in values and values[k] is not None:
             v = values[k]
-            rows.append(f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float)
-                        else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>")
+            rows.append(
+                f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>"
+                if isinstance(v, float)
+                else f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            )
     return f"<table>{''.join(rows)}</table>"
 
 
@@ -109,8 +120,10 @@ def build_panel(snapshot: dict) -> str:
   function draw(d) {{
     const section = document.getElementById("build");
     section.hidden = d.phase === "finished" && !d.error && d.stages.every(s => s.state === "done");
-    document.getElementById("build-title").textContent = d.phase === "loading" ? "Starting (loading torch and the models)"
-      : d.phase === "stopped" ? "The build was stopped" : d.phase === "finished" ? "Demo build finished" : "Building the demo";
+    document.getElementById("build-title").textContent =
+      d.phase === "loading" ? "Starting (loading torch and the models)"
+      : d.phase === "stopped" ? "The build was stopped"
+      : d.phase === "finished" ? "Demo build finished" : "Building the demo";
     drawStages(document.querySelector("#build-stages tbody"), d.stages);
     const err = document.getElementById("build-error"); err.hidden = !d.error; err.textContent = d.error || "";
   }}

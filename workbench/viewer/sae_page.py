@@ -13,8 +13,21 @@ from ..results import SAERunResult
 from .pages import STAGES_JS, figure_div, js_literal, metrics_table
 
 KIND = "sae"
-SHOWN = ("fvu", "explained_variance", "l0", "dead_frac", "dense_frac", "ce_loss_recovered", "ce_loss_recovered_vs_mean",
-         "kl_sae", "ce_clean", "ce_sae", "n_tokens", "eval_split", "eval_windows")  # SAERunResult fields, in order
+SHOWN = (
+    "fvu",
+    "explained_variance",
+    "l0",
+    "dead_frac",
+    "dense_frac",
+    "ce_loss_recovered",
+    "ce_loss_recovered_vs_mean",
+    "kl_sae",
+    "ce_clean",
+    "ce_sae",
+    "n_tokens",
+    "eval_split",
+    "eval_windows",
+)  # SAERunResult fields, in order
 
 
 def summary(res: SAERunResult) -> str:
@@ -42,10 +55,12 @@ def render(name: str, res: SAERunResult, metrics: list[dict], density: list[floa
 def render_unevaluated(name: str, metrics: list[dict], job: dict | None) -> str:
     """A trained SAE without results.json: training curves and the compute-evaluation panel. `job`: the
     running (or last) evaluation's BuildStatus snapshot, or None."""
-    intro = ('<p id="not-evaluated">This SAE has been trained but not evaluated (trained with <code>--no-eval</code>, '
-             "or its evaluation was interrupted): no reconstruction or CE-loss numbers and no feature table yet. "
-             "Computing them runs the run's own model over held-out windows of its own text (a minute or so on a "
-             "CPU for a small model).</p>")
+    intro = (
+        '<p id="not-evaluated">This SAE has been trained but not evaluated (trained with <code>--no-eval</code>, '
+        "or its evaluation was interrupted): no reconstruction or CE-loss numbers and no feature table yet. "
+        "Computing them runs the run's own model over held-out windows of its own text (a minute or so on a "
+        "CPU for a small model).</p>"
+    )
     return intro + evaluation_panel(name, job) + figure_div(sf.training_curves(metrics), "curves")
 
 
@@ -54,7 +69,8 @@ def evaluation_panel(name: str, job: dict | None) -> str:
     half second; the page reloads into the full SAE page once results.json is written."""
     return f"""
 <section id="evaluate"><button id="evaluate-go">Compute the evaluation</button>
-<table id="evaluate-stages" hidden><thead><tr><th>stage</th><th>state</th><th>progress</th></tr></thead><tbody></tbody></table>
+<table id="evaluate-stages" hidden>
+<thead><tr><th>stage</th><th>state</th><th>progress</th></tr></thead><tbody></tbody></table>
 <p id="evaluate-error" class="error" hidden></p></section>
 <script>{STAGES_JS}
 (function() {{
@@ -132,7 +148,8 @@ document.getElementById("search-go").onclick = async () => {{
   const d = await r.json().catch(() => null);
   if (!r.ok) {{ showError("search-results", r, d); return; }}
   const out = document.getElementById("search-results");
-  out.innerHTML = d.features.length ? d.features.map(f => `<a href="#" data-f="${{f}}">#${{f}}</a>`).join(" ") : "no match";
+  out.innerHTML = d.features.length
+    ? d.features.map(f => `<a href="#" data-f="${{f}}">#${{f}}</a>`).join(" ") : "no match";
   out.querySelectorAll("a").forEach(a => a.onclick = (e) => {{ e.preventDefault(); show(parseInt(a.dataset.f)); }});
 }};
 document.getElementById("prompt-go").onclick = async () => {{

@@ -43,6 +43,7 @@ PAGE_ERRORS = (RunError, ResultsError, KeyError, ValueError, TypeError, IndexErr
 
 # --- pages (HTML bodies; each takes the store and a run name) -----------------------------------------
 
+
 def run_summary(store: RunStore, jobs: Evaluations, name: str) -> tuple[str, str]:
     """(kind, headline html) of one run for the overview."""
     kind = store.kind(name)
@@ -72,10 +73,15 @@ def overview_body(store: RunStore, jobs: Evaluations, build: BuildStatus | None)
             kind = html.escape(kind)
         except PAGE_ERRORS as e:
             kind, summary = "?", f'<span class="error">{html.escape(f"{type(e).__name__}: {e}")}</span>'
-        rows.append(f'<tr><td><a href="/run/{quote(run.name, safe="")}">{html.escape(run.name)}</a></td>'
-                    f'<td>{kind}</td><td>{summary}</td></tr>')
-    body = ("<table><tr><th>run</th><th>kind</th><th>headline</th></tr>" + "".join(rows) + "</table>"
-            if rows else f'<p class="empty">No runs in {html.escape(str(store.root))}.</p>')
+        rows.append(
+            f'<tr><td><a href="/run/{quote(run.name, safe="")}">{html.escape(run.name)}</a></td>'
+            f"<td>{kind}</td><td>{summary}</td></tr>"
+        )
+    body = (
+        "<table><tr><th>run</th><th>kind</th><th>headline</th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else f'<p class="empty">No runs in {html.escape(str(store.root))}.</p>'
+    )
     panel = pages.build_panel({**build.snapshot(), "viewer": "ready"}) if build is not None else ""
     return panel + body
 
@@ -103,18 +109,27 @@ def run_body(store: RunStore, jobs: Evaluations, name: str) -> tuple[str, str]:
 
 # --- the app --------------------------------------------------------------------------------------
 
+
 def json_route(fn: Callable) -> Callable:
     """An API function's result as JSON, an ApiError as {"error": message} with its status."""
+
     async def endpoint(request: Request) -> JSONResponse:
         try:
             return JSONResponse(await fn(request))
         except ApiError as e:
             return JSONResponse({"error": str(e)}, e.status)
+
     return endpoint
 
 
-def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, host: str = "127.0.0.1",
-               port: int | None = None, build: BuildStatus | None = None, eval_windows: int | None = None) -> Starlette:
+def create_app(
+    runs_root: str | Path,
+    benchmarks_md: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    build: BuildStatus | None = None,
+    eval_windows: int | None = None,
+) -> Starlette:
     """The viewer over `runs_root`. Requests whose Host is not `host` or loopback (on `port`; any
     port when None) are refused; `build`, when given, is shown live on `/` and at /api/build;
     `eval_windows`: held-out windows when an SAE run is evaluated from its page (None: 32)."""
@@ -128,8 +143,14 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         if store.path(name) is None:
             return HTMLResponse(pages.page("Not found", pages.error_box(f"no run named {name!r}")), 404)
         if build is not None and build.state_of(name) in ("pending", "running"):
-            return HTMLResponse(pages.page(name, '<p class="empty" id="run-building">This run is being built; '
-                                           'its page appears when it is done (see <a href="/">Runs</a>).</p>'), 503)
+            return HTMLResponse(
+                pages.page(
+                    name,
+                    '<p class="empty" id="run-building">This run is being built; '
+                    'its page appears when it is done (see <a href="/">Runs</a>).</p>',
+                ),
+                503,
+            )
         try:
             kind, body = run_body(store, jobs, name)
         except PAGE_ERRORS as e:
@@ -153,7 +174,7 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         try:
             body = await request.json()
         except Exception:
-            raise ApiError(400, "the body is not JSON: expected {\"text\": str, \"feature\": int}") from None
+            raise ApiError(400, 'the body is not JSON: expected {"text": str, "feature": int}') from None
         return api.prompt(store, request.path_params["name"], body)
 
     async def attention(request: Request) -> dict:
@@ -189,15 +210,21 @@ def create_app(runs_root: str | Path, benchmarks_md: str | Path | None = None, h
         return HTMLResponse(pages.page("Error", pages.error_box(message)), 500)
 
     build_routes = [Route("/api/build", build_api(build, "ready"))] if build is not None else []
-    return Starlette(middleware=[Middleware(HostCheck, host=host, port=port)],
-                     exception_handlers={Exception: unexpected}, routes=build_routes + [
-        Route("/", overview), Route("/run/{name}", run_page), Route("/benchmarks", benchmarks),
-        Route("/api/run/{name}/feature/{feature:int}", json_route(feature)),
-        Route("/api/run/{name}/search", json_route(search)),
-        Route("/api/run/{name}/prompt", json_route(prompt), methods=["POST"]),
-        Route("/api/run/{name}/attention", json_route(attention)),
-        Route("/api/run/{name}/head", json_route(head)),
-        Route("/api/run/{name}/evaluate", json_route(evaluate), methods=["GET", "POST"]),
-        Route("/files/{name}/{path:path}", run_file),
-        Route("/static/plotly.min.js", plotly_js),
-    ])
+    return Starlette(
+        middleware=[Middleware(HostCheck, host=host, port=port)],
+        exception_handlers={Exception: unexpected},
+        routes=build_routes
+        + [
+            Route("/", overview),
+            Route("/run/{name}", run_page),
+            Route("/benchmarks", benchmarks),
+            Route("/api/run/{name}/feature/{feature:int}", json_route(feature)),
+            Route("/api/run/{name}/search", json_route(search)),
+            Route("/api/run/{name}/prompt", json_route(prompt), methods=["POST"]),
+            Route("/api/run/{name}/attention", json_route(attention)),
+            Route("/api/run/{name}/head", json_route(head)),
+            Route("/api/run/{name}/evaluate", json_route(evaluate), methods=["GET", "POST"]),
+            Route("/files/{name}/{path:path}", run_file),
+            Route("/static/plotly.min.js", plotly_js),
+        ],
+    )

@@ -31,6 +31,7 @@ def check_safetensors(path: Path) -> None:
         raise RunError(f"{path.name} is missing")
     try:
         from safetensors import safe_open
+
         with safe_open(str(path), framework="pt") as f:
             f.keys()
     except Exception as e:
@@ -80,6 +81,7 @@ class RunStore:
     def feature_table(self, name: str):
         """features.safetensors, reloaded when the file changes (an evaluation from the viewer)."""
         from ..sae.evaluate import FeatureTable
+
         path = self.root / name / "features.safetensors"
         if not path.exists():
             raise RunError("features.safetensors is missing")
@@ -103,6 +105,7 @@ class RunStore:
             if name in self._tokenizers:
                 return self._tokenizers[name]
         from ..pretrained import tokenizer_for_run
+
         try:
             tok = tokenizer_for_run(self.root / name)
         except Exception as e:
@@ -124,11 +127,14 @@ class RunStore:
                 check_safetensors(d / file)
         from ..pretrained import model_for_run
         from ..sae.io import load_sae
+
         try:
             pair = model_for_run(d)[0], load_sae(d)
         except Exception as e:
-            raise RunError(f"its model or SAE could not be loaded (sae.safetensors, sae_config.json, "
-                           f"model.safetensors, model_config.json): {type(e).__name__}: {e}") from e
+            raise RunError(
+                f"its model or SAE could not be loaded (sae.safetensors, sae_config.json, "
+                f"model.safetensors, model_config.json): {type(e).__name__}: {e}"
+            ) from e
         with self._lock:
             self._models = {**{k: v for k, v in list(self._models.items())[-1:]}, name: pair}
         return pair

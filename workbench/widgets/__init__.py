@@ -1,8 +1,8 @@
 """ipywidgets dashboards built on workbench.figures (the same builders as the viewer).
 
 Dashboards take the typed run results of workbench.results (what a run's results.json reads back
-as) or the probes' own result classes. Each dashboard keeps its current plotly figures in `.figures` (name → go.Figure) so code and
-tests can read what is shown; `.widget` is what a notebook displays.
+as) or the probes' own result classes. Each dashboard keeps its current plotly figures in `.figures`
+(name → go.Figure) so code and tests can read what is shown; `.widget` is what a notebook displays.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class _Dashboard:
 
     def _ipython_display_(self):  # pragma: no cover - notebook display
         from IPython.display import display
+
         display(self.widget)
 
 
@@ -67,8 +68,15 @@ class FeatureExplorer(_Dashboard):
     correlated features; with a model and SAE, run your own text through it. `evals` (a run's
     usefulness.json, `read_run_evals`) adds sparse probing and absorption-style scores."""
 
-    def __init__(self, table: FeatureTable, tokenizer: Tokenizer, model=None, sae=None, feature: int | None = None,
-                 evals: dict | None = None):
+    def __init__(
+        self,
+        table: FeatureTable,
+        tokenizer: Tokenizer,
+        model=None,
+        sae=None,
+        feature: int | None = None,
+        evals: dict | None = None,
+    ):
         self.table, self.tok, self.model, self.sae = table, tokenizer, model, sae
         n = len(table.density)
         first = int(table.density.argmax()) if feature is None else feature
@@ -81,21 +89,37 @@ class FeatureExplorer(_Dashboard):
         self.prompt_button = W.Button(description="run through the SAE", disabled=model is None or sae is None)
         self.prompt_out = W.HTML()
         dead = int((table.density == 0).sum())
-        self.status = W.HTML(f"<i>{dead} of {n} features never fire on these tokens</i>" if dead
-                             else f"<i>no dead latents: all {n} features fire</i>")
-        self.panes = {"hist": FigurePane(sf.feature_histogram(table, first)),
-                      "logits": FigurePane(sf.logit_effects(table, first, tokenizer)),
-                      "corr": FigurePane(sf.correlated_features(table, first)),
-                      "usefulness": FigurePane(ef.usefulness_figure(evals))}
+        self.status = W.HTML(
+            f"<i>{dead} of {n} features never fire on these tokens</i>"
+            if dead
+            else f"<i>no dead latents: all {n} features fire</i>"
+        )
+        self.panes = {
+            "hist": FigurePane(sf.feature_histogram(table, first)),
+            "logits": FigurePane(sf.logit_effects(table, first, tokenizer)),
+            "corr": FigurePane(sf.correlated_features(table, first)),
+            "usefulness": FigurePane(ef.usefulness_figure(evals)),
+        }
         self.usefulness = W.HTML(ef.usefulness_html(evals))
         self.feature.observe(lambda ch: self.show(ch["new"]), names="value")
         self.search_button.on_click(lambda _: self.run_search())
         self.prompt_button.on_click(lambda _: self.run_prompt())
         self.show(first)
-        self.widget = W.VBox([self.status, W.HBox([self.feature, self.search, self.search_button]), self.search_out,
-                              self.contexts, W.HBox([self.panes["hist"].widget, self.panes["logits"].widget]),
-                              self.panes["corr"].widget, self.prompt, self.prompt_button, self.prompt_out,
-                              self.usefulness, self.panes["usefulness"].widget])
+        self.widget = W.VBox(
+            [
+                self.status,
+                W.HBox([self.feature, self.search, self.search_button]),
+                self.search_out,
+                self.contexts,
+                W.HBox([self.panes["hist"].widget, self.panes["logits"].widget]),
+                self.panes["corr"].widget,
+                self.prompt,
+                self.prompt_button,
+                self.prompt_out,
+                self.usefulness,
+                self.panes["usefulness"].widget,
+            ]
+        )
 
     def show(self, f: int) -> None:
         if self.feature.value != f:
@@ -127,6 +151,7 @@ class FeatureExplorer(_Dashboard):
 def _roles(roles) -> tuple[HeadRoles, list[list[list[list[float]]]] | None, list[str] | None]:
     """HeadRoles from a HeadsRunResult (with its first example's patterns), a HeadRoles, or its to_dict()."""
     from ..results import HeadsRunResult
+
     if isinstance(roles, HeadsRunResult):
         ex = roles.examples[0] if roles.examples else None
         return roles.roles, ex.patterns if ex else None, ex.tokens if ex else None
@@ -139,8 +164,9 @@ class HeadRoleMap(_Dashboard):
     attention pattern on the needle context. `roles`: a HeadsRunResult (its first example gives the
     patterns) or a HeadRoles with `patterns` [L][H][q][k] and `token_strs`."""
 
-    def __init__(self, roles: HeadsRunResult | HeadRoles, patterns: list | None = None,
-                 token_strs: list[str] | None = None):
+    def __init__(
+        self, roles: HeadsRunResult | HeadRoles, patterns: list | None = None, token_strs: list[str] | None = None
+    ):
         self.roles, ex_patterns, ex_tokens = _roles(roles)
         self.patterns, self.token_strs = patterns or ex_patterns, token_strs or ex_tokens or []
         L, H = len(self.roles.retrieval), len(self.roles.retrieval[0])
@@ -148,13 +174,23 @@ class HeadRoleMap(_Dashboard):
         self.head = W.Dropdown(options=list(range(H)), value=0, description="head")
         self.role = W.HTML()
         self.status = W.HTML(pf.head_roles_summary_html(self.roles))
-        self.panes = {"roles": FigurePane(pf.head_role_map(self.roles)), "causal": FigurePane(pf.causal_check(self.roles)),
-                      "attention": FigurePane(self._attention())}
+        self.panes = {
+            "roles": FigurePane(pf.head_role_map(self.roles)),
+            "causal": FigurePane(pf.causal_check(self.roles)),
+            "attention": FigurePane(self._attention()),
+        }
         self.layer.observe(lambda _: self.update(), names="value")
         self.head.observe(lambda _: self.update(), names="value")
         self.update()
-        self.widget = W.VBox([self.status, self.panes["roles"].widget, self.panes["causal"].widget,
-                              W.HBox([self.layer, self.head, self.role]), self.panes["attention"].widget])
+        self.widget = W.VBox(
+            [
+                self.status,
+                self.panes["roles"].widget,
+                self.panes["causal"].widget,
+                W.HBox([self.layer, self.head, self.role]),
+                self.panes["attention"].widget,
+            ]
+        )
 
     def _attention(self) -> go.Figure:
         if not self.patterns:
@@ -164,11 +200,14 @@ class HeadRoleMap(_Dashboard):
 
     def update(self) -> None:
         import html
+
         l, h, r = self.layer.value, self.head.value, self.roles
         hits = f" ({r.retrieval_hits[l][h]}/{r.n_copied} copied steps)"
-        self.role.value = (f"<b>{html.escape(r.labels[l][h])}</b> · retrieval {r.retrieval[l][h]:.2f}"
-                           f" [{r.retrieval_ci[l][h][0]:.2f}, {r.retrieval_ci[l][h][1]:.2f}]{hits} · streaming "
-                           f"{r.streaming[l][h]:.2f} [{r.streaming_ci[l][h][0]:.2f}, {r.streaming_ci[l][h][1]:.2f}]")
+        self.role.value = (
+            f"<b>{html.escape(r.labels[l][h])}</b> · retrieval {r.retrieval[l][h]:.2f}"
+            f" [{r.retrieval_ci[l][h][0]:.2f}, {r.retrieval_ci[l][h][1]:.2f}]{hits} · streaming "
+            f"{r.streaming[l][h]:.2f} [{r.streaming_ci[l][h][0]:.2f}, {r.streaming_ci[l][h][1]:.2f}]"
+        )
         self.panes["attention"].set(self._attention())
 
 
@@ -179,14 +218,19 @@ class SparsityDashboard(_Dashboard):
         self.results = results
         over = results.over_training
         steps = over.steps if over is not None else []
-        self.slider = W.SelectionSlider(options=steps or [0], value=(steps or [0])[-1], description="step",
-                                        disabled=not steps)
-        self.panes = {"layer": FigurePane(self._layer_fig()), "over": FigurePane(pf.sparsity_over_training(over)),
-                      "neurons": FigurePane(pf.neuron_frequencies(results.final.neuron_freq))}
+        self.slider = W.SelectionSlider(
+            options=steps or [0], value=(steps or [0])[-1], description="step", disabled=not steps
+        )
+        self.panes = {
+            "layer": FigurePane(self._layer_fig()),
+            "over": FigurePane(pf.sparsity_over_training(over)),
+            "neurons": FigurePane(pf.neuron_frequencies(results.final.neuron_freq)),
+        }
         self.slider.observe(lambda _: self.update(), names="value")
         self.update()
-        self.widget = W.VBox([self.slider, W.HBox([self.panes["layer"].widget, self.panes["over"].widget]),
-                              self.panes["neurons"].widget])
+        self.widget = W.VBox(
+            [self.slider, W.HBox([self.panes["layer"].widget, self.panes["over"].widget]), self.panes["neurons"].widget]
+        )
 
     def _layer_fig(self) -> go.Figure:
         over = self.results.over_training
@@ -194,8 +238,9 @@ class SparsityDashboard(_Dashboard):
             final = self.results.final
             return pf.sparsity_by_layer(final.active_frac, final.active_frac_std, final.threshold)
         i = over.steps.index(self.slider.value)
-        return pf.sparsity_by_layer(over.active_frac[i], over.active_frac_std[i], over.threshold,
-                                    title=f"Step {self.slider.value}")
+        return pf.sparsity_by_layer(
+            over.active_frac[i], over.active_frac_std[i], over.threshold, title=f"Step {self.slider.value}"
+        )
 
     def update(self) -> None:
         self.panes["layer"].set(self._layer_fig())
@@ -214,12 +259,21 @@ class ArrowDashboard(_Dashboard):
         names = list(self.datasets)
         self.dataset = W.Dropdown(options=names or ["(none)"], description="data", disabled=not names)
         self.table = W.HTML()
-        self.panes = {"gaps": FigurePane(pf.arrow_gaps(self.datasets)), "curves": FigurePane(self._curves()),
-                      "over_training": FigurePane(self._over_training())}
+        self.panes = {
+            "gaps": FigurePane(pf.arrow_gaps(self.datasets)),
+            "curves": FigurePane(self._curves()),
+            "over_training": FigurePane(self._over_training()),
+        }
         self.dataset.observe(lambda _: self.update(), names="value")
         self.update()
-        self.widget = W.VBox([self.panes["gaps"].widget, self.dataset, self.table,
-                              W.HBox([self.panes["over_training"].widget, self.panes["curves"].widget])])
+        self.widget = W.VBox(
+            [
+                self.panes["gaps"].widget,
+                self.dataset,
+                self.table,
+                W.HBox([self.panes["over_training"].widget, self.panes["curves"].widget]),
+            ]
+        )
 
     def _curves(self) -> go.Figure:
         res = self.datasets.get(self.dataset.value)
@@ -251,22 +305,45 @@ def load_demo_dashboards(root) -> dict:
     from ..results import read_results
     from ..sae.io import load_sae
     from ..sae.saebench_json import read_run_evals
+
     root = Path(root)
     sae_dir = root / "sae-topk"
     model, tok = model_for_run(sae_dir)
     heads = read_results(root / "probe-heads")
-    out = {"features": FeatureExplorer(FeatureTable.load(sae_dir / "features.safetensors"), tok, model=model,
-                                       sae=load_sae(sae_dir), evals=read_run_evals(sae_dir)),
-           "heads": HeadRoleMap(heads)}
+    out = {
+        "features": FeatureExplorer(
+            FeatureTable.load(sae_dir / "features.safetensors"),
+            tok,
+            model=model,
+            sae=load_sae(sae_dir),
+            evals=read_run_evals(sae_dir),
+        ),
+        "heads": HeadRoleMap(heads),
+    }
     if heads.explorer:
-        out["explorer"] = HeadExplorer(heads.explorer, agreement=heads.agreement, over=heads.over_training,
-                                       tradeoff=heads.kv_tradeoff, tokenizer=tokenizer_for_run(root / "probe-heads"))
-    return {**out, "sparsity": SparsityDashboard(read_results(root / "probe-sparsity")),
-            "arrow": ArrowDashboard(read_results(root / "probe-arrow"))}
+        out["explorer"] = HeadExplorer(
+            heads.explorer,
+            agreement=heads.agreement,
+            over=heads.over_training,
+            tradeoff=heads.kv_tradeoff,
+            tokenizer=tokenizer_for_run(root / "probe-heads"),
+        )
+    return {
+        **out,
+        "sparsity": SparsityDashboard(read_results(root / "probe-sparsity")),
+        "arrow": ArrowDashboard(read_results(root / "probe-arrow")),
+    }
 
 
 # last: widgets.heads builds on FigurePane and _Dashboard above
 from .heads import HeadExplorer  # noqa: E402
 
-__all__ = ["FigurePane", "FeatureExplorer", "HeadRoleMap", "HeadExplorer", "SparsityDashboard", "ArrowDashboard",
-           "load_demo_dashboards"]
+__all__ = [
+    "FigurePane",
+    "FeatureExplorer",
+    "HeadRoleMap",
+    "HeadExplorer",
+    "SparsityDashboard",
+    "ArrowDashboard",
+    "load_demo_dashboards",
+]

@@ -22,8 +22,16 @@ class HeadExplorer(_Dashboard):
     `tradeoff`: an `Agreement`, `HeadsOverTraining` and `TradeoffResult` (or their dicts);
     `tokenizer` relabels the patterns' tokens (else the stored strings are shown)."""
 
-    def __init__(self, data: dict, agreement=None, over=None, tradeoff=None, tokenizer=None,
-                 x: str = "retrieval score", y: str = "streaming mass"):
+    def __init__(
+        self,
+        data: dict,
+        agreement=None,
+        over=None,
+        tradeoff=None,
+        tokenizer=None,
+        x: str = "retrieval score",
+        y: str = "streaming mass",
+    ):
         self.data, self.tokenizer = data, tokenizer
         self.agreement, self.over, self.tradeoff = _as_dict(agreement), _as_dict(over), _as_dict(tradeoff)
         names = list(data["metrics"])
@@ -38,8 +46,12 @@ class HeadExplorer(_Dashboard):
         self.context = W.Dropdown(options=ctx, value=ctx[0], description="context", disabled=not data.get("contexts"))
         self.panes = {"scatter": FigurePane(self._scatter()), "detail": FigurePane(self._detail())}
         self._bind_clicks()
-        children = [W.HBox([self.x, self.y]), self.panes["scatter"].widget,
-                    W.HBox([self.layer, self.head, self.context]), self.panes["detail"].widget]
+        children = [
+            W.HBox([self.x, self.y]),
+            self.panes["scatter"].widget,
+            W.HBox([self.layer, self.head, self.context]),
+            self.panes["detail"].widget,
+        ]
         if self.agreement is not None:
             self.panes["agreement"] = FigurePane(hf.agreement_heatmap(self.agreement))
             self.agreement_table = W.HTML(hf.agreement_table_html(self.agreement))
@@ -47,11 +59,13 @@ class HeadExplorer(_Dashboard):
         if self.over is not None:
             self.over_metric = W.Dropdown(options=list(hf.OVER_METRICS), value="induction", description="over training")
             self.panes["over"] = FigurePane(hf.heads_over_training(self.over, "induction"))
-            self.over_metric.observe(lambda ch: self.panes["over"].set(hf.heads_over_training(self.over, ch["new"])),
-                                     names="value")
+            self.over_metric.observe(
+                lambda ch: self.panes["over"].set(hf.heads_over_training(self.over, ch["new"])), names="value"
+            )
             children += [self.over_metric, self.panes["over"].widget]
         if self.tradeoff is not None:
             from ..figures.kv_tradeoff import tradeoff_figure
+
             self.panes["tradeoff"] = FigurePane(tradeoff_figure(self.tradeoff))
             children.append(self.panes["tradeoff"].widget)
         for w in (self.x, self.y):
