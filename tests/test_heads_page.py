@@ -288,3 +288,29 @@ def test_every_optional_field_alone_renders(tiny_demo):
                 setattr(res, name, None)
         page = heads_page.render("hd", res)  # one section drawn, the other four say "not computed"
         assert page.count('-missing">Not computed') == 4, keep
+
+
+def test_values_from_disk_are_escaped_in_every_section():
+    """A hand-edited results.json can hold a string where a number belongs: it must read as text."""
+    evil = "<script>alert(1)</script>"
+    res = explorer_result()
+    res.duo = {
+        "alphas": [[1.0]],
+        "steps": [1],
+        "loss": [0.5],
+        "seconds": 1.0,
+        "config": {
+            "lr": evil,
+            "lam": evil,
+            "distance": evil,
+            "n_contexts": evil,
+            "sink": evil,
+            "window": evil,
+            "seed": evil,
+            "passkey": {"seq_len": evil},
+        },
+    }
+    res.razor = {"protected": [[True]], "n_induction_protected": evil, "n_echo_protected": evil}
+    res.over_training = {"steps": [evil, evil], "formed": {"induction": [evil, evil]}}
+    page = heads_page.render("hd", res)
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page

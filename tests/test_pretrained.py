@@ -330,3 +330,25 @@ def test_cache_acts_on_own_text_then_train_from_the_cache(folders, tmp_path):
                 str(tmp_path / "c2"),
             ]
         )
+
+
+@pytest.mark.parametrize("family", ("gpt2", "llama"))
+def test_duo_gates_read_hidden_states_on_a_folder_model(folders, family):
+    """DuoAttention's distance is taken on hidden states, not logits, on a TransformerBridge too (its
+    forward ignores `stop_at_layer`): the states after the final norm equal transformers' last hidden
+    state, and a short optimisation runs and moves the gates."""
+    from workbench.models import load_model
+    from workbench.probes.duo import DuoConfig, PasskeyConfig, _state_hook, _states, duo_gates
+
+    model, tok = load_model(str(folders[family]))
+    ref, _ = _reference(folders[family])
+    ids = torch.tensor([[tok.bos_token_id] + tok.encode(TEXT)])
+    with torch.no_grad():
+        h = _states(model, ids, _state_hook(model, "paper"))
+        assert h.shape == (1, ids.shape[1], 32)
+        assert (h - ref(ids, output_hidden_states=True).hidden_states[-1]).abs().max() < 1e-4
+        assert _states(model, ids, _state_hook(model, "relative")).shape == (1, ids.shape[1], 32)
+    stream = torch.tensor(tok.encode((folders["corpus"]).read_text()[:20_000]))
+    cfg = DuoConfig(n_contexts=4, batch_size=2, steps=3, passkey=PasskeyConfig(seq_len=80))
+    res = duo_gates(model, cfg, haystack=stream, bos=tok.bos_token_id, tokenizer=tok, progress=False)
+    assert len(res.alphas) == 2 and min(min(r) for r in res.alphas) < 1.0

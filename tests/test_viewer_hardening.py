@@ -40,11 +40,13 @@ def hostile(tiny_demo, tmp_path_factory):
         yield url, port
 
 
-def _request(port, method, path, body=None, host=None):
+def _request(port, method, path, body=None, host=None, origin=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = {"Content-Type": "application/json"}
     if host is not None:
         headers["Host"] = host
+    if origin is not None:
+        headers["Origin"] = origin
     conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
     r = conn.getresponse()
     status, ctype, data = r.status, r.getheader("Content-Type", ""), r.read()
@@ -103,6 +105,21 @@ def test_foreign_host_header_is_refused(hostile):
         assert status == 403 and b"refused" in data, host
 
 
+def test_posts_from_another_origin_are_refused(hostile):
+    """A page on another site can post a form to 127.0.0.1 (no preflight): the viewer refuses any
+    state-changing request whose Origin is not its own, before it reaches a handler."""
+    _, port = hostile
+    path = f"/api/run/{_quote(XSS_SAE)}/prompt"
+    for origin in ["http://evil.example", f"http://127.0.0.1:{port + 1}", "null", f"http://localhost:{port}"]:
+        status, _, data = _request(port, "POST", path, {"text": "a", "feature": 1}, origin=origin)
+        assert status == 403 and b"is refused" in data, origin
+    # its own pages' origin, and tools that send none, reach the handler (which answers the body)
+    for origin in [f"http://127.0.0.1:{port}", None]:
+        status, ctype, _ = _request(port, "POST", path, {"text": "a", "feature": 10**6}, origin=origin)
+        assert status == 400 and ctype.startswith("application/json"), origin
+    assert _request(port, "GET", "/", origin="http://evil.example")[0] == 200  # reading is the Host check's job
+
+
 def test_corrupt_sae_gives_json_error_naming_the_file(hostile, browser):  # noqa: F811
     base, port = hostile
     status, ctype, data = _request(port, "POST", "/api/run/corrupt-sae/prompt", {"text": "abc", "feature": 0})
@@ -143,8 +160,9 @@ def test_attention_api_checks_indices(hostile):
     for query, needle in [
         ("layer=-1&head=0", "layer must lie in [0, 2)"),
         ("layer=0&head=2", "head in [0, 2)"),
-        ("layer=x&head=0", "as integers"),
-        ("head=0", "as integers"),
+        ("layer=x&head=0", "layer must be an integer, got 'x'"),  # the error names the parameter
+        ("head=0", "layer is required"),
+        ("layer=0&head=0&example=e", "example must be an integer"),
     ]:
         status, ctype, data = _request(port, "GET", f"/api/run/{heads}/attention?{query}")
         assert status == 400 and ctype.startswith("application/json"), query

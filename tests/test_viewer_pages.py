@@ -228,13 +228,21 @@ def test_compute_button_in_chromium(no_eval_run, tmp_path):
         browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox", "--disable-gpu"])
         page, response, errors = _open(browser, f"{url}/run/{name}")
         assert response.status == 200 and page.locator("#evaluate-go").count() == 1
+        # the stages are drawn live; a small evaluation can end before a check after the click runs, so
+        # an observer notes the row in sessionStorage, which outlives the page's reload
+        page.evaluate(
+            """() => new MutationObserver(() => {
+                 if (document.querySelector("#evaluate-stages tr[data-stage='model']"))
+                   sessionStorage.setItem("sawStage", "1");
+               }).observe(document.body, {subtree: true, childList: true})"""
+        )
         page.click("#evaluate-go")
-        page.wait_for_selector("#evaluate-stages tr[data-stage='model']")  # the stages are drawn live
         # done: the page reloads into the full SAE page, whose feature browser loads a feature
         page.wait_for_function(
             "document.getElementById('contexts') && document.getElementById('contexts').dataset.feature !== undefined",
             timeout=300_000,
         )
         assert page.locator("#evaluate-go").count() == 0 and "fvu" in page.inner_text("table")
+        assert page.evaluate("sessionStorage.getItem('sawStage')") == "1"
         assert errors == []
         browser.close()

@@ -68,6 +68,19 @@ class NeedleBatch(NamedTuple):
     needle_len: int
 
 
+def random_token_range(vocab: int, bos: int | None, token_range: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Ids [lo, hi) that random needles, keys and segments are drawn from: `token_range` when given;
+    printable ASCII for the byte tokenizer (d_vocab 257), so contexts read like text; else the whole
+    vocabulary without BOS when BOS sits at either end (id 0, as in the tiny BPE folders, or the last).
+    A BOS inside the range, or ids a padded embedding has beyond its tokenizer (Pythia: 50,304 rows
+    for 50,277 tokens), need an explicit `token_range`."""
+    if token_range is not None:
+        return token_range
+    if vocab == 257:
+        return (32, 127)
+    return (1 if bos == 0 else 0, vocab - 1 if bos == vocab - 1 else vocab)
+
+
 def needle_batch(
     batch: int, seq_len: int, needle_len: int, vocab: int, *, bos: int | None = None, seed: int = 0
 ) -> NeedleBatch:

@@ -13,12 +13,17 @@ answer tokens but the last): the hidden states that must carry the retrieved key
 step α is clamped back to [0, 1]. A head whose α stays high is a retrieval head; a head whose α
 falls to 0 works as well on sink + window (a streaming head).
 
-The paper averages the squared distance over sequences and sums it over the supervised positions;
-here it is also averaged over positions so that `lam` does not change meaning with the key length.
-The paper's λ = 0.05 was set against Llama's final hidden states (after the last RMSNorm); the
-residual stream before `ln_final` has a model-dependent scale (on the default model the "sum"
-distance is so large that every gate stays above 0.99), so by default (`distance="relative"`) the
-distance is divided by the full states' mean ‖h_full‖², which makes λ scale-free.
+Three distances (`DuoConfig.distance`), all averaged over contexts and answer positions so that `lam`
+does not change meaning with the key length:
+- "paper": the reference implementation's form: the squared difference of the final hidden states
+  *after* the last norm (`ln_final.hook_normalized`), averaged over d_model. Its λ = 0.05 was set
+  against Llama's normalised states; on a model without a final norm this option is refused.
+- "sum": ‖h_full − h_gated‖² of the residual stream before the final norm
+  (`blocks.{L-1}.hook_resid_post`), summed over d_model. Its scale is the model's own: on the default
+  model it is so large that every gate stays above 0.99.
+- "relative" (default): "sum" divided by the full states' mean ‖h_full‖², which makes λ scale-free.
+The paper also supervises the whole question-and-answer tail; here only the positions that predict an
+answer token are.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from ..tasks import random_token_range
 from .attention_restrict import check_supported, gate_hooks
 
 
@@ -62,9 +68,7 @@ class PasskeyBatch(NamedTuple):
 
 
 def _token_range(vocab: int, bos: int | None, cfg: PasskeyConfig) -> tuple[int, int]:
-    if cfg.token_range is not None:
-        return cfg.token_range
-    return (0, vocab - 1) if bos == vocab - 1 else (0, vocab)
+    return random_token_range(vocab, bos, cfg.token_range)
 
 
 def passkey_batch(
@@ -142,8 +146,8 @@ class DuoConfig:
     lam: float = 0.05  # weight of the mean |α| penalty (the paper's λ)
     sink: int = 1  # first positions every streaming head keeps (BOS here; the paper: 64 tokens at scale)
     window: int = 4  # most recent positions, the query included (the paper: 256 at scale)
-    # "sum": mean over answer positions of ‖h_full − h_gated‖² (the paper's form); "relative": that
-    # divided by the full states' mean ‖h_full‖² (scale-free, so lam means the same on any model)
+    # "paper": mean squared difference after the final norm (the reference code's); "sum": ‖h_full −
+    # h_gated‖² of the residual stream before it; "relative": "sum" / mean ‖h_full‖² (module docstring)
     distance: str = "relative"
     log_every: int = 5  # α of every head is recorded every this many steps (the head's gate curve)
     seed: int = 0  # contexts and batch order
@@ -182,8 +186,29 @@ def default_haystack() -> tuple[Tensor, object, int]:
     return data.train, data.tokenizer, data.tokenizer.bos_token_id
 
 
-def _final_resid(model: HookedTransformer, tokens: Tensor) -> Tensor:
-    return model(tokens, stop_at_layer=model.cfg.n_layers)  # = blocks.{L-1}.hook_resid_post
+def _state_hook(model: HookedTransformer, distance: str) -> str:
+    """The hook whose states the gates must preserve (read by a hook, not `stop_at_layer`, which a
+    TransformerBridge ignores: it would return logits)."""
+    if distance == "paper":
+        if "ln_final.hook_normalized" not in model.hook_dict:
+            raise ValueError(
+                "distance='paper' reads the states after the final norm, and this model has none "
+                "(ln_final.hook_normalized); use distance='relative'"
+            )
+        return "ln_final.hook_normalized"
+    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+
+
+def _states(model: HookedTransformer, tokens: Tensor, name: str, hooks: list = ()) -> Tensor:
+    """The activation at hook `name` [b, T, d] with `hooks` in place, differentiable."""
+    out = {}
+
+    def grab(t, hook):
+        out["h"] = t
+
+    with model.hooks(fwd_hooks=[*hooks, (name, grab)]):
+        model(tokens)
+    return out["h"]
 
 
 def duo_gates(
@@ -205,11 +230,12 @@ def duo_gates(
         )
     if cfg.lam < 0 or cfg.lr <= 0 or cfg.log_every < 1:
         raise ValueError(f"need lam >= 0, lr > 0, log_every >= 1; got {cfg.lam}, {cfg.lr}, {cfg.log_every}")
-    if cfg.distance not in ("sum", "relative"):
-        raise ValueError(f"distance must be 'sum' or 'relative', got {cfg.distance!r}")
+    if cfg.distance not in ("paper", "sum", "relative"):
+        raise ValueError(f"distance must be 'paper', 'sum' or 'relative', got {cfg.distance!r}")
     if cfg.passkey.seq_len > model.cfg.n_ctx:
         raise ValueError(f"passkey.seq_len={cfg.passkey.seq_len} exceeds the model's n_ctx={model.cfg.n_ctx}")
     check_supported(model)
+    state = _state_hook(model, cfg.distance)
     if haystack is None:
         if model.cfg.d_vocab != 257:
             raise ValueError(
@@ -227,7 +253,7 @@ def duo_gates(
     with torch.no_grad():  # the full model's answer states, once
         target = torch.cat(
             [
-                _final_resid(model, t)[rows[: len(t)], p]
+                _states(model, t, state)[rows[: len(t)], p]
                 for t, p in zip(tokens.split(cfg.batch_size), pos.split(cfg.batch_size))
             ]
         )
@@ -235,6 +261,7 @@ def duo_gates(
     # "relative": the distance in units of the full states' mean squared norm, so that lam weighs
     # the same against it whatever the residual stream's scale
     scale = float(target.pow(2).sum(-1).mean()) if cfg.distance == "relative" else 1.0
+    per_token = (lambda d: d.pow(2).mean(-1)) if cfg.distance == "paper" else (lambda d: d.pow(2).sum(-1))
     L, H = model.cfg.n_layers, model.cfg.n_heads
     alpha = torch.ones(L, H, dtype=torch.float32, device=device, requires_grad=True)
     opt = torch.optim.Adam([alpha], lr=cfg.lr)
@@ -251,10 +278,9 @@ def duo_gates(
             if len(order) < cfg.batch_size:
                 order = torch.cat([order, torch.randperm(cfg.n_contexts, generator=gen)])
             idx, order = order[: cfg.batch_size].to(device), order[cfg.batch_size :]
-            with model.hooks(fwd_hooks=gate_hooks(model, alpha, cfg.sink, cfg.window)):
-                resid = _final_resid(model, tokens[idx])
-            h = resid[torch.arange(len(idx), device=device)[:, None], pos[idx]]
-            distance = (h - target[idx]).pow(2).sum(-1).mean() / scale
+            states = _states(model, tokens[idx], state, gate_hooks(model, alpha, cfg.sink, cfg.window))
+            h = states[torch.arange(len(idx), device=device)[:, None], pos[idx]]
+            distance = per_token(h - target[idx]).mean() / scale
             penalty = cfg.lam * alpha.abs().mean()
             loss = distance + penalty
             opt.zero_grad()

@@ -34,7 +34,7 @@ from transformer_lens.head_detector import (
     get_previous_token_head_detection_pattern,
 )
 
-from ..tasks import NeedleBatch, needle_batch, repeated_segments
+from ..tasks import NeedleBatch, needle_batch, random_token_range, repeated_segments
 from .intervals import t_interval, wilson_interval
 
 RETRIEVAL, STREAMING, OTHER, TOO_FEW = "retrieval", "streaming", "other", "too few copied steps"
@@ -62,12 +62,7 @@ class HeadRoleConfig:
 
 
 def _token_range(model: HookedTransformer, cfg: HeadRoleConfig, bos: int | None) -> tuple[int, int]:
-    if cfg.token_range is not None:
-        return cfg.token_range
-    if model.cfg.d_vocab == 257:  # the byte tokenizer: printable ASCII reads like text
-        return (32, 127)
-    hi = model.cfg.d_vocab - 1 if bos == model.cfg.d_vocab - 1 else model.cfg.d_vocab
-    return (0, hi)
+    return random_token_range(model.cfg.d_vocab, bos, cfg.token_range)
 
 
 def make_contexts(model: HookedTransformer, cfg: HeadRoleConfig, bos: int | None) -> NeedleBatch:

@@ -28,6 +28,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ..tasks import random_token_range
 from .heads import attention_patterns
 
 
@@ -120,7 +121,10 @@ def _top_indices(scores: Tensor, k: int) -> Tensor:
 
 
 def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, bos: int | None = None) -> RazorResult:
-    """Echo and induction scores of every head and the protection rule's heads."""
+    """Echo and induction scores of every head and the protection rule's heads. `bos` None on the
+    byte-level default (d_vocab 257) is its BOS, 256, as the other head methods assume."""
+    if bos is None and model.cfg.d_vocab == 257:
+        bos = 256
     prefix = 1 if bos is not None else 0
     T = prefix + cfg.segment * cfg.repeats
     if cfg.repeats < 2 or cfg.segment < 2 or cfg.n_contexts < 1:
@@ -129,12 +133,7 @@ def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, 
         )
     if T > model.cfg.n_ctx:
         raise ValueError(f"segment·repeats (+BOS) = {T} tokens exceeds the model's n_ctx={model.cfg.n_ctx}")
-    if cfg.token_range is not None:
-        token_range = cfg.token_range
-    elif model.cfg.d_vocab == 257:
-        token_range = (32, 127)
-    else:
-        token_range = (0, model.cfg.d_vocab - 1 if bos == model.cfg.d_vocab - 1 else model.cfg.d_vocab)
+    token_range = random_token_range(model.cfg.d_vocab, bos, cfg.token_range)
     tokens = repeated_random_segments(cfg.n_contexts, cfg.segment, cfg.repeats, token_range, bos=bos, seed=cfg.seed)
     model.eval()
     _, pat = attention_patterns(model, tokens.to(next(model.parameters()).device))  # [L, b, H, q, k]

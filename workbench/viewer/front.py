@@ -4,7 +4,9 @@
 whose imports take 10-20 s on 2 cores) is installed, it answers `/` with the build page and
 `/api/build` with the build's state, and every other path with a 503 that says it is starting.
 `HostCheck` refuses requests whose Host header is not this server's (DNS rebinding: a page on
-evil.example that resolves its own name to 127.0.0.1 must not read the viewer), as Jupyter does.
+evil.example that resolves its own name to 127.0.0.1 must not read the viewer), as Jupyter does,
+and any request that changes something (POST: evaluate a run, run a prompt) sent by another origin:
+a page anywhere could otherwise post a form to 127.0.0.1 and start work in the viewer.
 Only light modules (starlette, the build status, the page HTML) are imported here.
 """
 
@@ -50,9 +52,28 @@ class HostCheck:
             return port == "" or port.isdigit()
         return port == str(self.port) or (port == "" and self.port == 80)
 
+    @staticmethod
+    def cross_origin(scope, host: str) -> str | None:
+        """The Origin of a state-changing request from another site (None: allowed). Browsers send
+        Origin on every cross-origin POST; tools that send none (curl, tests) are not browsers."""
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        if scope.get("method", "GET") in ("GET", "HEAD", "OPTIONS") or not origin:
+            return None
+        netloc = origin.partition("://")[2].rstrip("/").lower()
+        return None if netloc == host.lower() else origin
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] in ("http", "websocket"):
             value = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if (origin := self.cross_origin(scope, value)) is not None:
+                response = PlainTextResponse(
+                    f"a {scope.get('method')} from origin {origin!r} is refused: only this viewer's own pages "
+                    "may change anything",
+                    403,
+                )
+                await response(scope, receive, send)
+                return
             if not self.allowed(value):
                 response = PlainTextResponse(
                     f"Host header {value!r} is refused: this viewer answers only to "

@@ -207,16 +207,22 @@ intervals and its DuoAttention gate while the gates were trained.</p>
 </script>"""
 
 
+def _esc(value) -> str:
+    """Any value from results.json, as HTML text (a hand-edited file can hold a string anywhere)."""
+    return html.escape(str(value))
+
+
 def methods_section(name: str, res: HeadsRunResult) -> str:
     """What the DuoAttention gates and RazorAttention's rule were run with, and what they chose."""
     parts = []
     if res.duo:
         d, c = res.duo, res.duo.get("config") or {}
+        c = {k: _esc(v) for k, v in c.items()}  # every value read from disk is escaped
         how = (
             f" ({len(d.get('steps') or [])} Adam steps, lr {c.get('lr')}, λ {c.get('lam')}, distance "
-            f"{html.escape(str(c.get('distance')))}, on {c.get('n_contexts')} passkey contexts of "
-            f"{(c.get('passkey') or {}).get('seq_len')} tokens; streaming = sink {c.get('sink')} + window "
-            f"{c.get('window')}; seed {c.get('seed')}"
+            f"{c.get('distance')}, on {c.get('n_contexts')} passkey contexts of "
+            f"{_esc((res.duo['config'].get('passkey') or {}).get('seq_len'))} tokens; streaming = sink "
+            f"{c.get('sink')} + window {c.get('window')}; seed {c.get('seed')}"
             + (f"; final loss {d['loss'][-1]:.4f}" if d.get("loss") else "")
             + (f"; {d['seconds']:.1f} s)" if d.get("seconds") is not None else ")")
             if c
@@ -229,8 +235,8 @@ def methods_section(name: str, res: HeadsRunResult) -> str:
         z = res.razor
         prot = [f"L{layer}H{h}" for layer, row in enumerate(z["protected"]) for h, p in enumerate(row) if p]
         parts.append(
-            f"<p>RazorAttention's rule protects the top {z['n_induction_protected']} heads by induction "
-            f"score and the top {z['n_echo_protected']} by echo score: {', '.join(prot) or 'none'}.</p>"
+            f"<p>RazorAttention's rule protects the top {_esc(z['n_induction_protected'])} heads by induction "
+            f"score and the top {_esc(z['n_echo_protected'])} by echo score: {', '.join(prot) or 'none'}.</p>"
         )
     if not parts:
         return not_computed("DuoAttention gates and RazorAttention's rule", "duo or razor", "methods")
@@ -280,15 +286,18 @@ def over_training_section(name: str, res: HeadsRunResult) -> str:
     if not over or not over.get("steps"):
         return not_computed("Heads over training", "over_training", "over")
     metrics = [m for m in hf.OVER_METRICS if over.get(m)]
+    if not metrics:
+        return not_computed("Heads over training", "over_training", "over")
     figs = {m: _fig_json(hf.heads_over_training(over, m)) for m in metrics}
     formed = over.get("formed") or {}
     said = "; ".join(
-        f"{html.escape(k)} between steps {v[0]} and {v[1]}" if v else f"{html.escape(k)}: not formed"
+        f"{_esc(k)} between steps {_esc(v[0])} and {_esc(v[1])}" if v else f"{_esc(k)}: not formed"
         for k, v in formed.items()
     )
     return f"""
 <h2>Heads over training</h2>
-<p>The head scores at every saved checkpoint ({len(over["steps"])}: steps {over["steps"][0]}–{over["steps"][-1]});
+<p>The head scores at every saved checkpoint ({len(over["steps"])}: steps {_esc(over["steps"][0])}–
+{_esc(over["steps"][-1])});
 formed (first held to the last checkpoint): {said or "n/a"}.</p>
 <div class="controls"><label>score
 <select id="over-metric">{_options(metrics, metrics[0], hf.OVER_METRICS.get)}</select></label></div>
@@ -317,23 +326,13 @@ def render(name: str, res: HeadsRunResult) -> str:
     return "".join(section(name, res) for section in SECTIONS)
 
 
-def _int_param(query: dict, key: str, default: int | None = None) -> int:
-    try:
-        return int(query[key]) if key in query or default is None else default
-    except (KeyError, ValueError):
-        raise ApiError(
-            400,
-            "layer and head must be given as integers" + (f" (and {key} too)" if key not in ("layer", "head") else ""),
-        ) from None
-
-
 def attention(name: str, res: HeadsRunResult, query: dict) -> dict:
     """GET /api/run/<name>/attention?layer=&head=[&example=]: one head's pattern on an example
     context, as a plotly figure's JSON."""
     if not res.examples:
         raise ApiError(400, f"run {name!r} has no attention patterns (results.json has no examples)")
-    layer, head = _int_param(query, "layer"), _int_param(query, "head")
-    i = _int_param(query, "example", 0)
+    layer, head = _int_arg(query, "layer"), _int_arg(query, "head")
+    i = _int_arg(query, "example", 0)
     if not 0 <= i < len(res.examples):
         raise ApiError(400, f"example must lie in [0, {len(res.examples)}), got {i}")
     ex = res.examples[i]
