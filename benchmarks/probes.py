@@ -1,6 +1,7 @@
 """Run the three probes on the default models (via the demo runs, built if missing) and print a
 short markdown report for benchmarks/RESULTS.md; then the head-role methods of issue 21
-(DuoAttention gates, RazorAttention's rule, the KV-cache trade-off) on the default model, timed,
+(DuoAttention gates, RazorAttention's rule, the KV-cache trade-off, the rankings' agreement, the head
+scores over the shipped training checkpoints) on the default model, timed,
 with their results saved to benchmarks/results/head_methods.json.
 
     python benchmarks/probes.py [--runs DIR] [--only probes|heads]
@@ -29,7 +30,9 @@ def head_methods() -> dict:
     the compensation token) on workbench-tiny, each timed; prints a markdown summary."""
     from workbench.models import load_model
     from workbench.probes.duo import DuoConfig, duo_gates
+    from workbench.probes.head_agreement import ranking_agreement
     from workbench.probes.heads import HeadRoleConfig, head_roles
+    from workbench.probes.heads_over_training import shipped_heads_over_training
     from workbench.probes.kv_tradeoff import TradeoffConfig, standard_rankings, tradeoff_curve
     from workbench.probes.razor import RazorConfig, razor_scores
 
@@ -51,6 +54,13 @@ def head_methods() -> dict:
         "tradeoff_compensation",
         lambda: tradeoff_curve(model, rankings, TradeoffConfig(compensation=True), progress=False),
     )
+    agreement = timed(  # the causal check is the reference the rankings are compared with
+        "agreement",
+        lambda: ranking_agreement(
+            {k: v for k, v in rankings.items() if k != "causal_delta_loss"}, causal=roles.delta_loss
+        ),
+    )
+    over = timed("over_training", lambda: shipped_heads_over_training(progress=False))
     out = {
         "date": str(date.today()),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
@@ -61,10 +71,13 @@ def head_methods() -> dict:
         "roles": roles.to_dict(),
         "tradeoff": plain.to_dict(),
         "tradeoff_compensation": comp.to_dict(),
+        "agreement": agreement.to_dict(),
+        "over_training": over.to_dict(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1))
     print_head_methods(out)
+    print_agreement_and_over_training(out)
     return out
 
 
@@ -136,6 +149,36 @@ def print_head_methods(out: dict) -> None:
             f" all full {res.random_band['text_loss']['mean'][-1]:.3f}, all streaming "
             f"{res.random_band['text_loss']['mean'][0]:.3f} nats).\n"
         )
+
+
+def print_agreement_and_over_training(out: dict) -> None:
+    ag, ov, t = out["agreement"], out["over_training"], out["timing_s"]
+    ci = lambda c: f"[{c[0]:+.2f}, {c[1]:+.2f}]" if c else "n/a"  # noqa: E731
+    print(f"Rank agreement over {ag['n_heads']} heads ({ag['method']}); each ranking against the causal check:\n")
+    print("| ranking | rho | 95% interval | p |\n|---|---|---|---|")
+    for name, c in ag["causal"].items():
+        rho = "n/a" if c["rho"] is None else f"{c['rho']:+.2f}"
+        p = "n/a" if c["p_value"] is None else f"{c['p_value']:.3f}"
+        print(f"| {name} | {rho} | {ci(c['ci'])} | {p} |")
+    names = ag["names"]
+    pairs = [
+        f"{a} vs {b} {ag['rho'][i][j]:+.2f} {ci(ag['ci'][i][j])}"
+        for i, a in enumerate(names)
+        for j, b in enumerate(names)
+        if i < j and ag["rho"][i][j] is not None
+    ]
+    print("\nBetween rankings: " + "; ".join(pairs) + ".\n")
+    print(
+        f"Heads over training ({t['over_training']:.1f} s, {len(ov['steps'])} checkpoints; "
+        f"loss: {ov['loss_source']}):\n"
+    )
+    print("| step | copy accuracy | top TL induction | layer-1 labels | loss |\n|---|---|---|---|---|")
+    for i, step in enumerate(ov["steps"]):
+        top = max(v for row in ov["induction"][i] for v in row)
+        labels = ", ".join(sorted(set(ov["labels"][i][-1])))
+        loss = "n/a" if ov["loss"][i] is None else f"{ov['loss'][i]:.3f}"
+        print(f"| {step} | {ov['copy_accuracy'][i]:.3f} | {top:.2f} | {labels} | {loss} |")
+    print(f"\nFormed (previous checkpoint, first step it holds to the end): {ov['formed']}\n")
 
 
 def main() -> None:

@@ -301,3 +301,17 @@ def test_add_flags_on_a_toy_config():
 
     with pytest.raises(TypeError, match="Undocumented.x has no documentation"):
         add_flags(argparse.ArgumentParser(), Undocumented)
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--tokens", "8192", "--shard-tokens", "0"], "--shard-tokens must be at least 1"),
+        (["--tokens", "100"], "less than one shard"),
+    ],
+)
+def test_cache_acts_refuses_sizes_that_write_nothing_sensible(tmp_path, flags, needle):
+    args = ["cache-acts", "--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "c"), *flags]
+    with pytest.raises(SystemExit, match=needle):
+        main(args)
+    assert not (tmp_path / "c").exists()  # refused before any model loads or file is written

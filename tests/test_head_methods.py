@@ -271,7 +271,11 @@ def test_tradeoff_curve_on_the_handset_model(handset):
     assert res.beats_random("induction", "needle_acc", 10)
     assert res.kv_fraction[1] == (1 * N + 7 * 5) / (8 * N)
     band = res.random_band["needle_acc"]
-    assert all(lo <= m <= hi for lo, m, hi in zip(band["min"], band["mean"], band["max"]))
+    per_seed = torch.tensor([c["needle_acc"] for c in res.random_curves], dtype=torch.float64)  # [seed, x]
+    assert len(res.random_curves) == cfg.n_random
+    assert torch.allclose(torch.tensor(band["min"], dtype=torch.float64), per_seed.min(0).values)
+    assert torch.allclose(torch.tensor(band["max"], dtype=torch.float64), per_seed.max(0).values)
+    assert torch.allclose(torch.tensor(band["mean"], dtype=torch.float64), per_seed.mean(0))
     again = TradeoffResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert again == res
     from workbench.figures.kv_tradeoff import tradeoff_figure
@@ -299,3 +303,18 @@ def test_standard_rankings_from_results_and_dicts():
     assert got["streaming_reversed"] == [[pytest.approx(0.1), pytest.approx(0.7)]]
     assert got["duo_alpha"] == [[1.0, 0.0]] and got["tl_induction"] == [[0.0, 1.0]]
     assert keep_top(torch.tensor(got["razor"]), 1).tolist() == [[True, False]]  # protected beats higher induction
+
+
+@pytest.mark.parametrize("segment,repeats,prefix", [(3, 2, 1), (4, 3, 1), (5, 3, 0)])
+def test_echo_and_induction_keys_follow_their_definition(segment, repeats, prefix):
+    """RazorAttention's keys on repeated distinct tokens, by brute force over the token sequence: an
+    echo key holds the query's own token earlier on; an induction key follows an earlier copy of it."""
+    from workbench.probes.razor import echo_induction_masks
+
+    toks = [-1] * prefix + list(range(segment)) * repeats  # -1: BOS, never equal to a segment token
+    T = len(toks)
+    echo = [[k < q and toks[k] == toks[q] >= 0 for k in range(T)] for q in range(T)]
+    induction = [[0 < k < q and k - 1 >= prefix and toks[k - 1] == toks[q] >= 0 for k in range(T)] for q in range(T)]
+    got_e, got_i = echo_induction_masks(segment, repeats, prefix)
+    assert got_e.tolist() == echo and got_i.tolist() == induction
+    assert int(got_e.sum()) == segment * repeats * (repeats - 1) // 2  # each copy sees every earlier one

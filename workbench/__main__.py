@@ -62,7 +62,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     tr.add_argument(
         "--no-eval",
         action="store_true",
-        help="skip results.json and features.safetensors (the viewer then lists the run as unfinished)",
+        help="skip results.json and features.safetensors (the viewer then offers to compute them)",
     )
     add_flags(tr, StoreConfig, only={"buffer_tokens"})  # with --hook: a live model's chunks
     tr.add_argument(
@@ -170,6 +170,13 @@ def cache_acts(args: argparse.Namespace) -> int:
     from .activations import cache_activations
     from .pretrained import model_record
 
+    if args.buffer_tokens < 1:
+        raise SystemExit(f"cache-acts: --shard-tokens must be at least 1, got {args.buffer_tokens}")
+    if args.tokens < args.buffer_tokens:
+        raise SystemExit(
+            f"cache-acts: --tokens {args.tokens} is less than one shard (--shard-tokens {args.buffer_tokens}); "
+            "the cache holds whole shards"
+        )
     src = _model_source(
         args.model,
         args.hook_name,
@@ -180,7 +187,7 @@ def cache_acts(args: argparse.Namespace) -> int:
         args.corpus,
         args.text_field,
     )
-    n = max(1, args.tokens // args.buffer_tokens)
+    n = args.tokens // args.buffer_tokens
     corpus = None if args.corpus is None else str(Path(args.corpus).resolve())  # found again from anywhere
     meta = {
         "model": model_record(args.model)["model"],

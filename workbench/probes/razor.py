@@ -89,7 +89,7 @@ def echo_induction_masks(segment: int, repeats: int, prefix: int) -> tuple[Bool[
     q, k = r[:, None], r[None, :]
     later = (q >= segment) & (k < q)
     echo = later & ((q - k) % segment == 0)
-    induction = later & ((q + 1 - k) % segment == 0)
+    induction = later & (k >= 1) & ((q + 1 - k) % segment == 0)  # k-1 holds the query's token (not BOS)
     T = prefix + n
     full_e = torch.zeros(T, T, dtype=torch.bool)
     full_i = torch.zeros(T, T, dtype=torch.bool)
