@@ -326,6 +326,8 @@ def test_cache_acts_on_own_text_then_train_from_the_cache(folders, tmp_path):
                 "blocks.1.hook_resid_post",
                 "--tokens",
                 "1024",
+                "--shard-tokens",
+                "1024",
                 "--out",
                 str(tmp_path / "c2"),
             ]

@@ -59,7 +59,7 @@ def test_attention_api_function_checks_its_parameters():
     assert fig["data"][0]["x"] == ["0:<s>", "1:a<b>"]  # plotly draws labels as text; the figure keeps them raw
     for query, status, needle in [
         ({"layer": "2", "head": "0"}, 400, "layer must lie in [0, 2)"),
-        ({"layer": "0"}, 400, "as integers"),
+        ({"layer": "0"}, 400, "head is required"),
         ({"layer": "0", "head": "0", "example": "1"}, 400, "example must lie in [0, 1)"),
     ]:
         with pytest.raises(ApiError, match=needle.replace("[", r"\[").replace(")", r"\)")) as e:
