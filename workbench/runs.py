@@ -41,13 +41,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """`obj` as JSON gives it back: dataclasses and dicts as dicts, tuples and tensors as lists, paths
+    as strings, non-finite floats as None (so results and configs round-trip through files)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, Path):
@@ -61,7 +63,7 @@ def _jsonable(obj: Any) -> Any:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     """`indent=None` writes compact JSON (results full of [L][H][q][k] patterns are 3x smaller)."""
-    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=indent, allow_nan=False).encode())
+    atomic_write_bytes(path, json.dumps(jsonable(obj), indent=indent, allow_nan=False).encode())
 
 
 def atomic_save_tensors(
@@ -149,7 +151,7 @@ class RunDir:
     def log(self, metrics: dict[str, Any]) -> None:
         """Append one line; a crash mid-write leaves at most one partial last line, which
         `metrics()` skips."""
-        line = json.dumps(_jsonable(metrics), allow_nan=False) + "\n"
+        line = json.dumps(jsonable(metrics), allow_nan=False) + "\n"
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(line)
             f.flush()

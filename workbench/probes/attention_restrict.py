@@ -151,6 +151,18 @@ def keep_full_hooks(
     return gate_hooks(model, keep.to(torch.float32), sink, window, compensation=compensation, comp_weight=comp_weight)
 
 
+def keep_top(scores: Float[Tensor, "L H"], n_full: int) -> Bool[Tensor, "L H"]:
+    """The `n_full` highest-scoring heads (ties: the lower flat index l·H + h first)."""
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    if not 0 <= n_full <= scores.numel():
+        raise ValueError(f"n_full must lie in [0, {scores.numel()}], got {n_full}")
+    flat = scores.flatten().tolist()
+    order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+    keep = torch.zeros(len(flat), dtype=torch.bool)
+    keep[order[:n_full]] = True
+    return keep.view(scores.shape)
+
+
 def kv_fraction(
     keep: Bool[Tensor, "L H"],
     T: int,

@@ -28,7 +28,6 @@ answer token are.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
@@ -39,6 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from ..runs import jsonable
 from ..tasks import random_token_range
 from .attention_restrict import check_supported, gate_hooks
 
@@ -304,7 +304,7 @@ def duo_gates(
         trajectory_steps=traj_steps,
         trajectory=traj,
         seconds=time.perf_counter() - start,
-        config=_jsonable(asdict(cfg)),
+        config=jsonable(cfg),
     )
 
 
@@ -313,8 +313,3 @@ def passkey_accuracy(logits: Float[Tensor, "b T V"], batch: PasskeyBatch) -> tup
     rows = torch.arange(len(batch.tokens), device=logits.device)[:, None]
     hit = logits[rows, batch.answer_pos.to(logits.device)].argmax(-1) == batch.answer.to(logits.device)
     return float(hit.all(-1).double().mean()), float(hit.double().mean())
-
-
-def _jsonable(d: dict) -> dict:
-    """The config as JSON gives it back (tuples as lists), so results round-trip through files."""
-    return json.loads(json.dumps(d))

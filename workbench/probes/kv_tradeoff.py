@@ -16,17 +16,16 @@ useful where its curve lies outside the band (above for accuracy, below for loss
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from .attention_restrict import check_supported, keep_full_hooks, kv_fraction, n_kv_heads
+from ..runs import jsonable
+from .attention_restrict import check_supported, keep_full_hooks, keep_top, kv_fraction, n_kv_heads
 from .duo import PasskeyConfig, passkey_accuracy, passkey_batch
 from .heads import HeadRoleConfig, copy_steps, make_contexts
 
@@ -94,18 +93,6 @@ def n_full_heads(pct: float, n_heads: int) -> int:
     if not 0 <= pct <= 100:
         raise ValueError(f"fractions: each must lie in [0, 100], got {pct}")
     return int(math.floor(pct / 100 * n_heads + 0.5 + 1e-9))
-
-
-def keep_top(scores: Float[Tensor, "L H"], n_full: int) -> Bool[Tensor, "L H"]:
-    """The `n_full` highest-scoring heads (ties: the lower flat index l·H + h first)."""
-    scores = torch.as_tensor(scores, dtype=torch.float64)
-    if not 0 <= n_full <= scores.numel():
-        raise ValueError(f"n_full must lie in [0, {scores.numel()}], got {n_full}")
-    flat = scores.flatten().tolist()
-    order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
-    keep = torch.zeros(len(flat), dtype=torch.bool)
-    keep[order[:n_full]] = True
-    return keep.view(scores.shape)
 
 
 def _get(obj, name):
@@ -287,10 +274,5 @@ def tradeoff_curve(
         random_band=band,
         rankings={k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in rankings.items()},
         seq_len=cfg.seq_len,
-        config=_jsonable(asdict(cfg)),
+        config=jsonable(cfg),
     )
-
-
-def _jsonable(d: dict) -> dict:
-    """The config as JSON gives it back (tuples as lists), so results round-trip through files."""
-    return json.loads(json.dumps(d))

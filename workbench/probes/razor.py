@@ -19,7 +19,6 @@ attention; every other head keeps sink + window + the compensation token
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -28,7 +27,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ..runs import jsonable
 from ..tasks import random_token_range
+from .attention_restrict import keep_top
 from .heads import attention_patterns
 
 
@@ -108,16 +109,11 @@ def protected_heads(
     if echo.shape != induction.shape:
         raise ValueError(f"echo {tuple(echo.shape)} and induction {tuple(induction.shape)} differ in shape")
     n = echo.numel()
-    keep = torch.zeros(n, dtype=torch.bool)
+    keep = torch.zeros(echo.shape, dtype=torch.bool)
     for scores, frac in ((induction, induction_frac), (echo, echo_frac)):
         k = math.ceil(frac * n - 1e-9)  # 0.14 * 50 = 7.000000000000001 is 7 heads, not 8
-        keep[_top_indices(scores.flatten(), k)] = True
-    return keep.view_as(echo)
-
-
-def _top_indices(scores: Tensor, k: int) -> Tensor:
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-    return torch.tensor(order[:k], dtype=torch.long)
+        keep |= keep_top(scores, k)
+    return keep
 
 
 def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, bos: int | None = None) -> RazorResult:
@@ -150,10 +146,5 @@ def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, 
         protected=keep.tolist(),
         n_induction_protected=math.ceil(cfg.induction_frac * n - 1e-9),
         n_echo_protected=math.ceil(cfg.echo_frac * n - 1e-9),
-        config=_jsonable(asdict(cfg)),
+        config=jsonable(cfg),
     )
-
-
-def _jsonable(d: dict) -> dict:
-    """The config as JSON gives it back (tuples as lists), so results round-trip through files."""
-    return json.loads(json.dumps(d))
