@@ -18,27 +18,49 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+# The run folder's file names: the writer and every reader use these, never the literal.
+CONFIG_FILE = "config.json"  # {"kind": <run kind>, "config": <what produced the run>}
+METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step
+RESULTS_FILE = "results.json"  # the kind's typed result (workbench.results), written last
+CHECKPOINT_FILE = "checkpoint.pt"  # latest training state, read with weights_only=True
+SAE_WEIGHTS_FILE = "sae.safetensors"
+SAE_CONFIG_FILE = "sae_config.json"
+FEATURES_FILE = "features.safetensors"  # the SAE's feature table
+USEFULNESS_FILE = "usefulness.json"  # sparse probing and absorption-style scores
+MODEL_WEIGHTS_FILE = "model.safetensors"  # a workbench language model's weights
+MODEL_CONFIG_FILE = "model_config.json"  # ... and its ModelConfig
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+
+def _atomic_replace(path: str | Path, write: Callable[[str], None]) -> None:
+    """Have `write(tmp)` fill a temporary file beside `path`, then rename it into place: a reader
+    sees the old file or the new one, never half; a failed write leaves no temporary behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_replace(path, write)
 
 
 def jsonable(obj: Any) -> Any:
@@ -69,30 +91,13 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
 def atomic_save_tensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_replace(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def atomic_torch_save(path: str | Path, state: dict[str, Any]) -> None:
     """Save a dict of tensors and plain values; read it back with `load_state`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_replace(path, lambda tmp: torch.save(state, tmp))
 
 
 class CheckpointError(ValueError):
@@ -143,21 +148,21 @@ class RunDir:
         return self.path / name
 
     def write_config(self, config: Any, kind: str) -> None:
-        atomic_write_json(self.file("config.json"), {"kind": kind, "config": config})
+        atomic_write_json(self.file(CONFIG_FILE), {"kind": kind, "config": config})
 
     def read_config(self) -> dict[str, Any]:
-        return json.loads(self.file("config.json").read_text())
+        return json.loads(self.file(CONFIG_FILE).read_text())
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Append one line; a crash mid-write leaves at most one partial last line, which
         `metrics()` skips."""
         line = json.dumps(jsonable(metrics), allow_nan=False) + "\n"
-        with open(self.file("metrics.jsonl"), "a") as f:
+        with open(self.file(METRICS_FILE), "a") as f:
             f.write(line)
             f.flush()
 
     def metrics(self) -> list[dict[str, Any]]:
-        path = self.file("metrics.jsonl")
+        path = self.file(METRICS_FILE)
         if not path.exists():
             return []
         out = []
@@ -171,7 +176,7 @@ class RunDir:
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines past a checkpoint's step, so a resumed run does not log twice."""
         kept = [m for m in self.metrics() if m.get("step", -1) <= after_step]
-        atomic_write_bytes(self.file("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in kept).encode())
+        atomic_write_bytes(self.file(METRICS_FILE), "".join(json.dumps(m) + "\n" for m in kept).encode())
 
 
 def iter_runs(root: str | Path) -> Iterator[RunDir]:
@@ -180,5 +185,5 @@ def iter_runs(root: str | Path) -> Iterator[RunDir]:
     if not root.is_dir():
         return
     for p in sorted(root.iterdir()):
-        if p.is_dir() and (p / "config.json").exists():
+        if p.is_dir() and (p / CONFIG_FILE).exists():
             yield RunDir(p)
