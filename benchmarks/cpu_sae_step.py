@@ -49,7 +49,7 @@ def ours(d, F, k, x, g, rule="topk", sparse=True):
     def step():
         res = sae_losses(sae, x, g, sparse=sparse)
         opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
+        res.loss.backward()
         optimizer_step(sae, opt, cfg, 100)
 
     return step

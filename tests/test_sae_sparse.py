@@ -11,7 +11,7 @@ from workbench.sae import sparse as sparse_mod
 from workbench.sae.losses import fvu
 from workbench.sae.parallel import Layout
 from workbench.sae.selection import topk_mask
-from workbench.sae.trainer import make_optimizer, optimizer_step, sae_losses, update_stats, use_sparse
+from workbench.sae.trainer import StepOutput, make_optimizer, optimizer_step, sae_losses, update_stats, use_sparse
 from workbench.tasks import SuperpositionConfig, superposition_data
 
 RULES = ["topk", "gradient", "mutual_choice", "feature_choice"]
@@ -22,10 +22,10 @@ def _steps(sae, opt, train, batches, sparse):
     for step, (x, g) in enumerate(batches):
         res = sae_losses(sae, x, g, sparse=sparse)
         opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
+        res.loss.backward()
         optimizer_step(sae, opt, train, step)
         update_stats(sae, res)
-        logs.append((res["fvu"].item(), res["aux"].item(), res["l0"]))
+        logs.append((res.fvu.item(), res.aux.item(), res.l0))
     return logs
 
 
@@ -86,7 +86,7 @@ def test_logged_l0_counts_positive_values_not_selected_entries(sparse):
         sae.W_enc.zero_()
         sae.b_enc.copy_(torch.tensor([1.0, 2.0, 0.0, -0.5, -1, -2, -3, -4, -5, -6]))
     res = sae_losses(sae, torch.randn(16, 4), None, sparse=sparse)
-    assert res["l0"] == 2.0
+    assert res.l0 == 2.0
 
 
 def test_sparse_flag_resolution_and_bad_values():
@@ -133,3 +133,18 @@ def test_stats_from_the_triton_paths_index_grid_equal_the_dense_stats():
     before = grid.tokens_since_fired.clone()
     grid.update_stats_sparse(torch.full((40, 3), -1), torch.ones(40, 3))  # -1: no latent, nothing fires
     assert torch.equal(grid.tokens_since_fired, before + 40)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_step_output_is_one_typed_tuple_whose_stats_equal_the_dense_mask(sparse):
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=6, d_sae=24, k=3, selection="mutual_choice")).train()
+    x = torch.randn(20, 6)
+    res = sae_losses(sae, x, None, sparse=sparse)
+    assert type(res) is StepOutput and res.tokens == 20
+    z = sae(x).z.detach()  # the dense forward's code: the kept entries' latents and values, by token
+    mask = sae.select(sae.pre_acts(x))
+    assert torch.equal(res.idx, mask.nonzero()[:, 1]) and torch.allclose(res.vals, z[mask])
+    with pytest.warns(DeprecationWarning, match=r"\.loss"):
+        assert res["loss"] is res.loss  # the old dict spelling still reads, for one release
+    assert res[0] is res.loss  # and a tuple index is still a tuple index

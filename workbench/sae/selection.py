@@ -17,13 +17,16 @@ Each rule is a `Rule` registered by name in `RULES` (as SAELens registers its ar
 
 Adding a rule is one `register_rule(MyRule())` in any file (tests/test_sae_rules.py does it).
 
-When one SAE is spread over ranks, `sae.layout` (parallel.Layout) is passed to topk.py's merge,
-which gives the same choice as one process. This module imports nothing of parallel.py.
+A rule reads an SAE only through `SAEView` below (its cfg as `RuleConfig`, its parameters,
+buffers, layout and `pre_acts`): a protocol of what a rule needs, as parallel.Layout's `Layout`
+protocol is for the distributed parts, so this module imports neither model.py nor config.py
+(config.py validates names against RULES; model.py calls the rules). When one SAE is spread
+over ranks, `sae.layout` is passed to topk.py's merge, which gives the same choice as one process.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -32,13 +35,11 @@ from torch import Tensor
 from .sparse import Kept, from_mask, select_per_token
 from .topk import Ranks, flat_topk_indices, merged_topk, reference_mask, token_topk, topk_indices, topk_mask
 
-if TYPE_CHECKING:  # annotations only: the model imports this module
-    from .config import SAEConfig
-    from .model import SparseAutoencoder
-
 __all__ = [
     "RULES",
     "Rule",
+    "RuleConfig",
+    "SAEView",
     "register_rule",
     "get_rule",
     "TopK",
@@ -65,6 +66,41 @@ class Layout(Ranks, Protocol):
     def data(self) -> bool: ...  # rows of the batch are spread over ranks
 
     def global_batch(self, local_rows: int) -> int: ...
+
+    def min(self, t: Tensor) -> Tensor: ...  # elementwise minimum over ranks
+
+    def gather_latents(self, t: Tensor) -> Tensor: ...  # this rank's latents -> all latents
+
+    def latent_slice(self, F: int) -> slice: ...  # this rank's latents
+
+
+class RuleConfig(Protocol):
+    """The SAEConfig fields a rule reads (config.SAEConfig has them)."""
+
+    d_in: int
+    d_sae: int
+    k: int
+    beta: float
+    fc_capacity: str
+    zipf_alpha: float
+    threshold_decay: float
+
+
+class SAEView(Protocol):
+    """What a rule needs of an SAE (model.SparseAutoencoder has it): rules take tensors and these
+    few attributes, never the module's class, so the model can import the rules and not the reverse."""
+
+    cfg: RuleConfig
+    layout: Layout
+    W_enc: Tensor  # [F, d]
+    b_enc: Tensor  # [F]
+    W_dec: Tensor  # [F, d]
+    b_dec: Tensor  # [d]
+    threshold: Tensor  # [F] JumpReLU threshold (written by update_threshold)
+    threshold_updates: Tensor  # [] updates so far
+    usage: Tensor  # [F] EMA of each latent's firing rate
+
+    def pre_acts(self, x: Tensor, rows: Tensor | None = None) -> Tensor: ...  # [B, F]
 
 
 # --- the rules' building blocks ---------------------------------------------------------------
@@ -167,7 +203,7 @@ def zipf_capacities(usage: Float[Tensor, " F"], total: int, alpha: float, cap: i
 class Rule:
     """One selection rule. Subclass, set `name`, implement `select`, and `register_rule` an instance.
 
-    Methods receive the SparseAutoencoder `sae` (its cfg, parameters, buffers and layout); rules
+    Methods receive `sae`, an SAEView (its cfg, parameters, buffers and layout); rules
     hold no state of their own, so one instance serves every SAE.
     """
 
@@ -177,14 +213,14 @@ class Rule:
     needs_grads: ClassVar[bool] = False  # it reads the loss gradient at the input (store with_grads)
 
     def select(
-        self, sae: SparseAutoencoder, pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"] | None
+        self, sae: SAEView, pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"] | None
     ) -> Bool[Tensor, "B F"]:
         """Training selection on the dense path: which entries of `pre` (detached) are kept."""
         raise NotImplementedError
 
     def select_kept(
         self,
-        sae: SparseAutoencoder,
+        sae: SAEView,
         x: Float[Tensor, "B d"],
         grads: Float[Tensor, "B d"] | None,
         aux_cols: Int[Tensor, " m"] | None = None,
@@ -196,15 +232,15 @@ class Rule:
             pre = sae.pre_acts(x)
         return from_mask(self.select(sae, pre, grads), pre, aux_cols)
 
-    def encode(self, sae: SparseAutoencoder, pre: Float[Tensor, "B F"]) -> Float[Tensor, "B F"]:
+    def encode(self, sae: SAEView, pre: Float[Tensor, "B F"]) -> Float[Tensor, "B F"]:
         """Inference code from the pre-activations (differentiable in `pre`): top k per token."""
         return torch.where(token_topk(sae.layout, pre.detach(), sae.cfg.k), pre.relu(), 0.0)
 
-    def update_threshold(self, sae: SparseAutoencoder, cols: Int[Tensor, " n"], vals: Float[Tensor, " n"]) -> None:
+    def update_threshold(self, sae: SAEView, cols: Int[Tensor, " n"], vals: Float[Tensor, " n"]) -> None:
         """After a training batch, from the latents `cols` and values `vals` (> 0) of the kept
         entries that fired on this rank (any order). Default: no threshold to learn."""
 
-    def check_training(self, cfg: SAEConfig, batch_size: int, has_grads: bool) -> None:
+    def check_training(self, cfg: RuleConfig, batch_size: int, has_grads: bool) -> None:
         """Raise a ValueError when a run with these settings cannot train this rule."""
         if self.needs_grads and not has_grads:
             raise ValueError(f"selection={self.name!r} needs a store with gradients (StoreConfig.with_grads=True)")
@@ -243,7 +279,7 @@ class PerToken(Rule):
     never holds the [B, F] block. Subclasses only say how to score."""
 
     def scores(
-        self, sae: SparseAutoencoder, pre: Float[Tensor, "b F"], grads: Float[Tensor, "b d"] | None, rows: slice
+        self, sae: SAEView, pre: Float[Tensor, "b F"], grads: Float[Tensor, "b d"] | None, rows: slice
     ) -> Float[Tensor, "b F"]:
         """Selection scores of the tokens `rows` of the batch, from their pre-activations."""
         return pre
@@ -307,7 +343,7 @@ class JumpReLURule(Rule):
     def encode(self, sae, pre):
         return pre * (pre > sae.threshold)
 
-    def smallest(self, sae: SparseAutoencoder, cols: Tensor, vals: Tensor) -> Float[Tensor, " F"]:
+    def smallest(self, sae: SAEView, cols: Tensor, vals: Tensor) -> Float[Tensor, " F"]:
         """Each latent's new threshold sample this batch (inf: none, left alone)."""
         raise NotImplementedError
 
@@ -353,7 +389,7 @@ class FeatureChoice(JumpReLURule):
 
     name = "feature_choice"
 
-    def capacities(self, sae: SparseAutoencoder, batch: int) -> Int[Tensor, " F"]:
+    def capacities(self, sae: SAEView, batch: int) -> Int[Tensor, " F"]:
         """Tokens each of the d_sae latents may take from a batch of `batch` tokens (sums to k·batch)."""
         cfg = sae.cfg
         total = cfg.k * batch

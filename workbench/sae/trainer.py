@@ -2,20 +2,56 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..activations import ActivationBatch, ActivationStore
-from ..runs import CheckpointError, RunDir, atomic_torch_save, load_state
+from ..runs import CHECKPOINT_FILE, CheckpointError, RunDir, atomic_torch_save, load_state
 from .config import SAEConfig, SAETrainConfig, TritonPath
 from .io import save_sae
 from .losses import aux_loss, aux_zipf_weights, auxk_weights, fvu
 from .model import SparseAutoencoder
 from .parallel import SHARDED, SINGLE, Layout, current_layout, full_state, load_full_state
 from .selection import RULES, get_rule
+
+
+class StepOutput(NamedTuple):
+    """One batch's forward pass and losses (`sae_losses`), the same on the dense, sparse and
+    Triton paths. Under a "data" layout fvu and aux are this rank's shares of the global batch's
+    values; under "latent" every rank has the same values."""
+
+    loss: Float[Tensor, ""]
+    """What is backpropagated: fvu + aux_coef · aux."""
+    fvu: Float[Tensor, ""]
+    """Fraction of variance unexplained by the whole reconstruction, Σ‖x − x̂‖² / Σ‖x − mean(x)‖²."""
+    aux: Float[Tensor, ""]
+    """The auxiliary loss (AuxK or aux_zipf) before its coefficient; 0 without one."""
+    dead: Bool[Tensor, " F"]
+    """Which of this rank's latents counted as dead when the step began (the aux candidates)."""
+    l0: float
+    """Mean number of positive latent values per token (as SAELens and SAEBench count L0)."""
+    idx: Int[Tensor, "..."]
+    """Latent index of every kept entry (flat [n], or the Triton path's [B, k]; < 0: no entry)."""
+    vals: Float[Tensor, "..."]
+    """Their values, detached, shaped as idx: what the firing statistics are updated from."""
+    tokens: int
+    """Tokens in this rank's batch."""
+
+    def __getitem__(self, key):  # the old dict spelling, res["loss"], for one release
+        if isinstance(key, str):
+            warnings.warn(
+                f'sae_losses(...)["{key}"] is deprecated: use the StepOutput attribute .{key}',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
 
 
 def use_sparse(cfg: SAETrainConfig, layout: Layout = SINGLE, triton: TritonPath | None = None) -> bool:
@@ -114,14 +150,8 @@ def _triton_losses(
     else:
         aux = mse * 0.0
     # L0 counts positive values on every path (as SAELens and SAEBench do), not selected entries
-    return {
-        "loss": mse + cfg.aux_coef * aux,
-        "fvu": mse,
-        "aux": aux,
-        "sparse": (idx, vals.detach()),
-        "dead": dead,
-        "l0": float((vals > 0).sum(1).float().mean()),
-    }
+    l0 = float((vals > 0).sum(1).float().mean())
+    return StepOutput(mse + cfg.aux_coef * aux, mse, aux, dead, l0, idx, vals.detach(), len(x))
 
 
 def _aux_weights(sae: SparseAutoencoder, dead: torch.Tensor) -> torch.Tensor | None:
@@ -139,7 +169,7 @@ def _aux_weights(sae: SparseAutoencoder, dead: torch.Tensor) -> torch.Tensor | N
 
 def _sparse_losses(
     sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None, dead: torch.Tensor
-) -> dict[str, Any]:
+) -> StepOutput:
     cfg, layout = sae.cfg, sae.layout
     weights = _aux_weights(sae, dead)
     # the aux loss as dense GEMMs over its candidate rows alone (as the Triton path's AuxK), their
@@ -153,14 +183,8 @@ def _sparse_losses(
     else:
         pre = out.aux_pre if out.aux_pre is not None else sae.pre_acts(x, rows)
         aux = aux_loss(pre, x - out.x_hat, sae.W_dec[rows], weights[rows], cfg.aux_k, layout)
-    return {
-        "loss": mse + cfg.aux_coef * aux,
-        "fvu": mse,
-        "aux": aux,
-        "dead": dead,
-        "sparse": (out.kept.cols, out.vals.detach(), len(x)),
-        "l0": float((out.vals > 0).sum()) / len(x),
-    }
+    l0 = float((out.vals > 0).sum()) / len(x)
+    return StepOutput(mse + cfg.aux_coef * aux, mse, aux, dead, l0, out.kept.cols, out.vals.detach(), len(x))
 
 
 def sae_losses(
@@ -169,10 +193,9 @@ def sae_losses(
     grads: torch.Tensor | None,
     triton: TritonPath | bool | None = None,
     sparse: bool = False,
-) -> dict[str, Any]:
+) -> StepOutput:
     """Forward pass and losses of one batch: the Triton path, else the sparse torch path
-    (`sparse`), else the dense one. Under a "data" layout "fvu" and "aux" are this rank's shares
-    of the global batch's values; under "latent" every rank has the same values."""
+    (`sparse`), else the dense reference path."""
     dead = sae.dead_mask()
     if triton:
         return _triton_losses(sae, x, grads, dead, TritonPath() if triton is True else triton)
@@ -186,21 +209,14 @@ def sae_losses(
         aux = mse * 0.0
     else:
         aux = aux_loss(out.pre, x - out.x_hat, sae.W_dec, weights, cfg.aux_k, layout)
-    return {
-        "loss": mse + cfg.aux_coef * aux,
-        "fvu": mse,
-        "aux": aux,
-        "out": out,
-        "dead": dead,
-        "l0": float((out.z > 0).float().sum(1).mean()),
-    }
+    l0 = float((out.z > 0).float().sum(1).mean())
+    cols = out.mask.nonzero()[:, 1]  # by token, then latent: the order the sparse path keeps
+    return StepOutput(mse + cfg.aux_coef * aux, mse, aux, dead, l0, cols, out.z.detach()[out.mask], len(x))
 
 
-def update_stats(sae: SparseAutoencoder, res: dict[str, Any]) -> None:
-    if "sparse" in res:
-        sae.update_stats_sparse(*res["sparse"])
-    else:
-        sae.update_stats(res["out"].z.detach(), res["out"].mask)
+def update_stats(sae: SparseAutoencoder, res: StepOutput) -> None:
+    """Dead-latent clocks, usage and the rule's threshold from a step's kept entries."""
+    sae.update_stats_sparse(res.idx, res.vals, res.tokens)
 
 
 def optimizer_step(sae: SparseAutoencoder, opt: torch.optim.Optimizer, cfg: SAETrainConfig, step: int) -> float:
@@ -234,7 +250,7 @@ class _Losses(torch.nn.Module):
         super().__init__()
         self.sae, self.triton, self.sparse = sae, triton, sparse
 
-    def forward(self, x: torch.Tensor, grads: torch.Tensor | None) -> dict[str, Any]:
+    def forward(self, x: torch.Tensor, grads: torch.Tensor | None) -> StepOutput:
         return sae_losses(self.sae, x, grads, self.triton, self.sparse)
 
 
@@ -261,11 +277,12 @@ def _next_batch(
     return x, g
 
 
-def _metrics(res: dict[str, Any], sae: SparseAutoencoder, step: int, cfg: SAETrainConfig) -> dict[str, Any]:
+def _metrics(res: StepOutput, sae: SparseAutoencoder, step: int, cfg: SAETrainConfig) -> dict[str, Any]:
+    """One metrics.jsonl line (its keys are the run format's; the viewer and tests read them)."""
     layout = sae.layout
-    fvu_, aux = res["fvu"].detach(), res["aux"].detach()
-    l0 = torch.tensor(res["l0"], dtype=torch.float64, device=fvu_.device)
-    dead = res["dead"].sum().to(fvu_.device)
+    fvu_, aux = res.fvu.detach(), res.aux.detach()
+    l0 = torch.tensor(res.l0, dtype=torch.float64, device=fvu_.device)
+    dead = res.dead.sum().to(fvu_.device)
     if layout.data:  # shares of the global batch; l0 is a mean over equal row slices
         fvu_, aux, l0 = layout.sum(fvu_), layout.sum(aux), layout.sum(l0) / layout.world
     if layout.latent:  # each rank counts its own latents
@@ -286,7 +303,7 @@ def _checkpoint(run: RunDir | None, sae: SparseAutoencoder, opt, store, step: in
     sae_state, opt_state = full_state(sae.layout, sae, opt)
     if run is not None and sae.layout.rank == 0:
         atomic_torch_save(
-            run.file("checkpoint.pt"),
+            run.file(CHECKPOINT_FILE),
             {
                 "kind": "workbench-sae",
                 "sae_config": asdict(sae.cfg),
@@ -355,7 +372,7 @@ def train_sae(
     sae = SparseAutoencoder(sae_cfg, seed=cfg.seed, layout=layout).to(cfg.device, cfg.torch_dtype)
     opt = make_optimizer(sae, cfg)
     start = 0
-    ckpt = run.file("checkpoint.pt") if run is not None else None
+    ckpt = run.file(CHECKPOINT_FILE) if run is not None else None
     if ckpt is not None and ckpt.exists():
         state = load_state(ckpt, kind="workbench-sae")
         if state["sae_config"] != asdict(sae_cfg):
@@ -380,7 +397,7 @@ def train_sae(
         x, g = _next_batch(store, layout, cfg.device, cfg.torch_dtype)
         res = loss_fn(x, g)
         opt.zero_grad(set_to_none=True)
-        (res["loss"] * scale).backward()
+        (res.loss * scale).backward()
         if layout.latent:  # b_dec is replicated: its gradient sums every rank's latents' part
             sae.b_dec.grad = layout.sum(sae.b_dec.grad)
         grad_norm = optimizer_step(sae, opt, cfg, step)
