@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -9,8 +11,11 @@ from workbench.activations import (
     TensorSource,
     cache_activations,
     capture,
+    hook_dim,
+    split_heads,
     validate_hook_name,
 )
+from workbench.corpus import windows
 
 
 def _stream():
@@ -116,3 +121,64 @@ def test_bad_inputs_get_clear_errors(tmp_path, tiny_model):
         CachedSource(tmp_path)
     with pytest.raises(ValueError, match="n_ctx"):
         ModelSource(tiny_model, _stream(), StoreConfig("blocks.0.hook_resid_post", seq_len=64), 256)
+
+
+def test_hook_z_rows_are_one_per_token_with_the_heads_concatenated(default_models):
+    """On the default's blocks.1.attn.hook_z: 128-wide rows (4 heads x 32), one per token, each the
+    token's four head vectors side by side; pooling the heads gave 32-wide rows, four per token."""
+    model = default_models[0]
+    hook = "blocks.1.attn.hook_z"
+    assert hook_dim(model, hook) == model.cfg.n_heads * model.cfg.d_head == 128
+    cfg = StoreConfig(hook, batch_size=64, buffer_tokens=256, seq_len=16)
+    src = ModelSource(model, _stream(), cfg, bos_token_id=256)
+    rows = src.chunk(0).acts
+    assert rows.shape == (256, 128)  # 16 windows x 16 tokens, BOS left out
+    gen = torch.Generator().manual_seed(cfg.seed * 7_919)
+    seqs = windows(_stream(), 16, bos_token_id=256, n=16, generator=gen)
+    _, cache = model.run_with_cache(seqs, names_filter=hook)
+    z = cache[hook][:, 1:]  # [16, 16, heads, d_head]
+    for h in range(4):
+        torch.testing.assert_close(rows[:, 32 * h : 32 * (h + 1)], z[:, :, h].reshape(-1, 32), rtol=0, atol=0)
+    batch = next(ActivationStore(src, 64, seed=0)).acts
+    assert batch.shape == (64, 128)
+    assert all(any(torch.equal(r, q) for q in rows) for r in batch[:8])  # whole tokens, shuffled
+
+
+def test_head_axis_gradients_and_cache_round_trip(tiny_model, tmp_path):
+    """Gradients at hook_z are laid out like the activations (heads concatenated); a cache of hook_z
+    records the token row layout and reads back as it was written."""
+    tokens = torch.randint(0, 257, (2, 9))
+    hook = "blocks.0.attn.hook_z"
+    acts, grads = capture(tiny_model, tokens, hook, with_grads=True)
+    saved = {}
+
+    def keep(act, hook):
+        act.retain_grad()
+        saved["a"] = act
+
+    with tiny_model.hooks(fwd_hooks=[(hook, keep)]):
+        tiny_model(tokens, return_type="loss", loss_per_token=True).sum().backward()
+    assert acts.shape == grads.shape == (2, 9, 32)
+    torch.testing.assert_close(grads, saved["a"].grad.flatten(-2), rtol=1e-5, atol=1e-7)
+    assert torch.equal(split_heads(acts, saved["a"].shape), saved["a"].detach())
+    cfg = StoreConfig(hook, batch_size=32, buffer_tokens=64, seq_len=16)
+    src = ModelSource(tiny_model, _stream(), cfg, bos_token_id=256)
+    cache_activations(src, tmp_path / "z", n_chunks=1, metadata={"hook_name": hook}, progress=False)
+    back = CachedSource(tmp_path / "z")
+    assert back.d == 32 and torch.equal(back.chunk(0).acts, src.chunk(0).acts)
+
+
+def test_pooled_head_caches_and_non_token_hooks_are_refused(tiny_model, tmp_path):
+    """A cache written before the fix (no row layout, a head-axis hook) names why and how to redo it;
+    an attention pattern has no row per token."""
+    cfg = StoreConfig("blocks.0.attn.hook_z", batch_size=32, buffer_tokens=64, seq_len=16)
+    src = ModelSource(tiny_model, _stream(), cfg, bos_token_id=256)
+    cache_activations(src, tmp_path / "old", n_chunks=1, metadata={"hook_name": cfg.hook_name}, progress=False)
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    del manifest["rows"]
+    manifest["d"] = 8  # one head's width, as the pooled store wrote it
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"one row per attention head \(d=8.*cache-acts"):
+        CachedSource(tmp_path / "old")
+    with pytest.raises(ValueError, match="hook_pattern.*one row per token"):
+        hook_dim(tiny_model, "blocks.0.attn.hook_pattern")

@@ -203,6 +203,53 @@ def test_logit_effects_are_the_decoder_through_ln_scale_and_unembedding():
         torch.testing.assert_close(bottom_v[f], direct[f, order.flip(0)[:4]])
 
 
+# --- hook_z: one row per token, the heads concatenated ------------------------------------------------
+
+Z_HOOK = "blocks.1.attn.hook_z"  # 2 heads x d_head 8 = 16 = D wide, so _sae fits it
+
+
+def _topk_out(sae, a):
+    pre = (a - sae.b_dec) @ sae.W_enc.T + sae.b_enc
+    keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(-1, pre.topk(sae.cfg.k, dim=-1).indices, True)
+    return torch.where(keep, pre.clamp_min(0), 0.0)
+
+
+def test_hook_z_splice_reads_and_writes_one_row_per_token():
+    """The spliced reconstruction at hook_z is the SAE on each token's heads side by side, reshaped
+    back to [batch, pos, n_heads, d_head]; an SAE over pooled heads (d_in = d_head) is refused."""
+    model, sae = _model(), _sae(hook=Z_HOOK)
+    tokens = _sampled(model, 5)
+
+    def sae_z(a):  # a: [b, pos, heads, d_head]
+        flat = a.flatten(-2)
+        return (_topk_out(sae, flat) @ sae.W_dec + sae.b_dec).reshape(a.shape)
+
+    _, cache = model.run_with_cache(tokens, names_filter=Z_HOOK)
+    mean = cache[Z_HOOK][:, 1:].mean((0, 1))
+    got = splice_metrics(model, sae, Z_HOOK, tokens, batch_size=2)
+    ce_sae, _ = _ce(model, tokens, [(Z_HOOK, _replace_after_bos(sae_z))])
+    mean_abl, _ = _ce(model, tokens, [(Z_HOOK, _replace_after_bos(lambda a: mean.expand_as(a)))])
+    assert got["ce_sae"] == pytest.approx(ce_sae, rel=1e-10)
+    assert got["ce_mean_ablation"] == pytest.approx(mean_abl, rel=1e-10)
+    z = feature_activations(model, sae, Z_HOOK, tokens)
+    want = _topk_out(sae, cache[Z_HOOK].flatten(-2))
+    torch.testing.assert_close(z[:, 1:], want[:, 1:])
+    pooled = SparseAutoencoder(SAEConfig(d_in=8, d_sae=12, k=2, hook_name=Z_HOOK)).double()
+    with pytest.raises(ValueError, match="d_in=8 does not match the width 16.*one row per attention head"):
+        splice_metrics(model, pooled, Z_HOOK, tokens)
+
+
+def test_hook_z_logit_effects_go_through_each_heads_W_O():
+    model, sae = _model(), _sae(hook=Z_HOOK)
+    top, top_v, _, _ = logit_effects(model, sae, m=3)
+    W_O = model.blocks[1].attn.W_O  # [heads, d_head, d_model]
+    for f in (0, 9):
+        resid = sum(sae.W_dec[f, 8 * h : 8 * (h + 1)] @ W_O[h] for h in range(2))
+        direct = (resid * model.ln_final.w) @ model.W_U
+        assert top[f].tolist() == direct.argsort(descending=True)[:3].tolist()
+        torch.testing.assert_close(top_v[f], direct.sort(descending=True).values[:3])
+
+
 # --- the feature table against a dense computation ----------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from workbench.runs import CheckpointError
-from workbench.sae import SAEConfig, SparseAutoencoder, from_saelens, to_saelens
+from workbench.sae import SAEConfig, SparseAutoencoder, from_saelens, load_sae, save_sae, to_saelens
 
 D, F, K = 12, 40, 5
 
@@ -86,7 +86,6 @@ def test_from_saelens_upcasts_bfloat16_exactly(tmp_path):
         (dict(normalize_activations="layer_norm"), "normalize_activations='layer_norm'"),
         (dict(normalize_activations="expected_average_only_in"), "normalize_activations='expected_average_only_in'"),
         (dict(normalize_activations="covariance_whitening"), "normalize_activations='covariance_whitening'"),
-        (dict(reshape_activations="hook_z", hook_name="blocks.0.attn.hook_z"), "reshape_activations='hook_z'"),
         (dict(hook_head_index=3, hook_name="blocks.0.attn.hook_z"), "hook_head_index=3"),
     ],
 )
@@ -159,3 +158,67 @@ def test_to_saelens_refuses_what_saelens_cannot_compute(tmp_path):
         to_saelens(sae, tmp_path / "neg")
     with pytest.raises(ValueError, match="bfloat16"):
         to_saelens(SparseAutoencoder(SAEConfig(d_in=D, d_sae=F, k=K)).to(torch.bfloat16), tmp_path / "bf16")
+
+
+HEADS, D_HEAD = 3, 4  # a hook_z SAE on D = 12: three heads of 4 side by side
+
+
+@pytest.mark.parametrize("reshape", ["hook_z", "none"])
+def test_from_saelens_reads_hook_z_saes_as_concatenated_heads(tmp_path, reshape):
+    """SAELens' hook_z SAE flattens [..., n_heads, d_head] itself ("hook_z") or is fed its store's
+    flattened rows ("none"); either way ours takes the same row per token, heads concatenated."""
+    lens = _saelens_topk(
+        tmp_path / "lens", dtype="float64", hook_name="blocks.1.attn.hook_z", reshape_activations=reshape
+    )
+    ours = from_saelens(tmp_path / "lens")
+    assert ours.cfg.hook_name == "blocks.1.attn.hook_z" and ours.cfg.d_in == D
+    x = _inputs(torch.float64)
+    heads = x.view(-1, HEADS, D_HEAD)  # head h = columns [4h, 4h + 4)
+    with torch.no_grad():
+        z_lens = lens.encode(heads if reshape == "hook_z" else x)
+        torch.testing.assert_close(ours.encode(x), z_lens, atol=1e-10, rtol=1e-10)
+        recon = lens.decode(z_lens)
+        assert recon.shape == (heads.shape if reshape == "hook_z" else x.shape)
+        torch.testing.assert_close(ours(x).x_hat, recon.reshape(x.shape), atol=1e-10, rtol=1e-10)
+    save_sae(ours, tmp_path / "ours")  # and it saves as a one-row-per-token SAE
+    assert load_sae(tmp_path / "ours").cfg.d_in == D
+
+
+def test_to_saelens_writes_hook_z_saes_that_saelens_reshapes(tmp_path):
+    from sae_lens import SAE
+
+    sae = SparseAutoencoder(SAEConfig(d_in=D, d_sae=F, k=K, hook_name="blocks.1.attn.hook_z")).double()
+    _random_(sae, seed=4)
+    to_saelens(sae, tmp_path / "lens")
+    lens = SAE.load_from_disk(tmp_path / "lens")
+    assert lens.cfg.reshape_activations == "hook_z" and lens.cfg.metadata.hook_name == "blocks.1.attn.hook_z"
+    x = _inputs(torch.float64)
+    heads = x.view(-1, HEADS, D_HEAD)
+    sae.eval()
+    with torch.no_grad():
+        z = sae.encode(x)
+        torch.testing.assert_close(lens.encode(heads), z, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(lens(heads), sae(x).x_hat.view(heads.shape), atol=1e-10, rtol=1e-10)
+    back = from_saelens(tmp_path / "lens")
+    assert all(torch.equal(getattr(back, n), getattr(sae, n)) for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+
+
+def test_pooled_head_sae_folders_are_refused_with_how_to_retrain(tmp_path):
+    """A run written when hook_z was read one row per head: its sae_config.json has no row layout and
+    d_in = d_head (32 on the default). Loading it names why and the command to retrain."""
+    import json
+
+    old = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, k=4, hook_name="blocks.1.attn.hook_z"))
+    save_sae(old, tmp_path / "run")
+    cfg_path = tmp_path / "run" / "sae_config.json"
+    meta = json.loads(cfg_path.read_text())
+    del meta["rows"]  # as save_sae wrote it then
+    cfg_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"d_in=32, one attention head's width.*train-sae --hook blocks.1.attn"):
+        load_sae(tmp_path / "run")
+    resid = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, k=4, hook_name="blocks.1.hook_resid_post"))
+    save_sae(resid, tmp_path / "resid")
+    meta = json.loads((tmp_path / "resid" / "sae_config.json").read_text())
+    del meta["rows"]
+    (tmp_path / "resid" / "sae_config.json").write_text(json.dumps(meta))
+    assert load_sae(tmp_path / "resid").cfg.d_in == 32  # hooks without a head axis are unaffected

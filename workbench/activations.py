@@ -51,17 +51,54 @@ def validate_hook_name(model: HookedTransformer, hook_name: str) -> None:
     )
 
 
+# Hooks whose activation carries a head axis, [batch, pos, n_heads, d]: q, k, v (n_kv_heads under
+# GQA), z and the per-head result. An SAE reads them as one row per token with the heads
+# concatenated (head-major, [n_heads·d]), SAELens' convention (`reshape_activations="hook_z"`)
+# and that of the attention-SAE papers (Kissane et al. 2024); never as one row per head.
+HEAD_AXIS_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k")
+ROWS = "token"  # the row layout written into caches and SAE configs since hook_z rows became one per token
+
+
+def has_head_axis(hook_name: str) -> bool:
+    """Whether the activation at `hook_name` is [batch, pos, n_heads, d] (see HEAD_AXIS_HOOKS)."""
+    return hook_name.rsplit(".", 1)[-1] in HEAD_AXIS_HOOKS
+
+
+def token_rows(act: Float[torch.Tensor, "batch pos *rest"], hook_name: str) -> Float[torch.Tensor, "batch pos d"]:
+    """One row per token: a head-axis hook's [batch, pos, n_heads, d_head] becomes
+    [batch, pos, n_heads·d_head] (head h at columns [h·d_head, (h+1)·d_head)); others pass unchanged.
+
+    Any other activation that is not [batch, pos, d] (an attention pattern [batch, head, q, k])
+    has no row per token, and is refused."""
+    if act.ndim == 4 and has_head_axis(hook_name):
+        return act.flatten(-2)
+    if act.ndim != 3:
+        raise ValueError(
+            f"hook_name {hook_name!r}: its activation has shape {tuple(act.shape)}, not [batch, pos, d] "
+            f"nor a head-axis hook's [batch, pos, n_heads, d_head] ({', '.join(HEAD_AXIS_HOOKS)}); "
+            "an SAE needs one row per token"
+        )
+    return act
+
+
+def split_heads(rows: Float[torch.Tensor, "*lead d"], like: torch.Size) -> Float[torch.Tensor, "*lead n_heads d_head"]:
+    """Undo `token_rows` for an activation of shape `like` (a no-op for hooks without a head axis)."""
+    return rows.reshape(*rows.shape[:-1], *like[2:])
+
+
 def hook_dim(model: HookedTransformer, hook_name: str) -> int:
-    """Width of the activation at a hook (last axis), found by a 2-token forward pass."""
+    """Width of one row (one token) at a hook, found by a 2-token forward pass: n_heads·d_head for
+    a head-axis hook such as blocks.L.attn.hook_z (see `token_rows`), else the last axis."""
     validate_hook_name(model, hook_name)
     _, cache = model.run_with_cache(torch.zeros(1, 2, dtype=torch.long), names_filter=hook_name)
-    return cache[hook_name].shape[-1]
+    return token_rows(cache[hook_name], hook_name).shape[-1]
 
 
 def capture(
     model: HookedTransformer, tokens: Int[torch.Tensor, "batch seq"], hook_name: str, with_grads: bool = False
 ) -> tuple[Float[torch.Tensor, "batch seq d"], Float[torch.Tensor, "batch seq d"] | None]:
-    """Activations at `hook_name` and, optionally, d(sum of next-token losses)/d(activation).
+    """Activations at `hook_name` and, optionally, d(sum of next-token losses)/d(activation), one
+    row per token (a head-axis hook's heads concatenated: `token_rows`).
 
     The loss is summed over positions (not averaged), so a gradient does not shrink with the
     batch size or sequence length; sequences do not interact, so each row's gradient is that of
@@ -71,7 +108,7 @@ def capture(
     if not with_grads:
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=hook_name)
-        return cache[hook_name], None
+        return token_rows(cache[hook_name], hook_name), None
     saved = {}
 
     def make_leaf(act, hook):
@@ -88,7 +125,7 @@ def capture(
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
-    return saved["act"].detach(), grad
+    return token_rows(saved["act"].detach(), hook_name), token_rows(grad, hook_name)
 
 
 class ChunkSource(Protocol):
@@ -275,6 +312,7 @@ def cache_activations(
         out / MANIFEST,
         {
             "format": "workbench-activations/1",
+            "rows": ROWS,
             "d": source.d,
             "has_grads": source.has_grads,
             "dtype": str(dtype).removeprefix("torch."),
@@ -300,6 +338,14 @@ class CachedSource:
         if manifest.get("format") != "workbench-activations/1":
             raise ValueError(f"{path}: unknown cache format {manifest.get('format')!r}")
         self.manifest = manifest
+        hook = str((manifest.get("metadata") or {}).get("hook_name", ""))
+        if has_head_axis(hook) and manifest.get("rows") != ROWS:
+            raise ValueError(
+                f"{path}: this cache of {hook} holds one row per attention head (d={manifest.get('d')}, one "
+                "head's width), written before head-axis hooks were read as one row per token with the heads "
+                "concatenated; an SAE trained on it pools the heads' vectors as separate samples. "
+                "Cache it again (python -m workbench cache-acts --hook ...)"
+            )
         self.d, self.has_grads = int(manifest["d"]), bool(manifest["has_grads"])
         self.shards = manifest["shards"]
         if not self.shards:

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ..activations import ActivationBatch, validate_hook_name
+from ..activations import ActivationBatch, has_head_axis, split_heads, token_rows, validate_hook_name
 from ..runs import atomic_save_tensors, load_tensors
 from .model import SparseAutoencoder
 
@@ -87,21 +87,25 @@ def splice_metrics(
     mean_act = None
     for chunk in tokens.split(batch_size):
         _, cache = model.run_with_cache(chunk, names_filter=hook_name)
-        s = cache[hook_name][:, 1:].reshape(-1, cache[hook_name].shape[-1]).sum(0)
+        rows = token_rows(cache[hook_name], hook_name)
+        check_width(sae, hook_name, rows.shape[-1])
+        s = rows[:, 1:].reshape(-1, rows.shape[-1]).sum(0)
         mean_act = s if mean_act is None else mean_act + s
     mean_act = mean_act / (tokens.shape[0] * (tokens.shape[1] - 1))
 
     def patch(kind):
         def hook(act, hook):
-            new = act.clone()
-            rest = act[:, 1:]
+            # a head-axis hook is spliced as one row per token (heads concatenated), then split back
+            # into [batch, pos, n_heads, d_head] for the model
+            rows = token_rows(act, hook_name).clone()
+            rest = rows[:, 1:]
             if kind == "sae":
-                new[:, 1:] = sae(rest.reshape(-1, rest.shape[-1])).x_hat.reshape(rest.shape)
+                rows[:, 1:] = sae(rest.reshape(-1, rest.shape[-1])).x_hat.reshape(rest.shape)
             elif kind == "zero":
-                new[:, 1:] = 0.0
+                rows[:, 1:] = 0.0
             else:
-                new[:, 1:] = mean_act
-            return new
+                rows[:, 1:] = mean_act
+            return split_heads(rows, act.shape)
 
         return hook
 
@@ -229,12 +233,46 @@ def _upgrade_v1(state: dict[str, Tensor], path: str | Path) -> dict[str, Tensor]
     return state
 
 
+def check_width(sae: SparseAutoencoder, hook_name: str, width: int) -> None:
+    """Raise a ValueError when the SAE's d_in is not the hook's row width (`hook_dim`), naming the
+    pooled-heads case: an SAE trained on one row per head of a head-axis hook has d_in = d_head."""
+    if sae.cfg.d_in == width:
+        return
+    why = (
+        " (one row per attention head, as the workbench read head-axis hooks before they became one row "
+        "per token with the heads concatenated: retrain it with train-sae --hook " + hook_name + ")"
+        if has_head_axis(hook_name)
+        else ""
+    )
+    raise ValueError(f"sae: d_in={sae.cfg.d_in} does not match the width {width} of {hook_name}'s rows{why}")
+
+
+def decoder_in_residual(model: HookedTransformer, sae: SparseAutoencoder) -> Float[Tensor, "F d_model"]:
+    """Each decoder direction as what it writes into the residual stream: itself for a residual-width
+    hook; for blocks.L.attn.hook_z, Σ_h W_dec[:, h] W_O[L, h] (what the heads' outputs z add through
+    W_O, without the constant b_O)."""
+    W = sae.W_dec.detach()
+    hook = sae.cfg.hook_name
+    if hook.endswith("attn.hook_z") and hook.startswith("blocks."):
+        layer = int(hook.split(".")[1])
+        W_O = model.blocks[layer].attn.W_O.detach().to(W.dtype)  # [n_heads, d_head, d_model]
+        return torch.einsum("fhd,hdm->fm", W.reshape(len(W), *W_O.shape[:2]), W_O)
+    if W.shape[1] != model.cfg.d_model:
+        raise ValueError(
+            f"sae: decoder rows are {W.shape[1]} wide, not d_model={model.cfg.d_model}; "
+            f"logit effects need a residual-width hook or an attn.hook_z (got {hook!r})"
+        )
+    return W
+
+
 def logit_effects(model: HookedTransformer, sae: SparseAutoencoder, m: int = 10):
     """Direct effect of each decoder direction on the logits (through the final LayerNorm's scale
-    and W_U only, as dashboards show it): top and bottom m tokens per feature."""
-    W = sae.W_dec.detach() @ model.W_U.detach()  # [F, vocab]
+    and W_U only, as dashboards show it; a hook_z direction through its heads' W_O first,
+    `decoder_in_residual`): top and bottom m tokens per feature."""
+    D = decoder_in_residual(model, sae)
+    W = D @ model.W_U.detach()  # [F, vocab]
     if getattr(model, "ln_final", None) is not None and hasattr(model.ln_final, "w"):
-        W = (sae.W_dec.detach() * model.ln_final.w.detach()) @ model.W_U.detach()
+        W = (D * model.ln_final.w.detach()) @ model.W_U.detach()
     top = W.topk(m, dim=1)
     bottom = (-W).topk(m, dim=1)
     return top.indices, top.values, bottom.indices, -bottom.values
@@ -244,10 +282,12 @@ def logit_effects(model: HookedTransformer, sae: SparseAutoencoder, m: int = 10)
 def feature_activations(
     model: HookedTransformer, sae: SparseAutoencoder, hook_name: str, tokens: Int[Tensor, "batch seq"]
 ) -> Float[Tensor, "batch seq F"]:
-    """The SAE's (inference) feature activations at every position; 0 at BOS."""
+    """The SAE's (inference) feature activations at every position; 0 at BOS. A head-axis hook's
+    activation is read as one row per token (`token_rows`)."""
     validate_hook_name(model, hook_name)
     _, cache = model.run_with_cache(tokens, names_filter=hook_name)
-    act = cache[hook_name]
+    act = token_rows(cache[hook_name], hook_name)
+    check_width(sae, hook_name, act.shape[-1])
     z = sae.encode(act.reshape(-1, act.shape[-1])).reshape(*act.shape[:2], -1)
     z[:, 0] = 0.0
     return z

@@ -5,6 +5,12 @@ is written by SAELens itself, from a SAELens SAE object we fill, so `SAE.load_fr
 reads what we write. Each rule names its SAELens architecture (selection.Rule.saelens_architecture):
 TopK and g-SAE export as "topk"; Mutual and Feature Choice as "jumprelu" with their learned
 thresholds, which is exactly their inference encoding.
+
+Head-axis hooks (blocks.L.attn.hook_z, hook_q/k/v): the workbench reads one row per token with the
+heads concatenated (`activations.token_rows`), which is SAELens' layout too; a hook_z SAE is written
+with reshape_activations="hook_z" (SAELens then flattens [..., n_heads, d_head] inputs itself and
+splits its reconstruction back), and read from either "hook_z" or "none" (its store flattens the
+heads the same way). SAE folders saved before that (one row per head, d_in = d_head) are refused.
 """
 
 from __future__ import annotations
@@ -15,17 +21,42 @@ from pathlib import Path
 
 import torch
 
-from ..runs import CheckpointError, atomic_save_tensors, atomic_write_json, load_tensors
+from ..activations import ROWS, has_head_axis
+from ..runs import (
+    SAE_CONFIG_FILE,
+    SAE_WEIGHTS_FILE,
+    CheckpointError,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+)
 from .config import SAEConfig
 from .model import SparseAutoencoder
 
-WEIGHTS, CONFIG = "sae.safetensors", "sae_config.json"
+WEIGHTS, CONFIG = SAE_WEIGHTS_FILE, SAE_CONFIG_FILE  # the old names, kept for importers
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | Path) -> None:
+    """Write `sae` as sae.safetensors + sae_config.json; the config records the row layout ("rows":
+    one row per token), so a head-axis SAE from before it (one row per head) is told apart on load."""
     folder = Path(folder)
     atomic_save_tensors(folder / WEIGHTS, sae.state_dict(), metadata={"format": "workbench-sae"})
-    atomic_write_json(folder / CONFIG, {"format": "workbench-sae/1", "config": asdict(sae.cfg)})
+    atomic_write_json(folder / CONFIG, {"format": "workbench-sae/1", "rows": ROWS, "config": asdict(sae.cfg)})
+
+
+def _refuse_pooled_heads(cfg: SAEConfig, meta: dict, cfg_path: Path) -> None:
+    """Every head-axis SAE saved before the row layout was recorded read one row per head: d_in =
+    d_head, the heads' vectors pooled as separate samples. It cannot be converted (it never saw a
+    token's heads together), so it is refused with how to retrain."""
+    if not has_head_axis(cfg.hook_name) or meta.get("rows") == ROWS:
+        return
+    raise CheckpointError(
+        f"{cfg_path}: this SAE on {cfg.hook_name} (d_in={cfg.d_in}, one attention head's width) was trained "
+        "on one row per head, the heads' vectors pooled as separate samples, before the workbench read "
+        "head-axis hooks as one row per token with the heads concatenated (n_heads·d_head wide, as SAELens "
+        "and the attention-SAE papers do). Its latents cannot be mapped onto the concatenated rows; retrain "
+        f"it: python -m workbench train-sae --hook {cfg.hook_name} ... (d_in is found from the hook)"
+    )
 
 
 def load_sae(folder: str | Path) -> SparseAutoencoder:
@@ -44,6 +75,7 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
         raise CheckpointError(f"{cfg_path} is not a workbench SAE config")
     known = {f.name for f in fields(SAEConfig)}
     cfg = SAEConfig(**{k: v for k, v in meta["config"].items() if k in known})
+    _refuse_pooled_heads(cfg, meta, cfg_path)
     state = load_tensors(folder / WEIGHTS)
     float64 = "W_enc" in state and state["W_enc"].dtype == torch.float64
     sae = SparseAutoencoder(cfg).to(torch.float64 if float64 else torch.float32)  # float64 is not rounded
@@ -90,14 +122,11 @@ def _check_translatable(lens, cfg_path: Path) -> None:
     if c.normalize_activations != "none":
         why = _NORMALIZE_REFUSED.get(c.normalize_activations, "unknown normalisation")
         raise _refuse(cfg_path, "normalize_activations", c.normalize_activations, why)
-    if c.reshape_activations != "none":
-        raise _refuse(
-            cfg_path,
-            "reshape_activations",
-            c.reshape_activations,
-            "it reads [n_heads·d_head] flattened heads; the workbench's stores read the last axis "
-            "(one head's d_head) per row",
-        )
+    hook = c.metadata.hook_name or ""
+    if c.reshape_activations not in ("none", "hook_z"):
+        raise _refuse(cfg_path, "reshape_activations", c.reshape_activations, "expected 'none' or 'hook_z'")
+    if c.reshape_activations == "hook_z" and not hook.endswith("hook_z"):
+        raise _refuse(cfg_path, "reshape_activations", "hook_z", f"its hook_name {hook!r} is not an attention hook_z")
     if c.metadata.hook_head_index is not None:
         raise _refuse(
             cfg_path,
@@ -131,13 +160,16 @@ def to_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
             f"sae: parameters are {dtype}; expected float32 or float64 (SAELens' own dtypes "
             "would round them differently)"
         )
+    # a hook_z SAE reads [..., n_heads, d_head] in SAELens (flattened as ours are); other head-axis
+    # hooks have no SAELens reshape and take the flattened rows its store makes
+    reshape = "hook_z" if cfg.hook_name.endswith("hook_z") else "none"
     meta = SAEMetadata(
         hook_name=cfg.hook_name or None,
         model_name=cfg.model_name or None,
         hook_head_index=None,
         workbench_selection=cfg.selection,
     )
-    # ours always subtracts b_dec from the input, never normalises, reshapes or rescales
+    # ours always subtracts b_dec from the input, never normalises or rescales
     common = dict(
         d_in=cfg.d_in,
         d_sae=cfg.d_sae,
@@ -145,7 +177,7 @@ def to_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
         device="cpu",
         apply_b_dec_to_input=True,
         normalize_activations="none",
-        reshape_activations="none",
+        reshape_activations=reshape,
         metadata=meta,
     )
     state = {
