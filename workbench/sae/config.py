@@ -15,6 +15,7 @@ from .selection import RULES
 AUX_LOSSES = ("auxk", "aux_zipf", "none")
 DTYPES = ("float32", "bfloat16", "float64")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+NESTINGS = ("none", "fixed", "sampled", "expected")  # Matryoshka boundary distributions (matryoshka.py)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,19 @@ class SAEConfig:
     dead_tokens: int = doc(1_000_000, "a latent that has not fired for this many tokens is dead")
     # (0.99 kept early-training values long enough to bias the threshold high: inference L0 fell to 0.6·k)
     threshold_decay: float = doc(0.9, "mutual/feature choice: EMA decay of the inference JumpReLU threshold")
+    # the nested loss is a training objective over the latent order; inference is the rule's as ever
+    matryoshka: str = doc(
+        "none",
+        'nested (Matryoshka) loss over prefixes [0, m) of the latents: "none"; "fixed" widths '
+        '(matryoshka_widths, F added, equal weights); "sampled" each step G-1 widths i.i.d. from '
+        'P(width <= m) = (m/F)^matryoshka_power, plus F; "expected" the exact expectation of "sampled"',
+        choices=NESTINGS,
+    )
+    matryoshka_widths: tuple[int, ...] = doc((), 'matryoshka "fixed": the prefix widths, increasing, in [1, d_sae]')
+    matryoshka_prefixes: int = doc(4, 'matryoshka "sampled"/"expected": G, the prefixes per step (F among them)')
+    matryoshka_power: float = doc(
+        0.5, 'matryoshka "sampled"/"expected": a in P(width <= m) = (m/F)^a; a < 1 favours small'
+    )
     hook_name: str = doc("", "where the activations came from (metadata, SAELens export)")
     model_name: str = doc("", "which model (metadata, SAELens export)")
 
@@ -53,6 +67,22 @@ class SAEConfig:
             raise FieldError("k_aux", f"k_aux={self.k_aux} must lie in [1, d_sae={self.d_sae}]")
         if not 0.0 <= self.threshold_decay < 1.0:
             raise FieldError("threshold_decay", f"threshold_decay={self.threshold_decay} must lie in [0, 1)")
+        self._check_nesting()
+
+    def _check_nesting(self) -> None:
+        widths = tuple(int(m) for m in self.matryoshka_widths)  # JSON gives a list
+        object.__setattr__(self, "matryoshka_widths", widths)
+        if any(not 1 <= m <= self.d_sae for m in widths) or list(widths) != sorted(set(widths)):
+            raise FieldError(
+                "matryoshka_widths",
+                f"matryoshka_widths={widths}: expected increasing widths in [1, d_sae={self.d_sae}]",
+            )
+        if self.matryoshka == "fixed" and not [m for m in widths if m < self.d_sae]:
+            raise FieldError("matryoshka_widths", 'matryoshka="fixed" needs at least one width below d_sae')
+        if self.matryoshka in ("sampled", "expected") and self.matryoshka_prefixes < 2:
+            raise FieldError("matryoshka_prefixes", f"matryoshka_prefixes={self.matryoshka_prefixes}: expected >= 2")
+        if self.matryoshka_power <= 0:
+            raise FieldError("matryoshka_power", f"matryoshka_power={self.matryoshka_power}: expected > 0")
 
     @property
     def aux_k(self) -> int:

@@ -16,6 +16,7 @@ from ..runs import CHECKPOINT_FILE, CheckpointError, RunDir, atomic_torch_save, 
 from .config import SAEConfig, SAETrainConfig, TritonPath
 from .io import save_sae
 from .losses import aux_loss, aux_zipf_weights, auxk_weights, fvu
+from .matryoshka import nested_fvu_dense, nested_fvu_sparse, prefix_weights
 from .model import SparseAutoencoder
 from .parallel import SHARDED, SINGLE, Layout, current_layout, full_state, load_full_state
 from .selection import RULES, get_rule
@@ -27,9 +28,11 @@ class StepOutput(NamedTuple):
     values; under "latent" every rank has the same values."""
 
     loss: Float[Tensor, ""]
-    """What is backpropagated: fvu + aux_coef · aux."""
+    """What is backpropagated: recon + aux_coef · aux."""
     fvu: Float[Tensor, ""]
     """Fraction of variance unexplained by the whole reconstruction, Σ‖x − x̂‖² / Σ‖x − mean(x)‖²."""
+    recon: Float[Tensor, ""]
+    """The loss's reconstruction term: fvu, or with a Matryoshka loss the weighted prefix FVUs (matryoshka.py)."""
     aux: Float[Tensor, ""]
     """The auxiliary loss (AuxK or aux_zipf) before its coefficient; 0 without one."""
     dead: Bool[Tensor, " F"]
@@ -87,8 +90,9 @@ def make_optimizer(sae: SparseAutoencoder, cfg: SAETrainConfig) -> torch.optim.A
 
 
 def triton_supported(sae_cfg: SAEConfig) -> bool:
-    """Whether the fused kernels cover this SAE: its rule says so, and the aux loss is AuxK or none."""
-    return get_rule(sae_cfg.selection).triton and sae_cfg.aux in ("auxk", "none")
+    """Whether the fused kernels cover this SAE: its rule says so, the aux loss is AuxK or none,
+    and it has no Matryoshka loss (the nested loss runs on the torch paths)."""
+    return get_rule(sae_cfg.selection).triton and sae_cfg.aux in ("auxk", "none") and sae_cfg.matryoshka == "none"
 
 
 def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE) -> TritonPath | None:
@@ -105,8 +109,8 @@ def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE)
     if cfg.use_triton and not triton_supported(sae_cfg):
         covered = [name for name, rule in RULES.items() if rule.triton]
         raise ValueError(
-            f"use_triton: the kernels cover selection {'/'.join(covered)} with aux auxk/none, "
-            f"not {sae_cfg.selection}/{sae_cfg.aux}"
+            f"use_triton: the kernels cover selection {'/'.join(covered)} with aux auxk/none and no "
+            f"matryoshka, not {sae_cfg.selection}/{sae_cfg.aux}/matryoshka={sae_cfg.matryoshka}"
         )
     if cfg.use_triton and layout.latent:
         raise ValueError(
@@ -151,7 +155,7 @@ def _triton_losses(
         aux = mse * 0.0
     # L0 counts positive values on every path (as SAELens and SAEBench do), not selected entries
     l0 = float((vals > 0).sum(1).float().mean())
-    return StepOutput(mse + cfg.aux_coef * aux, mse, aux, dead, l0, idx, vals.detach(), len(x))
+    return StepOutput(mse + cfg.aux_coef * aux, mse, mse, aux, dead, l0, idx, vals.detach(), len(x))
 
 
 def _aux_weights(sae: SparseAutoencoder, dead: torch.Tensor) -> torch.Tensor | None:
@@ -168,7 +172,11 @@ def _aux_weights(sae: SparseAutoencoder, dead: torch.Tensor) -> torch.Tensor | N
 
 
 def _sparse_losses(
-    sae: SparseAutoencoder, x: torch.Tensor, grads: torch.Tensor | None, dead: torch.Tensor
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    grads: torch.Tensor | None,
+    dead: torch.Tensor,
+    nest: torch.Tensor | None = None,
 ) -> StepOutput:
     cfg, layout = sae.cfg, sae.layout
     weights = _aux_weights(sae, dead)
@@ -183,8 +191,12 @@ def _sparse_losses(
     else:
         pre = out.aux_pre if out.aux_pre is not None else sae.pre_acts(x, rows)
         aux = aux_loss(pre, x - out.x_hat, sae.W_dec[rows], weights[rows], cfg.aux_k, layout)
+    if nest is None:
+        recon = mse
+    else:  # x_hat's own graph is then not backpropagated (the full prefix is among the partial sums)
+        recon = nested_fvu_sparse(x, out.kept, out.vals, sae.W_dec, sae.b_dec, nest, layout)
     l0 = float((out.vals > 0).sum()) / len(x)
-    return StepOutput(mse + cfg.aux_coef * aux, mse, aux, dead, l0, out.kept.cols, out.vals.detach(), len(x))
+    return StepOutput(recon + cfg.aux_coef * aux, mse, recon, aux, dead, l0, out.kept.cols, out.vals.detach(), len(x))
 
 
 def sae_losses(
@@ -193,14 +205,18 @@ def sae_losses(
     grads: torch.Tensor | None,
     triton: TritonPath | bool | None = None,
     sparse: bool = False,
+    nest: Float[Tensor, " F"] | None = None,
 ) -> StepOutput:
     """Forward pass and losses of one batch: the Triton path, else the sparse torch path
-    (`sparse`), else the dense reference path."""
+    (`sparse`), else the dense reference path. `nest`: the Matryoshka prefix weights w(m) of
+    this step (matryoshka.prefix_weights; None: the plain loss)."""
     dead = sae.dead_mask()
+    if nest is not None and (triton or sae.layout.latent):
+        raise ValueError("matryoshka: the nested loss runs on the torch paths without parallel='latent'")
     if triton:
         return _triton_losses(sae, x, grads, dead, TritonPath() if triton is True else triton)
     if sparse:
-        return _sparse_losses(sae, x, grads, dead)
+        return _sparse_losses(sae, x, grads, dead, nest)
     out = sae(x, grads)
     cfg, layout = sae.cfg, sae.layout
     mse = fvu(x, out.x_hat, layout)
@@ -209,9 +225,10 @@ def sae_losses(
         aux = mse * 0.0
     else:
         aux = aux_loss(out.pre, x - out.x_hat, sae.W_dec, weights, cfg.aux_k, layout)
+    recon = mse if nest is None else nested_fvu_dense(x, out.z, sae.W_dec, sae.b_dec, nest, layout)
     l0 = float((out.z > 0).float().sum(1).mean())
     cols = out.mask.nonzero()[:, 1]  # by token, then latent: the order the sparse path keeps
-    return StepOutput(mse + cfg.aux_coef * aux, mse, aux, dead, l0, cols, out.z.detach()[out.mask], len(x))
+    return StepOutput(recon + cfg.aux_coef * aux, mse, recon, aux, dead, l0, cols, out.z.detach()[out.mask], len(x))
 
 
 def update_stats(sae: SparseAutoencoder, res: StepOutput) -> None:
@@ -250,8 +267,8 @@ class _Losses(torch.nn.Module):
         super().__init__()
         self.sae, self.triton, self.sparse = sae, triton, sparse
 
-    def forward(self, x: torch.Tensor, grads: torch.Tensor | None) -> StepOutput:
-        return sae_losses(self.sae, x, grads, self.triton, self.sparse)
+    def forward(self, x: torch.Tensor, grads: torch.Tensor | None, nest: torch.Tensor | None = None) -> StepOutput:
+        return sae_losses(self.sae, x, grads, self.triton, self.sparse, nest)
 
 
 def _loss_fn(sae: SparseAutoencoder, triton: TritonPath | None, device: str, sparse: bool = False):
@@ -280,22 +297,25 @@ def _next_batch(
 def _metrics(res: StepOutput, sae: SparseAutoencoder, step: int, cfg: SAETrainConfig) -> dict[str, Any]:
     """One metrics.jsonl line (its keys are the run format's; the viewer and tests read them)."""
     layout = sae.layout
-    fvu_, aux = res.fvu.detach(), res.aux.detach()
+    fvu_, recon, aux = res.fvu.detach(), res.recon.detach(), res.aux.detach()
     l0 = torch.tensor(res.l0, dtype=torch.float64, device=fvu_.device)
     dead = res.dead.sum().to(fvu_.device)
     if layout.data:  # shares of the global batch; l0 is a mean over equal row slices
-        fvu_, aux, l0 = layout.sum(fvu_), layout.sum(aux), layout.sum(l0) / layout.world
+        fvu_, recon, aux, l0 = layout.sum(fvu_), layout.sum(recon), layout.sum(aux), layout.sum(l0) / layout.world
     if layout.latent:  # each rank counts its own latents
         l0, dead = layout.sum(l0), layout.sum(dead)
-    return {
+    line = {
         "step": step,
         "tokens": (step + 1) * cfg.batch_size,
-        "loss": (fvu_ + sae.cfg.aux_coef * aux).item(),
+        "loss": (recon + sae.cfg.aux_coef * aux).item(),
         "fvu": fvu_.item(),
         "aux": aux.item(),
         "l0": l0.item(),
         "dead_frac": dead.item() / sae.cfg.d_sae,
     }
+    if sae.cfg.matryoshka != "none":
+        line["nested_fvu"] = recon.item()
+    return line
 
 
 def _checkpoint(run: RunDir | None, sae: SparseAutoencoder, opt, store, step: int) -> None:
@@ -365,6 +385,8 @@ def train_sae(
         raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch of {cfg.batch_size}")
     layout = current_layout(cfg.parallel)
     _check_store(store, layout)
+    if sae_cfg.matryoshka != "none" and layout.latent:
+        raise ValueError("matryoshka: a prefix spans every rank's latents under parallel='latent'; use 'data'")
     if layout.world > 1 and cfg.device == "cuda":  # one GPU per process: the one torchrun's rank set
         cfg = replace(cfg, device=f"cuda:{torch.cuda.current_device()}")
     lead = layout.rank == 0
@@ -395,7 +417,7 @@ def train_sae(
     sae.train()
     for step in bar:
         x, g = _next_batch(store, layout, cfg.device, cfg.torch_dtype)
-        res = loss_fn(x, g)
+        res = loss_fn(x, g, prefix_weights(sae_cfg, cfg.seed, step))
         opt.zero_grad(set_to_none=True)
         (res.loss * scale).backward()
         if layout.latent:  # b_dec is replicated: its gradient sums every rank's latents' part
