@@ -80,7 +80,13 @@ def _stop(thread: threading.Thread, status) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="workbench viewer")
-    ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    ap.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default: loopback only). The viewer answers only requests whose Host "
+        "header is this address or loopback (against DNS rebinding); 0.0.0.0 or :: (every interface) "
+        "turns that check off: any Host is answered, so bind them only on a trusted network",
+    )
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--runs", default=None, help="folder of run directories (default: the demo, built if missing)")
     ap.add_argument("--no-build", action="store_true", help="do not build the demo if it is missing")

@@ -41,7 +41,8 @@ def test_unevaluated_sae_page_offers_the_evaluation():
 def test_probe_pages_render_their_results():
     sp = sparsity_page.render("sp", sparsity_result())
     assert "Never-firing neurons on 96 tokens: L0: 0, L1: 1." in sp
-    assert sparsity_page.summary(sparsity_result()) == "active L0 50.0%, L1 25.0%"
+    assert sparsity_page.summary(sparsity_result()) == "active L0 50.0%, L1 25.0% (|a| > 0)"
+    assert 'id="threshold">A neuron counts as active on a token when its activation is nonzero (|a| > 0)' in sp
     hd = heads_page.render("hd", heads_result())
     assert "&lt;i&gt;x&lt;/i&gt;" in hd and "<i>x</i>" not in hd  # a label from disk is text
     assert "<td>0.50 (30/60)</td><td>0.40 – 0.60</td>" in hd and '<option value="0">needle</option>' in hd
@@ -56,7 +57,7 @@ def test_attention_api_function_checks_its_parameters():
     res = heads_result()
     fig = heads_page.attention("hd", res, {"layer": "1", "head": "0"})
     assert fig["data"][0]["z"] == res.examples[0].patterns[1][0]
-    assert fig["data"][0]["x"] == ["0:<s>", "1:a<b>"]  # plotly draws labels as text; the figure keeps them raw
+    assert fig["data"][0]["x"] == ["0:&lt;s&gt;", "1:a&lt;b&gt;"]  # plotly reads tags in labels: escaped
     for query, status, needle in [
         ({"layer": "2", "head": "0"}, 400, "layer must lie in [0, 2)"),
         ({"layer": "0"}, 400, "head is required"),

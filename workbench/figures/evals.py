@@ -1,7 +1,8 @@
 """Sparse probing and absorption-style figures: one builder for the viewer and the FeatureExplorer.
 
 Each takes the plain dict that `workbench.sae.probing.SAEEvals.to_dict()` writes to a run's
-usefulness.json (or None where it was not computed) and never a model.
+usefulness.json (or None where it was not computed) and never a model. Concept names and letters
+come from that file: they pass through `text.plain` before plotly sees them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ from plotly.subplots import make_subplots
 
 from ..sae.probing import ABSORPTION_CAVEAT
 from .sae import LAYOUT, empty_figure
+from .text import plain
+
+
+def _hover(value: object) -> str:
+    """A string from disk inside a hovertemplate: escaped, and with "%{" spelled "% {" (plotly
+    reads %{...} in a template as a field of the point, and has no escape for it)."""
+    return plain(value).replace("%{", "% {")
+
 
 NOT_COMPUTED = (
     "sparse probing and absorption-style scores were not computed for this run "
@@ -44,7 +53,7 @@ def usefulness_figure(evals: dict | None) -> go.Figure:
                 x=ks,
                 y=[acc[str(k)] if str(k) in acc else acc[k] for k in ks],
                 mode="lines+markers",
-                name=task,
+                name=plain(task),
                 line=dict(color=color),
                 legendgroup=task,
             ),
@@ -59,7 +68,7 @@ def usefulness_figure(evals: dict | None) -> go.Figure:
                 showlegend=False,
                 line=dict(color=color, dash="dot"),
                 legendgroup=task,
-                hovertemplate=f"{html.escape(task)}: raw-activation probe %{{y:.3f}}<extra></extra>",
+                hovertemplate=f"{_hover(task)}: raw-activation probe %{{y:.3f}}<extra></extra>",
             ),
             row=1,
             col=1,
@@ -81,7 +90,7 @@ def usefulness_figure(evals: dict | None) -> go.Figure:
     letters = ab["letters"]
     fig.add_trace(
         go.Bar(
-            x=[r["letter"] for r in letters],
+            x=[plain(r["letter"]) for r in letters],
             y=[r["full_absorption_rate"] for r in letters],
             name="full-absorption rate",
             marker_color="#c0392b",

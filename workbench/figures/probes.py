@@ -1,5 +1,8 @@
 """Plotly figures for the three probes (sparsity, head roles, arrow of time), from their typed
-results (workbench.results and the probes' own result classes)."""
+results (workbench.results and the probes' own result classes). Every string that comes from a
+run (labels, tokens, data-set, seed and direction names, config values) passes through
+`text.plain` before plotly sees it: plotly draws `<a href>` and a few other tags in names, text and
+tick labels."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .sae import LAYOUT, empty_figure
+from .text import plain
 
 if TYPE_CHECKING:
     from ..probes.arrow import ArrowResult
@@ -131,10 +135,10 @@ def head_role_map(roles: HeadRoles | dict) -> go.Figure:
     )
     heads, layers = [f"H{h}" for h in range(H)], [f"L{l}" for l in range(L)]
     r_text = [
-        [f"{labels[l][h]} · {_ci_text(r_ci[l][h])}" + (f" · {hits[l][h]}/{n}" if hits else "") for h in range(H)]
+        [plain(f"{labels[l][h]} · {_ci_text(r_ci[l][h])}" + (f" · {hits[l][h]}/{n}" if hits else "")) for h in range(H)]
         for l in range(L)
     ]
-    s_text = [[f"{labels[l][h]} · {_ci_text(s_ci[l][h])}" for h in range(H)] for l in range(L)]
+    s_text = [[plain(f"{labels[l][h]} · {_ci_text(s_ci[l][h])}") for h in range(H)] for l in range(L)]
     for col, z, text, scale in ((1, r, r_text, "Oranges"), (2, s, s_text, "Blues")):
         fig.add_trace(
             go.Heatmap(
@@ -153,7 +157,7 @@ def head_role_map(roles: HeadRoles | dict) -> go.Figure:
             col,
         )
     cfg = roles.config
-    title = (
+    title = plain(
         f"Head roles on lower bounds (retrieval ≥ {cfg.get('retrieval_threshold')} from ≥ "
         f"{cfg.get('min_copied_steps')} copied steps, streaming ≥ {cfg.get('streaming_threshold')})"
     )
@@ -161,7 +165,7 @@ def head_role_map(roles: HeadRoles | dict) -> go.Figure:
     warning = too_few_message(roles)
     if warning:
         fig.add_annotation(
-            text=warning, xref="paper", yref="paper", x=0.5, y=-0.18, showarrow=False, font=dict(color="#b22222")
+            text=plain(warning), xref="paper", yref="paper", x=0.5, y=-0.18, showarrow=False, font=dict(color="#b22222")
         )
     return fig
 
@@ -187,7 +191,7 @@ def causal_check(roles: HeadRoles | dict) -> go.Figure:
 def attention_pattern(pattern: list[list[float]], token_strs: list[str], title: str = "Attention pattern") -> go.Figure:
     if not pattern:
         return empty_figure("no pattern")
-    labels = [f"{i}:{t}" for i, t in enumerate(token_strs)]
+    labels = [plain(f"{i}:{t}") for i, t in enumerate(token_strs)]
     fig = go.Figure(
         go.Heatmap(
             z=pattern,
@@ -200,18 +204,49 @@ def attention_pattern(pattern: list[list[float]], token_strs: list[str], title: 
         )
     )
     fig.update_layout(
-        **{**LAYOUT, "height": 480}, title=title, yaxis_autorange="reversed", xaxis_title="key", yaxis_title="query"
+        **{**LAYOUT, "height": 480},
+        title=plain(title),
+        yaxis_autorange="reversed",
+        xaxis_title="key",
+        yaxis_title="query",
     )
     return fig
 
 
-def arrow_curves(curves: dict, title: str = "Validation loss over training") -> go.Figure:
+# Forward and backward curves differ in dash and marker as well as colour (readable in grey, and by
+# readers who do not tell the colours apart); the legend names each.
+DIRECTION_STYLE = {
+    "forward": dict(line=dict(dash="solid"), marker=dict(symbol="circle")),
+    "backward": dict(line=dict(dash="dash"), marker=dict(symbol="square-open", size=8)),
+}
+
+
+def _direction(name: str) -> str | None:
+    low = str(name).lower()
+    return "backward" if "backward" in low else "forward" if "forward" in low else None
+
+
+def arrow_curves(curves: dict, title: str = "Validation loss over training", colors: dict | None = None) -> go.Figure:
+    """One validation-loss curve per key ({name: {"step", "val_loss"}}); a key naming a direction
+    gets that direction's dash and marker; `colors` maps keys to colours (e.g. one per seed)."""
     if not curves or not any(c.get("step") for c in curves.values()):
         return empty_figure("no loss curves logged")
     fig = go.Figure()
-    for direction, c in curves.items():
-        fig.add_trace(go.Scatter(x=c["step"], y=c["val_loss"], mode="lines+markers", name=direction))
-    fig.update_layout(**LAYOUT, title=title, xaxis_title="step", yaxis_title="loss (nats/token)")
+    for name, c in curves.items():
+        style = DIRECTION_STYLE.get(_direction(name), {})
+        line, marker = dict(style.get("line", {})), dict(style.get("marker", {}))
+        if colors and name in colors:
+            line["color"] = marker["color"] = colors[name]
+        fig.add_trace(
+            go.Scatter(x=c["step"], y=c["val_loss"], mode="lines+markers", name=plain(name), line=line, marker=marker)
+        )
+    fig.update_layout(
+        **LAYOUT,
+        title=plain(title),
+        xaxis_title="step",
+        yaxis_title="loss (nats/token)",
+        legend_title_text="solid ● forward · dashed □ backward" if any(map(_direction, curves)) else None,
+    )
     return fig
 
 
@@ -222,7 +257,7 @@ def arrow_gaps(results: dict[str, ArrowResult]) -> go.Figure:
     if not results:
         return empty_figure("no arrow-of-time results")
     names = list(results)
-    ticks = [f"{html.escape(n)}<br>{html.escape(results[n].verdict)}" for n in names]  # plotly reads tags
+    ticks = [f"{plain(n)}<br>{plain(results[n].verdict)}" for n in names]  # plotly reads tags
     fig = go.Figure()
     fig.add_trace(
         go.Bar(
@@ -255,7 +290,7 @@ def arrow_gaps(results: dict[str, ArrowResult]) -> go.Figure:
         go.Scatter(
             x=[t for n, t in zip(names, ticks) for _ in results[n].gaps],
             y=[100 * g for n in names for g in results[n].gaps],
-            text=[f"seed {s}" for n in names for s in results[n].seeds],
+            text=[plain(f"seed {s}") for n in names for s in results[n].seeds],
             mode="markers",
             marker=dict(size=8, color="#4c78a8"),
             name="each seed",
@@ -301,13 +336,23 @@ def arrow_gap_over_training(over: dict, title: str = "Gap over training") -> go.
         )
     )
     fig.add_hline(y=0, line_color="#444")
-    fig.update_layout(**LAYOUT, title=title, xaxis_title="step", yaxis_title="gap (%)")
+    fig.update_layout(**LAYOUT, title=plain(title), xaxis_title="step", yaxis_title="gap (%)")
     return fig
 
 
+SEED_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d", "#bab0ac")
+
+
 def arrow_seed_curves(curves: dict, title: str = "Validation loss over training") -> go.Figure:
-    """Forward and backward validation loss of every seed ({"seed s": {direction: curve}})."""
-    return arrow_curves({f"{d} · {seed}": c for seed, by_dir in curves.items() for d, c in by_dir.items()}, title)
+    """Forward and backward validation loss of every seed ({"seed s": {direction: curve}}): one
+    colour per seed, the direction in dash and marker ("forward · seed 0" in the legend)."""
+    named = {f"{d} · {seed}": c for seed, by_dir in curves.items() for d, c in by_dir.items()}
+    colors = {
+        f"{d} · {seed}": SEED_COLORS[i % len(SEED_COLORS)]
+        for i, (seed, by_dir) in enumerate(curves.items())
+        for d in by_dir
+    }
+    return arrow_curves(named, title, colors)
 
 
 # --- HTML summaries shared by the viewer and the widgets (every string from disk escaped) ---------

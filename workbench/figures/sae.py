@@ -1,5 +1,7 @@
 """Plotly figures for SAEs and their features. Every surface (notebook, widget, viewer) calls
-these; each takes plain results (lists, dicts, a FeatureTable) and never a model."""
+these; each takes plain results (lists, dicts, a FeatureTable) and never a model. Strings from a
+run or a tokenizer (token labels, variant and metric names) pass through `text.plain` first:
+plotly draws `<a href>` and a few other tags in names and tick labels."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from plotly.subplots import make_subplots
 
 from ..corpus import Tokenizer
 from ..sae.evaluate import FeatureTable
+from .text import plain
 
 LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=40), height=320)
 
@@ -29,11 +32,15 @@ def training_curves(metrics: list[dict], keys: tuple[str, ...] = ("fvu", "l0", "
     rows = [m for m in metrics if "fvu" in m]
     if not rows:
         return empty_figure("no training metrics logged yet")
-    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=keys)
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[plain(k) for k in keys])
     for i, key in enumerate(keys, start=1):
         fig.add_trace(
             go.Scatter(
-                x=[m["tokens"] for m in rows], y=[m.get(key) for m in rows], mode="lines", name=key, showlegend=False
+                x=[m.get("tokens") for m in rows],
+                y=[m.get(key) for m in rows],
+                mode="lines",
+                name=plain(key),
+                showlegend=False,
             ),
             row=1,
             col=i,
@@ -82,6 +89,13 @@ def feature_histogram(table: FeatureTable, feature: int) -> go.Figure:
     return fig
 
 
+def token_label(s: str) -> str:
+    """A token as a tick label, quoted so that spaces show, escaped once: tokenizers' token_str
+    already spells control bytes (ByteTokenizer's "\\t"), which repr() would escape a second time;
+    only a token that still holds unprintable characters (a decoded BPE "\n") goes through repr."""
+    return plain(f"'{s}'" if s.isprintable() else repr(s))
+
+
 def logit_effects(table: FeatureTable, feature: int, tokenizer: Tokenizer) -> go.Figure:
     top = [tokenizer.token_str(int(t)) for t in table.logit_top[feature]]
     bottom = [tokenizer.token_str(int(t)) for t in table.logit_bottom[feature]]
@@ -89,7 +103,7 @@ def logit_effects(table: FeatureTable, feature: int, tokenizer: Tokenizer) -> go
     fig.add_trace(
         go.Bar(
             x=table.logit_top_values[feature].tolist()[::-1],
-            y=[repr(s) for s in top][::-1],
+            y=[token_label(s) for s in top][::-1],
             orientation="h",
             marker_color="#54a24b",
             showlegend=False,
@@ -100,7 +114,7 @@ def logit_effects(table: FeatureTable, feature: int, tokenizer: Tokenizer) -> go
     fig.add_trace(
         go.Bar(
             x=table.logit_bottom_values[feature].tolist()[::-1],
-            y=[repr(s) for s in bottom][::-1],
+            y=[token_label(s) for s in bottom][::-1],
             orientation="h",
             marker_color="#e45756",
             showlegend=False,
@@ -174,6 +188,8 @@ def variants_bar(rows: list[dict], metric: str = "fvu") -> go.Figure:
     """One metric across SAE variants (e.g. the benchmark's rows)."""
     if not rows:
         return empty_figure("no variants to compare")
-    fig = go.Figure(go.Bar(x=[r["variant"] for r in rows], y=[r.get(metric) for r in rows], marker_color="#4c78a8"))
-    fig.update_layout(**LAYOUT, title=f"{metric} by variant")
+    fig = go.Figure(
+        go.Bar(x=[plain(r["variant"]) for r in rows], y=[r.get(metric) for r in rows], marker_color="#4c78a8")
+    )
+    fig.update_layout(**LAYOUT, title=plain(f"{metric} by variant"))
     return fig

@@ -15,20 +15,24 @@ fault). server.py turns them into routes.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from ..figures import sae as sf
+from ..runs import RESULTS_FILE, SAE_WEIGHTS_FILE
 from . import heads_page
 from .evaluation import Evaluations
 from .store import ApiError, RunError, RunStore
 
+INDEX = re.compile(r"[+-]?[0-9]{1,18}")  # an index as the URL spells it; more digits cannot be in range
+
 
 def run_path(store: RunStore, name: str) -> Path:
-    d = store.path(name)
-    if d is None:
-        raise ApiError(404, "no such run")
-    return d
+    try:
+        return store.locate(name)
+    except RunError as e:
+        raise ApiError(404, f"no such run: {e}") from None
 
 
 def _table(store: RunStore, name: str):
@@ -46,10 +50,34 @@ def _tokenizer(store: RunStore, name: str):
         raise ApiError(500, f"run {name!r}: {e}") from e
 
 
-def feature(store: RunStore, name: str, f: int) -> dict:
+def feature_index(raw: str, n: int) -> int:
+    """The URL's feature index as an int in [0, n): ApiError 400 (not an integer) or 404 (out of
+    range), both naming the range; a 5000-digit number is refused before int() sees it."""
+    what = f"feature must be an integer in [0, {n})"
+    text = str(raw)
+    if not INDEX.fullmatch(text):
+        shown = text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
+        raise ApiError(400, f"{what}, got {shown!r}")
+    f = int(text)
+    if not 0 <= f < n:
+        raise ApiError(404, f"{what}, got {f}: there is no feature {f}")
+    return f
+
+
+def check_text(text: str, what: str) -> None:
+    """ApiError(400) when `text` is not valid Unicode (a lone surrogate, which JSON can spell)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(
+            400, f"{what} holds a lone surrogate (U+{ord(text[e.start]):04X} at index {e.start}): not valid Unicode"
+        ) from None
+
+
+def feature(store: RunStore, name: str, raw: str | int) -> dict:
+    """`raw`: the feature index as the URL spells it."""
     table = _table(store, name)
-    if not 0 <= f < len(table.density):
-        raise ApiError(404, f"feature must lie in [0, {len(table.density)})")
+    f = feature_index(str(raw), len(table.density))
     tok = _tokenizer(store, name)
     figs = {
         "feat-hist": sf.feature_histogram(table, f),
@@ -67,6 +95,7 @@ def search(store: RunStore, name: str, q: str) -> dict:
     from ..sae.evaluate import features_matching
 
     table = _table(store, name)
+    check_text(q, "q")
     return {"features": features_matching(table, _tokenizer(store, name).encode(q))}
 
 
@@ -82,8 +111,9 @@ def prompt(store: RunStore, name: str, body: Any) -> dict:
         raise ApiError(400, f"feature must be an integer, got {type(f).__name__}")
     if not text:
         raise ApiError(400, "text is empty")
-    if not (d / "sae.safetensors").exists():
-        raise ApiError(400, f"run {name!r} has no SAE (sae.safetensors is missing): the prompt API needs an SAE run")
+    check_text(text, "text")
+    if not (d / SAE_WEIGHTS_FILE).exists():
+        raise ApiError(400, f"run {name!r} has no SAE ({SAE_WEIGHTS_FILE} is missing): the prompt API needs an SAE run")
     try:
         model, sae = store.model_and_sae(name)
     except RunError as e:
@@ -138,10 +168,10 @@ def start_evaluation(store: RunStore, jobs: Evaluations, name: str) -> dict:
         raise ApiError(500, f"run {name!r}: {e}") from e
     if kind != "sae":
         raise ApiError(400, f"run {name!r} is a {kind!r} run: only SAE runs are evaluated from the viewer")
-    if not (d / "sae.safetensors").exists():
-        raise ApiError(400, f"run {name!r} has no sae.safetensors: its training has not finished")
+    if not (d / SAE_WEIGHTS_FILE).exists():
+        raise ApiError(400, f"run {name!r} has no {SAE_WEIGHTS_FILE}: its training has not finished")
     if store.has_results(name):
-        raise ApiError(409, f"run {name!r} is already evaluated (results.json exists)")
+        raise ApiError(409, f"run {name!r} is already evaluated ({RESULTS_FILE} exists)")
     try:
         snap = jobs.start(name, d)
     except RuntimeError as e:

@@ -16,27 +16,121 @@ import math
 from ..figures import heads as hf
 from ..figures import probes as pf
 from ..results import HeadsRunResult
-from .pages import figure_div, js_literal
+from ..runs import RESULTS_FILE
+from .pages import figure_div, js_literal, on_ready
 from .store import ApiError
 
 KIND = "heads"
+SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)  # what malformed data raises
+
+
+class DataError(ValueError):
+    """A field of the run's results.json that does not have the shape the page needs; the message
+    names the file and the field."""
+
+
+def _shape(value) -> str:
+    """What a value from results.json is, briefly (for an error message)."""
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def _number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def check_grid(field: str, grid, L: int, H: int, cell=None, cell_kind: str = "") -> None:
+    """DataError naming `field` unless `grid` is L rows (layers) of H cells (heads), each passing
+    `cell` when given (`cell_kind` says what a cell must be)."""
+    if not isinstance(grid, list) or len(grid) != L:
+        raise DataError(f"{RESULTS_FILE}: {field} must hold {L} rows (one per layer), got {_shape(grid)}")
+    for layer, row in enumerate(grid):
+        if not isinstance(row, list) or len(row) != H:
+            raise DataError(f"{RESULTS_FILE}: {field}[{layer}] must hold {H} values (one per head), got {_shape(row)}")
+        for h, v in enumerate(row):
+            if cell is not None and not cell(v):
+                raise DataError(f"{RESULTS_FILE}: {field}[{layer}][{h}] must be {cell_kind}, got {_shape(v)}")
+
+
+def _pair(v) -> bool:
+    return v is None or (isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v))
+
+
+def check_roles(res: HeadsRunResult) -> None:
+    """Every [layer][head] field of results.json's roles has the layers × heads of its retrieval scores."""
+    r = res.roles
+    L, H = res.n_layers, res.n_heads
+    check_grid("roles.retrieval", r.retrieval, L, H, _number, "a number")
+    check_grid("roles.streaming", r.streaming, L, H, _number, "a number")
+    check_grid("roles.labels", r.labels, L, H)
+    check_grid("roles.delta_loss", r.delta_loss, L, H, _number, "a number")
+    if r.retrieval_hits:
+        check_grid("roles.retrieval_hits", r.retrieval_hits, L, H, _number, "a number")
+    for field in ("retrieval_ci", "streaming_ci"):
+        if getattr(r, field):
+            check_grid(f"roles.{field}", getattr(r, field), L, H, _pair, "a [low, high] pair")
+    if r.too_few_copied and not isinstance(r.config.get("min_copied_steps"), (int, float)):
+        raise DataError(f"{RESULTS_FILE}: roles.config.min_copied_steps must be a number (too_few_copied is set)")
+
+
+def check_explorer(data: dict) -> tuple[int, int]:
+    """(layers, heads) of results.json's explorer data once every field the explorer reads has
+    their shape; DataError naming the first field that does not."""
+    L, H = data.get("n_layers"), data.get("n_heads")
+    for key, v in (("n_layers", L), ("n_heads", H)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise DataError(f"{RESULTS_FILE}: explorer.{key} must be a positive integer, got {_shape(v)}")
+    if not isinstance(data.get("metrics"), dict):
+        raise DataError(f"{RESULTS_FILE}: explorer.metrics must be an object of [layer][head] grids")
+    for m, grid in data["metrics"].items():
+        check_grid(f"explorer.metrics[{m!r}]", grid, L, H, _number, "a number")
+    for m, grid in (data.get("intervals") or {}).items():
+        if grid:
+            check_grid(f"explorer.intervals[{m!r}]", grid, L, H, _pair, "a [low, high] pair")
+    if data.get("labels") is not None:
+        check_grid("explorer.labels", data["labels"], L, H)
+    for c, ctx in (data.get("contexts") or {}).items():
+        where = f"explorer.contexts[{c!r}]"
+        if not isinstance(ctx, dict) or not isinstance(ctx.get("tokens"), list):
+            raise DataError(f"{RESULTS_FILE}: {where} must be an object with tokens and patterns")
+        T = len(ctx["tokens"])
+        if ctx.get("ids") is not None and (not isinstance(ctx["ids"], list) or len(ctx["ids"]) != T):
+            raise DataError(f"{RESULTS_FILE}: {where}.ids must hold {T} ids (one per token), got {_shape(ctx['ids'])}")
+        square = lambda p: isinstance(p, list) and len(p) == T and all(isinstance(q, list) and len(q) == T for q in p)  # noqa: E731
+        check_grid(f"{where}.patterns", ctx.get("patterns"), L, H, square, f"a {T} × {T} pattern")
+    curve = data.get("gate_curve")
+    if curve:
+        steps, alpha = curve.get("step"), curve.get("alpha")
+        if not isinstance(steps, list) or not isinstance(alpha, list) or len(steps) != len(alpha):
+            raise DataError(f"{RESULTS_FILE}: explorer.gate_curve must hold as many alpha grids as steps")
+        for i, grid in enumerate(alpha):
+            check_grid(f"explorer.gate_curve.alpha[{i}]", grid, L, H, _number, "a number")
+    return L, H
 
 
 def summary(res: HeadsRunResult) -> str:
-    r = res.roles
-    labels = [lab for row in r.labels for lab in row]
-    few = (
-        f"; too few copied steps to label retrieval ({int(r.n_copied)} < {int(r.config['min_copied_steps'])})"
-        if r.too_few_copied
-        else ""
-    )
-    return (
-        f"{labels.count('retrieval')} retrieval, {labels.count('streaming')} streaming heads "
-        f"(copy accuracy {r.copy_accuracy:.2f}{few})"
-    )
+    try:
+        check_roles(res)
+        r = res.roles
+        labels = [lab for row in r.labels for lab in row]
+        few = (
+            f"; too few copied steps to label retrieval ({int(r.n_copied)} < {int(r.config['min_copied_steps'])})"
+            if r.too_few_copied
+            else ""
+        )
+        return (
+            f"{labels.count('retrieval')} retrieval, {labels.count('streaming')} streaming heads "
+            f"(copy accuracy {r.copy_accuracy:.2f}{few})"
+        )
+    except DataError:
+        raise
+    except SHAPE_ERRORS as e:
+        raise DataError(f"{RESULTS_FILE}: roles cannot be summarised: {type(e).__name__}: {e}") from e
 
 
 def roles_section(name: str, res: HeadsRunResult) -> str:
+    check_roles(res)
     return (
         pf.head_roles_summary_html(res.roles)
         + figure_div(pf.head_role_map(res.roles), "roles")
@@ -46,6 +140,7 @@ def roles_section(name: str, res: HeadsRunResult) -> str:
 
 def intervals_table(name: str, res: HeadsRunResult) -> str:
     """Every head's role, scores and intervals (the labels are strings from disk: escaped)."""
+    check_roles(res)
     r = res.roles
 
     def ci(values, layer, h):
@@ -77,7 +172,7 @@ def attention_section(name: str, res: HeadsRunResult) -> str:
 <div class="controls"><select id="example">{examples}</select><select id="layer">{layers}</select>
 <select id="head">{heads}</select></div>
 <div id="attn"></div>
-<script>
+""" + on_ready(f"""
 const ARUN = encodeURIComponent({js_literal(name)});
 async function attn() {{
   const e = document.getElementById("example").value;
@@ -90,8 +185,7 @@ async function attn() {{
   Plotly.react("attn", f.data, f.layout, {{responsive: true}});
 }}
 for (const id of ["example", "layer", "head"]) document.getElementById(id).onchange = attn;
-attn();
-</script>"""
+attn();""")
 
 
 def not_computed(title: str, field: str, anchor: str) -> str:
@@ -145,6 +239,7 @@ def explorer_section(name: str, res: HeadsRunResult) -> str:
     data = res.explorer
     if not data or not data.get("metrics"):
         return not_computed("Head explorer", "explorer", "explorer")
+    check_explorer(data)
     x, y = default_axes(data)
     layer, head_ = default_head(data)
     contexts = list(data.get("contexts") or {})
@@ -170,8 +265,7 @@ intervals and its DuoAttention gate while the gates were trained.</p>
 <label>head <select id="hx-head">{_options(range(data["n_heads"]), head_)}</select></label>{ctx_picker}</div>
 <p id="hx-error" class="error" hidden></p>
 <div id="hx-detail" class="fig" data-head="{layer},{head_}"></div>
-<script>
-(function() {{
+""" + on_ready(f"""
   const S = {js_literal(state)};
   const RUN = encodeURIComponent(S.run), cfg = {{responsive: true, displaylogo: false}};
   const el = id => document.getElementById(id);
@@ -202,9 +296,7 @@ intervals and its DuoAttention gate while the gates were trained.</p>
     gd.dataset.axes = `${{S.x}}|${{S.y}}`;
   }});
   Plotly.newPlot("hx-detail", S.detail.data, S.detail.layout, cfg);
-  for (const id of ["hx-x", "hx-y", "hx-layer", "hx-head", "hx-context"]) if (el(id)) el(id).onchange = show;
-}})();
-</script>"""
+  for (const id of ["hx-x", "hx-y", "hx-layer", "hx-head", "hx-context"]) if (el(id)) el(id).onchange = show;""")
 
 
 def _esc(value) -> str:
@@ -302,12 +394,11 @@ formed (first held to the last checkpoint): {said or "n/a"}.</p>
 <div class="controls"><label>score
 <select id="over-metric">{_options(metrics, metrics[0], hf.OVER_METRICS.get)}</select></label></div>
 <div id="over" class="fig"></div>
-<script>(function() {{
+""" + on_ready(f"""
   const F = {js_literal(figs)}, cfg = {{responsive: true, displaylogo: false}};
   const pick = document.getElementById("over-metric");
   const draw = () => Plotly.react("over", F[pick.value].data, F[pick.value].layout, cfg);
-  pick.onchange = draw; draw();
-}})();</script>"""
+  pick.onchange = draw; draw();""")
 
 
 SECTIONS = [
@@ -322,8 +413,40 @@ SECTIONS = [
 ]
 
 
+# The results.json field each section draws, named when it cannot be drawn.
+SECTION_FIELDS = {
+    roles_section: "roles",
+    intervals_table: "roles",
+    explorer_section: "explorer",
+    methods_section: "duo and razor",
+    tradeoff_section: "kv_tradeoff",
+    agreement_section: "agreement",
+    over_training_section: "over_training",
+    attention_section: "examples",
+}
+
+
+def section_error(section, error: Exception) -> str:
+    """A section that could not be drawn, in its place: the field at fault and what is wrong."""
+    field = SECTION_FIELDS.get(section, section.__name__)
+    why = str(error) if isinstance(error, DataError) else f"{type(error).__name__}: {error}"
+    anchor = section.__name__.replace("_", "-")
+    return (
+        f'<div class="error" id="{anchor}-error"><b>This part of the page could not be drawn from '
+        f"{RESULTS_FILE}'s {html.escape(field)}.</b><br>{html.escape(why)}</div>"
+    )
+
+
 def render(name: str, res: HeadsRunResult) -> str:
-    return "".join(section(name, res) for section in SECTIONS)
+    """Every section; one that fails on malformed data shows its error in its place, the others are
+    drawn (any exception: a hand-edited results.json can break a section in ways no check foresees)."""
+    parts = []
+    for section in SECTIONS:
+        try:
+            parts.append(section(name, res))
+        except Exception as e:
+            parts.append(section_error(section, e))
+    return "".join(parts)
 
 
 def attention(name: str, res: HeadsRunResult, query: dict) -> dict:
@@ -339,6 +462,12 @@ def attention(name: str, res: HeadsRunResult, query: dict) -> dict:
     L, H = len(ex.patterns), len(ex.patterns[0]) if ex.patterns else 0
     if not (0 <= layer < L and 0 <= head < H):
         raise ApiError(400, f"layer must lie in [0, {L}) and head in [0, {H}), got layer={layer}, head={head}")
+    T = len(ex.tokens)
+    square = lambda p: isinstance(p, list) and len(p) == T and all(isinstance(q, list) and len(q) == T for q in p)  # noqa: E731
+    try:
+        check_grid(f"examples[{i}].patterns", ex.patterns, L, H, square, f"a {T} × {T} pattern (one row per token)")
+    except DataError as e:
+        raise ApiError(500, str(e)) from None
     fig = pf.attention_pattern(ex.patterns[layer][head], ex.tokens, f"{ex.name}: layer {layer}, head {head}")
     return json.loads(fig.to_json())
 
@@ -382,7 +511,17 @@ def head(name: str, res: HeadsRunResult, query: dict, tokenizer=None) -> dict:
     data = res.explorer
     if not data or not data.get("metrics"):
         raise ApiError(400, f"run {name!r} has no head explorer data (results.json has no explorer)")
-    L, H = data["n_layers"], data["n_heads"]
+    try:
+        L, H = check_explorer(data)
+    except DataError as e:
+        raise ApiError(500, str(e)) from None
+    try:
+        return _head(name, data, L, H, query, tokenizer)
+    except SHAPE_ERRORS as e:  # a shape no check above foresees: still named, as JSON
+        raise ApiError(500, f"{RESULTS_FILE}: explorer cannot be read: {type(e).__name__}: {e}") from e
+
+
+def _head(name: str, data: dict, L: int, H: int, query: dict, tokenizer) -> dict:
     layer, head_ = _int_arg(query, "layer"), _int_arg(query, "head")
     if not 0 <= layer < L:
         raise ApiError(400, f"layer must lie in [0, {L}), got {layer}")

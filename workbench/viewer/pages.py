@@ -1,12 +1,19 @@
 """The HTML every viewer page shares: the page shell, error box, figure and metrics blocks, and the
 demo build's live panel. Each run kind's page lives in its own module (sae_page, sparsity_page,
 heads_page, arrow_page). Figures come from workbench.figures and are drawn by plotly.js (served by
-the viewer itself, never a CDN)."""
+the viewer itself, never a CDN).
+
+plotly.min.js is 4.8 MB: a page loads it only when its body draws a figure (calls `Plotly.`), with
+`defer` so that the page's text shows before the script is parsed, from a URL that names plotly's
+version (served as immutable: a second page or a reload reads it from the browser's cache). Inline
+scripts cannot be deferred, so every script that calls Plotly runs on DOMContentLoaded (`on_ready`),
+which fires after the deferred plotly.min.js has run."""
 
 from __future__ import annotations
 
 import html
 import json
+from importlib.metadata import version
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pages are also drawn before plotly is imported (the build page)
@@ -30,6 +37,12 @@ textarea { width: 100%; height: 60px; font-family: ui-monospace, monospace; }
 .bar { font-family: ui-monospace, monospace; font-size: 12px; white-space: pre; }
 .state-running { color: #2563eb; font-weight: 600; } .state-done { color: #15803d; }
 .state-failed, .state-skipped { color: #b91c1c; }
+.md { max-width: 100%; overflow-wrap: anywhere; line-height: 1.45; }
+.md table { display: block; max-width: 100%; overflow-x: auto; }
+.md td, .md th { vertical-align: top; }
+.md code { background: #f3f4f6; padding: 0 3px; border-radius: 3px; font-size: 90%; }
+.md pre { background: #f3f4f6; padding: 8px; white-space: pre-wrap; overflow-wrap: anywhere; }
+.note { color: #444; }
 """
 
 
@@ -46,24 +59,44 @@ def js_literal(value) -> str:
     )
 
 
+PLOTLY_VERSION = version("plotly")
+PLOTLY_URL = f"/static/plotly-{PLOTLY_VERSION}.min.js"  # a new plotly is a new URL: cached as immutable
+
+
+def on_ready(js: str) -> str:
+    """A <script> running `js` once the page is parsed and the deferred plotly.min.js has run (the
+    HTML spec runs deferred scripts before DOMContentLoaded). `js` must not need global names."""
+    return f'<script>document.addEventListener("DOMContentLoaded", () => {{\n{js}\n}});</script>'
+
+
 def figure_div(fig: go.Figure, div_id: str) -> str:
     payload = js_literal(json.loads(fig.to_json()))  # traces carry tokens and names read from disk
-    return (
-        f'<div id="{div_id}" class="fig"></div><script>(function(){{const f={payload};'
-        f'Plotly.newPlot("{div_id}", f.data, f.layout, {{responsive: true, displaylogo: false}});}})();</script>'
+    return f'<div id="{div_id}" class="fig"></div>' + on_ready(
+        f'const f = {payload};\nPlotly.newPlot("{div_id}", f.data, f.layout, {{responsive: true, displaylogo: false}});'
     )
 
 
+def needs_plotly(body: str) -> bool:
+    """Whether a page body draws with plotly.js (every figure script calls `Plotly.`)."""
+    return "Plotly." in body
+
+
 def page(title: str, body: str) -> str:
+    script = f'<script defer src="{PLOTLY_URL}"></script>' if needs_plotly(body) else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)} · workbench</title><link rel="icon" href="data:,"><style>{CSS}</style>
-<script src="/static/plotly.min.js"></script></head>
+{script}</head>
 <body><nav><a href="/">Runs</a><a href="/benchmarks">Benchmarks</a></nav>
 <main><h1>{html.escape(title)}</h1>{body}</main></body></html>"""
 
 
-def error_box(message: str) -> str:
-    return f'<div class="error" id="run-error"><b>This run could not be shown.</b><br>{html.escape(message)}</div>'
+def error_box(message: str, headline: str = "This run could not be shown.") -> str:
+    return f'<div class="error" id="run-error"><b>{html.escape(headline)}</b><br>{html.escape(message)}</div>'
+
+
+def error_page(title: str, message: str, headline: str) -> str:
+    """A whole page that says what went wrong (404s, refused files, unforeseen errors)."""
+    return page(title, error_box(message, headline))
 
 
 def metrics_table(values: dict, keys: list[str]) -> str:

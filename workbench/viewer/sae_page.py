@@ -10,7 +10,7 @@ import dataclasses
 from ..figures import evals as ef
 from ..figures import sae as sf
 from ..results import SAERunResult
-from .pages import STAGES_JS, figure_div, js_literal, metrics_table
+from .pages import STAGES_JS, figure_div, js_literal, metrics_table, on_ready
 
 KIND = "sae"
 SHOWN = (
@@ -110,6 +110,7 @@ def feature_browser(run: str, n_features: int, first: int) -> str:
 <div class="controls">
   <button id="prev">◀</button>
   <label>feature <input id="feature" type="number" min="0" max="{n_features - 1}" value="{first}"></label>
+  <span class="empty">of {n_features} (0 to {n_features - 1})</span>
   <button id="next">▶</button> <button id="go">show</button>
   <label>search by token <input id="search" placeholder="e.g. def"></label> <button id="search-go">search</button>
   <span id="search-results"></span>
@@ -121,14 +122,19 @@ def feature_browser(run: str, n_features: int, first: int) -> str:
 <textarea id="prompt">def f(x):\n    return x + 1</textarea>
 <button id="prompt-go">run through the SAE</button>
 <div id="prompt-out"></div>
-<script>
-const RUN = encodeURIComponent({js_literal(run)});
-function showError(id, r, d) {{  // an API's JSON error, as text (it may quote a file name)
-  const p = document.createElement("p"); p.className = "error";
-  p.textContent = (d && d.error) || `HTTP ${{r.status}}`;
+""" + on_ready(f"""
+const RUN = encodeURIComponent({js_literal(run)}), N = {n_features};
+function say(id, text) {{  // an error as text (it may quote a file name)
+  const p = document.createElement("p"); p.className = "error"; p.textContent = text;
   document.getElementById(id).replaceChildren(p);
 }}
+function showError(id, r, d) {{ say(id, (d && d.error) || `HTTP ${{r.status}}: the viewer gave no reason`); }}
 async function show(i) {{
+  if (!Number.isInteger(i) || i < 0 || i >= N) {{  // said here, before asking the server
+    say("contexts", `feature must be an integer in [0, ${{N}}) (0 to ${{N - 1}}), got ${{
+      document.getElementById("feature").value || "nothing"}}`);
+    return;
+  }}
   const r = await fetch(`/api/run/${{RUN}}/feature/${{i}}`);
   if (!r.ok) {{ showError("contexts", r, await r.json().catch(() => null)); return; }}
   const d = await r.json();
@@ -137,10 +143,10 @@ async function show(i) {{
   document.getElementById("contexts").dataset.feature = d.feature;
   for (const [id, f] of Object.entries(d.figures)) Plotly.react(id, f.data, f.layout, {{responsive: true}});
 }}
-const cur = () => parseInt(document.getElementById("feature").value || "0");
+const cur = () => Number(document.getElementById("feature").value);  // "" or "1.5": not an index
 document.getElementById("go").onclick = () => show(cur());
-document.getElementById("prev").onclick = () => show(Math.max(0, cur() - 1));
-document.getElementById("next").onclick = () => show(Math.min({n_features - 1}, cur() + 1));
+document.getElementById("prev").onclick = () => show(Math.max(0, Math.min(N - 1, cur() - 1)));
+document.getElementById("next").onclick = () => show(Math.min(N - 1, Math.max(0, cur() + 1)));
 document.getElementById("feature").onchange = () => show(cur());
 document.getElementById("search-go").onclick = async () => {{
   const q = document.getElementById("search").value;
@@ -159,5 +165,4 @@ document.getElementById("prompt-go").onclick = async () => {{
   if (!r.ok) {{ showError("prompt-out", r, d); return; }}
   document.getElementById("prompt-out").innerHTML = d.html;
 }};
-show({first});
-</script>"""
+show({first});""")

@@ -3,38 +3,46 @@
     GET  /                         every run: its kind and headline (and the demo build, live)
     GET  /run/<name>               the run's page: one module per kind (sae_page, sparsity_page,
                                    heads_page, arrow_page); an SAE run without evaluation offers it
-    GET  /benchmarks               benchmarks/RESULTS.md as text
+    GET  /benchmarks               benchmarks/RESULTS.md, its Markdown drawn as HTML (markdown.py)
     GET  /api/build                the demo build's state (when the app shows a build)
-    /api/run/<name>/...            the JSON APIs (api.py lists them)
+    /api/run/<name>/...            the JSON APIs (api.py lists them); every error is JSON
     GET  /files/<name>/<path>      a file of a run, sandboxed (it may hold html or svg)
-    GET  /static/plotly.min.js     plotly.js from the installed plotly package
+    GET  /static/plotly-<v>.min.js plotly.js from the installed plotly package, cached as immutable
 
-It serves only what lies inside those run directories; a run that cannot be read shows an error
-naming the file on its own page while the others keep working. Every request's Host header is
-checked (front.HostCheck) and every string read from disk is escaped.
+It serves only what lies inside those run directories (a symlink out of the runs folder, or a
+FIFO or device in place of a run's file, is refused); a run that cannot be read shows an error
+naming the file on its own page while the others keep working. No route blocks the event loop:
+every one that reads files or computes runs in a worker thread (Work), so /api/build and the
+overview answer while pages are built. Every request's Host header is checked (front.HostCheck)
+and every string read from disk is escaped.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
+import anyio
+import anyio.to_thread
 import plotly
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..results import ResultsError
-from ..sae.saebench_json import read_run_evals
-from . import api, arrow_page, heads_page, pages, sae_page, sparsity_page
+from . import api, arrow_page, heads_page, markdown, pages, sae_page, sparsity_page
 from .build_status import BuildStatus
 from .evaluation import Evaluations
 from .front import HostCheck, build_api
-from .store import ApiError, RunError, RunStore
+from .store import ApiError, RunError, RunStore, regular_file
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 PROBE_PAGES = {m.KIND: m for m in (sparsity_page, heads_page, arrow_page)}  # kind -> summary(res), render(name, res)
@@ -94,7 +102,7 @@ def sae_body(store: RunStore, jobs: Evaluations, name: str) -> str:
         return sae_page.render_unevaluated(name, store.metrics(name), jobs.snapshot(name))
     res = store.results(name)
     table = store.feature_table(name)
-    return sae_page.render(name, res, store.metrics(name), table.density.tolist(), read_run_evals(d))
+    return sae_page.render(name, res, store.metrics(name), table.density.tolist(), store.evals(name))
 
 
 def run_body(store: RunStore, jobs: Evaluations, name: str) -> tuple[str, str]:
@@ -110,14 +118,54 @@ def run_body(store: RunStore, jobs: Evaluations, name: str) -> tuple[str, str]:
 # --- the app --------------------------------------------------------------------------------------
 
 
-def json_route(fn: Callable) -> Callable:
-    """An API function's result as JSON, an ApiError as {"error": message} with its status."""
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None: JSON has no NaN (a NaN from disk would
+    make the response fail to encode), and the pages read null as "no value"."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
-    async def endpoint(request: Request) -> JSONResponse:
+
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(finite(value), allow_nan=False, separators=(",", ":")).encode()
+
+
+class Work:
+    """Runs the viewer's blocking work (reading run files, building figures, loading a model) in
+    worker threads, never on the event loop, so that /api/build and every other request answer
+    while it runs. "heavy" work (a run's page, the feature, prompt and head APIs) runs at most
+    `heavy` at a time (more would only share the same cores), "light" work (the run listing, a
+    file, the benchmarks page) at most `light`; requests beyond wait without holding a thread."""
+
+    def __init__(self, heavy: int = 2, light: int = 8) -> None:
+        self.limiters = {"heavy": anyio.CapacityLimiter(heavy), "light": anyio.CapacityLimiter(light)}
+
+    async def run(self, kind: str, fn: Callable, *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiters[kind])
+
+
+def json_route(work: Work, fn: Callable, kind: str = "heavy", body: bool = False) -> Callable:
+    """An API function `fn(request, body)` run in a worker thread: its result as JSON (NaN as
+    null), an ApiError as {"error": message} with its status. `body`: parse the JSON body first."""
+
+    def answer(request: Request, parsed: Any) -> Response:
         try:
-            return JSONResponse(await fn(request))
+            return Response(json_bytes(fn(request, parsed)), media_type="application/json")
         except ApiError as e:
             return JSONResponse({"error": str(e)}, e.status)
+
+    async def endpoint(request: Request) -> Response:
+        parsed = None
+        if body:
+            try:
+                parsed = json.loads(await request.body())
+            except (ValueError, UnicodeDecodeError):
+                return JSONResponse({"error": 'the body is not JSON: expected {"text": str, "feature": int}'}, 400)
+        return await work.run(kind, answer, request, parsed)
 
     return endpoint
 
@@ -129,19 +177,25 @@ def create_app(
     port: int | None = None,
     build: BuildStatus | None = None,
     eval_windows: int | None = None,
+    heavy_workers: int = 2,
 ) -> Starlette:
     """The viewer over `runs_root`. Requests whose Host is not `host` or loopback (on `port`; any
     port when None) are refused; `build`, when given, is shown live on `/` and at /api/build;
-    `eval_windows`: held-out windows when an SAE run is evaluated from its page (None: 32)."""
-    store, jobs = RunStore(runs_root), Evaluations(eval_windows)
+    `eval_windows`: held-out windows when an SAE run is evaluated from its page (None: 32);
+    `heavy_workers`: run pages and API answers computed at once (Work)."""
+    store, jobs, work = RunStore(runs_root), Evaluations(eval_windows), Work(heavy_workers)
 
-    async def overview(request: Request) -> HTMLResponse:
+    def overview_page() -> HTMLResponse:
         return HTMLResponse(pages.page("Runs", overview_body(store, jobs, build)))
 
-    async def run_page(request: Request) -> HTMLResponse:
-        name = request.path_params["name"]
-        if store.path(name) is None:
-            return HTMLResponse(pages.page("Not found", pages.error_box(f"no run named {name!r}")), 404)
+    async def overview(request: Request) -> HTMLResponse:
+        return await work.run("light", overview_page)
+
+    def render_run(name: str) -> HTMLResponse:
+        try:
+            store.locate(name)
+        except RunError as e:
+            return HTMLResponse(pages.error_page("Not found", str(e), "No such run."), 404)
         if build is not None and build.state_of(name) in ("pending", "running"):
             return HTMLResponse(
                 pages.page(
@@ -157,50 +211,99 @@ def create_app(
             return HTMLResponse(pages.page(name, pages.error_box(f"{type(e).__name__}: {e}")), 500)
         return HTMLResponse(pages.page(f"{name} ({kind})", body))
 
-    async def benchmarks(request: Request) -> HTMLResponse:
-        path = Path(benchmarks_md) if benchmarks_md else None
-        if path is None or not path.exists():
-            return HTMLResponse(pages.page("Benchmarks", '<p class="empty">No benchmark results found.</p>'))
-        return HTMLResponse(pages.page("Benchmarks", f"<pre>{html.escape(path.read_text())}</pre>"))
+    async def run_page(request: Request) -> HTMLResponse:
+        return await work.run("heavy", render_run, request.path_params["name"])
 
-    async def feature(request: Request) -> dict:
+    def benchmarks_page() -> HTMLResponse:
+        path = Path(benchmarks_md) if benchmarks_md else None
+        try:
+            found = path is not None and regular_file(path) is not None
+        except RunError as e:
+            return HTMLResponse(pages.error_page("Benchmarks", str(e), "The benchmark results cannot be read."), 500)
+        if not found:
+            return HTMLResponse(pages.page("Benchmarks", '<p class="empty">No benchmark results found.</p>'))
+        text = path.read_text(encoding="utf-8", errors="replace")
+        return HTMLResponse(pages.page("Benchmarks", markdown.to_html(text)))
+
+    async def benchmarks(request: Request) -> HTMLResponse:
+        return await work.run("light", benchmarks_page)
+
+    def feature(request: Request, _) -> dict:
         return api.feature(store, request.path_params["name"], request.path_params["feature"])
 
-    async def search(request: Request) -> dict:
+    def search(request: Request, _) -> dict:
         return api.search(store, request.path_params["name"], request.query_params.get("q", ""))
 
-    async def prompt(request: Request) -> dict:
+    def prompt(request: Request, body: Any) -> dict:
         api.run_path(store, request.path_params["name"])
-        try:
-            body = await request.json()
-        except Exception:
-            raise ApiError(400, 'the body is not JSON: expected {"text": str, "feature": int}') from None
         return api.prompt(store, request.path_params["name"], body)
 
-    async def attention(request: Request) -> dict:
+    def attention(request: Request, _) -> dict:
         return api.attention(store, request.path_params["name"], dict(request.query_params))
 
-    async def head(request: Request) -> dict:
+    def head(request: Request, _) -> dict:
         return api.head(store, request.path_params["name"], dict(request.query_params))
 
-    async def evaluate(request: Request) -> dict:
+    def evaluate(request: Request, _) -> dict:
         name = request.path_params["name"]
         if request.method == "POST":
             return api.start_evaluation(store, jobs, name)
         return api.evaluation_state(store, jobs, name)
 
-    async def run_file(request: Request) -> Response:
-        d = store.path(request.path_params["name"])
-        if d is None:
-            return PlainTextResponse("not found", 404)
-        target = (d / request.path_params["path"]).resolve()
-        if not target.is_relative_to(d) or not target.is_file():
-            return PlainTextResponse("not found", 404)
+    def file_response(name: str, rel: str) -> Response:
+        """A file of a run: only a regular file that resolves inside that run's folder (itself inside
+        the runs folder), else a 404 page naming why; a name no file can have is a 400."""
+
+        def refused(status: int, why: str) -> HTMLResponse:
+            return HTMLResponse(pages.error_page("Not found", why, "This file is not served."), status)
+
+        parts = rel.split("/")
+        if "\x00" in rel or len(rel) > 1024 or any(len(part.encode()) > 255 for part in parts):
+            return refused(400, "the file name is not a valid path (a NUL byte, or a name over 255 bytes)")
+        try:
+            d = store.locate(name)
+            target = (d / rel).resolve()
+            if not target.is_relative_to(d):
+                return refused(404, f"{rel!r} lies outside run {name!r}")
+            st = regular_file(target)
+        except (RunError, OSError, ValueError) as e:
+            return refused(404, str(e))
+        if st is None:
+            return refused(404, f"run {name!r} has no file {rel!r}")
         # A run folder may hold anything (an .html or .svg): never let it run script on our origin.
-        return FileResponse(target, headers={"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"})
+        return FileResponse(
+            target,
+            stat_result=st,
+            headers={"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def run_file(request: Request) -> Response:
+        return await work.run("light", file_response, request.path_params["name"], request.path_params["path"])
 
     async def plotly_js(request: Request) -> FileResponse:
-        return FileResponse(PLOTLY_JS, media_type="application/javascript")
+        """plotly.js at its versioned URL: the same bytes for as long as that URL exists."""
+        return FileResponse(
+            PLOTLY_JS,
+            media_type="application/javascript",
+            headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        )
+
+    async def plotly_js_unversioned(request: Request) -> FileResponse:  # for pages saved before the change
+        return FileResponse(PLOTLY_JS, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        """404 (no such route) and 405 (wrong method): JSON under /api/, a page elsewhere."""
+        path = request.url.path
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {path} (allowed: {allowed})"
+        elif exc.status_code == 404:
+            message = f"nothing is served at {path}"
+        else:
+            message = f"{exc.status_code}: {exc.detail}"
+        if path.startswith("/api/"):
+            return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+        return HTMLResponse(pages.error_page("Not found", message, "No such page."), exc.status_code, exc.headers)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         """Anything unforeseen: APIs still answer JSON naming what failed, pages an error page."""
@@ -212,19 +315,20 @@ def create_app(
     build_routes = [Route("/api/build", build_api(build, "ready"))] if build is not None else []
     return Starlette(
         middleware=[Middleware(HostCheck, host=host, port=port)],
-        exception_handlers={Exception: unexpected},
+        exception_handlers={HTTPException: http_error, Exception: unexpected},
         routes=build_routes
         + [
             Route("/", overview),
             Route("/run/{name}", run_page),
             Route("/benchmarks", benchmarks),
-            Route("/api/run/{name}/feature/{feature:int}", json_route(feature)),
-            Route("/api/run/{name}/search", json_route(search)),
-            Route("/api/run/{name}/prompt", json_route(prompt), methods=["POST"]),
-            Route("/api/run/{name}/attention", json_route(attention)),
-            Route("/api/run/{name}/head", json_route(head)),
-            Route("/api/run/{name}/evaluate", json_route(evaluate), methods=["GET", "POST"]),
+            Route("/api/run/{name}/feature/{feature}", json_route(work, feature)),
+            Route("/api/run/{name}/search", json_route(work, search)),
+            Route("/api/run/{name}/prompt", json_route(work, prompt, body=True), methods=["POST"]),
+            Route("/api/run/{name}/attention", json_route(work, attention)),
+            Route("/api/run/{name}/head", json_route(work, head)),
+            Route("/api/run/{name}/evaluate", json_route(work, evaluate, "light"), methods=["GET", "POST"]),
             Route("/files/{name}/{path:path}", run_file),
-            Route("/static/plotly.min.js", plotly_js),
+            Route(pages.PLOTLY_URL, plotly_js),
+            Route("/static/plotly.min.js", plotly_js_unversioned),
         ],
     )

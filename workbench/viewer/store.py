@@ -5,12 +5,40 @@ cached. Every failure is a `RunError` whose message names the file at fault."""
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 from ..results import ResultsError, read_results, run_kind
-from ..runs import RunDir, iter_runs
+from ..runs import (
+    CONFIG_FILE,
+    FEATURES_FILE,
+    METRICS_FILE,
+    MODEL_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    RESULTS_FILE,
+    SAE_CONFIG_FILE,
+    SAE_WEIGHTS_FILE,
+    USEFULNESS_FILE,
+    RunDir,
+    iter_runs,
+)
+
+# Every file of a run folder the viewer opens. Each is checked before any is read: a FIFO, a device
+# or a socket in place of one would block the reading thread forever (open() on a FIFO waits for a
+# writer), and a symlink out of the runs folder would let the viewer read whatever it points to.
+RUN_FILES = (
+    CONFIG_FILE,
+    RESULTS_FILE,
+    METRICS_FILE,
+    FEATURES_FILE,
+    USEFULNESS_FILE,
+    SAE_WEIGHTS_FILE,
+    SAE_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    MODEL_CONFIG_FILE,
+)
 
 
 class RunError(Exception):
@@ -23,6 +51,34 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+def file_type(mode: int) -> str:
+    """What a stat mode is, in words (for the error that refuses it)."""
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def regular_file(path: Path) -> os.stat_result | None:
+    """`path`'s stat when it is a regular file (following symlinks), None when it does not exist;
+    RunError naming it when it is anything else. Only stat is called: nothing is opened."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, a symlink loop
+        raise RunError(f"{path.name} cannot be read: {e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RunError(f"{path.name} is {file_type(st.st_mode)}, not a regular file: refused")
+    return st
 
 
 def check_safetensors(path: Path) -> None:
@@ -52,14 +108,36 @@ class RunStore:
     def runs(self) -> list[RunDir]:
         return list(iter_runs(self.root))
 
-    def path(self, name: str) -> Path | None:
-        """The run folder called `name`, or None (never a path built from the request)."""
+    def locate(self, name: str) -> Path:
+        """The resolved run folder called `name` (never a path built from the request); RunError when
+        there is none, or when it resolves outside the runs folder (a symlinked run folder)."""
         for run in iter_runs(self.root):
             if run.name == name:
-                return run.path.resolve()
-        return None
+                d = run.path.resolve()
+                if not d.is_relative_to(self.root):
+                    raise RunError(f"the run folder {name!r} is a link out of the runs folder: not served")
+                return d
+        raise RunError(f"no run named {name!r}")
+
+    def path(self, name: str) -> Path | None:
+        """`locate(name)`, or None when there is no such run inside the runs folder."""
+        try:
+            return self.locate(name)
+        except RunError:
+            return None
+
+    def check_files(self, name: str) -> Path:
+        """The run's folder, once every file the viewer reads from it (RUN_FILES) is a regular file
+        inside the runs folder or absent; RunError naming the first that is not."""
+        d = self.locate(name)
+        for file in RUN_FILES:
+            path = d / file
+            if regular_file(path) is not None and not path.resolve().is_relative_to(self.root):
+                raise RunError(f"{file} is a link out of the runs folder: refused")
+        return d
 
     def kind(self, name: str) -> str:
+        self.check_files(name)
         try:
             return run_kind(self.root / name)
         except ResultsError as e:
@@ -67,25 +145,34 @@ class RunStore:
 
     def results(self, name: str) -> Any:
         """The run's results.json as its kind's dataclass (workbench.results)."""
+        self.check_files(name)
         try:
             return read_results(self.root / name)
         except ResultsError as e:
             raise RunError(str(e)) from e
 
     def has_results(self, name: str) -> bool:
-        return (self.root / name / "results.json").exists()
+        return os.path.lexists(self.root / name / RESULTS_FILE)  # a FIFO or link counts: results() names it
 
     def metrics(self, name: str) -> list[dict]:
+        self.check_files(name)
         return RunDir(self.root / name).metrics()
+
+    def evals(self, name: str) -> dict | None:
+        """usefulness.json (sparse probing, absorption-style), or None where it was not computed."""
+        from ..sae.saebench_json import read_run_evals
+
+        return read_run_evals(self.check_files(name))
 
     def feature_table(self, name: str):
         """features.safetensors, reloaded when the file changes (an evaluation from the viewer)."""
         from ..sae.evaluate import FeatureTable
 
-        path = self.root / name / "features.safetensors"
-        if not path.exists():
-            raise RunError("features.safetensors is missing")
-        mtime = os.path.getmtime(path)
+        path = self.check_files(name) / FEATURES_FILE
+        st = regular_file(path)
+        if st is None:
+            raise RunError(f"{FEATURES_FILE} is missing")
+        mtime = st.st_mtime
         with self._lock:
             cached = self._tables.get(name)
         if cached is not None and cached[0] == mtime:
@@ -93,7 +180,7 @@ class RunStore:
         try:
             table = FeatureTable.load(path)
         except Exception as e:
-            raise RunError(f"features.safetensors is unreadable: {e}") from e
+            raise RunError(f"{FEATURES_FILE} is unreadable: {e}") from e
         with self._lock:
             self._tables = {**{k: v for k, v in list(self._tables.items())[-7:]}, name: (mtime, table)}
         return table
@@ -104,6 +191,7 @@ class RunStore:
         with self._lock:
             if name in self._tokenizers:
                 return self._tokenizers[name]
+        self.check_files(name)
         from ..pretrained import tokenizer_for_run
 
         try:
@@ -116,14 +204,14 @@ class RunStore:
 
     def model_and_sae(self, name: str):
         """The run's model (workbench.pretrained.model_for_run) and SAE, with errors naming the files."""
-        d = self.root / name
-        if not (d / "sae.safetensors").exists():
-            raise RunError(f"run {name!r} has no SAE (sae.safetensors is missing): the prompt API needs an SAE run")
+        d = self.check_files(name)
+        if not (d / SAE_WEIGHTS_FILE).exists():
+            raise RunError(f"run {name!r} has no SAE ({SAE_WEIGHTS_FILE} is missing): the prompt API needs an SAE run")
         with self._lock:
             if name in self._models:
                 return self._models[name]
-        for file in ("sae.safetensors", "model.safetensors"):  # a recorded model has no model.safetensors
-            if file == "sae.safetensors" or (d / file).exists():
+        for file in (SAE_WEIGHTS_FILE, MODEL_WEIGHTS_FILE):  # a recorded model has no model.safetensors
+            if file == SAE_WEIGHTS_FILE or (d / file).exists():
                 check_safetensors(d / file)
         from ..pretrained import model_for_run
         from ..sae.io import load_sae
@@ -132,8 +220,8 @@ class RunStore:
             pair = model_for_run(d)[0], load_sae(d)
         except Exception as e:
             raise RunError(
-                f"its model or SAE could not be loaded (sae.safetensors, sae_config.json, "
-                f"model.safetensors, model_config.json): {type(e).__name__}: {e}"
+                f"its model or SAE could not be loaded ({SAE_WEIGHTS_FILE}, {SAE_CONFIG_FILE}, "
+                f"{MODEL_WEIGHTS_FILE}, {MODEL_CONFIG_FILE}): {type(e).__name__}: {e}"
             ) from e
         with self._lock:
             self._models = {**{k: v for k, v in list(self._models.items())[-1:]}, name: pair}
