@@ -169,3 +169,33 @@ def test_shipped_default_shows_retrieval_and_streaming_heads_and_lazier_neurons(
     # Measured: 26.1% / 20.3% active against 48.5% / 49.5% at initialisation. Layer 1 is under half
     # of its initial share; layer 0 is at 54%, short of the issue's aim (RESULTS.md says so).
     assert all(f <= 0.6 * i for f, i in zip(final, init)) and final[1] <= 0.5 * init[1], (final, init)
+
+
+def test_pairs_and_shipped_weights_share_one_layout(tmp_path):
+    """What train_pairs writes, pack ships and load_shipped reads back (bf16), all through
+    models.pair_dir; the primes recipe is the shipped default's module's."""
+    from workbench.models import ModelConfig, pair_dir, train_pairs
+
+    assert dm.run_dir(2, "backward", tmp_path) == pair_dir(tmp_path, 2, "backward")
+    assert dm.run_dir(0, "forward") == pair_dir(SHIPPED, 0, "forward")
+    small = ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=17)
+    cfg = replace(dm.PRIMES_TRAIN, steps=2, seq_len=16, eval_every=2, eval_windows=2)
+    data = dm.primes_data(n_train=300, n_val=100)
+    pairs = train_pairs(small, cfg, data, tmp_path / "runs", seeds=(0, 3), progress=False)
+    man = dm.pack(
+        tmp_path / "runs", tmp_path / "packed", 2, model_cfg=small, data=data, seq_len=16, checkpoints_of=None
+    )
+    assert set(man["val_loss"]) == {"seed0/forward", "seed0/backward", "seed3/forward", "seed3/backward"}
+    back = dm.load_shipped("backward", 3, tmp_path / "packed", model_cfg=small)
+    assert torch.equal(back.W_E, pairs[1][1].W_E.to(torch.bfloat16).float())
+
+
+def test_primes_recipe_lives_beside_the_default():
+    """primes_data: 'p*q=r' lines, p < q primes below 100, r the product's digits reversed."""
+    data = dm.primes_data(n_train=50, n_val=10)
+    lines = bytes(data.train.tolist()).decode().strip().splitlines()
+    assert len(lines) == 50 and data.tokenizer.bos_token_id == 256
+    for line in lines:
+        p, q, r = map(int, re.fullmatch(r"(\d\d)\*(\d\d)=(\d{4})", line).groups())
+        assert p < q < 100 and all(n % k for n in (p, q) for k in range(2, n)) and int(str(r).zfill(4)[::-1]) == p * q
+    assert dm.PRIMES_MODEL.n_ctx == dm.PRIMES_TRAIN.seq_len + 1  # BOS + one window

@@ -4,15 +4,20 @@ import pytest
 import torch
 
 from workbench.corpus import ByteTokenizer, unigram_entropy
+from workbench.hub import load_model
 from workbench.models import (
     DEFAULT_TRAIN,
     LMTrainConfig,
     ModelConfig,
     TokenData,
+    checkpoint_files,
+    checkpoint_name,
     default_data,
     evaluate_lm,
-    load_model,
     load_model_file,
+    pair_dir,
+    pair_dirs,
+    pair_seeds,
     save_model,
     train_batch,
     train_lm,
@@ -82,6 +87,52 @@ def test_pretrained_offline_error_points_to_default(monkeypatch):
         load_model("gpt2")
 
 
+def test_pair_layout_is_one_function(tmp_path):
+    """pair_dir spells root/seed{s}/{direction}; pair_dirs and pair_seeds read the same layout."""
+    assert pair_dir(tmp_path, 3, "backward") == tmp_path / "seed3" / "backward"
+    assert pair_dirs(tmp_path, (0, 2)) == [
+        (pair_dir(tmp_path, s, "forward"), pair_dir(tmp_path, s, "backward")) for s in (0, 2)
+    ]
+    for s in (10, 2):
+        pair_dir(tmp_path, s, "forward").mkdir(parents=True)
+    (tmp_path / "seedling").mkdir()  # not a seed folder
+    (tmp_path / "seed7").write_text("a file, not a folder")
+    assert pair_seeds(tmp_path) == [2, 10]  # numeric order, not "10" < "2"
+    with pytest.raises(ValueError, match="direction must be 'forward' or 'backward', got 'sideways'"):
+        pair_dir(tmp_path, 0, "sideways")
+
+
+def test_checkpoint_files_lists_what_train_lm_kept(tmp_path):
+    cfg = LMTrainConfig(steps=6, batch_size=2, seq_len=16, eval_every=3, eval_windows=2, checkpoint_steps=(0, 4))
+    train_lm(TINY, cfg, _toy_data(), RunDir(tmp_path), progress=False)
+    found = checkpoint_files(tmp_path)
+    assert found == [
+        (0, tmp_path / checkpoint_name(0)),
+        (4, tmp_path / checkpoint_name(4)),
+        (6, tmp_path / "model.safetensors"),
+    ]
+    assert checkpoint_files(tmp_path / "empty") == []
+
+
+def test_moved_loaders_warn_and_answer_as_the_hub(monkeypatch):
+    """models.load_model / load_default / default_model_dir are deprecation shims of workbench.hub."""
+    import workbench.models as models
+    from workbench import hub
+
+    with pytest.warns(DeprecationWarning, match=r"workbench\.models\.default_model_dir moved to workbench\.hub"):
+        assert models.default_model_dir("backward", 1) == hub.default_model_dir("backward", 1)
+    with pytest.warns(DeprecationWarning, match="load_default moved"):
+        old = models.load_default("forward")
+    new = hub.load_default("forward")
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with (
+        pytest.warns(DeprecationWarning, match="load_model moved"),
+        pytest.raises(RuntimeError, match="workbench-tiny"),
+    ):
+        models.load_model("gpt2")
+
+
 @pytest.mark.slow
 def test_default_models_learn_well_below_unigram_entropy(default_models):
     data = default_data()
@@ -92,3 +143,28 @@ def test_default_models_learn_well_below_unigram_entropy(default_models):
     print(f"unigram entropy {entropy:.3f} nats; forward {loss_f:.3f}, backward {loss_b:.3f}")
     assert entropy > 3.0
     assert loss_f < entropy - 0.8 and loss_b < entropy - 0.8
+
+
+def test_train_pairs_layout_seeds_and_reuse(tmp_path, monkeypatch):
+    """One pair per seed in pair_dir's layout, each run recording its seed and direction; a second
+    call trains nothing and returns the same weights; a folder of another seed is refused."""
+    import workbench.models as models
+    from workbench.models import train_pairs
+
+    cfg = LMTrainConfig(steps=4, batch_size=4, seq_len=16, warmup_steps=1, checkpoint_steps=(), eval_every=2)
+    pairs = train_pairs(TINY, cfg, _toy_data(), tmp_path, seeds=(0, 1), progress=False)
+    for s, (fwd_dir, bwd_dir) in zip((0, 1), pair_dirs(tmp_path, (0, 1))):
+        for d, folder in (("forward", fwd_dir), ("backward", bwd_dir)):
+            train = RunDir(folder).read_config()["config"]["train"]
+            assert (train["seed"], train["direction"]) == (s, d)
+    assert not torch.equal(pairs[0][0].W_E, pairs[1][0].W_E)  # the seed sets the initialisation
+    assert not torch.equal(pairs[0][0].W_E, pairs[0][1].W_E)  # same init, reversed batches
+    calls = []
+    monkeypatch.setattr(models, "train_lm", lambda *a, **k: calls.append(a))
+    again = train_pairs(TINY, cfg, _toy_data(), tmp_path, seeds=(0, 1), progress=False)
+    assert calls == [] and torch.equal(again[1][1].W_E, pairs[1][1].W_E)
+    (tmp_path / "seed9").symlink_to(tmp_path / "seed0")  # seed 0's folders offered as seed 9's
+    with pytest.raises(ValueError, match="seed=0, direction=forward; expected seed=9"):
+        train_pairs(TINY, cfg, _toy_data(), tmp_path, seeds=(9,), progress=False)
+    with pytest.raises(ValueError, match="distinct and non-empty"):
+        train_pairs(TINY, cfg, _toy_data(), tmp_path, seeds=(1, 1))

@@ -88,7 +88,7 @@ def _reference(folder):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_folder_model_matches_transformers(folders, family):
-    from workbench.models import load_model
+    from workbench.hub import load_model
 
     model, tok = load_model(str(folders[family]))
     ref, ref_tok = _reference(folders[family])
@@ -109,7 +109,7 @@ def test_folder_model_matches_transformers(folders, family):
 def test_probe_hooks_on_a_folder_model(folders, family):
     """What the probes use: per-token loss, MLP ablation at mlp.hook_post, pattern replacement,
     and (Llama) the gated MLP's act(gate) through hook_pre."""
-    from workbench.models import load_model
+    from workbench.hub import load_model
     from workbench.probes.sparsity import hidden_activations
 
     model, tok = load_model(str(folders[family]))
@@ -152,7 +152,7 @@ def test_probe_hooks_on_a_folder_model(folders, family):
 def test_bin_weights_load_the_same(folders, tmp_path):
     from safetensors.torch import load_file
 
-    from workbench.models import load_model
+    from workbench.hub import load_model
 
     folder = tmp_path / "bin"
     shutil.copytree(folders["gpt2"], folder)
@@ -166,7 +166,7 @@ def test_bin_weights_load_the_same(folders, tmp_path):
 
 
 def test_bad_folders_name_the_file_and_field(folders, tmp_path):
-    from workbench.models import load_model
+    from workbench.hub import load_model
     from workbench.pretrained import ModelFolderError
 
     def broken(name, edit=None, drop=()):
@@ -201,7 +201,8 @@ def test_sae_on_a_folder_model_through_cli_and_viewer(folders, tmp_path, family)
 
     from workbench.__main__ import main
     from workbench.figures.sae import contexts_html
-    from workbench.pretrained import load_tokenizer, model_for_run
+    from workbench.hub import model_for_run
+    from workbench.pretrained import load_tokenizer
     from workbench.sae.evaluate import FeatureTable, features_matching
     from workbench.viewer.server import create_app
 
@@ -339,7 +340,7 @@ def test_duo_gates_read_hidden_states_on_a_folder_model(folders, family):
     """DuoAttention's distance is taken on hidden states, not logits, on a TransformerBridge too (its
     forward ignores `stop_at_layer`): the states after the final norm equal transformers' last hidden
     state, and a short optimisation runs and moves the gates."""
-    from workbench.models import load_model
+    from workbench.hub import load_model
     from workbench.probes.duo import DuoConfig, PasskeyConfig, _state_hook, _states, duo_gates
 
     model, tok = load_model(str(folders[family]))

@@ -11,7 +11,12 @@ safetensors, so `load_model("workbench-tiny")` trains nothing. Layout (each fold
                                                           over training)
 
 Seed 0 is the model every notebook, widget and the viewer open; seeds 1 and 2 exist so the
-arrow-of-time probe can put a seed-level interval on its gap.
+arrow-of-time probe can put a seed-level interval on its gap. The seed/direction folders are
+`models.pair_dir`'s layout, the one `train_pairs` writes.
+
+The arrow probe's second shipped set, data/arrow-primes (the same layout and manifest), is trained
+from the primes recipe kept here beside it: `PRIMES_MODEL`, `PRIMES_TRAIN`, `primes_data`.
+Loading by name ("workbench-tiny") is `workbench.hub.load_model`, one level up.
 """
 
 from __future__ import annotations
@@ -26,20 +31,35 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer
 
+from .corpus import ByteTokenizer
 from .models import (
+    CHECKPOINTS_DIR,
     DEFAULT_MODEL,
     DEFAULT_TRAIN,
     Direction,
     LMTrainConfig,
     ModelConfig,
     TokenData,
+    checkpoint_name,
     default_data,
     evaluate_lm,
     load_model_file,
+    pair_dir,
+    pair_seeds,
     save_model,
     train_lm,
+    train_pairs,
 )
-from .runs import CheckpointError, RunDir, atomic_write_bytes, atomic_write_json
+from .runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_WEIGHTS_FILE,
+    CheckpointError,
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+)
+from .tasks import primes_product_text
 
 DEFAULT_SEEDS = (0, 1, 2)
 REBUILD = "python -m workbench train-default"
@@ -62,7 +82,8 @@ def primes_dir() -> Path:
 
 
 def run_dir(seed: int = 0, direction: Direction = "forward", root: Path | None = None) -> Path:
-    return (root or shipped_dir()) / f"seed{seed}" / direction
+    """One shipped model's folder: `models.pair_dir` under `root` (default: `shipped_dir()`)."""
+    return pair_dir(root or shipped_dir(), seed, direction)
 
 
 def _sha256(path: Path) -> str:
@@ -88,7 +109,7 @@ def load_shipped(
 ) -> HookedTransformer:
     """One shipped model in float32, after checking its file against the manifest's hash."""
     folder = run_dir(seed, direction, root)
-    name = "model.safetensors" if checkpoint_step is None else f"checkpoints/step_{checkpoint_step:06d}.safetensors"
+    name = MODEL_WEIGHTS_FILE if checkpoint_step is None else checkpoint_name(checkpoint_step)
     path = folder / name
     rel = path.relative_to(root or shipped_dir()).as_posix()
     entry = manifest(root)["files"].get(rel)
@@ -129,7 +150,7 @@ def train_default(
         (s, d, str(out), train_cfg)
         for s in seeds
         for d in ("forward", "backward")
-        if not (run_dir(s, d, out) / "model.safetensors").exists()
+        if not (run_dir(s, d, out) / MODEL_WEIGHTS_FILE).exists()
     ]
     if jobs <= 1:
         for job in todo:
@@ -156,28 +177,29 @@ def pack(
     packed weights (so the recorded loss is what `load_model` gives)."""
     runs, dest = Path(runs), Path(dest) if dest is not None else shipped_dir()
     data, files, losses = data or default_data(), {}, {}
-    for stale in dest.glob("seed*"):  # the manifest lists exactly what this call writes
-        shutil.rmtree(stale)
-    for seed_dir in sorted(runs.glob("seed*")):
+    for stale in pair_seeds(dest):  # the manifest lists exactly what this call writes
+        shutil.rmtree(pair_dir(dest, stale, "forward").parent)
+    for seed in pair_seeds(runs):
         for direction in ("forward", "backward"):
-            src = seed_dir / direction
-            if not (src / "model.safetensors").exists():
+            src, dst = pair_dir(runs, seed, direction), pair_dir(dest, seed, direction)
+            if not (src / MODEL_WEIGHTS_FILE).exists():
                 continue
-            dst = dest / seed_dir.name / direction
             dst.mkdir(parents=True, exist_ok=True)
-            names = ["model.safetensors"]
-            if (int(seed_dir.name[4:]), direction) == checkpoints_of:
-                names += [f"checkpoints/{p.name}" for p in sorted((src / "checkpoints").glob("*.safetensors"))]
+            names = [MODEL_WEIGHTS_FILE]
+            if (seed, direction) == checkpoints_of:
+                ckpts = sorted((src / CHECKPOINTS_DIR).glob("*.safetensors"))
+                names += [f"{CHECKPOINTS_DIR}/{p.name}" for p in ckpts]
             for name in names:
                 save_model_bf16(load_model_file(src / name, model_cfg), dst / name, model_cfg)
-            for name in ("config.json", "metrics.jsonl"):
+            for name in (CONFIG_FILE, METRICS_FILE):
                 atomic_write_bytes(dst / name, (src / name).read_bytes())
-            packed = load_model_file(dst / "model.safetensors", model_cfg)
-            losses[f"{seed_dir.name}/{direction}"] = evaluate_lm(packed, data, direction, eval_windows, seq_len)
+            packed = load_model_file(dst / MODEL_WEIGHTS_FILE, model_cfg)
+            key = pair_dir("", seed, direction).as_posix()  # "seed0/forward"
+            losses[key] = evaluate_lm(packed, data, direction, eval_windows, seq_len)
     for path in sorted(dest.rglob("*")):
         if path.is_file() and path.name != "manifest.json":
             files[path.relative_to(dest).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
-    train = RunDir(next(iter(sorted(runs.glob("seed*/forward"))))).read_config()["config"]["train"]
+    train = RunDir(pair_dir(runs, pair_seeds(runs)[0], "forward")).read_config()["config"]["train"]
     man = {
         "model": asdict(model_cfg),
         "train": {**train, "seed": "per folder"},
@@ -198,11 +220,31 @@ def save_model_bf16(model: HookedTransformer, path: Path, model_cfg: ModelConfig
     model.float()
 
 
+# --- the arrow probe's primes×product recipe (data/arrow-primes) ------------------------------------
+
+
+def primes_data(n_train: int = 20_000, n_val: int = 2_000, max_prime: int = 100, seed: int = 0) -> TokenData:
+    """Byte-level 'p*q=r' lines (r reversed): forward is multiplication, backward factorisation.
+
+    Primes below 100 by default: with 3-digit primes neither direction of a 2-layer model learned
+    any arithmetic in 1,500 steps (gap −0.08%, 95% CI [−0.38%, +0.21%]); with 2-digit primes the
+    forward model wins by ~15% after 600 steps (benchmarks/RESULTS.md)."""
+    tok = ByteTokenizer()
+    enc = lambda text: torch.tensor(tok.encode(text), dtype=torch.long)  # noqa: E731
+    return TokenData(
+        enc(primes_product_text(n_train, max_prime, seed=seed)),
+        enc(primes_product_text(n_val, max_prime, seed=seed + 1)),
+        tok,
+    )
+
+
+PRIMES_MODEL = ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=65)
+PRIMES_TRAIN = LMTrainConfig(steps=600, batch_size=32, seq_len=64, lr=3e-3, checkpoint_steps=(), eval_every=100)
+
+
 def train_primes(out: str | Path, seeds: tuple[int, ...] = DEFAULT_SEEDS, dest: str | Path | None = None) -> dict:
     """Train (or reuse) the arrow probe's primes×product pairs into `out` and pack them (one
     process: each model is small, about a minute on one core)."""
-    from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, primes_data, train_pairs
-
     torch.set_num_threads(1)
     data = primes_data()
     train_pairs(PRIMES_MODEL, PRIMES_TRAIN, data, out, seeds=seeds)

@@ -1,10 +1,18 @@
-"""Small TransformerLens models that the workbench trains itself, and pretrained ones by name.
+"""Small TransformerLens models that the workbench trains itself: configs, training, checkpoints.
 
 The embedded default, `workbench-tiny`, is a 2-layer ReLU HookedTransformer on the byte-level
 Python-docs corpus, trained in both directions (forward, and backward = every window reversed)
-with the same config, data and seed. It is trained on first use (a couple of minutes on 2 CPU
-cores, with a progress bar) and cached under `workbench_home()`; checkpoints saved along the way
-feed the sparsity-over-training probe.
+with the same config, data and seed; `train_pairs` trains such forward/backward pairs, one per
+seed, in the seed/direction layout `pair_dir` spells (the shipped weights use it too, see
+`default_model`). Checkpoints saved along the way feed the probes over training.
+
+Loading a model by name or folder, and the model a run was made with, live one level up in
+`workbench.hub` (it imports this module; nothing here imports it back at import time).
+`load_model`, `load_default` and `default_model_dir` stay here for one release as deprecation
+shims because modules not yet moved to the hub call them: a shim of a function that moved *up*
+can only reach it by importing the module above, which is a (call-time) import circle, so
+tests/test_imports.py names these shims in its transitional allow-list until those callers use
+`workbench.hub` and the shims are deleted.
 """
 
 from __future__ import annotations
@@ -12,7 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -21,8 +30,22 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from .corpus import ByteTokenizer, Tokenizer, encode_corpus, python_docs_corpus, windows
-from .runs import RunDir, atomic_save_tensors, atomic_torch_save, load_state, load_tensors
+from .bridge import quiet_hooked_deprecation
+from .corpus import windows
+from .runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    MODEL_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    RunDir,
+    atomic_save_tensors,
+    atomic_torch_save,
+    load_state,
+    load_tensors,
+)
+from .token_data import TokenData, default_data
+
+__all__ = ["TokenData", "default_data"]  # re-exported: they moved to token_data (a leaf)
 
 Direction = Literal["forward", "backward"]
 DEFAULT_MODEL_NAME = "workbench-tiny"
@@ -104,18 +127,25 @@ DEFAULT_TRAIN = LMTrainConfig(
 )
 
 
-@dataclass
-class TokenData:
-    """A train and a validation token stream and the tokenizer that made them."""
-
-    train: Int[torch.Tensor, " n_train"]
-    validation: Int[torch.Tensor, " n_val"]
-    tokenizer: Tokenizer = field(repr=False)
+CHECKPOINTS_DIR = "checkpoints"  # a training run's weights along the way, one file per kept step
 
 
-def default_data() -> TokenData:
-    corpus, tok = python_docs_corpus(), ByteTokenizer()
-    return TokenData(encode_corpus(corpus, tok, "train"), encode_corpus(corpus, tok, "validation"), tok)
+def checkpoint_name(step: int) -> str:
+    """A training checkpoint's path inside its run folder (train_lm writes it, the probes over
+    training and the shipped default's manifest read it)."""
+    return f"{CHECKPOINTS_DIR}/step_{step:06d}.safetensors"
+
+
+def checkpoint_files(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, weights) of every checkpoint `train_lm` kept in `run_dir`, ascending, and the final
+    model.safetensors as the step after the last logged one. Empty when there is none."""
+    run_dir = Path(run_dir)
+    found = [(int(p.stem.split("_")[1]), p) for p in sorted((run_dir / CHECKPOINTS_DIR).glob("step_*.safetensors"))]
+    final = run_dir / MODEL_WEIGHTS_FILE
+    if final.exists():
+        logged = [m["step"] for m in RunDir(run_dir).metrics()]
+        found.append((max(logged) + 1 if logged else (found[-1][0] + 1 if found else 0), final))
+    return found
 
 
 def _lr_at(step: int, cfg: LMTrainConfig) -> float:
@@ -176,7 +206,8 @@ def evaluate_lm(model: HookedTransformer, data: TokenData, direction: Direction,
 
 def new_model(cfg: ModelConfig, seed: int) -> HookedTransformer:
     torch.manual_seed(seed)
-    return HookedTransformer(cfg.to_hooked(seed))
+    with quiet_hooked_deprecation():
+        return HookedTransformer(cfg.to_hooked(seed))
 
 
 def _optimizer(model: HookedTransformer, cfg: LMTrainConfig) -> torch.optim.AdamW:
@@ -203,10 +234,11 @@ def load_model_file(path: str | Path, model_cfg: ModelConfig) -> HookedTransform
 
 
 def load_model_dir(folder: str | Path) -> HookedTransformer:
-    """A model saved as model.safetensors + model_config.json (as run directories keep it)."""
+    """A model saved as MODEL_WEIGHTS_FILE + MODEL_CONFIG_FILE (model.safetensors + model_config.json,
+    as run directories keep it)."""
     folder = Path(folder)
-    cfg = ModelConfig(**json.loads((folder / "model_config.json").read_text()))
-    return load_model_file(folder / "model.safetensors", cfg)
+    cfg = ModelConfig(**json.loads((folder / MODEL_CONFIG_FILE).read_text()))
+    return load_model_file(folder / MODEL_WEIGHTS_FILE, cfg)
 
 
 def train_lm(
@@ -234,7 +266,7 @@ def train_lm(
     opt = _optimizer(model, train_cfg)
     start = 0
     if run is not None:
-        ckpt = run.file("checkpoint.pt")
+        ckpt = run.file(CHECKPOINT_FILE)
         if ckpt.exists():
             state = load_state(ckpt, kind="workbench-lm")
             model.load_state_dict(state["model"])
@@ -247,7 +279,7 @@ def train_lm(
     bar = tqdm(range(start, end), desc=f"training {train_cfg.direction} LM", disable=not progress)
     for step in bar:
         if run is not None and step in train_cfg.checkpoint_steps:
-            save_model(model, run.file(f"checkpoints/step_{step:06d}.safetensors"), model_cfg)
+            save_model(model, run.file(checkpoint_name(step)), model_cfg)
         model.train()
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, train_cfg)
@@ -263,7 +295,7 @@ def train_lm(
             if run is not None:
                 run.log({"step": step, "train_loss": loss.item(), "val_loss": val})
                 atomic_torch_save(
-                    run.file("checkpoint.pt"),
+                    run.file(CHECKPOINT_FILE),
                     {
                         "kind": "workbench-lm",
                         "model": model.state_dict(),
@@ -274,32 +306,105 @@ def train_lm(
         elif run is not None:
             run.log({"step": step, "train_loss": loss.item()})
     if run is not None and end == train_cfg.steps:
-        save_model(model, run.file("model.safetensors"), model_cfg)
+        save_model(model, run.file(MODEL_WEIGHTS_FILE), model_cfg)
     return model.eval()
 
 
-def default_model_dir(direction: Direction = "forward", seed: int = 0) -> Path:
-    """The shipped run folder of the default (metrics.jsonl; checkpoints for seed 0 forward)."""
-    from .default_model import run_dir
+# --- forward/backward pairs: one layout for every seed/direction folder ---------------------------
 
-    return run_dir(seed, direction)
+
+SEED_PREFIX = "seed"  # root/seed{s}/{direction}
+
+
+def pair_dir(root: str | Path, seed: int, direction: Direction) -> Path:
+    """root/seed{seed}/{direction}: where one model of a pair lives (`train_pairs`, the shipped
+    default's data/workbench-tiny and data/arrow-primes, the demo's arrow runs)."""
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    return Path(root) / f"{SEED_PREFIX}{seed}" / direction
+
+
+def pair_seeds(root: str | Path) -> list[int]:
+    """The seeds that have a folder in `pair_dir`'s layout under `root`, ascending."""
+    names = (p.name[len(SEED_PREFIX) :] for p in Path(root).glob(f"{SEED_PREFIX}*") if p.is_dir())
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def pair_dirs(root: str | Path, seeds=(0, 1, 2)) -> list[tuple[Path, Path]]:
+    """(forward, backward) folders of each seed under `root`, in `pair_dir`'s layout."""
+    return [(pair_dir(root, s, "forward"), pair_dir(root, s, "backward")) for s in seeds]
+
+
+def _trained_with(run: RunDir) -> tuple[object, object]:
+    """(seed, direction) a finished run folder's config.json records, (None, None) without one."""
+    got = run.read_config().get("config", {}).get("train", {}) if run.file(CONFIG_FILE).exists() else {}
+    return got.get("seed"), got.get("direction")
+
+
+def train_pairs(
+    model_cfg: ModelConfig,
+    train_cfg: LMTrainConfig,
+    data: TokenData,
+    root: str | Path,
+    seeds=(0, 1, 2),
+    progress: bool = True,
+) -> list[tuple[HookedTransformer, HookedTransformer]]:
+    """Train (or reuse) one forward/backward pair per seed under root/seed{s}/{forward,backward};
+    the seed sets both the initialisation and the batch order. A finished run (model.safetensors)
+    is loaded, an interrupted one resumes; a folder trained with another seed or direction is
+    refused rather than silently reused."""
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
+    out = []
+    for s, dirs in zip(seeds, pair_dirs(root, seeds)):
+        pair = []
+        for direction, path in zip(("forward", "backward"), dirs):
+            run, cfg = RunDir(path), replace(train_cfg, seed=s, direction=direction)
+            weights = run.file(MODEL_WEIGHTS_FILE)
+            if weights.exists():
+                got = _trained_with(run)
+                if got != (s, direction):
+                    raise ValueError(
+                        f"{path} holds a model trained with seed={got[0]}, direction="
+                        f"{got[1]}; expected seed={s}, direction={direction}"
+                    )
+                pair.append(load_model_file(weights, model_cfg))
+            else:
+                pair.append(train_lm(model_cfg, cfg, data, run, progress=progress))
+        out.append((pair[0], pair[1]))
+    return out
+
+
+# --- deprecated: moved up to workbench.hub (see the module docstring) -----------------------------
+
+
+def _moved(name: str) -> None:
+    warnings.warn(
+        f"workbench.models.{name} moved to workbench.hub.{name}; this alias goes in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def default_model_dir(direction: Direction = "forward", seed: int = 0) -> Path:
+    """Deprecated alias of `workbench.hub.default_model_dir`."""
+    from . import hub
+
+    _moved("default_model_dir")
+    return hub.default_model_dir(direction, seed)
 
 
 def load_default(direction: Direction = "forward", seed: int = 0, *, progress: bool = True) -> HookedTransformer:
-    """The embedded default model from its shipped weights (data/workbench-tiny; nothing is
-    trained). `progress` is kept for callers written when the default was trained on first use."""
-    from .default_model import load_shipped
+    """Deprecated alias of `workbench.hub.load_default`."""
+    from . import hub
 
-    return load_shipped(direction, seed)
+    _moved("load_default")
+    return hub.load_default(direction, seed)
 
 
-def load_model(name: str = DEFAULT_MODEL_NAME, device: str = "cpu") -> tuple[HookedTransformer, Tokenizer]:
-    """A model and its tokenizer by name: "workbench-tiny" (or "workbench-tiny-backward"), or
-    any TransformerLens pretrained name ("gpt2", "pythia-70m", ...) when the hub or a local
-    cache has it."""
-    if name in (DEFAULT_MODEL_NAME, f"{DEFAULT_MODEL_NAME}-forward", f"{DEFAULT_MODEL_NAME}-backward"):
-        direction = "backward" if name.endswith("backward") else "forward"
-        return load_default(direction).to(device), ByteTokenizer()
-    from .pretrained import load_pretrained  # a local save_pretrained folder, or a hub name
+def load_model(name: str = DEFAULT_MODEL_NAME, device: str = "cpu"):
+    """Deprecated alias of `workbench.hub.load_model`."""
+    from . import hub
 
-    return load_pretrained(name, device)
+    _moved("load_model")
+    return hub.load_model(name, device)

@@ -8,19 +8,24 @@ HookedTransformer numerics and hook names (`blocks.0.hook_resid_post`, `blocks.0
 `blocks.0.mlp.hook_post`). The folder is checked first, so a wrong folder fails with the file and
 field at fault instead of a traceback from inside transformers.
 
-Runs record where their model came from (`model_record`), and `model_for_run` rebuilds the
-model and tokenizer from that record, which is how the viewer opens a run on someone's own model.
+Choosing between this, the shipped default and a run's own copy is `workbench.hub` (one level up;
+this module never imports it at import time). `model_record`, `record_model`, `model_for_run` and
+`tokenizer_for_run` moved there; their names stay here for one release as deprecation shims
+that import the hub when called, a call-time circle that tests/test_imports.py lists in its
+transitional allow-list until the last callers import them from `workbench.hub`.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .corpus import ByteTokenizer, HFTokenizer, Tokenizer
+from .bridge import quiet_hooked_deprecation
+from .corpus import HFTokenizer, Tokenizer
 
 WORKBENCH_NAMES = ("workbench-tiny", "workbench-tiny-forward", "workbench-tiny-backward")
 WEIGHT_FILES = (
@@ -160,7 +165,8 @@ def load_hub(name: str, device: str = "cpu") -> tuple[torch.nn.Module, HFTokeniz
     from transformer_lens import HookedTransformer
 
     try:
-        model = HookedTransformer.from_pretrained(name, device=device)
+        with quiet_hooked_deprecation():  # why: bridge.HOOKED_DEPRECATION
+            model = HookedTransformer.from_pretrained(name, device=device)
     except Exception as e:
         raise RuntimeError(
             f"pretrained model {name!r} could not be loaded: no hub access and no local copy in "
@@ -176,62 +182,44 @@ def load_pretrained(name: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
     return load_folder(name, device) if is_model_folder(name) else load_hub(str(name), device)
 
 
-# --- where a run's model came from ---------------------------------------------------------------
+# --- deprecated: moved up to workbench.hub (see the module docstring) ----------------------------
+
+
+def _moved(name: str) -> None:
+    warnings.warn(
+        f"workbench.pretrained.{name} moved to workbench.hub.{name}; this alias goes in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def model_record(name: str | Path) -> dict[str, str]:
-    """What a run stores to find its model again: the workbench name, the folder's absolute path
-    (a relative one would break once the viewer runs elsewhere), or the hub name."""
-    if str(name) in WORKBENCH_NAMES:
-        return {"source": "workbench", "model": str(name), "tokenizer": "byte"}
-    if is_model_folder(name):
-        path = str(Path(name).resolve())
-        return {"source": "hf-folder", "model": path, "tokenizer": path}
-    return {"source": "transformer-lens", "model": str(name), "tokenizer": str(name)}
+    """Deprecated alias of `workbench.hub.model_record`."""
+    from . import hub
+
+    _moved("model_record")
+    return hub.model_record(name)
 
 
 def record_model(run_dir: str | Path, name: str | Path, **extra: Any) -> None:
-    """Add the model record (and e.g. the corpus) to a run's config.json, next to "kind"."""
-    from .runs import RunDir, atomic_write_json
+    """Deprecated alias of `workbench.hub.record_model`."""
+    from . import hub
 
-    run = RunDir(run_dir)
-    atomic_write_json(run.file("config.json"), {**run.read_config(), "model_source": model_record(name), **extra})
-
-
-def _run_record(run_dir: Path) -> dict[str, str] | None:
-    cfg = json.loads((run_dir / "config.json").read_text())
-    rec = cfg.get("model_source")
-    if rec is None and not (run_dir / "model_config.json").is_file():
-        name = cfg.get("config", {}).get("sae", {}).get("model_name")  # runs from before the record
-        rec = model_record(name) if name else None
-    return rec
+    _moved("record_model")
+    hub.record_model(run_dir, name, **extra)
 
 
 def model_for_run(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Tokenizer]:
-    """The model and tokenizer a run was made with: its own copy (model.safetensors +
-    model_config.json, as the demo keeps it), else what its config.json's model record names."""
-    from .models import load_model, load_model_dir
+    """Deprecated alias of `workbench.hub.model_for_run`."""
+    from . import hub
 
-    run_dir = Path(run_dir)
-    rec = _run_record(run_dir)
-    if rec is None:
-        return load_model_dir(run_dir).to(device), ByteTokenizer()
-    if rec["source"] == "hf-folder" and not is_model_folder(rec["model"]):
-        raise ModelFolderError(
-            f"{run_dir}/config.json: the run's model folder {rec['model']} no longer exists (moved or deleted?)"
-        )
-    return load_model(rec["model"], device=device)
+    _moved("model_for_run")
+    return hub.model_for_run(run_dir, device)
 
 
 def tokenizer_for_run(run_dir: str | Path) -> Tokenizer:
-    """Just the run's tokenizer (the viewer's feature pages need no model)."""
-    rec = _run_record(Path(run_dir))
-    if rec is None or rec["tokenizer"] == "byte":
-        return ByteTokenizer()
-    if rec["source"] == "hf-folder":
-        if not is_model_folder(rec["tokenizer"]):
-            raise ModelFolderError(
-                f"{run_dir}/config.json: the run's model folder {rec['tokenizer']} no longer exists (moved or deleted?)"
-            )
-        return load_tokenizer(rec["tokenizer"])
-    return model_for_run(run_dir)[1]
+    """Deprecated alias of `workbench.hub.tokenizer_for_run`."""
+    from . import hub
+
+    _moved("tokenizer_for_run")
+    return hub.tokenizer_for_run(run_dir)
