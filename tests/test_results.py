@@ -253,3 +253,26 @@ def test_a_new_kind_registers_in_one_place(tmp_path):
             register(type("Other", (), {"KIND": "toy-test-kind", "SCHEMA": 1, "from_dict": None, "to_dict": None}))
     finally:
         KINDS.pop("toy-test-kind")
+
+
+def test_reading_every_demo_kind_imports_no_transformer_lens(tiny_demo):
+    """Reading a run of any kind (the viewer's list, a notebook) needs the result classes only:
+    they live in light modules, so a fresh interpreter reads every demo run without TransformerLens."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from workbench.results import read_results, run_kind\n"
+        "root = Path(sys.argv[1])\n"
+        "kinds = {}\n"
+        "for p in sorted(root.iterdir()):\n"
+        "    if (p / 'results.json').exists():\n"
+        "        kinds[p.name] = type(read_results(p)).__name__\n"
+        "print(json.dumps({'kinds': kinds, 'tl': 'transformer_lens' in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_demo)], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(got["kinds"].values()) >= {"SAERunResult", "SparsityRunResult", "HeadsRunResult", "ArrowRunResult"}
+    assert got["tl"] is False

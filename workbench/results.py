@@ -5,8 +5,9 @@
 One dataclass per kind (`SAERunResult`, `SparsityRunResult`, `HeadsRunResult`, `ArrowRunResult`),
 registered by its KIND in `KINDS`; `write_results(run, result)` writes one and `read_results(run)`
 gives back the dataclass of the kind that the run's config.json names. The probes' own result
-classes (`SparsityResult`, `HeadRoles`, `ArrowResult`) are embedded as they are; they are imported
-only when a file is read, so that reading an SAE run never imports TransformerLens.
+classes (`SparsityResult`, `HeadRoles`, `ArrowResult`, ...) are embedded as they are; they live in
+the light modules `probes.sparsity_data`, `probes.heads_data` and `probes.arrow_data`, so that reading
+a run of any kind never imports TransformerLens.
 
 Compatibility rules:
 - adding an optional field (with a default) keeps the schema: an older reader ignores keys it does
@@ -22,19 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from .runs import RunDir, atomic_write_json
-
-if typing.TYPE_CHECKING:
-    from .probes.arrow import ArrowResult
-    from .probes.heads import HeadRoles
-    from .probes.sparsity import SparsityResult
-
-RESULTS_FILE = "results.json"
+from .probes.arrow_data import ArrowResult
+from .probes.heads_data import AttentionExample, HeadRoles
+from .probes.sparsity_data import SparsityOverTraining, SparsityResult, TopKIntervention
+from .runs import CONFIG_FILE, RESULTS_FILE, RunDir, atomic_write_json
 
 
 class ResultsError(ValueError):
@@ -166,27 +162,6 @@ class SAERunResult:
         return d  # schema 0 was the same flat object
 
 
-@dataclass
-class SparsityOverTraining:
-    """`probes.sparsity.sparsity_over_training`: the active fraction per layer at each checkpoint."""
-
-    steps: list[int]
-    threshold: float
-    active_frac: list[list[float]]  # [checkpoint][layer]
-    active_frac_std: list[list[float]]  # [checkpoint][layer]
-
-
-@dataclass
-class TopKIntervention:
-    """`probes.sparsity.topk_intervention`: the loss when only the top k MLP activations are kept."""
-
-    ks: list[int]
-    loss: list[float]  # [k]
-    clean_loss: float
-    delta: list[float]  # [k] loss - clean_loss
-    d_mlp: int
-
-
 @register
 @dataclass
 class SparsityRunResult:
@@ -209,8 +184,6 @@ class SparsityRunResult:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "results") -> SparsityRunResult:
-        from .probes.sparsity import SparsityResult
-
         if not isinstance(d, dict) or "final" not in d:
             raise ResultsError(f"{where} lacks final (a SparsityRunResult)")
         over, topk = d.get("over_training"), d.get("topk")
@@ -223,15 +196,6 @@ class SparsityRunResult:
     @staticmethod
     def migrate(d: dict, schema: int) -> dict:
         return d  # schema 0: the same keys, with {} for "not measured"
-
-
-@dataclass
-class AttentionExample:
-    """Every head's attention pattern on one context, for the viewer's pattern picker."""
-
-    name: str  # what the context is ("needle", "passkey", ...)
-    tokens: list[str]  # [T] each token as text (the run's tokenizer's token_str)
-    patterns: list  # [L][H][q][k] attention probabilities
 
 
 @register
@@ -273,8 +237,6 @@ class HeadsRunResult:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "results") -> HeadsRunResult:
-        from .probes.heads import HeadRoles
-
         if not isinstance(d, dict) or "roles" not in d:
             raise ResultsError(f"{where} lacks roles (a HeadsRunResult)")
         examples = d.get("examples") or []
@@ -312,8 +274,6 @@ class ArrowRunResult:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "results") -> ArrowRunResult:
-        from .probes.arrow import ArrowResult
-
         if not isinstance(d, dict) or not isinstance(d.get("datasets"), dict):
             raise ResultsError(f"{where} lacks datasets (an ArrowRunResult)")
         return cls({k: take(ArrowResult, v, f"{where}.datasets[{k!r}]") for k, v in d["datasets"].items()})
@@ -334,7 +294,7 @@ class ArrowRunResult:
 def run_kind(run: RunDir | str | Path) -> str:
     """The kind that the run's config.json names."""
     run = run if isinstance(run, RunDir) else RunDir(run)
-    path = run.file("config.json")
+    path = run.file(CONFIG_FILE)
     try:
         kind = json.loads(path.read_text())["kind"]
     except FileNotFoundError:
@@ -363,7 +323,7 @@ def write_results(run: RunDir | str | Path, result: Any) -> Path:
         raise TypeError(
             f"result must be one of {', '.join(c.__name__ for c in KINDS.values())}, got {type(result).__name__}"
         )
-    if run.file("config.json").exists() and (named := run_kind(run)) != kind:
+    if run.file(CONFIG_FILE).exists() and (named := run_kind(run)) != kind:
         raise ResultsError(f"{run.file('config.json')} names kind {named!r}, but the result is a {kind!r} result")
     path = run.file(RESULTS_FILE)
     atomic_write_json(path, {"kind": kind, "schema": type(result).SCHEMA, **result.to_dict()}, indent=None)
@@ -374,7 +334,7 @@ def read_results(run: RunDir | str | Path, kind: str | None = None) -> Any:
     """The run's results.json as its kind's dataclass; the kind comes from config.json unless given."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     kind = run_kind(run) if kind is None else kind
-    cls = result_class(kind, str(run.file("config.json")))
+    cls = result_class(kind, str(run.file(CONFIG_FILE)))
     path = run.file(RESULTS_FILE)
     try:
         data = json.loads(path.read_text())

@@ -29,7 +29,6 @@ answer token are.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -41,23 +40,7 @@ from transformer_lens import HookedTransformer
 from ..runs import jsonable
 from ..tasks import random_token_range
 from .attention_restrict import check_supported, gate_hooks
-
-
-@dataclass(frozen=True)
-class PasskeyConfig:
-    """Layout of a synthetic passkey context: [BOS] haystack · needle · haystack · question + answer."""
-
-    seq_len: int = 128  # tokens per context, BOS included; must be <= the model's n_ctx
-    key_len: int = 5  # answer tokens (digits with a tokenizer, random tokens without one)
-    needle_prefix: str = " The pass key is "  # text before the key inside the needle
-    needle_suffix: str = ". "  # text after the key inside the needle
-    question: str = " What is the pass key? The pass key is "  # at the end, followed by the answer
-    depth: tuple[float, float] = (0.1, 0.9)  # the needle starts at this share of the haystack, uniform
-    # Without a tokenizer (models whose vocabulary is not text): the needle prefix and the question
-    # are the same `random_prefix_len` random tokens, the key `key_len` random tokens, all from
-    # `token_range` [lo, hi) (None: every id but BOS).
-    random_prefix_len: int = 4
-    token_range: tuple[int, int] | None = None
+from .heads_data import DuoConfig, DuoResult, PasskeyConfig
 
 
 class PasskeyBatch(NamedTuple):
@@ -133,49 +116,6 @@ def passkey_batch(
     if len(lengths) > 1:  # a tokenizer that merges digits differently per key
         raise ValueError("the tokenizer encodes keys of different token lengths; not supported")
     return PasskeyBatch(torch.tensor(rows), torch.tensor(ans_pos), torch.tensor(answers), torch.tensor(needle_pos))
-
-
-@dataclass(frozen=True)
-class DuoConfig:
-    """DuoAttention gate optimisation on synthetic passkey contexts."""
-
-    n_contexts: int = 64  # passkey contexts drawn once; each step uses `batch_size` of them
-    batch_size: int = 16  # contexts per optimisation step
-    steps: int = 300  # Adam steps
-    lr: float = 0.02  # Adam learning rate (the paper's)
-    lam: float = 0.05  # weight of the mean |α| penalty (the paper's λ)
-    sink: int = 1  # first positions every streaming head keeps (BOS here; the paper: 64 tokens at scale)
-    window: int = 4  # most recent positions, the query included (the paper: 256 at scale)
-    # "paper": mean squared difference after the final norm (the reference code's); "sum": ‖h_full −
-    # h_gated‖² of the residual stream before it; "relative": "sum" / mean ‖h_full‖² (module docstring)
-    distance: str = "relative"
-    log_every: int = 5  # α of every head is recorded every this many steps (the head's gate curve)
-    seed: int = 0  # contexts and batch order
-    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
-
-
-@dataclass
-class DuoResult:
-    alphas: list[list[float]]  # [L][H] final gates: 1 = needs full attention, 0 = streaming suffices
-    steps: list[int]  # 1..steps
-    loss: list[float]  # per step: distance + lam · mean|α|
-    distance: list[float]  # per step: mean ‖h_full − h_gated‖² on the answer positions
-    penalty: list[float]  # per step: lam · mean|α|
-    trajectory_steps: list[int]  # steps at which the gates were recorded (0 = the init)
-    trajectory: list[list[list[float]]]  # [n_records][L][H]
-    seconds: float  # wall time of the optimisation
-    config: dict
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DuoResult:
-        return cls(**d)
-
-    def head_curve(self, layer: int, head: int) -> tuple[list[int], list[float]]:
-        """One head's gate over the optimisation (the explorer's "gate training curve")."""
-        return self.trajectory_steps, [a[layer][head] for a in self.trajectory]
 
 
 def default_haystack() -> tuple[Tensor, object, int]:

@@ -23,55 +23,16 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 from jaxtyping import Float
 from scipy import stats
 
+from .heads_data import Agreement, AgreementConfig, Correlation
+
 Scores = list[list[float]]  # [L][H]
 CAUSAL = "causal Δloss"
-
-
-@dataclass(frozen=True)
-class AgreementConfig:
-    """How the rank correlations' intervals and p-values are computed."""
-
-    level: float = 0.95  # two-sided coverage of the Fisher z interval
-    fieller_var: float = 1.06  # Fieller et al. (1957): var(atanh(rho_s)) ≈ 1.06 / (n - 3)
-    exact_max_n: int = 8  # up to this many heads the permutation p-value enumerates every ordering
-    n_permutations: int = 20_000  # Monte Carlo orderings beyond exact_max_n
-    seed: int = 0  # of the Monte Carlo permutations
-
-
-@dataclass
-class Correlation:
-    """One Spearman rho with its interval; rho is None when a ranking is constant over heads."""
-
-    rho: float | None
-    ci: list[float] | None  # [lo, hi] Fisher z interval; None when rho is None or n < 4
-    p_value: float | None  # two-sided permutation p of |rho| >= observed
-    n: int  # heads compared (non-finite scores dropped in pairs)
-    note: str = ""  # why rho or its interval is missing
-
-
-@dataclass
-class Agreement:
-    names: list[str]  # the rankings, in the order of the matrices
-    rho: list[list[float | None]]  # [k][k] Spearman rho (diagonal 1)
-    ci: list[list[list[float] | None]]  # [k][k][lo, hi] (None on the diagonal)
-    p_value: list[list[float | None]]  # [k][k] (None on the diagonal)
-    causal: dict[str, Correlation] = field(default_factory=dict)  # ranking -> its rho with the causal check
-    n_heads: int = 0
-    method: str = ""  # the interval's name, for tables and captions
-    config: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def pair(self, a: str, b: str) -> Correlation:
-        i, j = self.names.index(a), self.names.index(b)
-        return Correlation(self.rho[i][j], self.ci[i][j], self.p_value[i][j], self.n_heads)
 
 
 def _flat(name: str, scores) -> np.ndarray:

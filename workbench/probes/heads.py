@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -35,30 +35,11 @@ from transformer_lens.head_detector import (
 )
 
 from ..tasks import NeedleBatch, needle_batch, random_token_range, repeated_segments
+from .heads_data import HeadRoleConfig, HeadRoles
 from .intervals import t_interval, wilson_interval
 
 RETRIEVAL, STREAMING, OTHER, TOO_FEW = "retrieval", "streaming", "other", "too few copied steps"
 UNDETERMINED = "undetermined"  # enough copied steps, but the retrieval interval straddles the threshold
-
-
-@dataclass(frozen=True)
-class HeadRoleConfig:
-    """Contexts and thresholds of the head-role probe."""
-
-    n_contexts: int = 32  # needle contexts per measurement
-    seq_len: int = 96  # tokens per context (BOS included); must be ≤ the model's n_ctx
-    needle_len: int = 10  # needle tokens
-    sink: int = 1  # first positions counted as attention sinks (BOS here; ~4 in large models)
-    window: int = 4  # most recent positions (the query's own included) of the streaming window
-    retrieval_threshold: float = 0.1  # the paper's cut-off
-    streaming_threshold: float = 0.7  # share of attention on sink ∪ window
-    # Below this many correctly copied steps no head is labelled "retrieval" or "other". From n = 35
-    # on, a head with 0 hits has a Wilson upper bound (z²/(n+z²)) under the 0.1 threshold, so "not
-    # retrieval" can be established at all; 40 rounds that up. With fewer, one or two chance hits
-    # read as a score ≥ 0.1 (an undertrained model: 18 steps, scores 0.11-0.28).
-    min_copied_steps: int = 40
-    token_range: tuple[int, int] | None = None  # haystack/needle ids [lo, hi); None: the whole vocab but BOS
-    seed: int = 0
 
 
 def _token_range(model: HookedTransformer, cfg: HeadRoleConfig, bos: int | None) -> tuple[int, int]:
@@ -174,27 +155,6 @@ def tl_detector_scores(model: HookedTransformer, tokens: Int[Tensor, "b s"]) -> 
                     )
         out[name] = scores / b
     return out
-
-
-@dataclass
-class HeadRoles:
-    retrieval: list[list[float]]  # [L][H] hits / n_copied
-    streaming: list[list[float]]  # [L][H] mean over contexts
-    labels: list[list[str]]  # [L][H]: "retrieval" | "streaming" | "other" | "too few copied steps"
-    delta_loss: list[list[float]]  # [L][H] copy-loss increase under sink+window attention
-    clean_copy_loss: float
-    copy_accuracy: float
-    tl_scores: dict[str, list[list[float]]]  # TransformerLens detectors
-    config: dict
-    retrieval_hits: list[list[int]]  # [L][H] copied steps at which the head's top key was the needle token
-    retrieval_ci: list[list[list[float]]]  # [L][H][lo, hi] Wilson 95% of hits / n_copied
-    streaming_ci: list[list[list[float]]]  # [L][H][lo, hi] t 95% over contexts
-    n_copied: int  # correctly copied steps: the retrieval score's denominator
-    n_copy_steps: int  # copy steps offered (contexts × (needle_len - 1))
-    too_few_copied: bool  # n_copied < min_copied_steps: no head is labelled retrieval or other
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def classify(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,21 +33,12 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ..runs import RunDir
-from .heads import RETRIEVAL, HeadRoleConfig, attention_patterns, head_roles, make_contexts
+from .heads import RETRIEVAL, attention_patterns, head_roles, make_contexts
+from .heads_data import HeadsOverTraining, OverTrainingConfig
 from .intervals import wilson_interval
 
 Scores = list[list[float]]  # [L][H]
 ModelOrLoader = HookedTransformer | Callable[[], HookedTransformer]
-
-
-@dataclass(frozen=True)
-class OverTrainingConfig:
-    """What is measured at each checkpoint and when a head type counts as formed."""
-
-    roles: HeadRoleConfig = HeadRoleConfig()  # contexts and thresholds of the head-role probe
-    induction_threshold: float = 0.3  # TL induction score (attention mass on the induction key) of a formed head
-    copy_threshold: float = 0.5  # needle copy accuracy at which in-context copying counts as on
-    loss_batch: int = 16  # held-out windows per forward pass when the loss is measured
 
 
 @torch.no_grad()
@@ -67,33 +58,6 @@ def held_out_loss(model: HookedTransformer, tokens: Int[Tensor, "b s"], batch: i
     for chunk in tokens.split(batch):
         total += float(model(chunk, return_type="loss")) * len(chunk)
     return total / len(tokens)
-
-
-@dataclass
-class HeadsOverTraining:
-    steps: list[int]  # optimizer updates done at each checkpoint
-    retrieval: list[Scores]  # [checkpoint][L][H] Wu retrieval score
-    retrieval_ci: list[list[list[list[float]]]]  # [checkpoint][L][H][lo, hi] Wilson 95%
-    streaming: list[Scores]  # attention mass on sink ∪ window
-    streaming_ci: list[list[list[list[float]]]]  # t 95% over contexts
-    induction: list[Scores]  # TransformerLens induction detector
-    previous_token: list[Scores]  # TransformerLens previous-token detector
-    delta_loss: list[Scores]  # causal check: copy-loss increase under sink + window
-    entropy: list[Scores]  # attention entropy (nats) on the needle contexts
-    labels: list[list[list[str]]]  # head-role labels at each checkpoint
-    copy_accuracy: list[float]  # needle copy accuracy
-    # Wilson 95% over copy steps (the steps of one context are not independent: a lower bound on the width)
-    copy_accuracy_ci: list[list[float]]
-    n_copied: list[int]
-    loss: list[float | None]  # each checkpoint's loss (see loss_source)
-    loss_source: str  # "held-out windows" | "metrics.jsonl val_loss" | "none"
-    loss_curve: dict = field(default_factory=dict)  # {"step", "val_loss"} logged during training (updates done)
-    formed: dict = field(default_factory=dict)  # kind -> [previous checkpoint step, first step it holds] or None
-    config: dict = field(default_factory=dict)
-    seconds: float = 0.0  # wall time of the measurement (loading included)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _formed(steps: list[int], holds: list[bool]) -> list[int] | None:

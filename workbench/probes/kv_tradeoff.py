@@ -17,7 +17,7 @@ useful where its curve lies outside the band (above for accuracy, below for loss
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 from torch import Tensor
@@ -28,64 +28,8 @@ from ..runs import jsonable
 from .attention_restrict import check_supported, keep_full_hooks, keep_top, kv_fraction, n_kv_heads
 from .duo import PasskeyConfig, passkey_accuracy, passkey_batch
 from .heads import HeadRoleConfig, copy_steps, make_contexts
-
-METRICS = ("needle_acc", "passkey_acc", "passkey_token_acc", "text_loss")
-LOWER_IS_BETTER = {"text_loss"}
-
-
-@dataclass(frozen=True)
-class TradeoffConfig:
-    """Head fractions, the streaming restriction and the evaluation contexts of the trade-off curve."""
-
-    fractions: tuple[float, ...] = (0, 10, 25, 50, 75, 100)  # % of heads kept full
-    sink: int = 1  # first positions a streaming head keeps
-    window: int = 4  # most recent positions a streaming head keeps (query included)
-    compensation: bool = False  # streaming heads also attend to RazorAttention's compensation token
-    comp_weight: str = "count"  # the token's softmax weight: "count" (× dropped keys, the paper) or "one"
-    n_random: int = 5  # random rankings for the baseline band
-    seq_len: int = 128  # tokens per context (BOS included) = the T of the KV fraction; <= n_ctx
-    n_needle: int = 32  # needle contexts
-    needle_len: int = 10  # needle tokens
-    n_passkey: int = 32  # passkey contexts
-    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)  # its seq_len is replaced by seq_len
-    n_text: int = 32  # held-out text windows
-    token_range: tuple[int, int] | None = None  # needle token ids (see HeadRoleConfig.token_range)
-    seed: int = 0  # contexts and random rankings
-
-
-@dataclass
-class TradeoffResult:
-    fractions: list[float]  # % of heads kept full
-    n_full: list[int]  # heads kept full at each fraction
-    kv_fraction: list[float]  # KV cache kept / all heads full, at T = seq_len (MHA; GQA: see curves)
-    curves: dict[str, dict[str, list[float]]]  # ranking -> metric (+ "kv_fraction") -> one value per fraction
-    random_curves: list[dict[str, list[float]]]  # one per random seed
-    random_band: dict[str, dict[str, list[float]]]  # metric -> {"mean", "min", "max"} per fraction
-    rankings: dict[str, list[list[float]]]  # the scores [L][H] each curve was built from
-    seq_len: int
-    config: dict
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TradeoffResult:
-        return cls(**d)
-
-    def beats_random(self, name: str, metric: str = "needle_acc", pct: float = 25) -> bool:
-        """Whether ranking `name` lies outside the random band (all seeds) at `pct`% heads full:
-        above its max for accuracies, below its min for the loss."""
-        if name not in self.curves:
-            raise ValueError(f"name: no ranking {name!r}; have {sorted(self.curves)}")
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if pct not in self.fractions:
-            raise ValueError(f"pct={pct} is not one of the measured fractions {self.fractions}")
-        i = self.fractions.index(pct)
-        v = self.curves[name][metric][i]
-        if metric in LOWER_IS_BETTER:
-            return v < self.random_band[metric]["min"][i]
-        return v > self.random_band[metric]["max"][i]
+from .heads_data import LOWER_IS_BETTER as LOWER_IS_BETTER
+from .heads_data import METRICS, TradeoffConfig, TradeoffResult
 
 
 def n_full_heads(pct: float, n_heads: int) -> int:

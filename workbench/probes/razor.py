@@ -20,7 +20,6 @@ attention; every other head keeps sink + window + the compensation token
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -31,41 +30,7 @@ from ..runs import jsonable
 from ..tasks import random_token_range
 from .attention_restrict import keep_top
 from .heads import attention_patterns
-
-
-@dataclass(frozen=True)
-class RazorConfig:
-    """Repeated random segments and the protection rule's two fractions."""
-
-    n_contexts: int = 8  # contexts (each a different random segment)
-    segment: int = 32  # distinct random tokens per segment
-    repeats: int = 3  # copies of the segment; (BOS +) segment · repeats must fit in n_ctx
-    induction_frac: float = 0.14  # share of all heads protected by induction score (the paper's ~14%)
-    echo_frac: float = 0.01  # share protected by echo score (the paper's ~1%; at least one head)
-    token_range: tuple[int, int] | None = None  # ids [lo, hi) to draw from; None: printable ASCII for
-    # the byte tokenizer (d_vocab 257), else every id but a BOS at d_vocab - 1
-    seed: int = 0
-
-
-@dataclass
-class RazorResult:
-    echo: list[list[float]]  # [L][H]
-    induction: list[list[float]]  # [L][H]
-    protected: list[list[bool]]  # [L][H] the rule's union
-    n_induction_protected: int
-    n_echo_protected: int
-    config: dict
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RazorResult:
-        return cls(**d)
-
-    def ranking(self) -> list[list[float]]:
-        """Scores for keeping heads full: protected heads first, each group by induction score."""
-        return [[ind + (2.0 if p else 0.0) for ind, p in zip(ir, pr)] for ir, pr in zip(self.induction, self.protected)]
+from .heads_data import RazorConfig, RazorResult
 
 
 def repeated_random_segments(

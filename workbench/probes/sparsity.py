@@ -11,7 +11,6 @@ recomputed from hook_pre, and the interventions zero hook_post at the neurons it
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from transformer_lens import HookedTransformer
 from ..models import ModelConfig, load_model_file
 from ..runs import RunDir
 from ..sae.selection import topk_mask
+from .sparsity_data import SparsityResult
 
 
 def _check_mlps(model: HookedTransformer) -> None:
@@ -47,20 +47,6 @@ def hidden_activations(model: HookedTransformer, tokens: Int[Tensor, "b s"]) -> 
             a = model.blocks[l].mlp.act_fn(a)
         acts.append(a[:, 1:])
     return acts
-
-
-@dataclass
-class SparsityResult:
-    threshold: float  # |a| > threshold counts as active
-    active_frac: list[float]  # per layer: mean over tokens of the fraction of active neurons
-    active_frac_std: list[float]  # per layer: its standard deviation over tokens
-    neuron_freq: list[list[float]]  # per layer, per neuron: fraction of tokens it is active on
-    never_firing: list[int]  # per layer: neurons active on no token of the sample
-    n_tokens: int
-    act_fn: str = ""
-
-    def to_dict(self) -> dict:
-        return self.__dict__.copy()
 
 
 def activation_sparsity(

@@ -1,0 +1,373 @@
+"""The head probes' configs and results, as plain dataclasses: no torch, no TransformerLens.
+
+Reading a heads run's results.json (the viewer, `workbench.results`) needs these classes and
+nothing of the probes that compute them; the probe modules (`probes.heads`, `probes.duo`,
+`probes.razor`, `probes.kv_tradeoff`, `probes.head_agreement`, `probes.heads_over_training`,
+`probes.head_explorer`) import them from here, and each name stays importable from its old module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypedDict
+
+Scores = list[list[float]]  # [L][H]
+
+# The trade-off's metrics (probes.kv_tradeoff measures them; TradeoffResult.beats_random reads them).
+METRICS = ("needle_acc", "passkey_acc", "passkey_token_acc", "text_loss")
+LOWER_IS_BETTER = {"text_loss"}
+
+
+# --- head roles (probes.heads) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadRoleConfig:
+    """Contexts and thresholds of the head-role probe."""
+
+    n_contexts: int = 32  # needle contexts per measurement
+    seq_len: int = 96  # tokens per context (BOS included); must be ≤ the model's n_ctx
+    needle_len: int = 10  # needle tokens
+    sink: int = 1  # first positions counted as attention sinks (BOS here; ~4 in large models)
+    window: int = 4  # most recent positions (the query's own included) of the streaming window
+    retrieval_threshold: float = 0.1  # the paper's cut-off
+    streaming_threshold: float = 0.7  # share of attention on sink ∪ window
+    # Below this many correctly copied steps no head is labelled "retrieval" or "other". From n = 35
+    # on, a head with 0 hits has a Wilson upper bound (z²/(n+z²)) under the 0.1 threshold, so "not
+    # retrieval" can be established at all; 40 rounds that up. With fewer, one or two chance hits
+    # read as a score ≥ 0.1 (an undertrained model: 18 steps, scores 0.11-0.28).
+    min_copied_steps: int = 40
+    token_range: tuple[int, int] | None = None  # haystack/needle ids [lo, hi); None: the whole vocab but BOS
+    seed: int = 0
+
+
+@dataclass
+class HeadRoles:
+    retrieval: list[list[float]]  # [L][H] hits / n_copied
+    streaming: list[list[float]]  # [L][H] mean over contexts
+    labels: list[list[str]]  # [L][H]: "retrieval" | "streaming" | "other" | "too few copied steps"
+    delta_loss: list[list[float]]  # [L][H] copy-loss increase under sink+window attention
+    clean_copy_loss: float
+    copy_accuracy: float
+    tl_scores: dict[str, list[list[float]]]  # TransformerLens detectors
+    config: dict
+    retrieval_hits: list[list[int]]  # [L][H] copied steps at which the head's top key was the needle token
+    retrieval_ci: list[list[list[float]]]  # [L][H][lo, hi] Wilson 95% of hits / n_copied
+    streaming_ci: list[list[list[float]]]  # [L][H][lo, hi] t 95% over contexts
+    n_copied: int  # correctly copied steps: the retrieval score's denominator
+    n_copy_steps: int  # copy steps offered (contexts × (needle_len - 1))
+    too_few_copied: bool  # n_copied < min_copied_steps: no head is labelled retrieval or other
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AttentionExample:
+    """Every head's attention pattern on one context, for the viewer's pattern picker."""
+
+    name: str  # what the context is ("needle", "passkey", ...)
+    tokens: list[str]  # [T] each token as text (the run's tokenizer's token_str)
+    patterns: list  # [L][H][q][k] attention probabilities
+
+
+# --- DuoAttention (probes.duo) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PasskeyConfig:
+    """Layout of a synthetic passkey context: [BOS] haystack · needle · haystack · question + answer."""
+
+    seq_len: int = 128  # tokens per context, BOS included; must be <= the model's n_ctx
+    key_len: int = 5  # answer tokens (digits with a tokenizer, random tokens without one)
+    needle_prefix: str = " The pass key is "  # text before the key inside the needle
+    needle_suffix: str = ". "  # text after the key inside the needle
+    question: str = " What is the pass key? The pass key is "  # at the end, followed by the answer
+    depth: tuple[float, float] = (0.1, 0.9)  # the needle starts at this share of the haystack, uniform
+    # Without a tokenizer (models whose vocabulary is not text): the needle prefix and the question
+    # are the same `random_prefix_len` random tokens, the key `key_len` random tokens, all from
+    # `token_range` [lo, hi) (None: every id but BOS).
+    random_prefix_len: int = 4
+    token_range: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class DuoConfig:
+    """DuoAttention gate optimisation on synthetic passkey contexts."""
+
+    n_contexts: int = 64  # passkey contexts drawn once; each step uses `batch_size` of them
+    batch_size: int = 16  # contexts per optimisation step
+    steps: int = 300  # Adam steps
+    lr: float = 0.02  # Adam learning rate (the paper's)
+    lam: float = 0.05  # weight of the mean |α| penalty (the paper's λ)
+    sink: int = 1  # first positions every streaming head keeps (BOS here; the paper: 64 tokens at scale)
+    window: int = 4  # most recent positions, the query included (the paper: 256 at scale)
+    # "paper": mean squared difference after the final norm (the reference code's); "sum": ‖h_full −
+    # h_gated‖² of the residual stream before it; "relative": "sum" / mean ‖h_full‖² (module docstring)
+    distance: str = "relative"
+    log_every: int = 5  # α of every head is recorded every this many steps (the head's gate curve)
+    seed: int = 0  # contexts and batch order
+    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
+
+
+@dataclass
+class DuoResult:
+    alphas: list[list[float]]  # [L][H] final gates: 1 = needs full attention, 0 = streaming suffices
+    steps: list[int]  # 1..steps
+    loss: list[float]  # per step: distance + lam · mean|α|
+    distance: list[float]  # per step: mean ‖h_full − h_gated‖² on the answer positions
+    penalty: list[float]  # per step: lam · mean|α|
+    trajectory_steps: list[int]  # steps at which the gates were recorded (0 = the init)
+    trajectory: list[list[list[float]]]  # [n_records][L][H]
+    seconds: float  # wall time of the optimisation
+    config: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DuoResult:
+        return cls(**d)
+
+    def head_curve(self, layer: int, head: int) -> tuple[list[int], list[float]]:
+        """One head's gate over the optimisation (the explorer's "gate training curve")."""
+        return self.trajectory_steps, [a[layer][head] for a in self.trajectory]
+
+
+# --- RazorAttention (probes.razor) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RazorConfig:
+    """Repeated random segments and the protection rule's two fractions."""
+
+    n_contexts: int = 8  # contexts (each a different random segment)
+    segment: int = 32  # distinct random tokens per segment
+    repeats: int = 3  # copies of the segment; (BOS +) segment · repeats must fit in n_ctx
+    induction_frac: float = 0.14  # share of all heads protected by induction score (the paper's ~14%)
+    echo_frac: float = 0.01  # share protected by echo score (the paper's ~1%; at least one head)
+    token_range: tuple[int, int] | None = None  # ids [lo, hi) to draw from; None: printable ASCII for
+    # the byte tokenizer (d_vocab 257), else every id but a BOS at d_vocab - 1
+    seed: int = 0
+
+
+@dataclass
+class RazorResult:
+    echo: list[list[float]]  # [L][H]
+    induction: list[list[float]]  # [L][H]
+    protected: list[list[bool]]  # [L][H] the rule's union
+    n_induction_protected: int
+    n_echo_protected: int
+    config: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RazorResult:
+        return cls(**d)
+
+    def ranking(self) -> list[list[float]]:
+        """Scores for keeping heads full: protected heads first, each group by induction score."""
+        return [[ind + (2.0 if p else 0.0) for ind, p in zip(ir, pr)] for ir, pr in zip(self.induction, self.protected)]
+
+
+# --- the KV-cache trade-off (probes.kv_tradeoff) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TradeoffConfig:
+    """Head fractions, the streaming restriction and the evaluation contexts of the trade-off curve."""
+
+    fractions: tuple[float, ...] = (0, 10, 25, 50, 75, 100)  # % of heads kept full
+    sink: int = 1  # first positions a streaming head keeps
+    window: int = 4  # most recent positions a streaming head keeps (query included)
+    compensation: bool = False  # streaming heads also attend to RazorAttention's compensation token
+    comp_weight: str = "count"  # the token's softmax weight: "count" (× dropped keys, the paper) or "one"
+    n_random: int = 5  # random rankings for the baseline band
+    seq_len: int = 128  # tokens per context (BOS included) = the T of the KV fraction; <= n_ctx
+    n_needle: int = 32  # needle contexts
+    needle_len: int = 10  # needle tokens
+    n_passkey: int = 32  # passkey contexts
+    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)  # its seq_len is replaced by seq_len
+    n_text: int = 32  # held-out text windows
+    token_range: tuple[int, int] | None = None  # needle token ids (see HeadRoleConfig.token_range)
+    seed: int = 0  # contexts and random rankings
+
+
+@dataclass
+class TradeoffResult:
+    fractions: list[float]  # % of heads kept full
+    n_full: list[int]  # heads kept full at each fraction
+    kv_fraction: list[float]  # KV cache kept / all heads full, at T = seq_len (MHA; GQA: see curves)
+    curves: dict[str, dict[str, list[float]]]  # ranking -> metric (+ "kv_fraction") -> one value per fraction
+    random_curves: list[dict[str, list[float]]]  # one per random seed
+    random_band: dict[str, dict[str, list[float]]]  # metric -> {"mean", "min", "max"} per fraction
+    rankings: dict[str, list[list[float]]]  # the scores [L][H] each curve was built from
+    seq_len: int
+    config: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TradeoffResult:
+        return cls(**d)
+
+    def beats_random(self, name: str, metric: str = "needle_acc", pct: float = 25) -> bool:
+        """Whether ranking `name` lies outside the random band (all seeds) at `pct`% heads full:
+        above its max for accuracies, below its min for the loss."""
+        if name not in self.curves:
+            raise ValueError(f"name: no ranking {name!r}; have {sorted(self.curves)}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if pct not in self.fractions:
+            raise ValueError(f"pct={pct} is not one of the measured fractions {self.fractions}")
+        i = self.fractions.index(pct)
+        v = self.curves[name][metric][i]
+        if metric in LOWER_IS_BETTER:
+            return v < self.random_band[metric]["min"][i]
+        return v > self.random_band[metric]["max"][i]
+
+
+# --- agreement of the head rankings (probes.head_agreement) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class AgreementConfig:
+    """How the rank correlations' intervals and p-values are computed."""
+
+    level: float = 0.95  # two-sided coverage of the Fisher z interval
+    fieller_var: float = 1.06  # Fieller et al. (1957): var(atanh(rho_s)) ≈ 1.06 / (n - 3)
+    exact_max_n: int = 8  # up to this many heads the permutation p-value enumerates every ordering
+    n_permutations: int = 20_000  # Monte Carlo orderings beyond exact_max_n
+    seed: int = 0  # of the Monte Carlo permutations
+
+
+@dataclass
+class Correlation:
+    """One Spearman rho with its interval; rho is None when a ranking is constant over heads."""
+
+    rho: float | None
+    ci: list[float] | None  # [lo, hi] Fisher z interval; None when rho is None or n < 4
+    p_value: float | None  # two-sided permutation p of |rho| >= observed
+    n: int  # heads compared (non-finite scores dropped in pairs)
+    note: str = ""  # why rho or its interval is missing
+
+
+@dataclass
+class Agreement:
+    names: list[str]  # the rankings, in the order of the matrices
+    rho: list[list[float | None]]  # [k][k] Spearman rho (diagonal 1)
+    ci: list[list[list[float] | None]]  # [k][k][lo, hi] (None on the diagonal)
+    p_value: list[list[float | None]]  # [k][k] (None on the diagonal)
+    causal: dict[str, Correlation] = field(default_factory=dict)  # ranking -> its rho with the causal check
+    n_heads: int = 0
+    method: str = ""  # the interval's name, for tables and captions
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def pair(self, a: str, b: str) -> Correlation:
+        i, j = self.names.index(a), self.names.index(b)
+        return Correlation(self.rho[i][j], self.ci[i][j], self.p_value[i][j], self.n_heads)
+
+
+# --- head scores over training (probes.heads_over_training) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class OverTrainingConfig:
+    """What is measured at each checkpoint and when a head type counts as formed."""
+
+    roles: HeadRoleConfig = HeadRoleConfig()  # contexts and thresholds of the head-role probe
+    induction_threshold: float = 0.3  # TL induction score (attention mass on the induction key) of a formed head
+    copy_threshold: float = 0.5  # needle copy accuracy at which in-context copying counts as on
+    loss_batch: int = 16  # held-out windows per forward pass when the loss is measured
+
+
+@dataclass
+class HeadsOverTraining:
+    steps: list[int]  # optimizer updates done at each checkpoint
+    retrieval: list[Scores]  # [checkpoint][L][H] Wu retrieval score
+    retrieval_ci: list[list[list[list[float]]]]  # [checkpoint][L][H][lo, hi] Wilson 95%
+    streaming: list[Scores]  # attention mass on sink ∪ window
+    streaming_ci: list[list[list[list[float]]]]  # t 95% over contexts
+    induction: list[Scores]  # TransformerLens induction detector
+    previous_token: list[Scores]  # TransformerLens previous-token detector
+    delta_loss: list[Scores]  # causal check: copy-loss increase under sink + window
+    entropy: list[Scores]  # attention entropy (nats) on the needle contexts
+    labels: list[list[list[str]]]  # head-role labels at each checkpoint
+    copy_accuracy: list[float]  # needle copy accuracy
+    # Wilson 95% over copy steps (the steps of one context are not independent: a lower bound on the width)
+    copy_accuracy_ci: list[list[float]]
+    n_copied: list[int]
+    loss: list[float | None]  # each checkpoint's loss (see loss_source)
+    loss_source: str  # "held-out windows" | "metrics.jsonl val_loss" | "none"
+    loss_curve: dict = field(default_factory=dict)  # {"step", "val_loss"} logged during training (updates done)
+    formed: dict = field(default_factory=dict)  # kind -> [previous checkpoint step, first step it holds] or None
+    config: dict = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of the measurement (loading included)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- the head explorer's data (probes.head_explorer) -----------------------------------------------
+
+
+class ContextPatterns(TypedDict):
+    """Every head's attention on one context (`head_explorer.context_patterns`)."""
+
+    ids: list[int]  # [T] token ids
+    tokens: list[str]  # [T] each token as text
+    patterns: list[list[list[list[float]]]]  # [L][H][q][k] attention probabilities (rounded)
+
+
+class GateCurve(TypedDict):
+    """DuoAttention's gates while they were fitted."""
+
+    step: list[int]  # the recorded steps (0 = the init)
+    alpha: list[Scores]  # [n_records][L][H]
+
+
+@dataclass
+class ExplorerData(Mapping):
+    """What the head explorer (figures, widget, viewer page) draws, so that no surface needs the
+    model: every per-head score, their intervals, the roles, attention on a few contexts and the
+    gate curve. A read-only Mapping over its fields too (`data["metrics"]`, `data.get("gate_curve")`),
+    for code written against the dict `explorer_data` used to be."""
+
+    n_layers: int
+    n_heads: int
+    metrics: dict[str, Scores]  # score name -> [L][H] ("retrieval score", "Duo α", ...)
+    intervals: dict[str, list[list[list[float]]]] = field(default_factory=dict)  # name -> [L][H][lo, hi]
+    labels: list[list[str]] | None = None  # [L][H] head-role labels; None: not labelled
+    contexts: dict[str, ContextPatterns] = field(default_factory=dict)  # context name -> its patterns
+    gate_curve: GateCurve | None = None  # None: no DuoAttention trajectory
+    razor_protected: list[list[bool]] | None = None  # [L][H] RazorAttention's protected heads; None: not run
+    roles_config: dict[str, Any] = field(default_factory=dict)  # the head-role probe's HeadRoleConfig, as JSON
+    copy_accuracy: float | None = None  # the head-role probe's needle copy accuracy
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ExplorerData:
+        """From `to_dict()` (or `explorer_data`'s dict); keys this class does not know are left out."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    # the Mapping view (read-only): the fields by name
+    def __getitem__(self, key: str) -> Any:
+        if not isinstance(key, str) or key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
