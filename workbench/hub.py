@@ -62,6 +62,12 @@ def load_model(name: str | Path = DEFAULT_MODEL_NAME, device: str = "cpu", *, br
     if str(name) in WORKBENCH_NAMES:
         direction = "backward" if str(name).endswith("backward") else "forward"
         return load_default(direction, bridge=bridge).to(device), ByteTokenizer()
+    from .gguf_model import GGUF_MODELS, ensure_converted  # "smollm2-135m-instruct-q4": Q4_1 GGUF -> float32
+
+    if str(name) in GGUF_MODELS:  # a GGUF in an installed package, converted once into a float32 folder
+        from .models import workbench_home
+
+        return load_pretrained(ensure_converted(GGUF_MODELS[str(name)], workbench_home()).folder, device)
     return load_pretrained(name, device)
 
 
