@@ -14,11 +14,18 @@ one per seed, and reports on the same held-out windows:
 - the window-level interval (held-out windows resampled, seeds fixed) as a second figure: it
   says how well the windows pin down these particular models, not whether the direction matters;
 - the gap over training steps, from each run's logged validation loss.
+
+This module is the probe only: measurements on pairs it is given. Training them is
+`models.train_pairs` (in `models.pair_dir`'s seed/direction layout), and the primes×product
+recipe lives beside the shipped default, `default_model.PRIMES_MODEL`/`PRIMES_TRAIN`/
+`primes_data`. Those names stay importable from here for one release through `__getattr__` below
+(a deprecation shim: it imports the trainer only when an old name is asked for, and neither of
+those modules imports this one, so there is no circle).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import warnings
 from itertools import combinations
 from pathlib import Path
 
@@ -27,10 +34,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from ..corpus import ByteTokenizer, windows
-from ..models import LMTrainConfig, ModelConfig, TokenData, load_model_file, train_lm
+from ..corpus import windows
 from ..runs import RunDir
-from ..tasks import primes_product_text
+from ..token_data import TokenData
 from .arrow_data import BACKWARD, FORWARD, NO_ARROW, ArrowResult
 from .intervals import t_interval
 
@@ -220,45 +226,6 @@ def arrow_over_seeds(
     )
 
 
-def pair_dirs(root: str | Path, seeds=(0, 1, 2)) -> list[tuple[Path, Path]]:
-    """root/seed{s}/forward and root/seed{s}/backward for each seed."""
-    return [(Path(root) / f"seed{s}" / "forward", Path(root) / f"seed{s}" / "backward") for s in seeds]
-
-
-def train_pairs(
-    model_cfg: ModelConfig,
-    train_cfg: LMTrainConfig,
-    data: TokenData,
-    root: str | Path,
-    seeds=(0, 1, 2),
-    progress: bool = True,
-) -> list[tuple[HookedTransformer, HookedTransformer]]:
-    """Train (or reuse) one forward/backward pair per seed under root/seed{s}/{forward,backward};
-    the seed sets both the initialisation and the batch order. A finished run (model.safetensors)
-    is loaded, an interrupted one resumes; a folder trained with another seed or direction is
-    refused rather than silently reused."""
-    if len(set(seeds)) != len(seeds) or not seeds:
-        raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
-    out = []
-    for s, dirs in zip(seeds, pair_dirs(root, seeds)):
-        pair = []
-        for direction, path in zip(("forward", "backward"), dirs):
-            run, cfg = RunDir(path), replace(train_cfg, seed=s, direction=direction)
-            weights = run.file("model.safetensors")
-            if weights.exists():
-                got = run.read_config().get("config", {}).get("train", {}) if run.file("config.json").exists() else {}
-                if (got.get("seed"), got.get("direction")) != (s, direction):
-                    raise ValueError(
-                        f"{path} holds a model trained with seed={got.get('seed')}, direction="
-                        f"{got.get('direction')}; expected seed={s}, direction={direction}"
-                    )
-                pair.append(load_model_file(weights, model_cfg))
-            else:
-                pair.append(train_lm(model_cfg, cfg, data, run, progress=progress))
-        out.append((pair[0], pair[1]))
-    return out
-
-
 def loss_curves(run_dirs: dict[str, str | Path]) -> dict:
     """Validation loss over training per direction, read from each run's metrics.jsonl."""
     out = {}
@@ -268,20 +235,28 @@ def loss_curves(run_dirs: dict[str, str | Path]) -> dict:
     return out
 
 
-def primes_data(n_train: int = 20_000, n_val: int = 2_000, max_prime: int = 100, seed: int = 0) -> TokenData:
-    """Byte-level 'p*q=r' lines (r reversed): forward is multiplication, backward factorisation.
+# Deprecated names (one release): where each moved. Looked up lazily so that importing the probe
+# imports neither the trainer nor the shipped default.
+_MOVED = {
+    "train_pairs": "workbench.models",
+    "pair_dirs": "workbench.models",
+    "train_lm": "workbench.models",  # was imported here for train_pairs; tests patched it here
+    "primes_data": "workbench.default_model",
+    "PRIMES_MODEL": "workbench.default_model",
+    "PRIMES_TRAIN": "workbench.default_model",
+}
 
-    Primes below 100 by default: with 3-digit primes neither direction of a 2-layer model learned
-    any arithmetic in 1,500 steps (gap −0.08%, 95% CI [−0.38%, +0.21%]); with 2-digit primes the
-    forward model wins by ~15% after 600 steps (benchmarks/RESULTS.md)."""
-    tok = ByteTokenizer()
-    enc = lambda text: torch.tensor(tok.encode(text), dtype=torch.long)  # noqa: E731
-    return TokenData(
-        enc(primes_product_text(n_train, max_prime, seed=seed)),
-        enc(primes_product_text(n_val, max_prime, seed=seed + 1)),
-        tok,
+
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"workbench.probes.arrow.{name} moved to {_MOVED[name]}.{name}; this alias goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
     )
-
-
-PRIMES_MODEL = ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=65)
-PRIMES_TRAIN = LMTrainConfig(steps=600, batch_size=32, seq_len=64, lr=3e-3, checkpoint_steps=(), eval_every=100)
+    if _MOVED[name] == "workbench.models":
+        from .. import models as home
+    else:
+        from .. import default_model as home
+    return getattr(home, name)

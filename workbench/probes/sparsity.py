@@ -18,8 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from ..models import ModelConfig, load_model_file
-from ..runs import RunDir
+from ..models import ModelConfig, checkpoint_files, load_model_file
 from ..sae.selection import topk_mask
 from .sparsity_data import SparsityResult
 
@@ -81,16 +80,10 @@ def sparsity_over_training(
     run_dir: str | Path, model_cfg: ModelConfig, tokens: Int[Tensor, "b s"], threshold: float = 0.0
 ) -> dict:
     """Active fraction per layer at every checkpoint saved in run_dir/checkpoints (and the end)."""
-    run_dir = Path(run_dir)
-    paths = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
-    steps = [int(p.stem.split("_")[1]) for p in paths]
-    final = run_dir / "model.safetensors"
-    if final.exists():
-        logged = [m["step"] for m in RunDir(run_dir).metrics()]
-        paths.append(final)
-        steps.append(max(logged) + 1 if logged else (max(steps) + 1 if steps else 0))
-    if not paths:
+    found = checkpoint_files(run_dir)
+    if not found:
         raise FileNotFoundError(f"{run_dir} has no checkpoints/step_*.safetensors")
+    steps, paths = [s for s, _ in found], [p for _, p in found]
     out = {"steps": steps, "threshold": threshold, "active_frac": [], "active_frac_std": []}
     for p in paths:
         r = activation_sparsity(load_model_file(p, model_cfg), tokens, threshold)
