@@ -54,7 +54,7 @@ lines = (
         "",
         "Three seed pairs (same layout and manifest) of the small model the arrow-of-time probe trains on",
         "`p*q=r` lines with primes below 100 and the product's digits reversed (forward is multiplication,",
-        "backward factorisation): `workbench.probes.arrow.PRIMES_MODEL` (2 layers, d_model 64, 4 heads, d_mlp 256,",
+        "backward factorisation): `workbench.default_model.PRIMES_MODEL` (2 layers, d_model 64, 4 heads, d_mlp 256,",
         "ReLU, n_ctx 65) trained with `PRIMES_TRAIN` (600 steps of 32 windows of 64 bytes, lr 3e-3) on",
         "`primes_data()` (20,000 generated lines, seed 0; validation 2,000 lines, seed 1). Six models take about",
         "5 minutes on one core, too long for the demo's first start, so they are shipped.",
