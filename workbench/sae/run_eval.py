@@ -1,5 +1,7 @@
-"""Evaluate a trained SAE run: results.json (`SAERunResult`), features.safetensors and, on byte-level
-models, usefulness.json (sparse probing, absorption-style).
+"""Evaluate a trained SAE run: results.json (`SAERunResult`), features.safetensors, for an SAE on an
+attention output (blocks.L.attn.hook_z) attention.safetensors (head shares and DFA of the top
+contexts, `attention.AttentionTable`) and, on byte-level models, usefulness.json (sparse probing,
+absorption-style).
 
 Three callers, one computation (`evaluate_sae`):
 - `python -m workbench train-sae` after training, unless --no-eval (`evaluate_sae_run`);
@@ -31,7 +33,15 @@ if TYPE_CHECKING:
     from ..results import SAERunResult
     from .model import SparseAutoencoder
 
-EVAL_STAGES = ("activations", "reconstruction", "CE loss and KL", "feature table", "usefulness", "results.json")
+EVAL_STAGES = (
+    "activations",
+    "reconstruction",
+    "CE loss and KL",
+    "feature table",
+    "head attribution",
+    "usefulness",
+    "results.json",
+)
 DEFAULT_WINDOWS = 32  # held-out windows when the run does not say (train-sae's --eval-windows default)
 
 
@@ -94,17 +104,22 @@ def evaluate_sae(
     `probe_tokens` (default `tokens`) only when `tokenizer` is the byte tokenizer."""
     import torch
 
-    from ..activations import ActivationBatch, capture
+    from ..activations import ActivationBatch, capture, has_head_axis
     from ..corpus import ByteTokenizer
     from ..results import SAERunResult, write_results
-    from ..runs import RunDir
+    from ..runs import FEATURES_FILE, RunDir
+    from .attention import ATTENTION_FILE, attention_table, is_hook_z
     from .evaluate import feature_table, reconstruction_metrics, splice_metrics
 
     run, hook = RunDir(run_dir), sae.cfg.hook_name
     byte_level = isinstance(tokenizer, ByteTokenizer)
-    skip = (
-        {} if byte_level else {"usefulness": "sparse probing's concepts are labelled on bytes: a byte-level model only"}
-    )
+    skip = {}
+    if not is_hook_z(hook):
+        skip["head attribution"] = "head shares and DFA: an SAE on an attention output (blocks.L.attn.hook_z) only"
+    if not byte_level:
+        skip["usefulness"] = "sparse probing's concepts are labelled on bytes: a byte-level model only"
+    elif has_head_axis(hook):  # probing.hook_activations reads [batch, pos, n_heads, d_head] unflattened
+        skip["usefulness"] = "sparse probing reads one row per token: not yet on head-axis hooks such as hook_z"
     step = _Steps(skip, status, progress)
     try:
         with step("activations"):
@@ -115,8 +130,13 @@ def evaluate_sae(
         with step("CE loss and KL"):
             spl = splice_metrics(model, sae, hook, tokens)
         with step("feature table"):
-            feature_table(model, sae, hook, tokens, progress=progress).save(run.file("features.safetensors"))
-        if byte_level:
+            table = feature_table(model, sae, hook, tokens, progress=progress)
+            table.save(run.file(FEATURES_FILE))
+        if is_hook_z(hook):
+            with step("head attribution"):
+                attention_table(model, sae, table).save(run.file(ATTENTION_FILE))
+        del table
+        if "usefulness" not in skip:
             with step("usefulness"):
                 from .probing import evaluate_usefulness
                 from .saebench_json import write_run_evals
@@ -167,10 +187,11 @@ def evaluate_recorded_run(
     import json
 
     from ..pretrained import model_for_run
+    from ..runs import CONFIG_FILE
     from .io import load_sae
 
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = json.loads((run_dir / CONFIG_FILE).read_text())
     status = status if status is not None else BuildStatus()
     status.begin([("model", None)] + [(name, None) for name in EVAL_STAGES])  # all shown from the start
     with status.stage("model"):
