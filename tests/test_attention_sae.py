@@ -224,3 +224,90 @@ def test_hook_z_run_evaluation_writes_the_attention_table(tiny_model, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes((tmp_path / FEATURES_FILE).read_bytes())
     with pytest.raises(ValueError, match="not an attention table"):
         AttentionTable.load(tmp_path / "junk.safetensors")
+
+
+# --- figures and the viewer's pieces ------------------------------------------------------------------
+
+
+def test_figures_show_the_shares_and_the_dfa_per_head():
+    from workbench.figures.attention_sae import dfa_strip, head_latents_bar, head_shares_bar
+
+    fig = head_shares_bar([0.1, 0.6, 0.3], latent=4, layer=1, highlight=2)
+    bar = fig.data[0]
+    assert list(bar.x) == ["L1H0", "L1H1", "L1H2"] and list(bar.y) == [0.1, 0.6, 0.3]
+    assert bar.marker.color[2] != bar.marker.color[0]
+    assert "zero decoder row" in head_shares_bar([0.0, 0.0], 3, 1).layout.annotations[0].text
+    by_head = [[0.5, -0.25, 0.0], [0.25, 1.0, 0.0]]
+    strip = dfa_strip(["<a href='x'>", "b", "c"], by_head, dest=1, latent=7, layer=1, value=1.5, rest=0.1, bias=-0.2)
+    heat = strip.data[0]
+    assert list(heat.y) == ["L1H1", "L1H0", "all heads"]  # drawn bottom-up: the sum on top
+    assert [list(r) for r in heat.z] == [[0.25, 1.0, 0.0], [0.5, -0.25, 0.0], [0.75, 0.75, 0.0]]
+    assert heat.zmin == -1.0 and heat.zmax == 1.0  # symmetric: 0 is white
+    assert "<a" not in heat.x[0] and "&lt;a" in heat.x[0]
+    assert strip.layout.shapes[0].x0 == 0.5 and strip.layout.shapes[0].x1 == 1.5  # the destination framed
+    with pytest.raises(ValueError, match=r"by_head: expected \[n_heads\]\[3\]"):
+        dfa_strip(["a", "b", "c"], [[1.0, 2.0]], dest=0, latent=0, layer=0)
+    bars = head_latents_bar([5, 2], [0.9, 0.7], layer=1, head=3, run="<b>run</b>")
+    assert list(bars.data[0].y) == ["latent 2", "latent 5"] and "<b>" not in bars.layout.title.text
+
+
+@pytest.fixture
+def zrun(tiny_model, tmp_path):
+    """An evaluated hook_z SAE run on the tiny model: its feature table and attention table."""
+    from workbench.corpus import ByteTokenizer
+    from workbench.sae.evaluate import FeatureTable
+    from workbench.sae.run_eval import evaluate_sae
+    from workbench.viewer.attention_sae import load_attention_table
+
+    hook = "blocks.1.attn.hook_z"
+    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=24, k=3, hook_name=hook), seed=3).eval()
+    tokens = torch.randint(32, 127, (4, 12), generator=torch.Generator().manual_seed(1))
+    tokens[:, 0] = 256
+    evaluate_sae(tmp_path, tiny_model, sae, ByteTokenizer(), tokens, progress=False)
+    table = FeatureTable.load(tmp_path / "features.safetensors")
+    return tmp_path, table, load_attention_table(tmp_path, hook)
+
+
+def test_latent_heads_section_draws_the_saved_dfa(zrun):
+    from workbench.corpus import ByteTokenizer
+    from workbench.viewer.attention_sae import latent_heads_section, load_attention_table
+
+    path, table, att = zrun
+    assert load_attention_table(path, "blocks.1.hook_resid_post") is None  # other hooks have none
+    f = int(table.top_values[:, 0].argmax())
+    sec = latent_heads_section(att, table, f, ByteTokenizer(), "blocks.1.attn.hook_z", n_contexts=2)
+    assert set(sec.figures) == {"feat-heads", "feat-dfa-0", "feat-dfa-1"}
+    assert all(f'id="{k}"' in sec.html for k in sec.figures)
+    assert sec.figures["feat-heads"]["data"][0]["y"] == pytest.approx(att.shares[f].tolist())
+    heat = sec.figures["feat-dfa-0"]["data"][0]
+    assert heat["z"][-2] == pytest.approx(att.dfa[f, 0, 0].tolist())  # head 0, second row from the top
+    start, pos = int(table.context_start[f, 0]), int(table.top_pos[f, 0])
+    assert len(heat["x"]) == att.dfa.shape[3] and heat["x"][pos - start].startswith(f"{pos - start}:")
+    with pytest.raises(ValueError, match="feature=24"):
+        latent_heads_section(att, table, 24, ByteTokenizer(), "blocks.1.attn.hook_z")
+
+
+def test_head_latents_lists_the_latents_by_their_share_on_the_head(zrun):
+    from workbench.sae.attention import AttentionTable
+    from workbench.viewer.attention_sae import head_latents, head_latents_section
+
+    _, table, att = zrun
+    shares = torch.zeros(24, 4)
+    shares[:, 0] = 1.0
+    shares[[3, 9, 11], 0], shares[[3, 9, 11], 2] = 0.2, 0.8
+    shares[9, 2], shares[9, 0] = 0.95, 0.05
+    planted = AttentionTable(shares, att.dfa, att.dfa_rest, att.bias, att.pre)
+    rows = head_latents([("<run&1>", planted, table), ("other", planted, None)], head=2, min_share=0.5, limit=4)
+    assert [(r.run, r.latent, r.share) for r in rows] == [
+        ("<run&1>", 9, pytest.approx(0.95)),
+        ("other", 9, pytest.approx(0.95)),
+        ("<run&1>", 3, pytest.approx(0.8)),
+        ("<run&1>", 11, pytest.approx(0.8)),
+    ]
+    assert rows[0].density == pytest.approx(float(table.density[9])) and rows[1].density is None
+    sec = head_latents_section(rows, layer=1, head=2)
+    assert "<run&1>" not in sec.html and "&lt;run&amp;1&gt;" in sec.html and "/run/%3Crun%261%3E?feature=9" in sec.html
+    assert sec.figures == {}  # two runs: the table only
+    one = head_latents_section(rows[:1], layer=1, head=2)
+    assert one.figures["head-latents"]["data"][0]["x"] == pytest.approx([0.95])
+    assert "No latent" in head_latents_section([], layer=1, head=2).html
