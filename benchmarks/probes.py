@@ -4,7 +4,7 @@ short markdown report for benchmarks/RESULTS.md; then the head-role methods of i
 scores over the shipped training checkpoints) on the default model, timed,
 with their results saved to benchmarks/results/head_methods.json.
 
-    python benchmarks/probes.py [--runs DIR] [--only probes|heads]
+    python benchmarks/probes.py [--runs DIR] [--only probes|heads] [--seeds 5] [--n-random 99] [--duo-steps 300]
 """
 
 from __future__ import annotations
@@ -22,18 +22,21 @@ from workbench.demo import build_demo, default_demo_dir
 from workbench.results import read_results
 
 RESULTS = Path(__file__).parent / "results" / "head_methods.json"
-DUO_SEEDS = (0, 1, 2)  # the gates' spread over context draws is the verdict's uncertainty
+SEEDS = (0, 1, 2, 3, 4)  # context seeds: every ranking (gates included) and evaluation re-drawn per seed
 
 
-def head_methods() -> dict:
-    """Duo gates (3 seeds), Razor scores, Wu's head roles and the trade-off curve (without and with
-    the compensation token) on workbench-tiny, each timed; prints a markdown summary."""
+def head_methods(seeds: tuple[int, ...] = SEEDS, n_random: int = 99, duo_steps: int = 300) -> dict:
+    """Per context seed: Duo gates, Razor scores and Wu's head roles; then the trade-off curve
+    (without and with the compensation token) with every point's p-value against random picks on
+    seed 0's contexts and a t interval over the seeds' own rankings and contexts, and the rankings'
+    agreement with its interval over seeds; each timed; prints a markdown summary."""
     from workbench.models import load_model
     from workbench.probes.duo import DuoConfig, duo_gates
-    from workbench.probes.head_agreement import ranking_agreement
+    from workbench.probes.head_agreement import agreement_over_seeds, ranking_agreement
+    from workbench.probes.head_rankings import head_rankings
     from workbench.probes.heads import HeadRoleConfig, head_roles
     from workbench.probes.heads_over_training import shipped_heads_over_training
-    from workbench.probes.kv_tradeoff import TradeoffConfig, standard_rankings, tradeoff_curve
+    from workbench.probes.kv_tradeoff import TradeoffConfig, tradeoff_curve
     from workbench.probes.razor import RazorConfig, razor_scores
 
     model, tok = load_model("workbench-tiny")
@@ -45,19 +48,29 @@ def head_methods() -> dict:
         timing[name] = time.perf_counter() - start
         return out
 
-    duos = [timed(f"duo_seed{s}", lambda s=s: duo_gates(model, DuoConfig(seed=s), progress=False)) for s in DUO_SEEDS]
-    razor = timed("razor", lambda: razor_scores(model, RazorConfig(), bos=bos))
-    roles = timed("head_roles", lambda: head_roles(model, HeadRoleConfig(), bos=bos))
-    rankings = standard_rankings(roles, duos[0], razor)
-    plain = timed("tradeoff", lambda: tradeoff_curve(model, rankings, TradeoffConfig(), progress=False))
-    comp = timed(
-        "tradeoff_compensation",
-        lambda: tradeoff_curve(model, rankings, TradeoffConfig(compensation=True), progress=False),
-    )
+    duos = [
+        timed(f"duo_seed{s}", lambda s=s: duo_gates(model, DuoConfig(seed=s, steps=duo_steps), progress=False))
+        for s in seeds
+    ]
+    razors = [timed(f"razor_seed{s}", lambda s=s: razor_scores(model, RazorConfig(seed=s), bos=bos)) for s in seeds]
+    roles = [timed(f"roles_seed{s}", lambda s=s: head_roles(model, HeadRoleConfig(seed=s), bos=bos)) for s in seeds]
+    rankings = {s: head_rankings(r, d, z) for s, r, d, z in zip(seeds, roles, duos, razors)}
+    extra = {s: r for s, r in rankings.items() if s != seeds[0]}
+    tradeoffs = {}
+    for key, comp in (("tradeoff", False), ("tradeoff_compensation", True)):
+        cfg = TradeoffConfig(compensation=comp, n_random=n_random, seed=seeds[0], context_seeds=tuple(seeds[1:]))
+        tradeoffs[key] = timed(
+            key,
+            lambda cfg=cfg: tradeoff_curve(model, rankings[seeds[0]], cfg, seed_rankings=extra, progress=False),
+        )
     agreement = timed(  # the causal check is the reference the rankings are compared with
         "agreement",
-        lambda: ranking_agreement(
-            {k: v for k, v in rankings.items() if k != "causal_delta_loss"}, causal=roles.delta_loss
+        lambda: agreement_over_seeds(
+            [
+                ranking_agreement(head_rankings(r, d, z, causal=False), causal=r.delta_loss)
+                for r, d, z in zip(roles, duos, razors)
+            ],
+            list(seeds),
         ),
     )
     over = timed("over_training", lambda: shipped_heads_over_training(progress=False))
@@ -65,12 +78,12 @@ def head_methods() -> dict:
         "date": str(date.today()),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "model": "workbench-tiny",
+        "seeds": list(seeds),
         "timing_s": timing,
         "duo": [d.to_dict() for d in duos],
-        "razor": razor.to_dict(),
-        "roles": roles.to_dict(),
-        "tradeoff": plain.to_dict(),
-        "tradeoff_compensation": comp.to_dict(),
+        "razor": [z.to_dict() for z in razors],
+        "roles": [r.to_dict() for r in roles],
+        **{k: v.to_dict() for k, v in tradeoffs.items()},
         "agreement": agreement.to_dict(),
         "over_training": over.to_dict(),
     }
@@ -81,73 +94,121 @@ def head_methods() -> dict:
     return out
 
 
+def _p(p) -> str:
+    return "n/a" if p is None else f"{p:.3g}"
+
+
 def print_head_methods(out: dict) -> None:
+    from workbench.figures.kv_tradeoff import share_label
+    from workbench.probes.head_rankings import label, tied_heads
     from workbench.probes.kv_tradeoff import TradeoffResult
 
     t = out["timing_s"]
+    seeds = out.get("seeds", [0])
     alphas = torch.tensor([d["alphas"] for d in out["duo"]])  # [seeds, L, H]
     L, H = alphas.shape[1:]
     cfg = out["duo"][0]["config"]
+    duo_s = [t[f"duo_seed{s}"] for s in seeds]
     print(
         f"\n**Head methods** ({out['date']} · {out['machine']} · {out['model']}; sink {cfg['sink']} + window "
-        f"{cfg['window']}, passkey contexts of {cfg['passkey']['seq_len']} tokens)\n"
+        f"{cfg['window']}, passkey contexts of {cfg['passkey']['seq_len']} tokens; context seeds "
+        f"{', '.join(map(str, seeds))})\n"
     )
+    tied = tied_heads(out["duo"][0]["alphas"])
     print(
         f"DuoAttention gates ({cfg['steps']} Adam steps, lr {cfg['lr']}, λ {cfg['lam']}, distance "
-        f"{cfg['distance']}): {t['duo_seed0']:.1f} s per run; α per head, seed 0 [min, max over seeds "
-        f"{', '.join(map(str, DUO_SEEDS))}]:\n"
+        f"{cfg['distance']}): {min(duo_s):.1f}-{max(duo_s):.1f} s per run; α per head, seed {seeds[0]} "
+        f"[min, max over seeds]; '=' marks a value tied exactly with another head's (a clamp), whose order "
+        f"no ranking decides:\n"
     )
     print("| layer | " + " | ".join(f"H{h}" for h in range(H)) + " |\n|---|" + "---|" * H)
     for layer in range(L):
         a = alphas[:, layer]
         print(
             f"| {layer} | "
-            + " | ".join(f"{a[0, h]:.2f} [{a[:, h].min():.2f}, {a[:, h].max():.2f}]" for h in range(H))
+            + " | ".join(
+                f"{a[0, h]:.3f}{'=' if tied[layer][h] else ''} [{a[:, h].min():.3f}, {a[:, h].max():.3f}]"
+                for h in range(H)
+            )
             + " |"
         )
-    rz = out["razor"]
+    rz = out["razor"][0] if isinstance(out["razor"], list) else out["razor"]
     fmt = lambda m: "; ".join(f"L{i}: " + " ".join(f"{v:.2f}" for v in row) for i, row in enumerate(m))  # noqa: E731
     prot = [f"L{i}H{h}" for i in range(L) for h in range(H) if rz["protected"][i][h]]
+    uni = rz.get("uniform_echo_induction") or [float("nan")] * 2
     print(
-        f"\nRazorAttention ({t['razor']:.2f} s): induction {fmt(rz['induction'])}; echo {fmt(rz['echo'])}; "
-        f"protected (top {rz['n_induction_protected']} by induction ∪ top {rz['n_echo_protected']} by echo): "
-        f"{', '.join(prot)}.\n"
+        f"\nRazorAttention (seed {seeds[0]}, {t.get(f'razor_seed{seeds[0]}', 0):.2f} s): induction "
+        f"{fmt(rz['induction'])}; echo {fmt(rz['echo'])} (uniform attention: echo {uni[0]:.3f}, induction "
+        f"{uni[1]:.3f}); protected (top {rz['n_induction_protected']} by induction ∪ top {rz['n_echo_protected']} "
+        f"by echo, each at least {rz['config'].get('min_score', 0):g}): "
+        f"{', '.join(prot) if prot else 'nothing to protect'}.\n"
     )
-    for key, label in (("tradeoff", "sink + window"), ("tradeoff_compensation", "sink + window + compensation token")):
+    for key, what in (("tradeoff", "sink + window"), ("tradeoff_compensation", "sink + window + compensation token")):
         res = TradeoffResult.from_dict(out[key])
+        n = res.n_heads
+        q = res.config.get("band_quantiles", [0.05, 0.95])
         print(
-            f"KV-cache trade-off, streaming heads on {label} ({t[key]:.1f} s; needle copy accuracy, "
-            f"T = {res.seq_len}; random band = min-max of {len(res.random_curves)} random rankings):\n"
+            f"KV-cache trade-off, streaming heads on {what} ({t[key]:.1f} s; needle copy accuracy at T = "
+            f"{res.seq_len}, seed {res.context_seeds[0]} [t 95% over context seeds "
+            f"{', '.join(map(str, res.context_seeds))}, "
+            f"each seed with its own rankings]; p: Holm-adjusted over the curve's testable points, exact over "
+            f"every subset where C(n, m) <= {res.config['exact_max_subsets']}, else {len(res.random_curves)} random "
+            f"rankings; '=' tied scores at the cut, mean over tie orders):\n"
         )
         print(
             "| ranking | "
-            + " | ".join(f"{p:g}% full (KV {kv:.2f})" for p, kv in zip(res.fractions, res.kv_fraction))
-            + " | beats random at 25%? |\n|---|"
-            + "---|" * (len(res.fractions) + 1)
+            + " | ".join(f"{share_label(k, n)} full (KV {kv:.2f})" for k, kv in zip(res.n_full, res.kv_fraction))
+            + " |\n|---|"
+            + "---|" * len(res.fractions)
         )
         for name, c in res.curves.items():
-            print(
-                f"| {name} | "
-                + " | ".join(f"{v:.3f}" for v in c["needle_acc"])
-                + f" | {'yes' if res.beats_random(name, 'needle_acc', 25) else 'no'} |"
-            )
+            cells = []
+            for i, v in enumerate(c["needle_acc"]):
+                ci = res.seed_ci.get(name, {}).get("needle_acc")
+                tie = "=" if res.tied[name][i] else ""
+                iv = f" [{ci[i][0]:.3f}, {ci[i][1]:.3f}]" if ci else ""
+                verdict = res.verdicts[name]["needle_acc"][i]
+                mark = (
+                    f"; p {_p(res.p_adjusted[name]['needle_acc'][i])}"
+                    + (" **beats random**" if verdict == "beats random" else "")
+                    if verdict not in ("untestable at this size",)
+                    else "; untestable"
+                )
+                cells.append(f"{v:.3f}{tie}{iv}{mark}")
+            print(f"| {label(name)} | " + " | ".join(cells) + " |")
         b = res.random_band["needle_acc"]
         print(
-            "| random mean [min, max] | "
-            + " | ".join(f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(b["mean"], b["min"], b["max"]))
-            + " | |"
+            f"| random picks: mean [{q[0]:g}, {q[1]:g} quantiles] | "
+            + " | ".join(f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(b["mean"], b["lo"], b["hi"]))
+            + " |"
         )
-        i = res.fractions.index(25)
         print(
-            f"\nAt 25% heads full (KV {res.kv_fraction[i]:.2f}): passkey answer-token accuracy "
-            + ", ".join(f"{n} {c['passkey_token_acc'][i]:.3f}" for n, c in res.curves.items())
-            + f" (random {res.random_band['passkey_token_acc']['min'][i]:.3f}-"
-            f"{res.random_band['passkey_token_acc']['max'][i]:.3f}; all full "
-            f"{res.random_band['passkey_token_acc']['mean'][-1]:.3f}); text loss "
-            + ", ".join(f"{n} {c['text_loss'][i]:.3f}" for n, c in res.curves.items())
-            + f" (random {res.random_band['text_loss']['min'][i]:.3f}-{res.random_band['text_loss']['max'][i]:.3f};"
-            f" all full {res.random_band['text_loss']['mean'][-1]:.3f}, all streaming "
-            f"{res.random_band['text_loss']['mean'][0]:.3f} nats).\n"
+            "| smallest attainable p | "
+            + " | ".join(f"{mp:.3g} ({'exact' if ex else 'MC'})" for mp, ex in zip(res.min_p, res.null_exact))
+            + " |"
+        )
+        chance = [
+            f"{label(m)} (all full {res.full_value[m]:.3f}, chance {res.chance[m]:.3g})"
+            for m, at in res.at_chance.items()
+            if at
+        ]
+        i = res.n_full.index(max(k for k in res.n_full if k <= n // 4))
+        print(
+            f"\nAt {share_label(res.n_full[i], n)} heads full (KV {res.kv_fraction[i]:.2f}): passkey answer-token "
+            "accuracy "
+            + ", ".join(
+                f"{label(nm)} {c['passkey_token_acc'][i]:.3f} ({res.verdicts[nm]['passkey_token_acc'][i]})"
+                for nm, c in res.curves.items()
+            )
+            + f" (random picks {res.random_band['passkey_token_acc']['lo'][i]:.3f}-"
+            f"{res.random_band['passkey_token_acc']['hi'][i]:.3f}; all full "
+            f"{res.full_value['passkey_token_acc']:.3f}); "
+            "text loss "
+            + ", ".join(f"{label(nm)} {c['text_loss'][i]:.3f}" for nm, c in res.curves.items())
+            + f" (random {res.random_band['text_loss']['lo'][i]:.3f}-{res.random_band['text_loss']['hi'][i]:.3f};"
+            f" all full {res.full_value['text_loss']:.3f} nats). Not compared, at chance with every head full: "
+            + ("; ".join(chance) if chance else "none")
+            + ".\n"
         )
 
 
@@ -155,14 +216,25 @@ def print_agreement_and_over_training(out: dict) -> None:
     ag, ov, t = out["agreement"], out["over_training"], out["timing_s"]
     ci = lambda c: f"[{c[0]:+.2f}, {c[1]:+.2f}]" if c else "n/a"  # noqa: E731
     print(f"Rank agreement over {ag['n_heads']} heads ({ag['method']}); each ranking against the causal check:\n")
-    print("| ranking | rho | 95% interval | p |\n|---|---|---|---|")
+    from workbench.probes.head_rankings import label
+
+    seeds = ag.get("seeds") or []
+    print(
+        f"| ranking | rho (seed {seeds[0] if seeds else 0}) | Fisher 95% | p | rho per seed | t 95% over "
+        f"{len(seeds)} seeds |\n|---|---|---|---|---|---|"
+    )
     for name, c in ag["causal"].items():
         rho = "n/a" if c["rho"] is None else f"{c['rho']:+.2f}"
         p = "n/a" if c["p_value"] is None else f"{c['p_value']:.3f}"
-        print(f"| {name} | {rho} | {ci(c['ci'])} | {p} |")
+        per = ", ".join("n/a" if r is None else f"{r:+.2f}" for r in (ag.get("causal_seed_rho") or {}).get(name, []))
+        print(
+            f"| {label(name)} | {rho} | {ci(c['ci'])} | {p} | {per} | "
+            f"{ci((ag.get('causal_seed_ci') or {}).get(name))} |"
+        )
     names = ag["names"]
     pairs = [
-        f"{a} vs {b} {ag['rho'][i][j]:+.2f} {ci(ag['ci'][i][j])}"
+        f"{label(a)} vs {label(b)} {ag['rho'][i][j]:+.2f} {ci(ag['ci'][i][j])}"
+        + (f" (seeds {ci(ag['seed_ci'][i][j])})" if ag.get("seed_ci") else "")
         for i, a in enumerate(names)
         for j, b in enumerate(names)
         if i < j and ag["rho"][i][j] is not None
@@ -178,12 +250,18 @@ def print_agreement_and_over_training(out: dict) -> None:
         labels = ", ".join(sorted(set(ov["labels"][i][-1])))
         loss = "n/a" if ov["loss"][i] is None else f"{ov['loss'][i]:.3f}"
         print(f"| {step} | {ov['copy_accuracy'][i]:.3f} | {top:.2f} | {labels} | {loss} |")
-    print(f"\nFormed (previous checkpoint, first step it holds to the end): {ov['formed']}\n")
+    print(
+        f"\nFormed (previous checkpoint, first step it holds to the end): {ov['formed']}; state: "
+        f"{ov.get('formed_state', {})}\n"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default=None)
+    ap.add_argument("--seeds", type=int, default=len(SEEDS), help="context seeds (0..n-1)")
+    ap.add_argument("--n-random", type=int, default=99, help="random rankings R of the Monte Carlo null")
+    ap.add_argument("--duo-steps", type=int, default=300, help="DuoAttention optimisation steps per seed")
     ap.add_argument(
         "--only",
         choices=("probes", "heads"),
@@ -192,7 +270,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.only != "probes":
-        head_methods()
+        head_methods(tuple(range(args.seeds)), args.n_random, args.duo_steps)
     if args.only == "heads":
         return
     print_probes(build_demo(Path(args.runs) if args.runs else default_demo_dir()))

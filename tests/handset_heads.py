@@ -15,6 +15,12 @@ Heads (the rest have zero weights: uniform attention, zero output):
                          attends to the token after an earlier x and copies it into OUT.
 Only L1H0 reaches beyond a window of 2, so it is the single head that needs full attention;
 L0H0 is needed too but works on sink + window (window >= 2), like the sink and self heads.
+
+`handset_model(n_heads=16)` adds zero-weight heads (uniform attention, zero output) up to 16 per
+layer: 32 heads, of which one is needed, so a ranking that keeps it can beat random picks at a
+significance level that 8 heads cannot reach (1 of 8: p >= 0.125; 1 of 32: p = 1/32).
+`dtype=torch.float32, sharp=200` makes every kept probability of a streaming L1H0 underflow to 0
+(e^-200 is below float32's range), the case where two ways of restricting attention differ.
 """
 
 from __future__ import annotations
@@ -29,26 +35,33 @@ PREV_HEAD, SINK_HEADS, SELF_HEADS, INDUCTION_HEAD = (0, 0), ((0, 1), (1, 1)), ((
 SHARP = 40.0  # score margin after the 1/sqrt(d_head) scale: attention is one-hot to ~e^-40
 
 
-def handset_model() -> HookedTransformer:
+def handset_model(
+    n_heads: int = 4, dtype: torch.dtype = torch.float64, sharp: float = SHARP, vocab: int = V
+) -> HookedTransformer:
+    """The hand-set model (module docstring) with `n_heads` per layer and a vocabulary of `vocab`
+    (BOS = vocab - 1)."""
+    V = vocab  # noqa: N806 (the module constant's role, at this size)
+    if n_heads < 4:
+        raise ValueError(f"n_heads must be >= 4 (the named heads), got {n_heads}")
     d_model, d_head = 3 * V + N, V + 1  # the extra head dim carries L1H0's recency preference
     cfg = HookedTransformerConfig(
         n_layers=2,
         d_model=d_model,
-        n_heads=4,
+        n_heads=n_heads,
         d_head=d_head,
         n_ctx=N,
         d_vocab=V,
         attn_only=True,
         normalization_type=None,
         act_fn=None,
-        dtype=torch.float64,
+        dtype=dtype,
         default_prepend_bos=False,
         device="cpu",
         seed=0,
     )
     model = HookedTransformer(cfg)
     tok, pos, prev, out = 0, V, V + N, 2 * V + N
-    c = SHARP * d_head**0.5
+    c = sharp * d_head**0.5
     sd = {k: torch.zeros_like(p) for k, p in model.named_parameters()}  # buffers (causal mask) stay
     sd["embed.W_E"][torch.arange(V), tok + torch.arange(V)] = 1.0
     sd["pos_embed.W_pos"][torch.arange(N), pos + torch.arange(N)] = 1.0
@@ -69,10 +82,10 @@ def handset_model() -> HookedTransformer:
     # a mild preference for later keys (score + 2·j/N): two keys holding the same previous token get
     # different weights, so float noise in PREV (~1e-17) can never flip which token wins
     sd["blocks.1.attn.b_Q"][0, V] = 2.0 * d_head**0.5
-    sd["blocks.1.attn.W_K"][0, pos + torch.arange(N), V] = torch.arange(N, dtype=torch.float64) / N
+    sd["blocks.1.attn.W_K"][0, pos + torch.arange(N), V] = torch.arange(N, dtype=dtype) / N
     sd["blocks.1.attn.W_V"][0, tok + torch.arange(V), torch.arange(V)] = 1.0
     sd["blocks.1.attn.W_O"][0, torch.arange(V), out + torch.arange(V)] = 1.0
     sd["unembed.W_U"][out + torch.arange(V), torch.arange(V)] = 1.0
-    sd["unembed.b_U"][BOS] = -1e4  # BOS is never a next token
+    sd["unembed.b_U"][V - 1] = -1e4  # BOS is never a next token
     model.load_state_dict(sd, strict=False)
     return model.eval()

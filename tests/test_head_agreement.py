@@ -104,7 +104,8 @@ def test_rankings_from_roles_orientation():
         "retrieval": [[0.9, 0.0]],
         "streaming": [[0.1, 0.95]],
         "tl_scores": {"induction": [[0.7, 0.0]], "previous_token": [[0.0, 0.8]]},
+        "delta_loss": [[0.0, 0.0]],
     }
-    r = rankings_from_roles(roles, extra={"Duo α": [[1.0, 0.0]]})
-    assert r["streaming mass (negated)"] == [[-0.1, -0.95]]
-    assert list(r) == ["retrieval score", "streaming mass (negated)", "TL induction", "TL previous-token", "Duo α"]
+    r = rankings_from_roles(roles, extra={"duo_alpha": [[1.0, 0.0]]})
+    assert r["streaming_reversed"] == [[pytest.approx(0.9), pytest.approx(0.05)]]  # 1 - streaming: same order
+    assert list(r) == ["retrieval", "streaming_reversed", "tl_induction", "tl_previous_token", "duo_alpha"]

@@ -251,6 +251,8 @@ def test_passkey_contexts_hold_the_key_twice():
 
 
 def test_tradeoff_curve_on_the_handset_model(handset):
+    """The curve's content on 8 heads; whether it beats random is tests/test_head_verdicts.py's (with 8
+    heads one head full cannot: p >= 1/8)."""
     induction_first = [[0.0] * 4, [0.0] * 4]
     induction_first[INDUCTION_HEAD[0]][INDUCTION_HEAD[1]] = 1.0
     cfg = TradeoffConfig(
@@ -268,14 +270,17 @@ def test_tradeoff_curve_on_the_handset_model(handset):
     assert res.n_full == [0, 1, 2, 4, 6, 8]
     assert abs(acc[1] - acc[-1]) <= 0.02 and acc[0] < acc[-1] - 0.3  # one head (10%) is enough
     assert res.curves["induction"]["passkey_token_acc"][1] == res.curves["induction"]["passkey_token_acc"][-1]
-    assert res.beats_random("induction", "needle_acc", 10)
+    assert res.verdicts["induction"]["needle_acc"][1] == "untestable at this size"
+    assert not res.beats_random("induction", "needle_acc", 10)
     assert res.kv_fraction[1] == (1 * N + 7 * 5) / (8 * N)
+    # the band is over every subset of each size (all exact on 8 heads); the random rankings lie inside it
     band = res.random_band["needle_acc"]
     per_seed = torch.tensor([c["needle_acc"] for c in res.random_curves], dtype=torch.float64)  # [seed, x]
-    assert len(res.random_curves) == cfg.n_random
-    assert torch.allclose(torch.tensor(band["min"], dtype=torch.float64), per_seed.min(0).values)
-    assert torch.allclose(torch.tensor(band["max"], dtype=torch.float64), per_seed.max(0).values)
-    assert torch.allclose(torch.tensor(band["mean"], dtype=torch.float64), per_seed.mean(0))
+    assert len(res.random_curves) == cfg.n_random and res.null_exact == [True] * 6
+    assert (per_seed >= torch.tensor(band["min"], dtype=torch.float64) - 1e-12).all()
+    assert (per_seed <= torch.tensor(band["max"], dtype=torch.float64) + 1e-12).all()
+    assert band["min"][1] <= band["lo"][1] <= band["mean"][1] <= band["hi"][1] <= band["max"][1]
+    assert band["max"][1] == pytest.approx(acc[1])  # the best single head is the induction head
     again = TradeoffResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert again == res
     from workbench.figures.kv_tradeoff import tradeoff_figure

@@ -10,6 +10,7 @@ import torch
 from workbench.figures import heads as hf
 from workbench.probes.head_agreement import ranking_agreement, rankings_from_roles
 from workbench.probes.head_explorer import explorer_data
+from workbench.probes.head_rankings import label
 from workbench.probes.heads import HeadRoleConfig, attention_patterns, head_roles
 from workbench.probes.heads_over_training import (
     OverTrainingConfig,
@@ -201,7 +202,9 @@ def test_agreement_figure_and_table(handset_data):
     ag = ranking_agreement(rankings_from_roles(roles.to_dict()), causal=roles.delta_loss).to_dict()
     fig = hf.agreement_heatmap(ag)
     heat = fig.data[0]
-    assert list(heat.y) == ag["names"] and list(heat.x) == ag["names"] + ["causal Δloss"]
+    shown = [label(n) for n in ag["names"]]  # keys shown by the one label table
+    assert list(heat.y) == shown and list(heat.x) == shown + [label("causal_delta_loss")]
+    assert "Wu retrieval score" in shown
     assert heat.z[0][1] == ag["rho"][0][1] and heat.z[0][-1] == ag["causal"][ag["names"][0]]["rho"]
     lo, hi = ag["ci"][0][1]
     assert heat.text[0][1] == f"{ag['rho'][0][1]:+.2f} [{lo:+.2f}, {hi:+.2f}]"

@@ -26,7 +26,9 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..probes.head_rankings import label
 from .sae import LAYOUT, empty_figure
+from .text import plain
 
 ROLE_COLORS = {
     "retrieval": "#f58518",
@@ -62,6 +64,7 @@ def head_scatter(data: dict, x: str, y: str, selected: tuple[int, int] | None = 
             raise ValueError(f"{axis}: unknown metric {name!r}; expected one of {sorted(metrics)}")
     L, H = data["n_layers"], data["n_heads"]
     labels = data.get("labels") or [["unlabelled"] * H for _ in range(L)]
+    names = point_labels(metrics[x], metrics[y])
     fig = go.Figure()
     for role in dict.fromkeys(lab for row in labels for lab in row):
         pts = [(l, h) for l in range(L) for h in range(H) if labels[l][h] == role]
@@ -70,8 +73,7 @@ def head_scatter(data: dict, x: str, y: str, selected: tuple[int, int] | None = 
         xci = [_interval(data, x, l, h) for l, h in pts]
         yci = [_interval(data, y, l, h) for l, h in pts]
         text = [
-            f"L{l}H{h} · {html.escape(role)}<br>{html.escape(x)}: {_fmt(a)}{_ci(ca)}<br>"
-            f"{html.escape(y)}: {_fmt(b)}{_ci(cb)}"
+            f"L{l}H{h} · {plain(role)}<br>{plain(x)}: {_fmt(a)}{_ci(ca)}<br>{plain(y)}: {_fmt(b)}{_ci(cb)}"
             for (l, h), a, b, ca, cb in zip(pts, xs, ys, xci, yci)
         ]
 
@@ -93,8 +95,8 @@ def head_scatter(data: dict, x: str, y: str, selected: tuple[int, int] | None = 
                 x=xs,
                 y=ys,
                 mode="markers+text" if L * H <= 32 else "markers",
-                name=role,
-                text=[f"L{l}H{h}" for l, h in pts],
+                name=plain(role),
+                text=[names[l][h] for l, h in pts],
                 textposition="top center",
                 textfont=dict(size=9),
                 hovertext=text,
@@ -121,20 +123,63 @@ def head_scatter(data: dict, x: str, y: str, selected: tuple[int, int] | None = 
         )
     fig.update_layout(
         **{**LAYOUT, "height": 420},
-        title=f"Heads: {x} vs {y} (click a head)",
-        xaxis_title=x,
-        yaxis_title=y,
+        title=f"Heads: {plain(x)} vs {plain(y)} (click a head)",
+        xaxis_title=plain(x),
+        yaxis_title=plain(y),
         legend_title_text="role",
     )
     return fig
 
 
+LABEL_TOL = 0.04  # points closer than this share of both axis ranges share one label
+
+
+def point_labels(xs: list[list[float]], ys: list[list[float]], tol: float = LABEL_TOL) -> list[list[str]]:
+    """[L][H] text labels of the scatter: heads whose points lie within `tol` of each axis' range
+    of one another are grouped, the group's first head carries "L0H0, L0H1, …" and the others
+    none, so that overlapping heads' names never print on top of each other (the hover still
+    names every head)."""
+    L, H = len(xs), len(xs[0]) if xs else 0
+    pts = [(l, h) for l in range(L) for h in range(H)]
+
+    def val(m, l, h):
+        v = m[l][h]
+        return float(v) if v is not None and math.isfinite(float(v)) else float("nan")
+
+    coords = [(val(xs, l, h), val(ys, l, h)) for l, h in pts]
+    spans = []
+    for axis in (0, 1):
+        vals = [c[axis] for c in coords if math.isfinite(c[axis])]
+        spans.append((max(vals) - min(vals)) if vals else 0.0)
+    spans = [s if s > 0 else 1.0 for s in spans]
+    out = [[""] * H for _ in range(L)]
+    anchors: list[tuple[int, list[str]]] = []  # (index of the labelled point, names of its group)
+    for i, (l, h) in enumerate(pts):
+        cx, cy = coords[i]
+        for a, group in anchors:
+            ax, ay = coords[a]
+            if abs(cx - ax) <= tol * spans[0] and abs(cy - ay) <= tol * spans[1]:
+                group.append(f"L{l}H{h}")
+                break
+        else:
+            anchors.append((i, [f"L{l}H{h}"]))
+    for a, group in anchors:
+        l, h = pts[a]
+        out[l][h] = ", ".join(group)
+    return out
+
+
 def _score_rows(data: dict, l: int, h: int) -> tuple[list[str], list[str]]:
     names, vals = [], []
     for name, m in data.get("metrics", {}).items():
-        names.append(name)
+        names.append(plain(name))
         vals.append(_fmt(m[l][h]) + _ci(_interval(data, name, l, h)))
     return names, vals
+
+
+TABLE_ROW_PX, TABLE_HEADER_PX = 24, 28  # the score table's cell heights, set so that every row fits
+GATE_PX = 200  # the least height of the gate curve under the table
+MARGIN_PX = LAYOUT["margin"]["t"] + LAYOUT["margin"]["b"]
 
 
 def head_detail(data: dict, layer: int, head: int, context: str | None = None, tokenizer=None) -> go.Figure:
@@ -150,18 +195,25 @@ def head_detail(data: dict, layer: int, head: int, context: str | None = None, t
     if context is not None and context not in contexts:
         raise ValueError(f"context: unknown {context!r}; expected one of {sorted(contexts)}")
     role = (data.get("labels") or [[None] * H] * L)[layer][head]
+    names, vals = _score_rows(data, layer, head)
+    # the score table must hold every row: its share of the plot height is set from the rows
+    gap = 0.08  # vertical spacing between the table and the gate curve, a share of the plot height
+    table_px = TABLE_HEADER_PX + TABLE_ROW_PX * len(names) + 8
+    height = max(560, round(MARGIN_PX + (table_px + GATE_PX) / (1 - gap)))
+    table_share = table_px / ((1 - gap) * (height - MARGIN_PX))
     fig = make_subplots(
         rows=2,
         cols=2,
-        column_widths=[0.62, 0.38],
-        row_heights=[0.55, 0.45],
+        column_widths=[0.58, 0.42],
+        row_heights=[table_share, 1 - table_share],
         specs=[[{"type": "heatmap", "rowspan": 2}, {"type": "table"}], [None, {"type": "xy"}]],
         subplot_titles=(
-            f"attention on the {context} context" if context else "no context recorded",
+            f"attention on the {plain(context)} context" if context else "no context recorded",
             "",
             "DuoAttention gate α while training",
         ),
-        horizontal_spacing=0.12,
+        horizontal_spacing=0.16,
+        vertical_spacing=gap,
     )
     if context is not None:
         ctx = contexts[context]
@@ -170,7 +222,8 @@ def head_detail(data: dict, layer: int, head: int, context: str | None = None, t
             if tokenizer is not None and ctx.get("ids")
             else ctx["tokens"]
         )
-        labels = [f"{i}:{t}" for i, t in enumerate(toks)]
+        labels = [f"{i}:{plain(t)}" for i, t in enumerate(toks)]
+        heat_end = fig.layout.xaxis.domain[1]  # the colorbar sits right of the pattern, not over it
         fig.add_trace(
             go.Heatmap(
                 z=ctx["patterns"][layer][head],
@@ -179,7 +232,7 @@ def head_detail(data: dict, layer: int, head: int, context: str | None = None, t
                 colorscale="Viridis",
                 zmin=0,
                 zmax=1,
-                colorbar=dict(x=0.52, len=0.9, thickness=10),
+                colorbar=dict(x=heat_end + 0.01, xanchor="left", len=0.9, thickness=10),
                 name="attention",
                 hovertemplate="query %{y} → key %{x}: %{z:.3f}<extra></extra>",
             ),
@@ -188,11 +241,10 @@ def head_detail(data: dict, layer: int, head: int, context: str | None = None, t
         )
         fig.update_yaxes(autorange="reversed", title_text="query", row=1, col=1)
         fig.update_xaxes(title_text="key", row=1, col=1)
-    names, vals = _score_rows(data, layer, head)
     fig.add_trace(
         go.Table(
-            header=dict(values=["score", "value [95% interval]"], align="left"),
-            cells=dict(values=[names, vals], align="left"),
+            header=dict(values=["score", "value [95% interval]"], align="left", height=TABLE_HEADER_PX),
+            cells=dict(values=[names, vals], align="left", height=TABLE_ROW_PX),
             name="scores",
         ),
         1,
@@ -225,7 +277,7 @@ def head_detail(data: dict, layer: int, head: int, context: str | None = None, t
             row=2,
             col=2,
         )
-    fig.update_layout(**{**LAYOUT, "height": 560}, title=f"L{layer}H{head} · {role}", showlegend=False)
+    fig.update_layout(**{**LAYOUT, "height": height}, title=f"L{layer}H{head} · {plain(role)}", showlegend=False)
     return fig
 
 
@@ -235,30 +287,44 @@ def _rho_text(rho, ci) -> str:
     return f"{rho:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
 
 
+def _seed_text(agreement: dict, i: int, j: int | None, name: str | None = None) -> str:
+    """ " · seeds [lo, hi]": rho's t interval over context seeds, when measured."""
+    seeds = agreement.get("seeds") or []
+    if len(seeds) < 2:
+        return ""
+    ci = (agreement.get("causal_seed_ci") or {}).get(name) if j is None else (agreement.get("seed_ci") or [])[i][j]
+    return f" · {len(seeds)} seeds [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f" · {len(seeds)} seeds: n/a"
+
+
 def agreement_heatmap(agreement: dict) -> go.Figure:
-    """Spearman rho between every pair of rankings, with the interval in each cell; a last
-    column of each ranking's rho with the causal check when measured."""
+    """Spearman rho between every pair of rankings, with the interval in each cell (and its
+    interval over context seeds when measured); a last column of each ranking's rho with the
+    causal check when measured."""
     names = agreement.get("names") or []
     if not names:
         return empty_figure("no rankings compared")
     causal = agreement.get("causal") or {}
-    cols = names + (["causal Δloss"] if causal else [])
+    shown = [plain(label(n)) for n in names]
+    cols = shown + ([plain(label("causal_delta_loss"))] if causal else [])
     z, text = [], []
     for i, a in enumerate(names):
         row = [agreement["rho"][i][j] for j in range(len(names))]
-        cell = [_rho_text(agreement["rho"][i][j], agreement["ci"][i][j]) for j in range(len(names))]
+        cell = [
+            _rho_text(agreement["rho"][i][j], agreement["ci"][i][j]) + ("" if i == j else _seed_text(agreement, i, j))
+            for j in range(len(names))
+        ]
         if causal:
             c = causal[a]
             row.append(c["rho"])
-            cell.append(_rho_text(c["rho"], c["ci"]))
+            cell.append(_rho_text(c["rho"], c["ci"]) + _seed_text(agreement, i, None, a))
         z.append(row)
         text.append(cell)
     fig = go.Figure(
         go.Heatmap(
             z=z,
             x=cols,
-            y=names,
-            text=text,
+            y=shown,
+            text=[[t.replace(" · ", "<br>") for t in row] for row in text],
             texttemplate="%{text}",
             zmin=-1,
             zmax=1,
@@ -269,47 +335,61 @@ def agreement_heatmap(agreement: dict) -> go.Figure:
         )
     )
     fig.update_layout(
-        **{**LAYOUT, "height": 140 + 45 * len(names)},
+        **{**LAYOUT, "height": 160 + 55 * len(names)},
         yaxis_autorange="reversed",
-        title=f"Rank agreement over {agreement.get('n_heads')} heads: {agreement.get('method', '')}",
+        title=f"Rank agreement over {plain(agreement.get('n_heads'))} heads: {plain(agreement.get('method', ''))}",
     )
     return fig
 
 
 def agreement_table_html(agreement: dict) -> str:
-    """Each pair's rho, interval and p, and each ranking vs the causal check, as an HTML table."""
+    """Each pair's rho, interval and p (and rho's interval over context seeds when measured), and
+    each ranking vs the causal check, as an HTML table."""
     e = html.escape
     names = agreement.get("names") or []
     if not names:
         return "<p><i>no rankings compared</i></p>"
+    seeds = agreement.get("seeds") or []
     rows = "".join(
-        f"<tr><td>{e(a)}</td><td>{e(b)}</td>"
+        f"<tr><td>{e(label(a))}</td><td>{e(label(b))}</td>"
         f"<td>{e(_rho_text(agreement['rho'][i][j], agreement['ci'][i][j]))}</td>"
-        f"<td>{_fmt(agreement['p_value'][i][j])}</td></tr>"
+        f"<td>{_fmt(agreement['p_value'][i][j])}</td>"
+        + (f"<td>{e(_seed_text(agreement, i, j)[3:])}</td>" if len(seeds) > 1 else "")
+        + "</tr>"
         for i, a in enumerate(names)
         for j, b in enumerate(names)
         if j > i
     )
     causal = agreement.get("causal") or {}
     crows = "".join(
-        f"<tr><td>{e(a)}</td><td>causal Δloss</td><td>{e(_rho_text(c['rho'], c['ci']))}</td>"
-        f"<td>{_fmt(c['p_value'])}{' · ' + e(c['note']) if c.get('note') else ''}</td></tr>"
-        for a, c in causal.items()
+        f"<tr><td>{e(label(a))}</td><td>{e(label('causal_delta_loss'))}</td><td>{e(_rho_text(c['rho'], c['ci']))}</td>"
+        f"<td>{_fmt(c['p_value'])}{' · ' + e(c['note']) if c.get('note') else ''}</td>"
+        + (f"<td>{e(_seed_text(agreement, i, None, a)[3:])}</td>" if len(seeds) > 1 else "")
+        + "</tr>"
+        for i, (a, c) in enumerate(causal.items())
+    )
+    seed_head = "<th>ρ over context seeds (t 95%)</th>" if len(seeds) > 1 else ""
+    seed_note = (
+        f" The last column is rho's Student t interval over {len(seeds)} context seeds (each seed's rankings "
+        f"measured on its own contexts)."
+        if len(seeds) > 1
+        else ""
     )
     return (
         f"<p>{e(agreement.get('method', ''))}; {int(agreement.get('n_heads', 0))} heads: with few heads the "
-        f"interval is wide, and a rho whose interval covers 0 is no evidence of agreement.</p>"
-        f"<table><tr><th>ranking</th><th>vs</th><th>ρ [95% interval]</th><th>p</th></tr>{rows}{crows}</table>"
+        f"interval is wide, and a rho whose interval covers 0 is no evidence of agreement.{seed_note}</p>"
+        f"<table><tr><th>ranking</th><th>vs</th><th>ρ [95% interval]</th><th>p</th>{seed_head}</tr>"
+        f"{rows}{crows}</table>"
     )
 
 
-OVER_METRICS = {
-    "induction": "TL induction score",
-    "retrieval": "retrieval score (Wilson 95%)",
-    "previous_token": "TL previous-token score",
-    "streaming": "streaming mass (t 95%)",
-    "delta_loss": "causal Δloss (nats)",
-    "entropy": "attention entropy (nats)",
+OVER_METRICS = {  # HeadsOverTraining's field -> its label (the one table, probes.head_rankings.LABELS)
+    "induction": label("tl_induction"),
+    "retrieval": label("retrieval") + " (Wilson 95%)",
+    "previous_token": label("tl_previous_token"),
+    "streaming": label("streaming") + " (t 95%)",
+    "delta_loss": label("causal_delta_loss") + " (nats)",
+    "entropy": label("entropy"),
 }
 
 
@@ -400,6 +480,18 @@ def heads_over_training(over: dict, metric: str = "induction", phase: str = "ind
             secondary_y=True,
         )
     formed = (over.get("formed") or {}).get(phase)
+    state = (over.get("formed_state") or {}).get(phase)
+    if not formed and state:
+        fig.add_annotation(
+            text=f"{plain(phase)}: {plain(state)}",
+            x=0.01,
+            y=0.99,
+            xref="paper",
+            yref="paper",
+            xanchor="left",
+            showarrow=False,
+            font=dict(color="#a33"),
+        )
     if formed:
         fig.add_vrect(
             x0=formed[0],

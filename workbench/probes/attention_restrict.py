@@ -31,8 +31,6 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from .heads import sink_window_region
-
 CompWeight = Literal["count", "one"]
 Hook = tuple[str, Callable]
 
@@ -58,6 +56,13 @@ def check_supported(model: HookedTransformer, compensation: bool = False) -> Non
                 "compensation=True is not defined under attention score soft-capping "
                 f"(model.cfg.attn_scores_soft_cap={cfg.attn_scores_soft_cap})"
             )
+
+
+def sink_window_region(T: int, sink: int, window: int, device=None) -> Bool[Tensor, "q k"]:
+    """Keys a streaming head attends to: the first `sink` and the last `window` (query included)."""
+    qpos = torch.arange(T, device=device)[:, None]
+    kpos = torch.arange(T, device=device)[None, :]
+    return (kpos < sink) | ((kpos > qpos - window) & (kpos <= qpos))
 
 
 def _check_window(sink: int, window: int) -> None:
@@ -151,6 +156,28 @@ def keep_full_hooks(
     return gate_hooks(model, keep.to(torch.float32), sink, window, compensation=compensation, comp_weight=comp_weight)
 
 
+def one_head_streaming_hooks(
+    model: HookedTransformer,
+    layer: int,
+    head: int,
+    sink: int,
+    window: int,
+    *,
+    compensation: bool = False,
+    comp_weight: CompWeight = "count",
+) -> list[Hook]:
+    """Head (layer, head) on sink + window, every other head full: the causal check's restriction,
+    the same one the trade-off applies (`keep_full_hooks`), so both agree where probabilities
+    underflow (the streaming softmax is taken over the kept scores, never by renormalising an
+    already-underflowed pattern)."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if not (0 <= layer < L and 0 <= head < H):
+        raise ValueError(f"layer, head: expected 0 <= layer < {L} and 0 <= head < {H}, got ({layer}, {head})")
+    keep = torch.ones(L, H, dtype=torch.bool)
+    keep[layer, head] = False
+    return keep_full_hooks(model, keep, sink, window, compensation=compensation, comp_weight=comp_weight)
+
+
 def keep_top(scores: Float[Tensor, "L H"], n_full: int) -> Bool[Tensor, "L H"]:
     """The `n_full` highest-scoring heads (ties: the lower flat index l·H + h first)."""
     scores = torch.as_tensor(scores, dtype=torch.float64)
@@ -210,6 +237,9 @@ __all__ = [
     "gate_hooks",
     "keep_full_hooks",
     "kv_fraction",
+    "keep_top",
     "n_kv_heads",
+    "one_head_streaming_hooks",
+    "sink_window_region",
     "streaming_pattern",
 ]

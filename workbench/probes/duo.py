@@ -16,7 +16,8 @@ falls to 0 works as well on sink + window (a streaming head).
 Three distances (`DuoConfig.distance`), all averaged over contexts and answer positions so that `lam`
 does not change meaning with the key length:
 - "paper": the reference implementation's form: the squared difference of the final hidden states
-  *after* the last norm (`ln_final.hook_normalized`), averaged over d_model. Its λ = 0.05 was set
+  *after* the last norm, its weight and bias applied (`ln_final.hook_normalized` · w + b), averaged
+  over d_model. Its λ = 0.05 was set
   against Llama's normalised states; on a model without a final norm this option is refused.
 - "sum": ‖h_full − h_gated‖² of the residual stream before the final norm
   (`blocks.{L-1}.hook_resid_post`), summed over d_model. Its scale is the model's own: on the default
@@ -54,6 +55,25 @@ def _token_range(vocab: int, bos: int | None, cfg: PasskeyConfig) -> tuple[int, 
     return random_token_range(vocab, bos, cfg.token_range)
 
 
+SPLITS = {"fit": 0, "eval": 1}  # the parity of a key's digit (or token id) sum in each split
+
+
+def _split_key(key: list[int], lo: int, hi: int, split: str | None, gen: torch.Generator) -> list[int]:
+    """`key` with its last element redrawn from [lo, hi) until the sum's parity is the split's."""
+    if split is None:
+        return key
+    if hi - lo < 2:
+        raise ValueError(f"split={split!r} needs at least 2 key values to choose a parity from, got [{lo}, {hi})")
+    while sum(key) % 2 != SPLITS[split]:
+        key[-1] = int(torch.randint(lo, hi, (1,), generator=gen))
+    return key
+
+
+def key_set(batch: PasskeyBatch) -> set[tuple[int, ...]]:
+    """The batch's keys as token tuples (to check that two batches share none)."""
+    return {tuple(k) for k in batch.answer.tolist()}
+
+
 def passkey_batch(
     n: int,
     cfg: PasskeyConfig,
@@ -63,15 +83,23 @@ def passkey_batch(
     tokenizer=None,
     vocab: int | None = None,
     seed: int = 0,
+    split: str | None = None,
 ) -> PasskeyBatch:
     """`n` passkey contexts with haystack text cut from random offsets of the `haystack` stream.
 
     With a `tokenizer` (anything with `encode(str) -> list[int]`) the needle and question are text
     and the key is `key_len` random digits, each part encoded on its own and concatenated as token
     lists, so the key is the same tokens in the needle and in the answer. Without one, `vocab`
-    is required and the parts are random tokens (see `PasskeyConfig`)."""
+    is required and the parts are random tokens (see `PasskeyConfig`).
+
+    `split` keeps the keys that fit the gates apart from the keys that evaluate them: "fit" draws
+    only keys whose digits (or token ids) sum to an even number, "eval" only odd sums (the last
+    element is redrawn until the sum's parity matches), so a "fit" and an "eval" batch never share
+    a key, whatever their seeds; None: any key."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if split not in (None, *SPLITS):
+        raise ValueError(f"split must be None or one of {tuple(SPLITS)}, got {split!r}")
     if haystack.ndim != 1:
         raise ValueError(f"haystack: expected a 1-D token stream, got shape {tuple(haystack.shape)}")
     gen = torch.Generator().manual_seed(seed)
@@ -79,7 +107,7 @@ def passkey_batch(
     rows, ans_pos, answers, needle_pos = [], [], [], []
     for _ in range(n):
         if tokenizer is not None:
-            digits = torch.randint(0, 10, (cfg.key_len,), generator=gen).tolist()
+            digits = _split_key(torch.randint(0, 10, (cfg.key_len,), generator=gen).tolist(), 0, 10, split, gen)
             key = []
             for d in digits:
                 key += tokenizer.encode(str(d))
@@ -90,7 +118,7 @@ def passkey_batch(
                 raise ValueError("vocab: required without a tokenizer (random-token passkeys)")
             lo, hi = _token_range(vocab, bos, cfg)
             head = torch.randint(lo, hi, (cfg.random_prefix_len,), generator=gen).tolist()
-            key = torch.randint(lo, hi, (cfg.key_len,), generator=gen).tolist()
+            key = _split_key(torch.randint(lo, hi, (cfg.key_len,), generator=gen).tolist(), lo, hi, split, gen)
             tail, question = [], head
         needle = head + key + tail
         n_hay = cfg.seq_len - prefix - len(needle) - len(question) - len(key)
@@ -139,8 +167,27 @@ def _state_hook(model: HookedTransformer, distance: str) -> str:
     return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
 
 
+def _affine(module, *names: str):
+    for n in names:
+        t = getattr(module, n, None)
+        if isinstance(t, Tensor):
+            return t
+    return None
+
+
+def final_norm_output(model: HookedTransformer, normalized: Float[Tensor, "b T d"]) -> Float[Tensor, "b T d"]:
+    """The final norm's output from its normalised input (`ln_final.hook_normalized`, which
+    TransformerLens records before the norm's weight and bias): normalized · w + b, as the
+    reference code reads it; a norm without weights (LNPre) returns `normalized` unchanged."""
+    ln = getattr(model, "ln_final", None)
+    w, b = _affine(ln, "w", "weight"), _affine(ln, "b", "bias")
+    out = normalized if w is None else normalized * w
+    return out if b is None else out + b
+
+
 def _states(model: HookedTransformer, tokens: Tensor, name: str, hooks: list = ()) -> Tensor:
-    """The activation at hook `name` [b, T, d] with `hooks` in place, differentiable."""
+    """The activation at hook `name` [b, T, d] with `hooks` in place, differentiable; at the final
+    norm's hook, the norm's output (its weight and bias applied: `final_norm_output`)."""
     out = {}
 
     def grab(t, hook):
@@ -148,7 +195,24 @@ def _states(model: HookedTransformer, tokens: Tensor, name: str, hooks: list = (
 
     with model.hooks(fwd_hooks=[*hooks, (name, grab)]):
         model(tokens)
-    return out["h"]
+    return final_norm_output(model, out["h"]) if name == "ln_final.hook_normalized" else out["h"]
+
+
+def fitting_batch(
+    model: HookedTransformer, cfg: DuoConfig, haystack: Tensor, *, bos: int | None, tokenizer=None
+) -> PasskeyBatch:
+    """The passkey contexts the gates are fitted on: keys of the "fit" split (`passkey_batch`), so
+    that the trade-off's "eval" keys are held out."""
+    return passkey_batch(
+        cfg.n_contexts,
+        cfg.passkey,
+        haystack,
+        bos=bos,
+        tokenizer=tokenizer,
+        vocab=model.cfg.d_vocab,
+        seed=cfg.seed,
+        split="fit",
+    )
 
 
 def duo_gates(
@@ -183,9 +247,7 @@ def duo_gates(
                 "is byte tokens (d_vocab 257)"
             )
         haystack, tokenizer, bos = default_haystack()
-    batch = passkey_batch(
-        cfg.n_contexts, cfg.passkey, haystack, bos=bos, tokenizer=tokenizer, vocab=model.cfg.d_vocab, seed=cfg.seed
-    )
+    batch = fitting_batch(model, cfg, haystack, bos=bos, tokenizer=tokenizer)
     device = next(model.parameters()).device
     tokens, pos = batch.tokens.to(device), batch.answer_pos.to(device)
     rows = torch.arange(len(tokens), device=device)[:, None]

@@ -3,8 +3,9 @@ and each score's correlation with the causal check.
 
 Every ranking is a [L][H] score with the same orientation: higher = more retrieval-like, i.e. the
 head a KV-cache policy should keep on full attention (Wu retrieval score, DuoAttention alpha,
-TransformerLens induction, the causal check's loss increase, streaming mass *negated*, ...).
-`rankings_from_roles` builds that dict from the head-role probe's result with the signs right.
+TransformerLens induction, the causal check's loss increase, streaming mass reversed, ...).
+`head_rankings.head_rankings` builds that dict with the signs right (the trade-off takes the same).
+`agreement_over_seeds` adds each rho's Student t interval over context seeds.
 
 Interval: Fisher z with Fieller, Hartley & Pearson's (1957) variance for Spearman's rho,
     z = atanh(rho),  se = sqrt(1.06 / (n - 3)),  rho in tanh(z ± z_{(1+level)/2} · se),
@@ -23,12 +24,13 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 from jaxtyping import Float
 from scipy import stats
 
+from .head_rankings import head_rankings
 from .heads_data import Agreement, AgreementConfig, Correlation
 
 Scores = list[list[float]]  # [L][H]
@@ -135,16 +137,42 @@ def ranking_agreement(
 
 
 def rankings_from_roles(roles: dict, extra: dict[str, Scores] | None = None) -> dict[str, Scores]:
-    """The head-role probe's scores (HeadRoles.to_dict()) as rankings oriented "higher = keep
-    full": retrieval score, streaming mass negated, TL induction and previous-token scores;
-    `extra` adds others already oriented so (Duo alpha, Razor's scores, ...)."""
-    out = {
-        "retrieval score": roles["retrieval"],
-        "streaming mass (negated)": [[-v for v in row] for row in roles["streaming"]],
-    }
-    tl = roles.get("tl_scores", {})
-    if "induction" in tl:
-        out["TL induction"] = tl["induction"]
-    if "previous_token" in tl:
-        out["TL previous-token"] = tl["previous_token"]
-    return {**out, **(extra or {})}
+    """The head-role probe's rankings (HeadRoles or its dict) by `head_rankings.head_rankings`, the
+    one builder: retrieval score, streaming mass reversed, TL induction and previous-token scores,
+    no causal check (it is what the rankings are compared with); `extra` adds others already
+    oriented (Duo α, Razor's rule, ...). Kept for old callers."""
+    return head_rankings(roles, causal=False, previous_token=True, extra=extra)
+
+
+def _t_ci(values: list[float | None], level: float) -> list[float] | None:
+    vals = [v for v in values if v is not None]
+    if len(vals) < 2:
+        return None
+    x = np.asarray(vals, dtype=np.float64)  # the same interval as intervals.t_interval, without torch
+    half = float(stats.t.ppf((1 + level) / 2, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return [max(-1.0, float(x.mean()) - half), min(1.0, float(x.mean()) + half)]
+
+
+def agreement_over_seeds(per_seed: list[Agreement], seeds: list[int]) -> Agreement:
+    """The first seed's agreement with every rho's spread over context seeds: each seed's
+    rankings (and causal check) measured on its own contexts, a Student t interval of rho over
+    the seeds where it is defined (None with fewer than 2), clipped to [-1, 1]."""
+    if len(per_seed) != len(seeds) or not per_seed:
+        raise ValueError(f"per_seed: expected one Agreement per seed ({len(seeds)}), got {len(per_seed)}")
+    names = per_seed[0].names
+    for s, a in zip(seeds, per_seed):
+        if a.names != names:
+            raise ValueError(f"per_seed: seed {s} compares {a.names}, seed {seeds[0]} {names}")
+    level = per_seed[0].config.get("level", 0.95)
+    k = len(names)
+    seed_rho = [[[a.rho[i][j] for a in per_seed] for j in range(k)] for i in range(k)]
+    seed_ci = [[None if i == j else _t_ci(seed_rho[i][j], level) for j in range(k)] for i in range(k)]
+    causal_rho = {n: [a.causal[n].rho if n in a.causal else None for a in per_seed] for n in per_seed[0].causal}
+    return replace(
+        per_seed[0],
+        seeds=list(seeds),
+        seed_rho=seed_rho,
+        seed_ci=seed_ci,
+        causal_seed_rho=causal_rho,
+        causal_seed_ci={n: _t_ci(v, level) for n, v in causal_rho.items()},
+    )

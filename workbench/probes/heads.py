@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.head_detector import (
@@ -35,6 +35,7 @@ from transformer_lens.head_detector import (
 )
 
 from ..tasks import NeedleBatch, needle_batch, random_token_range, repeated_segments
+from .attention_restrict import one_head_streaming_hooks, sink_window_region
 from .heads_data import HeadRoleConfig, HeadRoles
 from .intervals import t_interval, wilson_interval
 
@@ -96,15 +97,11 @@ def streaming_per_context(model: HookedTransformer, tokens: Tensor, sink: int, w
     return mass[..., sink + window :].mean(-1).permute(1, 0, 2)
 
 
-def sink_window_region(T: int, sink: int, window: int, device=None) -> Bool[Tensor, "q k"]:
-    """Keys a streaming head attends to: the first `sink` and the last `window` (query included)."""
-    qpos = torch.arange(T, device=device)[:, None]
-    kpos = torch.arange(T, device=device)[None, :]
-    return (kpos < sink) | ((kpos > qpos - window) & (kpos <= qpos))
-
-
 def sink_window_hook(head: int, sink: int, window: int):
-    """Hook on attn.hook_pattern: head `head` attends only to sink ∪ window (renormalised)."""
+    """Hook on attn.hook_pattern: head `head` attends only to sink ∪ window (the pattern
+    renormalised). Kept for old callers; the causal check and the trade-off use
+    `attention_restrict`'s restriction (a softmax over the kept scores), which stays a distribution
+    where this one's kept probabilities underflow to 0."""
 
     def hook(pattern, hook):
         region = sink_window_region(pattern.shape[-1], sink, window, pattern.device).to(pattern.dtype)
@@ -118,7 +115,8 @@ def sink_window_hook(head: int, sink: int, window: int):
 
 @torch.no_grad()
 def causal_check(model: HookedTransformer, batch: NeedleBatch, sink: int, window: int) -> dict:
-    """Loss on the copy steps with each head restricted to sink+window, minus the clean loss."""
+    """Loss on the copy steps with each head restricted to sink+window, minus the clean loss.
+    The restriction is `attention_restrict.one_head_streaming_hooks`, the trade-off's own."""
     q, _ = copy_steps(batch)
     targets = batch.tokens[:, q + 1]
 
@@ -130,7 +128,7 @@ def causal_check(model: HookedTransformer, batch: NeedleBatch, sink: int, window
     delta = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for l in range(model.cfg.n_layers):
         for h in range(model.cfg.n_heads):
-            delta[l, h] = copy_loss([(f"blocks.{l}.attn.hook_pattern", sink_window_hook(h, sink, window))]) - clean
+            delta[l, h] = copy_loss(one_head_streaming_hooks(model, l, h, sink, window)) - clean
     return {"clean_copy_loss": clean, "delta_loss": delta}
 
 

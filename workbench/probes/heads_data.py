@@ -12,6 +12,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypedDict
 
+from .head_rankings import razor_ranking
+from .ranking_test import BEATS
+
 Scores = list[list[float]]  # [L][H]
 
 # The trade-off's metrics (probes.kv_tradeoff measures them; TradeoffResult.beats_random reads them).
@@ -150,6 +153,10 @@ class RazorConfig:
     token_range: tuple[int, int] | None = None  # ids [lo, hi) to draw from; None: printable ASCII for
     # the byte tokenizer (d_vocab 257), else every id but a BOS at d_vocab - 1
     seed: int = 0
+    # A head is protected only with a score at least this (attention mass on the echo / induction
+    # keys); a head attending uniformly scores about 0.02 at the defaults (RazorResult's
+    # uniform_echo_induction). No head above it: "nothing to protect", not a count of zero-score heads.
+    min_score: float = 0.05
 
 
 @dataclass
@@ -157,9 +164,11 @@ class RazorResult:
     echo: list[list[float]]  # [L][H]
     induction: list[list[float]]  # [L][H]
     protected: list[list[bool]]  # [L][H] the rule's union
-    n_induction_protected: int
-    n_echo_protected: int
+    n_induction_protected: int  # the rule's count ⌈induction_frac · n⌉ (heads under min_score are left out)
+    n_echo_protected: int  # ⌈echo_frac · n⌉
     config: dict
+    nothing_to_protect: bool = False  # no head reached min_score: the rule protects nothing
+    uniform_echo_induction: list[float] = field(default_factory=list)  # [echo, induction] of uniform attention
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,7 +179,7 @@ class RazorResult:
 
     def ranking(self) -> list[list[float]]:
         """Scores for keeping heads full: protected heads first, each group by induction score."""
-        return [[ind + (2.0 if p else 0.0) for ind, p in zip(ir, pr)] for ir, pr in zip(self.induction, self.protected)]
+        return razor_ranking(self.induction, self.protected)
 
 
 # --- the KV-cache trade-off (probes.kv_tradeoff) ---------------------------------------------------
@@ -185,7 +194,16 @@ class TradeoffConfig:
     window: int = 4  # most recent positions a streaming head keeps (query included)
     compensation: bool = False  # streaming heads also attend to RazorAttention's compensation token
     comp_weight: str = "count"  # the token's softmax weight: "count" (× dropped keys, the paper) or "one"
-    n_random: int = 5  # random rankings for the baseline band
+    # R random rankings: the null where C(n, m) exceeds exact_max_subsets (p = (1 + hits) / (1 + R), so
+    # the smallest p is 1 / (1 + R)), and the random curves drawn beside the band
+    n_random: int = 99
+    exact_max_subsets: int = 500  # enumerate every m-subset of heads (exact p) while C(n, m) is at most this
+    alpha: float = 0.05  # level of "beats random", on Holm-adjusted p over a curve's testable points
+    band_quantiles: tuple[float, float] = (0.05, 0.95)  # the random band: these quantiles of the null
+    max_tie_orders: int = 100  # tie orders at a cut measured at most (all of them when fewer; else random)
+    # More context draws: each re-measures every ranking (with the rankings measured on that draw, when
+    # given) for a Student t interval per point; the p-values are on `seed`'s contexts
+    context_seeds: tuple[int, ...] = ()
     seq_len: int = 128  # tokens per context (BOS included) = the T of the KV fraction; <= n_ctx
     n_needle: int = 32  # needle contexts
     needle_len: int = 10  # needle tokens
@@ -202,11 +220,34 @@ class TradeoffResult:
     n_full: list[int]  # heads kept full at each fraction
     kv_fraction: list[float]  # KV cache kept / all heads full, at T = seq_len (MHA; GQA: see curves)
     curves: dict[str, dict[str, list[float]]]  # ranking -> metric (+ "kv_fraction") -> one value per fraction
-    random_curves: list[dict[str, list[float]]]  # one per random seed
-    random_band: dict[str, dict[str, list[float]]]  # metric -> {"mean", "min", "max"} per fraction
+    random_curves: list[dict[str, list[float]]]  # one per random ranking
+    # metric -> {"mean", "min", "max", "lo", "hi" (band_quantiles), "median"} per fraction, over the null:
+    # every m-subset where enumerated, else the random rankings
+    random_band: dict[str, dict[str, list[float]]]
     rankings: dict[str, list[list[float]]]  # the scores [L][H] each curve was built from
     seq_len: int
-    config: dict
+    config: dict  # the TradeoffConfig used (its passkey at the trade-off's seq_len)
+    # Everything below is optional, so that results written before it still read.
+    n_heads: int = 0  # heads in the model (n of C(n, m))
+    null_exact: list[bool] = field(default_factory=list)  # per fraction: p exact over every m-subset
+    null_size: list[int] = field(default_factory=list)  # per fraction: C(n, m) subsets, or R random rankings
+    min_p: list[float] = field(default_factory=list)  # per fraction: the smallest attainable p
+    # ranking -> metric -> per fraction: p of the worst tie order against the null; Holm-adjusted over the
+    # curve's testable points (None: untestable); "beats random" | "not shown" | "untestable at this size"
+    # | "full attention at chance"
+    p_values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    p_adjusted: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    verdicts: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # ranking -> metric -> per fraction [lo, hi] over the orders of the heads tied at the cut (the
+    # curve is their mean); ranking -> per fraction: whether the cut split a tie
+    tie_range: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
+    tied: dict[str, list[bool]] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)  # metric -> its value under uniform guessing
+    full_value: dict[str, float] = field(default_factory=dict)  # metric -> its value with every head full
+    at_chance: dict[str, bool] = field(default_factory=dict)  # metric -> all-full value not above chance
+    context_seeds: list[int] = field(default_factory=list)  # the context seeds (the p-values' first)
+    seed_curves: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)  # name -> metric -> [seed][x]
+    seed_ci: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)  # -> [x][lo, hi] t 95%
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,20 +256,23 @@ class TradeoffResult:
     def from_dict(cls, d: dict) -> TradeoffResult:
         return cls(**d)
 
-    def beats_random(self, name: str, metric: str = "needle_acc", pct: float = 25) -> bool:
-        """Whether ranking `name` lies outside the random band (all seeds) at `pct`% heads full:
-        above its max for accuracies, below its min for the loss."""
+    def verdict(self, name: str, metric: str = "needle_acc", pct: float = 25) -> str:
+        """Ranking `name`'s verdict against random picks at `pct`% heads full (TradeoffResult.verdicts);
+        a result written before p-values were "not tested (no p-values in this result)"."""
         if name not in self.curves:
             raise ValueError(f"name: no ranking {name!r}; have {sorted(self.curves)}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if pct not in self.fractions:
             raise ValueError(f"pct={pct} is not one of the measured fractions {self.fractions}")
-        i = self.fractions.index(pct)
-        v = self.curves[name][metric][i]
-        if metric in LOWER_IS_BETTER:
-            return v < self.random_band[metric]["min"][i]
-        return v > self.random_band[metric]["max"][i]
+        if name not in self.verdicts:
+            return "not tested (no p-values in this result)"
+        return self.verdicts[name][metric][self.fractions.index(pct)]
+
+    def beats_random(self, name: str, metric: str = "needle_acc", pct: float = 25) -> bool:
+        """Whether ranking `name` beats random picks at `pct`% heads full: Holm-adjusted p below
+        alpha (never where the point is untestable or the metric is at chance with all heads full)."""
+        return self.verdict(name, metric, pct) == BEATS
 
 
 # --- agreement of the head rankings (probes.head_agreement) ----------------------------------------
@@ -266,6 +310,14 @@ class Agreement:
     n_heads: int = 0
     method: str = ""  # the interval's name, for tables and captions
     config: dict = field(default_factory=dict)
+    # Over context seeds (`head_agreement.agreement_over_seeds`; empty with one seed): rho per seed
+    # [k][k][seed] and its Student t 95% interval [k][k][lo, hi] (None: fewer than 2 defined), and the
+    # same for each ranking against the causal check
+    seeds: list[int] = field(default_factory=list)
+    seed_rho: list[list[list[float | None]]] = field(default_factory=list)
+    seed_ci: list[list[list[float] | None]] = field(default_factory=list)
+    causal_seed_rho: dict[str, list[float | None]] = field(default_factory=dict)
+    causal_seed_ci: dict[str, list[float] | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -310,6 +362,9 @@ class HeadsOverTraining:
     formed: dict = field(default_factory=dict)  # kind -> [previous checkpoint step, first step it holds] or None
     config: dict = field(default_factory=dict)
     seconds: float = 0.0  # wall time of the measurement (loading included)
+    # kind -> "formed" | "not formed" | "too few copied steps" (retrieval not measurable at the last
+    # checkpoint: `formed` is None then too, but that is not "not formed")
+    formed_state: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -60,14 +60,32 @@ def held_out_loss(model: HookedTransformer, tokens: Int[Tensor, "b s"], batch: i
     return total / len(tokens)
 
 
-def _formed(steps: list[int], holds: list[bool]) -> list[int] | None:
+FORMED, NOT_FORMED, UNKNOWN = "formed", "not formed", "too few copied steps"
+
+
+def _formed(steps: list[int], holds: list[bool | None]) -> list[int] | None:
     """[previous step, first step] from which `holds` stays true to the last checkpoint."""
-    if not holds or not holds[-1]:
-        return None
+    return formation(steps, holds)[0]
+
+
+def formation(steps: list[int], holds: list[bool | None]) -> tuple[list[int] | None, str]:
+    """When a criterion formed, and whether it did: `holds` per checkpoint is True, False or None
+    (not measurable there, e.g. too few copied steps to label a retrieval head).
+
+    "formed" with [last step known not to hold (or the first checkpoint), first step of the run of
+    True that lasts to the end]; "not formed" (None) when the last checkpoint is False;
+    "too few copied steps" (None) when it is None: not measurable is not "not formed"."""
+    if not holds or holds[-1] is None:
+        return None, UNKNOWN
+    if not holds[-1]:
+        return None, NOT_FORMED
     i = len(holds) - 1
     while i > 0 and holds[i - 1]:
         i -= 1
-    return [steps[i - 1] if i > 0 else steps[i], steps[i]]
+    j = i - 1
+    while j >= 0 and holds[j] is None:  # unmeasured checkpoints: the change lies before them
+        j -= 1
+    return [steps[max(j, 0)] if i > 0 else steps[i], steps[i]], FORMED
 
 
 def _metrics_curve(metrics: list[dict]) -> dict:
@@ -144,17 +162,23 @@ def heads_over_training(
         if any(v is not None for v in acc["loss"])
         else "none"
     )
-    formed = {
-        "copy": _formed(steps, [a >= cfg.copy_threshold for a in acc["copy_accuracy"]]),
-        "induction": _formed(steps, [max(max(row) for row in s) >= cfg.induction_threshold for s in acc["induction"]]),
-        "retrieval": _formed(steps, [any(lab == RETRIEVAL for row in labs for lab in row) for labs in acc["labels"]]),
+    holds = {
+        "copy": [a >= cfg.copy_threshold for a in acc["copy_accuracy"]],
+        "induction": [max(max(row) for row in s) >= cfg.induction_threshold for s in acc["induction"]],
+        # with too few copied steps no head can be labelled retrieval: unknown there, not False
+        "retrieval": [
+            None if n < cfg.roles.min_copied_steps else any(lab == RETRIEVAL for row in labs for lab in row)
+            for labs, n in zip(acc["labels"], acc["n_copied"])
+        ],
     }
+    found = {k: formation(steps, h) for k, h in holds.items()}
     return HeadsOverTraining(
         steps=steps,
         **acc,
         loss_source=source,
         loss_curve=_metrics_curve(metrics or []),
-        formed=formed,
+        formed={k: v[0] for k, v in found.items()},
+        formed_state={k: v[1] for k, v in found.items()},
         config=asdict(cfg),
         seconds=time.perf_counter() - t0,
     )

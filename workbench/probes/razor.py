@@ -64,21 +64,43 @@ def echo_induction_masks(segment: int, repeats: int, prefix: int) -> tuple[Bool[
 
 
 def protected_heads(
-    echo: Float[Tensor, "L H"], induction: Float[Tensor, "L H"], induction_frac: float = 0.14, echo_frac: float = 0.01
+    echo: Float[Tensor, "L H"],
+    induction: Float[Tensor, "L H"],
+    induction_frac: float = 0.14,
+    echo_frac: float = 0.01,
+    min_score: float = 0.0,
 ) -> Bool[Tensor, "L H"]:
     """Union of the top ⌈induction_frac·n⌉ heads by induction and the top ⌈echo_frac·n⌉ by echo
-    (n = all heads; ties broken by the lower flat index)."""
+    (n = all heads; ties broken by the lower flat index), each only where its score is at least
+    `min_score`: a head whose attention is no sharper than that is not protected to fill the count
+    (all False: nothing to protect)."""
     for name, f in (("induction_frac", induction_frac), ("echo_frac", echo_frac)):
         if not 0 <= f <= 1:
             raise ValueError(f"{name} must lie in [0, 1], got {f}")
+    if min_score < 0:
+        raise ValueError(f"min_score must be >= 0, got {min_score}")
     if echo.shape != induction.shape:
         raise ValueError(f"echo {tuple(echo.shape)} and induction {tuple(induction.shape)} differ in shape")
     n = echo.numel()
     keep = torch.zeros(echo.shape, dtype=torch.bool)
     for scores, frac in ((induction, induction_frac), (echo, echo_frac)):
-        k = math.ceil(frac * n - 1e-9)  # 0.14 * 50 = 7.000000000000001 is 7 heads, not 8
-        keep |= keep_top(scores, k)
+        k = rule_count(frac, n)
+        keep |= keep_top(scores, k) & (torch.as_tensor(scores, dtype=torch.float64) >= min_score)
     return keep
+
+
+def rule_count(frac: float, n: int) -> int:
+    """⌈frac · n⌉ heads (0.14 · 50 = 7.000000000000001 is 7 heads, not 8)."""
+    return math.ceil(frac * n - 1e-9)
+
+
+def uniform_scores(segment: int, repeats: int, prefix: int) -> tuple[float, float]:
+    """The echo and induction scores of a head attending uniformly to every key up to its query:
+    the level below which a score says nothing about echo or induction attention."""
+    echo_m, ind_m = echo_induction_masks(segment, repeats, prefix)
+    queries = echo_m.any(-1)
+    row = torch.arange(1, len(echo_m) + 1, dtype=torch.float64)  # keys up to and including the query
+    return tuple(float((m.sum(-1) / row)[queries].mean()) for m in (echo_m, ind_m))
 
 
 def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, bos: int | None = None) -> RazorResult:
@@ -103,13 +125,15 @@ def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, 
     queries = echo_m.any(-1)  # the queries of the second and later repeats
     echo = (pat * echo_m).sum(-1)[..., queries].mean((1, 3))  # [L, H]
     induction = (pat * ind_m).sum(-1)[..., queries].mean((1, 3))
-    keep = protected_heads(echo, induction, cfg.induction_frac, cfg.echo_frac)
+    keep = protected_heads(echo, induction, cfg.induction_frac, cfg.echo_frac, cfg.min_score)
     n = echo.numel()
     return RazorResult(
         echo=echo.tolist(),
         induction=induction.tolist(),
         protected=keep.tolist(),
-        n_induction_protected=math.ceil(cfg.induction_frac * n - 1e-9),
-        n_echo_protected=math.ceil(cfg.echo_frac * n - 1e-9),
+        n_induction_protected=rule_count(cfg.induction_frac, n),
+        n_echo_protected=rule_count(cfg.echo_frac, n),
         config=jsonable(cfg),
+        nothing_to_protect=not bool(keep.any()),
+        uniform_echo_induction=list(uniform_scores(cfg.segment, cfg.repeats, prefix)),
     )
