@@ -38,42 +38,11 @@ def default_models():
 
 
 def tiny_demo_config():
-    """The tiny demo's config: 12-step models, every run kind, the real file layout; the head methods
-    on 32-token contexts with a 3-step gate optimisation."""
-    from workbench.demo import DemoConfig
-    from workbench.models import LMTrainConfig, ModelConfig
-    from workbench.probes.duo import DuoConfig, PasskeyConfig
-    from workbench.probes.heads import HeadRoleConfig
-    from workbench.probes.kv_tradeoff import TradeoffConfig
-    from workbench.probes.razor import RazorConfig
+    """The tiny demo's config: the named recipe `workbench.demo.tiny_demo_config` (12-step models,
+    every run kind, the real file layout)."""
+    from workbench.demo import tiny_demo_config as recipe
 
-    passkey = PasskeyConfig(seq_len=32, key_len=3, needle_prefix=" key ", question=" key? ")  # 20 of 32 tokens
-    return DemoConfig(
-        d_sae=256,
-        k=8,
-        sae_tokens=8 * 4096,
-        eval_windows=8,
-        seq_len=32,
-        topk_ks=(1, 8, 64),
-        head_roles=HeadRoleConfig(n_contexts=4, seq_len=32, needle_len=4),
-        duo=DuoConfig(n_contexts=4, batch_size=4, steps=3, log_every=1, passkey=passkey),
-        razor=RazorConfig(n_contexts=2, segment=8, repeats=3),
-        tradeoff=TradeoffConfig(
-            fractions=(0, 25, 50, 100),
-            n_random=2,
-            seq_len=32,
-            n_needle=4,
-            needle_len=4,
-            n_passkey=4,
-            passkey=passkey,
-            n_text=4,
-        ),
-        primes_model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
-        primes_train=LMTrainConfig(steps=10, batch_size=8, seq_len=32, checkpoint_steps=(), eval_every=5),
-        arrow_seeds=(0, 1),
-        model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
-        model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6),
-    )
+    return recipe()
 
 
 @pytest.fixture(scope="session")

@@ -252,7 +252,7 @@ def test_a_new_kind_registers_in_one_place(tmp_path):
         with pytest.raises(ValueError, match="already registered"):
             register(type("Other", (), {"KIND": "toy-test-kind", "SCHEMA": 1, "from_dict": None, "to_dict": None}))
     finally:
-        KINDS.pop("toy-test-kind")
+        KINDS.pop("toy-test-kind")  # the view over workbench.kinds.registry.KINDS
 
 
 def test_reading_every_demo_kind_imports_no_transformer_lens(tiny_demo):

@@ -123,11 +123,12 @@ def rebuild(tiny_demo, tmp_path):
 
 def test_failed_stage_does_not_stop_the_next(rebuild, monkeypatch):
     import workbench.demo as demo
+    import workbench.probes.heads as probe_heads
 
     def broken(*a, **k):
         raise RuntimeError("planted heads failure")
 
-    monkeypatch.setattr(demo, "head_roles", broken)
+    monkeypatch.setattr(probe_heads, "head_roles", broken)  # the heads kind's build reads it at call time
     (rebuild / "probe-sparsity" / "metrics.jsonl").write_text('{"step": 99}\n')  # left by an interrupted try
     status = BuildStatus()
     with pytest.raises(demo.DemoBuildError) as err:
@@ -151,6 +152,7 @@ def test_stop_mid_stage_leaves_no_results(rebuild, monkeypatch):
     the stage's run gets no results.json, the later stages do not start."""
     import app
     import workbench.demo as demo
+    import workbench.probes.sparsity as probe_sparsity
 
     entered = threading.Event()
 
@@ -159,7 +161,7 @@ def test_stop_mid_stage_leaves_no_results(rebuild, monkeypatch):
         while True:  # a long stage, in Python between native calls
             time.sleep(0.01)
 
-    monkeypatch.setattr(demo, "activation_sparsity", slow)
+    monkeypatch.setattr(probe_sparsity, "activation_sparsity", slow)
     status = BuildStatus()
     outcome = []
 
@@ -184,15 +186,16 @@ def test_heads_stage_shows_its_bars_live(rebuild, monkeypatch):
     """While the heads stage trains its DuoAttention gates, the build's snapshot (what /api/build
     serves the page) holds the stage's outer bar, named after the part running."""
     import workbench.demo as demo
+    import workbench.probes.duo as probe_duo
 
     status, seen = BuildStatus(), []
-    real = demo.duo_gates
+    real = probe_duo.duo_gates
 
     def spy(*a, **k):
         seen.append(status.snapshot())
         return real(*a, **k)
 
-    monkeypatch.setattr(demo, "duo_gates", spy)
+    monkeypatch.setattr(probe_duo, "duo_gates", spy)
     demo.build_demo(rebuild, tiny_demo_config(), progress=True, status=status)
     stage = next(s for s in seen[0]["stages"] if s["name"] == "probe-heads")
     assert stage["state"] == "running"

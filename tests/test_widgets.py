@@ -86,6 +86,8 @@ def test_head_explorer_in_the_demo_dashboards(tiny_demo, tmp_path):
     import json
     import shutil
 
+    from workbench.figures.text import plain  # token labels are escaped before plotly sees them
+
     res = _read(tiny_demo, "probe-heads")
     dash = load_demo_dashboards(tiny_demo)["explorer"]
     assert set(dash.figures) == {"scatter", "detail", "agreement", "over", "tradeoff"}
@@ -94,7 +96,7 @@ def test_head_explorer_in_the_demo_dashboards(tiny_demo, tmp_path):
     heat = next(t for t in dash.figures["detail"].data if t.type == "heatmap")
     passkey = res.explorer["contexts"]["passkey"]
     assert [list(r) for r in heat.z] == passkey["patterns"][0][1]
-    assert list(heat.x) == [f"{i}:{ByteTokenizer().token_str(t)}" for i, t in enumerate(passkey["ids"])]
+    assert list(heat.x) == [f"{i}:{plain(ByteTokenizer().token_str(t))}" for i, t in enumerate(passkey["ids"])]
     ring = dash.figures["scatter"].data[-1]
     assert list(ring.customdata[0]) == [0, 1]
     # a heads run without the explorer's data: no explorer, the other dashboards as before

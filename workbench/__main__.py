@@ -1,10 +1,14 @@
 """Command line: `python -m workbench …` (also installed as `workbench`).
 
-The flags are the fields of SAEConfig and SAETrainConfig (cache-acts': of StoreConfig), with the
+`workbench run <kind>` builds one run of a registered kind (workbench.kinds; a user's own with
+--plugin module.path), its flags the documented fields of the kind's config dataclass.
+train-sae's flags are the fields of SAEConfig and SAETrainConfig (cache-acts': of StoreConfig), with the
 documentation, type and accepted values each field declares (fielddoc.py), so the command line and
 the library train the same thing. Under torchrun every process runs the same command; --parallel picks how
 one SAE is spread over them (see workbench/sae/parallel.py).
 
+    workbench run heads --model workbench-tiny --out runs/heads --n-contexts 16
+    workbench run my-kind --plugin my_module --corpus notes.txt --out runs/mine
     workbench cache-acts --hook blocks.1.hook_resid_post --tokens 2000000 --out cache/l1
     workbench train-sae --cache cache/l1 --d-sae 2048 --k 16 --out runs/sae
     torchrun --standalone --nproc_per_node 8 -m workbench train-sae --cache cache/l1 \\
@@ -14,11 +18,12 @@ one SAE is spread over them (see workbench/sae/parallel.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from .activations import StoreConfig
-from .fielddoc import FieldError, add_flags, from_args
+from .fielddoc import FieldError, add_flags, field_help, from_args
 from .sae.config import SAEConfig, SAETrainConfig
 
 FILLED_BY_RUN = ("d_in", "hook_name", "model_name")  # SAEConfig fields the data source decides, not a flag
@@ -39,6 +44,41 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
         "of .txt/.md/.py files (default: the embedded Python-docs corpus)",
     )
     parser.add_argument("--text-field", default="text", help="the field holding the text in .jsonl rows")
+
+
+def _plugins(argv: list[str] | None) -> list[str]:
+    """The --plugin modules on a command line (loaded before the parser is built: their kinds are
+    subcommands of `run`)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    return pre.parse_known_args(sys.argv[1:] if argv is None else argv)[0].plugin
+
+
+def _kind_flags(cls) -> list[str]:
+    """A kind config's fields that are flags: the documented ones (nested configs and other
+    Python-only fields are set by a recipe)."""
+    return [f.name for f in dataclasses.fields(cls) if field_help(f)]
+
+
+def _add_run_parsers(sub) -> dict[str, argparse.ArgumentParser]:
+    from .kinds.registry import all_kinds
+
+    run = sub.add_parser("run", help="build one run of a kind (sae, sparsity, heads, arrow, a plugin's)")
+    kinds = run.add_subparsers(dest="kind", required=True, metavar="KIND")
+    out = {}
+    for name, kind in sorted(all_kinds().items()):
+        if kind.config is type(None):  # a result-only kind (results.register): nothing to build
+            continue
+        kp = kinds.add_parser(name, help=kind.help)
+        _add_source_flags(kp)
+        kp.add_argument("--out", default=None, help=f"run directory (default: runs/{kind.folder})")
+        kp.add_argument("--device", default="cpu", help="where the model runs (default: cpu)")
+        kp.add_argument(
+            "--plugin", action="append", default=[], help="a module that registers kinds (import path; repeatable)"
+        )
+        add_flags(kp, kind.config, only=_kind_flags(kind.config))
+        out[name] = kp
+    return out
 
 
 def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -92,7 +132,8 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
         action="store_true",
         help="instead, the arrow probe's primes×product pairs (runs/arrow-primes, packed into data/arrow-primes)",
     )
-    return ap, {"cache-acts": ca, "train-sae": tr, "train-default": td}
+    runs = _add_run_parsers(sub)
+    return ap, {"cache-acts": ca, "train-sae": tr, "train-default": td, **{f"run {k}": p for k, p in runs.items()}}
 
 
 def train_configs(
@@ -107,14 +148,75 @@ def train_configs(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check a command line; a value its config refuses exits as argparse does, naming the flag."""
+    from .kinds.registry import load_plugin
+
+    for module in _plugins(argv):
+        load_plugin(module)
     ap, subs = _parsers()
     args = ap.parse_args(argv)
+    if args.command == "run":
+        try:
+            kind_config(args)
+        except FieldError as e:
+            subs[f"run {args.kind}"].error(f"argument --{e.field.replace('_', '-')}: {e}")
+        except (TypeError, ValueError) as e:
+            subs[f"run {args.kind}"].error(str(e))
     if args.command == "train-sae":
         try:  # before any model loads; d_in (known once the source is) is not checked against anything here
             train_configs(args, d_in=1)
         except FieldError as e:
             subs["train-sae"].error(f"argument --{e.field.replace('_', '-')}: {e}")
     return args
+
+
+def kind_config(args: argparse.Namespace):
+    """The config a parsed `run <kind>` command line asks for."""
+    from .fielddoc import check_choices
+    from .kinds.registry import get_kind
+
+    cfg = from_args(
+        get_kind(args.kind).config, argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "kind"})
+    )
+    check_choices(cfg)
+    return cfg
+
+
+def _model_input(name: str, device: str):
+    """--model as the ModelInput a build takes: workbench-tiny (with its training run, for the
+    checkpoints), a save_pretrained folder or a TransformerLens name."""
+    from .hub import WORKBENCH_NAMES, default_model_dir, load_model
+    from .kinds.registry import ModelInput
+    from .models import DEFAULT_MODEL
+
+    model, tok = load_model(name, device=device)
+    if name in WORKBENCH_NAMES:
+        direction = "backward" if name.endswith("backward") else "forward"
+        return ModelInput(model, name, DEFAULT_MODEL, default_model_dir(direction)), tok
+    return ModelInput(model, name), tok
+
+
+def run_kind(args: argparse.Namespace) -> int:
+    """`workbench run <kind>`: the model, the corpus as train/validation token streams, the build."""
+    from .corpus import encode_corpus
+    from .hub import record_model
+    from .kinds.registry import get_kind
+    from .kinds.runner import build_run
+    from .sae.run_eval import load_text
+    from .token_data import TokenData, default_data
+
+    kind, cfg = get_kind(args.kind), kind_config(args)
+    model, tok = _model_input(args.model, args.device)
+    if args.corpus is None and args.model in ("workbench-tiny",):
+        data = default_data()
+    else:
+        text = load_text(args.corpus, args.text_field)
+        data = TokenData(encode_corpus(text, tok, "train"), encode_corpus(text, tok, "validation"), tok)
+    out = Path(args.out) if args.out else Path("runs") / kind.folder
+    build_run(kind, cfg, model, data, out, progress=True)
+    corpus = str(Path(args.corpus).resolve()) if args.corpus else "python-docs"
+    record_model(out, args.model, corpus=corpus, text_field=args.text_field)
+    print(f"wrote {out}/results.json ({kind.name} run)")
+    return 0
 
 
 def train_default(args: argparse.Namespace) -> int:
@@ -253,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    return {"cache-acts": cache_acts, "train-sae": train, "train-default": train_default}[args.command](args)
+    commands = {"cache-acts": cache_acts, "train-sae": train, "train-default": train_default, "run": run_kind}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

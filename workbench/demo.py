@@ -14,58 +14,45 @@ from __future__ import annotations
 
 import sys
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-from .activations import ActivationStore, ModelSource, StoreConfig
-from .corpus import windows
-from .default_model import load_shipped_pairs, primes_dir, shipped_dir
+from .default_model import PRIMES_MODEL, PRIMES_TRAIN
+from .hub import default_model_dir, load_default
+from .kinds import arrow, heads, sae, sparsity
+from .kinds.registry import ModelInput, get_kind
+from .kinds.runner import build_run
 from .models import (
     DEFAULT_MODEL,
     DEFAULT_TRAIN,
     LMTrainConfig,
     ModelConfig,
     default_data,
-    default_model_dir,
-    load_default,
-    save_model,
+    pair_dirs,
+    train_pairs,
     workbench_home,
 )
-from .probes.arrow import PRIMES_MODEL, PRIMES_TRAIN, arrow_over_seeds, pair_dirs, primes_data, train_pairs
-from .probes.duo import DuoConfig, PasskeyConfig, duo_gates, passkey_batch
-from .probes.head_agreement import ranking_agreement
-from .probes.head_explorer import default_contexts, explorer_data
-from .probes.heads import HeadRoleConfig, attention_patterns, head_roles, make_contexts
-from .probes.heads_over_training import OverTrainingConfig, run_heads_over_training, shipped_heads_over_training
-from .probes.kv_tradeoff import TradeoffConfig, standard_rankings, tradeoff_curve
-from .probes.razor import RazorConfig, razor_scores
-from .probes.sparsity import activation_sparsity, sparsity_over_training, topk_intervention
-from .results import (
-    ArrowRunResult,
-    AttentionExample,
-    HeadsRunResult,
-    ResultsError,
-    SparsityOverTraining,
-    SparsityRunResult,
-    TopKIntervention,
-    read_results,
-    write_results,
-)
-from .runs import RunDir, atomic_write_json
-from .sae import SAEConfig, SAETrainConfig, train_sae
-from .sae.run_eval import evaluate_sae
+from .probes.duo import DuoConfig
+from .probes.heads import HeadRoleConfig
+from .probes.kv_tradeoff import TradeoffConfig
+from .probes.razor import RazorConfig
+from .results import HeadsRunResult, ResultsError, read_results
+from .runs import CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE, RunDir
 from .viewer.build_status import BuildStatus
 
-# Stage names in build order, and the run folder each writes (the models are cached elsewhere).
-STAGES: tuple[tuple[str, str | None], ...] = (
-    ("models", None),
-    ("sae-topk", "sae-topk"),
-    ("probe-sparsity", "probe-sparsity"),
-    ("probe-heads", "probe-heads"),
-    ("probe-arrow", "probe-arrow"),
-)
+
+class Recipe(NamedTuple):
+    """One demo run: its kind, the whole config it is built with, and its folder."""
+
+    kind: str  # a registered kind's name
+    config: Any  # that kind's config dataclass
+    folder: str  # the run folder under the demo's root
+
+
+MODELS_STAGE = "models"  # the first stage: the language models (cached elsewhere)
 
 
 class DemoBuildError(RuntimeError):
@@ -124,118 +111,113 @@ def default_demo_dir() -> Path:
     return workbench_home() / "demo"
 
 
-def _models(cfg: DemoConfig, root: Path, progress: bool):
+def _models(cfg: DemoConfig, root: Path, progress: bool) -> ModelInput:
+    """The forward model every run reads: the shipped default, or (tests) a pair trained here."""
     if cfg.model is None:
-        fwd, bwd = load_default("forward", progress=progress), load_default("backward", progress=progress)
-        return fwd, bwd, DEFAULT_MODEL, DEFAULT_TRAIN, default_model_dir("forward"), default_model_dir("backward")
-    base = Path(cfg.models_dir) if cfg.models_dir else root / "_models"
+        return ModelInput(load_default("forward"), "workbench-tiny", DEFAULT_MODEL, default_model_dir("forward"))
+    base = _models_dir(cfg, root)
     train = cfg.model_train or DEFAULT_TRAIN
-    ((fwd, bwd),) = train_pairs(cfg.model, train, default_data(), base, seeds=cfg.arrow_seeds[:1], progress=progress)
-    fwd_dir, bwd_dir = pair_dirs(base, cfg.arrow_seeds[:1])[0]
-    return fwd, bwd, cfg.model, train, fwd_dir, bwd_dir
+    ((fwd, _),) = train_pairs(cfg.model, train, default_data(), base, seeds=cfg.arrow_seeds[:1], progress=progress)
+    return ModelInput(fwd, "workbench-tiny", cfg.model, pair_dirs(base, cfg.arrow_seeds[:1])[0][0])
 
 
-def _arrow_pairs(cfg: DemoConfig, root: Path, ar_run: RunDir, data, progress: bool) -> dict:
-    """Both data sets' pairs over `arrow_seeds`: the shipped ones where the config is the shipped
-    one (no training at first start), trained here otherwise."""
-    seeds = cfg.arrow_seeds
-    if cfg.model is None:
-        nat_root = shipped_dir()
-        natural = load_shipped_pairs(seeds)
-    else:
-        nat_root = Path(cfg.models_dir) if cfg.models_dir else root / "_models"
-        natural = train_pairs(
-            cfg.model, cfg.model_train or DEFAULT_TRAIN, data, nat_root, seeds=seeds, progress=progress
-        )
-    pdata = primes_data()
-    if (cfg.primes_model, cfg.primes_train) == (PRIMES_MODEL, PRIMES_TRAIN) and primes_dir().is_dir():
-        p_root = primes_dir()
-        primes = load_shipped_pairs(seeds, p_root, PRIMES_MODEL)
-    else:
-        p_root = ar_run.file("primes")
-        primes = train_pairs(cfg.primes_model, cfg.primes_train, pdata, p_root, seeds=seeds, progress=progress)
-    return {
-        "natural text": arrow_over_seeds(
-            natural,
-            data,
-            cfg.seq_len,
-            n_windows=cfg.eval_windows * 4,
-            seeds=list(seeds),
-            run_dirs=pair_dirs(nat_root, seeds),
+def _models_dir(cfg: DemoConfig, root: Path) -> Path:
+    return Path(cfg.models_dir) if cfg.models_dir else root / "_models"
+
+
+def demo_recipes(cfg: DemoConfig = DemoConfig(), root: str | Path | None = None) -> list[Recipe]:
+    """The demo's runs in build order, each a whole config of its kind (`cfg` sets their sizes;
+    `root`: the demo folder, where a config that trains its own models keeps them)."""
+    root = Path(root) if root is not None else default_demo_dir()
+    tiny = cfg.model is not None
+    sae_cfg = sae.SAERunConfig(
+        hook_name=cfg.hook_name,
+        d_sae=cfg.d_sae,
+        k=cfg.k,
+        sae_tokens=cfg.sae_tokens,
+        sae_lr=cfg.sae_lr,
+        seq_len=cfg.seq_len,
+        eval_windows=cfg.eval_windows,
+    )
+    sp_cfg = sparsity.SparsityRunConfig(eval_windows=cfg.eval_windows, seq_len=cfg.seq_len, topk_ks=cfg.topk_ks)
+    hd_cfg = heads.HeadsRunConfig(
+        head_methods=cfg.head_methods,
+        over_training=cfg.heads_over_training,
+        n_contexts=cfg.head_roles.n_contexts,
+        seq_len=cfg.head_roles.seq_len,
+        duo_steps=cfg.duo.steps,
+        roles=cfg.head_roles,
+        duo=cfg.duo,
+        razor=cfg.razor,
+        tradeoff=cfg.tradeoff,
+        shipped_checkpoints=not tiny,
+    )
+    ar_cfg = arrow.ArrowRunConfig(
+        seeds=cfg.arrow_seeds,
+        seq_len=cfg.seq_len,
+        natural_windows=cfg.eval_windows * 4,
+        natural_dir=str(_models_dir(cfg, root)) if tiny else None,
+        natural_model=cfg.model,
+        natural_train=cfg.model_train,
+        primes_model=cfg.primes_model,
+        primes_train=cfg.primes_train,
+    )
+    return [
+        Recipe("sae", sae_cfg, sae.FOLDER),
+        Recipe("sparsity", sp_cfg, sparsity.FOLDER),
+        Recipe("heads", hd_cfg, heads.FOLDER),
+        Recipe("arrow", ar_cfg, arrow.FOLDER),
+    ]
+
+
+def tiny_demo_config() -> DemoConfig:
+    """The tests' tiny demo (~20 s): 12-step models trained in the demo, every run kind, the real
+    file layout; the head methods on 32-token contexts with a 3-step gate optimisation."""
+    from .probes.duo import PasskeyConfig
+
+    passkey = PasskeyConfig(seq_len=32, key_len=3, needle_prefix=" key ", question=" key? ")  # 20 of 32 tokens
+    return DemoConfig(
+        d_sae=256,
+        k=8,
+        sae_tokens=8 * 4096,
+        eval_windows=8,
+        seq_len=32,
+        topk_ks=(1, 8, 64),
+        head_roles=HeadRoleConfig(n_contexts=4, seq_len=32, needle_len=4),
+        duo=DuoConfig(n_contexts=4, batch_size=4, steps=3, log_every=1, passkey=passkey),
+        razor=RazorConfig(n_contexts=2, segment=8, repeats=3),
+        tradeoff=TradeoffConfig(
+            fractions=(0, 25, 50, 100),
+            n_random=2,
+            seq_len=32,
+            n_needle=4,
+            needle_len=4,
+            n_passkey=4,
+            passkey=passkey,
+            n_text=4,
         ),
-        "primes×product": arrow_over_seeds(
-            primes, pdata, cfg.primes_train.seq_len, n_windows=256, seeds=list(seeds), run_dirs=pair_dirs(p_root, seeds)
-        ),
-    }
+        primes_model=ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
+        primes_train=LMTrainConfig(steps=10, batch_size=8, seq_len=32, checkpoint_steps=(), eval_every=5),
+        arrow_seeds=(0, 1),
+        model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=33),
+        model_train=LMTrainConfig(steps=12, batch_size=8, seq_len=32, checkpoint_steps=(0, 5), eval_every=6),
+    )
 
 
-def head_methods(
-    model, roles, cfg: DemoConfig, data, run_dir: Path | None, model_cfg: ModelConfig, progress: bool = True
-) -> dict:
-    """Issue 21's measurements for the heads run, as HeadsRunResult's optional fields: DuoAttention
-    gates (one seed), RazorAttention's scores, the KV-cache trade-off of every ranking against
-    random ones, the rankings' agreement, the scores over training (the shipped checkpoints when
-    `run_dir` is None, else that training run's) and the head explorer's data. One outer bar names
-    the part running; the long parts show their own bars beneath it (the build page shows both)."""
-    bos, tok = data.tokenizer.bos_token_id, data.tokenizer
-    parts = ["duo gates", "razor", "kv trade-off", "agreement", "over training", "explorer"]
-    bar = tqdm(total=len(parts), desc="head methods", disable=not progress)
-    out: dict = {}
+def tiny_demo_recipes(root: str | Path | None = None) -> list[Recipe]:
+    """The tiny demo's runs (`tiny_demo_config`)."""
+    return demo_recipes(tiny_demo_config(), root)
 
-    def step(name: str) -> None:
-        bar.set_postfix_str(name, refresh=False)
-        bar.update(0 if name == parts[0] else 1)
 
-    try:
-        step("duo gates")
-        duo = duo_gates(model, cfg.duo, haystack=data.train, bos=bos, tokenizer=tok, progress=progress)
-        step("razor")
-        razor = razor_scores(model, cfg.razor, bos=bos)
-        step("kv trade-off")
-        rankings = standard_rankings(roles, duo, razor)
-        tradeoff = tradeoff_curve(
-            model, rankings, cfg.tradeoff, bos=bos, haystack=data.validation, tokenizer=tok, progress=progress
-        )
-        step("agreement")  # the causal check is the reference, not one of the compared rankings
-        agreement = ranking_agreement(
-            {k: v for k, v in rankings.items() if k != "causal_delta_loss"}, causal=roles.delta_loss
-        )
-        step("over training")
-        over_cfg = OverTrainingConfig(roles=cfg.head_roles)
-        over = None
-        if cfg.heads_over_training:
-            over = (
-                shipped_heads_over_training(over_cfg, progress=progress)
-                if run_dir is None
-                else run_heads_over_training(run_dir, model_cfg, over_cfg, bos=bos, progress=progress)
-            )
-        step("explorer")
-        # a passkey context as long as the needle ones, so that every stored pattern is [T, T] alike
-        pk = PasskeyConfig(**{**asdict(cfg.duo.passkey), "seq_len": min(cfg.head_roles.seq_len, model.cfg.n_ctx)})
-        contexts = {
-            **default_contexts(model, cfg.head_roles, bos),
-            "passkey": passkey_batch(1, pk, data.validation, bos=bos, tokenizer=tok, seed=1).tokens[0],
-        }
-        explorer = explorer_data(model, roles, tokenizer=tok, bos=bos, duo=duo, razor=razor, contexts=contexts)
-        bar.update(1)
-        out = {
-            "duo": duo.to_dict(),
-            "razor": razor.to_dict(),
-            "kv_tradeoff": tradeoff.to_dict(),
-            "agreement": agreement.to_dict(),
-            "over_training": over.to_dict() if over is not None else None,
-            "explorer": explorer,
-        }
-    finally:
-        bar.close()
-    return out
+# Stage names in build order, and the run folder each writes (the models are cached elsewhere).
+STAGES: tuple[tuple[str, str | None], ...] = ((MODELS_STAGE, None), *((r.folder, r.folder) for r in demo_recipes()))
 
 
 def _complete(run: RunDir, cfg: DemoConfig) -> bool:
     """Whether a demo run is done: its results.json (written last) reads. One that does not (an older
     schema that cannot migrate, a torn file) is rebuilt: the demo is a cache. So is a heads run built
     before the head methods were (no explorer data) while the config asks for them."""
-    if not run.file("results.json").exists():
+    if not run.file(RESULTS_FILE).exists():
         return False
     try:
         res = read_results(run)
@@ -258,7 +240,8 @@ def build_demo(
     status: BuildStatus | None = None,
 ) -> Path:
     """Build every demo run that is missing (each is written last-step-atomically: a run counts
-    as done once its results.json exists).
+    as done once its results.json exists): the models, then each of `demo_recipes(cfg)` by its
+    kind's build.
 
     Stages run in order (STAGES); a failed stage is recorded in `status` and the next one still
     runs (every stage needs the models, so a models failure skips the rest). Raises DemoBuildError
@@ -266,8 +249,9 @@ def build_demo(
     """
     root = Path(root) if root is not None else default_demo_dir()
     root.mkdir(parents=True, exist_ok=True)
+    recipes = demo_recipes(cfg, root)
     status = status if status is not None else BuildStatus()
-    status.begin(list(STAGES))
+    status.begin([(MODELS_STAGE, None), *((r.folder, r.folder) for r in recipes)])
     failures: dict[str, str] = {}
 
     def report(name: str, error: BaseException | None) -> None:
@@ -279,111 +263,31 @@ def build_demo(
             tqdm.write(f"demo: {name} {st['state']}" + (f" in {st['seconds']:.1f} s" if st["seconds"] else ""))
 
     try:
-        with status.stage("models"):
-            fwd, bwd, model_cfg, train_cfg, fwd_dir, bwd_dir = _models(cfg, root, progress)
+        with status.stage(MODELS_STAGE):
+            model = _models(cfg, root, progress)
             data = default_data()
-            val = windows(data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=cfg.eval_windows)
     except Exception as e:
-        report("models", e)
-        for name, _ in STAGES[1:]:
-            status.skip(name, "the language models failed")
+        report(MODELS_STAGE, e)
+        for r in recipes:
+            status.skip(r.folder, "the language models failed")
         raise DemoBuildError(failures) from e
-    report("models", None)
+    report(MODELS_STAGE, None)
 
-    sae_run = RunDir(root / "sae-topk")
-
-    def sae_stage() -> None:
-        store_cfg = StoreConfig(cfg.hook_name, batch_size=4096, buffer_tokens=65_536, seq_len=cfg.seq_len)
-        store = ActivationStore(ModelSource(fwd, data.train, store_cfg, data.tokenizer.bos_token_id), 4096)
-        sae_cfg = SAEConfig(
-            d_in=fwd.cfg.d_model,
-            d_sae=cfg.d_sae,
-            k=cfg.k,
-            hook_name=cfg.hook_name,
-            model_name="workbench-tiny",
-            dead_tokens=200_000,
-        )
-        train = SAETrainConfig(
-            total_tokens=cfg.sae_tokens, batch_size=4096, lr=cfg.sae_lr, log_every=5, checkpoint_every=10**9
-        )
-        sae = train_sae(sae_cfg, train, store, sae_run, progress=progress)
-        save_model(fwd, sae_run.file("model.safetensors"), model_cfg)  # the run opens without the cache
-        atomic_write_json(sae_run.file("model_config.json"), asdict(model_cfg))
-        # sparse probing + absorption-style on twice the windows (about 5 s on 2 cores)
-        probe_val = windows(
-            data.validation, cfg.seq_len, bos_token_id=data.tokenizer.bos_token_id, n=2 * cfg.eval_windows
-        )
-        evaluate_sae(
-            sae_run.path,
-            fwd,
-            sae,
-            data.tokenizer,
-            val,
-            model_name="workbench-tiny",
-            probe_tokens=probe_val,
-            progress=progress,
-        )
-
-    sp_run = RunDir(root / "probe-sparsity")
-
-    def sparsity_stage() -> None:
-        sp_run.write_config({"model": model_cfg, "ks": cfg.topk_ks}, kind="sparsity")
-        final = activation_sparsity(fwd, val)
-        over = sparsity_over_training(fwd_dir, model_cfg, val[:16])
-        ks = [k for k in cfg.topk_ks if k <= model_cfg.d_mlp]
-        write_results(
-            sp_run,
-            SparsityRunResult(
-                final, SparsityOverTraining(**over), TopKIntervention(**topk_intervention(fwd, val[:16], ks))
-            ),
-        )
-
-    hd_run = RunDir(root / "probe-heads")
-
-    def heads_stage() -> None:
-        hcfg = cfg.head_roles
-        hd_run.write_config(hcfg, kind="heads")
-        roles = head_roles(fwd, hcfg, bos=data.tokenizer.bos_token_id)
-        example = make_contexts(fwd, hcfg, data.tokenizer.bos_token_id).tokens[:1]
-        _, pat = attention_patterns(fwd, example)
-        toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
-        extra = (
-            head_methods(fwd, roles, cfg, data, fwd_dir if cfg.model is not None else None, model_cfg, progress)
-            if cfg.head_methods
-            else {}
-        )
-        write_results(hd_run, HeadsRunResult(roles, [AttentionExample("needle", toks, pat[:, 0].tolist())], **extra))
-
-    ar_run = RunDir(root / "probe-arrow")
-
-    def arrow_stage() -> None:
-        seeds = cfg.arrow_seeds
-        ar_run.write_config(
-            {
-                "natural": {"model": model_cfg, "train": train_cfg, "seeds": seeds},
-                "primes": {"model": cfg.primes_model, "train": cfg.primes_train, "seeds": seeds},
-            },
-            kind="arrow",
-        )
-        results = _arrow_pairs(cfg, root, ar_run, data, progress)
-        write_results(ar_run, ArrowRunResult(results))
-
-    for (name, _), run, build in zip(
-        STAGES[1:], (sae_run, sp_run, hd_run, ar_run), (sae_stage, sparsity_stage, heads_stage, arrow_stage)
-    ):
+    for recipe in recipes:
         status.check_stop()
+        run = RunDir(root / recipe.folder)
         if _complete(run, cfg):
-            status.reused(name)
+            status.reused(recipe.folder)
             continue
-        if not run.file("checkpoint.pt").exists():  # an interrupted earlier try: a fresh start would append to its log
-            run.file("metrics.jsonl").unlink(missing_ok=True)
+        if not run.file(CHECKPOINT_FILE).exists():  # an interrupted earlier try: a fresh start would append to its log
+            run.file(METRICS_FILE).unlink(missing_ok=True)
         try:
-            with status.stage(name):
-                build()
+            with status.stage(recipe.folder):
+                build_run(get_kind(recipe.kind), recipe.config, model, data, run, progress=progress)
         except Exception as e:  # recorded; the next stage does not depend on this one
-            report(name, e)
+            report(recipe.folder, e)
             continue
-        report(name, None)
+        report(recipe.folder, None)
     if failures:
         raise DemoBuildError(failures)
     return root

@@ -37,15 +37,22 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..kinds.registry import Page, get_kind, kind_names
 from ..results import ResultsError
-from . import api, arrow_page, heads_page, markdown, pages, sae_page, sparsity_page
+from . import api, markdown, pages, sae_page
 from .build_status import BuildStatus
 from .evaluation import Evaluations
 from .front import HostCheck, build_api
 from .store import ApiError, RunError, RunStore, regular_file
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-PROBE_PAGES = {m.KIND: m for m in (sparsity_page, heads_page, arrow_page)}  # kind -> summary(res), render(name, res)
+def PROBE_PAGES(kind: str) -> Page | None:  # noqa: N802 (was the kind -> page dict; one name for the lookup)
+    """The page of a run kind other than "sae", from the registry of kinds: summary(res) and
+    render(name, res), its module imported when first drawn; None for a kind without a page."""
+    k = get_kind(kind) if kind != sae_page.KIND else None
+    return None if k is None else k.viewer_page()
+
+
 PAGE_ERRORS = (RunError, ResultsError, KeyError, ValueError, TypeError, IndexError, AttributeError)
 
 
@@ -61,13 +68,15 @@ def run_summary(store: RunStore, jobs: Evaluations, name: str) -> tuple[str, str
         if not store.has_results(name) and (store.root / name / "sae.safetensors").exists():
             return kind, sae_page.NOT_EVALUATED
         return kind, sae_page.summary(store.results(name))
-    if kind not in PROBE_PAGES:  # e.g. a language model's training run ("lm"): listed, without a page
+    page = PROBE_PAGES(kind)
+    if page is None:  # e.g. a language model's training run ("lm"): listed, without a page
         return kind, f'<span class="empty">no page for {html.escape(kind)!s} runs</span>'
-    return kind, PROBE_PAGES[kind].summary(store.results(name))
+    return kind, page.summary(store.results(name))
 
 
 def known_kinds() -> list[str]:
-    return [sae_page.KIND, *PROBE_PAGES]
+    """The kinds the viewer has a page for (the registry's, plugins included)."""
+    return [k for k in kind_names() if k == sae_page.KIND or PROBE_PAGES(k) is not None]
 
 
 def overview_body(store: RunStore, jobs: Evaluations, build: BuildStatus | None) -> str:
@@ -110,9 +119,10 @@ def run_body(store: RunStore, jobs: Evaluations, name: str) -> tuple[str, str]:
     kind = store.kind(name)
     if kind == sae_page.KIND:
         return kind, sae_body(store, jobs, name)
-    if kind not in PROBE_PAGES:
+    page = PROBE_PAGES(kind)
+    if page is None:
         raise RunError(f"config.json: unknown run kind {kind!r} (the viewer shows {', '.join(known_kinds())})")
-    return kind, PROBE_PAGES[kind].render(name, store.results(name))
+    return kind, page.render(name, store.results(name))
 
 
 # --- the app --------------------------------------------------------------------------------------

@@ -295,44 +295,61 @@ class ArrowDashboard(_Dashboard):
 
 
 def load_demo_dashboards(root) -> dict:
-    """The dashboards of a demo folder (see workbench.demo), each from its run's typed results: the
-    feature explorer (decoding with the SAE run's own tokenizer), the head-role map, the head
-    explorer when the heads run has its data (labels decoded by that run's tokenizer), sparsity
-    and the arrow of time."""
+    """The dashboards of a demo folder (see workbench.demo), one loop over the demo's recipes, each
+    run's dashboards from its typed results: the feature explorer (decoding with the SAE run's own
+    tokenizer), sparsity, the head-role map and the head explorer when the heads run has its data
+    (labels decoded by that run's tokenizer), and the arrow of time."""
     from pathlib import Path
 
-    from ..pretrained import model_for_run, tokenizer_for_run
-    from ..results import read_results
+    from ..demo import demo_recipes
+
+    root = Path(root)
+    builders = {"sae": _sae_dashboards, "sparsity": _sparsity_dashboards, "heads": _heads_dashboards}
+    builders["arrow"] = _arrow_dashboards
+    out: dict = {}
+    for recipe in demo_recipes(root=root):
+        out.update(builders[recipe.kind](root / recipe.folder))
+    return out
+
+
+def _sae_dashboards(run_dir) -> dict:
+    from ..hub import model_for_run
+    from ..runs import FEATURES_FILE
     from ..sae.io import load_sae
     from ..sae.saebench_json import read_run_evals
 
-    root = Path(root)
-    sae_dir = root / "sae-topk"
-    model, tok = model_for_run(sae_dir)
-    heads = read_results(root / "probe-heads")
-    out = {
-        "features": FeatureExplorer(
-            FeatureTable.load(sae_dir / "features.safetensors"),
-            tok,
-            model=model,
-            sae=load_sae(sae_dir),
-            evals=read_run_evals(sae_dir),
-        ),
-        "heads": HeadRoleMap(heads),
-    }
+    model, tok = model_for_run(run_dir)
+    table = FeatureTable.load(run_dir / FEATURES_FILE)
+    return {"features": FeatureExplorer(table, tok, model=model, sae=load_sae(run_dir), evals=read_run_evals(run_dir))}
+
+
+def _heads_dashboards(run_dir) -> dict:
+    from ..hub import tokenizer_for_run
+    from ..results import read_results
+
+    heads = read_results(run_dir)
+    out = {"heads": HeadRoleMap(heads)}
     if heads.explorer:
         out["explorer"] = HeadExplorer(
             heads.explorer,
             agreement=heads.agreement,
             over=heads.over_training,
             tradeoff=heads.kv_tradeoff,
-            tokenizer=tokenizer_for_run(root / "probe-heads"),
+            tokenizer=tokenizer_for_run(run_dir),
         )
-    return {
-        **out,
-        "sparsity": SparsityDashboard(read_results(root / "probe-sparsity")),
-        "arrow": ArrowDashboard(read_results(root / "probe-arrow")),
-    }
+    return out
+
+
+def _sparsity_dashboards(run_dir) -> dict:
+    from ..results import read_results
+
+    return {"sparsity": SparsityDashboard(read_results(run_dir))}
+
+
+def _arrow_dashboards(run_dir) -> dict:
+    from ..results import read_results
+
+    return {"arrow": ArrowDashboard(read_results(run_dir))}
 
 
 # last: widgets.heads builds on FigurePane and _Dashboard above

@@ -1,0 +1,200 @@
+"""The "heads" run kind: attention-head roles (Wu et al.'s retrieval score, streaming mass, the
+causal check, TransformerLens' detectors) with example patterns, and the head methods of issue 21:
+DuoAttention gates, RazorAttention's rule, the KV-cache trade-off against random rankings, the
+rankings' agreement, the scores over training and the head explorer's data."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..fielddoc import doc
+from ..probes.heads_data import (
+    AttentionExample,
+    DuoConfig,
+    ExplorerData,
+    HeadRoleConfig,
+    HeadRoles,
+    RazorConfig,
+    TradeoffConfig,
+)
+from ..results import ResultsError, _plain, take
+
+FOLDER = "probe-heads"
+PAGE = "workbench.viewer.heads_page"
+
+
+@dataclass(frozen=True)
+class HeadsRunConfig:
+    """The head-role probe and the head methods. The nested configs are set in Python (a recipe);
+    the flags are the switches and the main sizes."""
+
+    head_methods: bool = doc(True, "also DuoAttention, Razor, the KV trade-off, the agreement and the explorer")
+    over_training: bool = doc(True, "the head scores at the model's checkpoints (its run folder, or the shipped ones)")
+    n_contexts: int = doc(32, "needle contexts of the head-role probe")
+    seq_len: int = doc(96, "tokens per needle context (BOS included; at most the model's n_ctx)")
+    duo_steps: int = doc(100, "DuoAttention's Adam steps (the method's 300; gates settle by 100 on the default)")
+    roles: HeadRoleConfig = field(default_factory=HeadRoleConfig)  # its n_contexts/seq_len are the flags'
+    duo: DuoConfig = field(default_factory=DuoConfig)  # its steps is duo_steps
+    razor: RazorConfig = field(default_factory=RazorConfig)
+    tradeoff: TradeoffConfig = field(default_factory=TradeoffConfig)
+    # over training: True reads the shipped default's checkpoints (the demo), False the model's own
+    # run folder (ModelInput.run_dir; nothing when it is not known)
+    shipped_checkpoints: bool = field(default=False)
+
+    def role_config(self) -> HeadRoleConfig:
+        return dataclasses.replace(self.roles, n_contexts=self.n_contexts, seq_len=self.seq_len)
+
+    def duo_config(self) -> DuoConfig:
+        return dataclasses.replace(self.duo, steps=self.duo_steps)
+
+
+@dataclass
+class HeadsRunResult:
+    """Attention-head roles (`probes.heads.head_roles`), example patterns, and the optional
+    measurements of issue 21, each stored as its result class's to_dict() (the viewer shows what is
+    present): DuoAttention gates (probes.duo.DuoResult), RazorAttention scores
+    (probes.razor.RazorResult), the KV-cache trade-off (probes.kv_tradeoff.TradeoffResult), the rank
+    agreement of the head rankings (probes.head_agreement), the scores over training
+    (probes.heads_over_training) and the head explorer's data (`ExplorerData`, typed)."""
+
+    KIND: ClassVar[str] = "heads"
+    SCHEMA: ClassVar[int] = 1
+
+    roles: HeadRoles
+    examples: list[AttentionExample] = field(default_factory=list)
+    duo: dict | None = None
+    razor: dict | None = None
+    kv_tradeoff: dict | None = None
+    agreement: dict | None = None
+    over_training: dict | None = None
+    explorer: ExplorerData | None = None  # the head explorer's scores and patterns (probes.head_explorer)
+
+    def __post_init__(self):
+        if isinstance(self.explorer, dict):  # explorer_data(...)'s dict
+            self.explorer = ExplorerData.from_dict(self.explorer)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.roles.retrieval)
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.roles.retrieval[0]) if self.roles.retrieval else 0
+
+    def to_dict(self) -> dict:
+        return {
+            **_plain(self),
+            "roles": self.roles.to_dict(),
+            "examples": [dataclasses.asdict(e) for e in self.examples],
+            "explorer": self.explorer.to_dict() if isinstance(self.explorer, ExplorerData) else self.explorer,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "results") -> HeadsRunResult:
+        if not isinstance(d, dict) or "roles" not in d:
+            raise ResultsError(f"{where} lacks roles (a HeadsRunResult)")
+        examples = d.get("examples") or []
+        if not isinstance(examples, list):
+            raise ResultsError(f"{where}.examples must be a list, got {type(examples).__name__}")
+        out = take(cls, {k: v for k, v in d.items() if k not in ("roles", "examples")} | {"roles": None}, where)
+        out.roles = take(HeadRoles, d["roles"], f"{where}.roles")
+        out.examples = [take(AttentionExample, e, f"{where}.examples[{i}]") for i, e in enumerate(examples)]
+        if d.get("explorer") is not None:
+            out.explorer = take(ExplorerData, d["explorer"], f"{where}.explorer")
+        return out
+
+    @staticmethod
+    def migrate(d: dict, schema: int) -> dict:
+        if schema == 0:  # HeadRoles' fields, example_tokens and example_patterns, all at the top
+            rest = {k: v for k, v in d.items() if k not in ("example_tokens", "example_patterns")}
+            tokens, patterns = d.get("example_tokens") or [], d.get("example_patterns") or []
+            d = {
+                "roles": rest,
+                "examples": [{"name": "needle", "tokens": tokens, "patterns": patterns}] if patterns else [],
+            }
+        return d
+
+
+def build(cfg: HeadsRunConfig, model, data, run, *, progress: bool = True) -> HeadsRunResult:
+    """Head roles on `model.model` with one example pattern; with `head_methods`, the methods."""
+    from ..probes.heads import attention_patterns, head_roles, make_contexts
+
+    lm, bos = model.model, data.tokenizer.bos_token_id
+    rcfg = cfg.role_config()
+    roles = head_roles(lm, rcfg, bos=bos)
+    example = make_contexts(lm, rcfg, bos).tokens[:1]
+    _, pat = attention_patterns(lm, example)
+    toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
+    res = HeadsRunResult(roles, [AttentionExample("needle", toks, pat[:, 0].tolist())])
+    return head_methods(res, cfg, model, data, progress) if cfg.head_methods else res
+
+
+def head_methods(res: HeadsRunResult, cfg: HeadsRunConfig, model, data, progress: bool = True) -> HeadsRunResult:
+    """Issue 21's measurements into `res`: DuoAttention gates (one seed), RazorAttention's scores,
+    the KV-cache trade-off of every ranking against random ones, the rankings' agreement, the
+    scores over training (the model's run folder when known, else the shipped checkpoints) and the
+    explorer's data. One outer bar names the part running; the long parts show their own beneath."""
+    from tqdm.auto import tqdm
+
+    from ..probes.duo import duo_gates, passkey_batch
+    from ..probes.head_agreement import ranking_agreement
+    from ..probes.head_explorer import default_contexts, explorer_data
+    from ..probes.heads_over_training import (
+        OverTrainingConfig,
+        run_heads_over_training,
+        shipped_heads_over_training,
+    )
+    from ..probes.kv_tradeoff import standard_rankings, tradeoff_curve
+    from ..probes.razor import razor_scores
+
+    lm, roles = model.model, res.roles
+    bos, tok, rcfg = data.tokenizer.bos_token_id, data.tokenizer, cfg.role_config()
+    parts = ["duo gates", "razor", "kv trade-off", "agreement", "over training", "explorer"]
+    bar = tqdm(total=len(parts), desc="head methods", disable=not progress)
+
+    def step(name: str) -> None:
+        bar.set_postfix_str(name, refresh=False)
+        bar.update(0 if name == parts[0] else 1)
+
+    try:
+        step("duo gates")
+        duo = duo_gates(lm, cfg.duo_config(), haystack=data.train, bos=bos, tokenizer=tok, progress=progress)
+        step("razor")
+        razor = razor_scores(lm, cfg.razor, bos=bos)
+        step("kv trade-off")
+        rankings = standard_rankings(roles, duo, razor)
+        tradeoff = tradeoff_curve(
+            lm, rankings, cfg.tradeoff, bos=bos, haystack=data.validation, tokenizer=tok, progress=progress
+        )
+        step("agreement")  # the causal check is the reference, not one of the compared rankings
+        agreement = ranking_agreement(
+            {k: v for k, v in rankings.items() if k != "causal_delta_loss"}, causal=roles.delta_loss
+        )
+        step("over training")
+        over, over_cfg = None, OverTrainingConfig(roles=rcfg)
+        if cfg.over_training and cfg.shipped_checkpoints:
+            over = shipped_heads_over_training(over_cfg, progress=progress)
+        elif cfg.over_training and model.run_dir is not None:
+            over = run_heads_over_training(model.run_dir, model.config, over_cfg, bos=bos, progress=progress)
+        step("explorer")
+        # a passkey context as long as the needle ones, so that every stored pattern is [T, T] alike
+        pk = dataclasses.replace(cfg.duo.passkey, seq_len=min(rcfg.seq_len, lm.cfg.n_ctx))
+        contexts = {
+            **default_contexts(lm, rcfg, bos),
+            "passkey": passkey_batch(1, pk, data.validation, bos=bos, tokenizer=tok, seed=1).tokens[0],
+        }
+        explorer = explorer_data(lm, roles, tokenizer=tok, bos=bos, duo=duo, razor=razor, contexts=contexts)
+        bar.update(1)
+    finally:
+        bar.close()
+    return dataclasses.replace(
+        res,
+        duo=duo.to_dict(),
+        razor=razor.to_dict(),
+        kv_tradeoff=tradeoff.to_dict(),
+        agreement=agreement.to_dict(),
+        over_training=over.to_dict() if over is not None else None,
+        explorer=ExplorerData.from_dict(explorer),
+    )
