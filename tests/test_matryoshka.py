@@ -10,6 +10,7 @@ from workbench.activations import ActivationStore, TensorSource
 from workbench.fielddoc import FieldError
 from workbench.runs import METRICS_FILE, RunDir
 from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sae
+from workbench.sae import matryoshka as matryoshka_mod
 from workbench.sae import sparse as sparse_mod
 from workbench.sae.losses import fvu
 from workbench.sae.matryoshka import boundary_pdf, nested_fvu_dense, nested_fvu_sparse, prefix_weights
@@ -52,6 +53,7 @@ def test_dense_reference_is_the_definition(nesting):
 @pytest.mark.parametrize("rule", RULES)
 def test_sparse_nested_loss_and_gradients_equal_the_dense_float64_reference(rule, nesting, monkeypatch):
     monkeypatch.setattr(sparse_mod, "CHUNK_ROWS", 48)  # several selection chunks, the last one partial
+    monkeypatch.setattr(matryoshka_mod, "CHUNK_TOKENS", 40)  # and several nested-loss chunks
     torch.manual_seed(0)
     dense = SparseAutoencoder(_cfg(rule, nesting), seed=1).double().train()
     dense.tokens_since_fired[::7] = 10**9  # AuxK live

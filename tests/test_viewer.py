@@ -108,6 +108,37 @@ def test_choosing_another_feature_updates_contexts(server, browser):
     page.close()
 
 
+def test_feature_browser_names_the_valid_range(server, browser):
+    """Typing -3 (or 1.5) says which features exist instead of "HTTP 404"; the server says the same
+    to a request that bypasses the page."""
+    base, _ = server
+    page, _, errors = _open(browser, base + "/run/sae-topk")
+    page.wait_for_function("document.getElementById('contexts').dataset.feature !== undefined")
+    for typed in ("-3", "1.5", "256"):
+        page.fill("#feature", typed)
+        page.click("#go")
+        page.wait_for_selector("#contexts .error")
+        assert page.inner_text("#contexts .error").startswith("feature must be an integer in [0, 256)"), typed
+    assert errors == []  # said by the page: no request was refused
+    said = page.evaluate("fetch('/api/run/sae-topk/feature/-3').then(r => r.json()).then(d => d.error)")
+    assert said == "feature must be an integer in [0, 256), got -3: there is no feature -3"
+    page.close()
+
+
+def test_pages_without_a_figure_never_load_plotly(server, browser):
+    base, _ = server
+    for path, wanted in (("/", False), ("/benchmarks", False), ("/run/probe-sparsity", True)):
+        page = browser.new_page()
+        asked = []
+        page.on("request", lambda r: asked.append(r.url) if "plotly" in r.url else None)
+        page.goto(base + path)
+        page.wait_for_load_state("networkidle")
+        assert bool(asked) == wanted, path
+        if wanted:  # drawn after the deferred script ran
+            assert page.locator(".js-plotly-plot").count() >= 4
+        page.close()
+
+
 def test_traversal_is_refused(server, browser, tiny_demo):
     base, port = server
     for raw in [

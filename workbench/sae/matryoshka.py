@@ -31,6 +31,7 @@ Boundary distributions (SAEConfig.matryoshka):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F_
 from jaxtyping import Float
 from torch import Tensor
 
@@ -78,18 +79,121 @@ def prefix_cdf(w: Float[Tensor, " F"]) -> Float[Tensor, " F+1"]:
     return torch.cat([w.new_zeros(1), torch.cumsum(w, 0)])
 
 
-def _segment_cumsum(v: Float[Tensor, "n d"], kept: Kept, tokens: int) -> Float[Tensor, "n d"]:
-    """Running sum of v over each token's entries (kept is ordered by token, then latent).
+# tokens per chunk: a chunk's [entries, d] temporaries (512·16·128 floats = 4 MB at the benchmark
+# shape) stay in cache and in the allocator's reused blocks; the whole batch's (33 MB) would be
+# fresh pages every step, and page faults then cost more than the arithmetic
+CHUNK_TOKENS = 512
 
-    With one count per token it is a cumulative sum along a [B, c, d] view, exact in v's dtype;
-    otherwise (Mutual/Feature Choice) one cumulative sum over all entries in float64, minus each
-    token's sum before its first entry (the subtraction costs float64's rounding, not v's)."""
-    n = len(v)
-    if n and n % tokens == 0 and bool((kept.offsets == torch.arange(0, n, n // tokens, device=v.device)).all()):
-        return v.view(tokens, n // tokens, -1).cumsum(1).view(n, -1)
+
+def _fixed_count(offsets: Tensor, n: int) -> int | None:
+    """c when every token has exactly c entries (TopK, g-SAE), else None."""
+    tokens = len(offsets)
+    if n == 0 or n % tokens:
+        return None
+    c = n // tokens
+    return c if bool((offsets == torch.arange(0, n, c, device=offsets.device)).all()) else None
+
+
+def _running_sums(v: Float[Tensor, "n d"], rows: Tensor, offsets: Tensor, reverse: bool = False):
+    """Sum of v over each entry and the earlier (reverse: later) entries of its token: one
+    cumulative sum over the chunk in float64, minus (reverse: from) the token's running total,
+    so the subtraction costs float64's rounding, not v's."""
     run = torch.cumsum(v.double(), 0)
-    before = torch.cat([run.new_zeros(1, v.shape[1]), run])[kept.offsets]  # [B, d]: sum before each token
-    return (run - before[kept.rows]).to(v.dtype)
+    padded = torch.cat([run.new_zeros(1, v.shape[1]), run])
+    if not reverse:
+        return (run - padded[offsets][rows]).to(v.dtype)
+    ends = torch.cat([offsets[1:], offsets.new_tensor([len(v)])])  # one past each token's last entry
+    return (padded[ends][rows] - run + v.double()).to(v.dtype)
+
+
+def _chunk(vals, W_dec, e0, p, rows, cols, offsets, d_vals, d_W, d_e0):
+    """One chunk of tokens with varying entry counts (rows, offsets local to it): its
+    Σ p_q ‖e_q‖² from the residuals e_q themselves, and its gradients into d_vals, d_W, d_e0."""
+    Wg = W_dec.index_select(0, cols)  # [n, d] the kept decoder rows (faster than W_dec[cols] on CPU)
+    e = e0.index_select(0, rows) - _running_sums(vals.unsqueeze(1) * Wg, rows, offsets)
+    sq = (p * e.pow(2).sum(1)).sum()
+    a = e.mul_(2 * p.unsqueeze(1))  # A_q = 2 p_q e_q (e is not needed after this)
+    D = _running_sums(a, rows, offsets, reverse=True).neg_()  # ∂/∂V_q
+    d_vals.copy_((D * Wg).sum(1))
+    d_W.index_add_(0, cols, D.mul_(vals.unsqueeze(1)))
+    d_e0.zero_().index_add_(0, rows, a)
+    return sq
+
+
+def _chunk_fixed(vals, W_dec, e0, p, cols, c, d_vals, d_W, d_e0):
+    """The same for c entries per token, as a quadratic form. Per token, with a = vals [c],
+    P̄_q = Σ_{r ≥ q} p_r, M_qq' = P̄_max(q,q') and the rows Wa = [W_dec[cols]; e0] ([c + 1, d]):
+
+        Σ_r p_r ‖e0 − S_r‖² = ½ ⟨N, Wa Waᵀ⟩,   N = [[2 aaᵀ∘M, −2 a∘P̄], [−2 (a∘P̄)ᵀ, 2 P̄_1]]
+
+    (N is symmetric), so ∂/∂Wa = N Wa (the kept rows' gradients and e0's) and ∂/∂a_q =
+    2 ((M∘G) a)_q − 2 P̄_q h_q, with G = W Wᵀ and h = W e0 read off the Gram matrix Wa Waᵀ.
+    Two batched [c+1, c+1] products per token; the only [n, d] temporaries are the gathered rows
+    and their gradients."""
+    T, d = len(e0), e0.shape[1]
+    F = W_dec.shape[0]
+    idx = torch.cat([cols.view(T, c), F + torch.arange(T, device=cols.device).unsqueeze(1)], 1)
+    Wa = torch.cat([W_dec, e0]).index_select(0, idx.view(-1)).view(T, c + 1, d)  # one gather of rows and e0
+    gram = torch.bmm(Wa, Wa.transpose(1, 2))  # [T, c+1, c+1]
+    a = vals.view(T, c)
+    pbar = p.view(T, c).flip(1).cumsum(1).flip(1)  # [T, c]
+    later = torch.arange(c, device=p.device)
+    M = pbar[:, torch.maximum(later[:, None], later[None, :])]  # [T, c, c]
+    N = torch.empty_like(gram)
+    N[:, :c, :c] = 2 * a.unsqueeze(2) * M * a.unsqueeze(1)
+    N[:, :c, c] = N[:, c, :c] = -2 * a * pbar
+    N[:, c, c] = 2 * pbar[:, 0]
+    sq = 0.5 * (N * gram).sum()
+    MG = M * gram[:, :c, :c]
+    d_vals.copy_((2 * (torch.bmm(MG, a.unsqueeze(2)).squeeze(2) - pbar * gram[:, :c, c])).view(-1))
+    R = torch.bmm(N, Wa)  # [T, c+1, d]: ∂/∂ each kept row, then ∂/∂e0
+    d_W.index_add_(0, cols, R[:, :c].reshape(-1, d))
+    d_e0.copy_(R[:, c])
+    return sq
+
+
+class _NestedSquares(torch.autograd.Function):
+    """Σ_q p_q ‖e0[rows_q] − S_q‖², S the per-token running sum of V = vals·W_dec[cols].
+
+    The gradients are computed in the same pass, chunk by chunk, and only scaled in backward
+    (the loss is a scalar, and training always backpropagates it):
+
+        A_q = 2 p_q e_q,  ∂/∂V_q = −Σ_{q' ≥ q in its token} A_q' =: D_q,
+        ∂vals_q = ⟨D_q, W_dec[cols_q]⟩,  ∂W_dec[cols_q] += vals_q D_q,  ∂e0_b = Σ_{q in b} A_q
+    """
+
+    @staticmethod
+    def forward(ctx, vals, W_dec, e0, p, rows, cols, offsets):
+        B, n = len(e0), len(cols)
+        count = _fixed_count(offsets, n)
+        d_vals, d_e0 = torch.empty_like(vals), torch.empty_like(e0)
+        d_W = torch.zeros_like(W_dec)
+        ends = torch.cat([offsets, offsets.new_tensor([n])]).tolist()
+        total = e0.new_zeros(())
+        with torch.no_grad():
+            for t0 in range(0, B, CHUNK_TOKENS):
+                t1 = min(t0 + CHUNK_TOKENS, B)
+                s0, s1 = ends[t0], ends[t1]
+                if s1 == s0:
+                    d_e0[t0:t1] = 0
+                    continue
+                part = slice(s0, s1)
+                if count is not None:
+                    total += _chunk_fixed(
+                        vals[part], W_dec, e0[t0:t1], p[part], cols[part], count, d_vals[part], d_W, d_e0[t0:t1]
+                    )
+                else:
+                    total += _chunk(
+                        vals[part], W_dec, e0[t0:t1], p[part], rows[part] - t0, cols[part], offsets[t0:t1] - s0,
+                        d_vals[part], d_W, d_e0[t0:t1],
+                    )  # fmt: skip
+        ctx.save_for_backward(d_vals, d_W, d_e0)
+        return total
+
+    @staticmethod
+    def backward(ctx, g):
+        d_vals, d_W, d_e0 = ctx.saved_tensors
+        return g * d_vals, g * d_W, g * d_e0, None, None, None, None
 
 
 def nested_fvu_sparse(
@@ -103,9 +207,13 @@ def nested_fvu_sparse(
 ) -> Float[Tensor, ""]:
     """The nested loss from the kept entries alone (module docstring): O(B k d), no GEMM.
 
-    Differentiable in vals, W_dec and b_dec (autograd through one gather, one segmented cumsum
-    and the weighted squares). Under a "data" layout the result is this rank's share."""
+    Differentiable in vals, W_dec and b_dec (x too): per chunk of tokens one gather of the kept
+    decoder rows, a running sum forward and one backward, one index_add (`_NestedSquares`).
+    Under a "data" layout the result is this rank's share."""
     B, F = len(x), len(w)
+    widths = (w > 0).nonzero().squeeze(1) + 1  # the prefix widths that carry weight, ascending
+    if len(widths) <= GROUPED_MAX:
+        return _nested_grouped(x, kept, vals, W_dec, b_dec, w, widths, layout)
     C = prefix_cdf(w.to(x.device, x.dtype))
     e0 = x - b_dec  # [B, d] the residual of the empty prefix
     nxt = torch.full_like(kept.cols, F)  # the latent of the token's next entry, F after its last
@@ -116,9 +224,30 @@ def nested_fvu_sparse(
     first[has] = kept.cols[kept.offsets[has]]
     p_entry = C[nxt] - C[kept.cols]  # weight of the reconstruction after each entry
     p_empty = C[first]  # weight of b_dec alone: the prefixes below the token's first latent
-    e = e0[kept.rows] - _segment_cumsum(vals.unsqueeze(1) * W_dec[kept.cols], kept, B)  # [n, d]
-    sq = (p_empty * e0.pow(2).sum(1)).sum() + (p_entry * e.pow(2).sum(1)).sum()
-    return sq / _variance(x, layout)
+    entries = _NestedSquares.apply(vals, W_dec, e0, p_entry, kept.rows, kept.cols, kept.offsets)
+    return ((p_empty * e0.pow(2).sum(1)).sum() + entries) / _variance(x, layout)
+
+
+# at most this many weighted widths ("fixed", "sampled"): one embedding_bag over (token, group)
+# bags; beyond it ("expected": every width) the per-entry running sums of _NestedSquares
+GROUPED_MAX = 16
+
+
+def _nested_grouped(x, kept, vals, W_dec, b_dec, w, widths, layout):
+    """The nested loss when only G widths u_1 < ... < u_G carry weight: an entry of latent j
+    belongs to group g = #{u_i ≤ j}, and the prefix u_i sums groups 0..i−1. One embedding_bag
+    over (token, group) bags gives the group sums Y [B, G, d] without a per-entry [n, d] copy;
+    the prefixes are a cumulative sum over G, and autograd goes back through the bag."""
+    B, G, d = len(x), len(widths), x.shape[1]
+    group = torch.searchsorted(widths.to(kept.cols.device), kept.cols, right=True)  # in [0, G]
+    bag = kept.rows * (G + 1) + group  # nondecreasing: entries are by token, then latent
+    counts = torch.bincount(bag, minlength=B * (G + 1))
+    offsets = torch.cumsum(counts, 0) - counts
+    Y = F_.embedding_bag(kept.cols, W_dec, offsets, mode="sum", per_sample_weights=vals).view(B, G + 1, d)
+    R = torch.cumsum(Y[:, :G], 1)  # [B, G, d]: prefix u_i sums groups 0..i-1 (group G: latents ≥ u_G, in none)
+    e = (x - b_dec).unsqueeze(1) - R
+    wg = w[widths - 1].to(x.device, x.dtype)
+    return (e.pow(2).sum(2) * wg).sum() / _variance(x, layout)
 
 
 def nested_fvu_dense(

@@ -43,9 +43,12 @@ from . import api, markdown, pages, sae_page
 from .build_status import BuildStatus
 from .evaluation import Evaluations
 from .front import HostCheck, build_api
+from .page_cache import PageCache
 from .store import ApiError, RunError, RunStore, regular_file
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
 def PROBE_PAGES(kind: str) -> Page | None:  # noqa: N802 (was the kind -> page dict; one name for the lookup)
     """The page of a run kind other than "sae", from the registry of kinds: summary(res) and
     render(name, res), its module imported when first drawn; None for a kind without a page."""
@@ -194,6 +197,7 @@ def create_app(
     `eval_windows`: held-out windows when an SAE run is evaluated from its page (None: 32);
     `heavy_workers`: run pages and API answers computed at once (Work)."""
     store, jobs, work = RunStore(runs_root), Evaluations(eval_windows), Work(heavy_workers)
+    drawn = PageCache()
 
     def overview_page() -> HTMLResponse:
         return HTMLResponse(pages.page("Runs", overview_body(store, jobs, build)))
@@ -215,11 +219,20 @@ def create_app(
                 ),
                 503,
             )
+        try:  # a finished run's page is drawn once per state of its files (an SAE being evaluated: live)
+            key = store.fingerprint(name) if store.has_results(name) and not jobs.running(name) else None
+        except RunError:
+            key = None  # run_body names the file at fault
+        if key is not None and (page := drawn.get(name, key)) is not None:
+            return HTMLResponse(page)
         try:
             kind, body = run_body(store, jobs, name)
         except PAGE_ERRORS as e:
             return HTMLResponse(pages.page(name, pages.error_box(f"{type(e).__name__}: {e}")), 500)
-        return HTMLResponse(pages.page(f"{name} ({kind})", body))
+        page = pages.page(f"{name} ({kind})", body)
+        if key is not None:
+            drawn.put(name, key, page)
+        return HTMLResponse(page)
 
     async def run_page(request: Request) -> HTMLResponse:
         return await work.run("heavy", render_run, request.path_params["name"])

@@ -136,6 +136,17 @@ class RunStore:
                 raise RunError(f"{file} is a link out of the runs folder: refused")
         return d
 
+    def fingerprint(self, name: str) -> tuple:
+        """The state of every file the viewer reads from the run (RUN_FILES: inode, size and
+        modification time, or None where absent): a page drawn from the same fingerprint is the same
+        page. Only stat is called."""
+        d = self.check_files(name)
+        out = []
+        for file in RUN_FILES:
+            st = regular_file(d / file)
+            out.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
     def kind(self, name: str) -> str:
         self.check_files(name)
         try:
