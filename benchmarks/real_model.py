@@ -154,7 +154,7 @@ def part_sparsity(n_windows: int) -> dict:
     out: dict = {"windows": n_windows, "tokens": n_windows * SEQ, "threshold": {}}
     for thr in (0.01, 0.05, 0.1):
         r = activation_sparsity(model, seqs, threshold=thr)
-        out["threshold"][str(thr)] = {"active_frac": r.active_frac, "std": r.active_frac_std, "never": r.never_active}
+        out["threshold"][str(thr)] = {"active_frac": r.active_frac, "std": r.active_frac_std}
     names = [f"blocks.{l}.mlp.hook_pre" for l in range(model.cfg.n_layers)]
     positive = torch.zeros(model.cfg.n_layers, n_windows)
     with torch.no_grad():
@@ -285,7 +285,7 @@ def part_sae(total_tokens: int, eval_windows: int, rules: list[str]) -> dict:
 
     model, tok = model_and_tokenizer()
     source = CachedSource(cache_dir())
-    split, val = held_out_windows(None, tok, SEQ, eval_windows)
+    split, val = held_out_windows(python_docs_corpus(), tok, SEQ, eval_windows)
     out = {"cache_tokens": source.n_tokens, "train_tokens": total_tokens, "eval_windows": eval_windows}
     for rule in rules:
         run = workbench_home() / BENCH_HOME / f"sae-{rule}"
