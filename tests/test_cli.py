@@ -128,12 +128,16 @@ def _typed(value) -> list[str]:
 
 def _other_value(cls, f: dataclasses.Field):
     """A valid value of field `f` other than its default."""
+    if f.name == "matryoshka":
+        return "expected"  # "fixed", the first other choice, needs widths of its own
     choices = f.metadata.get("choices")
     if choices is not None:
         return next(c for c in choices if not (c == f.default and type(c) is type(f.default)))
     tp = typing.get_type_hints(cls)[f.name]
     if tp == tuple[float, float]:
         return tuple(v / 2 for v in f.default)
+    if tp == tuple[int, ...]:
+        return (64, 128)
     if tp in (bool | None,):
         return True
     if tp in (int, int | None):

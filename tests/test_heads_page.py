@@ -80,7 +80,7 @@ def test_page_renders_the_explorer_from_a_typed_result():
     assert points == {(0, 0): (0.1, 0.0), (0, 1): (0.9, 0.5), (1, 0): (0.4, 0.25), (1, 1): (0.7, 0.75)}
     heat = next(t for t in detail["data"] if t["type"] == "heatmap")
     assert heat["z"] == explorer()["contexts"]["needle"]["patterns"][1][1]
-    assert detail["layout"]["title"]["text"] == "L1H1 · <i>x</i>"  # plotly draws titles as text
+    assert detail["layout"]["title"]["text"] == "L1H1 · &lt;i&gt;x&lt;/i&gt;"  # plotly would draw the tag
     # the sections of the optional results this run lacks say so
     for anchor in ("tradeoff", "agreement", "over"):
         assert f'id="{anchor}-missing"' in page
