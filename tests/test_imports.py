@@ -25,9 +25,6 @@ PACKAGE_DIRS = {"workbench": ROOT / "workbench", "workbench.kernels": ROOT / "ke
 # of modules (an SCC with one module more, or any other circle, fails). The lead empties this at
 # the end of the round. (sae/config -> sae/selection -> sae/model -> sae/config went in 239c094.)
 KNOWN_CIRCLES = {
-    # the lead: widgets/heads.py reads FigurePane and _Dashboard from widgets/__init__.py, which
-    # imports widgets.heads at its end (holds only by the order of lines)
-    "widgets": {"workbench.widgets", "workbench.widgets.heads"},
     # helper H1: deprecation shims of loaders that moved up to workbench.hub
     # (models.load_model/load_default/default_model_dir, pretrained.model_record/record_model/
     # model_for_run/tokenizer_for_run import hub when called); delete the shims and this entry

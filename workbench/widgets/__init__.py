@@ -17,50 +17,12 @@ from ..figures import evals as ef
 from ..figures import probes as pf
 from ..figures import sae as sf
 from ..sae.evaluate import FeatureTable, feature_on_text, features_matching
+from .base import FigurePane, _Dashboard
+from .heads import HeadExplorer
 
 if TYPE_CHECKING:
     from ..probes.heads import HeadRoles
     from ..results import ArrowRunResult, HeadsRunResult, SparsityRunResult
-
-
-class FigurePane:
-    """A plotly figure as a widget: a FigureWidget where anywidget is installed, else an Output."""
-
-    def __init__(self, fig: go.Figure):
-        self.figure = fig
-        try:
-            self.widget = go.FigureWidget(fig)
-        except ImportError:
-            self.widget = W.Output()
-            self._render()
-
-    def _render(self) -> None:
-        self.widget.clear_output(wait=True)
-        with self.widget:
-            self.figure.show()
-
-    def set(self, fig: go.Figure) -> None:
-        self.figure = fig
-        if isinstance(self.widget, go.FigureWidget):
-            with self.widget.batch_update():
-                self.widget.data = []
-                self.widget.add_traces(list(fig.data))
-                self.widget.layout = fig.layout
-        else:
-            self._render()
-
-
-class _Dashboard:
-    panes: dict[str, FigurePane]
-
-    @property
-    def figures(self) -> dict[str, go.Figure]:
-        return {k: p.figure for k, p in self.panes.items()}
-
-    def _ipython_display_(self):  # pragma: no cover - notebook display
-        from IPython.display import display
-
-        display(self.widget)
 
 
 class FeatureExplorer(_Dashboard):
@@ -353,7 +315,6 @@ def _arrow_dashboards(run_dir) -> dict:
 
 
 # last: widgets.heads builds on FigurePane and _Dashboard above
-from .heads import HeadExplorer  # noqa: E402
 
 __all__ = [
     "FigurePane",

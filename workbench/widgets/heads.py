@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from ..figures import heads as hf
 from ..figures.sae import empty_figure
-from . import FigurePane, _Dashboard
+from .base import FigurePane, _Dashboard
 
 
 def _as_dict(x):
