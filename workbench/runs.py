@@ -14,6 +14,7 @@ so a reader (the viewer, a notebook) sees either the old file or the new one, ne
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -61,6 +62,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
 
     _atomic_replace(path, write)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The file's sha256 (hex), read in chunks (a 100 MB GGUF or a shipped weights file is never
+    held whole in memory)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def jsonable(obj: Any) -> Any:
