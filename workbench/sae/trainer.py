@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -55,6 +55,17 @@ class StepOutput(NamedTuple):
             )
             return getattr(self, key)
         return tuple.__getitem__(self, key)
+
+
+class TrainMonitor(Protocol):
+    """Watches a training run from inside the loop (the training-health pane's source).
+
+    `observe` is called after every optimizer step with the step's batch and output; it returns
+    extra keys for that step's metrics.jsonl line, or {} (most steps, to keep it cheap). A
+    non-empty answer is logged on that step even off the `log_every` cadence; its "alarms" key, a
+    list of {"name": str, "message": str}, is also printed on the CLI's output."""
+
+    def observe(self, step: int, sae: SparseAutoencoder, x: Tensor, res: StepOutput) -> dict[str, Any]: ...
 
 
 def use_sparse(cfg: SAETrainConfig, layout: Layout = SINGLE, triton: TritonPath | None = None) -> bool:
@@ -363,12 +374,14 @@ def train_sae(
     *,
     stop_after: int | None = None,
     progress: bool = True,
+    monitor: TrainMonitor | None = None,
 ) -> SparseAutoencoder:
     """Train (or resume from `run`'s checkpoint) an SAE on batches from `store`.
 
     Writes config.json, metrics.jsonl, checkpoint.pt (every `checkpoint_every` steps) and, at the
     end, sae.safetensors + sae_config.json. `stop_after` ends after that many steps (a stand-in
-    for an interruption, to test resumption).
+    for an interruption, to test resumption). `monitor` (TrainMonitor) adds its keys and alarms
+    to the metrics lines.
 
     Inside an initialised torch.distributed process group (torchrun; see parallel.py) it trains
     one SAE across the ranks as `cfg.parallel` says; `store` must be built with this process's
@@ -424,8 +437,11 @@ def train_sae(
             sae.b_dec.grad = layout.sum(sae.b_dec.grad)
         grad_norm = optimizer_step(sae, opt, cfg, step)
         update_stats(sae, res)
-        if step % cfg.log_every == 0 or step + 1 == cfg.steps:
-            metrics = _metrics(res, sae, step, cfg) | {"grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"]}
+        extra = monitor.observe(step, sae, x, res) if monitor is not None else {}
+        for alarm in extra.get("alarms", []) if lead else []:
+            tqdm.write(f"alarm at step {step}: {alarm['name']}: {alarm['message']}")
+        if step % cfg.log_every == 0 or step + 1 == cfg.steps or extra:
+            metrics = _metrics(res, sae, step, cfg) | {"grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"]} | extra
             bar.set_postfix(fvu=f"{metrics['fvu']:.3f}", dead=f"{metrics['dead_frac']:.2f}")
             if run is not None and lead:
                 run.log(metrics)
