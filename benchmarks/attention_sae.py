@@ -35,7 +35,7 @@ from workbench.sae.attention import (
 
 def default_model_rows(seeds: list[int]) -> list[dict]:
     from workbench.corpus import corpus_stream, python_docs_corpus
-    from workbench.models import load_model
+    from workbench.hub import load_model
 
     model, tok = load_model("workbench-tiny")
     text = corpus_stream(python_docs_corpus(), tok, "train", 128)

@@ -30,7 +30,7 @@ def head_methods(seeds: tuple[int, ...] = SEEDS, n_random: int = 99, duo_steps: 
     (without and with the compensation token) with every point's p-value against random picks on
     seed 0's contexts and a t interval over the seeds' own rankings and contexts, and the rankings'
     agreement with its interval over seeds; each timed; prints a markdown summary."""
-    from workbench.models import load_model
+    from workbench.hub import load_model
     from workbench.probes.duo import DuoConfig, duo_gates
     from workbench.probes.head_agreement import agreement_over_seeds, ranking_agreement
     from workbench.probes.head_rankings import head_rankings

@@ -224,7 +224,8 @@ def synthetic_table(syn: SuperpositionConfig, budget: Budget, wanted=lambda name
 def model_table(budget: Budget, wanted) -> tuple[list[dict], float]:
     from workbench.activations import ModelSource, StoreConfig
     from workbench.corpus import windows
-    from workbench.models import default_data, load_default
+    from workbench.hub import load_default
+    from workbench.models import default_data
     from workbench.sae.evaluate import splice_metrics
     from workbench.sae.probing import evaluate_usefulness
 

@@ -32,7 +32,7 @@ def tiny_model() -> HookedTransformer:
 @pytest.fixture(scope="session")
 def default_models():
     """The embedded default pair (seed 0), from the shipped weights in data/workbench-tiny."""
-    from workbench.models import load_default
+    from workbench.hub import load_default
 
     return load_default("forward"), load_default("backward")
 

@@ -244,7 +244,7 @@ def test_tiny_demo_heads_run_has_the_head_methods(tiny_demo):
     import torch
 
     from tests.conftest import tiny_demo_config
-    from workbench.pretrained import model_for_run
+    from workbench.hub import model_for_run
     from workbench.probes.heads import attention_patterns
 
     res = read_results(tiny_demo / "probe-heads")

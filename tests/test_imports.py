@@ -21,18 +21,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"workbench": ROOT / "workbench", "workbench.kernels": ROOT / "kernels"}
 
-# Circles known today and being removed by their owners; each is allowed only as exactly this set
-# of modules (an SCC with one module more, or any other circle, fails). The lead empties this at
-# the end of the round. (sae/config -> sae/selection -> sae/model -> sae/config went in 239c094.)
-KNOWN_CIRCLES = {
-    # helper H1: deprecation shims of loaders that moved up to workbench.hub
-    # (models.load_model/load_default/default_model_dir, pretrained.model_record/record_model/
-    # model_for_run/tokenizer_for_run import hub when called); delete the shims and this entry
-    # once demo.py, __main__.py, sae/run_eval.py, viewer/store.py, widgets/__init__.py,
-    # tests/conftest.py and benchmarks/ import those names from workbench.hub
-    "loader shims": {"workbench.models", "workbench.pretrained", "workbench.hub", "workbench.default_model"},
-}
-
 
 def _modules(package_dirs: dict[str, Path] = PACKAGE_DIRS) -> dict[str, tuple[Path, bool]]:
     """Dotted name -> (file, is_package) for every .py file of the packages."""
@@ -186,10 +174,7 @@ def test_a_sibling_import_inside_a_package_is_no_circle(tmp_path):
 
 def test_no_import_circle_in_the_package():
     cycles = _cycles(_edges(_modules()))
-    unknown = [c for c in cycles if set(c) not in KNOWN_CIRCLES.values()]
-    assert not unknown, "import circles (any import, wherever it stands): " + "; ".join(
-        " <-> ".join(c) for c in unknown
-    )
+    assert not cycles, "import circles (any import, wherever it stands): " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
 def test_the_sources_do_not_reach_up():

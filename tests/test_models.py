@@ -114,25 +114,6 @@ def test_checkpoint_files_lists_what_train_lm_kept(tmp_path):
     assert checkpoint_files(tmp_path / "empty") == []
 
 
-def test_moved_loaders_warn_and_answer_as_the_hub(monkeypatch):
-    """models.load_model / load_default / default_model_dir are deprecation shims of workbench.hub."""
-    import workbench.models as models
-    from workbench import hub
-
-    with pytest.warns(DeprecationWarning, match=r"workbench\.models\.default_model_dir moved to workbench\.hub"):
-        assert models.default_model_dir("backward", 1) == hub.default_model_dir("backward", 1)
-    with pytest.warns(DeprecationWarning, match="load_default moved"):
-        old = models.load_default("forward")
-    new = hub.load_default("forward")
-    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with (
-        pytest.warns(DeprecationWarning, match="load_model moved"),
-        pytest.raises(RuntimeError, match="workbench-tiny"),
-    ):
-        models.load_model("gpt2")
-
-
 @pytest.mark.slow
 def test_default_models_learn_well_below_unigram_entropy(default_models):
     data = default_data()

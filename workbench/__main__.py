@@ -259,7 +259,7 @@ def _model_source(
 ):
     from .activations import ModelSource, StoreConfig
     from .corpus import corpus_stream
-    from .models import load_model
+    from .hub import load_model
     from .sae.run_eval import load_text
 
     model, tok = load_model(model_name, device=device)
@@ -270,7 +270,7 @@ def _model_source(
 
 def cache_acts(args: argparse.Namespace) -> int:
     from .activations import cache_activations
-    from .pretrained import model_record
+    from .hub import model_record
 
     if args.buffer_tokens < 1:
         raise SystemExit(f"cache-acts: --shard-tokens must be at least 1, got {args.buffer_tokens}")
@@ -305,7 +305,7 @@ def cache_acts(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from .activations import ActivationStore, CachedSource
-    from .pretrained import model_record, record_model
+    from .hub import model_record, record_model
     from .runs import RunDir
     from .sae.parallel import init_from_env
     from .sae.selection import get_rule

@@ -14,11 +14,10 @@ opens a run made on someone's own model). `load_model("workbench-tiny", bridge=T
 default as a TransformerBridge (`workbench.bridge`: its weights in a transformers GPT-2, the same
 logits and activations).
 
-The old homes of these names (`workbench.models.load_model`, `load_default`,
-`default_model_dir`; `workbench.pretrained.model_record`, `record_model`, `model_for_run`,
-`tokenizer_for_run`) are deprecation shims for one release. A shim below this module can reach
-it only by importing it, which is a call-time circle, so those shims are listed in
-tests/test_imports.py's transitional allow-list and go once their last callers import from here.
+These names lived in `workbench.models` (`load_model`, `load_default`, `default_model_dir`) and
+`workbench.pretrained` (`model_record`, `record_model`, `model_for_run`, `tokenizer_for_run`)
+before; they are here only, because an alias below this module could reach it only by importing
+it, a circle (tests/test_imports.py counts imports inside functions too).
 """
 
 from __future__ import annotations

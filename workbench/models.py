@@ -7,12 +7,8 @@ seed, in the seed/direction layout `pair_dir` spells (the shipped weights use it
 `default_model`). Checkpoints saved along the way feed the probes over training.
 
 Loading a model by name or folder, and the model a run was made with, live one level up in
-`workbench.hub` (it imports this module; nothing here imports it back at import time).
-`load_model`, `load_default` and `default_model_dir` stay here for one release as deprecation
-shims because modules not yet moved to the hub call them: a shim of a function that moved *up*
-can only reach it by importing the module above, which is a (call-time) import circle, so
-tests/test_imports.py names these shims in its transitional allow-list until those callers use
-`workbench.hub` and the shims are deleted.
+`workbench.hub` (`load_model`, `load_default`, `default_model_dir`): it imports this module and
+nothing here imports it back, not even inside a function (tests/test_imports.py checks).
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -373,38 +368,3 @@ def train_pairs(
                 pair.append(train_lm(model_cfg, cfg, data, run, progress=progress))
         out.append((pair[0], pair[1]))
     return out
-
-
-# --- deprecated: moved up to workbench.hub (see the module docstring) -----------------------------
-
-
-def _moved(name: str) -> None:
-    warnings.warn(
-        f"workbench.models.{name} moved to workbench.hub.{name}; this alias goes in the next release",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-
-
-def default_model_dir(direction: Direction = "forward", seed: int = 0) -> Path:
-    """Deprecated alias of `workbench.hub.default_model_dir`."""
-    from . import hub
-
-    _moved("default_model_dir")
-    return hub.default_model_dir(direction, seed)
-
-
-def load_default(direction: Direction = "forward", seed: int = 0, *, progress: bool = True) -> HookedTransformer:
-    """Deprecated alias of `workbench.hub.load_default`."""
-    from . import hub
-
-    _moved("load_default")
-    return hub.load_default(direction, seed)
-
-
-def load_model(name: str = DEFAULT_MODEL_NAME, device: str = "cpu"):
-    """Deprecated alias of `workbench.hub.load_model`."""
-    from . import hub
-
-    _moved("load_model")
-    return hub.load_model(name, device)

@@ -8,24 +8,21 @@ HookedTransformer numerics and hook names (`blocks.0.hook_resid_post`, `blocks.0
 `blocks.0.mlp.hook_post`). The folder is checked first, so a wrong folder fails with the file and
 field at fault instead of a traceback from inside transformers.
 
-Choosing between this, the shipped default and a run's own copy is `workbench.hub` (one level up;
-this module never imports it at import time). `model_record`, `record_model`, `model_for_run` and
-`tokenizer_for_run` moved there; their names stay here for one release as deprecation shims
-that import the hub when called, a call-time circle that tests/test_imports.py lists in its
-transitional allow-list until the last callers import them from `workbench.hub`.
+Choosing between this, the shipped default and a run's own copy is `workbench.hub` (one level up,
+with `model_record`, `record_model`, `model_for_run` and `tokenizer_for_run`); this module never
+imports it, not even inside a function (tests/test_imports.py checks).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .bridge import quiet_hooked_deprecation
-from .corpus import HFTokenizer, Tokenizer
+from .corpus import HFTokenizer
 
 WORKBENCH_NAMES = ("workbench-tiny", "workbench-tiny-forward", "workbench-tiny-backward")
 WEIGHT_FILES = (
@@ -180,46 +177,3 @@ def load_hub(name: str, device: str = "cpu") -> tuple[torch.nn.Module, HFTokeniz
 def load_pretrained(name: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, HFTokenizer]:
     """A local folder if `name` is one, else a TransformerLens hub name."""
     return load_folder(name, device) if is_model_folder(name) else load_hub(str(name), device)
-
-
-# --- deprecated: moved up to workbench.hub (see the module docstring) ----------------------------
-
-
-def _moved(name: str) -> None:
-    warnings.warn(
-        f"workbench.pretrained.{name} moved to workbench.hub.{name}; this alias goes in the next release",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-
-
-def model_record(name: str | Path) -> dict[str, str]:
-    """Deprecated alias of `workbench.hub.model_record`."""
-    from . import hub
-
-    _moved("model_record")
-    return hub.model_record(name)
-
-
-def record_model(run_dir: str | Path, name: str | Path, **extra: Any) -> None:
-    """Deprecated alias of `workbench.hub.record_model`."""
-    from . import hub
-
-    _moved("record_model")
-    hub.record_model(run_dir, name, **extra)
-
-
-def model_for_run(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Tokenizer]:
-    """Deprecated alias of `workbench.hub.model_for_run`."""
-    from . import hub
-
-    _moved("model_for_run")
-    return hub.model_for_run(run_dir, device)
-
-
-def tokenizer_for_run(run_dir: str | Path) -> Tokenizer:
-    """Deprecated alias of `workbench.hub.tokenizer_for_run`."""
-    from . import hub
-
-    _moved("tokenizer_for_run")
-    return hub.tokenizer_for_run(run_dir)

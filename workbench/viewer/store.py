@@ -198,12 +198,12 @@ class RunStore:
 
     def tokenizer(self, name: str):
         """The run's own tokenizer: bytes for workbench models, the recorded Hugging Face one otherwise
-        (workbench.pretrained.tokenizer_for_run)."""
+        (workbench.hub.tokenizer_for_run)."""
         with self._lock:
             if name in self._tokenizers:
                 return self._tokenizers[name]
         self.check_files(name)
-        from ..pretrained import tokenizer_for_run
+        from ..hub import tokenizer_for_run
 
         try:
             tok = tokenizer_for_run(self.root / name)
@@ -214,7 +214,7 @@ class RunStore:
         return tok
 
     def model_and_sae(self, name: str):
-        """The run's model (workbench.pretrained.model_for_run) and SAE, with errors naming the files."""
+        """The run's model (workbench.hub.model_for_run) and SAE, with errors naming the files."""
         d = self.check_files(name)
         if not (d / SAE_WEIGHTS_FILE).exists():
             raise RunError(f"run {name!r} has no SAE ({SAE_WEIGHTS_FILE} is missing): the prompt API needs an SAE run")
@@ -224,7 +224,7 @@ class RunStore:
         for file in (SAE_WEIGHTS_FILE, MODEL_WEIGHTS_FILE):  # a recorded model has no model.safetensors
             if file == SAE_WEIGHTS_FILE or (d / file).exists():
                 check_safetensors(d / file)
-        from ..pretrained import model_for_run
+        from ..hub import model_for_run
         from ..sae.io import load_sae
 
         try:
