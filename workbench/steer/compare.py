@@ -12,6 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .curves import SteerEvaluator, scaled_to
+from .data import OUTPUT_CONCEPTS as OUTPUT_CONCEPTS
 from .data import ConceptSteer
 from .directions import OutputScores, diff_of_means, next_token_in
 
@@ -68,3 +69,18 @@ def compare_concept(
         i = input_selected(z, labels)
         inp = ev.curve(hook, W[i], strengths, name, f"latent {i} (input-selected)", i, float(scores.score[i]))
     return ConceptSteer(name, list(targets), curves, base, [float(k) for k in kl_points], inp)
+
+
+def concept_targets(tokenizer, specs: Sequence[str]) -> dict[str, list[int]]:
+    """{name: token ids} from "name=characters" specs: the set is every token the characters
+    encode to, one character at a time (a byte each for the byte tokenizer)."""
+    out = {}
+    for spec in specs:
+        name, sep, chars = spec.partition("=")
+        if not sep or not name or not chars:
+            raise ValueError(f"concept {spec!r}: expected 'name=characters', e.g. 'digit=0123456789'")
+        ids = sorted({t for ch in chars for t in tokenizer.encode(ch)})
+        if not ids:
+            raise ValueError(f"concept {spec!r}: its characters encode to no token")
+        out[name] = ids
+    return out

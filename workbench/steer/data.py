@@ -7,6 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+# output concepts as "name=characters": the next token is one of the characters' tokens
+OUTPUT_CONCEPTS = ("digit=0123456789", "closing bracket=)]}")
+
 
 @dataclass
 class NextTokenChange:

@@ -1,0 +1,164 @@
+"""The "steer" run kind on the planted toy of test_steer: built into a folder, results.json read
+back as the same typed result, the planted latent chosen and scored first; its page, the live
+steer API's builder (and its refusals) and the widget, all on the same toy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from tests.test_steer import ALIGNED, TARGET, V, toy_model, toy_sae
+from workbench.fielddoc import FieldError
+from workbench.kinds import registry
+from workbench.kinds import steer as ks
+from workbench.kinds.registry import Kind, ModelInput
+from workbench.kinds.runner import build_run
+from workbench.results import ResultsError, read_results
+from workbench.runs import load_tensors
+from workbench.sae.io import save_sae
+from workbench.token_data import TokenData
+from workbench.viewer.store import ApiError
+
+
+class ToyTokenizer:
+    """Characters as tokens ord(c) mod 9 ("a" is 7, the planted token); BOS is 9."""
+
+    vocab_size, bos_token_id = V, V - 1
+
+    def encode(self, text):
+        return [ord(c) % 9 for c in text]
+
+    def decode(self, ids):
+        return "".join("abcdefghi#"[int(i)] for i in ids)
+
+    def token_str(self, t):
+        return "abcdefghi#"[int(t)]
+
+
+KIND = Kind("steer", ks.SteerRunConfig, ks.SteerRunResult, ks.build, ks.FOLDER, ks.PAGE, "steer")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    before = registry.KINDS.get("steer")
+    registry.register_kind(KIND)
+    tmp = tmp_path_factory.mktemp("steer")
+    save_sae(toy_sae(), tmp / "sae")
+    g = torch.Generator().manual_seed(0)
+    data = TokenData(
+        torch.randint(0, 9, (4000,), generator=g), torch.randint(0, 9, (2000,), generator=g), ToyTokenizer()
+    )
+    cfg = ks.SteerRunConfig(
+        sae_run=str(tmp / "sae"),
+        concepts=("planted=a", "low=cd"),
+        strengths=(0.25, 0.5, 1.0, 2.0, 4.0),
+        n_latents=2,
+        keep_frac=0.5,
+        seq_len=10,
+        windows=4,
+        baseline_windows=16,
+        neutral_windows=4,
+        neutral_len=8,
+        prompt="bca",
+        gen_tokens=4,
+    )
+    model = toy_model()
+    res = build_run(KIND, cfg, ModelInput(model, "toy"), data, tmp / "run", progress=False)
+    yield res, tmp / "run", model
+    if before is None:
+        registry.KINDS.pop("steer", None)
+
+
+def test_the_planted_latent_is_scored_and_chosen_first(built):
+    res, run, _ = built
+    assert res.hook_name == toy_sae().cfg.hook_name
+    assert max(range(len(res.output_score)), key=res.output_score.__getitem__) == ALIGNED
+    planted = res.concepts[0]
+    assert planted.name == "planted" and planted.targets == [TARGET]
+    assert planted.latents[0].latent == ALIGNED
+    assert planted.latents[0].gain[-1] > 1 and planted.baseline.label == "difference of means"
+    change = res.next_token[0]
+    i = change.tokens.index(TARGET)
+    assert change.after[i] > change.before[i] and change.kl > 0
+    scores = load_tensors(run / ks.SCORES_FILE)
+    assert int(scores["score"].argmax()) == ALIGNED and int(scores["top_tokens"][ALIGNED, 0]) == TARGET
+    abl = res.ablations[0]
+    assert abl.latent == ALIGNED and abl.n_fires + abl.n_quiet == 4 * 9
+
+
+def test_results_round_trip_through_the_run_folder(built):
+    res, run, _ = built
+    back = read_results(run)
+    assert isinstance(back, ks.SteerRunResult)
+    assert back.to_dict() == json.loads(json.dumps(res.to_dict()))
+    assert back.concepts[0].ratio(0.1) == res.concepts[0].ratio(0.1) or math.isnan(res.concepts[0].ratio(0.1))
+
+
+def test_a_broken_result_names_what_it_lacks(built):
+    res, _, _ = built
+    d = res.to_dict()
+    del d["concepts"]
+    with pytest.raises(ResultsError, match="concepts"):
+        ks.SteerRunResult.from_dict(d, "results.json")
+    d = res.to_dict()
+    d["concepts"][0]["baseline"] = {"label": "x"}
+    with pytest.raises(ResultsError, match=r"concepts\[0\]\.baseline lacks"):
+        ks.SteerRunResult.from_dict(d, "results.json")
+
+
+def test_config_refuses_bad_fields():
+    with pytest.raises(FieldError, match="sae_run"):
+        ks.SteerRunConfig(sae_run="")
+    with pytest.raises(FieldError, match="strengths"):
+        ks.SteerRunConfig(sae_run="x", strengths=(0.0, 1.0))
+    assert all(f.metadata.get("help") for f in dataclasses.fields(ks.SteerRunConfig))
+
+
+def test_the_page_draws_every_section(built):
+    from workbench.viewer import steer as vs
+
+    res, _, _ = built
+    body = vs.render("steer", res)
+    for div in ("steer-scores", "steer-curve-0", "steer-curve-1", "steer-next-0", "steer-gains"):
+        assert f'id="{div}"' in body
+    assert "Generations" in body and "planted" in vs.summary(res)
+
+
+def test_the_steer_api_builder_and_its_refusals(built):
+    from workbench.viewer.steer import steer_response
+
+    _, _, model = built
+    sae, tok = toy_sae(), ToyTokenizer()
+    d = steer_response(model, sae, tok, {"feature": ALIGNED, "strength": 6.0, "prompt": "bca"}, gen_tokens=3)
+    nt = d["next_token"]
+    i = nt["tokens"].index(TARGET)
+    assert nt["after"][i] > nt["before"][i] and d["generation"]["steered"] == "hhh"  # token 7 spelled by decode
+    assert d["figure"]["data"][0]["name"] == "before"
+    for body, msg in (
+        ({"feature": 99, "strength": 1.0, "prompt": "a"}, "feature must lie"),
+        ({"feature": 1, "strength": float("inf"), "prompt": "a"}, "strength must be"),
+        ({"feature": 1, "strength": 1.0, "prompt": ""}, "prompt must be"),
+        ({"feature": True, "strength": 1.0, "prompt": "a"}, "feature must be an integer"),
+        ({"feature": 1}, "exactly the keys"),
+    ):
+        with pytest.raises(ApiError, match=msg) as e:
+            steer_response(model, sae, tok, body)
+        assert e.value.status == 400
+
+
+def test_the_widget_steers_and_shows_the_curves(built):
+    from workbench.widgets.steer import SteerPanel
+
+    res, _, model = built
+    panel = SteerPanel(model, toy_sae(), ToyTokenizer(), feature=ALIGNED, strength=6.0, result=res, prompt="bca")
+    d = panel.run()
+    assert d is not None and "curve-0" in panel.figures
+    bars = panel.figures["next"]
+    assert [t.name for t in bars.data] == ["before", "after"]
+    panel.strength.value = 1e9  # refused by the slider's range: clamped, still finite
+    panel.prompt.value = ""
+    assert panel.run() is None and "prompt must be" in panel.error.value
