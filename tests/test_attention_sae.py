@@ -3,6 +3,9 @@ float64 (multi-head and grouped-query attention), head shares on a planted decod
 a hand-set model with one induction head among 8 (its copy latents must sit on that head) and the
 default model's layer-1 hook_z on [BOS, r, r] contexts (DFA argmax on the known source)."""
 
+from pathlib import Path
+from typing import NamedTuple
+
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -11,6 +14,7 @@ from tests.handset_attention import BOS, INDUCTION, N_HEADS, handset_attention_m
 from workbench.activations import TensorSource, capture
 from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sae
 from workbench.sae.attention import (
+    AttentionTable,
     CopySAEConfig,
     attention_inputs,
     attention_table,
@@ -24,6 +28,7 @@ from workbench.sae.attention import (
     train_copy_sae,
     z_layer,
 )
+from workbench.sae.evaluate import FeatureTable
 
 Z = "blocks.1.attn.hook_z"
 
@@ -202,26 +207,54 @@ def test_attention_table_terms_add_up_to_each_top_activation():
     assert not att.dfa[~filled].any()
 
 
-def test_hook_z_run_evaluation_writes_the_attention_table(tiny_model, tmp_path):
+class ZRun(NamedTuple):
+    root: Path  # a runs folder holding the one run
+    name: str
+    table: FeatureTable
+    att: AttentionTable
+    status: dict  # the evaluation's BuildStatus snapshot
+
+
+@pytest.fixture(scope="module")
+def zrun(tmp_path_factory) -> ZRun:
+    """An evaluated hook_z SAE run on the tiny model (a run folder a RunStore lists: config.json,
+    sae.safetensors, results, feature and attention tables, usefulness.json), made once per module."""
+    from tests.conftest import TINY_KW
     from workbench.corpus import ByteTokenizer
-    from workbench.runs import FEATURES_FILE, RESULTS_FILE
-    from workbench.sae.attention import ATTENTION_FILE, AttentionTable
-    from workbench.sae.evaluate import FeatureTable
+    from workbench.models import ModelConfig, new_model
+    from workbench.runs import ATTENTION_FILE, FEATURES_FILE, RunDir
+    from workbench.sae.io import save_sae
     from workbench.sae.run_eval import evaluate_sae
     from workbench.viewer.build_status import BuildStatus
 
-    hook = "blocks.0.attn.hook_z"
-    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=40, k=4, hook_name=hook), seed=1).eval()
-    tokens = torch.randint(32, 127, (6, 16), generator=torch.Generator().manual_seed(0))
+    model = new_model(ModelConfig(**TINY_KW), seed=0).eval()
+    root = tmp_path_factory.mktemp("zruns")
+    run = RunDir(root / "z<1>")
+    run.write_config({"hook_name": Z}, kind="sae")
+    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=24, k=3, hook_name=Z, model_name="tiny"), seed=3).eval()
+    save_sae(sae, run.path)
+    tokens = torch.randint(32, 127, (4, 12), generator=torch.Generator().manual_seed(1))
     tokens[:, 0] = 256
     status = BuildStatus()
-    evaluate_sae(tmp_path, tiny_model, sae, ByteTokenizer(), tokens, status=status, progress=False)
-    assert (tmp_path / RESULTS_FILE).exists()
-    table, att = FeatureTable.load(tmp_path / FEATURES_FILE), AttentionTable.load(tmp_path / ATTENTION_FILE)
+    evaluate_sae(run.path, model, sae, ByteTokenizer(), tokens, status=status, progress=False)
+    table = FeatureTable.load(run.file(FEATURES_FILE))
+    return ZRun(root, run.name, table, AttentionTable.load(run.file(ATTENTION_FILE)), status.snapshot())
+
+
+def test_hook_z_run_evaluation_writes_the_attention_table_and_probes(zrun, tmp_path):
+    from workbench.runs import FEATURES_FILE, RESULTS_FILE
+    from workbench.sae.saebench_json import read_run_evals
+
+    assert (zrun.root / zrun.name / RESULTS_FILE).exists()
+    table, att = zrun.table, zrun.att
     filled = table.top_seq >= 0
     torch.testing.assert_close(att.pre[filled], table.top_values[filled], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(att.shares.sum(1), torch.ones(40))
-    (tmp_path / "junk.safetensors").write_bytes((tmp_path / FEATURES_FILE).read_bytes())
+    torch.testing.assert_close(att.shares.sum(1), torch.ones(24))
+    states = {s["name"]: s["state"] for s in zrun.status["stages"]}
+    assert states["head attribution"] == states["usefulness"] == "done"  # sparse probing reads hook_z rows too
+    evals = read_run_evals(zrun.root / zrun.name)
+    assert evals is not None and evals["sparse_probing"]["tasks"]
+    (tmp_path / "junk.safetensors").write_bytes((zrun.root / zrun.name / FEATURES_FILE).read_bytes())
     with pytest.raises(ValueError, match="not an attention table"):
         AttentionTable.load(tmp_path / "junk.safetensors")
 
@@ -251,29 +284,12 @@ def test_figures_show_the_shares_and_the_dfa_per_head():
     assert list(bars.data[0].y) == ["latent 2", "latent 5"] and "<b>" not in bars.layout.title.text
 
 
-@pytest.fixture
-def zrun(tiny_model, tmp_path):
-    """An evaluated hook_z SAE run on the tiny model: its feature table and attention table."""
-    from workbench.corpus import ByteTokenizer
-    from workbench.sae.evaluate import FeatureTable
-    from workbench.sae.run_eval import evaluate_sae
-    from workbench.viewer.attention_sae import load_attention_table
-
-    hook = "blocks.1.attn.hook_z"
-    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=24, k=3, hook_name=hook), seed=3).eval()
-    tokens = torch.randint(32, 127, (4, 12), generator=torch.Generator().manual_seed(1))
-    tokens[:, 0] = 256
-    evaluate_sae(tmp_path, tiny_model, sae, ByteTokenizer(), tokens, progress=False)
-    table = FeatureTable.load(tmp_path / "features.safetensors")
-    return tmp_path, table, load_attention_table(tmp_path, hook)
-
-
 def test_latent_heads_section_draws_the_saved_dfa(zrun):
     from workbench.corpus import ByteTokenizer
     from workbench.viewer.attention_sae import latent_heads_section, load_attention_table
 
-    path, table, att = zrun
-    assert load_attention_table(path, "blocks.1.hook_resid_post") is None  # other hooks have none
+    table, att = zrun.table, zrun.att
+    assert load_attention_table(zrun.root / zrun.name, "blocks.1.hook_resid_post") is None  # other hooks have none
     f = int(table.top_values[:, 0].argmax())
     sec = latent_heads_section(att, table, f, ByteTokenizer(), "blocks.1.attn.hook_z", n_contexts=2)
     assert set(sec.figures) == {"feat-heads", "feat-dfa-0", "feat-dfa-1"}
@@ -288,10 +304,9 @@ def test_latent_heads_section_draws_the_saved_dfa(zrun):
 
 
 def test_head_latents_lists_the_latents_by_their_share_on_the_head(zrun):
-    from workbench.sae.attention import AttentionTable
     from workbench.viewer.attention_sae import head_latents, head_latents_section
 
-    _, table, att = zrun
+    table, att = zrun.table, zrun.att
     shares = torch.zeros(24, 4)
     shares[:, 0] = 1.0
     shares[[3, 9, 11], 0], shares[[3, 9, 11], 2] = 0.2, 0.8

@@ -196,3 +196,20 @@ def test_demo_sae_run_page_shows_the_panel(tiny_demo):
     assert 'id="usefulness"' in page and "absorption-style" in page and "16k latents" in page
     mean_k1 = ev["sparse_probing"]["mean_accuracy"]["1"]
     assert f"k=1: {mean_k1:.3f}" in page
+
+
+def test_hook_activations_read_hook_z_as_one_row_per_token(tiny_model):
+    """Sparse probing feeds the SAE what it was trained on: a hook_z row holds a token's heads side
+    by side (head h at columns [h·d_head, (h+1)·d_head)), never [n_heads, d_head] per token."""
+    from workbench.sae.probing import hook_activations
+
+    hook = "blocks.1.attn.hook_z"
+    tokens = torch.randint(0, 256, (3, 9), generator=torch.Generator().manual_seed(0))
+    rows = hook_activations(tiny_model, hook, tokens, batch_size=2)  # two forward passes
+    _, cache = tiny_model.run_with_cache(tokens, names_filter=hook)
+    z = cache[hook]
+    assert rows.shape == (3, 9, 4 * 8)
+    for h in range(4):
+        torch.testing.assert_close(rows[..., h * 8 : (h + 1) * 8], z[:, :, h], rtol=1e-5, atol=1e-6)
+    resid = hook_activations(tiny_model, "blocks.0.hook_resid_post", tokens)
+    assert resid.shape == (3, 9, 32)  # a hook without a head axis passes unchanged

@@ -35,5 +35,6 @@ _EXPORTS = {
         "ROLE_COLORS",
     ),
     "kv_tradeoff": ("tradeoff_figure",),
+    "attention_sae": ("head_shares_bar", "dfa_strip", "head_latents_bar"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

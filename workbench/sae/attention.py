@@ -146,7 +146,6 @@ def dfa(
 
 # --- saved with a run: shares and the DFA of every latent's top contexts ------------------------
 
-ATTENTION_FILE = "attention.safetensors"  # beside features.safetensors in a hook_z SAE run
 FORMAT, FORMAT_VERSION = "workbench-attention-table", 1
 
 

@@ -26,7 +26,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from ..activations import validate_hook_name
+from ..activations import token_rows, validate_hook_name
 from .model import SparseAutoencoder
 
 ABSORPTION_CAVEAT = (
@@ -474,11 +474,12 @@ class SAEEvals:
 def hook_activations(
     model: HookedTransformer, hook_name: str, tokens: Int[Tensor, "n seq"], batch_size: int = 32
 ) -> Float[Tensor, "n seq d"]:
+    """One row per token (`activations.token_rows`: a hook_z's heads side by side, as its SAE reads them)."""
     validate_hook_name(model, hook_name)
     out = []
     for chunk in tokens.split(batch_size):
         _, cache = model.run_with_cache(chunk, names_filter=hook_name)
-        out.append(cache[hook_name].float())
+        out.append(token_rows(cache[hook_name], hook_name).float())
     return torch.cat(out)
 
 

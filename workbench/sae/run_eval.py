@@ -104,11 +104,11 @@ def evaluate_sae(
     `probe_tokens` (default `tokens`) only when `tokenizer` is the byte tokenizer."""
     import torch
 
-    from ..activations import ActivationBatch, capture, has_head_axis
+    from ..activations import ActivationBatch, capture
     from ..corpus import ByteTokenizer
     from ..results import SAERunResult, write_results
-    from ..runs import FEATURES_FILE, RunDir
-    from .attention import ATTENTION_FILE, attention_table, is_hook_z
+    from ..runs import ATTENTION_FILE, FEATURES_FILE, RunDir
+    from .attention import attention_table, is_hook_z
     from .evaluate import feature_table, reconstruction_metrics, splice_metrics
 
     run, hook = RunDir(run_dir), sae.cfg.hook_name
@@ -118,8 +118,6 @@ def evaluate_sae(
         skip["head attribution"] = "head shares and DFA: an SAE on an attention output (blocks.L.attn.hook_z) only"
     if not byte_level:
         skip["usefulness"] = "sparse probing's concepts are labelled on bytes: a byte-level model only"
-    elif has_head_axis(hook):  # probing.hook_activations reads [batch, pos, n_heads, d_head] unflattened
-        skip["usefulness"] = "sparse probing reads one row per token: not yet on head-axis hooks such as hook_z"
     step = _Steps(skip, status, progress)
     try:
         with step("activations"):
@@ -160,7 +158,7 @@ def evaluate_sae_run(out: str, model_name: str, corpus: str | None, text_field: 
     """train-sae's evaluation: `evaluate_sae` on `n_windows` held-out windows of the corpus. False,
     with the reason printed, when the run's model cannot be loaded (e.g. a cache of synthetic
     vectors): the SAE itself is saved either way."""
-    from ..models import load_model
+    from ..hub import load_model
     from .io import load_sae
 
     sae = load_sae(out)
@@ -182,11 +180,11 @@ def evaluate_recorded_run(
     run_dir: str | Path, n_windows: int | None = None, status: BuildStatus | None = None, progress: bool = True
 ) -> SAERunResult:
     """Evaluate an SAE run from what it recorded (the viewer's "compute the evaluation"): its model
-    and tokenizer through `pretrained.model_for_run`, its corpus and text field from config.json,
+    and tokenizer through `hub.model_for_run`, its corpus and text field from config.json,
     `n_windows` (default: the run's recorded eval_windows, else 32) held-out windows."""
     import json
 
-    from ..pretrained import model_for_run
+    from ..hub import model_for_run
     from ..runs import CONFIG_FILE
     from .io import load_sae
 

@@ -2,7 +2,8 @@
 returns a JSON-ready dict or raises `ApiError` (status and a message naming the file or argument at
 fault). server.py turns them into routes.
 
-    GET  /api/run/<name>/feature/<i>           one feature's contexts and figures
+    GET  /api/run/<name>/feature/<i>           one feature's contexts and figures (for a hook_z SAE also
+                                               its heads and DFA: attention_html and its figures)
     GET  /api/run/<name>/search?q=             features whose top context ends in q, or that promote it
     POST /api/run/<name>/prompt                {"text": str, "feature": int}: the feature on your text
     GET  /api/run/<name>/attention?layer=&head=[&example=]   a head's attention pattern (heads runs)
@@ -21,7 +22,7 @@ from typing import Any
 
 from ..figures import sae as sf
 from ..runs import RESULTS_FILE, SAE_WEIGHTS_FILE
-from . import heads_page
+from . import attention_sae, heads_page
 from .evaluation import Evaluations
 from .store import ApiError, RunError, RunStore
 
@@ -84,10 +85,12 @@ def feature(store: RunStore, name: str, raw: str | int) -> dict:
         "feat-logits": sf.logit_effects(table, f, tok),
         "feat-corr": sf.correlated_features(table, f),
     }
+    heads = attention_sae.feature_section(store, name, table, f, tok)  # empty unless a hook_z SAE
     return {
         "feature": f,
         "contexts_html": sf.contexts_html(table, f, tok),
-        "figures": {k: json.loads(v.to_json()) for k, v in figs.items()},
+        "attention_html": heads.html,
+        "figures": {**{k: json.loads(v.to_json()) for k, v in figs.items()}, **heads.figures},
     }
 
 

@@ -1,20 +1,28 @@
 """Viewer pieces for attention-output (hook_z) SAE runs, called by the SAE feature page and the head
-explorer: a latent's heads and its DFA on its top contexts, and the latents that write through a
-chosen head. Everything is read from the run's attention.safetensors (`sae.attention.AttentionTable`,
-written by the evaluation beside features.safetensors), so no model is loaded. Strings from disk
-are escaped (html.escape here; figure builders escape theirs for plotly)."""
+explorer: a latent's heads and its DFA on its top contexts (`feature_section`, for api.feature), and
+the latents of every hook_z SAE run in the store that write through a chosen head
+(`store_head_latents`, `head_explorer_section`, for the heads page). Everything is read from the
+runs' attention.safetensors (`sae.attention.AttentionTable`, written by the evaluation beside
+features.safetensors), so no model is loaded. Strings from disk are escaped (html.escape here;
+figure builders escape theirs for plotly)."""
 
 from __future__ import annotations
 
 import html
 import json
+import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote
 
 from ..figures import attention_sae as af
-from ..sae.attention import ATTENTION_FILE, AttentionTable, is_hook_z, latents_through_head, z_layer
+from ..runs import ATTENTION_FILE, SAE_CONFIG_FILE
+from ..sae.attention import AttentionTable, is_hook_z, latents_through_head, z_layer
 from ..sae.evaluate import FeatureTable
+from .store import RunError, regular_file
+
+if TYPE_CHECKING:
+    from .store import RunStore
 
 
 class Section(NamedTuple):
@@ -23,6 +31,10 @@ class Section(NamedTuple):
 
     html: str
     figures: dict[str, dict]
+
+    def json(self) -> dict:
+        """{"html": ..., "figures": {...}}: what an API returns for the page to insert and draw."""
+        return {"html": self.html, "figures": self.figures}
 
 
 def load_attention_table(run_dir: str | Path, hook_name: str) -> AttentionTable | None:
@@ -130,3 +142,117 @@ def head_latents_section(rows: list[HeadLatent], layer: int, head: int, min_shar
         figures["head-latents"] = _fig(fig)
         table += '<div id="head-latents"></div>'
     return Section(title + table, figures)
+
+
+# --- from the run store -------------------------------------------------------------------------
+
+_LOCK = threading.Lock()
+_CACHE: dict[str, tuple[tuple, AttentionTable]] = {}  # path -> (file state, table); the last few read
+
+
+def run_hook(store: RunStore, name: str) -> tuple[str, str] | None:
+    """(hook_name, model_name) from the run's sae_config.json, or None where it has none; RunError
+    naming the file when it cannot be read."""
+    path = store.check_files(name) / SAE_CONFIG_FILE
+    if regular_file(path) is None:
+        return None
+    try:
+        cfg = json.loads(path.read_text())["config"]
+        return str(cfg["hook_name"]), str(cfg.get("model_name") or "")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise RunError(f"{SAE_CONFIG_FILE} cannot be read: {type(e).__name__}: {e}") from None
+
+
+def store_attention_table(store: RunStore, name: str) -> AttentionTable | None:
+    """The run's attention.safetensors (re-read when the file changes), or None where there is none;
+    RunError naming it when it is a link out of the runs folder, not a regular file, or unreadable."""
+    path = store.check_files(name) / ATTENTION_FILE
+    st = regular_file(path)
+    if st is None:
+        return None
+    if not path.resolve().is_relative_to(store.root):
+        raise RunError(f"{ATTENTION_FILE} is a link out of the runs folder: refused")
+    key, state = str(path), (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    try:
+        att = AttentionTable.load(path)
+    except Exception as e:
+        raise RunError(f"{ATTENTION_FILE} is unreadable: {e}") from e
+    with _LOCK:
+        _CACHE.pop(key, None)
+        _CACHE[key] = (state, att)
+        while len(_CACHE) > 4:
+            del _CACHE[next(iter(_CACHE))]
+    return att
+
+
+def _error(title: str, message: str) -> Section:
+    return Section(f'<h3>{title}</h3><p class="error">{html.escape(message)}</p>', {})
+
+
+def feature_section(store: RunStore, name: str, table: FeatureTable, feature: int, tokenizer) -> Section:
+    """The feature page's heads-and-DFA section for `feature` of run `name`: empty for an SAE on
+    another hook; for a hook_z run not (re-)evaluated since attention tables existed, a note saying
+    so; a file that cannot be read is named in the section, and the rest of the page still works."""
+    title = "Heads and source tokens"
+    try:
+        hook = run_hook(store, name)
+        if hook is None or not is_hook_z(hook[0]):
+            return Section("", {})
+        att = store_attention_table(store, name)
+    except RunError as e:
+        return _error(title, str(e))
+    if att is None:
+        why = (
+            f"This SAE reads {hook[0]}, but its run has no {ATTENTION_FILE} (evaluated before head shares and "
+            "DFA were computed): evaluate it again to see which heads and source tokens drive each latent."
+        )
+        return Section(f'<h3>{title}</h3><p class="empty">{html.escape(why)}</p>', {})
+    try:
+        return latent_heads_section(att, table, feature, tokenizer, hook[0])
+    except ValueError as e:
+        return _error(title, str(e))
+
+
+def store_head_latents(
+    store: RunStore,
+    layer: int,
+    head: int,
+    *,
+    min_share: float = 0.5,
+    limit: int = 20,
+    model_name: str | None = None,
+) -> list[HeadLatent]:
+    """`head_latents` over every evaluated SAE run in `store` on blocks.{layer}.attn.hook_z: latents
+    with at least `min_share` of their decoder norm² on `head`, strongest first. A run too narrow for
+    `head` (another model's), on another `model_name` (when given and the run records one), or whose
+    files cannot be read is left out; a run without a feature table is listed without densities."""
+    hook = f"blocks.{layer}.attn.hook_z"
+    found = []
+    for run in store.runs():
+        try:
+            rec = run_hook(store, run.name)
+            if rec is None or rec[0] != hook or (model_name and rec[1] and rec[1] != model_name):
+                continue
+            att = store_attention_table(store, run.name)
+        except RunError:
+            continue
+        if att is None or att.shares.ndim != 2 or not 0 <= head < att.shares.shape[1]:
+            continue
+        try:
+            table = store.feature_table(run.name)
+        except RunError:
+            table = None
+        if table is not None and len(table.density) != att.shares.shape[0]:
+            table = None  # from another evaluation than the attention table: no densities rather than wrong ones
+        found.append((run.name, att, table))
+    return head_latents(found, head, min_share, limit)
+
+
+def head_explorer_section(store: RunStore, layer: int, head: int, min_share: float = 0.5) -> Section:
+    """The head explorer's list of SAE latents writing through L{layer}H{head}, from the whole store."""
+    rows = store_head_latents(store, layer, head, min_share=min_share)
+    return head_latents_section(rows, layer, head, min_share)

@@ -1,6 +1,7 @@
 """An SAE run's page: its evaluation (`SAERunResult`), training curves, sparse probing and
 absorption-style panel, and the feature browser (which reads /api/run/<name>/feature, /search and
-/prompt); for a run trained with --no-eval, its training curves and a button that computes the
+/prompt; /run/<name>?feature=<i> opens on feature i; an attention-output SAE's feature also shows
+its heads and DFA); for a run trained with --no-eval, its training curves and a button that computes the
 evaluation in the viewer (/api/run/<name>/evaluate), its stages and progress drawn live."""
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def feature_browser(run: str, n_features: int, first: int) -> str:
 <div id="contexts"></div>
 <div class="grid"><div id="feat-hist"></div><div id="feat-logits"></div></div>
 <div id="feat-corr"></div>
+<div id="feat-attention"></div>
 <h3>Your own text</h3>
 <textarea id="prompt">def f(x):\n    return x + 1</textarea>
 <button id="prompt-go">run through the SAE</button>
@@ -141,6 +143,7 @@ async function show(i) {{
   document.getElementById("feature").value = d.feature;
   document.getElementById("contexts").innerHTML = d.contexts_html;
   document.getElementById("contexts").dataset.feature = d.feature;
+  document.getElementById("feat-attention").innerHTML = d.attention_html;  // its figures' divs, drawn below
   for (const [id, f] of Object.entries(d.figures)) Plotly.react(id, f.data, f.layout, {{responsive: true}});
 }}
 const cur = () => Number(document.getElementById("feature").value);  // "" or "1.5": not an index
@@ -165,4 +168,7 @@ document.getElementById("prompt-go").onclick = async () => {{
   if (!r.ok) {{ showError("prompt-out", r, d); return; }}
   document.getElementById("prompt-out").innerHTML = d.html;
 }};
-show({first});""")
+// ?feature=<i> opens that feature (the head explorer links here); anything else in it is said as an error
+const asked = new URLSearchParams(location.search).get("feature");
+if (asked !== null && asked.trim() !== "") {{ document.getElementById("feature").value = asked; show(Number(asked)); }}
+else show({first});""")
