@@ -237,17 +237,52 @@ def _nested_grouped(x, kept, vals, W_dec, b_dec, w, widths, layout):
     """The nested loss when only G widths u_1 < ... < u_G carry weight: an entry of latent j
     belongs to group g = #{u_i ≤ j}, and the prefix u_i sums groups 0..i−1. One embedding_bag
     over (token, group) bags gives the group sums Y [B, G, d] without a per-entry [n, d] copy;
-    the prefixes are a cumulative sum over G, and autograd goes back through the bag."""
+    the prefixes' squares and their gradient into Y are `_GroupedSquares`, and autograd goes back
+    through the bag."""
     B, G, d = len(x), len(widths), x.shape[1]
     group = torch.searchsorted(widths.to(kept.cols.device), kept.cols, right=True)  # in [0, G]
     bag = kept.rows * (G + 1) + group  # nondecreasing: entries are by token, then latent
     counts = torch.bincount(bag, minlength=B * (G + 1))
     offsets = torch.cumsum(counts, 0) - counts
     Y = F_.embedding_bag(kept.cols, W_dec, offsets, mode="sum", per_sample_weights=vals).view(B, G + 1, d)
-    R = torch.cumsum(Y[:, :G], 1)  # [B, G, d]: prefix u_i sums groups 0..i-1 (group G: latents ≥ u_G, in none)
-    e = (x - b_dec).unsqueeze(1) - R
     wg = w[widths - 1].to(x.device, x.dtype)
-    return (e.pow(2).sum(2) * wg).sum() / _variance(x, layout)
+    return _GroupedSquares.apply(Y, x - b_dec, wg) / _variance(x, layout)
+
+
+class _GroupedSquares(torch.autograd.Function):
+    """Σ_i w_i ‖e0 − R_i‖², R_i = Σ_{g ≤ i} Y_g (group G, latents ≥ the last width, in no prefix).
+
+    With a_i = 2 w_i e_i and S_g = Σ_{i ≥ g} a_i: ∂/∂Y_g = −S_g, ∂/∂e0 = S_0. Computed in the
+    forward pass, chunk by chunk of tokens, as G running [T, d] updates: autograd's cumsum over
+    the group axis (a strided [B, G, d] scan, its backward a flip, a scan and a flip) cost more
+    than the embedding_bag it follows."""
+
+    @staticmethod
+    def forward(ctx, Y, e0, wg):
+        B, G = len(e0), len(wg)
+        dY, d_e0 = torch.zeros_like(Y), torch.empty_like(e0)
+        total = e0.new_zeros((), dtype=torch.float64)
+        weights = wg.tolist()
+        with torch.no_grad():
+            for t0 in range(0, B, CHUNK_TOKENS):
+                t1 = min(t0 + CHUNK_TOKENS, B)
+                e, Yc, S = e0[t0:t1].clone(), Y[t0:t1], torch.zeros_like(e0[t0:t1])
+                parts = []
+                for i in range(G):
+                    e.sub_(Yc[:, i])
+                    total += weights[i] * float(torch.dot(e.view(-1), e.view(-1)))
+                    parts.append(e * (2 * weights[i]))
+                for i in range(G - 1, -1, -1):
+                    S.add_(parts[i])
+                    torch.neg(S, out=dY[t0:t1, i])
+                d_e0[t0:t1] = S
+        ctx.save_for_backward(dY, d_e0)
+        return total.to(e0.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        dY, d_e0 = ctx.saved_tensors
+        return g * dY, g * d_e0, None
 
 
 def nested_fvu_dense(
