@@ -61,6 +61,7 @@ def main() -> None:
     from workbench.steer.compare import OUTPUT_CONCEPTS, compare_concept, concept_targets
     from workbench.steer.curves import SteerEvaluator
     from workbench.steer.directions import hook_rows, output_scores
+    from workbench.steer.intervene import random_direction
 
     torch.manual_seed(0)
     model, tok = load_model("workbench-tiny")
@@ -95,6 +96,10 @@ def main() -> None:
             compare_concept(ev, sae, name, rows, train_w, scores, [a * rnorm for a in STRENGTHS], z=z)
             for name in targets
         ]
+        cs = [a * rnorm for a in STRENGTHS]
+        rand = random_direction(rows.shape[-1], 0)  # unit norm, as the latents' decoder rows
+        controls = {name: ev.curve(HOOK, rand, cs, name, "random direction (seed 0)") for name in targets}
+    cutoff = float(scores.score.topk(max(1, round(0.2 * len(scores.score)))).values[-1])
     total_s = time.perf_counter() - t0
 
     print(
@@ -113,13 +118,14 @@ def main() -> None:
         f"cost = mean KL(clean || steered) on {len(cost_toks)} other held-out windows; strengths "
         f"{STRENGTHS[0]}..{STRENGTHS[-1]} x mean |h|; the baseline is mean(h | next token in set) − "
         f"mean(h | not) on 256 training windows, scaled to the latents' norm (1). Filtered latents: the "
-        f"top 20% by output score, then the {args.n_latents} with the largest rise of the target set.\n"
+        f"top 20% by output score (score >= {cutoff:.2f}), then the {args.n_latents} with the largest rise of the "
+        f"target set on the neutral windows. A random unit direction is the control.\n"
     )
     print("| concept | direction | output score | gain @ KL 0.1 | gain @ KL 0.5 | max KL |")
     print("|---|---|---|---|---|---|")
     verdicts = []
     for r in results:
-        for c in [*r.latents, *([r.input_latent] if r.input_latent else []), r.baseline]:
+        for c in [*r.latents, *([r.input_latent] if r.input_latent else []), r.baseline, controls[r.name]]:
             os_ = "" if c.output_score is None else f"{c.output_score:.3f}"
             print(f"| {r.name} | {c.label} | {os_} | {c.gain_at(0.1):.3f} | {c.gain_at(0.5):.3f} | {max(c.kl):.2f} |")
         for kl in r.kl_points:
@@ -134,7 +140,14 @@ def main() -> None:
     print(f"\n**Verdict:** Arad's claim holds in {n_yes} of {len(held)} (concept, KL) comparisons.")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"output_score_s": score_s, "concepts": [r.to_dict() for r in results]}, indent=1)
+            json.dumps(
+                {
+                    "output_score_s": score_s,
+                    "concepts": [r.to_dict() for r in results],
+                    "controls": {n: c.to_dict() for n, c in controls.items()},
+                },
+                indent=1,
+            )
         )
 
 

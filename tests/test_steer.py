@@ -229,3 +229,9 @@ def test_bad_interventions_name_the_field():
         apply_rows(Intervention("add", HOOK, direction=torch.ones(3)), torch.zeros(2, D))
     with pytest.raises(ValueError, match="needs the SAE"):
         apply_rows(Intervention("zero", HOOK, latent=1), torch.zeros(2, D))
+
+
+def test_last_position_only_leaves_earlier_predictions_alone(model, tokens):
+    iv = Intervention("add", HOOK, strength=3.0, direction=planted_direction(), positions="last")
+    lp, clean = logprobs(model, tokens, hooks(iv)), logprobs(model, tokens)
+    assert torch.equal(lp[:, :-1], clean[:, :-1]) and not torch.equal(lp[:, -1], clean[:, -1])
