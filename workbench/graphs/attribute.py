@@ -1,0 +1,206 @@
+"""Edges of the attribution graph by gradient injection, in batches (circuit-tracer's attribute()).
+
+In the replacement model (replacement.py) every target t reads a linear function of the residual
+stream: a feature its pre-activation W_enc[:, f] . x_L[p], a logit its demeaned logit
+(W_U[:, v] - mean_v' W_U[:, v']) . ln_final(resid)[n-1]. Injecting that vector as the gradient at
+t's input (batch row b) and running one backward pass through the frozen linear paths gives, at
+every source s's output, the gradient g_s; the edge is the direct effect
+
+    A[t, s] = g_s . out_s,   out_s = a_s W_dec[s] (feature), e_L[p] (error), W_E[token_p] (token).
+
+The prompt is run once as a batch of B copies (graph retained); each backward fills B rows.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .graph import Graph
+from .replacement import Replacement, setup
+from .transcoder import INPUT_HOOK, OUTPUT_HOOK, Transcoder
+
+
+class Injection(NamedTuple):
+    """Gradients injected in one backward pass: one per batch row."""
+
+    key: list[str]  # the captured tensor each row injects at ("x.L", "final", "z.L")
+    pos: Int[Tensor, " b"]
+    head: Int[Tensor, " b"]  # for "z.L" rows, else ignored
+    vec: Float[Tensor, "b d"]
+
+
+class LinearPass:
+    """The prompt replayed as B copies with patterns and norm scales frozen and each MLP output a
+    constant (plus the skip term's linear path), so its backward is the replacement model's
+    transpose. `rows(inj)` gives the direct effects of every source on each injected target, and
+    the gradient each target puts on the residual stream at its own position (its direct read)."""
+
+    def __init__(self, model, rep: Replacement, transcoders: dict[int, Transcoder], batch_size: int):
+        self.rep, self.B = rep, batch_size
+        self.cap: dict[str, Tensor] = {}
+        B, L = batch_size, model.cfg.n_layers
+        grow = lambda t: t.expand(B, *t.shape[1:])  # noqa: E731
+        leaves = {"embed": rep.embed.expand(B, *rep.embed.shape).clone().requires_grad_()}
+        for i, l in enumerate(rep.mlp_layers):
+            leaves[f"mlp.{l}"] = rep.mlp_out[i].expand(B, *rep.mlp_out[i].shape).clone().requires_grad_()
+        self.leaves = leaves
+
+        def frozen(t, hook):
+            return grow(self.rep.frozen[hook.name])
+
+        def capture(name):
+            def fn(t, hook):
+                self.cap[name] = t
+                return t
+
+            return fn
+
+        def mlp_out(t, hook, l):
+            out = leaves[f"mlp.{l}"]
+            if l in transcoders and transcoders[l].W_skip is not None:
+                s = transcoders[l].skip(self.cap[f"x.{l}"])
+                out = out + (s - s.detach())
+            return out
+
+        hooks = [(n, frozen) for n in rep.frozen] + [("hook_embed", lambda t, hook: leaves["embed"])]
+        for l in range(L):
+            hooks.append((f"blocks.{l}.attn.hook_z", capture(f"z.{l}")))
+            if l in rep.mlp_layers:
+                hooks.append((f"blocks.{l}.hook_resid_mid", capture(f"r.{l}")))
+                hooks.append((f"blocks.{l}.{INPUT_HOOK}", capture(f"x.{l}")))
+                hooks.append((f"blocks.{l}.{OUTPUT_HOOK}", lambda t, hook, l=l: mlp_out(t, hook, l)))
+        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+            resid = model(rep.tokens[None].expand(B, -1).to(model.cfg.device), stop_at_layer=L)
+            self.cap["r.final"] = resid
+            self.cap["final"] = model.ln_final(resid) if hasattr(model, "ln_final") else resid
+        self.sources = [leaves["embed"]] + [leaves[f"mlp.{l}"] for l in rep.mlp_layers]
+
+    def rows(self, inj: Injection) -> tuple[Float[Tensor, "b S"], Float[Tensor, "b d"]]:
+        """(direct effects [b, n_sources] in Graph's source order, direct reads [b, d])."""
+        b = len(inj.key)
+        grads: dict[str, Tensor] = {}
+        for i, key in enumerate(inj.key):
+            if key not in grads:
+                grads[key] = torch.zeros_like(self.cap[key])
+            if key.startswith("z."):
+                g_z = grads[key]
+                g_z[i, inj.pos[i], inj.head[i]] = inj.vec[i, : g_z.shape[-1]]  # d_head of a wider row
+            else:
+                grads[key][i, inj.pos[i]] = inj.vec[i]
+        reads = sorted({_read_key(k) for k in grads if not k.startswith("z.")})
+        outs = [self.cap[k] for k in grads]
+        got = torch.autograd.grad(
+            outs,
+            self.sources + [self.cap[k] for k in reads],
+            list(grads.values()),
+            retain_graph=True,
+            allow_unused=True,
+        )
+        zero = lambda t: torch.zeros_like(t)  # noqa: E731
+        g = [zero(s) if x is None else x for s, x in zip(self.sources + [self.cap[k] for k in reads], got)]
+        rep = self.rep
+        cols = [(g[0] * rep.embed).sum(-1)]  # tokens [B, n]
+        feats = []
+        for i, l in enumerate(rep.mlp_layers):
+            gm = g[1 + i]
+            cols.append((gm * rep.errors[i]).sum(-1))
+            sel = rep.features[:, 0] == l
+            if sel.any():
+                feats.append(torch.einsum("bmd,md->bm", gm[:, rep.features[sel, 1]], rep.decoder[sel]))
+        n = len(rep.tokens)
+        errors = torch.cat(cols[1:], 1) if len(cols) > 1 else g[0].new_zeros(self.B, 0)
+        feats = torch.cat(feats, 1) if feats else g[0].new_zeros(self.B, 0)
+        direct = torch.zeros(b, rep.embed.shape[-1], dtype=g[0].dtype)
+        by_read = dict(zip(reads, g[len(self.sources) :]))
+        for i, key in enumerate(inj.key):
+            if not key.startswith("z."):
+                direct[i] = by_read[_read_key(key)][i, inj.pos[i]]
+        assert errors.shape[1] == n * len(rep.mlp_layers)
+        return torch.cat([feats, errors, cols[0]], 1)[:b], direct
+
+
+def _read_key(key: str) -> str:
+    """Where a target's direct read sits: the residual stream just before the norm it reads through."""
+    return "r.final" if key == "final" else "r." + key.split(".")[1]
+
+
+def salient_logits(
+    logits: Float[Tensor, " V"], max_n_logits: int = 10, desired_logit_prob: float = 0.95
+) -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
+    """The most probable tokens until their cumulative probability reaches `desired_logit_prob`, at
+    most `max_n_logits` (circuit-tracer's compute_salient_logits)."""
+    probs = torch.softmax(logits.double(), -1)
+    top_p, top_i = probs.topk(min(max_n_logits, len(probs)))
+    cut = int(torch.searchsorted(top_p.cumsum(0), torch.tensor(desired_logit_prob, dtype=top_p.dtype))) + 1
+    return top_i[:cut], top_p[:cut]
+
+
+def attribute(model, tokens: Int[Tensor, " n"], transcoders: dict[int, Transcoder] | None = None, **kw) -> Graph:
+    """The attribution graph of `tokens` (`trace`'s graph, its linear pass let go)."""
+    return trace(model, tokens, transcoders, **kw)[0]
+
+
+def trace(
+    model,
+    tokens: Int[Tensor, " n"],
+    transcoders: dict[int, Transcoder] | None = None,
+    *,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    logit_targets: list[int] | None = None,
+    bos: int | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> tuple[Graph, LinearPass]:
+    """The attribution graph of `tokens` (module docstring): every active feature and every logit
+    target is a row; `logit_targets` replaces the salient logits by given token ids. Also returns
+    the linear pass, for more rows on the same prompt (per-head loadings: heads.py)."""
+    transcoders = transcoders or {}
+    rep = setup(model, tokens, transcoders, bos)
+    last = rep.logits[-1]
+    if logit_targets is None:
+        ids, probs = salient_logits(last, max_n_logits, desired_logit_prob)
+    else:
+        ids = torch.as_tensor(logit_targets, dtype=torch.long)
+        probs = torch.softmax(last.double(), -1)[ids]
+    W_U = model.W_U.detach()
+    logit_vecs = (W_U[:, ids] - W_U.mean(1, keepdim=True)).T
+    m, n = len(rep.features), len(tokens)
+    k = len(ids)
+    keys = [f"x.{int(l)}" for l in rep.features[:, 0]] + ["final"] * k
+    pos = torch.cat([rep.features[:, 1], torch.full((k,), n - 1)])
+    vecs = torch.cat([rep.encoder, logit_vecs.to(rep.encoder.dtype)])
+    n_src = m + n * len(rep.mlp_layers) + n
+    adj = torch.zeros(n_src + k, n_src + k, dtype=rep.embed.dtype)
+    reads = torch.zeros(m + k, rep.embed.shape[-1], dtype=rep.embed.dtype)
+    B = max(1, min(batch_size, m + k))
+    lin = LinearPass(model, rep, transcoders, B)
+    order = list(range(m, m + k)) + list(range(m))  # logits first, as circuit-tracer
+    bar = tqdm(total=m + k, desc="attribution", disable=not progress)
+    for s in range(0, m + k, B):
+        idx = order[s : s + B]
+        inj = Injection([keys[i] for i in idx], pos[idx], torch.zeros(len(idx), dtype=torch.long), vecs[idx])
+        rows, direct = lin.rows(inj)
+        node = torch.tensor([i if i < m else n_src + (i - m) for i in idx])
+        adj[node, :n_src] = rows.detach().to(adj.dtype)
+        reads[torch.tensor(idx)] = direct.to(reads.dtype)
+        bar.update(len(idx))
+    bar.close()
+    graph = Graph(
+        tokens=rep.tokens,
+        features=rep.features,
+        activations=rep.activations,
+        error_layers=list(rep.mlp_layers),
+        logit_tokens=ids,
+        logit_probs=probs.to(adj.dtype),
+        adjacency=adj,
+        reads=reads,
+        n_layers=model.cfg.n_layers,
+        n_heads=model.cfg.n_heads,
+    )
+    return graph, lin
