@@ -155,11 +155,17 @@ def bench_absorption(seeds, steps, batch, lr, nestings, rules):
             f"{ms([float(s.leak.mean()) for s in ss])} | {ms([float(s.child_share.mean()) for s in ss])} | "
             f"{ms([s.fvu for s in ss])} | {ms([s.l0 for s in ss])} |"
         )
-    print("\nper edge (absorption, seed by seed, first rule's plain and nested runs):")
-    for (rule, nesting), ss in rows.items():
-        if rule == rules[0]:
-            for seed, s in zip(seeds, ss):
-                print(f"  {rule} {nesting} seed {seed}: " + " ".join(f"{a:.2f}" for a in s.absorption.tolist()))
+    print("\nper edge e (parent e // 4, its child e % 4): absorption / parent leak cos, mean over seeds\n")
+    cols = list(rows)
+    print("| edge | " + " | ".join(f"{r} {n}" for r, n in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for e in range(len(rows[cols[0]][0].absorption)):
+        cells = []
+        for key in cols:
+            ab = statistics.mean(float(s.absorption[e]) for s in rows[key])
+            lk = statistics.mean(float(s.leak[e]) for s in rows[key])
+            cells.append(f"{ab:.2f} / {lk:+.2f}")
+        print(f"| {e} | " + " | ".join(cells) + " |")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 
