@@ -28,7 +28,7 @@ STRENGTHS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # x the mean |
 CLAIM = 0.8  # Arad et al.: filtered latents reach >= 80% of the baseline's gain at equal KL
 
 
-def train_sae_at(model, data, out: Path, tokens: int, d_sae: int, k: int):
+def train_sae_at(model, data, out: Path, tokens: int, d_sae: int, k: int, seed: int = 0):
     from workbench.activations import ActivationStore, ModelSource, StoreConfig
     from workbench.runs import RunDir
     from workbench.sae import SAEConfig, SAETrainConfig, train_sae
@@ -36,7 +36,9 @@ def train_sae_at(model, data, out: Path, tokens: int, d_sae: int, k: int):
     store_cfg = StoreConfig(HOOK, batch_size=4096, buffer_tokens=65_536, seq_len=128)
     store = ActivationStore(ModelSource(model, data.train, store_cfg, data.tokenizer.bos_token_id), 4096)
     cfg = SAEConfig(d_in=model.cfg.d_model, d_sae=d_sae, k=k, hook_name=HOOK, model_name="workbench-tiny")
-    train = SAETrainConfig(total_tokens=tokens, batch_size=4096, lr=6e-3, log_every=10**9, checkpoint_every=10**9)
+    train = SAETrainConfig(
+        total_tokens=tokens, batch_size=4096, lr=6e-3, log_every=10**9, checkpoint_every=10**9, seed=seed
+    )
     return train_sae(cfg, train, store, RunDir(out), progress=False)
 
 
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--sae-tokens", type=int, default=524_288)
     ap.add_argument("--d-sae", type=int, default=2048)
     ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--sae-seed", type=int, default=0, help="the SAE's initialisation")
     ap.add_argument("--windows", type=int, default=32, help="concept windows and, as many again, cost windows")
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--n-latents", type=int, default=3)
@@ -73,8 +76,9 @@ def main() -> None:
         where = args.sae
     else:
         out = Path(args.save_sae or tempfile.mkdtemp(prefix="steer-sae-"))
-        sae = train_sae_at(model, data, out, args.sae_tokens, args.d_sae, args.k)
-        where = f"trained here ({args.sae_tokens:,} tokens, {time.perf_counter() - t0:.0f} s) in {out}"
+        sae = train_sae_at(model, data, out, args.sae_tokens, args.d_sae, args.k, args.sae_seed)
+        took = time.perf_counter() - t0
+        where = f"trained here (seed {args.sae_seed}, {args.sae_tokens:,} tokens, {took:.0f} s) in {out}"
     sae.eval()
     if sae.cfg.hook_name != HOOK:
         raise SystemExit(f"--sae: its hook is {sae.cfg.hook_name!r}, the benchmark steers at {HOOK}")
