@@ -28,8 +28,9 @@ def test_plotly_js_is_gzipped_when_accepted_and_the_same_bytes(tmp_path):
     assert "immutable" in r.headers["cache-control"] and r.headers["vary"] == "Accept-Encoding"
     with client.stream("GET", pages.PLOTLY_URL, headers={"Accept-Encoding": "gzip"}) as again:
         assert gzip.decompress(b"".join(again.iter_raw())) == raw  # the bytes on the wire are gzip
-    plain = client.get(pages.PLOTLY_URL, headers={"Accept-Encoding": "identity"})
-    assert "content-encoding" not in plain.headers and plain.content == raw
+    for refused in ("identity", "gzip;q=0, identity"):
+        plain = client.get(pages.PLOTLY_URL, headers={"Accept-Encoding": refused})
+        assert "content-encoding" not in plain.headers and plain.content == raw, refused
     assert "immutable" in plain.headers["cache-control"]
 
 

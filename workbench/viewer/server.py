@@ -69,8 +69,13 @@ def gzipped(path: Path) -> bytes:
 
 
 def accepts_gzip(request: Request) -> bool:
-    codings = [c.split(";")[0].strip().lower() for c in request.headers.get("accept-encoding", "").split(",")]
-    return "gzip" in codings
+    """Whether Accept-Encoding names gzip (or *) with a weight above 0."""
+    for part in request.headers.get("accept-encoding", "").lower().split(","):
+        coding, _, params = part.partition(";")
+        weight = params.strip().removeprefix("q=")
+        if coding.strip() in ("gzip", "*") and weight not in ("0", "0.0", "0.00", "0.000"):
+            return True
+    return False
 
 
 def PROBE_PAGES(kind: str) -> Page | None:  # noqa: N802 (was the kind -> page dict; one name for the lookup)
