@@ -79,8 +79,8 @@ def test_cache_round_trip_with_grads(tiny_model, tmp_path):
     back = CachedSource(tmp_path / "cache")
     assert back.d == 32 and back.has_grads and back.n_tokens == 384
     for i in range(3):
-        a, g = src.chunk(i)
-        b, h = back.chunk(i)
+        a, g, _ = src.chunk(i)
+        b, h, _ = back.chunk(i)
         assert torch.equal(a, b) and torch.equal(g, h)
     live = ActivationStore(src, 32, seed=0)
     cached = ActivationStore(back, 32, seed=0)

@@ -1,4 +1,8 @@
-"""What an SAE is (SAEConfig: shape, selection rule, auxiliary loss) and how it is trained (SAETrainConfig)."""
+"""What an SAE is (SAEConfig: shape, selection rule, auxiliary loss) and how it is trained (SAETrainConfig).
+
+A transcoder (`transcoder=True`) is the same module trained to predict a target y (the store's,
+e.g. an MLP's output) from x instead of reconstructing x: ŷ = z W_dec + b_dec (+ x W_skipᵀ with
+`skip`), its encoder reading x itself (b_dec lives in y's space), its loss the FVU of y."""
 
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ class SAEConfig:
     )
     zipf_alpha: float = doc(1.0, 'feature_choice "zipf": capacity of usage-rank r ∝ r^-alpha')
     aux: str = doc("auxk", '"auxk" (dead latents), "aux_zipf" (dead and under-used), "none"', choices=AUX_LOSSES)
-    k_aux: int | None = doc(None, "latents the aux loss uses per token; none: d_in // 2")
+    k_aux: int | None = doc(None, "latents the aux loss uses per token; none: d_in // 2 (a transcoder's d_out // 2)")
     aux_coef: float = doc(1 / 32, "weight of the aux loss")
     dead_tokens: int = doc(1_000_000, "a latent that has not fired for this many tokens is dead")
     # (0.99 kept early-training values long enough to bias the threshold high: inference L0 fell to 0.6·k)
@@ -52,6 +56,14 @@ class SAEConfig:
     matryoshka_power: float = doc(
         0.5, 'matryoshka "sampled"/"expected": a in P(width <= m) = (m/F)^a; a < 1 favours small'
     )
+    transcoder: bool = doc(
+        False,
+        "predict the store's target y (e.g. an MLP's output) from x instead of reconstructing x; "
+        "the encoder reads x without subtracting b_dec; implied by target_hook",
+    )
+    skip: bool = doc(False, "transcoder: add a learned d_out x d_in skip matrix, y_hat += x W_skip^T (skip transcoder)")
+    d_out: int | None = doc(None, "transcoder: width of the target y; none: d_in")
+    target_hook: str = doc("", "transcoder: where the target came from, e.g. blocks.0.hook_mlp_out (metadata, exports)")
     hook_name: str = doc("", "where the activations came from (metadata, SAELens export)")
     model_name: str = doc("", "which model (metadata, SAELens export)")
 
@@ -65,9 +77,24 @@ class SAEConfig:
         check_choices(self)
         if self.k_aux is not None and not 1 <= self.k_aux <= self.d_sae:
             raise FieldError("k_aux", f"k_aux={self.k_aux} must lie in [1, d_sae={self.d_sae}]")
+        self._check_transcoder()
         if not 0.0 <= self.threshold_decay < 1.0:
             raise FieldError("threshold_decay", f"threshold_decay={self.threshold_decay} must lie in [0, 1)")
         self._check_nesting()
+
+    def _check_transcoder(self) -> None:
+        if self.target_hook and not self.transcoder:
+            object.__setattr__(self, "transcoder", True)
+        if not self.transcoder and (self.skip or self.d_out is not None):
+            field = "skip" if self.skip else "d_out"
+            raise FieldError(field, f"{field}: only a transcoder (transcoder=True or a target_hook) has it")
+        if self.d_out is not None and self.d_out < 1:
+            raise FieldError("d_out", f"d_out={self.d_out}: must be positive")
+
+    @property
+    def d_target(self) -> int:
+        """Width of what the decoder writes: d_out for a transcoder that sets it, else d_in."""
+        return self.d_out if self.d_out is not None else self.d_in
 
     def _check_nesting(self) -> None:
         widths = tuple(int(m) for m in self.matryoshka_widths)  # JSON gives a list
@@ -86,7 +113,7 @@ class SAEConfig:
 
     @property
     def aux_k(self) -> int:
-        return self.k_aux if self.k_aux is not None else max(1, min(self.d_in // 2, self.d_sae))
+        return self.k_aux if self.k_aux is not None else max(1, min(self.d_target // 2, self.d_sae))
 
 
 class TritonPath(NamedTuple):

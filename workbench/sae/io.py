@@ -152,6 +152,10 @@ def to_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
     from sae_lens.saes.topk_sae import TopKSAEConfig
 
     cfg = sae.cfg
+    if cfg.transcoder:  # SAELens' transcoder classes (transcoder_io.py)
+        from .transcoder_io import to_saelens_transcoder
+
+        return to_saelens_transcoder(sae, folder)
     if sae.layout.latent:
         raise ValueError("sae: a latent-parallel rank holds only part of the dictionary; gather it first")
     dtype = sae.W_enc.dtype
@@ -216,6 +220,10 @@ def from_saelens(folder: str | Path) -> SparseAutoencoder:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from e
     arch = raw.get("architecture") if isinstance(raw, dict) else None
+    from .transcoder_io import SAELENS_ARCHITECTURES, from_saelens_transcoder
+
+    if arch in SAELENS_ARCHITECTURES:
+        return from_saelens_transcoder(folder)
     if arch != "topk":
         raise CheckpointError(f"{cfg_path}: architecture {arch!r} is not supported (only 'topk')")
     lens = SAE.load_from_disk(folder)  # applies SAELens' own defaults for older config versions

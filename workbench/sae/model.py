@@ -4,10 +4,16 @@
     z   = ReLU(pre) on the rule's mask, else 0  [B, F]
     x̂   = z W_dec + b_dec                       [B, d]
 
-Decoder rows stay at unit norm: the trainer removes each row's parallel gradient component
-before the step and renormalises after it. Everything that differs between selection rules (the
-training selection on either path, the inference encoding, the threshold Mutual and Feature
-Choice learn for their JumpReLU inference) is the rule's own (selection.py, `self.rule`).
+A transcoder (cfg.transcoder) predicts a target y of width cfg.d_target instead of x:
+
+    pre = x W_encᵀ + b_enc                      (b_dec is in y's space: the input is not centred)
+    ŷ   = z W_dec + b_dec (+ x W_skipᵀ)         W_skip [d_out, d_in] with cfg.skip, starting at 0
+
+Decoder rows stay at unit norm (for transcoders too: the latent values carry the scale): the
+trainer removes each row's parallel gradient component before the step and renormalises after
+it. Everything that differs between selection rules (the training selection on either path, the
+inference encoding, the threshold Mutual and Feature Choice learn for their JumpReLU inference)
+is the rule's own (selection.py, `self.rule`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from .sparse import Kept, decode, encoder_values, pre_block
 
 
 class SAEOutput(NamedTuple):
-    x_hat: Float[Tensor, "B d"]
+    x_hat: Float[Tensor, "B d"]  # a transcoder's prediction ŷ [B, d_out]
     z: Float[Tensor, "B F"]  # kept activations, zero elsewhere
     mask: Bool[Tensor, "B F"]  # which entries the rule kept (a kept entry may be 0 after ReLU)
     pre: Float[Tensor, "B F"]
@@ -81,8 +87,14 @@ class SparseAutoencoder(nn.Module):
         F = len(w)  # this rank's latents
         self.W_enc = nn.Parameter(w.clone())  # [F, d]: encoder starts as the decoder's transpose
         self.b_enc = nn.Parameter(torch.zeros(F))
-        self.W_dec = nn.Parameter(w.clone())  # [F, d], unit-norm rows
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        d_out = cfg.d_target
+        w_dec = w if d_out == cfg.d_in else init_rows(cfg.d_sae, d_out, seed + 104_729, layout.latent_slice(cfg.d_sae))
+        self.W_dec = nn.Parameter(w_dec.clone())  # [F, d_out], unit-norm rows
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        if cfg.skip:  # replicated on every rank, as b_dec
+            self.W_skip = nn.Parameter(torch.zeros(d_out, cfg.d_in))
+        # what the encoder subtracts from x: b_dec for an SAE, nothing for a transcoder (not saved)
+        self.register_buffer("_no_offset", torch.zeros(cfg.d_in), persistent=False)
         self.register_buffer("threshold", torch.zeros(F))  # JumpReLU threshold (MC/FC inference)
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("tokens_since_fired", torch.zeros(F, dtype=torch.long))
@@ -90,13 +102,24 @@ class SparseAutoencoder(nn.Module):
 
     # --- encoding ---------------------------------------------------------------------------
 
+    @property
+    def input_bias(self) -> Float[Tensor, " d"]:
+        """What the encoder subtracts from x: b_dec for an SAE, zeros for a transcoder."""
+        return self._no_offset if self.cfg.transcoder else self.b_dec
+
+    def output_bias(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "..."]:
+        """What the decoder adds to z W_dec: b_dec, plus x W_skipᵀ [B, d_out] for a skip transcoder."""
+        if not self.cfg.skip:
+            return self.b_dec
+        return torch.addmm(self.b_dec, x, self.W_skip.T)
+
     def pre_acts(self, x: Float[Tensor, "B d"], rows: Tensor | None = None) -> Float[Tensor, "B F"]:
         """(x − b_dec) W_encᵀ + b_enc; with `rows` (latent indices) only those columns [B, len(rows)]."""
         if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
             raise ValueError(f"x: expected [batch, {self.cfg.d_in}], got {tuple(x.shape)}")
         if rows is None:
-            return pre_block(x - self.b_dec, self.W_enc, self.b_enc)
-        return pre_block(x - self.b_dec, self.W_enc[rows], self.b_enc[rows])
+            return pre_block(x - self.input_bias, self.W_enc, self.b_enc)
+        return pre_block(x - self.input_bias, self.W_enc[rows], self.b_enc[rows])
 
     @property
     def rule(self) -> Rule:
@@ -125,22 +148,26 @@ class SparseAutoencoder(nn.Module):
         loss's candidate latents, ascending): SparseOutput.aux_pre holds the pre-activations there,
         differentiable, read off the selection's GEMM (None if the rule did not provide them)."""
         kept = self.select_kept(x, grads, aux_cols)
-        vals, aux_pre = encoder_values(kept, x, self.b_dec, self.W_enc, self.b_enc, aux_cols)
+        vals, aux_pre = encoder_values(kept, x, self.input_bias, self.W_enc, self.b_enc, aux_cols)
         partial = decode(kept, vals, self.W_dec)
         if not self.layout.latent:
-            return SparseOutput(partial + self.b_dec, kept, vals, aux_pre)
-        x_hat = self.layout.sum_partials(partial + self.b_dec if self.layout.rank == 0 else partial)
+            return SparseOutput(partial + self.output_bias(x), kept, vals, aux_pre)
+        x_hat = self.layout.sum_partials(partial + self.output_bias(x) if self.layout.rank == 0 else partial)
         return SparseOutput(x_hat, kept, vals, aux_pre)
 
     def encode(self, x: Float[Tensor, "B d"]) -> Float[Tensor, "B F"]:
         """Inference encoding (no batch coupling): the rule's (TopK, or JumpReLU for MC/FC)."""
         return self.rule.encode(self, self.pre_acts(x))
 
-    def decode(self, z: Float[Tensor, "B F"]) -> Float[Tensor, "B d"]:
+    def decode(self, z: Float[Tensor, "B F"], x: Float[Tensor, "B d"] | None = None) -> Float[Tensor, "B d_out"]:
+        """z W_dec + b_dec; a skip transcoder also adds x W_skipᵀ, so it needs its input `x`."""
+        if self.cfg.skip and x is None:
+            raise ValueError("x: a skip transcoder's output includes x W_skip^T; pass decode(z, x)")
+        bias = self.output_bias(x) if self.cfg.skip else self.b_dec
         if not self.layout.latent:
-            return z @ self.W_dec + self.b_dec
+            return z @ self.W_dec + bias
         partial = z @ self.W_dec  # this rank's latents; b_dec joins once, so its gradient counts once
-        return self.layout.sum_partials(partial + self.b_dec if self.layout.rank == 0 else partial)
+        return self.layout.sum_partials(partial + bias if self.layout.rank == 0 else partial)
 
     def forward(self, x: Float[Tensor, "B d"], grads: Float[Tensor, "B d"] | None = None) -> SAEOutput:
         """Training mode applies the selection rule; eval mode the inference encoding."""
@@ -151,7 +178,7 @@ class SparseAutoencoder(nn.Module):
         else:
             z = self.encode(x)
             mask = z > 0
-        return SAEOutput(self.decode(z), z, mask, pre)
+        return SAEOutput(self.decode(z, x), z, mask, pre)
 
     # --- bookkeeping the trainer calls --------------------------------------------------------
 

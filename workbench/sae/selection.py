@@ -94,8 +94,9 @@ class SAEView(Protocol):
     layout: Layout
     W_enc: Tensor  # [F, d]
     b_enc: Tensor  # [F]
-    W_dec: Tensor  # [F, d]
-    b_dec: Tensor  # [d]
+    W_dec: Tensor  # [F, d_out] (d_out = d for an SAE)
+    b_dec: Tensor  # [d_out]
+    input_bias: Tensor  # [d] what the encoder subtracts from x (b_dec; zeros for a transcoder)
     threshold: Tensor  # [F] JumpReLU threshold (written by update_threshold)
     threshold_updates: Tensor  # [] updates so far
     usage: Tensor  # [F] EMA of each latent's firing rate
@@ -114,7 +115,8 @@ def select_topk(pre: Float[Tensor, "B F"], k: int, layout: Layout | None = None)
 def gradient_scores(
     pre: Float[Tensor, "B F"], grads: Float[Tensor, "B d"], W_dec: Float[Tensor, "F d"], beta: float
 ) -> Float[Tensor, "B F"]:
-    """g-SAE score s = pre + β·pre·|⟨g, W_dec,i⟩|: activation plus its first-order loss effect."""
+    """g-SAE score s = pre + β·pre·|⟨g, W_dec,i⟩|: activation plus its first-order loss effect
+    (for a transcoder g is the loss gradient at its target, the MLP output W_dec writes)."""
     effect = (grads @ W_dec.T).abs()  # [B, F]
     return pre + beta * pre * effect
 
@@ -292,7 +294,7 @@ class PerToken(Rule):
             return super().select_kept(sae, x, grads, aux_cols)
         plain = type(self).scores is PerToken.scores  # the pre-activations are the scores (TopK)
         return select_per_token(
-            x.detach() - sae.b_dec.detach(),
+            x.detach() - sae.input_bias.detach(),
             sae.W_enc.detach(),
             sae.b_enc.detach(),
             sae.cfg.k,
@@ -330,8 +332,9 @@ class Gradient(PerToken):
     def _check(sae, grads: Tensor | None, rows: int) -> None:
         if grads is None:
             raise ValueError("selection='gradient' needs grads (the activation store's with_grads=True)")
-        if grads.shape != (rows, sae.cfg.d_in):
-            raise ValueError(f"grads: expected [{rows}, {sae.cfg.d_in}], got {tuple(grads.shape)}")
+        width = sae.W_dec.shape[1]  # the gradient is at what the decoder writes (a transcoder's target)
+        if grads.shape != (rows, width):
+            raise ValueError(f"grads: expected [{rows}, {width}], got {tuple(grads.shape)}")
 
 
 class JumpReLURule(Rule):

@@ -1,4 +1,8 @@
-"""One trainer for every SAE variant: Adam, warm-up and decay, clipping, dead latents, resume."""
+"""One trainer for every SAE variant: Adam, warm-up and decay, clipping, dead latents, resume.
+
+Transcoders (SAEConfig.transcoder) train on the same loop: the store yields a target y next to x
+(ActivationBatch.targets), the reconstruction term is the FVU of y, the aux loss reconstructs
+y − ŷ, and a g-SAE's gradients are the loss gradient at y (the store captures them there)."""
 
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ class StepOutput(NamedTuple):
     loss: Float[Tensor, ""]
     """What is backpropagated: recon + aux_coef · aux."""
     fvu: Float[Tensor, ""]
-    """Fraction of variance unexplained by the whole reconstruction, Σ‖x − x̂‖² / Σ‖x − mean(x)‖²."""
+    """Fraction of variance unexplained by the whole reconstruction, Σ‖x − x̂‖² / Σ‖x − mean(x)‖²
+    (a transcoder's: of its target y)."""
     recon: Float[Tensor, ""]
     """The loss's reconstruction term: fvu, or with a Matryoshka loss the weighted prefix FVUs (matryoshka.py)."""
     aux: Float[Tensor, ""]
@@ -102,8 +107,14 @@ def make_optimizer(sae: SparseAutoencoder, cfg: SAETrainConfig) -> torch.optim.A
 
 def triton_supported(sae_cfg: SAEConfig) -> bool:
     """Whether the fused kernels cover this SAE: its rule says so, the aux loss is AuxK or none,
-    and it has no Matryoshka loss (the nested loss runs on the torch paths)."""
-    return get_rule(sae_cfg.selection).triton and sae_cfg.aux in ("auxk", "none") and sae_cfg.matryoshka == "none"
+    it has no Matryoshka loss (the nested loss runs on the torch paths) and it is not a
+    transcoder (the kernels centre x by b_dec and reconstruct x)."""
+    return (
+        get_rule(sae_cfg.selection).triton
+        and sae_cfg.aux in ("auxk", "none")
+        and sae_cfg.matryoshka == "none"
+        and not sae_cfg.transcoder
+    )
 
 
 def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE) -> TritonPath | None:
@@ -120,8 +131,9 @@ def use_triton(cfg: SAETrainConfig, sae_cfg: SAEConfig, layout: Layout = SINGLE)
     if cfg.use_triton and not triton_supported(sae_cfg):
         covered = [name for name, rule in RULES.items() if rule.triton]
         raise ValueError(
-            f"use_triton: the kernels cover selection {'/'.join(covered)} with aux auxk/none and no "
-            f"matryoshka, not {sae_cfg.selection}/{sae_cfg.aux}/matryoshka={sae_cfg.matryoshka}"
+            f"use_triton: the kernels cover SAEs (not transcoders) with selection {'/'.join(covered)}, aux "
+            f"auxk/none and no matryoshka, not {sae_cfg.selection}/{sae_cfg.aux}/matryoshka={sae_cfg.matryoshka}"
+            f"/transcoder={sae_cfg.transcoder}"
         )
     if cfg.use_triton and layout.latent:
         raise ValueError(
@@ -188,7 +200,9 @@ def _sparse_losses(
     grads: torch.Tensor | None,
     dead: torch.Tensor,
     nest: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
 ) -> StepOutput:
+    y = x if y is None else y
     cfg, layout = sae.cfg, sae.layout
     weights = _aux_weights(sae, dead)
     # the aux loss as dense GEMMs over its candidate rows alone (as the Triton path's AuxK), their
@@ -196,16 +210,17 @@ def _sparse_losses(
     # so its selection and ties are unchanged
     rows = None if weights is None else (weights > 0).nonzero().squeeze(1)
     out = sae.forward_sparse(x, grads, rows)
-    mse = fvu(x, out.x_hat, layout)
+    mse = fvu(y, out.x_hat, layout)
     if weights is None:
         aux = mse * 0.0
     else:
         pre = out.aux_pre if out.aux_pre is not None else sae.pre_acts(x, rows)
-        aux = aux_loss(pre, x - out.x_hat, sae.W_dec[rows], weights[rows], cfg.aux_k, layout)
+        aux = aux_loss(pre, y - out.x_hat, sae.W_dec[rows], weights[rows], cfg.aux_k, layout)
     if nest is None:
         recon = mse
     else:  # x_hat's own graph is then not backpropagated (the full prefix is among the partial sums)
-        recon = nested_fvu_sparse(x, out.kept, out.vals, sae.W_dec, sae.b_dec, nest, layout)
+        # a skip transcoder's x W_skipᵀ joins b_dec as every prefix's base ([B, d_out] broadcasts)
+        recon = nested_fvu_sparse(y, out.kept, out.vals, sae.W_dec, sae.output_bias(x), nest, layout)
     l0 = float((out.vals > 0).sum()) / len(x)
     return StepOutput(recon + cfg.aux_coef * aux, mse, recon, aux, dead, l0, out.kept.cols, out.vals.detach(), len(x))
 
@@ -217,26 +232,35 @@ def sae_losses(
     triton: TritonPath | bool | None = None,
     sparse: bool = False,
     nest: Float[Tensor, " F"] | None = None,
+    y: Float[Tensor, "B d_out"] | None = None,
 ) -> StepOutput:
     """Forward pass and losses of one batch: the Triton path, else the sparse torch path
     (`sparse`), else the dense reference path. `nest`: the Matryoshka prefix weights w(m) of
-    this step (matryoshka.prefix_weights; None: the plain loss)."""
+    this step (matryoshka.prefix_weights; None: the plain loss). `y`: a transcoder's target
+    (required for one; an SAE's target is x itself)."""
+    if sae.cfg.transcoder and y is None:
+        raise ValueError("y: a transcoder is trained on a target; pass sae_losses(..., y=targets)")
+    if y is not None and y.shape != (len(x), sae.cfg.d_target):
+        raise ValueError(f"y: expected [{len(x)}, {sae.cfg.d_target}], got {tuple(y.shape)}")
     dead = sae.dead_mask()
     if nest is not None and (triton or sae.layout.latent):
         raise ValueError("matryoshka: the nested loss runs on the torch paths without parallel='latent'")
     if triton:
+        if sae.cfg.transcoder:
+            raise ValueError("triton: the fused kernels reconstruct x; a transcoder trains on the torch paths")
         return _triton_losses(sae, x, grads, dead, TritonPath() if triton is True else triton)
     if sparse:
-        return _sparse_losses(sae, x, grads, dead, nest)
+        return _sparse_losses(sae, x, grads, dead, nest, y)
+    y = x if y is None else y
     out = sae(x, grads)
     cfg, layout = sae.cfg, sae.layout
-    mse = fvu(x, out.x_hat, layout)
+    mse = fvu(y, out.x_hat, layout)
     weights = _aux_weights(sae, dead)
     if weights is None:
         aux = mse * 0.0
     else:
-        aux = aux_loss(out.pre, x - out.x_hat, sae.W_dec, weights, cfg.aux_k, layout)
-    recon = mse if nest is None else nested_fvu_dense(x, out.z, sae.W_dec, sae.b_dec, nest, layout)
+        aux = aux_loss(out.pre, y - out.x_hat, sae.W_dec, weights, cfg.aux_k, layout)
+    recon = mse if nest is None else nested_fvu_dense(y, out.z, sae.W_dec, sae.output_bias(x), nest, layout)
     l0 = float((out.z > 0).float().sum(1).mean())
     cols = out.mask.nonzero()[:, 1]  # by token, then latent: the order the sparse path keeps
     return StepOutput(recon + cfg.aux_coef * aux, mse, recon, aux, dead, l0, cols, out.z.detach()[out.mask], len(x))
@@ -278,8 +302,14 @@ class _Losses(torch.nn.Module):
         super().__init__()
         self.sae, self.triton, self.sparse = sae, triton, sparse
 
-    def forward(self, x: torch.Tensor, grads: torch.Tensor | None, nest: torch.Tensor | None = None) -> StepOutput:
-        return sae_losses(self.sae, x, grads, self.triton, self.sparse, nest)
+    def forward(
+        self,
+        x: torch.Tensor,
+        grads: torch.Tensor | None,
+        nest: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+    ) -> StepOutput:
+        return sae_losses(self.sae, x, grads, self.triton, self.sparse, nest, y)
 
 
 def _loss_fn(sae: SparseAutoencoder, triton: TritonPath | None, device: str, sparse: bool = False):
@@ -294,15 +324,18 @@ def _loss_fn(sae: SparseAutoencoder, triton: TritonPath | None, device: str, spa
 
 
 def _next_batch(
-    store: ActivationStore, layout: Layout, device: str, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    store: ActivationStore, layout: Layout, device: str, dtype: torch.dtype, targets: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """x, its gradients (or None) and, when `targets`, the transcoder's target y (else None)."""
     batch: ActivationBatch = next(store)
     x = batch.acts.to(device, dtype)
     g = batch.grads.to(device, dtype) if batch.grads is not None else None
+    y = batch.targets.to(device, dtype) if targets else None
     if layout.latent:  # each rank read 1/W of the batch; every rank's latents see all of it
         x = layout.all_gather(x)
         g = layout.all_gather(g) if g is not None else None
-    return x, g
+        y = layout.all_gather(y) if y is not None else None
+    return x, g, y
 
 
 def _metrics(res: StepOutput, sae: SparseAutoencoder, step: int, cfg: SAETrainConfig) -> dict[str, Any]:
@@ -358,6 +391,19 @@ def _save_final(run: RunDir, sae: SparseAutoencoder) -> None:
         save_sae(full, run.path)
 
 
+def _check_targets(store: ActivationStore, sae_cfg: SAEConfig) -> None:
+    """A transcoder needs a store with targets of its d_out (and g-SAE's gradients at them)."""
+    if not sae_cfg.transcoder:
+        return
+    if not store.has_targets:
+        raise ValueError(
+            "transcoder: the store yields no targets; build it from a source with targets "
+            "(StoreConfig.target_hook, TensorSource(targets=...), a cache written with a target hook)"
+        )
+    if store.d_out != sae_cfg.d_target:
+        raise ValueError(f"the store's targets have width {store.d_out}, SAEConfig.d_out is {sae_cfg.d_target}")
+
+
 def _check_store(store: ActivationStore, layout: Layout) -> None:
     if (store.rank, store.world_size) != (layout.rank, layout.world):
         raise ValueError(
@@ -391,6 +437,7 @@ def train_sae(
     """
     if store.d != sae_cfg.d_in:
         raise ValueError(f"the store yields d={store.d} activations, SAEConfig.d_in is {sae_cfg.d_in}")
+    _check_targets(store, sae_cfg)
     if store.batch_size != cfg.batch_size:
         raise ValueError(f"store.batch_size={store.batch_size} != SAETrainConfig.batch_size={cfg.batch_size}")
     get_rule(sae_cfg.selection).check_training(sae_cfg, cfg.batch_size, store.has_grads)
@@ -398,6 +445,8 @@ def train_sae(
         raise ValueError(f"total_tokens={cfg.total_tokens} is less than one batch of {cfg.batch_size}")
     layout = current_layout(cfg.parallel)
     _check_store(store, layout)
+    if sae_cfg.skip and layout.latent:
+        raise ValueError("skip: W_skip's gradient is not merged across ranks under parallel='latent'; use 'data'")
     if sae_cfg.matryoshka != "none" and layout.latent:
         raise ValueError("matryoshka: a prefix spans every rank's latents under parallel='latent'; use 'data'")
     if layout.world > 1 and cfg.device == "cuda":  # one GPU per process: the one torchrun's rank set
@@ -418,7 +467,8 @@ def train_sae(
         if lead:
             run.truncate_metrics(start - 1)
     else:
-        sae.init_b_dec(store.head(cfg.batch_size).to(cfg.device, cfg.torch_dtype), cfg.b_dec_init)
+        first = store.head_targets(cfg.batch_size) if sae_cfg.transcoder else store.head(cfg.batch_size)
+        sae.init_b_dec(first.to(cfg.device, cfg.torch_dtype), cfg.b_dec_init)
         if run is not None and lead:
             run.write_config({"sae": sae_cfg, "train": cfg}, kind="sae")
     wandb_run = _wandb(cfg, sae_cfg) if lead else None
@@ -429,8 +479,8 @@ def train_sae(
     bar = tqdm(range(start, end), desc=f"training {sae_cfg.selection} SAE", disable=not (progress and lead))
     sae.train()
     for step in bar:
-        x, g = _next_batch(store, layout, cfg.device, cfg.torch_dtype)
-        res = loss_fn(x, g, prefix_weights(sae_cfg, cfg.seed, step))
+        x, g, y = _next_batch(store, layout, cfg.device, cfg.torch_dtype, sae_cfg.transcoder)
+        res = loss_fn(x, g, prefix_weights(sae_cfg, cfg.seed, step), y)
         opt.zero_grad(set_to_none=True)
         (res.loss * scale).backward()
         if layout.latent:  # b_dec is replicated: its gradient sums every rank's latents' part
