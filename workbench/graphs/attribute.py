@@ -82,46 +82,44 @@ class LinearPass:
 
     def rows(self, inj: Injection) -> tuple[Float[Tensor, "b S"], Float[Tensor, "b d"]]:
         """(direct effects [b, n_sources] in Graph's source order, direct reads [b, d])."""
-        b = len(inj.key)
-        grads: dict[str, Tensor] = {}
+        b, rep = len(inj.key), self.rep
+        groups: dict[str, Tensor] = {}
         for i, key in enumerate(inj.key):
-            if key not in grads:
-                grads[key] = torch.zeros_like(self.cap[key])
-            if key.startswith("z."):
-                g_z = grads[key]
-                g_z[i, inj.pos[i], inj.head[i]] = inj.vec[i, : g_z.shape[-1]]  # d_head of a wider row
+            groups.setdefault(key, []).append(i)
+        grads = {}
+        for key, idx in groups.items():
+            idx = torch.tensor(idx)
+            g = torch.zeros_like(self.cap[key])
+            if key.startswith("z."):  # a head's z: d_head of a wider row
+                g[idx, inj.pos[idx], inj.head[idx]] = inj.vec[idx, : g.shape[-1]].to(g.dtype)
             else:
-                grads[key][i, inj.pos[i]] = inj.vec[i]
+                g[idx, inj.pos[idx]] = inj.vec[idx].to(g.dtype)
+            grads[key] = g
+            groups[key] = idx
         reads = sorted({_read_key(k) for k in grads if not k.startswith("z.")})
-        outs = [self.cap[k] for k in grads]
+        wrt = self.sources + [self.cap[k] for k in reads]
         got = torch.autograd.grad(
-            outs,
-            self.sources + [self.cap[k] for k in reads],
-            list(grads.values()),
-            retain_graph=True,
-            allow_unused=True,
+            [self.cap[k] for k in grads], wrt, list(grads.values()), retain_graph=True, allow_unused=True
         )
-        zero = lambda t: torch.zeros_like(t)  # noqa: E731
-        g = [zero(s) if x is None else x for s, x in zip(self.sources + [self.cap[k] for k in reads], got)]
-        rep = self.rep
-        cols = [(g[0] * rep.embed).sum(-1)]  # tokens [B, n]
-        feats = []
+        B, n = self.B, len(rep.tokens)
+        new = lambda cols: got[0].new_zeros(B, cols) if got[0] is not None else rep.embed.new_zeros(B, cols)  # noqa: E731
+        tokens = new(n) if got[0] is None else (got[0] * rep.embed).sum(-1)
+        feats, errors = [], []
         for i, l in enumerate(rep.mlp_layers):
-            gm = g[1 + i]
-            cols.append((gm * rep.errors[i]).sum(-1))
-            sel = rep.features[:, 0] == l
+            gm, sel = got[1 + i], rep.features[:, 0] == l
+            if gm is None:  # the layer lies downstream of every target in the batch
+                feats.append(new(int(sel.sum())))
+                errors.append(new(n))
+                continue
+            errors.append((gm * rep.errors[i]).sum(-1))
             if sel.any():
                 feats.append(torch.einsum("bmd,md->bm", gm[:, rep.features[sel, 1]], rep.decoder[sel]))
-        n = len(rep.tokens)
-        errors = torch.cat(cols[1:], 1) if len(cols) > 1 else g[0].new_zeros(self.B, 0)
-        feats = torch.cat(feats, 1) if feats else g[0].new_zeros(self.B, 0)
-        direct = torch.zeros(b, rep.embed.shape[-1], dtype=g[0].dtype)
-        by_read = dict(zip(reads, g[len(self.sources) :]))
-        for i, key in enumerate(inj.key):
-            if not key.startswith("z."):
-                direct[i] = by_read[_read_key(key)][i, inj.pos[i]]
-        assert errors.shape[1] == n * len(rep.mlp_layers)
-        return torch.cat([feats, errors, cols[0]], 1)[:b], direct
+        direct = rep.embed.new_zeros(b, rep.embed.shape[-1])
+        for k, g in zip(reads, got[len(self.sources) :]):
+            for key, idx in groups.items():
+                if not key.startswith("z.") and _read_key(key) == k and g is not None:
+                    direct[idx] = g[idx, inj.pos[idx]].to(direct.dtype)
+        return torch.cat(feats + errors + [tokens], 1)[:b], direct
 
 
 def _read_key(key: str) -> str:

@@ -40,8 +40,11 @@ def influence(A_norm: Float[Tensor, "N N"], w: Float[Tensor, " N"], max_iter: in
 
 
 def threshold_value(scores: Float[Tensor, " n"], share: float) -> float:
-    """The smallest score among the top ones that together hold `share` of the total."""
-    s = scores.sort(descending=True).values
+    """The smallest score among the top ones that together hold `share` of the total (zeros hold
+    nothing: they are left out of the sort, which on a dense edge matrix is most of it)."""
+    s = scores[scores > 0].sort(descending=True).values
+    if len(s) == 0:
+        return 0.0
     cum = s.cumsum(0) / s.sum().clamp_min(1e-300)
     i = min(int(torch.searchsorted(cum, torch.tensor(share, dtype=cum.dtype))), len(s) - 1)
     return float(s[i])

@@ -1,0 +1,148 @@
+"""Time and peak memory of one attribution graph: a 128-byte prompt (BOS + 128 bytes of held-out
+text) on the default model (2 layers), with a transcoder of 2048 latents (TopK k=16) on each MLP.
+
+The transcoders are either trained here, quickly (a plain TopK loop: Adam on the default's own
+ln2.hook_normalized -> hook_mlp_out pairs over training text; not the SAE trainer, which has no
+transcoders yet), or random-init (`--random`: timing only, their features mean nothing). The graph
+is then measured in a fresh child process, so its peak RSS is the graph's and not the training's.
+
+    cpujob --both .venv/bin/python benchmarks/graphs.py [--random] [--steps 300] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+D_LATENT, K, PROMPT_BYTES = 2048, 16, 128
+
+
+def train_transcoders(model, data, steps: int, seed: int = 0) -> tuple[dict, dict]:
+    """One TopK transcoder per MLP layer, fitted on 256 training windows (32k tokens); returns
+    them and each one's fraction of variance unexplained on 16 held-out windows."""
+    from workbench.corpus import windows
+    from workbench.graphs.transcoder import random_transcoder
+
+    bos = data.tokenizer.bos_token_id
+    train = windows(data.train, 128, bos_token_id=bos, n=256)
+    held = windows(data.validation, 128, bos_token_id=bos, n=16)
+
+    def pairs(tokens, l):
+        names = [f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out"]
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=names)
+        return cache[names[0]][:, 1:].flatten(0, 1), cache[names[1]][:, 1:].flatten(0, 1)
+
+    out, fvu = {}, {}
+    gen = torch.Generator().manual_seed(seed)
+    for l in range(model.cfg.n_layers):
+        x, y = pairs(train, l)
+        tc = random_transcoder(x.shape[1], D_LATENT, K, seed=seed + l)
+        params = [t.requires_grad_() for t in (tc.W_enc, tc.b_enc, tc.W_dec, tc.b_dec)]
+        with torch.no_grad():
+            tc.b_dec.copy_(y.mean(0))
+        opt = torch.optim.Adam(params, lr=2e-3)
+        for _ in range(steps):
+            i = torch.randint(len(x), (2048,), generator=gen)
+            loss = (tc(x[i]) - y[i]).pow(2).sum(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for p in params:
+            p.requires_grad_(False)
+        hx, hy = pairs(held, l)
+        fvu[l] = float((tc(hx) - hy).pow(2).sum() / (hy - hy.mean(0)).pow(2).sum())
+        out[l] = tc
+    return out, fvu
+
+
+def measure(folder: str, repeats: int) -> dict:
+    """The graph of the benchmark prompt, `repeats` times: phase times (best of the repeats) and this
+    process's peak RSS."""
+    from workbench.graphs.attribute import trace
+    from workbench.graphs.heads import head_loadings
+    from workbench.graphs.prune import graph_scores, prune
+    from workbench.graphs.transcoder import load_transcoders
+    from workbench.hub import load_model
+    from workbench.token_data import default_data
+
+    model = load_model("workbench-tiny")[0]
+    data = default_data()
+    bos = data.tokenizer.bos_token_id
+    tokens = torch.cat([torch.tensor([bos]), data.validation[:PROMPT_BYTES]])
+    tcs = load_transcoders(folder)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        t = {"start": time.perf_counter()}
+        graph, lin = trace(model, tokens, tcs, bos=bos, batch_size=256)
+        t["trace"] = time.perf_counter()
+        pr = prune(graph, 0.8, 0.98)
+        scores = graph_scores(graph)
+        t["prune+scores"] = time.perf_counter()
+        tt, ss = pr.edge_mask.nonzero(as_tuple=True)
+        head_loadings(model, lin, graph, tt, ss)
+        t["head loadings"] = time.perf_counter()
+        del lin
+        keys = list(t)
+        for a, b in zip(keys, keys[1:]):
+            best[b] = min(best.get(b, 1e9), t[b] - t[a])
+        best["total"] = min(best.get("total", 1e9), t[keys[-1]] - t["start"])
+    return {
+        "seconds": best,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_graph_mb": rss0,
+        "nodes": graph.n_nodes,
+        "features": graph.n_features,
+        "logits": graph.n_logits,
+        "kept_nodes": int(pr.node_mask.sum()),
+        "kept_edges": int(pr.edge_mask.sum()),
+        "replacement": scores.replacement,
+        "completeness": scores.completeness,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--random", action="store_true", help="random-init transcoders (timing only)")
+    ap.add_argument("--steps", type=int, default=300, help="Adam steps per trained transcoder")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--measure", help=argparse.SUPPRESS)  # the child: a transcoder folder
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.repeats)))
+        return
+    from workbench.graphs.transcoder import random_transcoder, save_transcoders
+    from workbench.hub import load_model
+    from workbench.token_data import default_data
+
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        if args.random:
+            tcs, fvu = {l: random_transcoder(128, D_LATENT, K, seed=l) for l in range(2)}, None
+        else:
+            tcs, fvu = train_transcoders(load_model("workbench-tiny")[0], default_data(), args.steps)
+        fit_s = time.perf_counter() - t0
+        save_transcoders(folder, tcs)
+        child = [sys.executable, str(Path(__file__).resolve()), "--measure", folder, "--repeats", str(args.repeats)]
+        out = subprocess.run(child, capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res |= {
+        "transcoders": "random-init" if args.random else f"trained ({args.steps} steps)",
+        "fit_s": fit_s,
+        "fvu": fvu,
+    }
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
