@@ -4,12 +4,17 @@ short markdown report for benchmarks/RESULTS.md; then the head-role methods of i
 scores over the shipped training checkpoints) on the default model, timed,
 with their results saved to benchmarks/results/head_methods.json.
 
+Both read the demo's own recipes (`workbench.demo.demo_recipes`, the list the demo builds and the
+widgets show): the report each probe run's folder, the head methods the heads recipe's configs
+(with the seeds, the DuoAttention steps and the random rankings of the command line).
+
     python benchmarks/probes.py [--runs DIR] [--only probes|heads] [--seeds 5] [--n-random 99] [--duo-steps 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -18,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from workbench.demo import build_demo, default_demo_dir
+from workbench.demo import Recipe, build_demo, default_demo_dir, demo_recipes
 from workbench.results import read_results
 
 RESULTS = Path(__file__).parent / "results" / "head_methods.json"
+REPORTED = ("sparsity", "heads", "arrow")  # the probe kinds the report covers (the SAE has its own benchmarks)
 SEEDS = (0, 1, 2, 3, 4)  # context seeds: every ranking (gates included) and evaluation re-drawn per seed
 
 
@@ -29,16 +35,19 @@ def head_methods(seeds: tuple[int, ...] = SEEDS, n_random: int = 99, duo_steps: 
     """Per context seed: Duo gates, Razor scores and Wu's head roles; then the trade-off curve
     (without and with the compensation token) with every point's p-value against random picks on
     seed 0's contexts and a t interval over the seeds' own rankings and contexts, and the rankings'
-    agreement with its interval over seeds; each timed; prints a markdown summary."""
+    agreement with its interval over seeds; each timed; prints a markdown summary. The configs are
+    the demo heads recipe's, with these seeds, steps and random rankings."""
     from workbench.hub import load_model
-    from workbench.probes.duo import DuoConfig, duo_gates
+    from workbench.probes.duo import duo_gates
     from workbench.probes.head_agreement import agreement_over_seeds, ranking_agreement
     from workbench.probes.head_rankings import head_rankings
-    from workbench.probes.heads import HeadRoleConfig, head_roles
+    from workbench.probes.heads import head_roles
     from workbench.probes.heads_over_training import shipped_heads_over_training
-    from workbench.probes.kv_tradeoff import TradeoffConfig, tradeoff_curve
-    from workbench.probes.razor import RazorConfig, razor_scores
+    from workbench.probes.kv_tradeoff import tradeoff_curve
+    from workbench.probes.razor import razor_scores
 
+    recipe = demo_runs()["heads"].config
+    seeded = dataclasses.replace
     model, tok = load_model("workbench-tiny")
     bos, timing = tok.bos_token_id, {}
 
@@ -48,17 +57,22 @@ def head_methods(seeds: tuple[int, ...] = SEEDS, n_random: int = 99, duo_steps: 
         timing[name] = time.perf_counter() - start
         return out
 
-    duos = [
-        timed(f"duo_seed{s}", lambda s=s: duo_gates(model, DuoConfig(seed=s, steps=duo_steps), progress=False))
+    duo_cfgs = {s: seeded(recipe.duo, seed=s, steps=duo_steps) for s in seeds}
+    duos = [timed(f"duo_seed{s}", lambda s=s: duo_gates(model, duo_cfgs[s], progress=False)) for s in seeds]
+    razors = [
+        timed(f"razor_seed{s}", lambda s=s: razor_scores(model, seeded(recipe.razor, seed=s), bos=bos)) for s in seeds
+    ]
+    roles = [
+        timed(f"roles_seed{s}", lambda s=s: head_roles(model, seeded(recipe.role_config(), seed=s), bos=bos))
         for s in seeds
     ]
-    razors = [timed(f"razor_seed{s}", lambda s=s: razor_scores(model, RazorConfig(seed=s), bos=bos)) for s in seeds]
-    roles = [timed(f"roles_seed{s}", lambda s=s: head_roles(model, HeadRoleConfig(seed=s), bos=bos)) for s in seeds]
     rankings = {s: head_rankings(r, d, z) for s, r, d, z in zip(seeds, roles, duos, razors)}
     extra = {s: r for s, r in rankings.items() if s != seeds[0]}
     tradeoffs = {}
     for key, comp in (("tradeoff", False), ("tradeoff_compensation", True)):
-        cfg = TradeoffConfig(compensation=comp, n_random=n_random, seed=seeds[0], context_seeds=tuple(seeds[1:]))
+        cfg = seeded(
+            recipe.tradeoff, compensation=comp, n_random=n_random, seed=seeds[0], context_seeds=tuple(seeds[1:])
+        )
         tradeoffs[key] = timed(
             key,
             lambda cfg=cfg: tradeoff_curve(model, rankings[seeds[0]], cfg, seed_rankings=extra, progress=False),
@@ -92,6 +106,11 @@ def head_methods(seeds: tuple[int, ...] = SEEDS, n_random: int = 99, duo_steps: 
     print_head_methods(out)
     print_agreement_and_over_training(out)
     return out
+
+
+def demo_runs(root: Path | None = None) -> dict[str, Recipe]:
+    """The demo's recipes by kind (`root`: the demo folder; default: the workbench home's)."""
+    return {r.kind: r for r in demo_recipes(root=root)}
 
 
 def _p(p) -> str:
@@ -277,8 +296,9 @@ def main() -> None:
 
 
 def print_probes(root: Path) -> None:
-    """The demo probes' markdown report from a demo folder's typed results."""
-    sp, hd, ar = (read_results(root / n) for n in ("probe-sparsity", "probe-heads", "probe-arrow"))
+    """The demo probes' markdown report from a demo folder's typed results (each probe recipe's folder)."""
+    runs = demo_runs(root)
+    sp, hd, ar = (read_results(root / runs[kind].folder) for kind in REPORTED)
     sp, hd, ar = sp.to_dict(), hd.roles.to_dict(), ar.to_dict()
     print(
         f"\n{date.today()} · {platform.machine()} CPU, {torch.get_num_threads()} threads · workbench-tiny "

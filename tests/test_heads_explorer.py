@@ -12,6 +12,7 @@ from workbench.probes.head_agreement import ranking_agreement, rankings_from_rol
 from workbench.probes.head_explorer import explorer_data
 from workbench.probes.head_rankings import label
 from workbench.probes.heads import HeadRoleConfig, attention_patterns, head_roles
+from workbench.probes.heads_data import Agreement, ExplorerData, HeadsOverTraining
 from workbench.probes.heads_over_training import (
     OverTrainingConfig,
     attention_entropy,
@@ -84,7 +85,7 @@ def test_planted_induction_head_forms(over):
     assert over.previous_token[1][0][0] > 0.9  # L0H0, unchanged in both models
     assert over.formed == {"copy": [0, 10], "induction": [0, 10], "retrieval": [0, 10]}
     assert over.loss_source == "held-out windows" and over.loss[1] < over.loss[0]
-    json.dumps(over.to_dict(), allow_nan=False)
+    assert HeadsOverTraining.from_dict(json.loads(json.dumps(over.to_dict(), allow_nan=False))) == over
 
 
 def test_formed_needs_to_hold_to_the_end():
@@ -123,16 +124,19 @@ def test_shipped_phase_change():  # 6.6 s on 2 cores (10 checkpoints)
 
 def test_explorer_data_is_json_and_holds_the_patterns(handset_data):
     model, roles, data = handset_data
-    back = json.loads(json.dumps(data, allow_nan=False))
-    assert back["n_layers"] == 2 and back["n_heads"] == 4 and set(back["contexts"]) == {"needle", "repeated segment"}
-    ids = torch.tensor(back["contexts"]["needle"]["ids"])
+    assert isinstance(data, ExplorerData)
+    back = ExplorerData.from_dict(json.loads(json.dumps(data.to_dict(), allow_nan=False)))
+    assert back == data
+    assert back.n_layers == 2 and back.n_heads == 4 and set(back.contexts) == {"needle", "repeated segment"}
+    ids = torch.tensor(back.contexts["needle"]["ids"])
     _, pat = attention_patterns(model, ids[None])
-    stored = torch.tensor(back["contexts"]["needle"]["patterns"], dtype=torch.float64)
+    stored = torch.tensor(back.contexts["needle"]["patterns"], dtype=torch.float64)
     assert torch.allclose(stored, pat[:, 0], atol=1e-3)
-    assert back["metrics"]["retrieval score"] == roles.retrieval
-    assert back["intervals"]["retrieval score"] == roles.retrieval_ci
+    assert back.metrics["retrieval score"] == roles.retrieval
+    assert back.intervals["retrieval score"] == roles.retrieval_ci
+    assert back.labels == roles.labels and back.copy_accuracy == roles.copy_accuracy and back.gate_curve is None
     for name in ("streaming mass", "causal Δloss", "TL induction", "TL previous-token", "attention entropy"):
-        assert len(back["metrics"][name]) == 2 and len(back["metrics"][name][0]) == 4
+        assert len(back.metrics[name]) == 2 and len(back.metrics[name][0]) == 4
 
 
 def test_explorer_data_takes_duo_and_razor(handset_data):
@@ -148,7 +152,10 @@ def test_explorer_data_takes_duo_and_razor(handset_data):
         "protected": [[False] * 4, [True, False, False, False]],
     }
     data = explorer_data(model, roles, bos=BOS, duo=duo, razor=razor, contexts={})
-    assert data["metrics"]["Duo α"][1][0] == 0.9 and data["metrics"]["Razor induction"][1][0] == 0.9
+    assert data.metrics["Duo α"][1][0] == 0.9 and data.metrics["Razor induction"][1][0] == 0.9
+    assert (
+        data.gate_curve == {"step": [0, 5], "alpha": duo["trajectory"]} and data.razor_protected == razor["protected"]
+    )
     fig = hf.head_detail(data, 1, 0)
     gate = [t for t in fig.data if t.type == "scatter"]
     assert list(gate[0].x) == [0, 5] and list(gate[0].y) == [1.0, 0.9]
@@ -183,8 +190,8 @@ def test_head_detail_content(handset_data):
 
     fig = hf.head_detail(data, 1, 0, "needle", tokenizer=Tok())
     heat = [t for t in fig.data if t.type == "heatmap"][0]
-    assert [list(r) for r in heat.z] == data["contexts"]["needle"]["patterns"][1][0]
-    assert heat.x[1] == f"1:t{data['contexts']['needle']['ids'][1]}"
+    assert [list(r) for r in heat.z] == data.contexts["needle"]["patterns"][1][0]
+    assert heat.x[1] == f"1:t{data.contexts['needle']['ids'][1]}"
     table = [t for t in fig.data if t.type == "table"][0]
     names, vals = table.cells.values
     row = list(names).index("retrieval score")
@@ -199,7 +206,9 @@ def test_head_detail_content(handset_data):
 
 def test_agreement_figure_and_table(handset_data):
     _, roles, _ = handset_data
-    ag = ranking_agreement(rankings_from_roles(roles.to_dict()), causal=roles.delta_loss).to_dict()
+    result = ranking_agreement(rankings_from_roles(roles.to_dict()), causal=roles.delta_loss)
+    ag = result.to_dict()
+    assert Agreement.from_dict(json.loads(json.dumps(ag))) == result  # the causal Correlations come back typed
     fig = hf.agreement_heatmap(ag)
     heat = fig.data[0]
     shown = [label(n) for n in ag["names"]]  # keys shown by the one label table
@@ -248,11 +257,11 @@ def test_explorer_click_shows_the_clicked_head(handset_data, over):
     w.on_click(trace, Points(point_inds=[i], xs=[0], ys=[0], trace_name=trace.name, trace_index=0))
     assert w.selected == (0, 2)
     heat = [t for t in w.figures["detail"].data if t.type == "heatmap"][0]
-    assert [list(r) for r in heat.z] == data["contexts"]["needle"]["patterns"][0][2]
+    assert [list(r) for r in heat.z] == data.contexts["needle"]["patterns"][0][2]
     assert w.figures["detail"].layout.title.text.startswith("L0H2")
     w.context.value = "repeated segment"
     heat = [t for t in w.figures["detail"].data if t.type == "heatmap"][0]
-    assert [list(r) for r in heat.z] == data["contexts"]["repeated segment"]["patterns"][0][2]
+    assert [list(r) for r in heat.z] == data.contexts["repeated segment"]["patterns"][0][2]
     w.x.value = "attention entropy"
     assert w.figures["scatter"].layout.xaxis.title.text == "attention entropy"
     # the redrawn scatter's traces still answer clicks

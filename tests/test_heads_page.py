@@ -3,6 +3,7 @@ over HTTP, in Chromium (a click on a point of the scatter shows that head), and 
 whose heads run carries every optional measurement of issue 21."""
 
 import copy
+import html
 import json
 import re
 
@@ -10,9 +11,19 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import free_port, serving
-from tests.test_results import heads_result, new_run, sparsity_result
+from tests.test_results import head_roles, new_run, sparsity_result
 from workbench.corpus import ByteTokenizer
-from workbench.results import HeadsRunResult, read_results, write_results
+from workbench.kinds.heads import HeadsRunResult
+from workbench.probes.heads_data import (
+    Agreement,
+    AttentionExample,
+    DuoResult,
+    ExplorerData,
+    HeadsOverTraining,
+    RazorResult,
+    TradeoffResult,
+)
+from workbench.results import read_results, results_from_json, write_results
 from workbench.viewer import heads_page
 from workbench.viewer.store import ApiError
 
@@ -23,6 +34,27 @@ def _pattern(context: int, layer: int, head: int, T: int) -> list[list[float]]:
     """A [T][T] lower-triangular pattern whose every entry names its context, layer and head."""
     v = (10 * context + 4 * layer + 2 * head + 1) / 100
     return [[round(v + k / 1000, 4) if k <= q else 0.0 for k in range(T)] for q in range(T)]
+
+
+def duo_result() -> DuoResult:
+    """DuoAttention gates of two layers of two heads after two steps."""
+    return DuoResult(
+        alphas=[[0.1, 0.9], [0.0, 0.2]],
+        steps=[1, 2],
+        loss=[0.5, 0.4],
+        distance=[0.45, 0.35],
+        penalty=[0.05, 0.05],
+        trajectory_steps=[0, 2],
+        trajectory=[[[1.0, 1.0], [1.0, 1.0]], [[0.1, 0.9], [0.0, 0.2]]],
+        seconds=1.5,
+        config={"lr": 0.02, "lam": 0.05, "passkey": {"seq_len": 24}},
+    )
+
+
+def heads_result() -> HeadsRunResult:
+    """The roles of tests.test_results, one example pattern and DuoAttention's gates."""
+    pat = [[[[1.0, 0.0], [0.25, 0.75]] for _ in range(2)] for _ in range(2)]  # [L][H][q][k]
+    return HeadsRunResult(head_roles(), [AttentionExample("needle", ["<s>", "a<b>"], pat)], duo=duo_result())
 
 
 def explorer() -> dict:
@@ -55,7 +87,7 @@ def explorer() -> dict:
 
 def explorer_result() -> HeadsRunResult:
     res = heads_result()
-    res.explorer = explorer()
+    res.explorer = ExplorerData.from_dict(explorer())
     return res
 
 
@@ -122,7 +154,7 @@ def test_head_api_returns_the_heads_pattern_scores_and_gate():
     ring = got["scatter"]["data"][-1]  # the chosen head is ringed on the scatter
     assert ring["customdata"] == [[1, 0]] and (ring["x"], ring["y"]) == ([0.4], [0.25])
     # a tokenizer that cannot label the ids: the labels stored at build time
-    res.explorer["contexts"]["needle"]["ids"][1] = 300
+    res.explorer.contexts["needle"]["ids"][1] = 300
     got = heads_page.head("hd", res, {"layer": "0", "head": "1", "x": "streaming mass", "y": "Duo α"}, Tok())
     assert got["context"] == "needle" and got["tokens"] == ["s256", "s97", "s60", "s98"]
     assert got["scatter"]["layout"]["xaxis"]["title"]["text"] == "streaming mass"
@@ -249,9 +281,9 @@ def test_tiny_demo_heads_run_has_the_head_methods(tiny_demo):
 
     res = read_results(tiny_demo / "probe-heads")
     cfg = tiny_demo_config()
-    assert len(res.duo["steps"]) == cfg.duo.steps and len(res.duo["alphas"]) == 2
-    assert res.razor["n_induction_protected"] == 1 and res.kv_tradeoff["fractions"] == [0.0, 25.0, 50.0, 100.0]
-    assert set(res.kv_tradeoff["curves"]) == {
+    assert len(res.duo.steps) == cfg.duo.steps and len(res.duo.alphas) == 2
+    assert res.razor.n_induction_protected == 1 and res.kv_tradeoff.fractions == [0.0, 25.0, 50.0, 100.0]
+    assert set(res.kv_tradeoff.curves) == {
         "retrieval",
         "streaming_reversed",
         "tl_induction",
@@ -259,15 +291,15 @@ def test_tiny_demo_heads_run_has_the_head_methods(tiny_demo):
         "duo_alpha",
         "razor",
     }
-    assert "causal_delta_loss" not in res.agreement["names"] and "duo_alpha" in res.agreement["causal"]
-    assert res.over_training["steps"] == [0, 5, 12]  # the tiny model's checkpoints and its final step
+    assert "causal_delta_loss" not in res.agreement.names and "duo_alpha" in res.agreement.causal
+    assert res.over_training.steps == [0, 5, 12]  # the tiny model's checkpoints and its final step
     data = res.explorer
-    assert data["metrics"]["Duo α"] == res.duo["alphas"] and set(data["contexts"]) == {
+    assert data.metrics["Duo α"] == res.duo.alphas and set(data.contexts) == {
         "needle",
         "repeated segment",
         "passkey",
     }
-    passkey = data["contexts"]["passkey"]
+    passkey = data.contexts["passkey"]
     assert " key " in "".join(ByteTokenizer().decode(passkey["ids"][1:]))
     model, _ = model_for_run(tiny_demo / "sae-topk")  # the same forward model
     _, pat = attention_patterns(model, torch.tensor([passkey["ids"]]))
@@ -290,27 +322,91 @@ def test_every_optional_field_alone_renders(tiny_demo):
         assert page.count('-missing">Not computed') == 4, keep
 
 
-def test_values_from_disk_are_escaped_in_every_section():
-    """A hand-edited results.json can hold a string where a number belongs: it must read as text."""
-    evil = "<script>alert(1)</script>"
-    res = explorer_result()
-    res.duo = {
-        "alphas": [[1.0]],
-        "steps": [1],
-        "loss": [0.5],
-        "seconds": 1.0,
-        "config": {
-            "lr": evil,
-            "lam": evil,
-            "distance": evil,
-            "n_contexts": evil,
-            "sink": evil,
-            "window": evil,
-            "seed": evil,
-            "passkey": {"seq_len": evil},
-        },
-    }
-    res.razor = {"protected": [[True]], "n_induction_protected": evil, "n_echo_protected": evil}
-    res.over_training = {"steps": [evil, evil], "formed": {"induction": [evil, evil]}}
+def test_tiny_demo_sections_read_typed_and_round_trip(tiny_demo, tmp_path):
+    res = read_results(tiny_demo / "probe-heads")
+    types = (DuoResult, RazorResult, TradeoffResult, Agreement, HeadsOverTraining, ExplorerData)
+    names = ("duo", "razor", "kv_tradeoff", "agreement", "over_training", "explorer")
+    assert [type(getattr(res, n)) for n in names] == list(types) and res.unreadable == {}
+    assert {type(c).__name__ for c in res.agreement.causal.values()} == {"Correlation"}
+    write_results(new_run(tmp_path / "again", "heads"), res)
+    assert read_results(tmp_path / "again") == res
+    assert HeadsRunResult(res.roles, duo=res.duo.to_dict()).duo == res.duo  # a section given as its dict
+
+
+def _corrupt(tiny_demo, tmp_path, **changes) -> HeadsRunResult:
+    """The tiny demo's heads result read back from a copy whose sections are changed by `changes`
+    (section -> function of its JSON object, returning it)."""
+    data = json.loads((tiny_demo / "probe-heads" / "results.json").read_text())
+    for section, change in changes.items():
+        data[section] = change(data[section])
+    return results_from_json(data, HeadsRunResult, str(tmp_path / "results.json"))
+
+
+def test_one_corrupt_section_shows_its_fault_and_the_rest_draws(tiny_demo, tmp_path):
+    """A trade-off whose fractions are a string: its section names results.json, the field and the
+    fault; every other section is drawn as from the intact file."""
+
+    def bad_fractions(t):
+        return {**t, "fractions": "all of them"}
+
+    res = _corrupt(tiny_demo, tmp_path, kv_tradeoff=bad_fractions)
+    where = f"{tmp_path / 'results.json'}: kv_tradeoff.fractions must be list[float], got str 'all of them'"
+    assert res.kv_tradeoff is None and res.unreadable == {"kv_tradeoff": where}
     page = heads_page.render("hd", res)
-    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    error = page.split('id="tradeoff-section-error"')[1].split("</div>")[0]
+    assert "could not be drawn from results.json's kv_tradeoff" in error and html.escape(where) in error
+    assert 'id="kv-tradeoff"' not in page and 'id="tradeoff-missing"' not in page
+    for div in ("roles", "hx-scatter", "agreement", "over", "attn"):  # the other sections, drawn
+        assert f'id="{div}"' in page, div
+    assert page.count('-section-error"') == 1 and page.count("could not be drawn") == 1
+
+
+def test_a_corrupt_explorer_or_nested_correlation_is_named_by_its_section_and_api(tiny_demo, tmp_path):
+    def bad_causal(a):
+        a["causal"]["razor"] = {"rho": 0.5, "ci": None, "p_value": None, "n": "eight"}
+        return a
+
+    res = _corrupt(tiny_demo, tmp_path, explorer=lambda e: {**e, "n_heads": "two"}, agreement=bad_causal)
+    assert res.explorer is None and res.agreement is None and res.kv_tradeoff is not None
+    assert res.unreadable["explorer"].endswith("results.json: explorer.n_heads must be int, got str 'two'")
+    assert "agreement.causal['razor'].n must be int, got str 'eight'" in res.unreadable["agreement"]
+    page = heads_page.render("hd", res)
+    assert 'id="explorer-section-error"' in page and 'id="agreement-section-error"' in page
+    assert 'id="kv-tradeoff"' in page and 'id="over"' in page
+    with pytest.raises(ApiError, match="explorer.n_heads must be int") as e:
+        heads_page.head("hd", res, {"layer": "0", "head": "0"})
+    assert e.value.status == 500
+    fixed = _corrupt(tiny_demo, tmp_path)  # the intact file: nothing unreadable
+    assert fixed.unreadable == {} and heads_page.head("hd", fixed, {"layer": "0", "head": "0"})["layer"] == 0
+
+
+def over_training(**changes) -> dict:
+    """HeadsOverTraining's JSON for one head at two checkpoints, with `changes`."""
+    grid = [[[0.1]], [[0.6]]]
+    d = {k: grid for k in ("retrieval", "streaming", "induction", "previous_token", "delta_loss", "entropy")}
+    d |= {"retrieval_ci": [[[[0.0, 0.2]]], [[[0.5, 0.7]]]], "streaming_ci": [[[[0.0, 0.2]]], [[[0.5, 0.7]]]]}
+    d |= {"steps": [0, 10], "labels": [[["other"]], [["retrieval"]]], "copy_accuracy": [0.1, 0.9]}
+    d |= {"copy_accuracy_ci": [[0.0, 0.2], [0.8, 0.95]], "n_copied": [3, 50], "loss": [None, None]}
+    return d | {"loss_source": "none", **changes}
+
+
+def test_values_from_disk_are_escaped_in_every_section():
+    """A hand-edited results.json can hold a string where a number belongs. Where the type allows
+    one (a config's values, the steps inside a list) it is drawn as text; where it does not, the
+    section's fault quotes it: escaped either way."""
+    evil = "<script>alert(1)</script>"
+    data = explorer_result().to_dict()
+    data["duo"]["config"] = {k: evil for k in ("lr", "lam", "distance", "n_contexts", "sink", "window", "seed")}
+    data["duo"]["config"]["passkey"] = {"seq_len": evil}
+    data["over_training"] = over_training(steps=[evil, evil], formed={"induction": [evil, evil]})
+    drawn = heads_page.render("hd", results_from_json(data, HeadsRunResult, "results.json"))
+    data["razor"] = {"echo": [[0.0]], "induction": [[0.0]], "protected": [[True]], "config": {}}
+    data["razor"] |= {"n_induction_protected": evil, "n_echo_protected": 1}
+    faulty = results_from_json(data, HeadsRunResult, "results.json")
+    assert set(faulty.unreadable) == {"razor"}
+    pages = drawn + heads_page.render("hd", faulty)
+    assert "<script>alert(1)" not in pages
+    text = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"lr {text}, λ {text}" in drawn and f"passkey contexts of {text} tokens" in drawn
+    assert f"steps {text}–" in drawn and f"{text} between steps {text} and {text}" in drawn
+    assert f"razor.n_induction_protected must be int, got str &#x27;{text}&#x27;" in pages

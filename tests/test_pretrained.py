@@ -355,3 +355,37 @@ def test_duo_gates_read_hidden_states_on_a_folder_model(folders, family):
     cfg = DuoConfig(n_contexts=4, batch_size=2, steps=3, passkey=PasskeyConfig(seq_len=80))
     res = duo_gates(model, cfg, haystack=stream, bos=tok.bos_token_id, tokenizer=tok, progress=False)
     assert len(res.alphas) == 2 and min(min(r) for r in res.alphas) < 1.0
+
+
+def test_a_gguf_run_reads_its_tokenizer_without_loading_the_model(folders, tmp_path, monkeypatch):
+    """A GGUF model's record has its own source, so tokenizer_for_run reads the converted folder's
+    tokenizer files and no weights (planted: the gpt2 folder stands for the converted one); a run
+    recorded before, as a TransformerLens name, reads the same way."""
+    from workbench import hub
+    from workbench.pretrained import ModelFolderError, load_tokenizer
+    from workbench.runs import RunDir
+
+    name = "smollm2-135m-instruct-q4"
+    assert hub.model_record(name) == {"source": "gguf", "model": name, "tokenizer": name}
+    asked = []
+    monkeypatch.setattr(hub, "gguf_folder", lambda n: asked.append(n) or folders["gpt2"])
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(hub, "load_pretrained", no_weights)
+    expected = load_tokenizer(folders["gpt2"]).encode(TEXT)
+    old = {"source": "transformer-lens", "model": name, "tokenizer": name}
+    for rec in (hub.model_record(name), old):
+        run = RunDir(tmp_path / rec["source"])
+        (run.path / "config.json").write_text(json.dumps({"kind": "sae", "config": {}, "model_source": rec}))
+        assert hub.tokenizer_for_run(run.path).encode(TEXT) == expected
+    assert asked == [name, name]
+    with pytest.raises(AssertionError, match="the model was loaded"):  # the model itself: from the same folder
+        hub.model_for_run(tmp_path / "gguf")
+    assert asked == [name] * 3
+    rec = {"source": "gguf", "model": "smollm9-q2", "tokenizer": "smollm9-q2"}
+    (tmp_path / "gguf" / "config.json").write_text(json.dumps({"kind": "sae", "model_source": rec}))
+    for read in (hub.tokenizer_for_run, hub.model_for_run):
+        with pytest.raises(ModelFolderError, match=r"gguf/config.json: the run's GGUF model 'smollm9-q2' is not one"):
+            read(tmp_path / "gguf")

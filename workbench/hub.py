@@ -30,7 +30,8 @@ import torch
 
 from .corpus import ByteTokenizer, Tokenizer
 from .default_model import load_shipped, run_dir
-from .models import DEFAULT_MODEL_NAME, Direction, load_model_dir
+from .gguf_model import GGUF_MODELS, ensure_converted
+from .models import DEFAULT_MODEL_NAME, Direction, load_model_dir, workbench_home
 from .pretrained import ModelFolderError, is_model_folder, load_pretrained, load_tokenizer
 from .runs import CONFIG_FILE, MODEL_CONFIG_FILE, RunDir, atomic_write_json
 
@@ -61,23 +62,30 @@ def load_model(name: str | Path = DEFAULT_MODEL_NAME, device: str = "cpu", *, br
     if str(name) in WORKBENCH_NAMES:
         direction = "backward" if str(name).endswith("backward") else "forward"
         return load_default(direction, bridge=bridge).to(device), ByteTokenizer()
-    from .gguf_model import GGUF_MODELS, ensure_converted  # "smollm2-135m-instruct-q4": Q4_1 GGUF -> float32
-
-    if str(name) in GGUF_MODELS:  # a GGUF in an installed package, converted once into a float32 folder
-        from .models import workbench_home
-
-        return load_pretrained(ensure_converted(GGUF_MODELS[str(name)], workbench_home()).folder, device)
+    if str(name) in GGUF_MODELS:  # "smollm2-135m-instruct-q4": a Q4_1 GGUF in an installed package
+        return load_pretrained(gguf_folder(str(name)), device)
     return load_pretrained(name, device)
+
+
+def gguf_folder(name: str) -> Path:
+    """The float32 save_pretrained folder (weights and tokenizer) of a GGUF model by its name,
+    converted from the installed file the first time (`workbench.gguf_model.ensure_converted`)."""
+    if name not in GGUF_MODELS:
+        raise ValueError(f"name: {name!r} is no GGUF model the workbench knows (known: {', '.join(GGUF_MODELS)})")
+    return ensure_converted(GGUF_MODELS[name], workbench_home()).folder
 
 
 # --- where a run's model came from ---------------------------------------------------------------
 
 
 def model_record(name: str | Path) -> dict[str, str]:
-    """What a run stores to find its model again: the workbench name, the folder's absolute path
-    (a relative one would break once the viewer runs elsewhere), or the hub name."""
+    """What a run stores to find its model again: the workbench name, a GGUF model's name, the
+    folder's absolute path (a relative one would break once the viewer runs elsewhere), or the hub
+    name."""
     if str(name) in WORKBENCH_NAMES:
         return {"source": "workbench", "model": str(name), "tokenizer": "byte"}
+    if str(name) in GGUF_MODELS:  # its own source, so that the tokenizer is read without the model
+        return {"source": "gguf", "model": str(name), "tokenizer": str(name)}
     if is_model_folder(name):
         path = str(Path(name).resolve())
         return {"source": "hf-folder", "model": path, "tokenizer": path}
@@ -96,6 +104,8 @@ def _run_record(run_dir: Path) -> dict[str, str] | None:
     if rec is None and not (run_dir / MODEL_CONFIG_FILE).is_file():
         name = cfg.get("config", {}).get("sae", {}).get("model_name")  # runs from before the record
         rec = model_record(name) if name else None
+    if rec is not None and rec.get("source") == "transformer-lens" and rec.get("model") in GGUF_MODELS:
+        rec = model_record(rec["model"])  # recorded before GGUF models had their own source
     return rec
 
 
@@ -103,6 +113,15 @@ def _gone(run_dir: Path, folder: str) -> ModelFolderError:
     return ModelFolderError(
         f"{run_dir}/{CONFIG_FILE}: the run's model folder {folder} no longer exists (moved or deleted?)"
     )
+
+
+def _known_gguf(run_dir: Path, name: str) -> str:
+    if name not in GGUF_MODELS:
+        raise ModelFolderError(
+            f"{run_dir}/{CONFIG_FILE}: the run's GGUF model {name!r} is not one this workbench knows "
+            f"({', '.join(GGUF_MODELS)}): a newer workbench made it?"
+        )
+    return name
 
 
 def model_for_run(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Tokenizer]:
@@ -114,6 +133,8 @@ def model_for_run(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Mo
         return load_model_dir(run_dir).to(device), ByteTokenizer()
     if rec["source"] == "hf-folder" and not is_model_folder(rec["model"]):
         raise _gone(run_dir, rec["model"])
+    if rec["source"] == "gguf":
+        _known_gguf(run_dir, rec["model"])
     return load_model(rec["model"], device=device)
 
 
@@ -123,6 +144,8 @@ def tokenizer_for_run(run_dir: str | Path) -> Tokenizer:
     rec = _run_record(run_dir)
     if rec is None or rec["tokenizer"] == "byte":
         return ByteTokenizer()
+    if rec["source"] == "gguf":  # the converted folder's tokenizer files; the weights stay unread
+        return load_tokenizer(gguf_folder(_known_gguf(run_dir, rec["tokenizer"])))
     if rec["source"] == "hf-folder":
         if not is_model_folder(rec["tokenizer"]):
             raise _gone(run_dir, rec["tokenizer"])

@@ -6,20 +6,27 @@ rankings' agreement, the scores over training and the head explorer's data."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..fielddoc import doc
 from ..probes.heads_data import (
+    Agreement,
     AttentionExample,
+    Correlation,
     DuoConfig,
+    DuoResult,
     ExplorerData,
     HeadRoleConfig,
     HeadRoles,
+    HeadsOverTraining,
     RazorConfig,
+    RazorResult,
     TradeoffConfig,
+    TradeoffResult,
 )
-from ..results import ResultsError, _plain, take
+from ..results import ResultsError, take
 
 FOLDER = "probe-heads"
 PAGE = "workbench.viewer.heads_page"
@@ -50,30 +57,52 @@ class HeadsRunConfig:
         return dataclasses.replace(self.duo, steps=self.duo_steps)
 
 
+def _agreement(d: dict, where: str) -> Agreement:
+    out = take(Agreement, d, where)
+    out.causal = {k: take(Correlation, v, f"{where}.causal[{k!r}]") for k, v in out.causal.items()}
+    return out
+
+
+# The optional sections: results.json's field -> how it is read (checked field by field, naming
+# `where`). One that fails is left None and its fault kept in `HeadsRunResult.unreadable`.
+SECTIONS = {
+    "duo": lambda d, where: take(DuoResult, d, where),
+    "razor": lambda d, where: take(RazorResult, d, where),
+    "kv_tradeoff": lambda d, where: take(TradeoffResult, d, where),
+    "agreement": _agreement,
+    "over_training": lambda d, where: take(HeadsOverTraining, d, where),
+    "explorer": lambda d, where: take(ExplorerData, d, where),
+}
+
+
 @dataclass
 class HeadsRunResult:
     """Attention-head roles (`probes.heads.head_roles`), example patterns, and the optional
-    measurements of issue 21, each stored as its result class's to_dict() (the viewer shows what is
-    present): DuoAttention gates (probes.duo.DuoResult), RazorAttention scores
-    (probes.razor.RazorResult), the KV-cache trade-off (probes.kv_tradeoff.TradeoffResult), the rank
-    agreement of the head rankings (probes.head_agreement), the scores over training
-    (probes.heads_over_training) and the head explorer's data (`ExplorerData`, typed)."""
+    measurements of issue 21 (the viewer shows what is present): DuoAttention gates, RazorAttention
+    scores, the KV-cache trade-off, the rank agreement of the head rankings, the scores over
+    training and the head explorer's data. Reading results.json, a section that does not
+    type-check is left None and named in `unreadable`, so that the rest of the run still reads."""
 
     KIND: ClassVar[str] = "heads"
     SCHEMA: ClassVar[int] = 1
 
     roles: HeadRoles
     examples: list[AttentionExample] = field(default_factory=list)
-    duo: dict | None = None
-    razor: dict | None = None
-    kv_tradeoff: dict | None = None
-    agreement: dict | None = None
-    over_training: dict | None = None
-    explorer: ExplorerData | None = None  # the head explorer's scores and patterns (probes.head_explorer)
+    duo: DuoResult | None = None  # probes.duo.duo_gates
+    razor: RazorResult | None = None  # probes.razor.razor_scores
+    kv_tradeoff: TradeoffResult | None = None  # probes.kv_tradeoff.tradeoff_curve
+    agreement: Agreement | None = None  # probes.head_agreement.ranking_agreement
+    over_training: HeadsOverTraining | None = None  # probes.heads_over_training
+    explorer: ExplorerData | None = None  # probes.head_explorer.explorer_data
+    # section ("examples" or a SECTIONS key) -> why results.json's section could not be read (the
+    # section is empty then); filled by from_dict, never written
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        if isinstance(self.explorer, dict):  # explorer_data(...)'s dict
-            self.explorer = ExplorerData.from_dict(self.explorer)
+        for name, cls in _CLASSES.items():  # a section given as its to_dict()
+            value = getattr(self, name)
+            if isinstance(value, Mapping) and not isinstance(value, cls):
+                setattr(self, name, SECTIONS[name](dict(value), f"{type(self).__name__}.{name}"))
 
     @property
     def n_layers(self) -> int:
@@ -84,30 +113,24 @@ class HeadsRunResult:
         return len(self.roles.retrieval[0]) if self.roles.retrieval else 0
 
     def to_dict(self) -> dict:
-        return {
-            **_plain(self),
-            "roles": self.roles.to_dict(),
-            "examples": [dataclasses.asdict(e) for e in self.examples],
-            "explorer": self.explorer.to_dict() if isinstance(self.explorer, ExplorerData) else self.explorer,
-        }
+        sections = {name: None if getattr(self, name) is None else getattr(self, name).to_dict() for name in SECTIONS}
+        return {"roles": self.roles.to_dict(), "examples": [dataclasses.asdict(e) for e in self.examples], **sections}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "results") -> HeadsRunResult:
         if not isinstance(d, dict) or "roles" not in d:
             raise ResultsError(f"{where} lacks roles (a HeadsRunResult)")
-        examples = d.get("examples") or []
-        if not isinstance(examples, list):
-            raise ResultsError(f"{where}.examples must be a list, got {type(examples).__name__}")
-        out = take(cls, {k: v for k, v in d.items() if k not in ("roles", "examples")} | {"roles": None}, where)
-        out.roles = take(HeadRoles, d["roles"], f"{where}.roles")
-        out.examples = [take(AttentionExample, e, f"{where}.examples[{i}]") for i, e in enumerate(examples)]
-        if d.get("explorer") is not None:
-            try:
-                out.explorer = take(ExplorerData, d["explorer"], f"{where}.explorer")
-            except ResultsError:
-                # Kept as read: the heads page and the head API check the explorer section on their own
-                # and name its fault there, while the page's other sections still draw (issue 27, item 8).
-                out.explorer = d["explorer"]
+        out = cls(take(HeadRoles, d["roles"], f"{where}.roles"))
+        try:
+            out.examples = _examples(d.get("examples"), f"{where}: examples")
+        except ResultsError as e:
+            out.unreadable["examples"] = str(e)
+        for name, read in SECTIONS.items():
+            if d.get(name) is not None:
+                try:
+                    setattr(out, name, read(d[name], f"{where}: {name}"))
+                except (ResultsError, TypeError, ValueError) as e:  # TypeError/ValueError: a nested class's own check
+                    out.unreadable[name] = str(e) if isinstance(e, ResultsError) else f"{where}: {name}: {e}"
         return out
 
     @staticmethod
@@ -120,6 +143,24 @@ class HeadsRunResult:
                 "examples": [{"name": "needle", "tokens": tokens, "patterns": patterns}] if patterns else [],
             }
         return d
+
+
+_CLASSES = {
+    "duo": DuoResult,
+    "razor": RazorResult,
+    "kv_tradeoff": TradeoffResult,
+    "agreement": Agreement,
+    "over_training": HeadsOverTraining,
+    "explorer": ExplorerData,
+}
+
+
+def _examples(examples, where: str) -> list[AttentionExample]:
+    if examples is None:
+        return []
+    if not isinstance(examples, list):
+        raise ResultsError(f"{where} must be a list, got {type(examples).__name__}")
+    return [take(AttentionExample, e, f"{where}[{i}]") for i, e in enumerate(examples)]
 
 
 def build(cfg: HeadsRunConfig, model, data, run, *, progress: bool = True) -> HeadsRunResult:
@@ -195,11 +236,5 @@ def head_methods(res: HeadsRunResult, cfg: HeadsRunConfig, model, data, progress
     finally:
         bar.close()
     return dataclasses.replace(
-        res,
-        duo=duo.to_dict(),
-        razor=razor.to_dict(),
-        kv_tradeoff=tradeoff.to_dict(),
-        agreement=agreement.to_dict(),
-        over_training=over.to_dict() if over is not None else None,
-        explorer=ExplorerData.from_dict(explorer),
+        res, duo=duo, razor=razor, kv_tradeoff=tradeoff, agreement=agreement, over_training=over, explorer=explorer
     )

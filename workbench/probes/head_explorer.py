@@ -1,10 +1,10 @@
 """The head explorer's data: every per-head score with its interval, the roles, attention
-patterns on a few contexts and DuoAttention's gate trajectory, as one JSON-able dict.
+patterns on a few contexts and DuoAttention's gate trajectory, as one `ExplorerData`
+(`probes.heads_data`; JSON through its to_dict/from_dict).
 
 The figures (`workbench.figures.heads`), the widget (`workbench.widgets.heads.HeadExplorer`) and
-the viewer's head page all read this dict and never a model, so a run can save it as JSON
-(`explorer_data(...)` → results.json) and any surface can draw it later. Layout: see
-`workbench.figures.heads`.
+the viewer's head page all read it and never a model, so a run saves it in results.json and any
+surface can draw it later. Layout: see `workbench.figures.heads`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from transformer_lens import HookedTransformer
 
 from ..tasks import repeated_segments
 from .heads import HeadRoleConfig, _token_range, attention_patterns, make_contexts
+from .heads_data import ContextPatterns, ExplorerData, GateCurve
 from .heads_over_training import attention_entropy
 
 Scores = list[list[float]]
@@ -53,7 +54,9 @@ def default_contexts(model: HookedTransformer, cfg: HeadRoleConfig, bos: int | N
 
 
 @torch.no_grad()
-def context_patterns(model: HookedTransformer, tokens: Int[Tensor, " s"], tokenizer=None, digits: int = 3) -> dict:
+def context_patterns(
+    model: HookedTransformer, tokens: Int[Tensor, " s"], tokenizer=None, digits: int = 3
+) -> ContextPatterns:
     """{"ids", "tokens", "patterns": [L][H][q][k]} of one context (rounded: this goes to JSON)."""
     if tokens.ndim != 1:
         raise ValueError(f"tokens: expected one context [s], got shape {tuple(tokens.shape)}")
@@ -62,7 +65,7 @@ def context_patterns(model: HookedTransformer, tokens: Int[Tensor, " s"], tokeni
     _, pat = attention_patterns(model, tokens[None].to(model.cfg.device))
     ids = [int(t) for t in tokens]
     strs = [tokenizer.token_str(i) for i in ids] if tokenizer is not None else [str(i) for i in ids]
-    return {"ids": ids, "tokens": strs, "patterns": _round(pat[:, 0].float().cpu().tolist(), digits)}
+    return ContextPatterns(ids=ids, tokens=strs, patterns=_round(pat[:, 0].float().cpu().tolist(), digits))
 
 
 def explorer_data(
@@ -75,8 +78,8 @@ def explorer_data(
     razor=None,
     contexts: dict[str, Tensor] | None = None,
     extra_metrics: dict[str, Scores] | None = None,
-) -> dict:
-    """The explorer's dict from the head-role probe's result (`HeadRoles` or its dict), with the
+) -> ExplorerData:
+    """The explorer's data from the head-role probe's result (`HeadRoles` or its dict), with the
     optional DuoAttention (`DuoResult`) and RazorAttention (`RazorResult`) results, attention
     patterns on `contexts` ({name: 1-D token ids}; default: a needle and a repeated segment) and
     each head's attention entropy on the probe's needle contexts."""
@@ -105,7 +108,7 @@ def explorer_data(
     if d is not None:
         metrics["Duo α"] = d["alphas"]
         if d.get("trajectory_steps"):
-            gate_curve = {"step": d["trajectory_steps"], "alpha": d["trajectory"]}
+            gate_curve = GateCurve(step=d["trajectory_steps"], alpha=d["trajectory"])
     z = _as_dict(razor)
     if z is not None:
         metrics["Razor echo"] = z["echo"]
@@ -115,15 +118,15 @@ def explorer_data(
             raise ValueError(f"extra_metrics[{name!r}]: expected [{L}][{H}] scores")
         metrics[name] = scores
     ctx = contexts if contexts is not None else default_contexts(model, cfg, bos)
-    return {
-        "n_layers": L,
-        "n_heads": H,
-        "metrics": metrics,
-        "intervals": {k: v for k, v in intervals.items() if v},
-        "labels": r["labels"],
-        "contexts": {k: context_patterns(model, t, tokenizer) for k, t in ctx.items()},
-        "gate_curve": gate_curve,
-        "razor_protected": z["protected"] if z is not None else None,
-        "roles_config": r["config"],
-        "copy_accuracy": r["copy_accuracy"],
-    }
+    return ExplorerData(
+        n_layers=L,
+        n_heads=H,
+        metrics=metrics,
+        intervals={k: v for k, v in intervals.items() if v},
+        labels=r["labels"],
+        contexts={k: context_patterns(model, t, tokenizer) for k, t in ctx.items()},
+        gate_curve=gate_curve,
+        razor_protected=z["protected"] if z is not None else None,
+        roles_config=r["config"],
+        copy_accuracy=r["copy_accuracy"],
+    )

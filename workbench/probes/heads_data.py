@@ -17,6 +17,13 @@ from .ranking_test import BEATS
 
 Scores = list[list[float]]  # [L][H]
 
+
+def _known(cls, d: Mapping) -> dict[str, Any]:
+    """The keys of `d` that are fields of `cls` (a newer writer's extra keys are left out)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
 # The trade-off's metrics (probes.kv_tradeoff measures them; TradeoffResult.beats_random reads them).
 METRICS = ("needle_acc", "passkey_acc", "passkey_token_acc", "text_loss")
 LOWER_IS_BETTER = {"text_loss"}
@@ -130,8 +137,8 @@ class DuoResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> DuoResult:
-        return cls(**d)
+    def from_dict(cls, d: Mapping) -> DuoResult:
+        return cls(**_known(cls, d))
 
     def head_curve(self, layer: int, head: int) -> tuple[list[int], list[float]]:
         """One head's gate over the optimisation (the explorer's "gate training curve")."""
@@ -174,8 +181,8 @@ class RazorResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> RazorResult:
-        return cls(**d)
+    def from_dict(cls, d: Mapping) -> RazorResult:
+        return cls(**_known(cls, d))
 
     def ranking(self) -> list[list[float]]:
         """Scores for keeping heads full: protected heads first, each group by induction score."""
@@ -253,8 +260,8 @@ class TradeoffResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TradeoffResult:
-        return cls(**d)
+    def from_dict(cls, d: Mapping) -> TradeoffResult:
+        return cls(**_known(cls, d))
 
     def verdict(self, name: str, metric: str = "needle_acc", pct: float = 25) -> str:
         """Ranking `name`'s verdict against random picks at `pct`% heads full (TradeoffResult.verdicts);
@@ -322,6 +329,15 @@ class Agreement:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Agreement:
+        """From `to_dict()`: the causal correlations back as `Correlation`s."""
+        out = cls(**_known(cls, d))
+        out.causal = {
+            k: v if isinstance(v, Correlation) else Correlation(**_known(Correlation, v)) for k, v in out.causal.items()
+        }
+        return out
+
     def pair(self, a: str, b: str) -> Correlation:
         i, j = self.names.index(a), self.names.index(b)
         return Correlation(self.rho[i][j], self.ci[i][j], self.p_value[i][j], self.n_heads)
@@ -369,6 +385,10 @@ class HeadsOverTraining:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: Mapping) -> HeadsOverTraining:
+        return cls(**_known(cls, d))
+
 
 # --- the head explorer's data (probes.head_explorer) -----------------------------------------------
 
@@ -411,9 +431,8 @@ class ExplorerData(Mapping):
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ExplorerData:
-        """From `to_dict()` (or `explorer_data`'s dict); keys this class does not know are left out."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """From `to_dict()`; keys this class does not know are left out."""
+        return cls(**_known(cls, d))
 
     # the Mapping view (read-only): the fields by name
     def __getitem__(self, key: str) -> Any:

@@ -5,7 +5,9 @@ intervals, the head explorer (a scatter of every head over two chosen metrics; c
 `head` for its attention pattern, scores and gate curve), the KV-cache trade-off, the rankings'
 agreement, the heads over training and the example attention patterns. The explorer's figures come
 from `workbench.figures.heads`, the same builders as the notebook widget (`widgets.heads`). A run
-without issue 21's optional fields renders each of their sections as "not computed"."""
+without issue 21's optional fields renders each of their sections as "not computed"; a section that
+results.json holds but that did not type-check (`HeadsRunResult.unreadable`) shows its fault in its
+place while the other sections draw."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import math
 
 from ..figures import heads as hf
 from ..figures import probes as pf
-from ..results import HeadsRunResult
+from ..kinds.heads import HeadsRunResult
+from ..probes.heads_data import ExplorerData
 from ..runs import RESULTS_FILE
 from .pages import figure_div, js_literal, on_ready
 from .store import ApiError
@@ -74,23 +77,31 @@ def check_roles(res: HeadsRunResult) -> None:
         raise DataError(f"{RESULTS_FILE}: roles.config.min_copied_steps must be a number (too_few_copied is set)")
 
 
-def check_explorer(data: dict) -> tuple[int, int]:
+def check_section(res: HeadsRunResult, *fields: str) -> None:
+    """DataError with the fault of the first of results.json's `fields` that did not type-check."""
+    for f in fields:
+        if f in res.unreadable:
+            raise DataError(res.unreadable[f])
+
+
+def check_explorer(data: ExplorerData) -> tuple[int, int]:
     """(layers, heads) of results.json's explorer data once every field the explorer reads has
-    their shape; DataError naming the first field that does not."""
-    L, H = data.get("n_layers"), data.get("n_heads")
+    their shape (each field's type is checked on reading: these are the grids' sizes); DataError
+    naming the first field that does not."""
+    L, H = data.n_layers, data.n_heads
     for key, v in (("n_layers", L), ("n_heads", H)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise DataError(f"{RESULTS_FILE}: explorer.{key} must be a positive integer, got {_shape(v)}")
-    if not isinstance(data.get("metrics"), dict):
+    if not isinstance(data.metrics, dict):
         raise DataError(f"{RESULTS_FILE}: explorer.metrics must be an object of [layer][head] grids")
-    for m, grid in data["metrics"].items():
+    for m, grid in data.metrics.items():
         check_grid(f"explorer.metrics[{m!r}]", grid, L, H, _number, "a number")
-    for m, grid in (data.get("intervals") or {}).items():
+    for m, grid in (data.intervals or {}).items():
         if grid:
             check_grid(f"explorer.intervals[{m!r}]", grid, L, H, _pair, "a [low, high] pair")
-    if data.get("labels") is not None:
-        check_grid("explorer.labels", data["labels"], L, H)
-    for c, ctx in (data.get("contexts") or {}).items():
+    if data.labels is not None:
+        check_grid("explorer.labels", data.labels, L, H)
+    for c, ctx in (data.contexts or {}).items():
         where = f"explorer.contexts[{c!r}]"
         if not isinstance(ctx, dict) or not isinstance(ctx.get("tokens"), list):
             raise DataError(f"{RESULTS_FILE}: {where} must be an object with tokens and patterns")
@@ -99,8 +110,10 @@ def check_explorer(data: dict) -> tuple[int, int]:
             raise DataError(f"{RESULTS_FILE}: {where}.ids must hold {T} ids (one per token), got {_shape(ctx['ids'])}")
         square = lambda p: isinstance(p, list) and len(p) == T and all(isinstance(q, list) and len(q) == T for q in p)  # noqa: E731
         check_grid(f"{where}.patterns", ctx.get("patterns"), L, H, square, f"a {T} × {T} pattern")
-    curve = data.get("gate_curve")
+    curve = data.gate_curve
     if curve:
+        if not isinstance(curve, dict):
+            raise DataError(f"{RESULTS_FILE}: explorer.gate_curve must be an object with step and alpha")
         steps, alpha = curve.get("step"), curve.get("alpha")
         if not isinstance(steps, list) or not isinstance(alpha, list) or len(steps) != len(alpha):
             raise DataError(f"{RESULTS_FILE}: explorer.gate_curve must hold as many alpha grids as steps")
@@ -162,6 +175,7 @@ def intervals_table(name: str, res: HeadsRunResult) -> str:
 
 def attention_section(name: str, res: HeadsRunResult) -> str:
     """A layer and head picker over the run's example contexts; the pattern comes from `attention`."""
+    check_section(res, "examples")
     if not res.examples:
         return '<p class="empty">No attention patterns recorded for this run.</p>'
     examples = "".join(f'<option value="{i}">{html.escape(e.name)}</option>' for i, e in enumerate(res.examples))
@@ -196,10 +210,10 @@ def not_computed(title: str, field: str, anchor: str) -> str:
     )
 
 
-def default_axes(data: dict) -> tuple[str, str]:
+def default_axes(data: ExplorerData) -> tuple[str, str]:
     """The explorer's first metric pair: DuoAttention's gate against Wu's retrieval score when the
     gates were trained (the two definitions of a retrieval head), else the first two metrics."""
-    names = list(data.get("metrics") or {})
+    names = list(data.metrics or {})
     if "Duo α" in names and "retrieval score" in names:
         return "Duo α", "retrieval score"
     if "retrieval score" in names and "streaming mass" in names:
@@ -207,13 +221,13 @@ def default_axes(data: dict) -> tuple[str, str]:
     return names[0], names[min(1, len(names) - 1)]
 
 
-def default_head(data: dict) -> tuple[int, int]:
+def default_head(data: ExplorerData) -> tuple[int, int]:
     """The head the explorer opens on: the top retrieval head (else the last layer's first)."""
-    scores = (data.get("metrics") or {}).get("retrieval score")
+    scores = (data.metrics or {}).get("retrieval score")
     if not scores:
-        return data["n_layers"] - 1, 0
+        return data.n_layers - 1, 0
     return max(
-        ((layer, h) for layer in range(data["n_layers"]) for h in range(data["n_heads"])),
+        ((layer, h) for layer in range(data.n_layers) for h in range(data.n_heads)),
         key=lambda lh: (scores[lh[0]][lh[1]] if _finite(scores[lh[0]][lh[1]]) else -math.inf, lh),
     )
 
@@ -236,17 +250,18 @@ def _fig_json(fig) -> dict:
 def explorer_section(name: str, res: HeadsRunResult) -> str:
     """Every head over two chosen metrics (workbench.figures.heads.head_scatter); a click on a head,
     or the layer/head/context pickers, fetch its detail (pattern, scores, gate curve) from `head`."""
+    check_section(res, "explorer")
     data = res.explorer
-    if not data or not data.get("metrics"):
+    if data is None or not data.metrics:
         return not_computed("Head explorer", "explorer", "explorer")
     check_explorer(data)
     x, y = default_axes(data)
     layer, head_ = default_head(data)
-    contexts = list(data.get("contexts") or {})
+    contexts = list(data.contexts or {})
     context = contexts[0] if contexts else None
     scatter = hf.head_scatter(data, x, y, selected=(layer, head_))
     detail = hf.head_detail(data, layer, head_, context)
-    metrics = list(data["metrics"])
+    metrics = list(data.metrics)
     ctx_picker = (
         f'<label>context <select id="hx-context">{_options(contexts, context)}</select></label>'
         if contexts
@@ -261,8 +276,8 @@ intervals and its DuoAttention gate while the gates were trained.</p>
 <div class="controls"><label>x <select id="hx-x">{_options(metrics, x)}</select></label>
 <label>y <select id="hx-y">{_options(metrics, y)}</select></label></div>
 <div id="hx-scatter" class="fig"></div>
-<div class="controls"><label>layer <select id="hx-layer">{_options(range(data["n_layers"]), layer)}</select></label>
-<label>head <select id="hx-head">{_options(range(data["n_heads"]), head_)}</select></label>{ctx_picker}</div>
+<div class="controls"><label>layer <select id="hx-layer">{_options(range(data.n_layers), layer)}</select></label>
+<label>head <select id="hx-head">{_options(range(data.n_heads), head_)}</select></label>{ctx_picker}</div>
 <p id="hx-error" class="error" hidden></p>
 <div id="hx-detail" class="fig" data-head="{layer},{head_}"></div>
 """ + on_ready(f"""
@@ -306,29 +321,31 @@ def _esc(value) -> str:
 
 def methods_section(name: str, res: HeadsRunResult) -> str:
     """What the DuoAttention gates and RazorAttention's rule were run with, and what they chose."""
+    check_section(res, "duo", "razor")
     parts = []
-    if res.duo:
-        d, c = res.duo, res.duo.get("config") or {}
-        c = {k: _esc(v) for k, v in c.items()}  # every value read from disk is escaped
+    if res.duo is not None:
+        d = res.duo
+        passkey = d.config.get("passkey")
+        c = {k: _esc(v) for k, v in d.config.items()}  # every value read from disk is escaped
         how = (
-            f" ({len(d.get('steps') or [])} Adam steps, lr {c.get('lr')}, λ {c.get('lam')}, distance "
+            f" ({len(d.steps)} Adam steps, lr {c.get('lr')}, λ {c.get('lam')}, distance "
             f"{c.get('distance')}, on {c.get('n_contexts')} passkey contexts of "
-            f"{_esc((res.duo['config'].get('passkey') or {}).get('seq_len'))} tokens; streaming = sink "
+            f"{_esc(passkey.get('seq_len') if isinstance(passkey, dict) else None)} tokens; streaming = sink "
             f"{c.get('sink')} + window {c.get('window')}; seed {c.get('seed')}"
-            + (f"; final loss {d['loss'][-1]:.4f}" if d.get("loss") else "")
-            + (f"; {d['seconds']:.1f} s)" if d.get("seconds") is not None else ")")
+            + (f"; final loss {d.loss[-1]:.4f}" if d.loss else "")
+            + f"; {d.seconds:.1f} s)"
             if c
             else ""
         )
         parts.append(
             f"<p>DuoAttention gates{how}: each head's α is the explorer's “Duo α”, its curve in the head's detail.</p>"
         )
-    if res.razor:
+    if res.razor is not None:
         z = res.razor
-        prot = [f"L{layer}H{h}" for layer, row in enumerate(z["protected"]) for h, p in enumerate(row) if p]
+        prot = [f"L{layer}H{h}" for layer, row in enumerate(z.protected) for h, p in enumerate(row) if p]
         parts.append(
-            f"<p>RazorAttention's rule protects the top {_esc(z['n_induction_protected'])} heads by induction "
-            f"score and the top {_esc(z['n_echo_protected'])} by echo score: {', '.join(prot) or 'none'}.</p>"
+            f"<p>RazorAttention's rule protects the top {_esc(z.n_induction_protected)} heads by induction "
+            f"score and the top {_esc(z.n_echo_protected)} by echo score: {', '.join(prot) or 'none'}.</p>"
         )
     if not parts:
         return not_computed("DuoAttention gates and RazorAttention's rule", "duo or razor", "methods")
@@ -337,23 +354,24 @@ def methods_section(name: str, res: HeadsRunResult) -> str:
 
 def tradeoff_section(name: str, res: HeadsRunResult) -> str:
     """The KV-cache trade-off curve of every ranking against the random band, and which beat it."""
-    if not res.kv_tradeoff:
+    check_section(res, "kv_tradeoff")
+    if res.kv_tradeoff is None:
         return not_computed("KV-cache trade-off", "kv_tradeoff", "tradeoff")
     from ..figures.kv_tradeoff import LABELS, tradeoff_figure
 
     d = res.kv_tradeoff
     verdict = ""
-    if 25.0 in d.get("fractions", []) and d.get("random_band"):
-        i = d["fractions"].index(25.0)
-        band = d["random_band"]["needle_acc"]
+    if 25.0 in d.fractions and d.random_band:
+        i = d.fractions.index(25.0)
+        band = d.random_band["needle_acc"]
         rows = "".join(
             f"<tr><td>{html.escape(LABELS.get(k, k))}</td><td>{c['needle_acc'][i]:.3f}</td>"
             f"<td>{'yes' if c['needle_acc'][i] > band['max'][i] else 'no'}</td></tr>"
-            for k, c in d["curves"].items()
+            for k, c in d.curves.items()
         )
         verdict = (
-            f"<p>At 25% of heads full (KV cache {d['kv_fraction'][i]:.2f} of full), needle copy accuracy; "
-            f"a ranking beats chance when it lies above every one of the {len(d['random_curves'])} random "
+            f"<p>At 25% of heads full (KV cache {d.kv_fraction[i]:.2f} of full), needle copy accuracy; "
+            f"a ranking beats chance when it lies above every one of the {len(d.random_curves)} random "
             f"rankings ({band['min'][i]:.3f}–{band['max'][i]:.3f}).</p><table><tr><th>ranking</th>"
             f"<th>needle copy accuracy</th><th>above the random band?</th></tr>{rows}</table>"
         )
@@ -362,34 +380,38 @@ def tradeoff_section(name: str, res: HeadsRunResult) -> str:
 
 def agreement_section(name: str, res: HeadsRunResult) -> str:
     """Spearman rho between the head rankings, and with the causal check, with intervals."""
-    if not res.agreement:
+    check_section(res, "agreement")
+    if res.agreement is None:
         return not_computed("Do the head rankings agree?", "agreement", "agreement")
+    ag = res.agreement.to_dict()  # the figures read the JSON layout
     return (
         "<h2>Do the head rankings agree?</h2>"
-        + figure_div(hf.agreement_heatmap(res.agreement), "agreement")
-        + hf.agreement_table_html(res.agreement)
+        + figure_div(hf.agreement_heatmap(ag), "agreement")
+        + hf.agreement_table_html(ag)
     )
 
 
 def over_training_section(name: str, res: HeadsRunResult) -> str:
     """One score of every head at each saved checkpoint beside the loss; a picker switches the score
     (every metric's figure is built here, by the same builder as the widget's)."""
+    check_section(res, "over_training")
     over = res.over_training
-    if not over or not over.get("steps"):
+    if over is None or not over.steps:
         return not_computed("Heads over training", "over_training", "over")
-    metrics = [m for m in hf.OVER_METRICS if over.get(m)]
+    metrics = [m for m in hf.OVER_METRICS if getattr(over, m)]
     if not metrics:
         return not_computed("Heads over training", "over_training", "over")
-    figs = {m: _fig_json(hf.heads_over_training(over, m)) for m in metrics}
-    formed = over.get("formed") or {}
+    d = over.to_dict()  # the figure reads the JSON layout
+    figs = {m: _fig_json(hf.heads_over_training(d, m)) for m in metrics}
+    formed = over.formed or {}
     said = "; ".join(
         f"{_esc(k)} between steps {_esc(v[0])} and {_esc(v[1])}" if v else f"{_esc(k)}: not formed"
         for k, v in formed.items()
     )
     return f"""
 <h2>Heads over training</h2>
-<p>The head scores at every saved checkpoint ({len(over["steps"])}: steps {_esc(over["steps"][0])}–
-{_esc(over["steps"][-1])});
+<p>The head scores at every saved checkpoint ({len(over.steps)}: steps {_esc(over.steps[0])}–
+{_esc(over.steps[-1])});
 formed (first held to the last checkpoint): {said or "n/a"}.</p>
 <div class="controls"><label>score
 <select id="over-metric">{_options(metrics, metrics[0], hf.OVER_METRICS.get)}</select></label></div>
@@ -452,6 +474,8 @@ def render(name: str, res: HeadsRunResult) -> str:
 def attention(name: str, res: HeadsRunResult, query: dict) -> dict:
     """GET /api/run/<name>/attention?layer=&head=[&example=]: one head's pattern on an example
     context, as a plotly figure's JSON."""
+    if "examples" in res.unreadable:
+        raise ApiError(500, res.unreadable["examples"])
     if not res.examples:
         raise ApiError(400, f"run {name!r} has no attention patterns (results.json has no examples)")
     layer, head = _int_arg(query, "layer"), _int_arg(query, "head")
@@ -508,8 +532,10 @@ def head(name: str, res: HeadsRunResult, query: dict, tokenizer=None) -> dict:
     attention pattern on `context` (token labels decoded by `tokenizer`, the run's own), its scores
     with their intervals, its gate curve, and the detail and scatter figures' JSON (the scatter over
     metrics x and y with this head ringed)."""
+    if "explorer" in res.unreadable:
+        raise ApiError(500, res.unreadable["explorer"])
     data = res.explorer
-    if not data or not data.get("metrics"):
+    if data is None or not data.metrics:
         raise ApiError(400, f"run {name!r} has no head explorer data (results.json has no explorer)")
     try:
         L, H = check_explorer(data)
@@ -521,36 +547,36 @@ def head(name: str, res: HeadsRunResult, query: dict, tokenizer=None) -> dict:
         raise ApiError(500, f"{RESULTS_FILE}: explorer cannot be read: {type(e).__name__}: {e}") from e
 
 
-def _head(name: str, data: dict, L: int, H: int, query: dict, tokenizer) -> dict:
+def _head(name: str, data: ExplorerData, L: int, H: int, query: dict, tokenizer) -> dict:
     layer, head_ = _int_arg(query, "layer"), _int_arg(query, "head")
     if not 0 <= layer < L:
         raise ApiError(400, f"layer must lie in [0, {L}), got {layer}")
     if not 0 <= head_ < H:
         raise ApiError(400, f"head must lie in [0, {H}), got {head_}")
-    contexts = list(data.get("contexts") or {})
+    contexts = list(data.contexts or {})
     context = _choice(query, "context", contexts, contexts[0]) if contexts else None
     if not contexts and "context" in query:
         raise ApiError(400, f"context: run {name!r} stored no attention patterns")
-    metrics = list(data["metrics"])
+    metrics = list(data.metrics)
     dx, dy = default_axes(data)
     x, y = _choice(query, "x", metrics, dx), _choice(query, "y", metrics, dy)
-    ctx = data["contexts"][context] if context else None
+    ctx = data.contexts[context] if context else None
     tok = tokenizer if ctx and _decodes(tokenizer, ctx.get("ids") or []) else None
     tokens = ([tok.token_str(int(i)) for i in ctx["ids"]] if tok else ctx["tokens"]) if ctx else []
-    iv = data.get("intervals") or {}
+    iv = data.intervals or {}
     scores = {
         m: {
             "value": v[layer][head_] if _finite(v[layer][head_]) else None,
             "interval": iv[m][layer][head_] if iv.get(m) else None,
         }
-        for m, v in data["metrics"].items()
+        for m, v in data.metrics.items()
     }
-    curve = data.get("gate_curve")
+    curve = data.gate_curve
     gate = {"step": curve["step"], "alpha": [a[layer][head_] for a in curve["alpha"]]} if curve else None
     return {
         "layer": layer,
         "head": head_,
-        "role": (data.get("labels") or [[None] * H] * L)[layer][head_],
+        "role": (data.labels or [[None] * H] * L)[layer][head_],
         "context": context,
         "tokens": tokens,
         "pattern": ctx["patterns"][layer][head_] if ctx else None,

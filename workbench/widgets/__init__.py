@@ -291,7 +291,7 @@ def _heads_dashboards(run_dir) -> dict:
 
     heads = read_results(run_dir)
     out = {"heads": HeadRoleMap(heads)}
-    if heads.explorer:
+    if heads.explorer is not None:
         out["explorer"] = HeadExplorer(
             heads.explorer,
             agreement=heads.agreement,

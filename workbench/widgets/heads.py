@@ -10,40 +10,44 @@ import plotly.graph_objects as go
 
 from ..figures import heads as hf
 from ..figures.sae import empty_figure
+from ..probes.heads_data import Agreement, ExplorerData, HeadsOverTraining, TradeoffResult
 from .base import FigurePane, _Dashboard
 
 
 def _as_dict(x):
+    """A result as the JSON layout the figures read (what a results.json section holds)."""
     return x.to_dict() if hasattr(x, "to_dict") else x
 
 
 class HeadExplorer(_Dashboard):
-    """`data`: `probes.head_explorer.explorer_data(...)` (a dict); `agreement`, `over` and
-    `tradeoff`: an `Agreement`, `HeadsOverTraining` and `TradeoffResult` (or their dicts);
-    `tokenizer` relabels the patterns' tokens (else the stored strings are shown)."""
+    """`data`: `probes.head_explorer.explorer_data(...)` (an `ExplorerData`, or its to_dict());
+    `agreement`, `over` and `tradeoff`: an `Agreement`, `HeadsOverTraining` and `TradeoffResult`
+    (as a heads run's results hold them; their dicts are taken too); `tokenizer` relabels the
+    patterns' tokens (else the stored strings are shown)."""
 
     def __init__(
         self,
-        data: dict,
-        agreement=None,
-        over=None,
-        tradeoff=None,
+        data: ExplorerData | dict,
+        agreement: Agreement | dict | None = None,
+        over: HeadsOverTraining | dict | None = None,
+        tradeoff: TradeoffResult | dict | None = None,
         tokenizer=None,
         x: str = "retrieval score",
         y: str = "streaming mass",
     ):
+        data = data if isinstance(data, ExplorerData) else ExplorerData.from_dict(data)
         self.data, self.tokenizer = data, tokenizer
         self.agreement, self.over, self.tradeoff = _as_dict(agreement), _as_dict(over), _as_dict(tradeoff)
-        names = list(data["metrics"])
+        names = list(data.metrics)
         x = x if x in names else names[0]
         y = y if y in names else names[min(1, len(names) - 1)]
-        L, H = data["n_layers"], data["n_heads"]
+        L, H = data.n_layers, data.n_heads
         self.x = W.Dropdown(options=names, value=x, description="x")
         self.y = W.Dropdown(options=names, value=y, description="y")
         self.layer = W.Dropdown(options=list(range(L)), value=L - 1, description="layer")
         self.head = W.Dropdown(options=list(range(H)), value=0, description="head")
-        ctx = list(data.get("contexts", {})) or ["(none)"]
-        self.context = W.Dropdown(options=ctx, value=ctx[0], description="context", disabled=not data.get("contexts"))
+        ctx = list(data.contexts) or ["(none)"]
+        self.context = W.Dropdown(options=ctx, value=ctx[0], description="context", disabled=not data.contexts)
         self.panes = {"scatter": FigurePane(self._scatter()), "detail": FigurePane(self._detail())}
         self._bind_clicks()
         children = [
@@ -82,9 +86,9 @@ class HeadExplorer(_Dashboard):
         return hf.head_scatter(self.data, self.x.value, self.y.value, selected=self.selected)
 
     def _detail(self) -> go.Figure:
-        if not self.data.get("metrics"):
+        if not self.data.metrics:
             return empty_figure("no heads measured")
-        ctx = self.context.value if self.data.get("contexts") else None
+        ctx = self.context.value if self.data.contexts else None
         return hf.head_detail(self.data, *self.selected, context=ctx, tokenizer=self.tokenizer)
 
     def _bind_clicks(self) -> None:
