@@ -162,3 +162,39 @@ def test_the_widget_steers_and_shows_the_curves(built):
     panel.strength.value = 1e9  # refused by the slider's range: clamped, still finite
     panel.prompt.value = ""
     assert panel.run() is None and "prompt must be" in panel.error.value
+
+
+def test_the_steer_api_on_an_sae_run_folder(tmp_path):
+    """POST /api/run/<name>/steer's handler on a run folder as the viewer finds it: the run's own
+    model (model.safetensors + model_config.json) and SAE, the byte tokenizer."""
+    from workbench.models import ModelConfig, new_model, save_model
+    from workbench.runs import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, atomic_write_json
+    from workbench.sae import SAEConfig
+    from workbench.sae.model import SparseAutoencoder
+    from workbench.viewer.steer import steer
+    from workbench.viewer.store import RunStore
+
+    from .conftest import TINY_KW
+
+    cfg = ModelConfig(**TINY_KW)
+    run = tmp_path / "sae-run"
+    run.mkdir()
+    save_model(new_model(cfg, seed=0), run / MODEL_WEIGHTS_FILE, cfg)
+    atomic_write_json(run / MODEL_CONFIG_FILE, dataclasses.asdict(cfg))
+    save_sae(SparseAutoencoder(SAEConfig(d_in=32, d_sae=16, k=2, hook_name="blocks.0.hook_resid_post")), run)
+    atomic_write_json(run / "config.json", {"kind": "sae"})
+    (tmp_path / "other").mkdir()
+    atomic_write_json(tmp_path / "other" / "config.json", {"kind": "sparsity"})
+    store = RunStore(tmp_path)
+    d = steer(store, "sae-run", {"feature": 3, "strength": 4.0, "prompt": "def f(x):"})
+    assert d["feature"] == 3 and d["hook_name"] == "blocks.0.hook_resid_post"
+    assert d["next_token"]["kl"] > 0 and d["next_token"]["after"] != d["next_token"]["before"]
+    zero = steer(store, "sae-run", {"feature": 3, "strength": 0.0, "prompt": "def f(x):"})["next_token"]
+    assert zero["after"] == zero["before"] and zero["kl"] == 0.0  # c = 0 is the clean model, bit for bit
+    assert len(d["labels"]) == len(d["next_token"]["tokens"]) and "<table" in d["html"]
+    with pytest.raises(ApiError, match="no such run") as e:
+        steer(store, "missing", {})
+    assert e.value.status == 404
+    with pytest.raises(ApiError, match="has no SAE") as e:
+        steer(store, "other", {"feature": 0, "strength": 1.0, "prompt": "x"})
+    assert e.value.status == 400
