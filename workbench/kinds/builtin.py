@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from . import arrow, heads, sae, sparsity
+from . import arrow, heads, sae, sparsity, steer
 from .registry import Kind, register_kind
 
 register_kind(
@@ -48,5 +48,16 @@ register_kind(
         arrow.FOLDER,
         arrow.PAGE,
         "the arrow of time: forward against backward pairs",
+    )
+)
+register_kind(
+    Kind(
+        "steer",
+        steer.SteerRunConfig,
+        steer.SteerRunResult,
+        steer.build,
+        steer.FOLDER,
+        steer.PAGE,
+        "an SAE run's latents steered and ablated: output scores, concept gain vs KL against a diff-of-means baseline",
     )
 )

@@ -45,6 +45,7 @@ from starlette.routing import Route
 from ..kinds.registry import Page, get_kind, kind_names
 from ..results import ResultsError
 from . import api, markdown, pages, sae_page
+from . import steer as steer_api
 from .build_status import BuildStatus
 from .evaluation import Evaluations
 from .front import HostCheck, build_api
@@ -190,9 +191,12 @@ class Work:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiters[kind])
 
 
-def json_route(work: Work, fn: Callable, kind: str = "heavy", body: bool = False) -> Callable:
+def json_route(
+    work: Work, fn: Callable, kind: str = "heavy", body: bool = False, expects: str = "a JSON object"
+) -> Callable:
     """An API function `fn(request, body)` run in a worker thread: its result as JSON (NaN as
-    null), an ApiError as {"error": message} with its status. `body`: parse the JSON body first."""
+    null), an ApiError as {"error": message} with its status. `body`: parse the JSON body first
+    (`expects` says what it should hold, for the error)."""
 
     def answer(request: Request, parsed: Any) -> Response:
         try:
@@ -206,7 +210,7 @@ def json_route(work: Work, fn: Callable, kind: str = "heavy", body: bool = False
             try:
                 parsed = json.loads(await request.body())
             except (ValueError, UnicodeDecodeError):
-                return JSONResponse({"error": 'the body is not JSON: expected {"text": str, "feature": int}'}, 400)
+                return JSONResponse({"error": f"the body is not JSON: expected {expects}"}, 400)
         return await work.run(kind, answer, request, parsed)
 
     return endpoint
@@ -289,6 +293,9 @@ def create_app(
     def prompt(request: Request, body: Any) -> dict:
         api.run_path(store, request.path_params["name"])
         return api.prompt(store, request.path_params["name"], body)
+
+    def steer(request: Request, body: Any) -> dict:
+        return steer_api.steer(store, request.path_params["name"], body)
 
     def attention(request: Request, _) -> dict:
         return api.attention(store, request.path_params["name"], dict(request.query_params))
@@ -379,7 +386,16 @@ def create_app(
             Route("/benchmarks", benchmarks),
             Route("/api/run/{name}/feature/{feature}", json_route(work, feature)),
             Route("/api/run/{name}/search", json_route(work, search)),
-            Route("/api/run/{name}/prompt", json_route(work, prompt, body=True), methods=["POST"]),
+            Route(
+                "/api/run/{name}/prompt",
+                json_route(work, prompt, body=True, expects='{"text": str, "feature": int}'),
+                methods=["POST"],
+            ),
+            Route(
+                "/api/run/{name}/steer",
+                json_route(work, steer, body=True, expects='{"feature": int, "strength": float, "prompt": str}'),
+                methods=["POST"],
+            ),
             Route("/api/run/{name}/attention", json_route(work, attention)),
             Route("/api/run/{name}/head", json_route(work, head)),
             Route("/api/run/{name}/evaluate", json_route(work, evaluate, "light"), methods=["GET", "POST"]),
