@@ -30,6 +30,11 @@ def test_wheel_has_no_top_level_kernels(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert "kernels" not in tops
     assert "workbench/kernels/topk_encoder.py" in names
+    # a subpackage left out of pyproject's list is missing from the wheel (workbench.kinds once was)
+    subpackages = {
+        f"{p.parent.relative_to(ROOT).as_posix()}/__init__.py" for p in (ROOT / "workbench").rglob("__init__.py")
+    }
+    assert subpackages - set(names) == set(), "pyproject.toml [tool.setuptools] packages lacks these"
     # the shipped default travels inside the package, so a wheel install needs no checkout
     assert {
         "workbench/data/workbench-tiny/manifest.json",

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from . import arrow, heads, sae, sparsity, steer
+from . import arrow, graph, heads, sae, sparsity, steer
 from .registry import Kind, register_kind
 
 register_kind(
@@ -59,5 +59,16 @@ register_kind(
         steer.FOLDER,
         steer.PAGE,
         "an SAE run's latents steered and ablated: output scores, concept gain vs KL against a diff-of-means baseline",
+    )
+)
+register_kind(
+    Kind(
+        "graph",
+        graph.GraphRunConfig,
+        graph.GraphRunResult,
+        graph.build,
+        graph.FOLDER,
+        graph.PAGE,
+        "an attribution graph of one prompt (transcoders + error nodes, per-head loadings)",
     )
 )
