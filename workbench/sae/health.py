@@ -173,7 +173,7 @@ class HealthMonitor:
     def observe(self, step: int, sae: SparseAutoencoder, x: Tensor, res) -> dict[str, Any]:
         idx, vals = res.idx.reshape(-1), res.vals.reshape(-1)
         if self.counts is None:
-            self.counts = torch.zeros(len(sae.usage), dtype=torch.float32, device=idx.device)
+            self.counts = torch.zeros(len(sae.usage), dtype=torch.long, device=idx.device)  # exact at any window
         # index_add_ with a 0/1 weight rather than a boolean filter: no host sync on a GPU
         fired = ((vals > 0) & (idx >= 0)).to(self.counts.dtype)
         self.counts.index_add_(0, idx.clamp_min(0), fired)
