@@ -10,8 +10,8 @@ Every step it only adds the step's kept entries to per-latent firing counts (one
                    (index = L0, the last bin counts L0_BINS and above); l0_infer its mean,
                    l0_train the training selection's mean over the window, l0_target the rule's
     dead, dense    latents silent over the window / firing on more than `dense_density` of it
-    l2_ratio       mean ‖x̂ − μ‖ / ‖x − μ‖ over the probe tokens (μ: their mean)
-    scale_fit      ⟨x̂ − μ, x − μ⟩ / ‖x̂ − μ‖²: the factor that would best rescale the
+    l2_ratio       mean ‖x̂ − b‖ / ‖x − b‖ over the probe tokens (b: the decoder bias b_dec)
+    scale_fit      ⟨x̂ − b, x − b⟩ / ‖x̂ − b‖²: the factor that would best rescale the
                    reconstruction; 1 for an unbiased one whatever its FVU, above 1 when it shrinks
     max_dec_cos    the largest cosine between two decoder rows (rows in chunks: never F × F);
                    near_dup the latents with a partner above `dup_cosine`
@@ -130,12 +130,13 @@ def target_l0(sae: SparseAutoencoder) -> float:
 @torch.no_grad()
 def probe(sae: SparseAutoencoder, x: Float[Tensor, "B d"]) -> dict[str, Any]:
     """Inference encoding of `x`: its L0 histogram and mean, and the reconstruction's norm ratio and
-    best rescale about the tokens' mean (float64 sums)."""
+    best rescale about b_dec (float64 sums)."""
     z = sae.encode(x)
     x_hat = sae.decode(z).double()
     per_token = (z > 0).sum(1)
-    xc = x.double() - x.double().mean(0)
-    rc = x_hat - x.double().mean(0)
+    # about b_dec: what the latents add (x̂ − b_dec = z·W_dec) against what they should
+    b = sae.b_dec.detach().double()
+    xc, rc = x.double() - b, x_hat - b
     ratio = (rc.norm(dim=1) / xc.norm(dim=1).clamp_min(1e-12)).mean()
     scale = (rc * xc).sum() / (rc * rc).sum().clamp_min(1e-30)
     return {
