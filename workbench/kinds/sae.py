@@ -91,6 +91,7 @@ def build(cfg: SAERunConfig, model, data, run, *, progress: bool = True) -> SAER
     from ..results import read_results
     from ..runs import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, atomic_write_json
     from ..sae import SAEConfig, SAETrainConfig, train_sae
+    from ..sae.health import HealthConfig, HealthMonitor
     from ..sae.run_eval import evaluate_sae
 
     lm, bos = model.model, data.tokenizer.bos_token_id
@@ -107,7 +108,9 @@ def build(cfg: SAERunConfig, model, data, run, *, progress: bool = True) -> SAER
     train = SAETrainConfig(
         total_tokens=cfg.sae_tokens, batch_size=cfg.batch_size, lr=cfg.sae_lr, log_every=5, checkpoint_every=10**9
     )
-    sae = train_sae(sae_cfg, train, store, run, progress=progress)
+    # the demo's runs are short: about 20 health reports a run, the first after a fifth of it
+    health = HealthConfig(every=max(1, train.steps // 20), warmup=train.steps // 5)
+    sae = train_sae(sae_cfg, train, store, run, progress=progress, monitor=HealthMonitor(health))
     if isinstance(model.config, ModelConfig):  # the run opens without the model cache
         save_model(lm, run.file(MODEL_WEIGHTS_FILE), model.config)
         atomic_write_json(run.file(MODEL_CONFIG_FILE), asdict(model.config))

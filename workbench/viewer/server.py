@@ -3,6 +3,7 @@
     GET  /                         every run: its kind and headline (and the demo build, live)
     GET  /run/<name>               the run's page: one module per kind (sae_page, sparsity_page,
                                    heads_page, arrow_page); an SAE run without evaluation offers it
+    GET  /run/<name>/health        an SAE run's training health, live while it trains (health.py)
     GET  /benchmarks               benchmarks/RESULTS.md, its Markdown drawn as HTML (markdown.py)
     GET  /api/build                the demo build's state (when the app shows a build)
     /api/run/<name>/...            the JSON APIs (api.py lists them); every error is JSON
@@ -45,6 +46,7 @@ from starlette.routing import Route
 from ..kinds.registry import Page, get_kind, kind_names
 from ..results import ResultsError
 from . import api, markdown, pages, sae_page
+from . import health as health_pane
 from . import steer as steer_api
 from .build_status import BuildStatus
 from .evaluation import Evaluations
@@ -139,12 +141,18 @@ def overview_body(store: RunStore, jobs: Evaluations, build: BuildStatus | None)
 def sae_body(store: RunStore, jobs: Evaluations, name: str) -> str:
     d = store.root / name
     if not store.has_results(name) or jobs.running(name):
-        if not (d / "sae.safetensors").exists():
-            raise RunError("sae.safetensors is missing: the SAE's training has not finished (or was interrupted)")
-        return sae_page.render_unevaluated(name, store.metrics(name), jobs.snapshot(name))
+        if not (d / "sae.safetensors").exists():  # still training (or interrupted): the live health pane
+            return health_pane.body(name)
+        return health_link(name) + sae_page.render_unevaluated(name, store.metrics(name), jobs.snapshot(name))
     res = store.results(name)
     table = store.feature_table(name)
-    return sae_page.render(name, res, store.metrics(name), table.density.tolist(), store.evals(name))
+    return health_link(name) + sae_page.render(
+        name, res, store.metrics(name), table.density.tolist(), store.evals(name)
+    )
+
+
+def health_link(name: str) -> str:
+    return f'<p class="note"><a href="/run/{quote(name, safe="")}/health">training health</a></p>'
 
 
 def run_body(store: RunStore, jobs: Evaluations, name: str) -> tuple[str, str]:
@@ -294,6 +302,19 @@ def create_app(
         api.run_path(store, request.path_params["name"])
         return api.prompt(store, request.path_params["name"], body)
 
+    def health(request: Request, _) -> dict:
+        return health_pane.health(store, request.path_params["name"], dict(request.query_params))
+
+    def render_health(name: str) -> HTMLResponse:
+        try:
+            store.locate(name)
+        except RunError as e:
+            return HTMLResponse(pages.error_page("Not found", str(e), "No such run."), 404)
+        return HTMLResponse(pages.page(f"{name} (training health)", health_pane.body(name)))
+
+    async def health_page(request: Request) -> HTMLResponse:
+        return await work.run("light", render_health, request.path_params["name"])
+
     def steer(request: Request, body: Any) -> dict:
         return steer_api.steer(store, request.path_params["name"], body)
 
@@ -383,6 +404,7 @@ def create_app(
         + [
             Route("/", overview),
             Route("/run/{name}", run_page),
+            Route("/run/{name}/health", health_page),
             Route("/benchmarks", benchmarks),
             Route("/api/run/{name}/feature/{feature}", json_route(work, feature)),
             Route("/api/run/{name}/search", json_route(work, search)),
@@ -398,6 +420,7 @@ def create_app(
             ),
             Route("/api/run/{name}/attention", json_route(work, attention)),
             Route("/api/run/{name}/head", json_route(work, head)),
+            Route("/api/run/{name}/health", json_route(work, health, "light")),
             Route("/api/run/{name}/evaluate", json_route(work, evaluate, "light"), methods=["GET", "POST"]),
             Route("/files/{name}/{path:path}", run_file),
             Route(pages.PLOTLY_URL, plotly_js),
