@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F_
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from .config import SAEConfig
@@ -83,15 +83,6 @@ def prefix_cdf(w: Float[Tensor, " F"]) -> Float[Tensor, " F+1"]:
 # shape) stay in cache and in the allocator's reused blocks; the whole batch's (33 MB) would be
 # fresh pages every step, and page faults then cost more than the arithmetic
 CHUNK_TOKENS = 512
-
-
-def _fixed_count(offsets: Tensor, n: int) -> int | None:
-    """c when every token has exactly c entries (TopK, g-SAE), else None."""
-    tokens = len(offsets)
-    if n == 0 or n % tokens:
-        return None
-    c = n // tokens
-    return c if bool((offsets == torch.arange(0, n, c, device=offsets.device)).all()) else None
 
 
 def _running_sums(v: Float[Tensor, "n d"], rows: Tensor, offsets: Tensor, reverse: bool = False):
@@ -164,29 +155,17 @@ class _NestedSquares(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, vals, W_dec, e0, p, rows, cols, offsets):
-        B, n = len(e0), len(cols)
-        count = _fixed_count(offsets, n)
-        d_vals, d_e0 = torch.empty_like(vals), torch.empty_like(e0)
+        n = len(cols)
+        d_vals, d_e0 = torch.empty_like(vals), torch.zeros_like(e0)  # a token with no entry: no gradient
         d_W = torch.zeros_like(W_dec)
-        ends = torch.cat([offsets, offsets.new_tensor([n])]).tolist()
+        counts = torch.diff(offsets, append=offsets.new_tensor([n]))
         total = e0.new_zeros(())
         with torch.no_grad():
-            for t0 in range(0, B, CHUNK_TOKENS):
-                t1 = min(t0 + CHUNK_TOKENS, B)
-                s0, s1 = ends[t0], ends[t1]
-                if s1 == s0:
-                    d_e0[t0:t1] = 0
-                    continue
-                part = slice(s0, s1)
-                if count is not None:
-                    total += _chunk_fixed(
-                        vals[part], W_dec, e0[t0:t1], p[part], cols[part], count, d_vals[part], d_W, d_e0[t0:t1]
-                    )
+            for c, tokens in _buckets(counts):
+                if c <= GRAM_MAX:
+                    total += _bucket_fixed(vals, W_dec, e0, p, cols, offsets, c, tokens, d_vals, d_W, d_e0)
                 else:
-                    total += _chunk(
-                        vals[part], W_dec, e0[t0:t1], p[part], rows[part] - t0, cols[part], offsets[t0:t1] - s0,
-                        d_vals[part], d_W, d_e0[t0:t1],
-                    )  # fmt: skip
+                    total += _bucket_varying(vals, W_dec, e0, p, cols, offsets, counts, tokens, d_vals, d_W, d_e0)
         ctx.save_for_backward(d_vals, d_W, d_e0)
         return total
 
@@ -194,6 +173,62 @@ class _NestedSquares(torch.autograd.Function):
     def backward(ctx, g):
         d_vals, d_W, d_e0 = ctx.saved_tensors
         return g * d_vals, g * d_W, g * d_e0, None, None, None, None
+
+
+# tokens with more entries than this go through the running sums (_chunk): the quadratic form's
+# [c+1, c+1] products cost O(c² d) a token, the running sums O(c d) with a few more passes
+GRAM_MAX = 128
+
+
+def _buckets(counts: Int[Tensor, " B"]):
+    """(c, the tokens with exactly c entries) for every c > 0 that occurs; the tokens with more than
+    GRAM_MAX entries come together, as one bucket (c: the largest count)."""
+    order = torch.argsort(counts, stable=True)
+    values, sizes = torch.unique_consecutive(counts[order], return_counts=True)
+    start, big = 0, []
+    for c, size in zip(values.tolist(), sizes.tolist()):
+        part = order[start : start + size]
+        start += size
+        if c > GRAM_MAX:
+            big.append(part)
+        elif c > 0:
+            yield c, part
+    if big:
+        yield int(counts.max()), torch.cat(big)
+
+
+def _entries(offsets, counts, tokens):
+    """The entry indices of `tokens`, token by token, and each entry's token position in `tokens`."""
+    local = torch.repeat_interleave(torch.arange(len(tokens), device=tokens.device), counts[tokens])
+    starts = torch.cumsum(counts[tokens], 0) - counts[tokens]
+    within = torch.arange(len(local), device=tokens.device) - starts[local]
+    return offsets[tokens][local] + within, local, starts
+
+
+def _bucket_fixed(vals, W_dec, e0, p, cols, offsets, c, tokens, d_vals, d_W, d_e0):
+    """Tokens with exactly c entries, through `_chunk_fixed`, CHUNK_TOKENS · 16 entries at a time."""
+    total = e0.new_zeros(())
+    step = max(1, CHUNK_TOKENS * 16 // c)
+    ar = torch.arange(c, device=cols.device)
+    for t0 in range(0, len(tokens), step):
+        tk = tokens[t0 : t0 + step]
+        ent = (offsets[tk].unsqueeze(1) + ar).view(-1)
+        dv, de0 = vals.new_empty(len(ent)), e0.new_empty(len(tk), e0.shape[1])
+        total += _chunk_fixed(vals[ent], W_dec, e0[tk], p[ent], cols[ent], c, dv, d_W, de0)
+        d_vals[ent], d_e0[tk] = dv, de0
+    return total
+
+
+def _bucket_varying(vals, W_dec, e0, p, cols, offsets, counts, tokens, d_vals, d_W, d_e0):
+    """Tokens with varying (large) entry counts, through `_chunk`, CHUNK_TOKENS tokens at a time."""
+    total = e0.new_zeros(())
+    for t0 in range(0, len(tokens), CHUNK_TOKENS):
+        tk = tokens[t0 : t0 + CHUNK_TOKENS]
+        ent, local, starts = _entries(offsets, counts, tk)
+        dv, de0 = vals.new_empty(len(ent)), e0.new_empty(len(tk), e0.shape[1])
+        total += _chunk(vals[ent], W_dec, e0[tk], p[ent], local, cols[ent], starts, dv, d_W, de0)
+        d_vals[ent], d_e0[tk] = dv, de0
+    return total
 
 
 def nested_fvu_sparse(
