@@ -47,6 +47,7 @@ from ..kinds.registry import Page, get_kind, kind_names
 from ..results import ResultsError
 from . import api, markdown, pages, sae_page
 from . import health as health_pane
+from . import ladder as ladder_api
 from . import steer as steer_api
 from .build_status import BuildStatus
 from .evaluation import Evaluations
@@ -302,6 +303,9 @@ def create_app(
         api.run_path(store, request.path_params["name"])
         return api.prompt(store, request.path_params["name"], body)
 
+    def ladder(request: Request, _) -> dict:
+        return ladder_api.ladder(store, request.path_params["name"], dict(request.query_params))
+
     def health(request: Request, _) -> dict:
         return health_pane.health(store, request.path_params["name"], dict(request.query_params))
 
@@ -421,6 +425,7 @@ def create_app(
             Route("/api/run/{name}/attention", json_route(work, attention)),
             Route("/api/run/{name}/head", json_route(work, head)),
             Route("/api/run/{name}/health", json_route(work, health, "light")),
+            Route("/api/run/{name}/ladder", json_route(work, ladder)),
             Route("/api/run/{name}/evaluate", json_route(work, evaluate, "light"), methods=["GET", "POST"]),
             Route("/files/{name}/{path:path}", run_file),
             Route(pages.PLOTLY_URL, plotly_js),
