@@ -12,6 +12,7 @@ from ..figures import evals as ef
 from ..figures import sae as sf
 from ..results import SAERunResult
 from .pages import STAGES_JS, figure_div, js_literal, metrics_table, on_ready
+from .steer import feature_steer_section
 
 KIND = "sae"
 SHOWN = (
@@ -40,9 +41,18 @@ def summary(res: SAERunResult) -> str:
 NOT_EVALUATED = '<span class="empty">trained, not evaluated yet (open the run to compute it)</span>'
 
 
-def render(name: str, res: SAERunResult, metrics: list[dict], density: list[float], evals: dict | None) -> str:
+def render(
+    name: str,
+    res: SAERunResult,
+    metrics: list[dict],
+    density: list[float],
+    evals: dict | None,
+    ladder_html: str = "",
+) -> str:
     """The page body. `metrics`: metrics.jsonl's rows; `density`: the feature table's per-feature firing
-    rate (the browser opens on the densest feature); `evals`: usefulness.json or None."""
+    rate (the browser opens on the densest feature); `evals`: usefulness.json or None; `ladder_html`:
+    the width-ladder section (viewer/ladder.py), "" for a run without one. The feature browser ends
+    with the steer controls (viewer/steer.py) for its current feature."""
     body = metrics_table(dataclasses.asdict(res), list(SHOWN))
     body += figure_div(sf.training_curves(metrics), "curves")
     body += '<div class="grid">' + figure_div(sf.density_histogram(res.log10_density), "density")
@@ -50,7 +60,7 @@ def render(name: str, res: SAERunResult, metrics: list[dict], density: list[floa
     body += "<h2>Sparse probing and absorption-style</h2>" + ef.usefulness_html(evals)
     body += figure_div(ef.usefulness_figure(evals), "usefulness") if evals else ""
     first = max(range(len(density)), key=density.__getitem__) if density and max(density) > 0 else 0
-    return body + feature_browser(name, len(density), first)
+    return body + ladder_html + feature_browser(name, len(density), first) + feature_steer_section(name, first)
 
 
 def render_unevaluated(name: str, metrics: list[dict], job: dict | None) -> str:

@@ -45,6 +45,7 @@ from starlette.routing import Route
 
 from ..kinds.registry import Page, get_kind, kind_names
 from ..results import ResultsError
+from ..sae.ladder import LADDER_META_FILE
 from . import api, markdown, pages, sae_page
 from . import health as health_pane
 from . import ladder as ladder_api
@@ -148,8 +149,18 @@ def sae_body(store: RunStore, jobs: Evaluations, name: str) -> str:
     res = store.results(name)
     table = store.feature_table(name)
     return health_link(name) + sae_page.render(
-        name, res, store.metrics(name), table.density.tolist(), store.evals(name)
+        name, res, store.metrics(name), table.density.tolist(), store.evals(name), ladder_html(store, name)
     )
+
+
+def ladder_html(store: RunStore, name: str) -> str:
+    """The run's width-ladder section; "" when it has none, the fault in its place when it is unreadable."""
+    if not (store.root / name / LADDER_META_FILE).exists():
+        return ""
+    try:
+        return ladder_api.ladder_section(name, ladder_api.load_run_ladder(store, name))
+    except ApiError as e:
+        return pages.error_box(str(e), "The width ladder could not be read.")
 
 
 def health_link(name: str) -> str:
