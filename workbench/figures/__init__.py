@@ -36,5 +36,9 @@ _EXPORTS = {
     ),
     "kv_tradeoff": ("tradeoff_figure",),
     "attention_sae": ("head_shares_bar", "dfa_strip", "head_latents_bar"),
+    "ladder": ("ladder_tree",),
+    "health": ("health_figures", "alarms_html"),
+    "steer": ("gain_kl_figure", "next_token_bars", "output_score_histogram", "generations_html"),
+    "graph": ("graph_figure",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
