@@ -28,6 +28,7 @@ def _transcoder(rule, skip, d_in=12, d_out=10, F=40, k=4, seed=0):
         gen = torch.Generator().manual_seed(seed + 1)
         sae.b_enc.copy_(0.1 * torch.randn(F, generator=gen, dtype=torch.float64))
         sae.b_dec.copy_(torch.randn(d_out, generator=gen, dtype=torch.float64))
+        sae.W_dec.copy_(torch.randn(F, d_out, generator=gen, dtype=torch.float64) / d_out**0.5)  # it starts at 0
         if skip:
             sae.W_skip.copy_(0.3 * torch.randn(d_out, d_in, generator=gen, dtype=torch.float64))
         sae.tokens_since_fired[:8] = 10**9  # dead: the aux loss has candidates
@@ -268,7 +269,7 @@ def test_train_a_skip_transcoder_from_the_command_line(tiny_model, tmp_path):
     cfg = StoreConfig(hook, buffer_tokens=1024, seq_len=16, target_hook=target)
     meta = {"hook_name": hook, "model": "tiny"}
     cache_activations(ModelSource(tiny_model, stream, cfg, 256), tmp_path / "c", 2, metadata=meta, progress=False)
-    argv = ["train-sae", "--cache", str(tmp_path / "c"), "--target-hook", target, "--skip", "true"]
+    argv = ["train-sae", "--cache", str(tmp_path / "c"), "--target-hook", target, "--skip"]
     argv += ["--d-sae", "64", "--k", "4", "--selection", "mutual_choice", "--total-tokens", "2048"]
     argv += ["--batch-size", "256", "--no-eval", "--out", str(tmp_path / "run")]
     assert main(argv) == 0

@@ -9,11 +9,13 @@ A transcoder (cfg.transcoder) predicts a target y of width cfg.d_target instead 
     pre = x W_encᵀ + b_enc                      (b_dec is in y's space: the input is not centred)
     ŷ   = z W_dec + b_dec (+ x W_skipᵀ)         W_skip [d_out, d_in] with cfg.skip, starting at 0
 
-Decoder rows stay at unit norm (for transcoders too: the latent values carry the scale): the
-trainer removes each row's parallel gradient component before the step and renormalises after
-it. Everything that differs between selection rules (the training selection on either path, the
-inference encoding, the threshold Mutual and Feature Choice learn for their JumpReLU inference)
-is the rule's own (selection.py, `self.rule`).
+An SAE's decoder rows stay at unit norm: the trainer removes each row's parallel gradient
+component before the step and renormalises after it. A transcoder's decoder starts at 0 and is
+left free, as sparsify's (transcode=True): at equal steps and lr, unit-norm rows left the default
+model's MLP FVU 12-17% higher (benchmarks/transcoder_step.py). Everything that differs between
+selection rules (the training selection on either path, the inference encoding, the threshold
+Mutual and Feature Choice learn for their JumpReLU inference) is the rule's own (selection.py,
+`self.rule`).
 """
 
 from __future__ import annotations
@@ -88,8 +90,7 @@ class SparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(w.clone())  # [F, d]: encoder starts as the decoder's transpose
         self.b_enc = nn.Parameter(torch.zeros(F))
         d_out = cfg.d_target
-        w_dec = w if d_out == cfg.d_in else init_rows(cfg.d_sae, d_out, seed + 104_729, layout.latent_slice(cfg.d_sae))
-        self.W_dec = nn.Parameter(w_dec.clone())  # [F, d_out], unit-norm rows
+        self.W_dec = nn.Parameter(torch.zeros(F, d_out) if cfg.transcoder else w.clone())  # [F, d_out]
         self.b_dec = nn.Parameter(torch.zeros(d_out))
         if cfg.skip:  # replicated on every rank, as b_dec
             self.W_skip = nn.Parameter(torch.zeros(d_out, cfg.d_in))
@@ -220,15 +221,17 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def remove_parallel_grads(self) -> None:
-        """Project out of W_dec's gradient the component along each row (norm stays 1 to first order)."""
-        if self.W_dec.grad is not None:
+        """Project out of W_dec's gradient the component along each row (norm stays 1 to first order);
+        a transcoder's decoder is free (module docstring)."""
+        if self.W_dec.grad is not None and not self.cfg.transcoder:
             w = self.W_dec
             along = torch.einsum("fd,fd->f", self.W_dec.grad, w)  # per-row dot products, no F × d temporary
             self.W_dec.grad.addcmul_(along.unsqueeze(1), w, value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if not self.cfg.transcoder:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     @torch.no_grad()
     def init_b_dec(self, sample: Float[Tensor, "n d"], method: str = "geometric_median") -> None:
