@@ -270,7 +270,7 @@ def test_train_a_skip_transcoder_from_the_command_line(tiny_model, tmp_path):
     meta = {"hook_name": hook, "model": "tiny"}
     cache_activations(ModelSource(tiny_model, stream, cfg, 256), tmp_path / "c", 2, metadata=meta, progress=False)
     argv = ["train-sae", "--cache", str(tmp_path / "c"), "--target-hook", target, "--skip"]
-    argv += ["--d-sae", "64", "--k", "4", "--selection", "mutual_choice", "--total-tokens", "2048"]
+    argv += ["--d-sae", "64", "--k", "4", "--selection", "mutual_choice", "--total-tokens", "8192", "--lr", "3e-3"]
     argv += ["--batch-size", "256", "--no-eval", "--out", str(tmp_path / "run")]
     assert main(argv) == 0
     sae = load_sae(tmp_path / "run")

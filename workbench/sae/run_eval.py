@@ -102,6 +102,11 @@ def evaluate_sae(
     last, so a run counts as evaluated only once everything is there. Sparse probing and
     absorption-style scores need byte-level text (their concepts are labelled on bytes): they run on
     `probe_tokens` (default `tokens`) only when `tokenizer` is the byte tokenizer."""
+    if sae.cfg.transcoder:  # the splice below writes x̂ at hook_name; a transcoder's ŷ belongs at target_hook
+        raise NotImplementedError(
+            f"evaluate_sae: {run_dir} holds a transcoder ({sae.cfg.hook_name} -> {sae.cfg.target_hook}); its "
+            "evaluation (the MLP output spliced at target_hook) is not built yet: train it with --no-eval"
+        )
     import torch
 
     from ..activations import ActivationBatch, capture
@@ -162,6 +167,13 @@ def evaluate_sae_run(out: str, model_name: str, corpus: str | None, text_field: 
     from .io import load_sae
 
     sae = load_sae(out)
+    if sae.cfg.transcoder:
+        print(
+            f"train-sae: {out}/sae.safetensors is saved, but it was not evaluated: the evaluation of a "
+            "transcoder is not built yet (pass --no-eval to skip it).",
+            file=sys.stderr,
+        )
+        return False
     try:
         model, tok = load_model(model_name)
     except (RuntimeError, FileNotFoundError, ValueError) as e:
