@@ -395,7 +395,7 @@ def test_values_from_disk_are_escaped_in_every_section():
     one (a config's values, the steps inside a list) it is drawn as text; where it does not, the
     section's fault quotes it: escaped either way."""
     evil = "<script>alert(1)</script>"
-    data = explorer_result().to_dict()
+    data = {"schema": HeadsRunResult.SCHEMA, **explorer_result().to_dict()}
     data["duo"]["config"] = {k: evil for k in ("lr", "lam", "distance", "n_contexts", "sink", "window", "seed")}
     data["duo"]["config"]["passkey"] = {"seq_len": evil}
     data["over_training"] = over_training(steps=[evil, evil], formed={"induction": [evil, evil]})
@@ -408,5 +408,5 @@ def test_values_from_disk_are_escaped_in_every_section():
     assert "<script>alert(1)" not in pages
     text = "&lt;script&gt;alert(1)&lt;/script&gt;"
     assert f"lr {text}, λ {text}" in drawn and f"passkey contexts of {text} tokens" in drawn
-    assert f"steps {text}–" in drawn and f"{text} between steps {text} and {text}" in drawn
+    assert f"steps {text}–" in drawn and f"induction between steps {text} and {text}" in drawn
     assert f"razor.n_induction_protected must be int, got str &#x27;{text}&#x27;" in pages
