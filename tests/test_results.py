@@ -11,6 +11,7 @@ import torch
 
 from workbench.probes.arrow import arrow_from_losses
 from workbench.probes.heads import HeadRoles
+from workbench.probes.heads_data import DuoResult
 from workbench.probes.sparsity import SparsityResult
 from workbench.results import (
     KINDS,
@@ -93,11 +94,22 @@ def head_roles(labels=(("other", "retrieval"), ("streaming", "<i>x</i>"))) -> He
     )
 
 
+DUO = DuoResult(
+    alphas=[[0.1, 0.9], [0.0, 0.2]],
+    steps=[1, 2],
+    loss=[0.5, 0.4],
+    distance=[0.45, 0.35],
+    penalty=[0.05, 0.05],
+    trajectory_steps=[0, 2],
+    trajectory=[[[1.0, 1.0], [1.0, 1.0]], [[0.1, 0.9], [0.0, 0.2]]],
+    seconds=1.5,
+    config={"lr": 0.02, "lam": 0.05, "passkey": {"seq_len": 24}},
+)
+
+
 def heads_result() -> HeadsRunResult:
     pat = [[[[1.0, 0.0], [0.25, 0.75]] for _ in range(2)] for _ in range(2)]  # [L][H][q][k]
-    return HeadsRunResult(
-        head_roles(), [AttentionExample("needle", ["<s>", "a<b>"], pat)], duo={"alphas": [[0.1, 0.9], [0.0, 0.2]]}
-    )
+    return HeadsRunResult(head_roles(), [AttentionExample("needle", ["<s>", "a<b>"], pat)], duo=DUO)
 
 
 def arrow_result() -> ArrowRunResult:
@@ -153,7 +165,7 @@ def test_optional_fields_are_forward_compatible(tmp_path):
     del data["razor"], data["examples"]
     run.file("results.json").write_text(json.dumps(data))
     back = read_results(run)
-    assert back.razor is None and back.examples == [] and back.duo == {"alphas": [[0.1, 0.9], [0.0, 0.2]]}
+    assert back.razor is None and back.examples == [] and back.duo == DUO
 
 
 def _write(run: RunDir, text: str) -> None:

@@ -99,8 +99,10 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     options = [t.strip() for t in text.split("|")]
     for t in options:
-        if t == "None" and value is None:
-            return True
+        if t == "None":  # not a type to fall through to the nested-dataclass branch
+            if value is None:
+                return True
+            continue
         base = t.split("[", 1)[0]
         if base in _SCALARS:
             if isinstance(value, bool) and base != "bool":
