@@ -63,3 +63,14 @@ def test_the_sae_page_links_to_its_health_pane_which_draws_the_reports(server, b
     assert page.locator("#health .main-svg").count() >= 1
     assert errors == []
     page.close()
+
+
+def test_the_head_explorer_opens_the_head_a_link_names_and_lists_its_sae_latents(server, browser):  # noqa: F811
+    page, _, errors = _open(browser, server + "/run/probe-heads?layer=1&head=1")
+    page.wait_for_function("document.getElementById('hx-detail').dataset.head === '1,1'")
+    assert page.input_value("#hx-layer") == "1" and page.input_value("#hx-head") == "1"
+    page.wait_for_selector("#hx-sae h3")
+    assert "SAE latents that write through L1H1" in page.inner_text("#hx-sae")
+    assert "blocks.1.attn.hook_z" in page.inner_text("#hx-sae")  # the tiny demo has no hook_z SAE
+    assert errors == []
+    page.close()

@@ -153,7 +153,9 @@ def head(store: RunStore, name: str, query: dict) -> dict:
         tok = store.tokenizer(name)
     except RunError:
         tok = None
-    return heads_page.head(name, res, query, tok)
+    out = heads_page.head(name, res, query, tok)
+    # the latents of the store's hook_z SAEs that write through this head (attention_sae.py)
+    return {**out, "sae_latents": attention_sae.head_explorer_section(store, out["layer"], out["head"]).json()}
 
 
 def evaluation_state(store: RunStore, jobs: Evaluations, name: str) -> dict:

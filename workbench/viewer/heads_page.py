@@ -280,6 +280,8 @@ intervals and its DuoAttention gate while the gates were trained.</p>
 <label>head <select id="hx-head">{_options(range(data.n_heads), head_)}</select></label>{ctx_picker}</div>
 <p id="hx-error" class="error" hidden></p>
 <div id="hx-detail" class="fig" data-head="{layer},{head_}"></div>
+<div id="hx-sae"><p class="note">Pick a head to list the attention-SAE latents (hook_z runs in this
+folder) that write through it.</p></div>
 """ + on_ready(f"""
   const S = {js_literal(state)};
   const RUN = encodeURIComponent(S.run), cfg = {{responsive: true, displaylogo: false}};
@@ -300,6 +302,8 @@ intervals and its DuoAttention gate while the gates were trained.</p>
     await Plotly.react("hx-detail", d.detail.data, d.detail.layout, cfg);
     el("hx-detail").dataset.head = `${{d.layer}},${{d.head}}`;
     el("hx-scatter").dataset.axes = `${{d.x}}|${{d.y}}`;  // drawn: clicks now land on these axes
+    el("hx-sae").innerHTML = d.sae_latents.html;  // built and escaped by the server
+    for (const [id, f] of Object.entries(d.sae_latents.figures)) Plotly.react(id, f.data, f.layout, cfg);
   }}
   Plotly.newPlot("hx-scatter", S.scatter.data, S.scatter.layout, cfg).then(gd => {{
     gd.on("plotly_click", ev => {{
@@ -311,7 +315,13 @@ intervals and its DuoAttention gate while the gates were trained.</p>
     gd.dataset.axes = `${{S.x}}|${{S.y}}`;
   }});
   Plotly.newPlot("hx-detail", S.detail.data, S.detail.layout, cfg);
-  for (const id of ["hx-x", "hx-y", "hx-layer", "hx-head", "hx-context"]) if (el(id)) el(id).onchange = show;""")
+  for (const id of ["hx-x", "hx-y", "hx-layer", "hx-head", "hx-context"]) if (el(id)) el(id).onchange = show;
+  const want = new URLSearchParams(location.search);  // /run/<name>?layer=&head= opens that head (graph links)
+  const pick = (id, v) => {{
+    if (v === null || ![...el(id).options].some(o => o.value === v)) return false;
+    el(id).value = v; return true;
+  }};
+  if (pick("hx-layer", want.get("layer")) | pick("hx-head", want.get("head"))) show();""")
 
 
 def _esc(value) -> str:
