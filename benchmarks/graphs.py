@@ -3,8 +3,9 @@ text) on the default model (2 layers), with a transcoder of 2048 latents (TopK k
 
 The transcoders are either trained here, quickly (a plain TopK loop: Adam on the default's own
 ln2.hook_normalized -> hook_mlp_out pairs over training text; kept apart from the SAE trainer,
-which also trains transcoders (SAEConfig.target_hook), so this timing is unchanged), or random-init (`--random`: timing only, their features mean nothing). The graph
-is then measured in a fresh child process, so its peak RSS is the graph's and not the training's.
+which also trains transcoders (SAEConfig.target_hook), so this timing is unchanged), or random-init
+(`--random`: timing only, their features mean nothing). The graph is then measured in a fresh
+child process, so its peak RSS is the graph's and not the training's.
 
     cpujob --both .venv/bin/python benchmarks/graphs.py [--random] [--steps 300] [--repeats 3]
 """

@@ -140,6 +140,8 @@ def _other_value(cls, f: dataclasses.Field):
         return (64, 128)
     if tp in (bool | None,):
         return True
+    if tp is bool:
+        return not f.default
     if tp in (int, int | None):
         return 7 if f.default is None else f.default + 3
     if tp in (float, float | None):
@@ -149,6 +151,7 @@ def _other_value(cls, f: dataclasses.Field):
     raise AssertionError(f"no test value for {cls.__name__}.{f.name}: {tp}")
 
 
+NEEDS = {"skip": {"transcoder": True}, "d_out": {"transcoder": True}}
 FIELDS = [
     (cls, f)
     for cls in (SAEConfig, SAETrainConfig)
@@ -175,8 +178,11 @@ def _parser_actions():
 @pytest.mark.parametrize("cls,f", FIELDS, ids=[f"{c.__name__}.{f.name}" for c, f in FIELDS])
 def test_each_flag_round_trips_into_its_config(cls, f):
     value = _other_value(cls, f)
-    sae, train = train_configs(parse_args(BASE + [_flag(f.name), *_typed(value)]), D_IN)
-    want_sae, want_train = SAEConfig(d_in=D_IN, d_sae=256), SAETrainConfig()
+    typed = [] if typing.get_type_hints(cls)[f.name] is bool else _typed(value)  # a bool is a bare flag
+    needs = NEEDS.get(f.name, {})  # fields valid only beside another (a skip matrix needs a transcoder)
+    argv = BASE + [_flag(f.name), *typed] + [_flag(k) for k in needs]
+    sae, train = train_configs(parse_args(argv), D_IN)
+    want_sae, want_train = SAEConfig(d_in=D_IN, d_sae=256, **needs), SAETrainConfig()
     if cls is SAEConfig:
         want_sae = dataclasses.replace(want_sae, **{f.name: value})
     else:

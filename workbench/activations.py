@@ -161,12 +161,13 @@ def capture_pair(
     saved = {}
     leaf = target_hook or hook_name
 
+    # keyed by the name asked for: a TransformerBridge's hook.name is its own module path, not the alias
     def keep(act, hook):
-        saved[hook.name] = act.detach()
+        saved[hook_name] = act.detach()
 
     def make_leaf(act, hook):
-        saved[hook.name] = act.detach().requires_grad_(True)
-        return saved[hook.name]
+        saved[leaf] = act.detach().requires_grad_(True)
+        return saved[leaf]
 
     hooks = [(leaf, make_leaf)] + ([(hook_name, keep)] if target_hook else [])
     flags = [p.requires_grad for p in model.parameters()]

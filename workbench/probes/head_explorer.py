@@ -9,6 +9,7 @@ surface can draw it later. Layout: see `workbench.figures.heads`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, is_dataclass
 
 import torch
@@ -127,6 +128,6 @@ def explorer_data(
         contexts={k: context_patterns(model, t, tokenizer) for k, t in ctx.items()},
         gate_curve=gate_curve,
         razor_protected=z["protected"] if z is not None else None,
-        roles_config=r["config"],
+        roles_config=json.loads(json.dumps(r["config"])),  # as results.json gives it back: tuples are lists
         copy_accuracy=r["copy_accuracy"],
     )
