@@ -157,3 +157,20 @@ def test_config_names_the_field_it_refuses():
         HealthConfig(every=0)
     with pytest.raises(ValueError, match="dup_cosine"):
         HealthConfig(dup_cosine=1.5)
+
+
+@pytest.mark.parametrize("off", [False, True])
+def test_train_sae_on_the_command_line_reports_health_unless_told_not_to(tiny_model, tmp_path, off):
+    from workbench.__main__ import main
+    from workbench.activations import ModelSource, StoreConfig, cache_activations
+
+    stream = torch.randint(0, 256, (6000,), generator=torch.Generator().manual_seed(1))
+    cfg = StoreConfig("blocks.0.hook_resid_post", buffer_tokens=1024, seq_len=16)
+    meta = {"hook_name": cfg.hook_name, "model": "tiny"}
+    cache_activations(ModelSource(tiny_model, stream, cfg, 256), tmp_path / "c", 2, metadata=meta, progress=False)
+    argv = ["train-sae", "--cache", str(tmp_path / "c"), "--d-sae", "64", "--k", "4", "--total-tokens", "3456"]
+    argv += ["--batch-size", "16", "--no-eval", "--out", str(tmp_path / "run")] + (["--no-health"] if off else [])
+    assert main(argv) == 0
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    health = [x for x in lines if "health" in x]
+    assert (health == []) if off else (len(health) >= 2 and "density_hist" in health[-1]["health"])

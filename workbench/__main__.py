@@ -104,6 +104,11 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
         action="store_true",
         help="skip results.json and features.safetensors (the viewer then offers to compute them)",
     )
+    tr.add_argument(
+        "--no-health",
+        action="store_true",
+        help="no training-health reports or alarms in metrics.jsonl and on the output (workbench/sae/health.py)",
+    )
     add_flags(tr, StoreConfig, only={"buffer_tokens"})  # with --hook: a live model's chunks
     tr.add_argument(
         "--eval-windows", type=int, default=32, help="held-out windows for results.json and the feature table"
@@ -333,7 +338,10 @@ def train(args: argparse.Namespace) -> int:
     corpus = None if corpus is None else str(Path(corpus).resolve())
     sae_cfg, train_cfg = train_configs(args, src.d, hook, model_name)
     store = ActivationStore(src, train_cfg.batch_size, seed=train_cfg.seed, rank=rank, world_size=world)
-    train_sae(sae_cfg, train_cfg, store, RunDir(args.out), progress=rank == 0)
+    from .sae.health import HealthMonitor
+
+    monitor = None if args.no_health else HealthMonitor()
+    train_sae(sae_cfg, train_cfg, store, RunDir(args.out), progress=rank == 0, monitor=monitor)
     if rank == 0:
         print(f"saved {args.out}/sae.safetensors")
         record_model(args.out, model_name, corpus=corpus or "python-docs", text_field=text_field)
