@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import free_port, serving
-from tests.test_results import head_roles, new_run, sparsity_result
+from tests.test_results import DUO, head_roles, new_run, sparsity_result
 from workbench.corpus import ByteTokenizer
 from workbench.kinds.heads import HeadsRunResult
 from workbench.probes.heads_data import (
@@ -37,18 +37,8 @@ def _pattern(context: int, layer: int, head: int, T: int) -> list[list[float]]:
 
 
 def duo_result() -> DuoResult:
-    """DuoAttention gates of two layers of two heads after two steps."""
-    return DuoResult(
-        alphas=[[0.1, 0.9], [0.0, 0.2]],
-        steps=[1, 2],
-        loss=[0.5, 0.4],
-        distance=[0.45, 0.35],
-        penalty=[0.05, 0.05],
-        trajectory_steps=[0, 2],
-        trajectory=[[[1.0, 1.0], [1.0, 1.0]], [[0.1, 0.9], [0.0, 0.2]]],
-        seconds=1.5,
-        config={"lr": 0.02, "lam": 0.05, "passkey": {"seq_len": 24}},
-    )
+    """DuoAttention gates of two layers of two heads after two steps (a fresh copy: tests edit it)."""
+    return copy.deepcopy(DUO)
 
 
 def heads_result() -> HeadsRunResult:
