@@ -51,15 +51,21 @@ def _tokenizer(store: RunStore, name: str):
         raise ApiError(500, f"run {name!r}: {e}") from e
 
 
-def feature_index(raw: str, n: int) -> int:
-    """The URL's feature index as an int in [0, n): ApiError 400 (not an integer) or 404 (out of
-    range), both naming the range; a 5000-digit number is refused before int() sees it."""
-    what = f"feature must be an integer in [0, {n})"
+def url_int(raw: str, what: str) -> int:
+    """An integer as the URL spells it; ApiError 400 "{what}, got ..." otherwise (a 5000-digit
+    number is refused before int() sees it, and shown shortened)."""
     text = str(raw)
     if not INDEX.fullmatch(text):
         shown = text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
         raise ApiError(400, f"{what}, got {shown!r}")
-    f = int(text)
+    return int(text)
+
+
+def feature_index(raw: str, n: int) -> int:
+    """The URL's feature index as an int in [0, n): ApiError 400 (not an integer) or 404 (out of
+    range), both naming the range."""
+    what = f"feature must be an integer in [0, {n})"
+    f = url_int(raw, what)
     if not 0 <= f < n:
         raise ApiError(404, f"{what}, got {f}: there is no feature {f}")
     return f

@@ -8,23 +8,17 @@ parent chain and children) and its JSON API, read from the run's ladder.safetens
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from ..figures.ladder import BY, ladder_tree, tree_edges
 from ..sae.ladder import LADDER_FILE, LADDER_META_FILE, Ladder
+from .api import url_int
 from .pages import js_literal, on_ready
 from .store import ApiError, RunError, RunStore, regular_file
 
-INT = re.compile(r"[+-]?[0-9]{1,18}")
-
 
 def _int(raw: str, what: str) -> int:
-    text = str(raw)
-    if not INT.fullmatch(text):
-        shown = text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
-        raise ApiError(400, f"{what} must be an integer, got {shown!r}")
-    return int(text)
+    return url_int(raw, f"{what} must be an integer")
 
 
 def load_run_ladder(store: RunStore, name: str) -> Ladder:
