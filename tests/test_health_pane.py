@@ -119,6 +119,9 @@ def test_api_answers_only_when_there_is_a_newer_report(trained, tmp_path):
     with pytest.raises(ApiError) as bad:
         vh.health(store, "run", {"since": "x1"})
     assert bad.value.status == 400 and "since" in str(bad.value)
+    with pytest.raises(ApiError) as doubled:  # passed an isdigit check once, then int() raised (a 500)
+        vh.health(store, "run", {"since": "--5"})
+    assert doubled.value.status == 400 and "since" in str(doubled.value)
     with pytest.raises(ApiError) as missing:
         vh.health(store, "nope", {})
     assert missing.value.status == 404

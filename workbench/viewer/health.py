@@ -20,6 +20,7 @@ from typing import Any
 
 from ..figures.health import FIGURES, alarms_html, health_figures, health_lines
 from ..runs import METRICS_FILE, SAE_WEIGHTS_FILE
+from .api import url_int
 from .pages import js_literal, on_ready
 from .store import ApiError, RunError, RunStore
 
@@ -88,10 +89,8 @@ def tail_of(path: Path) -> MetricsTail:
 
 
 def _since(query: dict) -> int:
-    raw = str(query.get("since", "-1"))
-    if not raw.lstrip("-").isdigit() or len(raw) > 18:
-        raise ApiError(400, f"since must be an integer step (the last report the page has), got {raw[:40]!r}")
-    return int(raw)
+    # url_int, not str.isdigit: "--5" passed that check and then failed in int() (a 500)
+    return url_int(query.get("since", "-1"), "since must be an integer step (the last report the page has)")
 
 
 def health(store: RunStore, name: str, query: dict) -> dict[str, Any]:
