@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .graph import Graph
 from .replacement import Replacement, setup
+from .sparse import TopInputs, top_rows
 from .transcoder import INPUT_HOOK, OUTPUT_HOOK, Transcoder
 
 
@@ -127,6 +128,20 @@ def _read_key(key: str) -> str:
     return "r.final" if key == "final" else "r." + key.split(".")[1]
 
 
+def stream_influence(
+    inf: Float[Tensor, " N"], w: Float[Tensor, " N"], nodes: Int[Tensor, " b"], layer: Int[Tensor, " b"], rows
+) -> None:
+    """Adds the rows' share of every source's influence, I[s] += (I[t] + w[t]) |A[t, s]| / Σ|A[t, .]|,
+    from the highest layer down: a row is only fed by sources of lower layers, so when every row of
+    higher layers has been added, I[t] is final. Summed over all rows this is prune.influence's
+    I = (I + w) Â, exactly, without storing A."""
+    a = rows.abs().double()
+    a = a / a.sum(1, keepdim=True).clamp_min(1e-10)
+    for L in layer.unique().flip(0).tolist():
+        sel = layer == L
+        inf[: a.shape[1]] += (inf[nodes[sel]] + w[nodes[sel]]) @ a[sel]
+
+
 def salient_logits(
     logits: Float[Tensor, " V"], max_n_logits: int = 10, desired_logit_prob: float = 0.95
 ) -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
@@ -153,11 +168,13 @@ def trace(
     logit_targets: list[int] | None = None,
     bos: int | None = None,
     batch_size: int = 256,
+    top_m: int | None = None,
     progress: bool = False,
 ) -> tuple[Graph, LinearPass]:
     """The attribution graph of `tokens` (module docstring): every active feature and every logit
-    target is a row; `logit_targets` replaces the salient logits by given token ids. Also returns
-    the linear pass, for more rows on the same prompt (per-head loadings: heads.py)."""
+    target is a row; `logit_targets` replaces the salient logits by given token ids. With `top_m`
+    each row keeps only its top-m inputs and a remainder (sparse.py: `graph.top_inputs`, no dense
+    adjacency). Also returns the linear pass, for more rows on the same prompt (heads.py)."""
     transcoders = transcoders or {}
     rep = setup(model, tokens, transcoders, bos)
     last = rep.logits[-1]
@@ -174,18 +191,40 @@ def trace(
     pos = torch.cat([rep.features[:, 1], torch.full((k,), n - 1)])
     vecs = torch.cat([rep.encoder, logit_vecs.to(rep.encoder.dtype)])
     n_src = m + n * len(rep.mlp_layers) + n
-    adj = torch.zeros(n_src + k, n_src + k, dtype=rep.embed.dtype)
+    dtype = rep.embed.dtype
+    if top_m is None:
+        adj = torch.zeros(n_src + k, n_src + k, dtype=dtype)
+    else:
+        targets = torch.cat([torch.arange(m), torch.arange(n_src, n_src + k)])
+        top = TopInputs(
+            targets,
+            torch.zeros(m + k, top_m, dtype=torch.long),
+            torch.zeros(m + k, top_m, dtype=dtype),
+            torch.zeros(m + k, dtype=dtype),
+            n_src + k,
+        )
     reads = torch.zeros(m + k, rep.embed.shape[-1], dtype=rep.embed.dtype)
     B = max(1, min(batch_size, m + k))
     lin = LinearPass(model, rep, transcoders, B)
-    order = list(range(m, m + k)) + list(range(m))  # logits first, as circuit-tracer
+    # logits first, as circuit-tracer; then features from the last layer down, so that a row's
+    # influence is final when it is traced (stream_influence)
+    order = list(range(m, m + k)) + list(range(m))[::-1]
+    inf = torch.zeros(n_src + k, dtype=torch.float64)
+    w = torch.zeros(n_src + k, dtype=torch.float64)
+    w[n_src:] = probs.double()
     bar = tqdm(total=m + k, desc="attribution", disable=not progress)
     for s in range(0, m + k, B):
         idx = order[s : s + B]
         inj = Injection([keys[i] for i in idx], pos[idx], torch.zeros(len(idx), dtype=torch.long), vecs[idx])
         rows, direct = lin.rows(inj)
         node = torch.tensor([i if i < m else n_src + (i - m) for i in idx])
-        adj[node, :n_src] = rows.detach().to(adj.dtype)
+        if top_m is None:
+            adj[node, :n_src] = rows.detach().to(dtype)
+        else:
+            row = torch.tensor(idx)
+            top.cols[row], top.vals[row], top.rest[row] = top_rows(rows.detach().to(dtype), top_m)
+            layer = torch.cat([rep.features[:, 0], torch.full((k,), model.cfg.n_layers)])[row]
+            stream_influence(inf, w, node, layer, rows.detach())
         reads[torch.tensor(idx)] = direct.to(reads.dtype)
         bar.update(len(idx))
     bar.close()
@@ -195,10 +234,12 @@ def trace(
         activations=rep.activations,
         error_layers=list(rep.mlp_layers),
         logit_tokens=ids,
-        logit_probs=probs.to(adj.dtype),
-        adjacency=adj,
+        logit_probs=probs.to(dtype),
+        adjacency=adj if top_m is None else None,
         reads=reads,
         n_layers=model.cfg.n_layers,
         n_heads=model.cfg.n_heads,
+        top_inputs=None if top_m is None else top,
+        node_influence=None if top_m is None else inf.to(dtype),
     )
     return graph, lin

@@ -16,6 +16,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .sparse import TopInputs
+
 GRAPH_FILE = "graph.safetensors"
 KINDS = ("feature", "error", "token", "logit")
 
@@ -28,10 +30,12 @@ class Graph:
     error_layers: list[int]  # the MLP layers (each has n error nodes)
     logit_tokens: Int[Tensor, " k"]
     logit_probs: Float[Tensor, " k"]
-    adjacency: Float[Tensor, "N N"]
+    adjacency: Float[Tensor, "N N"] | None  # None when the graph keeps only top-m inputs
     reads: Float[Tensor, "T d"]  # T = m + k targets
     n_layers: int
     n_heads: int
+    top_inputs: TopInputs | None = None  # each target's top-m inputs and remainder (sparse.py)
+    node_influence: Float[Tensor, " N"] | None = None  # exact, streamed while tracing (top-m graphs)
 
     @property
     def n_pos(self) -> int:
@@ -51,7 +55,7 @@ class Graph:
 
     @property
     def n_nodes(self) -> int:
-        return self.adjacency.shape[0]
+        return self.n_features + self.n_errors + self.n_pos + self.n_logits
 
     def slices(self) -> dict[str, slice]:
         """Each node kind's slice of the node order."""
@@ -76,7 +80,7 @@ class Graph:
         return {"kind": kind.long(), "layer": layer.long(), "pos": pos.long(), "index": index.long()}
 
     def logit_weights(self) -> Float[Tensor, " N"]:
-        w = torch.zeros(self.n_nodes, dtype=self.adjacency.dtype)
+        w = torch.zeros(self.n_nodes, dtype=self.reads.dtype)
         w[self.slices()["logit"]] = self.logit_probs.to(w.dtype)
         return w
 
@@ -90,15 +94,26 @@ class Graph:
             return m + target - first_logit
         raise ValueError(f"node {target} is a {KINDS[int(self.node_table()['kind'][target])]} node: no target")
 
+    def dense(self) -> Float[Tensor, "N N"]:
+        """The dense adjacency, or a clear error for a top-m graph (use sparse.influence / prune)."""
+        if self.adjacency is None:
+            raise ValueError(
+                f"this graph keeps only each target's top {self.top_inputs.m} inputs (trace(top_m=...)): "
+                "use workbench.graphs.sparse.influence / prune, or trace without top_m for the dense matrix"
+            )
+        return self.adjacency
+
     def to_tensors(self) -> dict[str, Tensor]:
-        return {
+        edges = {"adjacency": self.adjacency}
+        if self.adjacency is None:
+            edges = self.top_inputs.to_tensors() | {"node_influence": self.node_influence}
+        return edges | {
             "tokens": self.tokens,
             "features": self.features,
             "activations": self.activations,
             "error_layers": torch.tensor(self.error_layers, dtype=torch.long),
             "logit_tokens": self.logit_tokens,
             "logit_probs": self.logit_probs,
-            "adjacency": self.adjacency,
             "reads": self.reads,
             "shape": torch.tensor([self.n_layers, self.n_heads]),
         }
@@ -106,7 +121,9 @@ class Graph:
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor], where: str = GRAPH_FILE) -> Graph:
         missing = {"tokens", "features", "activations", "error_layers", "logit_tokens", "logit_probs"} - set(t)
-        missing |= {"adjacency", "reads", "shape"} - set(t)
+        missing |= {"reads", "shape"} - set(t)
+        if "adjacency" not in t and "top_cols" not in t:
+            missing.add("adjacency (or top_cols)")
         if missing:
             raise ValueError(f"{where} lacks {', '.join(sorted(missing))} (an attribution graph)")
         g = cls(
@@ -116,11 +133,14 @@ class Graph:
             t["error_layers"].tolist(),
             t["logit_tokens"],
             t["logit_probs"],
-            t["adjacency"],
+            t.get("adjacency"),
             t["reads"],
             int(t["shape"][0]),
             int(t["shape"][1]),
         )
+        if "adjacency" not in t:
+            g.top_inputs, g.node_influence = TopInputs.from_tensors(t, g.n_nodes), t.get("node_influence")
+            return g
         if g.adjacency.shape != (g.n_nodes, g.n_features + g.n_errors + g.n_pos + g.n_logits):
             raise ValueError(f"{where}: adjacency {tuple(g.adjacency.shape)} does not fit the node counts")
         return g

@@ -64,7 +64,7 @@ def head_loadings(
     for t in uniq.tolist():
         top = L if nodes["kind"][t] == 3 else int(nodes["layer"][t]) + 1  # attention layers before its read
         rows += [(t, l, h) for l in range(top) for h in range(H)]
-    heads = torch.zeros(len(targets), L, H, dtype=graph.adjacency.dtype)
+    heads = torch.zeros(len(targets), L, H, dtype=graph.reads.dtype)
     edge_of = {}
     for i, (t, s) in enumerate(zip(targets.tolist(), sources.tolist())):
         edge_of.setdefault(t, []).append((i, s))
@@ -87,7 +87,7 @@ def head_loadings(
         bar.update(len(batch))
     bar.close()
     residual = _residual(lin, graph, targets, sources)
-    other = graph.adjacency[targets, sources] - residual - heads.sum((1, 2))
+    other = graph.dense()[targets, sources] - residual - heads.sum((1, 2))
     return Loadings(targets, sources, heads, residual, other)
 
 

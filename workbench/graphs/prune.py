@@ -71,7 +71,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name}={v}: expected a share in [0, 1]")
-    A, w = graph.adjacency, graph.logit_weights()
+    A, w = graph.dense(), graph.logit_weights()
     sl = graph.slices()
     fixed = sl["token"].start  # tokens and logits: always kept
     node_inf = influence(normalize(A), w)
@@ -100,7 +100,7 @@ class Scores(NamedTuple):
 def graph_scores(graph: Graph, adjacency: Float[Tensor, "N N"] | None = None) -> Scores:
     """Replacement and completeness scores (module docstring) of the graph, or of `adjacency` (the
     same nodes, e.g. pruned edges zeroed)."""
-    A = graph.adjacency if adjacency is None else adjacency
+    A = graph.dense() if adjacency is None else adjacency
     sl, w = graph.slices(), graph.logit_weights()
     A_norm = normalize(A)
     inf = influence(A_norm, w)

@@ -78,7 +78,7 @@ def make_view(graph: Graph, pruned: Pruned, token_str, loadings: Loadings | None
         _round(node_cum[keep].tolist()),
         where[s_idx].tolist(),
         where[t_idx].tolist(),
-        _round(graph.adjacency[t_idx, s_idx].tolist()),
+        _round(graph.dense()[t_idx, s_idx].tolist()),
         _round(edge_cum.tolist()),
     )
     if loadings is not None:

@@ -113,7 +113,7 @@ def build(cfg: GraphRunConfig, model, data, run, *, progress: bool = True) -> Gr
     loads = head_loadings(lm, lin, graph, t_idx, s_idx, progress=progress)
     del lin
     view, _ = make_view(graph, stored, tok.token_str, loads, cfg.max_view_edges)
-    full, pruned = graph_scores(graph), graph_scores(graph, graph.adjacency * shown.edge_mask)
+    full, pruned = graph_scores(graph), graph_scores(graph, graph.dense() * shown.edge_mask)
     seconds = time.perf_counter() - t0
     if cfg.save_adjacency:
         graph.save(run.file(GRAPH_FILE))
