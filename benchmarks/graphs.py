@@ -8,6 +8,10 @@ which also trains transcoders (SAEConfig.target_hook), so this timing is unchang
 child process, so its peak RSS is the graph's and not the training's.
 
     cpujob --both .venv/bin/python benchmarks/graphs.py [--random] [--steps 300] [--repeats 3]
+
+`--top-m M` measures the dense graph against one keeping each target's top-M inputs and a remainder
+(trace(top_m=M): node influence streamed while tracing, workbench/graphs/sparse.py): time of trace +
+node influence, peak RSS, the edge store's size, and the node-influence Spearman between the two.
 """
 
 from __future__ import annotations
@@ -65,6 +69,70 @@ def train_transcoders(model, data, steps: int, seed: int = 0) -> tuple[dict, dic
     return out, fvu
 
 
+def measure_top_m(folder: str, repeats: int, top_m: int) -> dict:
+    """Dense (top_m 0) or top-m graph of the benchmark prompt: trace + node influence (+ the top-m
+    prune), best of `repeats`, this process's peak RSS; the node influence goes to `folder`."""
+    from workbench.graphs import sparse
+    from workbench.graphs.attribute import trace
+    from workbench.graphs.prune import influence, normalize
+    from workbench.graphs.transcoder import load_transcoders
+    from workbench.hub import load_model
+    from workbench.runs import atomic_save_tensors
+    from workbench.token_data import default_data
+
+    model, data = load_model("workbench-tiny")[0], default_data()
+    bos = data.tokenizer.bos_token_id
+    tokens = torch.cat([torch.tensor([bos]), data.validation[:PROMPT_BYTES]])
+    tcs = load_transcoders(folder)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    best = 1e9
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        graph, lin = trace(model, tokens, tcs, bos=bos, batch_size=256, top_m=top_m or None)
+        del lin
+        w = graph.logit_weights()
+        if top_m:
+            inf = graph.node_influence
+            sparse.prune(graph.top_inputs, w, graph.slices()["token"].start, 0.8, 0.98, inf)
+        else:
+            inf = influence(normalize(graph.adjacency), w)
+        best = min(best, time.perf_counter() - t0)
+    saved = {"inf": inf.contiguous()}
+    if top_m:  # the top-m iteration on the stored entries alone, for comparison
+        saved["iterated"] = sparse.influence(graph.top_inputs, w).contiguous()
+    atomic_save_tensors(Path(folder) / f"influence_{top_m}.safetensors", saved)
+    stored = graph.top_inputs.to_tensors() if top_m else {"adjacency": graph.adjacency}
+    return {
+        "top_m": top_m,
+        "seconds": best,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_graph_mb": rss0,
+        "edge_store_mb": sum(t.numel() * t.element_size() for t in stored.values()) / 2**20,
+        "nodes": graph.n_nodes,
+        "inner": graph.slices()["token"].start,
+    }
+
+
+def compare_top_m(folder: str, repeats: int, top_m: int) -> dict:
+    """Dense against top-m, each in its own child process; node-influence Spearman over feature and
+    error nodes (the streamed influence, and the top-m iteration on the stored entries)."""
+    from scipy.stats import spearmanr
+
+    from workbench.runs import load_tensors
+
+    out = {}
+    for m in (0, top_m):
+        child = [sys.executable, str(Path(__file__).resolve()), "--measure", folder, "--repeats", str(repeats)]
+        run = subprocess.run(child + ["--top-m", str(m)], capture_output=True, text=True, check=True)
+        out["dense" if m == 0 else "top_m"] = json.loads(run.stdout.strip().splitlines()[-1])
+    inner = out["dense"]["inner"]
+    dense = load_tensors(Path(folder) / "influence_0.safetensors")["inf"][:inner]
+    top = load_tensors(Path(folder) / f"influence_{top_m}.safetensors")
+    out["spearman_streamed"] = float(spearmanr(dense, top["inf"][:inner]).statistic)
+    out["spearman_top_m_iteration"] = float(spearmanr(dense, top["iterated"][:inner]).statistic)
+    return out
+
+
 def measure(folder: str, repeats: int) -> dict:
     """The graph of the benchmark prompt, `repeats` times: phase times (best of the repeats) and this
     process's peak RSS."""
@@ -117,10 +185,14 @@ def main() -> None:
     ap.add_argument("--random", action="store_true", help="random-init transcoders (timing only)")
     ap.add_argument("--steps", type=int, default=300, help="Adam steps per trained transcoder")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--top-m", type=int, help="dense against top-m storage with this m (item 3b)")
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # the child: a transcoder folder
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.repeats)))
+        if args.top_m is None:
+            print(json.dumps(measure(args.measure, args.repeats)))
+        else:
+            print(json.dumps(measure_top_m(args.measure, args.repeats, args.top_m)))
         return
     from workbench.graphs.transcoder import random_transcoder, save_transcoders
     from workbench.hub import load_model
@@ -134,9 +206,12 @@ def main() -> None:
             tcs, fvu = train_transcoders(load_model("workbench-tiny")[0], default_data(), args.steps)
         fit_s = time.perf_counter() - t0
         save_transcoders(folder, tcs)
-        child = [sys.executable, str(Path(__file__).resolve()), "--measure", folder, "--repeats", str(args.repeats)]
-        out = subprocess.run(child, capture_output=True, text=True, check=True)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+        if args.top_m:
+            res = compare_top_m(folder, args.repeats, args.top_m)
+        else:
+            child = [sys.executable, str(Path(__file__).resolve()), "--measure", folder, "--repeats", str(args.repeats)]
+            out = subprocess.run(child, capture_output=True, text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
     res |= {
         "transcoders": "random-init" if args.random else f"trained ({args.steps} steps)",
         "fit_s": fit_s,
