@@ -62,7 +62,8 @@ def density_figure(health: dict[str, Any], step: int) -> go.Figure:
 
 
 def l0_figure(health: dict[str, Any], step: int) -> go.Figure:
-    """The latest report's per-token L0 histogram, with the rule's target L0."""
+    """The latest report's per-token L0 histogram (the training selection's, or for a report without
+    one the inference encoding's: its l0_hist_from), with the rule's target L0."""
     hist = health.get("l0_hist") or []
     if not hist:
         return _empty("no L0 histogram in this report")
@@ -70,8 +71,10 @@ def l0_figure(health: dict[str, Any], step: int) -> go.Figure:
     target = health.get("l0_target")
     if target is not None:
         fig.add_vline(x=target, line_dash="dash", line_color="#e45756", annotation_text=f"target {target:g}")
-    mean = health.get("l0_infer")
-    title = f"L0 per token at step {step}" + (f" (mean {mean:.2f})" if mean is not None else "")
+    train = health.get("l0_hist_from") == "train"
+    mean = health.get("l0_train" if train else "l0_infer")
+    title = f"L0 per token at step {step}, {'training selection' if train else 'inference'}"
+    title += f" (mean {mean:.2f})" if mean is not None else ""
     fig.update_layout(**LAYOUT, title=title, xaxis_title="active latents", yaxis_title="tokens", bargap=0.05)
     return fig
 

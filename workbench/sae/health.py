@@ -6,8 +6,12 @@ Every step it only adds the step's kept entries to per-latent firing counts (one
 
     density_hist   log10 firing density of every latent over the window (fixed bins, DENSITY_LO,
                    DENSITY_WIDTH), with the latents that never fired counted apart ("never")
-    l0_hist        per-token L0 of the inference encoding on `probe_tokens` tokens of the batch
-                   (index = L0, the last bin counts L0_BINS and above); l0_infer its mean,
+    l0_hist        per-token L0 of the training selection over the window, counted from the kept
+                   entries' token rows (`per_token_l0`: the Triton path's [B, k] idx, or a step
+                   output's `rows`); where a step gives no rows (the flat idx of the sparse and
+                   dense paths today), of the inference encoding on `probe_tokens` tokens of the
+                   batch instead; l0_hist_from says which ("train" or "inference"). Index = L0,
+                   the last bin counts L0_BINS and above. l0_infer the inference encoding's mean,
                    l0_train the training selection's mean over the window, l0_target the rule's
     dead, dense    latents silent over the window / firing on more than `dense_density` of it
     l2_ratio       mean ‖x̂ − b‖ / ‖x − b‖ over the probe tokens (b: the decoder bias b_dec)
@@ -42,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..fielddoc import FieldError, doc
@@ -121,6 +125,19 @@ def l0_histogram(per_token: Tensor) -> list[int]:
     return hist
 
 
+def per_token_l0(res) -> Int[Tensor, " B"] | None:
+    """Positive kept entries per token of one step's selection: from idx's rows when it is [B, k]
+    (the Triton path; idx < 0 marks no entry), else from the step output's `rows` (the token row
+    of each flat entry) when it has them; None when it has neither."""
+    if res.idx.ndim == 2:
+        return ((res.vals > 0) & (res.idx >= 0)).sum(1)
+    rows = getattr(res, "rows", None)
+    if rows is None:
+        return None
+    per = torch.zeros(res.tokens, dtype=torch.long, device=rows.device)
+    return per.index_add_(0, rows.reshape(-1), (res.vals.reshape(-1) > 0).long())
+
+
 def target_l0(sae: SparseAutoencoder) -> float:
     """The L0 the rule aims at: k for TopK and g-SAE (k per token), and the average of k per token
     for Mutual Choice (k·B entries per batch) and Feature Choice (capacities summing to k·B)."""
@@ -164,6 +181,7 @@ class HealthMonitor:
         self.tokens = 0
         self.fvus: list[Tensor] = []  # the window's step FVUs, read back at the report
         self.l0s: list[float] = []
+        self.l0_counts: Tensor | None = None  # [L0_BINS] tokens per training-selection L0 over the window
         self.best_median = math.inf
         self.threshold: Tensor | None = None  # the JumpReLU threshold at the last report
         self.updates = -1
@@ -181,6 +199,11 @@ class HealthMonitor:
         self.tokens += res.tokens
         self.fvus.append(res.fvu.detach())
         self.l0s.append(res.l0)
+        per = per_token_l0(res)
+        if per is not None:  # index_add_ again: bincount's output size would sync with the host
+            if self.l0_counts is None:
+                self.l0_counts = torch.zeros(L0_BINS, dtype=torch.long, device=per.device)
+            self.l0_counts.index_add_(0, per.clamp(max=L0_BINS - 1), torch.ones_like(per))
         if (step + 2) % self.cfg.every == 0:  # the encoder one step before the report: its update size
             self.w_before = sae.W_enc.detach().clone()
         if (step + 1) % self.cfg.every:
@@ -212,16 +235,27 @@ class HealthMonitor:
             "fvu_median": _quantile(fvus, 0.5),
             "fvu_spread": (_quantile(fvus, 0.9) - _quantile(fvus, 0.1)) / max(_quantile(fvus, 0.5), 1e-12),
         }
+        health.update(self._l0_source())
         health.update(self._threshold_state(sae))
         conditions = self._conditions(step, health, len(density))
         self.best_median = min(self.best_median, health["fvu_median"])
         self.counts.zero_()
-        self.tokens, self.fvus, self.l0s = 0, [], []
+        self.tokens, self.fvus, self.l0s, self.l0_counts = 0, [], [], None
         alarms = [{"name": n, "message": m} for n, m in conditions.items() if n not in self.active]
         self.active = set(conditions)
         health["alarms_active"] = sorted(conditions)
         self.reports.append({"step": step, **health})
         return {"health": health, "alarms": alarms} if alarms else {"health": health}
+
+    def _l0_source(self) -> dict[str, Any]:
+        """The training selection's L0 histogram over the window in place of the inference one, when
+        the steps gave token rows."""
+        if self.l0_counts is None:
+            return {"l0_hist_from": "inference"}
+        hist = self.l0_counts.cpu().tolist()
+        while len(hist) > 1 and hist[-1] == 0:
+            hist.pop()
+        return {"l0_hist": hist, "l0_hist_from": "train"}
 
     def _adam_step(self, sae: SparseAutoencoder) -> float | None:
         """RMS change of an encoder entry over the last step, in units of the Gao et al. learning
