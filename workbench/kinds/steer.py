@@ -12,11 +12,12 @@ from typing import ClassVar
 
 from ..fielddoc import REQUIRED, FieldError, doc
 from ..results import ResultsError, take
+from ..runs import OUTPUT_SCORES_FILE
 from ..steer.data import OUTPUT_CONCEPTS, AblationEffect, ConceptSteer, Generation, NextTokenChange
 
 FOLDER = "steer"
 PAGE = "workbench.viewer.steer"
-SCORES_FILE = "output_scores.safetensors"  # score [F] float32, top_tokens [F, k] int64
+SCORES_FILE = OUTPUT_SCORES_FILE  # the same file an SAE run's evaluation writes (steer.directions.save_output_scores)
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,11 @@ def build(cfg: SteerRunConfig, model, data, run, *, progress: bool = True) -> St
     import torch
 
     from ..corpus import windows
-    from ..runs import atomic_save_tensors
     from ..sae.evaluate import feature_activations
     from ..sae.io import load_sae
     from ..steer.compare import compare_concept, concept_targets
     from ..steer.curves import SteerEvaluator
-    from ..steer.directions import hook_rows, output_scores
+    from ..steer.directions import hook_rows, output_scores, save_output_scores
     from ..steer.effects import ablation_effect, generate_pair, next_token_change
     from ..steer.intervene import Intervention, hooks
 
@@ -133,9 +133,7 @@ def build(cfg: SteerRunConfig, model, data, run, *, progress: bool = True) -> St
     val = windows(data.validation, cfg.seq_len, bos_token_id=bos, n=2 * cfg.windows)
     with torch.no_grad():
         scores = output_scores(lm, sae, neutral, targets=targets, progress=progress)
-        atomic_save_tensors(
-            run.file(SCORES_FILE), {"score": scores.score.float().contiguous(), "top_tokens": scores.top_tokens}
-        )
+        save_output_scores(run.file(SCORES_FILE), scores)
         rows = hook_rows(lm, hook, base_w)
         z = torch.cat([feature_activations(lm, sae, hook, c) for c in base_w.split(32)])
         rnorm = float(rows[:, 1:].norm(dim=-1).mean())

@@ -1,7 +1,8 @@
 """Evaluate a trained SAE run: results.json (`SAERunResult`), features.safetensors, for an SAE on an
 attention output (blocks.L.attn.hook_z) attention.safetensors (head shares and DFA of the top
-contexts, `attention.AttentionTable`) and, on byte-level models, usefulness.json (sparse probing,
-absorption-style).
+contexts, `attention.AttentionTable`), output_scores.safetensors (every latent's output score,
+`steer.directions.output_scores`, where its decoder writes into the residual stream) and, on
+byte-level models, usefulness.json (sparse probing, absorption-style).
 
 Three callers, one computation (`evaluate_sae`):
 - `python -m workbench train-sae` after training, unless --no-eval (`evaluate_sae_run`);
@@ -39,9 +40,12 @@ EVAL_STAGES = (
     "CE loss and KL",
     "feature table",
     "head attribution",
+    "output scores",
     "usefulness",
     "results.json",
 )
+SCORE_PROMPTS, SCORE_LEN = 8, 17  # output scores: the first 8 held-out windows, BOS + 16 tokens each
+SCORE_LOGITS = 1 << 26  # logits held per chunk of latents (256 MB in float32): fewer on a large vocabulary
 DEFAULT_WINDOWS = 32  # held-out windows when the run does not say (train-sae's --eval-windows default)
 
 
@@ -112,7 +116,8 @@ def evaluate_sae(
     from ..activations import ActivationBatch, capture
     from ..corpus import ByteTokenizer
     from ..results import SAERunResult, write_results
-    from ..runs import ATTENTION_FILE, FEATURES_FILE, RunDir
+    from ..runs import ATTENTION_FILE, FEATURES_FILE, OUTPUT_SCORES_FILE, RunDir
+    from ..steer.directions import output_score_skip, output_scores, save_output_scores
     from .attention import attention_table, is_hook_z
     from .evaluate import feature_table, reconstruction_metrics, splice_metrics
 
@@ -121,6 +126,8 @@ def evaluate_sae(
     skip = {}
     if not is_hook_z(hook):
         skip["head attribution"] = "head shares and DFA: an SAE on an attention output (blocks.L.attn.hook_z) only"
+    if (why := output_score_skip(model, sae)) is not None:
+        skip["output scores"] = why
     if not byte_level:
         skip["usefulness"] = "sparse probing's concepts are labelled on bytes: a byte-level model only"
     step = _Steps(skip, status, progress)
@@ -139,6 +146,12 @@ def evaluate_sae(
             with step("head attribution"):
                 attention_table(model, sae, table).save(run.file(ATTENTION_FILE))
         del table
+        if "output scores" not in skip:
+            with step("output scores"):
+                prompts = tokens[:SCORE_PROMPTS, :SCORE_LEN]
+                chunk = max(1, min(256, SCORE_LOGITS // (prompts.numel() * model.cfg.d_vocab)))
+                scores = output_scores(model, sae, prompts, chunk=chunk, progress=progress)
+                save_output_scores(run.file(OUTPUT_SCORES_FILE), scores)
         if "usefulness" not in skip:
             with step("usefulness"):
                 from .probing import evaluate_usefulness

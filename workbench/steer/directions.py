@@ -144,3 +144,47 @@ def _steered_logprobs(model, hook: str, prompts: Tensor, rows: Tensor, push: Ten
 
     logits = model.run_with_hooks(prompts.repeat(c, 1), fwd_hooks=[(hook, add)])
     return logits.log_softmax(-1).reshape(c, P, T, -1)
+
+
+def output_score_skip(model, sae) -> str | None:
+    """Why `output_scores` cannot score `sae`'s latents (a reason for the evaluation's skipped stage),
+    or None when it can: a transcoder's decoder writes at its target hook, not where its encoder
+    reads; and the logit-lens tokens need decoder rows that write into the residual stream (a
+    residual-width hook, or attn.hook_z through W_O)."""
+    from ..sae.evaluate import decoder_in_residual
+
+    if sae.cfg.transcoder:
+        return "a transcoder's decoder writes at its target hook: no push at hook_name to score"
+    try:
+        decoder_in_residual(model, sae)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def save_output_scores(path, s: OutputScores) -> None:
+    """`s` as a safetensors file, written atomically: score [F] float32, top_tokens [F, k] int64, one
+    rise_<name> [F] float32 per target set, the strength in the metadata."""
+    from ..runs import atomic_save_tensors
+
+    rises = {f"rise_{n}": r.float() for n, r in s.target_rise.items()}
+    tensors = {"score": s.score.float(), "top_tokens": s.top_tokens, **rises}  # float32: a table column
+    atomic_save_tensors(path, tensors, metadata={"strength": repr(float(s.strength))})
+
+
+def load_output_scores(path) -> OutputScores:
+    """What `save_output_scores` wrote; ValueError naming the file when it is not such a file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys, meta = set(f.keys()), f.metadata() or {}
+            t = {k: f.get_tensor(k) for k in keys}
+    except Exception as e:  # safetensors' own error type names neither the file nor what it expected
+        raise ValueError(f"{path}: not a safetensors file of output scores ({type(e).__name__}: {e})") from e
+    if not {"score", "top_tokens"} <= keys or "strength" not in meta:
+        raise ValueError(f"{path}: expected tensors score and top_tokens and a strength, found {sorted(keys)}")
+    rise = {k.removeprefix("rise_"): v for k, v in t.items() if k.startswith("rise_")}
+    if t["score"].ndim != 1 or t["top_tokens"].shape[:1] != t["score"].shape:
+        raise ValueError(f"{path}: score must be [F] and top_tokens [F, k], got {tuple(t['score'].shape)}")
+    return OutputScores(t["score"], t["top_tokens"], rise, float(meta["strength"]))

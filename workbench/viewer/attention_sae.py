@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote
@@ -146,9 +145,6 @@ def head_latents_section(rows: list[HeadLatent], layer: int, head: int, min_shar
 
 # --- from the run store -------------------------------------------------------------------------
 
-_LOCK = threading.Lock()
-_CACHE: dict[str, tuple[tuple, AttentionTable]] = {}  # path -> (file state, table); the last few read
-
 
 def run_hook(store: RunStore, name: str) -> tuple[str, str] | None:
     """(hook_name, model_name) from the run's sae_config.json, or None where it has none; RunError
@@ -166,27 +162,7 @@ def run_hook(store: RunStore, name: str) -> tuple[str, str] | None:
 def store_attention_table(store: RunStore, name: str) -> AttentionTable | None:
     """The run's attention.safetensors (re-read when the file changes), or None where there is none;
     RunError naming it when it is a link out of the runs folder, not a regular file, or unreadable."""
-    path = store.check_files(name) / ATTENTION_FILE
-    st = regular_file(path)
-    if st is None:
-        return None
-    if not path.resolve().is_relative_to(store.root):
-        raise RunError(f"{ATTENTION_FILE} is a link out of the runs folder: refused")
-    key, state = str(path), (st.st_ino, st.st_size, st.st_mtime_ns)
-    with _LOCK:
-        hit = _CACHE.get(key)
-    if hit is not None and hit[0] == state:
-        return hit[1]
-    try:
-        att = AttentionTable.load(path)
-    except Exception as e:
-        raise RunError(f"{ATTENTION_FILE} is unreadable: {e}") from e
-    with _LOCK:
-        _CACHE.pop(key, None)
-        _CACHE[key] = (state, att)
-        while len(_CACHE) > 4:
-            del _CACHE[next(iter(_CACHE))]
-    return att
+    return store.loaded(name, ATTENTION_FILE, AttentionTable.load)
 
 
 def _error(title: str, message: str) -> Section:

@@ -7,12 +7,15 @@ evaluation in the viewer (/api/run/<name>/evaluate), its stages and progress dra
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ..figures import evals as ef
 from ..figures import sae as sf
 from ..results import SAERunResult
+from ..runs import OUTPUT_SCORES_FILE
 from .pages import STAGES_JS, figure_div, js_literal, metrics_table, on_ready
 from .steer import feature_steer_section
+from .store import ApiError, RunError, RunStore
 
 KIND = "sae"
 SHOWN = (
@@ -48,11 +51,14 @@ def render(
     density: list[float],
     evals: dict | None,
     ladder_html: str = "",
+    output_score: list[float] | None = None,
 ) -> str:
     """The page body. `metrics`: metrics.jsonl's rows; `density`: the feature table's per-feature firing
     rate (the browser opens on the densest feature); `evals`: usefulness.json or None; `ladder_html`:
-    the width-ladder section (viewer/ladder.py), "" for a run without one. The feature browser ends
-    with the steer controls (viewer/steer.py) for its current feature."""
+    the width-ladder section (viewer/ladder.py), "" for a run without one; `output_score`: every
+    latent's output score (output_scores.safetensors, `RunStore.output_scores`), None for a run
+    without one (no column). The feature browser ends with the steer controls (viewer/steer.py) for
+    its current feature."""
     body = metrics_table(dataclasses.asdict(res), list(SHOWN))
     body += figure_div(sf.training_curves(metrics), "curves")
     body += '<div class="grid">' + figure_div(sf.density_histogram(res.log10_density), "density")
@@ -60,7 +66,73 @@ def render(
     body += "<h2>Sparse probing and absorption-style</h2>" + ef.usefulness_html(evals)
     body += figure_div(ef.usefulness_figure(evals), "usefulness") if evals else ""
     first = max(range(len(density)), key=density.__getitem__) if density and max(density) > 0 else 0
-    return body + ladder_html + feature_browser(name, len(density), first) + feature_steer_section(name, first)
+    body += ladder_html + feature_table_section(density, output_score)
+    return body + feature_browser(name, len(density), first) + feature_steer_section(name, first)
+
+
+def feature_output_score(store: RunStore, name: str, feature: int) -> float | None:
+    """Latent `feature`'s stored output score for the feature API, None for a run without
+    output_scores.safetensors; ApiError 500 naming the file when it is unreadable or holds another
+    number of latents than the feature table."""
+    try:
+        scores, n = store.output_scores(name), len(store.feature_table(name).density)
+    except RunError as e:
+        raise ApiError(500, f"run {name!r}: {e}") from e
+    if scores is None:
+        return None
+    if len(scores.score) != n:
+        raise ApiError(
+            500,
+            f"run {name!r}: {OUTPUT_SCORES_FILE} scores {len(scores.score)} latents, the feature table {n}: "
+            "evaluate the run again",
+        )
+    return float(scores.score[feature])
+
+
+def feature_table_section(density: list[float], output_score: list[float] | None, rows: int = 50) -> str:
+    """The feature table: latent, density and (where the run has them) output score, sortable by a
+    click on a column's head (again: the other way), its first `rows` rows shown, each linking to
+    the feature browser. Without output scores it opens sorted by density, with them by score."""
+    cols = [("latent", "latent"), ("density", "density")] + ([("score", "output score")] if output_score else [])
+    if output_score is not None and len(output_score) != len(density):
+        return (
+            f'<p class="error">{OUTPUT_SCORES_FILE} scores {len(output_score)} latents, the feature table '
+            f"{len(density)}: evaluate the run again.</p>"
+        )
+    head = "".join(f'<th data-key="{k}" class="sortable">{t}</th>' for k, t in cols)
+    scores = None if output_score is None else [v if math.isfinite(v) else None for v in output_score]
+    data = {"density": density, **({"score": scores} if scores else {})}
+    return f"""
+<h2>Feature table</h2>
+<p class="note">Click a column to sort it. Output score: the mean rise of log p(the latent's top logit-lens
+tokens) when its decoder row is added to neutral text (Arad et al. 2025); the latents to steer with score high.</p>
+<table id="feature-table"><thead><tr>{head}</tr></thead><tbody></tbody></table>""" + on_ready(f"""
+const D = {js_literal(data)}, ROWS = {rows}, COLS = {js_literal([k for k, _ in cols])};
+let key = D.score ? "score" : "density", desc = true;
+const val = (i, k) => k === "latent" ? i : D[k][i];
+const fmt = (v, k) => v === null ? "" : k === "density" ? v.toExponential(2) : v.toFixed(3);
+function draw() {{
+  const order = D.density.map((_, i) => i).filter(i => val(i, key) !== null);
+  order.sort((a, b) => desc ? val(b, key) - val(a, key) : val(a, key) - val(b, key));
+  const body = document.querySelector("#feature-table tbody");
+  body.replaceChildren(...order.slice(0, ROWS).map(i => {{
+    const tr = document.createElement("tr"); tr.dataset.latent = i;
+    for (const k of COLS) {{
+      const td = document.createElement("td");
+      if (k === "latent") {{
+        const a = document.createElement("a"); a.href = `?feature=${{i}}`; a.textContent = i; td.append(a);
+      }} else td.textContent = fmt(val(i, k), k);
+      tr.append(td);
+    }}
+    return tr;
+  }}));
+  document.querySelectorAll("#feature-table th").forEach(th =>
+    th.dataset.sorted = th.dataset.key === key ? (desc ? "desc" : "asc") : "");
+}}
+document.querySelectorAll("#feature-table th").forEach(th => th.onclick = () => {{
+  desc = th.dataset.key === key ? !desc : true; key = th.dataset.key; draw();
+}});
+draw();""")
 
 
 def render_unevaluated(name: str, metrics: list[dict], job: dict | None) -> str:
@@ -126,6 +198,7 @@ def feature_browser(run: str, n_features: int, first: int) -> str:
   <label>search by token <input id="search" placeholder="e.g. def"></label> <button id="search-go">search</button>
   <span id="search-results"></span>
 </div>
+<p id="feat-score" class="note" hidden></p>
 <div id="contexts"></div>
 <div class="grid"><div id="feat-hist"></div><div id="feat-logits"></div></div>
 <div id="feat-corr"></div>
@@ -153,6 +226,9 @@ async function show(i) {{
   document.getElementById("feature").value = d.feature;
   document.getElementById("contexts").innerHTML = d.contexts_html;
   document.getElementById("contexts").dataset.feature = d.feature;
+  const sc = document.getElementById("feat-score");  // absent from the API for a run without output scores
+  sc.hidden = d.output_score == null;
+  sc.textContent = d.output_score == null ? "" : `output score ${{d.output_score.toFixed(3)}}`;
   document.getElementById("feat-attention").innerHTML = d.attention_html;  // its figures' divs, drawn below
   for (const [id, f] of Object.entries(d.figures)) Plotly.react(id, f.data, f.layout, {{responsive: true}});
 }}

@@ -7,16 +7,19 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..results import ResultsError, read_results, run_kind
 from ..runs import (
+    ATTENTION_FILE,
     CONFIG_FILE,
     FEATURES_FILE,
     METRICS_FILE,
     MODEL_CONFIG_FILE,
     MODEL_WEIGHTS_FILE,
+    OUTPUT_SCORES_FILE,
     RESULTS_FILE,
     SAE_CONFIG_FILE,
     SAE_WEIGHTS_FILE,
@@ -24,6 +27,7 @@ from ..runs import (
     RunDir,
     iter_runs,
 )
+from ..sae.ladder import LADDER_FILE, LADDER_META_FILE
 
 # Every file of a run folder the viewer opens. Each is checked before any is read: a FIFO, a device
 # or a socket in place of one would block the reading thread forever (open() on a FIFO waits for a
@@ -33,12 +37,17 @@ RUN_FILES = (
     RESULTS_FILE,
     METRICS_FILE,
     FEATURES_FILE,
+    ATTENTION_FILE,
+    OUTPUT_SCORES_FILE,
     USEFULNESS_FILE,
     SAE_WEIGHTS_FILE,
     SAE_CONFIG_FILE,
     MODEL_WEIGHTS_FILE,
     MODEL_CONFIG_FILE,
+    LADDER_FILE,
+    LADDER_META_FILE,
 )
+CACHED = 8  # loaded run files kept (feature tables, attention tables, output scores)
 
 
 class RunError(Exception):
@@ -101,7 +110,7 @@ class RunStore:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self._lock = threading.Lock()
-        self._tables: dict[str, tuple[float, Any]] = {}  # name -> (mtime, FeatureTable)
+        self._loaded: dict[tuple[str, str], tuple[tuple, Any]] = {}  # (name, file) -> (file state, object)
         self._tokenizers: dict[str, Any] = {}
         self._models: dict[str, tuple[Any, Any]] = {}  # name -> (model, SAE); the last two runs
 
@@ -175,26 +184,48 @@ class RunStore:
 
         return read_run_evals(self.check_files(name))
 
+    def loaded(self, name: str, file: str, load: Callable[[Path], Any]) -> Any | None:
+        """`load(path)` of the run's `file`, re-read only when the file changes (its inode, size or
+        modification time); None when it is absent. RunError naming it when it is a link out of the
+        runs folder, not a regular file, or unreadable. The last CACHED loads are kept."""
+        path = self.check_files(name) / file
+        st = regular_file(path)
+        if st is None:
+            return None
+        if not path.resolve().is_relative_to(self.root):  # a file outside RUN_FILES gets the same check
+            raise RunError(f"{file} is a link out of the runs folder: refused")
+        key, state = (name, file), (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            hit = self._loaded.get(key)
+        if hit is not None and hit[0] == state:
+            return hit[1]
+        try:
+            obj = load(path)
+        except Exception as e:
+            raise RunError(f"{file} is unreadable: {e}") from e
+        with self._lock:
+            self._loaded.pop(key, None)
+            self._loaded[key] = (state, obj)
+            while len(self._loaded) > CACHED:
+                del self._loaded[next(iter(self._loaded))]
+        return obj
+
     def feature_table(self, name: str):
         """features.safetensors, reloaded when the file changes (an evaluation from the viewer)."""
         from ..sae.evaluate import FeatureTable
 
-        path = self.check_files(name) / FEATURES_FILE
-        st = regular_file(path)
-        if st is None:
+        table = self.loaded(name, FEATURES_FILE, FeatureTable.load)
+        if table is None:
             raise RunError(f"{FEATURES_FILE} is missing")
-        mtime = st.st_mtime
-        with self._lock:
-            cached = self._tables.get(name)
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        try:
-            table = FeatureTable.load(path)
-        except Exception as e:
-            raise RunError(f"{FEATURES_FILE} is unreadable: {e}") from e
-        with self._lock:
-            self._tables = {**{k: v for k, v in list(self._tables.items())[-7:]}, name: (mtime, table)}
         return table
+
+    def output_scores(self, name: str):
+        """output_scores.safetensors (`steer.directions.OutputScores`), or None for a run evaluated
+        before it existed, or whose SAE has no output score (a decoder that does not write into the
+        residual stream)."""
+        from ..steer.directions import load_output_scores
+
+        return self.loaded(name, OUTPUT_SCORES_FILE, load_output_scores)
 
     def tokenizer(self, name: str):
         """The run's own tokenizer: bytes for workbench models, the recorded Hugging Face one otherwise
