@@ -6,6 +6,11 @@ reach >= 80% of the baseline's gain at equal KL) decided either way. Also times 
 every latent (2048) in one batched pass.
 
     cpujob --both .venv/bin/python benchmarks/steering.py [--sae RUN_DIR] [--sae-tokens 524288] [--json out.json]
+    cpujob --both .venv/bin/python benchmarks/steering.py --eval-only [--sae RUN_DIR] [--sae-tokens 16384]
+
+--eval-only instead runs the SAE run's whole evaluation (sae.run_eval.evaluate_sae, as train-sae
+does after training: 32 held-out windows of 128 tokens) and prints each stage's seconds, the
+output scores of every latent among them (their cost does not depend on how long the SAE trained).
 
 Without --sae a TopK SAE (d_sae 2048, k 16) is trained on blocks.0.hook_resid_post first (a run
 folder under a temporary directory, or --save-sae DIR to keep it).
@@ -42,6 +47,28 @@ def train_sae_at(model, data, out: Path, tokens: int, d_sae: int, k: int, seed: 
     return train_sae(cfg, train, store, RunDir(out), progress=False)
 
 
+def time_evaluation(model, tok, sae, where: str) -> None:
+    """evaluate_sae into a temporary run folder, with each stage's wall time."""
+    from workbench.runs import RunDir
+    from workbench.sae.run_eval import DEFAULT_WINDOWS, evaluate_sae, held_out_windows, load_text
+    from workbench.viewer.build_status import BuildStatus
+
+    split, val = held_out_windows(load_text(None, "text"), tok, min(128, model.cfg.n_ctx - 1), DEFAULT_WINDOWS)
+    run = RunDir(tempfile.mkdtemp(prefix="steer-eval-"))
+    status = BuildStatus()
+    t0 = time.perf_counter()
+    evaluate_sae(run.path, model, sae, tok, val, split=split, status=status, progress=False)
+    total = time.perf_counter() - t0
+    print(
+        f"evaluate_sae on {torch.get_num_threads()} threads ({platform.processor() or platform.machine()}), "
+        f"SAE d_sae {sae.cfg.d_sae} k {sae.cfg.k} at {sae.cfg.hook_name} ({where}), {len(val)} windows "
+        f"x {val.shape[1]} tokens: {total:.1f} s in all"
+    )
+    for st in status.snapshot()["stages"]:
+        took = "" if st.get("seconds") is None else f"{st['seconds']:.2f} s"
+        print(f"  {st['name']:<18} {st['state']:<8} {took}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sae", help="an SAE run folder (sae.safetensors) at blocks.0.hook_resid_post")
@@ -54,6 +81,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--n-latents", type=int, default=3)
     ap.add_argument("--json", help="write every curve here")
+    ap.add_argument("--eval-only", action="store_true", help="time the run's evaluation stages instead")
     args = ap.parse_args()
 
     from workbench.corpus import windows
@@ -80,6 +108,8 @@ def main() -> None:
         took = time.perf_counter() - t0
         where = f"trained here (seed {args.sae_seed}, {args.sae_tokens:,} tokens, {took:.0f} s) in {out}"
     sae.eval()
+    if args.eval_only:
+        return time_evaluation(model, tok, sae, where)
     if sae.cfg.hook_name != HOOK:
         raise SystemExit(f"--sae: its hook is {sae.cfg.hook_name!r}, the benchmark steers at {HOOK}")
     targets = concept_targets(tok, OUTPUT_CONCEPTS)
