@@ -160,6 +160,17 @@ def _app(root):
     )
 
 
+def _plant_alarm(lines: list[str]) -> list[str]:
+    """`lines` with an alarm added to the last health report's line (a metrics.jsonl line as the
+    trainer writes it), named "planted_alarm", its message holding markup."""
+    out = list(lines)
+    i = max(j for j, t in enumerate(out) if "health" in json.loads(t))
+    m = json.loads(out[i])
+    m["alarms"] = [*m.get("alarms", []), {"name": "planted_alarm", "message": "<b>shown as text</b>"}]
+    out[i] = json.dumps(m) + "\n"
+    return out
+
+
 def test_pane_redraws_live_in_chromium(trained, tmp_path):
     from tests.test_viewer import _chromium, _open
 
@@ -177,12 +188,16 @@ def test_pane_redraws_live_in_chromium(trained, tmp_path):
         page.wait_for_function(f"document.getElementById('health-status').dataset.step === '{first}'")
         assert page.locator("#health-timeline .main-svg").count() > 0
         assert "training" in page.inner_text("#health-status")
+        assert "planted_alarm" not in page.inner_text("#health-alarm-list")
         with open(root / "run" / METRICS_FILE, "a") as f:  # the run goes on: the pane follows
-            f.writelines(rest)
+            f.writelines(_plant_alarm(rest))
         (root / "run" / SAE_WEIGHTS_FILE).write_bytes(b"")
         page.wait_for_function(f"document.getElementById('health-status').dataset.step === '{STEPS - 1}'")
         assert "finished" in page.inner_text("#health-status")
         assert "always_on" in page.inner_text("#health-alarm-list")
+        # the alarm written into the last report's line after the page loaded, drawn as text
+        assert "planted_alarm" in page.inner_text("#health-alarm-list")
+        assert "<b>shown as text</b>" in page.inner_text("#health-alarm-list")
         # the pane's own requests (page, API polls, plotly.js) all answer; an unidentified 404 seen
         # once at load in this bare test app (not the viewer's server) is left out of the check
         assert not [u for u in missing if "/api/" in u or "/run/" in u or "plotly" in u]
