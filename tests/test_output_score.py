@@ -119,3 +119,23 @@ def test_a_link_out_of_the_runs_folder_is_refused(tmp_path, file):
     with pytest.raises(RunError, match="link out"):
         store.loaded("r", file, lambda p: p.read_bytes())
     assert (root / "r" / CONFIG_FILE).exists()
+
+
+def test_a_hook_z_latent_scores_as_its_write_through_W_O_at_resid_mid():
+    """Pushing z by a decoder row adds that row through W_O to the residual stream after attention:
+    the same as pushing resid_mid by `decoder_in_residual`'s row, so the scores agree."""
+    from workbench.sae.evaluate import decoder_in_residual
+
+    model = toy_model()
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 9, (4, 8), generator=g)
+    tokens[:, 0] = 9
+    z = SparseAutoencoder(SAEConfig(d_in=16, d_sae=6, k=2, hook_name="blocks.0.attn.hook_z")).double()
+    mid = SparseAutoencoder(SAEConfig(d_in=16, d_sae=6, k=2, hook_name="blocks.0.hook_resid_mid")).double()
+    with torch.no_grad():
+        mid.W_dec.copy_(decoder_in_residual(model, z))
+    a = output_scores(model, z, tokens, strength=3.0, k=2)
+    b = output_scores(model, mid, tokens, strength=3.0, k=2)
+    assert torch.equal(a.top_tokens, b.top_tokens)
+    torch.testing.assert_close(a.score, b.score, rtol=1e-9, atol=1e-10)
+    assert a.score.abs().max() > 1e-3  # the pushes move the output at all
