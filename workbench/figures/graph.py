@@ -95,7 +95,10 @@ def graph_figure(view, node_threshold: float = 1.0, edge_threshold: float = 1.0,
         )
     rows = ["tokens"] + [f"layer {l}" for l in range(view.n_layers)] + ["logits"]
     fig.update_layout(
-        **(LAYOUT | dict(height=520)),
+        # the legend sits under the axis: at plotly's default (top right) it covers the logits,
+        # the last position's top row, and swallows their clicks
+        **(LAYOUT | dict(height=560, margin=dict(l=50, r=20, t=50, b=90))),
+        legend=dict(orientation="h", x=0, y=-0.12, yanchor="top"),
         title=title or f"Attribution graph: {len(nodes)} nodes, {len(edges)} edges",
         xaxis=dict(title="position", tickvals=list(range(len(view.tokens))), ticktext=[plain(t) for t in view.tokens]),
         yaxis=dict(tickvals=list(range(len(rows))), ticktext=rows, range=[-0.5, len(rows) - 0.5]),
