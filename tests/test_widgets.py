@@ -106,3 +106,36 @@ def test_head_explorer_in_the_demo_dashboards(tiny_demo, tmp_path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "explorer": None}))
     dashboards = load_demo_dashboards(root)
     assert "explorer" not in dashboards and "heads" in dashboards
+
+
+def test_graph_explorer_redraws_what_the_slider_keeps(tmp_path):
+    from workbench.figures.graph import kept
+    from workbench.graphs.transcoder import random_transcoder, save_transcoders
+    from workbench.hub import load_model
+    from workbench.kinds import graph as graph_kind
+    from workbench.kinds.registry import ModelInput, get_kind
+    from workbench.kinds.runner import build_run
+    from workbench.token_data import default_data
+    from workbench.widgets import GraphExplorer
+
+    save_transcoders(tmp_path / "tc", {l: random_transcoder(128, 256, 8, seed=l) for l in range(2)})
+    cfg = graph_kind.GraphRunConfig(prompt="def f(x):\n    return", transcoders=str(tmp_path / "tc"))
+    model = ModelInput(load_model("workbench-tiny")[0], "workbench-tiny")
+    res = build_run(get_kind("graph"), cfg, model, default_data(), tmp_path / "g", progress=False)
+    dash = GraphExplorer(res)
+
+    def drawn(role):
+        return sum(len(t.x) for t in dash.figures["graph"].data if t.meta["role"] == role)
+
+    loose = drawn("nodes")
+    assert loose == len(kept(res.view, 0.8, 0.98)[0])
+    dash.node_t.value = 0.3
+    nodes, edges = kept(res.view, 0.3, 0.98)
+    assert drawn("nodes") == len(nodes) < loose and drawn("edges") == 3 * len(edges)
+    assert dash.shown.value == f"{len(nodes)} nodes, {len(edges)} edges shown"
+    logit = res.view.kind.index("logit")
+    dash.node.value = logit
+    top = max((e for e in edges if res.view.dst[e] == logit), key=lambda e: abs(res.view.weight[e]))
+    assert f"{res.view.weight[top]:.3g}" in dash.inputs.value.split("</li>")[0]
+    with pytest.raises(TypeError, match="GraphRunResult or a GraphView"):
+        GraphExplorer(object())

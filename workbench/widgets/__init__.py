@@ -18,6 +18,7 @@ from ..figures import probes as pf
 from ..figures import sae as sf
 from ..sae.evaluate import FeatureTable, feature_on_text, features_matching
 from .base import FigurePane, _Dashboard
+from .graph import GraphExplorer
 from .heads import HeadExplorer
 
 if TYPE_CHECKING:
@@ -321,6 +322,7 @@ __all__ = [
     "FeatureExplorer",
     "HeadRoleMap",
     "HeadExplorer",
+    "GraphExplorer",
     "SparsityDashboard",
     "ArrowDashboard",
     "load_demo_dashboards",
