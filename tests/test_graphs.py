@@ -340,3 +340,47 @@ def test_top_m_node_influence_ranks_as_the_dense_one_on_the_default_model():
     exact = influence(normalize(dense.adjacency), dense.logit_weights())
     inner = dense.slices()["token"].start
     assert spearmanr(exact[:inner], top.node_influence[:inner]).statistic >= 0.99
+
+
+# --- trainer transcoders as graph transcoders (transcoder.from_sae / from_runs) -------------------
+
+
+@pytest.mark.parametrize("selection,skip", [("topk", False), ("topk", True), ("mutual_choice", False)])
+def test_a_trainer_transcoder_adapts_to_the_same_mlp_replacement(tmp_path, selection, skip):
+    """Trained a few steps on the tiny model's layer-0 MLP pairs, saved as a run, adapted: the model
+    with its MLP replaced by the trainer's module and by the adapted graphs.Transcoder give the same
+    logits in float64 (1e-12); the run folder's adapter gives the same weights."""
+    from workbench.activations import ActivationStore, TensorSource
+    from workbench.graphs.transcoder import from_runs, from_sae
+    from workbench.sae import SAEConfig, SAETrainConfig, train_sae
+    from workbench.sae.io import load_sae, save_sae
+
+    model = tiny_model()
+    names = ["blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"]
+    tokens = torch.randint(0, 10, (64, 8), generator=torch.Generator().manual_seed(0))
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    x, y = (cache[n].flatten(0, 1).float() for n in names)
+    cfg = SAEConfig(d_in=16, d_sae=32, k=3, selection=selection, skip=skip, target_hook=names[1], hook_name=names[0])
+    sae = train_sae(
+        cfg,
+        SAETrainConfig(total_tokens=4096, batch_size=256, lr=4e-3),
+        ActivationStore(TensorSource(x, targets=y), 256),
+        progress=False,
+    )
+    save_sae(sae, tmp_path / "run")
+    tcs = from_runs(tmp_path / "run")
+    sae = load_sae(tmp_path / "run").double().eval()
+    tc = from_sae(sae)
+    assert list(tcs) == [0] and tc.activation == ("jumprelu" if selection == "mutual_choice" else "topk")
+    assert (tc.W_skip is not None) == skip
+    with torch.no_grad():
+        if skip:
+            assert sae.W_skip.abs().sum() > 0  # trained away from its zero start, so the test can fail
+        outs = [
+            model.run_with_hooks(tokens, fwd_hooks=[(names[1], lambda t, hook, f=f: f(cache[names[0]]))])
+            for f in (lambda v: sae(v.flatten(0, 1)).x_hat.view_as(v), tc)
+        ]
+    assert torch.allclose(outs[0], outs[1], atol=1e-12, rtol=0) and not torch.allclose(outs[0], model(tokens))
+    assert torch.allclose(tcs[0].to(torch.float64).W_enc, tc.W_enc, atol=1e-6)
+    with pytest.raises(ValueError, match="expected a transcoder"):
+        from_sae(type(sae)(SAEConfig(d_in=16, d_sae=32, k=3)))

@@ -161,3 +161,66 @@ def load_transcoders(folder: str | Path, dtype: torch.dtype = torch.float32) -> 
             t.get("W_skip"),
         )
     return out
+
+
+def from_sae(sae) -> Transcoder:
+    """A transcoder trained by the SAE trainer (workbench.sae, cfg.transcoder) in this layout:
+
+        trainer: pre = x W_encᵀ + b_enc,  W_enc [F, d];  ŷ = z W_dec + b_dec (+ x W_skipᵀ, W_skip [d, d])
+        here:    pre = x W_enc + b_enc,   W_enc [d, F]   (so W_enc is transposed; the rest is shared)
+
+    The inference encoding is the rule's: TopK k for per-token rules (topk, gradient), JumpReLU with
+    the learned threshold for mutual / feature choice. Weights keep their dtype (float64 stays)."""
+    from ..sae.selection import JumpReLURule, Rule
+
+    cfg = sae.cfg
+    if not cfg.transcoder:
+        raise ValueError(
+            f"sae: expected a transcoder (cfg.transcoder or a target_hook), got an SAE on {cfg.hook_name!r}"
+        )
+    if cfg.d_target != cfg.d_in:
+        raise ValueError(f"sae: an MLP's transcoder maps d_model to d_model, got d_in {cfg.d_in}, d_out {cfg.d_target}")
+    encode = type(sae.rule).encode
+    if encode is Rule.encode:
+        activation, threshold = "topk", None
+    elif encode is JumpReLURule.encode:
+        activation, threshold = "jumprelu", sae.threshold.detach().clone()
+    else:
+        raise ValueError(f"selection={cfg.selection!r}: its inference encoding is its own, not TopK or JumpReLU")
+    grab = lambda p: p.detach().clone()  # noqa: E731
+    skip = grab(sae.W_skip) if cfg.skip else None
+    return Transcoder(
+        grab(sae.W_enc).T.contiguous(),
+        grab(sae.b_enc),
+        grab(sae.W_dec),
+        grab(sae.b_dec),
+        activation,
+        cfg.k,
+        threshold,
+        skip,
+    )
+
+
+def sae_layer(cfg) -> int:
+    """The layer L of a trainer transcoder's hooks (blocks.L.<INPUT_HOOK> -> blocks.L.<OUTPUT_HOOK>)."""
+    expect = f"the input blocks.L.{INPUT_HOOK} and the target blocks.L.{OUTPUT_HOOK}"
+    parts = cfg.target_hook.split(".")
+    if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit() or parts[2] != OUTPUT_HOOK:
+        raise ValueError(f"target_hook={cfg.target_hook!r}: a graph's transcoder needs {expect}")
+    if cfg.hook_name and cfg.hook_name != f"blocks.{parts[1]}.{INPUT_HOOK}":
+        raise ValueError(f"hook_name={cfg.hook_name!r}: a graph's transcoder needs {expect}")
+    return int(parts[1])
+
+
+def from_runs(*folders: str | Path) -> dict[int, Transcoder]:
+    """{L: Transcoder} from trainer runs (folders save_sae wrote), each layer from its target_hook."""
+    from ..sae.io import load_sae
+
+    out: dict[int, Transcoder] = {}
+    for folder in folders:
+        sae = load_sae(folder)
+        layer = sae_layer(sae.cfg)
+        if layer in out:
+            raise ValueError(f"{folder}: a second transcoder for layer {layer}")
+        out[layer] = from_sae(sae)
+    return out
