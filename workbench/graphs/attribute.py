@@ -35,6 +35,10 @@ class Injection(NamedTuple):
     vec: Float[Tensor, "b d"]
 
 
+class _Stop(Exception):
+    """Raised by the last layer's hook: the linear pass needs nothing past the residual stream."""
+
+
 class LinearPass:
     """The prompt replayed as B copies with patterns and norm scales frozen and each MLP output a
     constant (plus the skip term's linear path), so its backward is the replacement model's
@@ -75,9 +79,18 @@ class LinearPass:
                 hooks.append((f"blocks.{l}.hook_resid_mid", capture(f"r.{l}")))
                 hooks.append((f"blocks.{l}.{INPUT_HOOK}", capture(f"x.{l}")))
                 hooks.append((f"blocks.{l}.{OUTPUT_HOOK}", lambda t, hook, l=l: mlp_out(t, hook, l)))
+
+        def last(t, hook):  # the final residual stream; a TransformerBridge has no stop_at_layer
+            self.cap["r.final"] = t
+            raise _Stop
+
+        hooks.append((f"blocks.{L - 1}.hook_resid_post", last))
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-            resid = model(rep.tokens[None].expand(B, -1).to(model.cfg.device), stop_at_layer=L)
-            self.cap["r.final"] = resid
+            try:
+                model(rep.tokens[None].expand(B, -1).to(model.cfg.device))
+            except _Stop:
+                pass
+            resid = self.cap["r.final"]
             self.cap["final"] = model.ln_final(resid) if hasattr(model, "ln_final") else resid
         self.sources = [leaves["embed"]] + [leaves[f"mlp.{l}"] for l in rep.mlp_layers]
 
