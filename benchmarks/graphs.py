@@ -12,6 +12,7 @@ child process, so its peak RSS is the graph's and not the training's.
 `--top-m M` measures the dense graph against one keeping each target's top-M inputs and a remainder
 (trace(top_m=M): node influence streamed while tracing, workbench/graphs/sparse.py): time of trace +
 node influence, peak RSS, the edge store's size, and the node-influence Spearman between the two.
+`--smollm N` profiles a top-m graph of N tokens on SmolLM2-135M (random transcoders on 3 layers).
 """
 
 from __future__ import annotations
@@ -133,6 +134,34 @@ def compare_top_m(folder: str, repeats: int, top_m: int) -> dict:
     return out
 
 
+def profile_smollm(n_tokens: int, batch_size: int, layers: list[int], top_m: int = 32) -> dict:
+    """A top-m graph on SmolLM2-135M (a TransformerBridge): random TopK transcoders (4096 latents,
+    k 16; timing only) on `layers`, every other MLP an error node, the first `n_tokens` tokens of the
+    default's held-out text."""
+    from workbench.graphs.attribute import trace
+    from workbench.graphs.transcoder import random_transcoder
+    from workbench.hub import load_model
+    from workbench.token_data import default_data
+
+    model, tok = load_model("smollm2-135m-instruct-q4")
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    text = bytes(default_data().validation[: 8 * n_tokens].tolist()).decode("utf-8", "replace")
+    tokens = torch.tensor(tok.encode(text)[:n_tokens])
+    tcs = {l: random_transcoder(model.cfg.d_model, 4096, 16, seed=l) for l in layers}
+    t0 = time.perf_counter()
+    graph, _ = trace(model, tokens, tcs, batch_size=batch_size, top_m=top_m, max_n_logits=5)
+    return {
+        "tokens": len(tokens),
+        "layers": layers,
+        "batch_size": batch_size,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_load_mb": rss0,
+        "nodes": graph.n_nodes,
+        "features": graph.n_features,
+    }
+
+
 def measure(folder: str, repeats: int) -> dict:
     """The graph of the benchmark prompt, `repeats` times: phase times (best of the repeats) and this
     process's peak RSS."""
@@ -186,8 +215,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="Adam steps per trained transcoder")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--top-m", type=int, help="dense against top-m storage with this m (item 3b)")
+    ap.add_argument("--smollm", type=int, help="profile a top-m graph of this many tokens on SmolLM2 instead")
+    ap.add_argument("--smollm-batch", type=int, default=16)
+    ap.add_argument("--smollm-layers", default="8,16,24")
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # the child: a transcoder folder
     args = ap.parse_args()
+    if args.smollm:
+        layers = [int(x) for x in args.smollm_layers.split(",")]
+        print(json.dumps(profile_smollm(args.smollm, args.smollm_batch, layers), indent=1))
+        return
     if args.measure:
         if args.top_m is None:
             print(json.dumps(measure(args.measure, args.repeats)))
