@@ -93,3 +93,20 @@ def test_without_rows_the_histogram_is_the_inference_encodings():
     h, probed = _report([FlatStep(torch.tensor(0.1), 1.25, IDX, VALS, 4)])
     assert h["l0_hist_from"] == "inference" and h["l0_hist"] == probed["l0_hist"]
     assert "inference" in l0_figure(h, 0).layout.title.text
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("rule", ["topk", "mutual_choice", "feature_choice"])
+def test_the_trainers_rows_give_per_token_l0_that_average_to_its_logged_l0(rule, sparse):
+    """The trainer's own step output (dense and sparse paths): per-token L0 from its rows averages to
+    the logged L0, and under Mutual Choice tokens differ (a rule whose L0 is not k per token)."""
+    from workbench.sae.trainer import sae_losses
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, k=4, selection=rule)).double().train()
+    res = sae_losses(sae, torch.randn(64, 8, dtype=torch.float64), None, sparse=sparse)
+    assert res.rows is not None and res.rows.shape == res.idx.shape
+    per = per_token_l0(res)
+    assert per.shape == (64,) and per.sum().item() == pytest.approx(res.l0 * 64)
+    if rule == "mutual_choice":
+        assert per.unique().numel() > 1

@@ -139,3 +139,11 @@ def test_a_hook_z_latent_scores_as_its_write_through_W_O_at_resid_mid():
     assert torch.equal(a.top_tokens, b.top_tokens)
     torch.testing.assert_close(a.score, b.score, rtol=1e-9, atol=1e-10)
     assert a.score.abs().max() > 1e-3  # the pushes move the output at all
+
+
+def test_the_feature_api_returns_the_stored_value(evaluated):
+    from workbench.viewer import api
+
+    root = evaluated[0]
+    stored = load_output_scores(root / "toy" / OUTPUT_SCORES_FILE).score
+    assert api.feature(RunStore(root), "toy", str(ALIGNED))["output_score"] == float(stored[ALIGNED])

@@ -50,6 +50,9 @@ class StepOutput(NamedTuple):
     """Their values, detached, shaped as idx: what the firing statistics are updated from."""
     tokens: int
     """Tokens in this rank's batch."""
+    rows: Int[Tensor, " n"] | None = None
+    """Token row of each flat idx entry (sparse and dense paths); None on the Triton path, whose
+    [B, k] idx is row-aligned. The health monitor's per-token L0 histogram counts from it."""
 
     def __getitem__(self, key):  # the old dict spelling, res["loss"], for one release
         if isinstance(key, str):
@@ -222,7 +225,9 @@ def _sparse_losses(
         # a skip transcoder's x W_skipᵀ joins b_dec as every prefix's base ([B, d_out] broadcasts)
         recon = nested_fvu_sparse(y, out.kept, out.vals, sae.W_dec, sae.output_bias(x), nest, layout)
     l0 = float((out.vals > 0).sum()) / len(x)
-    return StepOutput(recon + cfg.aux_coef * aux, mse, recon, aux, dead, l0, out.kept.cols, out.vals.detach(), len(x))
+    return StepOutput(
+        recon + cfg.aux_coef * aux, mse, recon, aux, dead, l0, out.kept.cols, out.vals.detach(), len(x), out.kept.rows
+    )
 
 
 def sae_losses(
@@ -262,8 +267,10 @@ def sae_losses(
         aux = aux_loss(out.pre, y - out.x_hat, sae.W_dec, weights, cfg.aux_k, layout)
     recon = mse if nest is None else nested_fvu_dense(y, out.z, sae.W_dec, sae.output_bias(x), nest, layout)
     l0 = float((out.z > 0).float().sum(1).mean())
-    cols = out.mask.nonzero()[:, 1]  # by token, then latent: the order the sparse path keeps
-    return StepOutput(recon + cfg.aux_coef * aux, mse, recon, aux, dead, l0, cols, out.z.detach()[out.mask], len(x))
+    nz = out.mask.nonzero()  # by token, then latent: the order the sparse path keeps
+    return StepOutput(
+        recon + cfg.aux_coef * aux, mse, recon, aux, dead, l0, nz[:, 1], out.z.detach()[out.mask], len(x), nz[:, 0]
+    )
 
 
 def update_stats(sae: SparseAutoencoder, res: StepOutput) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..figures import sae as sf
 from ..runs import RESULTS_FILE, SAE_WEIGHTS_FILE
-from . import attention_sae, heads_page
+from . import attention_sae, heads_page, sae_page
 from .evaluation import Evaluations
 from .store import ApiError, RunError, RunStore
 
@@ -96,6 +96,7 @@ def feature(store: RunStore, name: str, raw: str | int) -> dict:
         "feature": f,
         "contexts_html": sf.contexts_html(table, f, tok),
         "attention_html": heads.html,
+        "output_score": sae_page.feature_output_score(store, name, f),  # None: no output_scores.safetensors
         "figures": {**{k: json.loads(v.to_json()) for k, v in figs.items()}, **heads.figures},
     }
 

@@ -148,8 +148,15 @@ def sae_body(store: RunStore, jobs: Evaluations, name: str) -> str:
         return health_link(name) + sae_page.render_unevaluated(name, store.metrics(name), jobs.snapshot(name))
     res = store.results(name)
     table = store.feature_table(name)
+    scores = store.output_scores(name)  # None for a run evaluated before output scores
     return health_link(name) + sae_page.render(
-        name, res, store.metrics(name), table.density.tolist(), store.evals(name), ladder_html(store, name)
+        name,
+        res,
+        store.metrics(name),
+        table.density.tolist(),
+        store.evals(name),
+        ladder_html(store, name),
+        output_score=None if scores is None else scores.score.tolist(),
     )
 
 
