@@ -17,7 +17,7 @@ from workbench.sae.ladder import LADDER_FILE, LADDER_META_FILE
 from workbench.sae.model import SparseAutoencoder
 from workbench.sae.run_eval import SCORE_LEN, SCORE_PROMPTS, evaluate_sae
 from workbench.steer.directions import load_output_scores, output_score_skip, output_scores, save_output_scores
-from workbench.viewer import sae_page
+from workbench.viewer import api, sae_page
 from workbench.viewer.build_status import BuildStatus
 from workbench.viewer.store import RUN_FILES, RunError, RunStore
 
@@ -57,12 +57,12 @@ def test_the_viewer_shows_the_stored_value(evaluated):
     got = store.output_scores("toy")
     assert store.output_scores("toy") is got  # cached while the file is unchanged
     assert torch.equal(got.score, stored)
-    assert sae_page.feature_output_score(store, "toy", ALIGNED) == float(stored[ALIGNED])
+    assert api.feature_output_score(store, "toy", ALIGNED) == float(stored[ALIGNED])
     table = sae_page.feature_table_section([0.1] * len(stored), got.score.tolist())
     assert ">output score</th>" in table and repr(float(stored[ALIGNED])) in table
     # a new evaluation (a new file in its place) is read again
     save_output_scores(root / "toy" / OUTPUT_SCORES_FILE, got._replace(score=got.score + 1))
-    assert sae_page.feature_output_score(store, "toy", ALIGNED) == pytest.approx(float(stored[ALIGNED]) + 1)
+    assert api.feature_output_score(store, "toy", ALIGNED) == pytest.approx(float(stored[ALIGNED]) + 1)
     save_output_scores(root / "toy" / OUTPUT_SCORES_FILE, got)
 
 

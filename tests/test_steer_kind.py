@@ -159,9 +159,27 @@ def test_the_widget_steers_and_shows_the_curves(built):
     assert d is not None and "curve-0" in panel.figures
     bars = panel.figures["next"]
     assert [t.name for t in bars.data] == ["before", "after"]
+    assert panel.score.value == ""  # no scores given: nothing shown
     panel.strength.value = 1e9  # refused by the slider's range: clamped, still finite
     panel.prompt.value = ""
     assert panel.run() is None and "prompt must be" in panel.error.value
+
+
+def test_the_widget_shows_the_chosen_features_output_score_and_rank(built):
+    from workbench.steer.directions import OutputScores
+    from workbench.widgets.steer import SteerPanel
+
+    _, _, model = built
+    sae = toy_sae()
+    F = sae.cfg.d_sae
+    score = torch.arange(F, dtype=torch.float32)  # latent F-1 is the top one
+    scores = OutputScores(score, torch.zeros(F, 1, dtype=torch.long), {}, 4.0)
+    panel = SteerPanel(model, sae, ToyTokenizer(), feature=F - 1, scores=scores)
+    assert f"rank 1 of {F}" in panel.score.value and f"{F - 1:.3f}" in panel.score.value
+    panel.feature.value = 0
+    assert f"rank {F} of {F}" in panel.score.value
+    with pytest.raises(ValueError, match="scores: 3 output scores"):
+        SteerPanel(model, sae, ToyTokenizer(), scores=OutputScores(score[:3], scores.top_tokens[:3], {}, 4.0))
 
 
 def test_the_steer_api_on_an_sae_run_folder(tmp_path):

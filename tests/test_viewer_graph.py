@@ -78,6 +78,35 @@ def _loneliest(pixels, want) -> tuple[float, float, int]:
     return max((p for p in pixels if p[2] in want), key=lambda p: min(dist(p, q) for q in pixels if q is not p))
 
 
+def _settled_pixels(page, tries: int = 20) -> list[tuple[float, float, int]]:
+    last = _pixels(page)
+    for _ in range(tries):
+        page.wait_for_timeout(100)
+        now = _pixels(page)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def _click_until(page, want: set[int], label: str, attempts: int = 4) -> None:
+    """Click nodes of `want` (loneliest first) until the node panel names a `label` node."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    pixels = _settled_pixels(page)
+    for _ in range(attempts):
+        x, y, i = _loneliest(pixels, want)
+        page.mouse.click(x, y)
+        try:
+            page.wait_for_function(
+                f"document.querySelector('#node-panel b').textContent.startsWith({label!r})", timeout=5000
+            )
+            return
+        except PlaywrightTimeout:  # missed (another node on top): the next loneliest
+            want = want - {i}
+    raise AssertionError(f"no click on a {label} node opened its panel")
+
+
 def test_the_page_draws_every_node_at_its_layer_and_position_from_loopback_only(graph_server, browser):  # noqa: F811
     url, res = graph_server
     page, hosts, errors = _open_offline(browser, url + "/run/g")
@@ -104,10 +133,10 @@ def test_clicking_a_feature_shows_its_card_link_and_a_head_loading_opens_the_exp
     assert page.inner_text("#node-panel b") == v.label[i]
     card = page.get_attribute("#node-panel a", "href")
     assert card == f"/run/tc-l{v.layer[i]}?feature={v.index[i]}"
-    x, y, _ = _loneliest(_pixels(page), {j for j, k in enumerate(v.kind) if k == "logit"})
-    page.mouse.click(x, y)
-    # the logits sit a few pixels apart at the last position: any of them will do
-    page.wait_for_function("document.querySelector('#node-panel b').textContent.startsWith('logit')")
+    # the logits sit a few pixels apart at the last position: any of them will do. The panel the
+    # first click opened can still move the plot, so read the pixels once they stop moving, and try
+    # the logits from the loneliest down
+    _click_until(page, {j for j, k in enumerate(v.kind) if k == "logit"}, "logit")
     head = page.locator("#node-panel a[href*='layer=']").first
     name = head.inner_text()  # "L<l>H<h> <loading>"
     head.click()

@@ -20,6 +20,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .graph import Graph
+from .sparse import threshold_value  # defined beside the top-m prune, which graph.py's sparse store needs
 
 
 def normalize(A: Float[Tensor, "N N"]) -> Float[Tensor, "N N"]:
@@ -37,17 +38,6 @@ def influence(A_norm: Float[Tensor, "N N"], w: Float[Tensor, " N"], max_iter: in
         term = term @ A_norm
         total += term
     raise RuntimeError(f"influence did not converge in {max_iter} products: the adjacency has a cycle")
-
-
-def threshold_value(scores: Float[Tensor, " n"], share: float) -> float:
-    """The smallest score among the top ones that together hold `share` of the total (zeros hold
-    nothing: they are left out of the sort, which on a dense edge matrix is most of it)."""
-    s = scores[scores > 0].sort(descending=True).values
-    if len(s) == 0:
-        return 0.0
-    cum = s.cumsum(0) / s.sum().clamp_min(1e-300)
-    i = min(int(torch.searchsorted(cum, torch.tensor(share, dtype=cum.dtype))), len(s) - 1)
-    return float(s[i])
 
 
 def cumulative_before(scores: Float[Tensor, " n"]) -> Float[Tensor, " n"]:

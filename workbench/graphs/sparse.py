@@ -92,6 +92,17 @@ def influence(top: TopInputs, w: Float[Tensor, " N"], max_iter: int = 1000) -> F
     raise RuntimeError(f"influence did not converge in {max_iter} products: the stored edges have a cycle")
 
 
+def threshold_value(scores: Float[Tensor, " n"], share: float) -> float:
+    """The smallest score among the top ones that together hold `share` of the total (zeros hold
+    nothing: they are left out of the sort, which on a dense edge matrix is most of it)."""
+    s = scores[scores > 0].sort(descending=True).values
+    if len(s) == 0:
+        return 0.0
+    cum = s.cumsum(0) / s.sum().clamp_min(1e-300)
+    i = min(int(torch.searchsorted(cum, torch.tensor(share, dtype=cum.dtype))), len(s) - 1)
+    return float(s[i])
+
+
 class SparsePruned(NamedTuple):
     node_mask: Bool[Tensor, " N"]
     node_influence: Float[Tensor, " N"]  # on the whole stored graph
@@ -112,7 +123,6 @@ def prune(
     the top-m iteration's. Edge scores use the top-m iteration on the node-pruned graph, whose rows
     keep their whole remainder (the dense prune renormalises over kept sources only). The
     dangling-node clean-up of the dense prune is left to the caller."""
-    from .prune import threshold_value
 
     node_inf = influence(top, w) if node_inf is None else node_inf
     node_mask = node_inf >= threshold_value(node_inf, node_threshold)

@@ -89,6 +89,12 @@ class _Steps:
         self.bar.close()
 
 
+def _resumes_at_a_layer(model) -> bool:
+    from transformer_lens import HookedTransformer
+
+    return isinstance(model, HookedTransformer)
+
+
 def evaluate_sae(
     run_dir: str | Path,
     model: HookedTransformer,
@@ -128,6 +134,12 @@ def evaluate_sae(
         skip["head attribution"] = "head shares and DFA: an SAE on an attention output (blocks.L.attn.hook_z) only"
     if (why := output_score_skip(model, sae)) is not None:
         skip["output scores"] = why
+    elif not _resumes_at_a_layer(model):
+        skip["output scores"] = (
+            "a TransformerBridge cannot resume at a layer (start_at_layer), so scoring every latent runs the "
+            "whole model per latent chunk (about 25 minutes for 4608 latents on SmolLM2-135M, 2 cores): not "
+            "part of the evaluation; call steer.directions.output_scores on the latents you want"
+        )
     if not byte_level:
         skip["usefulness"] = "sparse probing's concepts are labelled on bytes: a byte-level model only"
     step = _Steps(skip, status, progress)

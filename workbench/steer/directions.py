@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
 
 from ..activations import split_heads, token_rows, validate_hook_name
 from .effects import target_logprob
@@ -109,7 +110,8 @@ def output_scores(
     targets = dict(targets or {})
     clean = model(prompts).log_softmax(-1)[:, 1:]
     base_t = {n: target_logprob(clean, t) for n, t in targets.items()}  # [P, T-1]
-    start = _rest_of_model(model, hook)
+    # a TransformerBridge runs HuggingFace's own layer loop: no start_at_layer, the push goes in by a hook
+    start = _rest_of_model(model, hook) if isinstance(model, HookedTransformer) else None
     F, (P, T) = len(W), prompts.shape
     score = torch.empty(F, dtype=torch.float64)
     rise = {n: torch.empty(F, dtype=torch.float64) for n in targets}

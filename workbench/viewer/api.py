@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..figures import sae as sf
-from ..runs import RESULTS_FILE, SAE_WEIGHTS_FILE
-from . import attention_sae, heads_page, sae_page
+from ..runs import OUTPUT_SCORES_FILE, RESULTS_FILE, SAE_WEIGHTS_FILE
+from . import attention_sae, heads_page
 from .evaluation import Evaluations
 from .store import ApiError, RunError, RunStore
 
@@ -81,6 +81,25 @@ def check_text(text: str, what: str) -> None:
         ) from None
 
 
+def feature_output_score(store: RunStore, name: str, feature: int) -> float | None:
+    """Latent `feature`'s stored output score for the feature API, None for a run without
+    output_scores.safetensors; ApiError 500 naming the file when it is unreadable or holds another
+    number of latents than the feature table."""
+    try:
+        scores, n = store.output_scores(name), len(store.feature_table(name).density)
+    except RunError as e:
+        raise ApiError(500, f"run {name!r}: {e}") from e
+    if scores is None:
+        return None
+    if len(scores.score) != n:
+        raise ApiError(
+            500,
+            f"run {name!r}: {OUTPUT_SCORES_FILE} scores {len(scores.score)} latents, the feature table {n}: "
+            "evaluate the run again",
+        )
+    return float(scores.score[feature])
+
+
 def feature(store: RunStore, name: str, raw: str | int) -> dict:
     """`raw`: the feature index as the URL spells it."""
     table = _table(store, name)
@@ -96,7 +115,7 @@ def feature(store: RunStore, name: str, raw: str | int) -> dict:
         "feature": f,
         "contexts_html": sf.contexts_html(table, f, tok),
         "attention_html": heads.html,
-        "output_score": sae_page.feature_output_score(store, name, f),  # None: no output_scores.safetensors
+        "output_score": feature_output_score(store, name, f),  # None: no output_scores.safetensors
         "figures": {**{k: json.loads(v.to_json()) for k, v in figs.items()}, **heads.figures},
     }
 

@@ -15,7 +15,6 @@ from ..results import SAERunResult
 from ..runs import OUTPUT_SCORES_FILE
 from .pages import STAGES_JS, figure_div, js_literal, metrics_table, on_ready
 from .steer import feature_steer_section
-from .store import ApiError, RunError, RunStore
 
 KIND = "sae"
 SHOWN = (
@@ -68,25 +67,6 @@ def render(
     first = max(range(len(density)), key=density.__getitem__) if density and max(density) > 0 else 0
     body += ladder_html + feature_table_section(density, output_score)
     return body + feature_browser(name, len(density), first) + feature_steer_section(name, first)
-
-
-def feature_output_score(store: RunStore, name: str, feature: int) -> float | None:
-    """Latent `feature`'s stored output score for the feature API, None for a run without
-    output_scores.safetensors; ApiError 500 naming the file when it is unreadable or holds another
-    number of latents than the feature table."""
-    try:
-        scores, n = store.output_scores(name), len(store.feature_table(name).density)
-    except RunError as e:
-        raise ApiError(500, f"run {name!r}: {e}") from e
-    if scores is None:
-        return None
-    if len(scores.score) != n:
-        raise ApiError(
-            500,
-            f"run {name!r}: {OUTPUT_SCORES_FILE} scores {len(scores.score)} latents, the feature table {n}: "
-            "evaluate the run again",
-        )
-    return float(scores.score[feature])
 
 
 def feature_table_section(density: list[float], output_score: list[float] | None, rows: int = 50) -> str:
