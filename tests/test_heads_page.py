@@ -14,15 +14,8 @@ from tests.conftest import free_port, serving
 from tests.test_results import DUO, head_roles, new_run, sparsity_result
 from workbench.corpus import ByteTokenizer
 from workbench.kinds.heads import HeadsRunResult
-from workbench.probes.heads_data import (
-    Agreement,
-    AttentionExample,
-    DuoResult,
-    ExplorerData,
-    HeadsOverTraining,
-    RazorResult,
-    TradeoffResult,
-)
+from workbench.probes.heads_data import Agreement, AttentionExample, ExplorerData, HeadsOverTraining
+from workbench.probes.kv_data import DuoResult, RazorResult, TradeoffResult
 from workbench.results import read_results, results_from_json, write_results
 from workbench.viewer import heads_page
 from workbench.viewer.store import ApiError

@@ -11,7 +11,7 @@ import torch
 
 from workbench.probes.arrow import arrow_from_losses
 from workbench.probes.heads import HeadRoles
-from workbench.probes.heads_data import DuoResult
+from workbench.probes.kv_data import DuoResult
 from workbench.probes.sparsity import SparsityResult
 from workbench.results import (
     KINDS,

@@ -15,17 +15,12 @@ from ..probes.heads_data import (
     Agreement,
     AttentionExample,
     Correlation,
-    DuoConfig,
-    DuoResult,
     ExplorerData,
     HeadRoleConfig,
     HeadRoles,
     HeadsOverTraining,
-    RazorConfig,
-    RazorResult,
-    TradeoffConfig,
-    TradeoffResult,
 )
+from ..probes.kv_data import DuoConfig, DuoResult, RazorConfig, RazorResult, TradeoffConfig, TradeoffResult
 from ..results import ResultsError, take
 
 FOLDER = "probe-heads"

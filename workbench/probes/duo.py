@@ -41,7 +41,7 @@ from transformer_lens import HookedTransformer
 from ..runs import jsonable
 from ..tasks import random_token_range
 from .attention_restrict import check_supported, gate_hooks
-from .heads_data import DuoConfig, DuoResult, PasskeyConfig
+from .kv_data import DuoConfig, DuoResult, PasskeyConfig
 
 
 class PasskeyBatch(NamedTuple):

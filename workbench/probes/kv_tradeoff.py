@@ -43,8 +43,8 @@ from .attention_restrict import keep_top as keep_top  # re-exported: its old imp
 from .duo import PasskeyBatch, PasskeyConfig, passkey_accuracy, passkey_batch
 from .head_rankings import head_rankings
 from .heads import HeadRoleConfig, copy_steps, make_contexts
-from .heads_data import LOWER_IS_BETTER, METRICS, TradeoffConfig, TradeoffResult
 from .intervals import t_interval, wilson_interval
+from .kv_data import LOWER_IS_BETTER, METRICS, TradeoffConfig, TradeoffResult
 from .ranking_test import all_subsets, holm, min_attainable_p, random_rankings, subset_p, tie_orders, verdict
 
 PASSKEY_SEED_OFFSET = 7_919  # the trade-off's passkeys come from a seed stream apart from Duo's fitting ones

@@ -30,7 +30,7 @@ from ..runs import jsonable
 from ..tasks import random_token_range
 from .attention_restrict import keep_top
 from .heads import attention_patterns
-from .heads_data import RazorConfig, RazorResult
+from .kv_data import RazorConfig, RazorResult
 
 
 def repeated_random_segments(

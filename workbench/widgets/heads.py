@@ -10,7 +10,8 @@ import plotly.graph_objects as go
 
 from ..figures import heads as hf
 from ..figures.sae import empty_figure
-from ..probes.heads_data import Agreement, ExplorerData, HeadsOverTraining, TradeoffResult
+from ..probes.heads_data import Agreement, ExplorerData, HeadsOverTraining
+from ..probes.kv_data import TradeoffResult
 from .base import FigurePane, _Dashboard
 
 
