@@ -14,9 +14,11 @@ from tests.conftest import free_port, serving
 from tests.test_results import DUO, head_roles, new_run, sparsity_result
 from workbench.corpus import ByteTokenizer
 from workbench.kinds.heads import HeadsRunResult
-from workbench.probes.heads_data import Agreement, AttentionExample, ExplorerData, HeadsOverTraining
+from workbench.probes.head_explorer import save_patterns
+from workbench.probes.heads_data import Agreement, AttentionExample, ExplorerData, HeadsOverTraining, load_pattern
 from workbench.probes.kv_data import DuoResult, RazorResult, TradeoffResult
 from workbench.results import read_results, results_from_json, write_results
+from workbench.runs import EXPLORER_PATTERNS_FILE, load_tensors
 from workbench.viewer import heads_page
 from workbench.viewer.store import ApiError
 
@@ -286,7 +288,9 @@ def test_tiny_demo_heads_run_has_the_head_methods(tiny_demo):
     assert " key " in "".join(ByteTokenizer().decode(passkey["ids"][1:]))
     model, _ = model_for_run(tiny_demo / "sae-topk")  # the same forward model
     _, pat = attention_patterns(model, torch.tensor([passkey["ids"]]))
-    assert torch.allclose(torch.tensor(passkey["patterns"], dtype=torch.float64), pat[:, 0].double(), atol=1e-3)
+    assert passkey["patterns"] is None and data.patterns_file == EXPLORER_PATTERNS_FILE  # on file, per head
+    stored = load_tensors(tiny_demo / "probe-heads" / EXPLORER_PATTERNS_FILE)["context.2"]
+    assert torch.allclose(stored.double(), pat[:, 0].double(), atol=1e-3)
     page = heads_page.render("probe-heads", res)
     for anchor in OPTIONAL:
         assert f'id="{anchor}-missing"' not in page, anchor
@@ -360,7 +364,8 @@ def test_a_corrupt_explorer_or_nested_correlation_is_named_by_its_section_and_ap
         heads_page.head("hd", res, {"layer": "0", "head": "0"})
     assert e.value.status == 500
     fixed = _corrupt(tiny_demo, tmp_path)  # the intact file: nothing unreadable
-    assert fixed.unreadable == {} and heads_page.head("hd", fixed, {"layer": "0", "head": "0"})["layer"] == 0
+    head = heads_page.head("hd", fixed, {"layer": "0", "head": "0"}, run_dir=tiny_demo / "probe-heads")
+    assert fixed.unreadable == {} and head["layer"] == 0 and len(head["pattern"]) == len(head["tokens"])
 
 
 def over_training(**changes) -> dict:
@@ -393,3 +398,54 @@ def test_values_from_disk_are_escaped_in_every_section():
     assert f"lr {text}, λ {text}" in drawn and f"passkey contexts of {text} tokens" in drawn
     assert f"steps {text}–" in drawn and f"induction between steps {text} and {text}" in drawn
     assert f"razor.n_induction_protected must be int, got str &#x27;{text}&#x27;" in pages
+
+
+# --- patterns in the run's safetensors file, read one head at a time -------------------------------
+
+
+def test_patterns_round_trip_through_the_file_and_the_head_api(tmp_path):
+    from workbench.viewer.server import create_app
+
+    res = explorer_result()
+    run = new_run(tmp_path / "hd", "heads")
+    res.explorer = save_patterns(run.file(EXPLORER_PATTERNS_FILE), res.explorer)
+    write_results(run, res)
+    assert "patterns" not in json.dumps(
+        json.loads(run.file("results.json").read_text())["explorer"]["contexts"]
+    ).replace('"patterns": null', "")
+    back = read_results(run.path)
+    assert (
+        back.explorer.patterns_file == EXPLORER_PATTERNS_FILE and back.explorer.contexts["needle"]["patterns"] is None
+    )
+    want = explorer()["contexts"]
+    for c in ("needle", "passkey"):
+        for layer in range(2):
+            for h in range(2):
+                assert load_pattern(run.file(EXPLORER_PATTERNS_FILE), c, layer, h) == want[c]["patterns"][layer][h]
+    client = TestClient(create_app(tmp_path), base_url="http://127.0.0.1")
+    for c, layer, h in [("needle", 0, 1), ("passkey", 1, 0)]:
+        r = client.get("/api/run/hd/head", params={"layer": layer, "head": h, "context": c})
+        memory = heads_page.head("hd", res, {"layer": str(layer), "head": str(h), "context": c})
+        assert r.status_code == 200 and r.json()["pattern"] == memory["pattern"] == want[c]["patterns"][layer][h]
+        heat = next(t for t in r.json()["detail"]["data"] if t["type"] == "heatmap")
+        assert heat["z"] == memory["pattern"]
+    for params, needle in [
+        ({"layer": "x", "head": 0}, "layer must be an integer"),
+        ({"layer": 0, "head": 9}, "head must lie"),
+    ]:
+        r = client.get("/api/run/hd/head", params=params)
+        assert r.status_code == 400 and needle in r.json()["error"]
+    page = client.get("/run/hd").text
+    assert '"fetch": true' in page or '"fetch":true' in page  # the page asks the API for the head's pattern
+    run.file(EXPLORER_PATTERNS_FILE).unlink()
+    r = client.get("/api/run/hd/head", params={"layer": 0, "head": 0})
+    assert r.status_code == 500 and f"{EXPLORER_PATTERNS_FILE} is missing" in r.json()["error"]
+
+
+def test_old_runs_with_inline_patterns_still_open(runs):
+    from workbench.viewer.server import create_app
+
+    assert read_results(runs / "hd").explorer.patterns_file is None
+    client = TestClient(create_app(runs), base_url="http://127.0.0.1")
+    r = client.get("/api/run/hd/head", params={"layer": 1, "head": 1, "context": "passkey"})
+    assert r.status_code == 200 and r.json()["pattern"] == explorer()["contexts"]["passkey"]["patterns"][1][1]

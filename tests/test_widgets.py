@@ -87,6 +87,7 @@ def test_head_explorer_in_the_demo_dashboards(tiny_demo, tmp_path):
     import shutil
 
     from workbench.figures.text import plain  # token labels are escaped before plotly sees them
+    from workbench.probes.heads_data import load_pattern
 
     res = _read(tiny_demo, "probe-heads")
     dash = load_demo_dashboards(tiny_demo)["explorer"]
@@ -95,7 +96,9 @@ def test_head_explorer_in_the_demo_dashboards(tiny_demo, tmp_path):
     dash.context.value = "passkey"
     heat = next(t for t in dash.figures["detail"].data if t.type == "heatmap")
     passkey = res.explorer["contexts"]["passkey"]
-    assert [list(r) for r in heat.z] == passkey["patterns"][0][1]
+    assert passkey["patterns"] is None  # on file: the widget reads them back from the run's patterns file
+    want = load_pattern(tiny_demo / "probe-heads" / res.explorer.patterns_file, "passkey", 0, 1)
+    assert [list(r) for r in heat.z] == want
     assert list(heat.x) == [f"{i}:{plain(ByteTokenizer().token_str(t))}" for i, t in enumerate(passkey["ids"])]
     ring = dash.figures["scatter"].data[-1]
     assert list(ring.customdata[0]) == [0, 1]

@@ -35,6 +35,7 @@ SAE_WEIGHTS_FILE = "sae.safetensors"
 SAE_CONFIG_FILE = "sae_config.json"
 FEATURES_FILE = "features.safetensors"  # the SAE's feature table
 ATTENTION_FILE = "attention.safetensors"  # a hook_z SAE's head shares and DFA (sae.attention.AttentionTable)
+EXPLORER_PATTERNS_FILE = "explorer_patterns.safetensors"  # the head explorer's contexts, [L, H, T, T] each
 OUTPUT_SCORES_FILE = "output_scores.safetensors"  # every latent's output score (steer.directions.OutputScores)
 USEFULNESS_FILE = "usefulness.json"  # sparse probing and absorption-style scores
 MODEL_WEIGHTS_FILE = "model.safetensors"  # a workbench language model's weights

@@ -169,7 +169,15 @@ def build(cfg: HeadsRunConfig, model, data, run, *, progress: bool = True) -> He
     _, pat = attention_patterns(lm, example)
     toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
     res = HeadsRunResult(roles, [AttentionExample("needle", toks, pat[:, 0].tolist())])
-    return head_methods(res, cfg, model, data, progress) if cfg.head_methods else res
+    if not cfg.head_methods:
+        return res
+    res = head_methods(res, cfg, model, data, progress)
+    if res.explorer is not None and res.explorer.contexts:  # patterns beside results.json, read per head
+        from ..probes.head_explorer import save_patterns
+        from ..runs import EXPLORER_PATTERNS_FILE
+
+        res.explorer = save_patterns(run.file(EXPLORER_PATTERNS_FILE), res.explorer)
+    return res
 
 
 def head_methods(res: HeadsRunResult, cfg: HeadsRunConfig, model, data, progress: bool = True) -> HeadsRunResult:

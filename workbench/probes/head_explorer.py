@@ -9,20 +9,34 @@ surface can draw it later. Layout: see `workbench.figures.heads`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from ..runs import atomic_save_tensors
 from ..tasks import repeated_segments
 from .heads import HeadRoleConfig, _token_range, attention_patterns, make_contexts
-from .heads_data import ContextPatterns, ExplorerData, GateCurve
+from .heads_data import ContextPatterns, ExplorerData, GateCurve, pattern_key
 from .heads_over_training import attention_entropy
 
 Scores = list[list[float]]
+
+
+def save_patterns(path: str | Path, data: ExplorerData) -> ExplorerData:
+    """Write `data`'s context patterns to `path` (atomically) and return `data` naming the file,
+    so that its to_dict() (results.json) leaves them out; the in-memory patterns are kept."""
+    names = list(data.contexts)
+    tensors = {
+        pattern_key(i): torch.tensor(data.contexts[n]["patterns"], dtype=torch.float32) for i, n in enumerate(names)
+    }
+    atomic_save_tensors(path, tensors, metadata={"contexts": json.dumps(names)})
+    return dataclasses.replace(data, patterns_file=Path(path).name)
 
 
 def _as_dict(x) -> dict | None:

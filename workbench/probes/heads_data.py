@@ -8,8 +8,10 @@ configs and results (DuoAttention, RazorAttention, the trade-off) are in `probes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypedDict
 
 Scores = list[list[float]]  # [L][H]
@@ -217,9 +219,15 @@ class ExplorerData(Mapping):
     razor_protected: list[list[bool]] | None = None  # [L][H] RazorAttention's protected heads; None: not run
     roles_config: dict[str, Any] = field(default_factory=dict)  # the head-role probe's HeadRoleConfig, as JSON
     copy_accuracy: float | None = None  # the head-role probe's needle copy accuracy
+    # the run's file holding contexts' patterns (head_explorer.save_patterns); results.json then
+    # stores patterns None and the viewer reads one head at a time. None: patterns inline (old runs)
+    patterns_file: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.patterns_file:  # on file: [L][H][T][T] in JSON is ~80 MB a context on a 30 x 9 model
+            d["contexts"] = {k: {**c, "patterns": None} for k, c in d["contexts"].items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ExplorerData:
@@ -237,3 +245,56 @@ class ExplorerData(Mapping):
 
     def __len__(self) -> int:
         return len(self.__dataclass_fields__)
+
+
+def pattern_key(i: int) -> str:
+    """The tensor name of the explorer's i-th context in the run's patterns file."""
+    return f"context.{i}"
+
+
+class PatternsError(ValueError):
+    """The run's patterns file is missing, corrupt, or does not hold the asked context."""
+
+
+def load_pattern(path: str | Path, context: str, layer: int, head: int, digits: int = 4) -> list[list[float]]:
+    """One head's [T][T] pattern on `context` from a `head_explorer.save_patterns` file, reading only
+    that slice (numpy: the viewer reads it without torch or TransformerLens)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PatternsError(f"{path} is missing: the run's attention patterns cannot be shown")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            names = json.loads((f.metadata() or {}).get("contexts", "[]"))
+            if context not in names:
+                raise PatternsError(f"{path} holds no context {context!r} (it holds {names})")
+            pat = f.get_slice(pattern_key(names.index(context)))[layer : layer + 1, head : head + 1][0, 0]
+    except PatternsError:
+        raise
+    except Exception as e:
+        raise PatternsError(f"{path} is corrupt or not safetensors: {type(e).__name__}: {e}") from e
+    return [[round(float(v), digits) for v in row] for row in pat.tolist()]
+
+
+def with_patterns(data: ExplorerData, run_dir: str | Path) -> ExplorerData:
+    """`data` with every context's patterns read back from the run's patterns file (for a surface
+    that keeps them all in memory, like the widget); `data` itself when they are inline."""
+    from dataclasses import replace
+
+    from safetensors import safe_open
+
+    if not data.patterns_file:
+        return data
+    path = Path(run_dir) / data.patterns_file
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            names = json.loads((f.metadata() or {}).get("contexts", "[]"))
+            tensors = {n: f.get_tensor(pattern_key(i)) for i, n in enumerate(names)}
+    except Exception as e:
+        raise PatternsError(f"{path} is missing, corrupt or not safetensors: {type(e).__name__}: {e}") from e
+    missing = sorted(set(data.contexts) - set(tensors))
+    if missing:
+        raise PatternsError(f"{path} holds no patterns for the contexts {missing}")
+    contexts = {n: {**c, "patterns": tensors[n].astype("float64").round(4).tolist()} for n, c in data.contexts.items()}
+    return replace(data, contexts=contexts)

@@ -179,7 +179,7 @@ def head(store: RunStore, name: str, query: dict) -> dict:
         tok = store.tokenizer(name)
     except RunError:
         tok = None
-    out = heads_page.head(name, res, query, tok)
+    out = heads_page.head(name, res, query, tok, run_path(store, name))
     # the latents of the store's hook_z SAEs that write through this head (attention_sae.py)
     return {**out, "sae_latents": attention_sae.head_explorer_section(store, out["layer"], out["head"]).json()}
 

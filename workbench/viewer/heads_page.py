@@ -11,14 +11,16 @@ place while the other sections draw."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
+from pathlib import Path
 
 from ..figures import heads as hf
 from ..figures import probes as pf
 from ..kinds.heads import HeadsRunResult
-from ..probes.heads_data import ExplorerData
+from ..probes.heads_data import ExplorerData, PatternsError, load_pattern
 from ..runs import RESULTS_FILE
 from .pages import figure_div, js_literal, on_ready
 from .store import ApiError
@@ -108,6 +110,8 @@ def check_explorer(data: ExplorerData) -> tuple[int, int]:
         T = len(ctx["tokens"])
         if ctx.get("ids") is not None and (not isinstance(ctx["ids"], list) or len(ctx["ids"]) != T):
             raise DataError(f"{RESULTS_FILE}: {where}.ids must hold {T} ids (one per token), got {_shape(ctx['ids'])}")
+        if ctx.get("patterns") is None and data.patterns_file:
+            continue  # in the run's patterns file, read (and checked) one head at a time
         square = lambda p: isinstance(p, list) and len(p) == T and all(isinstance(q, list) and len(q) == T for q in p)  # noqa: E731
         check_grid(f"{where}.patterns", ctx.get("patterns"), L, H, square, f"a {T} × {T} pattern")
     curve = data.gate_curve
@@ -260,14 +264,17 @@ def explorer_section(name: str, res: HeadsRunResult) -> str:
     contexts = list(data.contexts or {})
     context = contexts[0] if contexts else None
     scatter = hf.head_scatter(data, x, y, selected=(layer, head_))
-    detail = hf.head_detail(data, layer, head_, context)
+    on_file = bool(context and data.contexts[context].get("patterns") is None)
+    # patterns on file: the page draws scores only and fetches the head's pattern from the head API
+    detail = hf.head_detail(dataclasses.replace(data, contexts={}), layer, head_) if on_file else None
+    detail = detail or hf.head_detail(data, layer, head_, context)
     metrics = list(data.metrics)
     ctx_picker = (
         f'<label>context <select id="hx-context">{_options(contexts, context)}</select></label>'
         if contexts
         else '<span class="empty">no attention patterns recorded</span>'
     )
-    state = {"run": name, "x": x, "y": y, "scatter": _fig_json(scatter), "detail": _fig_json(detail)}
+    state = {"run": name, "x": x, "y": y, "scatter": _fig_json(scatter), "detail": _fig_json(detail), "fetch": on_file}
     return f"""
 <h2>Head explorer</h2>
 <p>Every head over two metrics, coloured by role, 95% intervals as error bars where the metric has one.
@@ -321,7 +328,7 @@ folder) that write through it.</p></div>
     if (v === null || ![...el(id).options].some(o => o.value === v)) return false;
     el(id).value = v; return true;
   }};
-  if (pick("hx-layer", want.get("layer")) | pick("hx-head", want.get("head"))) show();""")
+  if ((pick("hx-layer", want.get("layer")) | pick("hx-head", want.get("head"))) || S.fetch) show();""")
 
 
 def _esc(value) -> str:
@@ -537,7 +544,7 @@ def _decodes(tokenizer, ids: list[int]) -> bool:
     return True
 
 
-def head(name: str, res: HeadsRunResult, query: dict, tokenizer=None) -> dict:
+def head(name: str, res: HeadsRunResult, query: dict, tokenizer=None, run_dir=None) -> dict:
     """GET /api/run/<name>/head?layer=&head=[&context=][&x=&y=]: one head of the explorer: its
     attention pattern on `context` (token labels decoded by `tokenizer`, the run's own), its scores
     with their intervals, its gate curve, and the detail and scatter figures' JSON (the scatter over
@@ -552,12 +559,24 @@ def head(name: str, res: HeadsRunResult, query: dict, tokenizer=None) -> dict:
     except DataError as e:
         raise ApiError(500, str(e)) from None
     try:
-        return _head(name, data, L, H, query, tokenizer)
+        return _head(name, data, L, H, query, tokenizer, run_dir)
     except SHAPE_ERRORS as e:  # a shape no check above foresees: still named, as JSON
         raise ApiError(500, f"{RESULTS_FILE}: explorer cannot be read: {type(e).__name__}: {e}") from e
 
 
-def _head(name: str, data: ExplorerData, L: int, H: int, query: dict, tokenizer) -> dict:
+def _on_file(name: str, data: ExplorerData, context: str, layer: int, head_: int, run_dir) -> ExplorerData:
+    """`data` with this head's pattern on `context` read from the run's patterns file (only it)."""
+    if run_dir is None:
+        raise ApiError(500, f"run {name!r}: its patterns are in {data.patterns_file}, but no run folder was given")
+    try:
+        pat = load_pattern(Path(run_dir) / data.patterns_file, context, layer, head_)
+    except PatternsError as e:
+        raise ApiError(500, str(e)) from None
+    ctx = {**data.contexts[context], "patterns": {layer: {head_: pat}}}
+    return dataclasses.replace(data, contexts={**data.contexts, context: ctx})
+
+
+def _head(name: str, data: ExplorerData, L: int, H: int, query: dict, tokenizer, run_dir=None) -> dict:
     layer, head_ = _int_arg(query, "layer"), _int_arg(query, "head")
     if not 0 <= layer < L:
         raise ApiError(400, f"layer must lie in [0, {L}), got {layer}")
@@ -570,6 +589,8 @@ def _head(name: str, data: ExplorerData, L: int, H: int, query: dict, tokenizer)
     metrics = list(data.metrics)
     dx, dy = default_axes(data)
     x, y = _choice(query, "x", metrics, dx), _choice(query, "y", metrics, dy)
+    if context and data.contexts[context].get("patterns") is None:
+        data = _on_file(name, data, context, layer, head_, run_dir)
     ctx = data.contexts[context] if context else None
     tok = tokenizer if ctx and _decodes(tokenizer, ctx.get("ids") or []) else None
     tokens = ([tok.token_str(int(i)) for i in ctx["ids"]] if tok else ctx["tokens"]) if ctx else []

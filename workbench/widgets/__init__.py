@@ -288,13 +288,14 @@ def _sae_dashboards(run_dir) -> dict:
 
 def _heads_dashboards(run_dir) -> dict:
     from ..hub import tokenizer_for_run
+    from ..probes.heads_data import with_patterns
     from ..results import read_results
 
     heads = read_results(run_dir)
     out = {"heads": HeadRoleMap(heads)}
     if heads.explorer is not None:
         out["explorer"] = HeadExplorer(
-            heads.explorer,
+            with_patterns(heads.explorer, run_dir),  # a widget draws any head at once: all in memory
             agreement=heads.agreement,
             over=heads.over_training,
             tradeoff=heads.kv_tradeoff,
