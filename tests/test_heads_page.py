@@ -440,6 +440,11 @@ def test_patterns_round_trip_through_the_file_and_the_head_api(tmp_path):
     run.file(EXPLORER_PATTERNS_FILE).unlink()
     r = client.get("/api/run/hd/head", params={"layer": 0, "head": 0})
     assert r.status_code == 500 and f"{EXPLORER_PATTERNS_FILE} is missing" in r.json()["error"]
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.safetensors"
+    save_patterns(outside, explorer_result().explorer)
+    run.file(EXPLORER_PATTERNS_FILE).symlink_to(outside)  # a link out of the runs folder is not followed
+    r = client.get("/api/run/hd/head", params={"layer": 0, "head": 0})
+    assert r.status_code == 500 and "link out of the runs folder" in r.json()["error"]
 
 
 def test_old_runs_with_inline_patterns_still_open(runs):

@@ -15,6 +15,7 @@ from ..results import ResultsError, read_results, run_kind
 from ..runs import (
     ATTENTION_FILE,
     CONFIG_FILE,
+    EXPLORER_PATTERNS_FILE,
     FEATURES_FILE,
     METRICS_FILE,
     MODEL_CONFIG_FILE,
@@ -38,6 +39,7 @@ RUN_FILES = (
     METRICS_FILE,
     FEATURES_FILE,
     ATTENTION_FILE,
+    EXPLORER_PATTERNS_FILE,
     OUTPUT_SCORES_FILE,
     USEFULNESS_FILE,
     SAE_WEIGHTS_FILE,
