@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -256,45 +257,47 @@ class PatternsError(ValueError):
     """The run's patterns file is missing, corrupt, or does not hold the asked context."""
 
 
-def load_pattern(path: str | Path, context: str, layer: int, head: int, digits: int = 4) -> list[list[float]]:
-    """One head's [T][T] pattern on `context` from a `head_explorer.save_patterns` file, reading only
-    that slice (numpy: the viewer reads it without torch or TransformerLens)."""
+@contextmanager
+def _patterns_file(path: Path):
+    """The open patterns file and its context names; PatternsError naming it when it is missing,
+    corrupt or not safetensors (numpy: the viewer reads it without torch or TransformerLens)."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise PatternsError(f"{path} is missing: the run's attention patterns cannot be shown")
     try:
         with safe_open(str(path), framework="numpy") as f:
-            names = json.loads((f.metadata() or {}).get("contexts", "[]"))
-            if context not in names:
-                raise PatternsError(f"{path} holds no context {context!r} (it holds {names})")
-            pat = f.get_slice(pattern_key(names.index(context)))[layer : layer + 1, head : head + 1][0, 0]
+            yield f, json.loads((f.metadata() or {}).get("contexts", "[]"))
     except PatternsError:
         raise
     except Exception as e:
         raise PatternsError(f"{path} is corrupt or not safetensors: {type(e).__name__}: {e}") from e
-    return [[round(float(v), digits) for v in row] for row in pat.tolist()]
+
+
+def _rounded(a, digits: int = 4) -> list:
+    return a.astype("float64").round(digits).tolist()  # float64 first: float32 0.672 stays 0.672
+
+
+def load_pattern(path: str | Path, context: str, layer: int, head: int, digits: int = 4) -> list[list[float]]:
+    """One head's [T][T] pattern on `context` from a `head_explorer.save_patterns` file, reading only
+    that slice."""
+    path = Path(path)
+    with _patterns_file(path) as (f, names):
+        if context not in names:
+            raise PatternsError(f"{path} holds no context {context!r} (it holds {names})")
+        pat = f.get_slice(pattern_key(names.index(context)))[layer : layer + 1, head : head + 1][0, 0]
+        return _rounded(pat, digits)
 
 
 def with_patterns(data: ExplorerData, run_dir: str | Path) -> ExplorerData:
     """`data` with every context's patterns read back from the run's patterns file (for a surface
     that keeps them all in memory, like the widget); `data` itself when they are inline."""
-    from dataclasses import replace
-
-    from safetensors import safe_open
-
     if not data.patterns_file:
         return data
     path = Path(run_dir) / data.patterns_file
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            names = json.loads((f.metadata() or {}).get("contexts", "[]"))
-            tensors = {n: f.get_tensor(pattern_key(i)) for i, n in enumerate(names)}
-    except Exception as e:
-        raise PatternsError(f"{path} is missing, corrupt or not safetensors: {type(e).__name__}: {e}") from e
-    missing = sorted(set(data.contexts) - set(tensors))
-    if missing:
-        raise PatternsError(f"{path} holds no patterns for the contexts {missing}")
-    contexts = {n: {**c, "patterns": tensors[n].astype("float64").round(4).tolist()} for n, c in data.contexts.items()}
-    return replace(data, contexts=contexts)
+    with _patterns_file(path) as (f, names):
+        missing = sorted(set(data.contexts) - set(names))
+        if missing:
+            raise PatternsError(f"{path} holds no patterns for the contexts {missing}")
+        got = {n: _rounded(f.get_tensor(pattern_key(names.index(n)))) for n in data.contexts}
+    return replace(data, contexts={n: {**c, "patterns": got[n]} for n, c in data.contexts.items()})

@@ -179,11 +179,8 @@ def head(store: RunStore, name: str, query: dict) -> dict:
         tok = store.tokenizer(name)
     except RunError:
         tok = None
-    try:
-        run_dir = store.check_files(name)  # the patterns file too: no link out, no FIFO
-    except RunError as e:
-        raise ApiError(500, str(e)) from None
-    out = heads_page.head(name, res, query, tok, run_dir)
+    # _heads_results checked every RUN_FILES entry, the patterns file too (no link out, no FIFO)
+    out = heads_page.head(name, res, query, tok, run_path(store, name))
     # the latents of the store's hook_z SAEs that write through this head (attention_sae.py)
     return {**out, "sae_latents": attention_sae.head_explorer_section(store, out["layer"], out["head"]).json()}
 

@@ -265,9 +265,10 @@ def explorer_section(name: str, res: HeadsRunResult) -> str:
     context = contexts[0] if contexts else None
     scatter = hf.head_scatter(data, x, y, selected=(layer, head_))
     on_file = bool(context and data.contexts[context].get("patterns") is None)
-    # patterns on file: the page draws scores only and fetches the head's pattern from the head API
-    detail = hf.head_detail(dataclasses.replace(data, contexts={}), layer, head_) if on_file else None
-    detail = detail or hf.head_detail(data, layer, head_, context)
+    if on_file:  # the page draws scores only and fetches the head's pattern from the head API
+        detail = hf.head_detail(dataclasses.replace(data, contexts={}), layer, head_)
+    else:
+        detail = hf.head_detail(data, layer, head_, context)
     metrics = list(data.metrics)
     ctx_picker = (
         f'<label>context <select id="hx-context">{_options(contexts, context)}</select></label>'
