@@ -1,129 +1,30 @@
 """A head-roles run's page (`HeadsRunResult`), as a list of sections, and its APIs.
 
 The page is `render`'s list of section builders, each `(name, res) -> html`: the roles and their
-intervals, the head explorer (a scatter of every head over two chosen metrics; clicking a head asks
-`head` for its attention pattern, scores and gate curve), the KV-cache trade-off, the rankings'
-agreement, the heads over training and the example attention patterns. The explorer's figures come
-from `workbench.figures.heads`, the same builders as the notebook widget (`widgets.heads`). A run
-without issue 21's optional fields renders each of their sections as "not computed"; a section that
-results.json holds but that did not type-check (`HeadsRunResult.unreadable`) shows its fault in its
-place while the other sections draw."""
+intervals, the head explorer (`heads_explorer`: every head over two chosen metrics; clicking a head
+asks `head` for its attention pattern, scores and gate curve), the KV-cache trade-off, the rankings'
+agreement, the heads over training and the example attention patterns. The shape checks of
+results.json's fields are in `heads_checks`. A run without issue 21's optional fields renders each
+of their sections as "not computed"; a section that results.json holds but that did not type-check
+(`HeadsRunResult.unreadable`) shows its fault in its place while the other sections draw."""
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
-import math
-from pathlib import Path
 
 from ..figures import heads as hf
 from ..figures import probes as pf
 from ..kinds.heads import HeadsRunResult
-from ..probes.heads_data import ExplorerData, PatternsError, load_pattern
 from ..runs import RESULTS_FILE
+from .heads_checks import SHAPE_ERRORS, DataError, _int_arg, check_grid, check_roles, check_section, not_computed
+from .heads_explorer import _fig_json, _options, explorer_section, head
 from .pages import figure_div, js_literal, on_ready
 from .store import ApiError
 
+__all__ = ["KIND", "SECTIONS", "attention", "explorer_section", "head", "render", "summary"]
+
 KIND = "heads"
-SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)  # what malformed data raises
-
-
-class DataError(ValueError):
-    """A field of the run's results.json that does not have the shape the page needs; the message
-    names the file and the field."""
-
-
-def _shape(value) -> str:
-    """What a value from results.json is, briefly (for an error message)."""
-    if isinstance(value, list):
-        return f"a list of {len(value)}"
-    return f"{type(value).__name__} {str(value)[:40]!r}"
-
-
-def _number(value) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-
-
-def check_grid(field: str, grid, L: int, H: int, cell=None, cell_kind: str = "") -> None:
-    """DataError naming `field` unless `grid` is L rows (layers) of H cells (heads), each passing
-    `cell` when given (`cell_kind` says what a cell must be)."""
-    if not isinstance(grid, list) or len(grid) != L:
-        raise DataError(f"{RESULTS_FILE}: {field} must hold {L} rows (one per layer), got {_shape(grid)}")
-    for layer, row in enumerate(grid):
-        if not isinstance(row, list) or len(row) != H:
-            raise DataError(f"{RESULTS_FILE}: {field}[{layer}] must hold {H} values (one per head), got {_shape(row)}")
-        for h, v in enumerate(row):
-            if cell is not None and not cell(v):
-                raise DataError(f"{RESULTS_FILE}: {field}[{layer}][{h}] must be {cell_kind}, got {_shape(v)}")
-
-
-def _pair(v) -> bool:
-    return v is None or (isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v))
-
-
-def check_roles(res: HeadsRunResult) -> None:
-    """Every [layer][head] field of results.json's roles has the layers × heads of its retrieval scores."""
-    r = res.roles
-    L, H = res.n_layers, res.n_heads
-    check_grid("roles.retrieval", r.retrieval, L, H, _number, "a number")
-    check_grid("roles.streaming", r.streaming, L, H, _number, "a number")
-    check_grid("roles.labels", r.labels, L, H)
-    check_grid("roles.delta_loss", r.delta_loss, L, H, _number, "a number")
-    if r.retrieval_hits:
-        check_grid("roles.retrieval_hits", r.retrieval_hits, L, H, _number, "a number")
-    for field in ("retrieval_ci", "streaming_ci"):
-        if getattr(r, field):
-            check_grid(f"roles.{field}", getattr(r, field), L, H, _pair, "a [low, high] pair")
-    if r.too_few_copied and not isinstance(r.config.get("min_copied_steps"), (int, float)):
-        raise DataError(f"{RESULTS_FILE}: roles.config.min_copied_steps must be a number (too_few_copied is set)")
-
-
-def check_section(res: HeadsRunResult, *fields: str) -> None:
-    """DataError with the fault of the first of results.json's `fields` that did not type-check."""
-    for f in fields:
-        if f in res.unreadable:
-            raise DataError(res.unreadable[f])
-
-
-def check_explorer(data: ExplorerData) -> tuple[int, int]:
-    """(layers, heads) of results.json's explorer data once every field the explorer reads has
-    their shape (each field's type is checked on reading: these are the grids' sizes); DataError
-    naming the first field that does not."""
-    L, H = data.n_layers, data.n_heads
-    for key, v in (("n_layers", L), ("n_heads", H)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise DataError(f"{RESULTS_FILE}: explorer.{key} must be a positive integer, got {_shape(v)}")
-    if not isinstance(data.metrics, dict):
-        raise DataError(f"{RESULTS_FILE}: explorer.metrics must be an object of [layer][head] grids")
-    for m, grid in data.metrics.items():
-        check_grid(f"explorer.metrics[{m!r}]", grid, L, H, _number, "a number")
-    for m, grid in (data.intervals or {}).items():
-        if grid:
-            check_grid(f"explorer.intervals[{m!r}]", grid, L, H, _pair, "a [low, high] pair")
-    if data.labels is not None:
-        check_grid("explorer.labels", data.labels, L, H)
-    for c, ctx in (data.contexts or {}).items():
-        where = f"explorer.contexts[{c!r}]"
-        if not isinstance(ctx, dict) or not isinstance(ctx.get("tokens"), list):
-            raise DataError(f"{RESULTS_FILE}: {where} must be an object with tokens and patterns")
-        T = len(ctx["tokens"])
-        if ctx.get("ids") is not None and (not isinstance(ctx["ids"], list) or len(ctx["ids"]) != T):
-            raise DataError(f"{RESULTS_FILE}: {where}.ids must hold {T} ids (one per token), got {_shape(ctx['ids'])}")
-        if ctx.get("patterns") is None and data.patterns_file:
-            continue  # in the run's patterns file, read (and checked) one head at a time
-        square = lambda p: isinstance(p, list) and len(p) == T and all(isinstance(q, list) and len(q) == T for q in p)  # noqa: E731
-        check_grid(f"{where}.patterns", ctx.get("patterns"), L, H, square, f"a {T} × {T} pattern")
-    curve = data.gate_curve
-    if curve:
-        if not isinstance(curve, dict):
-            raise DataError(f"{RESULTS_FILE}: explorer.gate_curve must be an object with step and alpha")
-        steps, alpha = curve.get("step"), curve.get("alpha")
-        if not isinstance(steps, list) or not isinstance(alpha, list) or len(steps) != len(alpha):
-            raise DataError(f"{RESULTS_FILE}: explorer.gate_curve must hold as many alpha grids as steps")
-        for i, grid in enumerate(alpha):
-            check_grid(f"explorer.gate_curve.alpha[{i}]", grid, L, H, _number, "a number")
-    return L, H
 
 
 def summary(res: HeadsRunResult) -> str:
@@ -204,132 +105,6 @@ async function attn() {{
 }}
 for (const id of ["example", "layer", "head"]) document.getElementById(id).onchange = attn;
 attn();""")
-
-
-def not_computed(title: str, field: str, anchor: str) -> str:
-    """A section whose optional result is absent: said so, with the field results.json lacks."""
-    return (
-        f'<h2>{html.escape(title)}</h2><p class="empty" id="{anchor}-missing">Not computed for this run '
-        f"(results.json has no {html.escape(field)}; the demo computes it, see workbench.demo).</p>"
-    )
-
-
-def default_axes(data: ExplorerData) -> tuple[str, str]:
-    """The explorer's first metric pair: DuoAttention's gate against Wu's retrieval score when the
-    gates were trained (the two definitions of a retrieval head), else the first two metrics."""
-    names = list(data.metrics or {})
-    if "Duo α" in names and "retrieval score" in names:
-        return "Duo α", "retrieval score"
-    if "retrieval score" in names and "streaming mass" in names:
-        return "retrieval score", "streaming mass"
-    return names[0], names[min(1, len(names) - 1)]
-
-
-def default_head(data: ExplorerData) -> tuple[int, int]:
-    """The head the explorer opens on: the top retrieval head (else the last layer's first)."""
-    scores = (data.metrics or {}).get("retrieval score")
-    if not scores:
-        return data.n_layers - 1, 0
-    return max(
-        ((layer, h) for layer in range(data.n_layers) for h in range(data.n_heads)),
-        key=lambda lh: (scores[lh[0]][lh[1]] if _finite(scores[lh[0]][lh[1]]) else -math.inf, lh),
-    )
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _options(values, selected, label=str) -> str:
-    return "".join(
-        f'<option value="{html.escape(str(v))}"{" selected" if v == selected else ""}>{html.escape(label(v))}</option>'
-        for v in values
-    )
-
-
-def _fig_json(fig) -> dict:
-    return json.loads(fig.to_json())
-
-
-def explorer_section(name: str, res: HeadsRunResult) -> str:
-    """Every head over two chosen metrics (workbench.figures.heads.head_scatter); a click on a head,
-    or the layer/head/context pickers, fetch its detail (pattern, scores, gate curve) from `head`."""
-    check_section(res, "explorer")
-    data = res.explorer
-    if data is None or not data.metrics:
-        return not_computed("Head explorer", "explorer", "explorer")
-    check_explorer(data)
-    x, y = default_axes(data)
-    layer, head_ = default_head(data)
-    contexts = list(data.contexts or {})
-    context = contexts[0] if contexts else None
-    scatter = hf.head_scatter(data, x, y, selected=(layer, head_))
-    on_file = bool(context and data.contexts[context].get("patterns") is None)
-    if on_file:  # the page draws scores only and fetches the head's pattern from the head API
-        detail = hf.head_detail(dataclasses.replace(data, contexts={}), layer, head_)
-    else:
-        detail = hf.head_detail(data, layer, head_, context)
-    metrics = list(data.metrics)
-    ctx_picker = (
-        f'<label>context <select id="hx-context">{_options(contexts, context)}</select></label>'
-        if contexts
-        else '<span class="empty">no attention patterns recorded</span>'
-    )
-    state = {"run": name, "x": x, "y": y, "scatter": _fig_json(scatter), "detail": _fig_json(detail), "fetch": on_file}
-    return f"""
-<h2>Head explorer</h2>
-<p>Every head over two metrics, coloured by role, 95% intervals as error bars where the metric has one.
-Click a head (or pick it below) to see its attention pattern on a stored context, its scores with their
-intervals and its DuoAttention gate while the gates were trained.</p>
-<div class="controls"><label>x <select id="hx-x">{_options(metrics, x)}</select></label>
-<label>y <select id="hx-y">{_options(metrics, y)}</select></label></div>
-<div id="hx-scatter" class="fig"></div>
-<div class="controls"><label>layer <select id="hx-layer">{_options(range(data.n_layers), layer)}</select></label>
-<label>head <select id="hx-head">{_options(range(data.n_heads), head_)}</select></label>{ctx_picker}</div>
-<p id="hx-error" class="error" hidden></p>
-<div id="hx-detail" class="fig" data-head="{layer},{head_}"></div>
-<div id="hx-sae"><p class="note">Pick a head to list the attention-SAE latents (hook_z runs in this
-folder) that write through it.</p></div>
-""" + on_ready(f"""
-  const S = {js_literal(state)};
-  const RUN = encodeURIComponent(S.run), cfg = {{responsive: true, displaylogo: false}};
-  const el = id => document.getElementById(id);
-  let asked = 0;  // only the latest request's answer is drawn
-  async function show() {{
-    const q = new URLSearchParams({{layer: el("hx-layer").value, head: el("hx-head").value,
-                                    x: el("hx-x").value, y: el("hx-y").value}});
-    if (el("hx-context")) q.set("context", el("hx-context").value);
-    const mine = ++asked;
-    const r = await fetch(`/api/run/${{RUN}}/head?${{q}}`);
-    const d = await r.json().catch(() => null);
-    if (mine !== asked) return;
-    const err = el("hx-error");
-    if (!r.ok) {{ err.hidden = false; err.textContent = (d && d.error) || `HTTP ${{r.status}}`; return; }}
-    err.hidden = true;
-    await Plotly.react("hx-scatter", d.scatter.data, d.scatter.layout, cfg);
-    await Plotly.react("hx-detail", d.detail.data, d.detail.layout, cfg);
-    el("hx-detail").dataset.head = `${{d.layer}},${{d.head}}`;
-    el("hx-scatter").dataset.axes = `${{d.x}}|${{d.y}}`;  // drawn: clicks now land on these axes
-    el("hx-sae").innerHTML = d.sae_latents.html;  // built and escaped by the server
-    for (const [id, f] of Object.entries(d.sae_latents.figures)) Plotly.react(id, f.data, f.layout, cfg);
-  }}
-  Plotly.newPlot("hx-scatter", S.scatter.data, S.scatter.layout, cfg).then(gd => {{
-    gd.on("plotly_click", ev => {{
-      const p = ev.points && ev.points.find(p => p.customdata);
-      if (!p) return;
-      el("hx-layer").value = String(p.customdata[0]); el("hx-head").value = String(p.customdata[1]);
-      show();
-    }});
-    gd.dataset.axes = `${{S.x}}|${{S.y}}`;
-  }});
-  Plotly.newPlot("hx-detail", S.detail.data, S.detail.layout, cfg);
-  for (const id of ["hx-x", "hx-y", "hx-layer", "hx-head", "hx-context"]) if (el(id)) el(id).onchange = show;
-  const want = new URLSearchParams(location.search);  // /run/<name>?layer=&head= opens that head (graph links)
-  const pick = (id, v) => {{
-    if (v === null || ![...el(id).options].some(o => o.value === v)) return false;
-    el(id).value = v; return true;
-  }};
-  if ((pick("hx-layer", want.get("layer")) | pick("hx-head", want.get("head"))) || S.fetch) show();""")
 
 
 def _esc(value) -> str:
@@ -512,110 +287,3 @@ def attention(name: str, res: HeadsRunResult, query: dict) -> dict:
         raise ApiError(500, str(e)) from None
     fig = pf.attention_pattern(ex.patterns[layer][head], ex.tokens, f"{ex.name}: layer {layer}, head {head}")
     return json.loads(fig.to_json())
-
-
-def _int_arg(query: dict, key: str, default: int | None = None) -> int:
-    """Query parameter `key` as an integer; ApiError(400) naming it when missing or not one."""
-    if key not in query:
-        if default is None:
-            raise ApiError(400, f"{key} is required (an integer)")
-        return default
-    try:
-        return int(query[key])
-    except ValueError:
-        raise ApiError(400, f"{key} must be an integer, got {str(query[key])[:40]!r}") from None
-
-
-def _choice(query: dict, key: str, options: list[str], default: str) -> str:
-    value = query.get(key, default)
-    if value not in options:
-        raise ApiError(400, f"{key} must be one of {options}, got {str(value)[:60]!r}")
-    return value
-
-
-def _decodes(tokenizer, ids: list[int]) -> bool:
-    """Whether `tokenizer` can label these ids (else the labels stored at build time are used)."""
-    if tokenizer is None or not ids:
-        return False
-    try:
-        for i in ids:
-            tokenizer.token_str(int(i))
-    except Exception:
-        return False
-    return True
-
-
-def head(name: str, res: HeadsRunResult, query: dict, tokenizer=None, run_dir=None) -> dict:
-    """GET /api/run/<name>/head?layer=&head=[&context=][&x=&y=]: one head of the explorer: its
-    attention pattern on `context` (token labels decoded by `tokenizer`, the run's own), its scores
-    with their intervals, its gate curve, and the detail and scatter figures' JSON (the scatter over
-    metrics x and y with this head ringed)."""
-    if "explorer" in res.unreadable:
-        raise ApiError(500, res.unreadable["explorer"])
-    data = res.explorer
-    if data is None or not data.metrics:
-        raise ApiError(400, f"run {name!r} has no head explorer data (results.json has no explorer)")
-    try:
-        L, H = check_explorer(data)
-    except DataError as e:
-        raise ApiError(500, str(e)) from None
-    try:
-        return _head(name, data, L, H, query, tokenizer, run_dir)
-    except SHAPE_ERRORS as e:  # a shape no check above foresees: still named, as JSON
-        raise ApiError(500, f"{RESULTS_FILE}: explorer cannot be read: {type(e).__name__}: {e}") from e
-
-
-def _on_file(name: str, data: ExplorerData, context: str, layer: int, head_: int, run_dir) -> ExplorerData:
-    """`data` with this head's pattern on `context` read from the run's patterns file (only it)."""
-    if run_dir is None:
-        raise ApiError(500, f"run {name!r}: its patterns are in {data.patterns_file}, but no run folder was given")
-    try:
-        pat = load_pattern(Path(run_dir) / data.patterns_file, context, layer, head_)
-    except PatternsError as e:
-        raise ApiError(500, str(e)) from None
-    ctx = {**data.contexts[context], "patterns": {layer: {head_: pat}}}
-    return dataclasses.replace(data, contexts={**data.contexts, context: ctx})
-
-
-def _head(name: str, data: ExplorerData, L: int, H: int, query: dict, tokenizer, run_dir=None) -> dict:
-    layer, head_ = _int_arg(query, "layer"), _int_arg(query, "head")
-    if not 0 <= layer < L:
-        raise ApiError(400, f"layer must lie in [0, {L}), got {layer}")
-    if not 0 <= head_ < H:
-        raise ApiError(400, f"head must lie in [0, {H}), got {head_}")
-    contexts = list(data.contexts or {})
-    context = _choice(query, "context", contexts, contexts[0]) if contexts else None
-    if not contexts and "context" in query:
-        raise ApiError(400, f"context: run {name!r} stored no attention patterns")
-    metrics = list(data.metrics)
-    dx, dy = default_axes(data)
-    x, y = _choice(query, "x", metrics, dx), _choice(query, "y", metrics, dy)
-    if context and data.contexts[context].get("patterns") is None:
-        data = _on_file(name, data, context, layer, head_, run_dir)
-    ctx = data.contexts[context] if context else None
-    tok = tokenizer if ctx and _decodes(tokenizer, ctx.get("ids") or []) else None
-    tokens = ([tok.token_str(int(i)) for i in ctx["ids"]] if tok else ctx["tokens"]) if ctx else []
-    iv = data.intervals or {}
-    scores = {
-        m: {
-            "value": v[layer][head_] if _finite(v[layer][head_]) else None,
-            "interval": iv[m][layer][head_] if iv.get(m) else None,
-        }
-        for m, v in data.metrics.items()
-    }
-    curve = data.gate_curve
-    gate = {"step": curve["step"], "alpha": [a[layer][head_] for a in curve["alpha"]]} if curve else None
-    return {
-        "layer": layer,
-        "head": head_,
-        "role": (data.labels or [[None] * H] * L)[layer][head_],
-        "context": context,
-        "tokens": tokens,
-        "pattern": ctx["patterns"][layer][head_] if ctx else None,
-        "scores": scores,
-        "gate_curve": gate,
-        "x": x,
-        "y": y,
-        "detail": _fig_json(hf.head_detail(data, layer, head_, context, tokenizer=tok)),
-        "scatter": _fig_json(hf.head_scatter(data, x, y, selected=(layer, head_))),
-    }
