@@ -134,7 +134,9 @@ def compare_top_m(folder: str, repeats: int, top_m: int) -> dict:
     return out
 
 
-def profile_smollm(n_tokens: int, batch_size: int, layers: list[int], top_m: int = 32) -> dict:
+def profile_smollm(
+    n_tokens: int, batch_size: int, layers: list[int], top_m: int = 32, min_influence: float = 0.0
+) -> dict:
     """A top-m graph on SmolLM2-135M (a TransformerBridge): random TopK transcoders (4096 latents,
     k 16; timing only) on `layers`, every other MLP an error node, the first `n_tokens` tokens of the
     default's held-out text."""
@@ -149,7 +151,9 @@ def profile_smollm(n_tokens: int, batch_size: int, layers: list[int], top_m: int
     tokens = torch.tensor(tok.encode(text)[:n_tokens])
     tcs = {l: random_transcoder(model.cfg.d_model, 4096, 16, seed=l) for l in layers}
     t0 = time.perf_counter()
-    graph, _ = trace(model, tokens, tcs, batch_size=batch_size, top_m=top_m, max_n_logits=5)
+    graph, _ = trace(
+        model, tokens, tcs, batch_size=batch_size, top_m=top_m, max_n_logits=5, min_influence=min_influence
+    )
     return {
         "tokens": len(tokens),
         "layers": layers,
@@ -159,6 +163,10 @@ def profile_smollm(n_tokens: int, batch_size: int, layers: list[int], top_m: int
         "rss_after_load_mb": rss0,
         "nodes": graph.n_nodes,
         "features": graph.n_features,
+        "min_influence": min_influence,
+        "rows_traced": len(graph.top_inputs.targets),
+        "untraced_mass": graph.untraced_mass,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -218,11 +226,12 @@ def main() -> None:
     ap.add_argument("--smollm", type=int, help="profile a top-m graph of this many tokens on SmolLM2 instead")
     ap.add_argument("--smollm-batch", type=int, default=16)
     ap.add_argument("--smollm-layers", default="8,16,24")
+    ap.add_argument("--min-influence", type=float, default=0.0, help="--smollm: skip rows below this influence share")
     ap.add_argument("--measure", help=argparse.SUPPRESS)  # the child: a transcoder folder
     args = ap.parse_args()
     if args.smollm:
         layers = [int(x) for x in args.smollm_layers.split(",")]
-        print(json.dumps(profile_smollm(args.smollm, args.smollm_batch, layers), indent=1))
+        print(json.dumps(profile_smollm(args.smollm, args.smollm_batch, layers, min_influence=args.min_influence), indent=1))
         return
     if args.measure:
         if args.top_m is None:

@@ -299,7 +299,7 @@ def test_default_model_copy_steps_with_mlps_as_error_nodes():
 def test_top_m_graph_streams_the_dense_influence_and_keeps_the_top_inputs(tmp_path):
     model, tcs = tiny_model(), tiny_transcoders()
     dense, _ = trace(model, TOKENS, tcs, bos=BOS, batch_size=5)
-    top, _ = trace(model, TOKENS, tcs, bos=BOS, batch_size=5, top_m=4)  # batches cross layers
+    top, _ = trace(model, TOKENS, tcs, bos=BOS, batch_size=5, top_m=4)  # batches end at layer boundaries
     w = dense.logit_weights()
     exact = influence(normalize(dense.adjacency), w)
     assert top.adjacency is None and torch.allclose(top.node_influence, exact, atol=1e-12, rtol=0)
@@ -322,6 +322,36 @@ def test_top_m_graph_streams_the_dense_influence_and_keeps_the_top_inputs(tmp_pa
     assert torch.equal(p.node_mask, (exact >= threshold_value(exact, 0.8)) | fixed) and not p.node_mask.all()
     t = back.top_inputs
     assert p.edge_mask.any() and not p.edge_mask[~(p.node_mask[t.targets, None] & p.node_mask[t.cols])].any()
+
+
+def test_rows_below_min_influence_are_skipped_with_their_mass_bounded(tmp_path):
+    """A feature is skipped only when its streamed influence plus weight is below the floor; in the
+    top layer (fed by the logits alone) that influence is the dense graph's, so exactly the features
+    below the floor are skipped there; every node's streamed influence misses at most untraced_mass
+    of the total; skipped rows are absent from the stored inputs; the weights' grad flags are back."""
+    model, tcs = tiny_model(), tiny_transcoders()
+    flags = [p.requires_grad for p in model.parameters()]
+    dense, _ = trace(model, TOKENS, tcs, bos=BOS, batch_size=5)
+    w = dense.logit_weights()
+    exact = influence(normalize(dense.adjacency), w)
+    m = dense.n_features
+    share = (exact + w)[:m] / w.sum()
+    floor = float(share[share > 0].median())  # every silent feature and half the others fall below
+    top, _ = trace(model, TOKENS, tcs, bos=BOS, batch_size=5, top_m=4, min_influence=floor)
+    traced = torch.zeros(dense.n_nodes, dtype=torch.bool)
+    traced[top.top_inputs.targets] = True
+    skipped, streamed = ~traced[:m], (top.node_influence + w)[:m] / w.sum()
+    assert skipped.any() and (streamed[skipped] < floor).all() and (streamed[~skipped] >= floor).all()
+    last = dense.features[:, 0] == 1
+    assert torch.allclose(streamed[last], share[last]) and torch.equal(skipped[last], share[last] < floor)
+    missed = (exact - top.node_influence) / w.sum()
+    assert (missed >= -1e-12).all() and (missed <= top.untraced_mass + 1e-12).all() and missed.max() > 0
+    assert top.untraced_mass == pytest.approx(float(streamed[skipped].sum()), rel=1e-9)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    top.save(tmp_path / "g.safetensors")
+    assert Graph.load(tmp_path / "g.safetensors").untraced_mass == pytest.approx(top.untraced_mass)
+    with pytest.raises(ValueError, match="min_influence: only a top-m graph"):
+        trace(model, TOKENS, tcs, bos=BOS, min_influence=0.1)
 
 
 def test_top_m_node_influence_ranks_as_the_dense_one_on_the_default_model():

@@ -85,13 +85,24 @@ class LinearPass:
             raise _Stop
 
         hooks.append((f"blocks.{L - 1}.hook_resid_post", last))
-        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-            try:
-                model(rep.tokens[None].expand(B, -1).to(model.cfg.device))
-            except _Stop:
-                pass
-            resid = self.cap["r.final"]
-            self.cap["final"] = model.ln_final(resid) if hasattr(model, "ln_final") else resid
+        # Only the leaves need gradients: with the weights frozen too, autograd keeps no input
+        # activation of any matmul for a weight gradient (at 512 tokens x 16 copies of SmolLM2 that
+        # would be gigabytes), and the backward computes input gradients only.
+        params = [p for p in model.parameters() if p.requires_grad]
+        params += [p for tc in transcoders.values() for p in _tensors(tc) if p.requires_grad]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+                try:
+                    model(rep.tokens[None].expand(B, -1).to(model.cfg.device))
+                except _Stop:
+                    pass
+                resid = self.cap["r.final"]
+                self.cap["final"] = model.ln_final(resid) if hasattr(model, "ln_final") else resid
+        finally:
+            for p in params:
+                p.requires_grad_(True)
         self.sources = [leaves["embed"]] + [leaves[f"mlp.{l}"] for l in rep.mlp_layers]
 
     def rows(self, inj: Injection) -> tuple[Float[Tensor, "b S"], Float[Tensor, "b d"]]:
@@ -134,6 +145,10 @@ class LinearPass:
                 if not key.startswith("z.") and _read_key(key) == k and g is not None:
                     direct[idx] = g[idx, inj.pos[idx]].to(direct.dtype)
         return torch.cat(feats + errors + [tokens], 1)[:b], direct
+
+
+def _tensors(tc: Transcoder) -> list[Tensor]:
+    return [v for v in vars(tc).values() if isinstance(v, Tensor)]
 
 
 def _read_key(key: str) -> str:
@@ -182,13 +197,24 @@ def trace(
     bos: int | None = None,
     batch_size: int = 256,
     top_m: int | None = None,
+    min_influence: float = 0.0,
     progress: bool = False,
 ) -> tuple[Graph, LinearPass]:
     """The attribution graph of `tokens` (module docstring): every active feature and every logit
     target is a row; `logit_targets` replaces the salient logits by given token ids. With `top_m`
     each row keeps only its top-m inputs and a remainder (sparse.py: `graph.top_inputs`, no dense
-    adjacency). Also returns the linear pass, for more rows on the same prompt (heads.py)."""
+    adjacency). Also returns the linear pass, for more rows on the same prompt (heads.py).
+
+    `min_influence` (top-m graphs): a feature whose streamed influence plus logit weight is below
+    this share of the logits' total probability when its row comes up is not traced; its inputs are
+    not stored, and the influence its row would have passed on (the sum of those shares, an upper
+    bound on what every other node's influence misses) is `graph.untraced_mass`. Rows come layer
+    by layer from the top, so a feature's influence is final when it is weighed."""
     transcoders = transcoders or {}
+    if min_influence and top_m is None:
+        raise ValueError("min_influence: only a top-m graph (top_m=...) streams the influence it needs")
+    if not 0.0 <= min_influence < 1.0:
+        raise ValueError(f"min_influence: expected a share in [0, 1), got {min_influence}")
     rep = setup(model, tokens, transcoders, bos)
     last = rep.logits[-1]
     if logit_targets is None:
@@ -225,22 +251,34 @@ def trace(
     inf = torch.zeros(n_src + k, dtype=torch.float64)
     w = torch.zeros(n_src + k, dtype=torch.float64)
     w[n_src:] = probs.double()
+    row_layer = torch.cat([rep.features[:, 0], torch.full((k,), model.cfg.n_layers)]).tolist()
+    node_of = lambda i: i if i < m else n_src + (i - m)  # noqa: E731
+    floor, untraced = min_influence * float(w.sum()), 0.0
+    traced = torch.zeros(m + k, dtype=torch.bool)
     bar = tqdm(total=m + k, desc="attribution", disable=not progress)
-    for s in range(0, m + k, B):
-        idx = order[s : s + B]
+    for idx in _batches(order, row_layer, B):
+        if floor:  # every row of higher layers is streamed: these rows' influence is final
+            share = (inf + w)[torch.tensor([node_of(i) for i in idx])]
+            untraced += float(share[share < floor].sum())
+            bar.update(int((share < floor).sum()))
+            idx = [i for i, keep in zip(idx, (share >= floor).tolist()) if keep]
+            if not idx:
+                continue
         inj = Injection([keys[i] for i in idx], pos[idx], torch.zeros(len(idx), dtype=torch.long), vecs[idx])
         rows, direct = lin.rows(inj)
-        node = torch.tensor([i if i < m else n_src + (i - m) for i in idx])
+        node = torch.tensor([node_of(i) for i in idx])
+        row = torch.tensor(idx)
+        traced[row] = True
         if top_m is None:
             adj[node, :n_src] = rows.detach().to(dtype)
         else:
-            row = torch.tensor(idx)
             top.cols[row], top.vals[row], top.rest[row] = top_rows(rows.detach().to(dtype), top_m)
-            layer = torch.cat([rep.features[:, 0], torch.full((k,), model.cfg.n_layers)])[row]
-            stream_influence(inf, w, node, layer, rows.detach())
-        reads[torch.tensor(idx)] = direct.to(reads.dtype)
+            stream_influence(inf, w, node, torch.tensor([row_layer[i] for i in idx]), rows.detach())
+        reads[row] = direct.to(reads.dtype)
         bar.update(len(idx))
     bar.close()
+    if top_m is not None and not traced.all():
+        top = TopInputs(top.targets[traced], top.cols[traced], top.vals[traced], top.rest[traced], top.n_nodes)
     graph = Graph(
         tokens=rep.tokens,
         features=rep.features,
@@ -254,5 +292,19 @@ def trace(
         n_heads=model.cfg.n_heads,
         top_inputs=None if top_m is None else top,
         node_influence=None if top_m is None else inf.to(dtype),
+        untraced_mass=untraced / max(float(w.sum()), 1e-300) if top_m is not None else None,
     )
     return graph, lin
+
+
+def _batches(order: list[int], layer: list[int], B: int):
+    """`order` in runs of at most B rows of one layer: a row's influence is final only once every
+    row of a higher layer has been streamed, so no batch mixes layers."""
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == B or layer[i] != layer[batch[0]]):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch

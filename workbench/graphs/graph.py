@@ -36,6 +36,7 @@ class Graph:
     n_heads: int
     top_inputs: TopInputs | None = None  # each target's top-m inputs and remainder (sparse.py)
     node_influence: Float[Tensor, " N"] | None = None  # exact, streamed while tracing (top-m graphs)
+    untraced_mass: float | None = None  # top-m graphs: influence share of the rows trace() skipped
 
     @property
     def n_pos(self) -> int:
@@ -107,6 +108,7 @@ class Graph:
         edges = {"adjacency": self.adjacency}
         if self.adjacency is None:
             edges = self.top_inputs.to_tensors() | {"node_influence": self.node_influence}
+            edges["untraced_mass"] = torch.tensor([self.untraced_mass or 0.0], dtype=torch.float64)
         return edges | {
             "tokens": self.tokens,
             "features": self.features,
@@ -140,6 +142,7 @@ class Graph:
         )
         if "adjacency" not in t:
             g.top_inputs, g.node_influence = TopInputs.from_tensors(t, g.n_nodes), t.get("node_influence")
+            g.untraced_mass = float(t["untraced_mass"][0]) if "untraced_mass" in t else 0.0
             return g
         if g.adjacency.shape != (g.n_nodes, g.n_features + g.n_errors + g.n_pos + g.n_logits):
             raise ValueError(f"{where}: adjacency {tuple(g.adjacency.shape)} does not fit the node counts")
