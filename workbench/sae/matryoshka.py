@@ -7,8 +7,11 @@ latents [0, m), to reconstruct x alone. With w(m) a weight per prefix width m = 
     R_b(m) = b_dec + Σ_{j < m} z_bj W_dec[j]
 
 With w = δ_F it is the ordinary FVU. The selection is the rule's, over all F latents, once (as
-dictionary_learning's and Bussmann's trainers do; SAELens' Matryoshka-BatchTopK re-selects
-inside each prefix); the aux loss reads the whole reconstruction's residual.
+dictionary_learning's, Bussmann's and SAELens' Matryoshka-BatchTopK trainers do: SAELens 6.54
+slices the one BatchTopK code per prefix); the aux loss reads the whole reconstruction's residual.
+
+At inference a Matryoshka SAE is its rule's SAE (the nested loss changes training only);
+`prefix_sae` cuts one prefix out as an SAE of its own (TopK then re-selects k inside it).
 
 Sparse form (no extra GEMM). A token's kept latents sorted by index, j_1 < ... < j_n: the prefix
 reconstruction is the partial sum after entry r, R_r = b_dec + Σ_{q ≤ r} z_{j_q} W_dec[j_q], for
@@ -30,16 +33,26 @@ Boundary distributions (SAEConfig.matryoshka):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F_
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from .config import SAEConfig
+from .model import SparseAutoencoder
 from .parallel import SINGLE, Layout
 from .sparse import Kept
 
-__all__ = ["prefix_cdf", "prefix_weights", "nested_fvu_sparse", "nested_fvu_dense", "boundary_pdf"]
+__all__ = [
+    "prefix_cdf",
+    "prefix_weights",
+    "nested_fvu_sparse",
+    "nested_fvu_dense",
+    "boundary_pdf",
+    "prefix_sae",
+]
 
 
 def boundary_pdf(F: int, power: float) -> Float[Tensor, " F"]:
@@ -344,3 +357,32 @@ def _variance(x: Float[Tensor, "B d"], layout: Layout) -> Float[Tensor, ""]:
         return (xd - xd.mean(0)).pow(2).sum().clamp_min(1e-12)
     mean = layout.sum(xd.sum(0)) / layout.global_batch(len(x))
     return layout.sum((xd - mean).pow(2).sum()).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def prefix_sae(sae: SparseAutoencoder, width: int) -> SparseAutoencoder:
+    """Latents [0, width) of `sae` as an SAE of their own, same rule, weights and buffers sliced.
+
+    TopK and g-SAE then keep the k largest pre-activations *inside* the prefix (its L0 stays k;
+    training's prefix reconstruction used the whole SAE's selection cut at `width`, fewer than k);
+    Mutual and Feature Choice keep their JumpReLU thresholds, so their codes are the whole SAE's
+    cut at `width`. A "fixed" run keeps its widths below `width`; other nestings become "none"
+    (their boundary distribution is over the whole dictionary)."""
+    cfg = sae.cfg
+    if sae.layout.latent:
+        raise ValueError("sae: a latent-parallel rank holds only part of the dictionary; gather it first")
+    if not cfg.k < width <= cfg.d_sae:
+        raise ValueError(f"width={width}: expected k={cfg.k} < width <= d_sae={cfg.d_sae}")
+    below = tuple(m for m in cfg.matryoshka_widths if m < width) if cfg.matryoshka == "fixed" else ()
+    small = replace(
+        cfg,
+        d_sae=width,
+        matryoshka="fixed" if below else "none",
+        matryoshka_widths=below,
+        k_aux=None if cfg.k_aux is None else min(cfg.k_aux, width),
+    )
+    out = SparseAutoencoder(small).to(sae.W_enc.device, sae.W_enc.dtype)
+    per_latent = {"W_enc", "b_enc", "W_dec", "threshold", "tokens_since_fired", "usage"}
+    state = {k: (v[:width] if k in per_latent else v) for k, v in sae.state_dict().items()}
+    out.load_state_dict(state)
+    return out.train(sae.training)
