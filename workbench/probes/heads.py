@@ -21,7 +21,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -35,7 +37,8 @@ from transformer_lens.head_detector import (
 )
 
 from ..tasks import NeedleBatch, needle_batch, random_token_range, repeated_segments
-from .attention_restrict import one_head_streaming_hooks, sink_window_region
+from .attention_restrict import sink_window_region
+from .head_screen import exact_deltas, screen_check
 from .heads_data import HeadRoleConfig, HeadRoles
 from .intervals import t_interval, wilson_interval
 
@@ -60,6 +63,115 @@ def make_contexts(model: HookedTransformer, cfg: HeadRoleConfig, bos: int | None
     return batch._replace(tokens=tokens)
 
 
+class TextNeedles(NamedTuple):
+    """Natural-text needle contexts: each row one string (`texts`) tokenized once, a span of it
+    repeated at the end; the copy steps differ by row."""
+
+    tokens: Int[Tensor, "b T"]
+    query: Int[Tensor, "b s"]  # positions whose next token is a copied needle token (needle token i ≥ 1)
+    source: Int[Tensor, "b s"]  # that token's position in the first occurrence
+    texts: list[str]  # each row's string (BOS not included), cut where its T tokens end
+    needle_len: int
+
+
+Contexts = NeedleBatch | TextNeedles
+
+
+def _char_ends(tokenizer, ids: list[int]) -> list[int]:
+    """Where each token ends in decode(ids), from the decoded prefixes (works for any tokenizer
+    that decodes a prefix to a prefix of the string: byte-level BPE, the byte tokenizer)."""
+    return [len(tokenizer.decode(ids[: i + 1])) for i in range(len(ids))]
+
+
+def _text_row(tokenizer, text: str, bounds: list[int], cfg: HeadRoleConfig, prefix: int, cpt: float, gen):
+    """One context (row, needle position, copy position, its string), or None when this draw's
+    needle does not start a token at both places or does not tokenize alike there."""
+    T, n, body = cfg.seq_len, cfg.needle_len, cfg.seq_len - prefix
+
+    def pick(lo: int, hi: int) -> int:
+        return bounds[int(torch.randint(lo, max(lo + 1, hi), (1,), generator=gen))]
+
+    a = pick(0, len(bounds) - 1)
+    needle = text[a : next((b for b in bounds if b >= a + int(3 * n * cpt)), len(text))]
+    hay_chars = int(body * cpt * 1.5) + len(needle)
+    h = pick(0, len(bounds) - 1)
+    hay = text[h : h + hay_chars]
+    if needle in hay or len(hay) < hay_chars:
+        return None
+    spaces = [m.start() for m in re.finditer(r" (?=\S)", hay)]
+    n1 = (T - n - prefix - n) // 3  # the needle's token position in the string, as in needle_batch
+    c1 = min(spaces, key=lambda c: abs(c / cpt - n1), default=0)
+    c2 = int((T - n - prefix) * cpt) - len(needle)  # first guess of where in hay the copy goes
+    for _ in range(8):  # move the copy until its first token lands in the last positions
+        c2 = min((c for c in spaces if c > c1), key=lambda c: abs(c - c2), default=None)
+        if c2 is None:
+            return None
+        s = hay[:c1] + needle + hay[c1:c2] + needle + hay[c2:]
+        ids = tokenizer.encode(s)[:body]  # the whole string, tokenized once
+        ends = _char_ends(tokenizer, ids)
+        starts = [0] + ends[:-1]
+        o2 = c2 + len(needle)
+        if c1 not in starts or len(ids) < body or (o2 not in starts and o2 < ends[-1]):
+            return None  # a token across the needle's edge (or too little text)
+        i1 = starts.index(c1) + prefix
+        i2 = starts.index(o2) + prefix if o2 in starts else T + int((o2 - ends[-1]) / cpt)
+        miss = (T - n) - i2
+        if 0 <= miss <= max(2, n // 2):
+            row = ([tokenizer.bos_token_id] if prefix else []) + ids
+            if row[i1 : i1 + n] != row[i2 : i2 + n] or ends[i1 - prefix + n - 1] > c1 + len(needle):
+                return None
+            return row, i1, i2, s[: ends[-1]]
+        c2 += int(miss * cpt)
+    return None
+
+
+def text_contexts(tokenizer, text: str, cfg: HeadRoleConfig, bos: int | None) -> TextNeedles:
+    """`cfg.n_contexts` contexts cut from natural `text`: a haystack span, a needle span (another
+    place of the text, ≥ 3·needle_len tokens' worth of characters) inserted a third of the way in
+    and again so that its first `needle_len` tokens end the context, as in `needle_batch`.
+
+    Each context is built as one string and tokenized once; the copy positions are found in that
+    token sequence (from each token's character span), so a BPE merge across a part's edge cannot
+    shift them. A draw whose needle tokenizes differently at its two places is drawn again."""
+    prefix = 1 if bos is not None else 0
+    if cfg.seq_len < prefix + 3 * cfg.needle_len + 2:
+        raise ValueError(f"seq_len={cfg.seq_len} is too short for a needle of {cfg.needle_len} tokens")
+    bounds = [m.start() for m in re.finditer(r" (?=\S)", text)]
+    sample = text[:20_000]
+    cpt = len(sample) / max(1, len(tokenizer.encode(sample)))  # characters per token, for first guesses
+    if len(bounds) < 2 or len(text) < 4 * cfg.seq_len * cpt:
+        raise ValueError(f"text: {len(text)} characters are too few for contexts of {cfg.seq_len} tokens")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rows = []
+    for _ in range(50 * cfg.n_contexts):
+        got = _text_row(tokenizer, text, bounds, cfg, prefix, cpt, gen)
+        if got is not None:
+            rows.append(got)
+        if len(rows) == cfg.n_contexts:
+            break
+    else:
+        raise ValueError(f"text: only {len(rows)} of {cfg.n_contexts} needle contexts tokenized alike in both places")
+    i = torch.arange(1, cfg.needle_len)
+    return TextNeedles(
+        torch.tensor([r[0] for r in rows]),
+        torch.stack([r[2] + i - 1 for r in rows]),
+        torch.stack([r[1] + i for r in rows]),
+        [r[3] for r in rows],
+        cfg.needle_len,
+    )
+
+
+def role_contexts(model, cfg: HeadRoleConfig, bos: int | None, tokenizer=None, text: str | None = None) -> Contexts:
+    """The probe's contexts: `make_contexts` (random tokens) or `text_contexts` (cfg.contexts)."""
+    if cfg.contexts == "random":
+        return make_contexts(model, cfg, bos)
+    if tokenizer is None or text is None:
+        raise ValueError("contexts='text' needs a tokenizer and a text (head_roles(..., tokenizer=, text=))")
+    if cfg.seq_len > model.cfg.n_ctx:
+        raise ValueError(f"seq_len={cfg.seq_len} exceeds the model's context n_ctx={model.cfg.n_ctx}")
+    return text_contexts(tokenizer, text, cfg, bos)
+
+
 def attention_patterns(model: HookedTransformer, tokens: Tensor) -> tuple[Tensor, Float[Tensor, "L b H q k"]]:
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
     with torch.no_grad():
@@ -74,25 +186,39 @@ def copy_steps(batch: NeedleBatch) -> tuple[Tensor, Tensor]:
     return batch.copy_start + i - 1, batch.needle_start + i
 
 
-def retrieval_counts(model: HookedTransformer, batch: NeedleBatch) -> tuple[Int[Tensor, "L H"], int, int]:
+def row_steps(batch: Contexts) -> tuple[Int[Tensor, "b s"], Int[Tensor, "b s"], Int[Tensor, "b s"]]:
+    """Each row's copy-step query positions, source positions and targets (the copied tokens)."""
+    if isinstance(batch, TextNeedles):
+        q, src = batch.query, batch.source
+    else:
+        q, src = (x.expand(len(batch.tokens), -1) for x in copy_steps(batch))
+    return q, src, batch.tokens.gather(1, q + 1)
+
+
+def retrieval_counts(
+    model: HookedTransformer, batch: Contexts, measured: tuple[Tensor, Tensor] | None = None
+) -> tuple[Int[Tensor, "L H"], int, int]:
     """Per-head retrieval hits, the number of correctly copied steps n (the hits' denominator)
-    and the number of copy steps offered."""
-    logits, pat = attention_patterns(model, batch.tokens)
-    q, src = copy_steps(batch)
-    targets = batch.tokens[:, q + 1]  # [b, steps]
-    copied = logits[:, q].argmax(-1) == targets  # [b, steps]
-    top_key = pat[:, :, :, q].argmax(-1)  # [L, b, H, steps]
-    hit = (top_key == src) & copied[None, :, None, :]
+    and the number of copy steps offered. `measured`: (logits, patterns) of a forward already run."""
+    logits, pat = measured if measured is not None else attention_patterns(model, batch.tokens)
+    q, src, targets = row_steps(batch)  # [b, steps]
+    rows = torch.arange(len(q))[:, None]
+    copied = logits[rows, q].argmax(-1) == targets  # [b, steps]
+    L, b, H, _, T = pat.shape
+    at_q = pat.gather(3, q[None, :, None, :, None].expand(L, b, H, -1, T))  # [L, b, H, steps, k]
+    hit = (at_q.argmax(-1) == src[None, :, None, :]) & copied[None, :, None, :]
     return hit.sum((1, 3)), int(copied.sum()), copied.numel()
 
 
-def streaming_per_context(model: HookedTransformer, tokens: Tensor, sink: int, window: int) -> Float[Tensor, "b L H"]:
+def streaming_per_context(
+    model: HookedTransformer, tokens: Tensor, sink: int, window: int, patterns: Tensor | None = None
+) -> Float[Tensor, "b L H"]:
     """Each context's mean attention mass on the first `sink` keys ∪ the last `window` keys,
-    over its queries past both."""
+    over its queries past both. `patterns`: those of a forward on `tokens` already run."""
     T = tokens.shape[1]
     if T <= sink + window:
         raise ValueError(f"contexts of {T} tokens are too short for sink={sink} + window={window}")
-    _, pat = attention_patterns(model, tokens)
+    pat = patterns if patterns is not None else attention_patterns(model, tokens)[1]
     mass = (pat * sink_window_region(T, sink, window, pat.device)).sum(-1)  # [L, b, H, q]
     return mass[..., sink + window :].mean(-1).permute(1, 0, 2)
 
@@ -114,22 +240,14 @@ def sink_window_hook(head: int, sink: int, window: int):
 
 
 @torch.no_grad()
-def causal_check(model: HookedTransformer, batch: NeedleBatch, sink: int, window: int) -> dict:
+def causal_check(model: HookedTransformer, batch: Contexts, sink: int, window: int) -> dict:
     """Loss on the copy steps with each head restricted to sink+window, minus the clean loss.
     The restriction is `attention_restrict.one_head_streaming_hooks`, the trade-off's own."""
-    q, _ = copy_steps(batch)
-    targets = batch.tokens[:, q + 1]
-
-    def copy_loss(hooks):
-        logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
-        return float(torch.nn.functional.cross_entropy(logits[:, q].flatten(0, 1), targets.flatten()))
-
-    clean = copy_loss([])
-    delta = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    for l in range(model.cfg.n_layers):
-        for h in range(model.cfg.n_heads):
-            delta[l, h] = copy_loss(one_head_streaming_hooks(model, l, h, sink, window)) - clean
-    return {"clean_copy_loss": clean, "delta_loss": delta}
+    q, _, targets = row_steps(batch)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    delta, clean = exact_deltas(model, batch.tokens, q, targets, heads, sink, window)
+    return {"clean_copy_loss": clean, "delta_loss": delta.float().view(L, H)}
 
 
 def tl_detector_scores(model: HookedTransformer, tokens: Int[Tensor, "b s"]) -> dict[str, Float[Tensor, "L H"]]:
@@ -181,19 +299,47 @@ def classify(
     return labels
 
 
-def head_roles(model: HookedTransformer, cfg: HeadRoleConfig = HeadRoleConfig(), bos: int | None = None) -> HeadRoles:
-    """Every head's retrieval and streaming score, its role, the causal check and TL's detectors."""
+def head_roles(
+    model: HookedTransformer,
+    cfg: HeadRoleConfig = HeadRoleConfig(),
+    bos: int | None = None,
+    *,
+    tokenizer=None,
+    text: str | None = None,
+    progress: bool = False,
+) -> HeadRoles:
+    """Every head's retrieval and streaming score, its role, the causal check and TL's detectors.
+
+    `tokenizer` and `text` (a natural text to cut contexts from) are needed with cfg.contexts="text".
+    With cfg.causal="screen" the causal check is `head_screen.screen_check`'s first-order estimate
+    for every head (delta_loss) with the exact check of cfg.n_exact heads (`screen`); its forward is
+    the one the role scores read."""
     if cfg.n_contexts < 2:
         raise ValueError(f"n_contexts must be >= 2 (the streaming interval is over contexts), got {cfg.n_contexts}")
     if cfg.min_copied_steps < 1:
         raise ValueError(f"min_copied_steps must be >= 1, got {cfg.min_copied_steps}")
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    if cfg.causal == "screen" and cfg.n_exact > n_heads:
+        raise ValueError(f"n_exact={cfg.n_exact} exceeds the model's {n_heads} heads: at most every head is checked")
     model.eval()
-    batch = make_contexts(model, cfg, bos)
-    hits, n_copied, offered = retrieval_counts(model, batch)
+    batch = role_contexts(model, cfg, bos, tokenizer, text)
+    screen = None
+    if cfg.causal == "screen":
+        q, _, targets = row_steps(batch)
+        screen, sp = screen_check(
+            model, batch.tokens, q, targets, cfg.sink, cfg.window, cfg.n_exact, cfg.screen_seed, progress
+        )
+        measured = (sp.logits, sp.patterns)
+        causal = {"clean_copy_loss": sp.clean_loss, "delta_loss": sp.score}
+    else:
+        measured = attention_patterns(model, batch.tokens)
+    hits, n_copied, offered = retrieval_counts(model, batch, measured)
     r_lo, r_hi = wilson_interval(hits, n_copied)
-    per_context = streaming_per_context(model, batch.tokens, cfg.sink, cfg.window)
+    per_context = streaming_per_context(model, batch.tokens, cfg.sink, cfg.window, measured[1])
+    del measured
     streaming, s_lo, s_hi = (x.clamp(0, 1) for x in t_interval(per_context))
-    causal = causal_check(model, batch, cfg.sink, cfg.window)
+    if screen is None:
+        causal = causal_check(model, batch, cfg.sink, cfg.window)
     lo, hi = _token_range(model, cfg, bos)
     seg = max(4, (cfg.seq_len - 1) // 3)
     rep = repeated_segments(min(8, cfg.n_contexts), seg, 3, hi - lo, bos=None, seed=cfg.seed + 1) + lo
@@ -215,4 +361,6 @@ def head_roles(model: HookedTransformer, cfg: HeadRoleConfig = HeadRoleConfig(),
         n_copied=n_copied,
         n_copy_steps=offered,
         too_few_copied=n_copied < cfg.min_copied_steps,
+        causal=cfg.causal,
+        screen=screen,
     )

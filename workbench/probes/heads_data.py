@@ -15,7 +15,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
+from ..fielddoc import FieldError, check_choices, doc
+
 Scores = list[list[float]]  # [L][H]
+CONTEXTS = ("random", "text")  # HeadRoleConfig.contexts
+CAUSAL_CHECKS = ("exact", "screen")  # HeadRoleConfig.causal
 
 
 def _known(cls, d: Mapping) -> dict[str, Any]:
@@ -45,6 +49,25 @@ class HeadRoleConfig:
     min_copied_steps: int = 40
     token_range: tuple[int, int] | None = None  # haystack/needle ids [lo, hi); None: the whole vocab but BOS
     seed: int = 0
+    contexts: str = doc(
+        "random",
+        "needle contexts: 'random' tokens, or 'text': natural text with a span repeated at the end, each "
+        "context one string tokenized once (head_roles then needs a tokenizer and a text)",
+        choices=CONTEXTS,
+    )
+    causal: str = doc(
+        "exact",
+        "causal check: 'exact' (one restricted forward per head) or 'screen' (attribution patching: one "
+        "forward and backward for every head, then the exact forward on n_exact heads to check it)",
+        choices=CAUSAL_CHECKS,
+    )
+    n_exact: int = doc(40, "causal='screen': heads checked exactly (half the screen's top, half at random)")
+    screen_seed: int = doc(0, "causal='screen': seed of the random half of the exactly checked heads")
+
+    def __post_init__(self):
+        check_choices(self)
+        if self.n_exact < 1:
+            raise FieldError("n_exact", f"n_exact must be >= 1, got {self.n_exact}")
 
 
 @dataclass
@@ -63,6 +86,14 @@ class HeadRoles:
     n_copied: int  # correctly copied steps: the retrieval score's denominator
     n_copy_steps: int  # copy steps offered (contexts × (needle_len - 1))
     too_few_copied: bool  # n_copied < min_copied_steps: no head is labelled retrieval or other
+    # how delta_loss was measured: "exact" (a restricted forward per head) or "screen" (its first-order
+    # estimate for every head; the exact check of a sample and their agreement are in `screen`)
+    causal: str = "exact"
+    screen: CausalScreen | None = None
+
+    def __post_init__(self):
+        if isinstance(self.screen, Mapping):  # read back from results.json
+            self.screen = CausalScreen.from_dict(self.screen)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,6 +167,36 @@ class Agreement:
     def pair(self, a: str, b: str) -> Correlation:
         i, j = self.names.index(a), self.names.index(b)
         return Correlation(self.rho[i][j], self.ci[i][j], self.p_value[i][j], self.n_heads)
+
+
+@dataclass
+class CausalScreen:
+    """The attribution-patching screen of every head's causal effect (`probes.head_screen`), the
+    exact restricted forward on a sample of heads, and how well the two agree there."""
+
+    score: Scores  # [L][H] first-order estimate of the copy-loss change under sink + window
+    heads: list[list[int]]  # [n][layer, head] checked with the exact restricted forward
+    exact: list[float]  # [n] their exact copy-loss change
+    chosen_by: list[str]  # [n] "screen top" (the screen's highest) | "random" (drawn from the rest)
+    spearman: Correlation  # screen vs exact over all checked heads (Fisher z interval)
+    spearman_random: Correlation  # over the random ones only: not inflated by choosing the screen's top
+    top_k: int  # k of the recall (min(10, n // 2))
+    top_k_recall: float | None  # share of the exact top k (of the checked heads) in the screen's top k of all
+    sink: int
+    window: int
+    seconds: dict[str, float] = field(default_factory=dict)  # "screen", "exact": wall time of each part
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> CausalScreen:
+        out = cls(**_known(cls, d))
+        for name in ("spearman", "spearman_random"):
+            value = getattr(out, name)
+            if isinstance(value, Mapping):
+                setattr(out, name, Correlation(**_known(Correlation, value)))
+        return out
 
 
 # --- head scores over training (probes.heads_over_training) ----------------------------------------
