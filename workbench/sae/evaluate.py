@@ -1,7 +1,7 @@
 """How good an SAE is, and what each of its features does.
 
 - `reconstruction_metrics`: FVU, explained variance, L0 (mean and per-token histogram), dead and
-  dense fractions, log10 feature densities, cosine and l2 ratio of x̂ to x.
+  dense fractions, log10 feature densities, cosine and l2 ratio of x̂ to x (a transcoder's ŷ to y).
 - `splice_metrics`: next-token CE with the SAE's reconstruction spliced in at its hook, against
   the clean model and zero- and mean-ablation; CE loss recovered and KL to the clean model.
 - `feature_table`: per feature, its density, top-activating contexts (with the activation at
@@ -39,8 +39,8 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[ActivationB
     l0s = []
     sum_x = sum_x2 = None
     for batch in batches:
-        x = batch.acts.to(sae.W_enc.device)
-        out = sae(x)
+        out = sae(batch.acts.to(sae.W_enc.device))
+        x = (batch.acts if batch.targets is None else batch.targets).to(out.x_hat)  # a transcoder's: y
         sq_err += float((x - out.x_hat).pow(2).sum())
         sum_x = x.sum(0) if sum_x is None else sum_x + x.sum(0)
         sum_x2 = x.pow(2).sum() if sum_x2 is None else sum_x2 + x.pow(2).sum()

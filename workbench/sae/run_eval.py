@@ -4,6 +4,12 @@ contexts, `attention.AttentionTable`), output_scores.safetensors (every latent's
 `steer.directions.output_scores`, where its decoder writes into the residual stream) and, on
 byte-level models, usefulness.json (sparse probing, absorption-style).
 
+A transcoder (SAEConfig.transcoder) gets the same files from the same stages (transcoder_eval.py):
+FVU of y at its target_hook against ŷ (skip term included), CE with ŷ spliced at target_hook from
+the x its hook_name saw in the same forward, against zero and mean ablation of the MLP's output;
+its feature table is an SAE's (the encoder reads x); output scores push its unit decoder rows
+where they write. Sparse probing and absorption-style are left out (the decoder is not in x's space).
+
 Three callers, one computation (`evaluate_sae`):
 - `python -m workbench train-sae` after training, unless --no-eval (`evaluate_sae_run`);
 - the viewer, for a run trained with --no-eval (`evaluate_recorded_run`: the model, its tokenizer
@@ -95,6 +101,34 @@ def _resumes_at_a_layer(model) -> bool:
     return isinstance(model, HookedTransformer)
 
 
+def _skipped(model, sae: SparseAutoencoder, byte_level: bool) -> dict[str, str]:
+    """The evaluation's stages `sae` does not have, each with the reason the page shows."""
+    from ..steer.directions import output_score_skip
+    from .attention import is_hook_z
+    from .transcoder_eval import output_score_skip as transcoder_score_skip
+
+    skip = {}
+    if not is_hook_z(sae.cfg.hook_name):
+        skip["head attribution"] = "head shares and DFA: an SAE on an attention output (blocks.L.attn.hook_z) only"
+    why = transcoder_score_skip(model, sae) if sae.cfg.transcoder else output_score_skip(model, sae)
+    if why is not None:
+        skip["output scores"] = why
+    elif not _resumes_at_a_layer(model):
+        skip["output scores"] = (
+            "a TransformerBridge cannot resume at a layer (start_at_layer), so scoring every latent runs the "
+            "whole model per latent chunk (about 25 minutes for 4608 latents on SmolLM2-135M, 2 cores): not "
+            "part of the evaluation; call steer.directions.output_scores on the latents you want"
+        )
+    if not byte_level:
+        skip["usefulness"] = "sparse probing's concepts are labelled on bytes: a byte-level model only"
+    elif sae.cfg.transcoder:
+        skip["usefulness"] = (
+            "absorption-style compares decoder rows with a probe on the activations at hook_name; a "
+            "transcoder's decoder writes at its target_hook"
+        )
+    return skip
+
+
 def evaluate_sae(
     run_dir: str | Path,
     model: HookedTransformer,
@@ -112,45 +146,39 @@ def evaluate_sae(
     last, so a run counts as evaluated only once everything is there. Sparse probing and
     absorption-style scores need byte-level text (their concepts are labelled on bytes): they run on
     `probe_tokens` (default `tokens`) only when `tokenizer` is the byte tokenizer."""
-    if sae.cfg.transcoder:  # the splice below writes x̂ at hook_name; a transcoder's ŷ belongs at target_hook
-        raise NotImplementedError(
-            f"evaluate_sae: {run_dir} holds a transcoder ({sae.cfg.hook_name} -> {sae.cfg.target_hook}); its "
-            "evaluation (the MLP output spliced at target_hook) is not built yet: train it with --no-eval"
-        )
     import torch
 
     from ..activations import ActivationBatch, capture
     from ..corpus import ByteTokenizer
     from ..results import SAERunResult, write_results
     from ..runs import ATTENTION_FILE, FEATURES_FILE, OUTPUT_SCORES_FILE, RunDir
-    from ..steer.directions import output_score_skip, output_scores, save_output_scores
+    from ..steer.directions import output_scores, save_output_scores
+    from . import transcoder_eval as te
     from .attention import attention_table, is_hook_z
     from .evaluate import feature_table, reconstruction_metrics, splice_metrics
 
-    run, hook = RunDir(run_dir), sae.cfg.hook_name
-    byte_level = isinstance(tokenizer, ByteTokenizer)
-    skip = {}
-    if not is_hook_z(hook):
-        skip["head attribution"] = "head shares and DFA: an SAE on an attention output (blocks.L.attn.hook_z) only"
-    if (why := output_score_skip(model, sae)) is not None:
-        skip["output scores"] = why
-    elif not _resumes_at_a_layer(model):
-        skip["output scores"] = (
-            "a TransformerBridge cannot resume at a layer (start_at_layer), so scoring every latent runs the "
-            "whole model per latent chunk (about 25 minutes for 4608 latents on SmolLM2-135M, 2 cores): not "
-            "part of the evaluation; call steer.directions.output_scores on the latents you want"
-        )
-    if not byte_level:
-        skip["usefulness"] = "sparse probing's concepts are labelled on bytes: a byte-level model only"
+    run, hook, transcoder = RunDir(run_dir), sae.cfg.hook_name, sae.cfg.transcoder
+    if transcoder:
+        te.check_transcoder(model, sae, "sae")
+    skip = _skipped(model, sae, isinstance(tokenizer, ByteTokenizer))
     step = _Steps(skip, status, progress)
     try:
         with step("activations"):
-            acts = torch.cat([capture(model, chunk, hook)[0][:, 1:] for chunk in tokens.split(32)])  # BOS left out
+            if transcoder:  # x at hook_name, y at target_hook
+                batches = te.mlp_pairs(model, sae, tokens)
+            else:
+                acts = torch.cat([capture(model, chunk, hook)[0][:, 1:] for chunk in tokens.split(32)])  # BOS left out
+                batches = [ActivationBatch(acts.reshape(-1, acts.shape[-1]), None)]
+                del acts
         with step("reconstruction"):
-            rec = reconstruction_metrics(sae, [ActivationBatch(acts.reshape(-1, acts.shape[-1]), None)])
-            del acts
-        with step("CE loss and KL"):
-            spl = splice_metrics(model, sae, hook, tokens)
+            rec = reconstruction_metrics(sae, batches)
+            del batches
+        with step("CE loss and KL"):  # a transcoder's ŷ spliced at its target_hook
+            spl = (
+                te.ce_recovered_many(model, [sae], tokens)._asdict()
+                if transcoder
+                else splice_metrics(model, sae, hook, tokens)
+            )
         with step("feature table"):
             table = feature_table(model, sae, hook, tokens, progress=progress)
             table.save(run.file(FEATURES_FILE))
@@ -162,7 +190,8 @@ def evaluate_sae(
             with step("output scores"):
                 prompts = tokens[:SCORE_PROMPTS, :SCORE_LEN]
                 chunk = max(1, min(256, SCORE_LOGITS // (prompts.numel() * model.cfg.d_vocab)))
-                scores = output_scores(model, sae, prompts, chunk=chunk, progress=progress)
+                score = te.transcoder_output_scores if transcoder else output_scores
+                scores = score(model, sae, prompts, chunk=chunk, progress=progress)
                 save_output_scores(run.file(OUTPUT_SCORES_FILE), scores)
         if "usefulness" not in skip:
             with step("usefulness"):
@@ -192,13 +221,6 @@ def evaluate_sae_run(out: str, model_name: str, corpus: str | None, text_field: 
     from .io import load_sae
 
     sae = load_sae(out)
-    if sae.cfg.transcoder:
-        print(
-            f"train-sae: {out}/sae.safetensors is saved, but it was not evaluated: the evaluation of a "
-            "transcoder is not built yet (pass --no-eval to skip it).",
-            file=sys.stderr,
-        )
-        return False
     try:
         model, tok = load_model(model_name)
     except (RuntimeError, FileNotFoundError, ValueError) as e:
