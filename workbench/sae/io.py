@@ -6,6 +6,15 @@ reads what we write. Each rule names its SAELens architecture (selection.Rule.sa
 TopK and g-SAE export as "topk"; Mutual and Feature Choice as "jumprelu" with their learned
 thresholds, which is exactly their inference encoding.
 
+Matryoshka runs (SAEConfig.matryoshka != "none") export the same way: the nested loss changes
+training only, and the inference SAE is its rule's, latents ordered by prefix. SAELens has no
+Matryoshka inference architecture either: its Matryoshka-BatchTopK trainer saves as "jumprelu",
+its widths in metadata.training_architecture_details.matryoshka_widths (increasing, d_sae last).
+We write the widths of a "fixed" run there too, and every run's nesting in
+metadata.workbench_matryoshka (from_saelens reads it back); "sampled"/"expected" runs have no
+fixed widths, so SAELens' field is left out. Mutual and Feature Choice select across the batch
+in training only; their per-token inference rule (the JumpReLU) is what is exported, nested or not.
+
 Head-axis hooks (blocks.L.attn.hook_z, hook_q/k/v): the workbench reads one row per token with the
 heads concatenated (`activations.token_rows`), which is SAELens' layout too; a hook_z SAE is written
 with reshape_activations="hook_z" (SAELens then flattens [..., n_heads, d_head] inputs itself and
@@ -172,6 +181,7 @@ def to_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
         model_name=cfg.model_name or None,
         hook_head_index=None,
         workbench_selection=cfg.selection,
+        **matryoshka_metadata(cfg),
     )
     # ours always subtracts b_dec from the input, never normalises or rescales
     common = dict(
@@ -203,9 +213,45 @@ def to_saelens(sae: SparseAutoencoder, folder: str | Path) -> Path:
     return Path(folder)
 
 
+def matryoshka_metadata(cfg: SAEConfig) -> dict:
+    """The SAELens metadata fields that record a Matryoshka run's nesting (module docstring); {} for none."""
+    if cfg.matryoshka == "none":
+        return {}
+    nesting = {
+        "matryoshka": cfg.matryoshka,
+        "widths": list(cfg.matryoshka_widths),
+        "prefixes": cfg.matryoshka_prefixes,
+        "power": cfg.matryoshka_power,
+    }
+    out: dict = {"workbench_matryoshka": nesting}
+    if cfg.matryoshka == "fixed":
+        out["training_architecture_details"] = {"matryoshka_widths": sorted(set(cfg.matryoshka_widths) | {cfg.d_sae})}
+    return out
+
+
+def _matryoshka_fields(meta, cfg_path: Path) -> dict:
+    """SAEConfig's nesting fields from metadata.workbench_matryoshka (none there: {})."""
+    nesting = meta.get("workbench_matryoshka")
+    if nesting is None:
+        return {}
+    try:
+        return dict(
+            matryoshka=nesting["matryoshka"],
+            matryoshka_widths=tuple(nesting["widths"]),
+            matryoshka_prefixes=int(nesting["prefixes"]),
+            matryoshka_power=float(nesting["power"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{cfg_path}: metadata.workbench_matryoshka={nesting!r}: expected matryoshka, widths, prefixes "
+            f"and power ({e!r})"
+        ) from e
+
+
 def from_saelens(folder: str | Path) -> SparseAutoencoder:
     """Load a SAELens TopK SAE from disk into a workbench TopK SAE that computes the same codes and
-    reconstructions. apply_b_dec_to_input=False is folded into the encoder bias (b_enc + b_dec W_enc),
+    reconstructions; a Matryoshka run's nesting comes back from metadata.workbench_matryoshka.
+    apply_b_dec_to_input=False is folded into the encoder bias (b_enc + b_dec W_enc),
     rescale_acts_by_decoder_norm=True into the weights (which leaves our decoder rows at unit norm);
     fields with no workbench equivalent raise a CheckpointError naming the field and its value.
     float64 SAEs load as float64, float32/float16/bfloat16 ones as float32 (an exact upcast)."""
@@ -225,7 +271,8 @@ def from_saelens(folder: str | Path) -> SparseAutoencoder:
     if arch in SAELENS_ARCHITECTURES:
         return from_saelens_transcoder(folder)
     if arch != "topk":
-        raise CheckpointError(f"{cfg_path}: architecture {arch!r} is not supported (only 'topk')")
+        why = " (SAELens saves its BatchTopK and Matryoshka-BatchTopK SAEs as 'jumprelu')" if arch == "jumprelu" else ""
+        raise CheckpointError(f"{cfg_path}: architecture {arch!r} is not supported (only 'topk'){why}")
     lens = SAE.load_from_disk(folder)  # applies SAELens' own defaults for older config versions
     _check_translatable(lens, cfg_path)
     c = lens.cfg
@@ -241,14 +288,19 @@ def from_saelens(folder: str | Path) -> SparseAutoencoder:
         n = W_dec.norm(dim=1)
         W_enc, b_enc, W_dec = W_enc * n[:, None], b_enc * n, W_dec / n[:, None]
     meta = c.metadata
-    cfg = SAEConfig(
-        d_in=c.d_in,
-        d_sae=c.d_sae,
-        k=c.k,
-        selection="topk",
-        hook_name=meta.hook_name or "",
-        model_name=meta.model_name or "",
-    )
+    nesting = _matryoshka_fields(meta, cfg_path)
+    try:
+        cfg = SAEConfig(
+            d_in=c.d_in,
+            d_sae=c.d_sae,
+            k=c.k,
+            selection="topk",
+            hook_name=meta.hook_name or "",
+            model_name=meta.model_name or "",
+            **nesting,
+        )
+    except ValueError as e:  # FieldError: only the nesting fields can be out of range here
+        raise CheckpointError(f"{cfg_path}: metadata.workbench_matryoshka: {e}") from e
     sae = SparseAutoencoder(cfg).to(_DTYPES[c.dtype])
     with torch.no_grad():
         for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
