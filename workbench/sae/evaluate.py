@@ -77,65 +77,28 @@ def splice_metrics(
     tokens: Int[Tensor, "batch seq"],
     batch_size: int = 32,
 ) -> dict:
-    """CE loss with the SAE spliced in, CE loss recovered (vs zero and mean ablation), and KL.
+    """CE loss with the SAE spliced in, CE loss recovered (vs zero and mean ablation), and KL: the
+    keys of `transcoder_eval.SpliceMetrics`, measured by its `spliced_ce` (the transcoders' too).
 
     Position 0 (BOS) keeps its clean activation in every variant: SAEs are trained without it.
-    recovered = (CE_ablated − CE_sae) / (CE_ablated − CE_clean).
+    recovered = (CE_ablated − CE_sae) / (CE_ablated − CE_clean), None when the gap is 0.
     """
+    from .transcoder_eval import spliced_ce
+
     validate_hook_name(model, hook_name)
     sae.eval()
-    mean_act = None
-    for chunk in tokens.split(batch_size):
-        _, cache = model.run_with_cache(chunk, names_filter=hook_name)
-        rows = token_rows(cache[hook_name], hook_name)
-        check_width(sae, hook_name, rows.shape[-1])
-        s = rows[:, 1:].reshape(-1, rows.shape[-1]).sum(0)
-        mean_act = s if mean_act is None else mean_act + s
-    mean_act = mean_act / (tokens.shape[0] * (tokens.shape[1] - 1))
+    _, cache = model.run_with_cache(tokens[:1], names_filter=hook_name)
+    check_width(sae, hook_name, token_rows(cache[hook_name], hook_name).shape[-1])
 
-    def patch(kind):
-        def hook(act, hook):
-            # a head-axis hook is spliced as one row per token (heads concatenated), then split back
-            # into [batch, pos, n_heads, d_head] for the model
-            rows = token_rows(act, hook_name).clone()
-            rest = rows[:, 1:]
-            if kind == "sae":
-                rows[:, 1:] = sae(rest.reshape(-1, rest.shape[-1])).x_hat.reshape(rest.shape)
-            elif kind == "zero":
-                rows[:, 1:] = 0.0
-            else:
-                rows[:, 1:] = mean_act
-            return split_heads(rows, act.shape)
+    def splice(act, hook):
+        # a head-axis hook is spliced as one row per token (heads concatenated), then split back
+        # into [batch, pos, n_heads, d_head] for the model
+        rows = token_rows(act, hook_name).clone()
+        rest = rows[:, 1:]
+        rows[:, 1:] = sae(rest.reshape(-1, rest.shape[-1])).x_hat.reshape(rest.shape)
+        return split_heads(rows, act.shape)
 
-        return hook
-
-    totals = {k: 0.0 for k in ("clean", "sae", "zero", "mean", "kl")}
-    n = 0
-    for chunk in tokens.split(batch_size):
-        clean_logits = model(chunk)
-        totals["clean"] += float(model.loss_fn(clean_logits, chunk, per_token=True).sum())
-        for kind in ("sae", "zero", "mean"):
-            logits = model.run_with_hooks(chunk, fwd_hooks=[(hook_name, patch(kind))])
-            totals[kind] += float(model.loss_fn(logits, chunk, per_token=True).sum())
-            if kind == "sae":
-                lp, lq = clean_logits.log_softmax(-1), logits.log_softmax(-1)
-                totals["kl"] += float((lp.exp() * (lp - lq)).sum(-1)[:, 1:-1].sum())
-        n += chunk.shape[0] * (chunk.shape[1] - 1)
-    ce = {k: v / n for k, v in totals.items() if k != "kl"}
-
-    def recovered(ablated):
-        gap = ce[ablated] - ce["clean"]
-        return (ce[ablated] - ce["sae"]) / gap if abs(gap) > 1e-9 else float("nan")
-
-    return {
-        "ce_clean": ce["clean"],
-        "ce_sae": ce["sae"],
-        "ce_zero_ablation": ce["zero"],
-        "ce_mean_ablation": ce["mean"],
-        "ce_loss_recovered": recovered("zero"),
-        "ce_loss_recovered_vs_mean": recovered("mean"),
-        "kl_sae": totals["kl"] / (tokens.shape[0] * (tokens.shape[1] - 2)),
-    }
+    return spliced_ce(model, tokens, lambda: [(hook_name, splice)], [hook_name], batch_size)._asdict()
 
 
 FORMAT = "workbench-feature-table"
