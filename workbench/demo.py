@@ -12,8 +12,10 @@ Every run folder is self-contained, so the viewer needs nothing outside it.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,6 +52,9 @@ class Recipe(NamedTuple):
     kind: str  # a registered kind's name
     config: Any  # that kind's config dataclass
     folder: str  # the run folder under the demo's root
+    # a build used instead of the kind's, taking `config` (whatever its class); the run stays of that
+    # kind: its result type and viewer page (the real-model demo's SAE and heads, workbench.demo_real)
+    build: Callable[..., Any] | None = None
 
 
 MODELS_STAGE = "models"  # the first stage: the language models (cached elsewhere)
@@ -249,7 +254,35 @@ def build_demo(
     """
     root = Path(root) if root is not None else default_demo_dir()
     root.mkdir(parents=True, exist_ok=True)
-    recipes = demo_recipes(cfg, root)
+
+    def load() -> tuple[ModelInput, Any]:
+        return _models(cfg, root, progress), default_data()
+
+    return build_recipes(root, demo_recipes(cfg, root), load, lambda run: _complete(run, cfg), progress, status)
+
+
+def recipe_kind(recipe: Recipe):
+    """The kind a recipe builds with: the registered one, its build replaced by the recipe's own."""
+    kind = get_kind(recipe.kind)
+    if kind is None:
+        raise ValueError(f"recipe {recipe.folder}: no run kind {recipe.kind!r} is registered")
+    if recipe.build is None:
+        return kind
+    return dataclasses.replace(kind, config=type(recipe.config), build=recipe.build)
+
+
+def build_recipes(
+    root: Path,
+    recipes: list[Recipe],
+    load: Callable[[], tuple[ModelInput, Any]],
+    complete: Callable[[RunDir], bool],
+    progress: bool = True,
+    status: BuildStatus | None = None,
+) -> Path:
+    """`build_demo`'s stages for any recipes: `load()` gives the model and token data every run
+    reads (the models stage), then each recipe whose run is not `complete` is built by its kind
+    (`recipe_kind`), a failed one recorded and the next still built."""
+    root.mkdir(parents=True, exist_ok=True)
     status = status if status is not None else BuildStatus()
     status.begin([(MODELS_STAGE, None), *((r.folder, r.folder) for r in recipes)])
     failures: dict[str, str] = {}
@@ -264,8 +297,7 @@ def build_demo(
 
     try:
         with status.stage(MODELS_STAGE):
-            model = _models(cfg, root, progress)
-            data = default_data()
+            model, data = load()
     except Exception as e:
         report(MODELS_STAGE, e)
         for r in recipes:
@@ -276,14 +308,14 @@ def build_demo(
     for recipe in recipes:
         status.check_stop()
         run = RunDir(root / recipe.folder)
-        if _complete(run, cfg):
+        if complete(run):
             status.reused(recipe.folder)
             continue
         if not run.file(CHECKPOINT_FILE).exists():  # an interrupted earlier try: a fresh start would append to its log
             run.file(METRICS_FILE).unlink(missing_ok=True)
         try:
             with status.stage(recipe.folder):
-                build_run(get_kind(recipe.kind), recipe.config, model, data, run, progress=progress)
+                build_run(recipe_kind(recipe), recipe.config, model, data, run, progress=progress)
         except Exception as e:  # recorded; the next stage does not depend on this one
             report(recipe.folder, e)
             continue
