@@ -1,7 +1,9 @@
 """DuoAttention's gates (Xiao et al. 2024): which heads need full attention, found by optimisation.
 
-Every head gets a gate α ∈ [0, 1] (init 1) that mixes its full attention with its sink + window
-attention (`attention_restrict.gate_hooks`). With the model frozen, the gates minimise
+Every KV head gets a gate α ∈ [0, 1] (init 1) that mixes its full attention with its sink + window
+attention (`attention_restrict.gate_hooks`); under grouped-query attention the query heads sharing a
+KV head share its gate (`gqa.expand_kv`: a KV cache is kept or cut per KV head), on an MHA model
+every head has its own. With the model frozen, the gates minimise
 
     distance + lam · mean|α|,   distance = mean over contexts and answer positions of
                                 ‖h_full − h_gated‖² (final residual stream, summed over d_model)
@@ -33,7 +35,7 @@ import time
 from typing import NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
@@ -41,6 +43,7 @@ from transformer_lens import HookedTransformer
 from ..runs import jsonable
 from ..tasks import random_token_range
 from .attention_restrict import check_supported, gate_hooks
+from .gqa import expand_kv, kv_heads
 from .kv_data import DuoConfig, DuoResult, PasskeyConfig
 
 
@@ -74,6 +77,50 @@ def key_set(batch: PasskeyBatch) -> set[tuple[int, ...]]:
     return {tuple(k) for k in batch.answer.tolist()}
 
 
+_MAX_DRAWS = 20  # redraws of a text context before giving up
+
+
+def _text_row(
+    cfg: PasskeyConfig, tokenizer, haystack: Tensor, key: str, prefix: list[int], gen: torch.Generator
+) -> tuple[list[int], int, int]:
+    """One text passkey context as a whole string tokenized once: (tokens, first answer index,
+    needle start). The filler is decoded from `haystack` slices; the second slice grows or shrinks
+    until the whole context is `seq_len` tokens (a retokenised string can merge across the cut)."""
+    needle, question = cfg.needle_prefix + key + cfg.needle_suffix, cfg.question
+    fixed = len(tokenizer.encode(needle + question + key))
+    n_hay = cfg.seq_len - len(prefix) - fixed
+    if n_hay < 2:
+        raise ValueError(f"seq_len={cfg.seq_len} leaves no haystack for a needle, question and key of {fixed} tokens")
+    if len(haystack) < n_hay + 8:
+        raise ValueError(f"haystack has {len(haystack)} tokens, fewer than the {n_hay + 8} a context needs")
+    lo_d, hi_d = cfg.depth
+    for _ in range(_MAX_DRAWS):
+        start = int(torch.randint(0, len(haystack) - n_hay - 8 + 1, (1,), generator=gen))
+        depth = lo_d + (hi_d - lo_d) * float(torch.rand(1, generator=gen))
+        cut = int(round(depth * n_hay))
+        before = tokenizer.decode(haystack[start : start + cut].tolist())
+        n_after = n_hay - cut
+        for _ in range(_MAX_DRAWS):  # converges in one or two retokenisations
+            after = tokenizer.decode(haystack[start + cut : start + cut + n_after].tolist())
+            body = before + needle + after + question
+            ids = prefix + tokenizer.encode(body + key)
+            if len(ids) == cfg.seq_len or n_after < 1:
+                break
+            n_after += cfg.seq_len - len(ids)
+            if start + cut + n_after > len(haystack):
+                break
+        if len(ids) != cfg.seq_len:
+            continue
+        head = prefix + tokenizer.encode(body)
+        if ids[: len(head)] != head or tokenizer.decode(ids[len(head) :]) != key:
+            continue  # the key's tokens merge with the question's: not a clean answer span
+        return ids, len(head), len(prefix) + len(tokenizer.encode(before))
+    raise ValueError(
+        f"no passkey context of exactly seq_len={cfg.seq_len} tokens with a separately tokenized key "
+        f"in {_MAX_DRAWS} draws; does the tokenizer merge the key with the question ({cfg.question!r})?"
+    )
+
+
 def passkey_batch(
     n: int,
     cfg: PasskeyConfig,
@@ -87,10 +134,15 @@ def passkey_batch(
 ) -> PasskeyBatch:
     """`n` passkey contexts with haystack text cut from random offsets of the `haystack` stream.
 
-    With a `tokenizer` (anything with `encode(str) -> list[int]`) the needle and question are text
-    and the key is `key_len` random digits, each part encoded on its own and concatenated as token
-    lists, so the key is the same tokens in the needle and in the answer. Without one, `vocab`
-    is required and the parts are random tokens (see `PasskeyConfig`).
+    With a `tokenizer` (`encode(str) -> list[int]` and `decode(ids) -> str`) each context is one
+    string, filler · needle_prefix · key · needle_suffix · filler · question · key, with the key
+    `key_len` random digits and the filler decoded from the haystack, tokenized once: the tokens a
+    BPE tokenizer really makes (encoding the parts one by one can give sequences it never makes,
+    e.g. a lone " " before a word). The answer tokens are those after the tokenized prefix up to
+    the question, which must be a token prefix of the whole and leave tokens that decode to the
+    key (else the context is redrawn). A tokenizer without `decode` (a character tokenizer, where
+    both agree) gets its parts encoded one by one. Without a tokenizer, `vocab` is required and the
+    parts are random tokens (see `PasskeyConfig`).
 
     `split` keeps the keys that fit the gates apart from the keys that evaluate them: "fit" draws
     only keys whose digits (or token ids) sum to an even number, "eval" only odd sums (the last
@@ -103,11 +155,18 @@ def passkey_batch(
     if haystack.ndim != 1:
         raise ValueError(f"haystack: expected a 1-D token stream, got shape {tuple(haystack.shape)}")
     gen = torch.Generator().manual_seed(seed)
-    prefix = 1 if bos is not None else 0
+    prefix = [bos] if bos is not None else []
     rows, ans_pos, answers, needle_pos = [], [], [], []
     for _ in range(n):
         if tokenizer is not None:
             digits = _split_key(torch.randint(0, 10, (cfg.key_len,), generator=gen).tolist(), 0, 10, split, gen)
+            if hasattr(tokenizer, "decode"):
+                row, first, at = _text_row(cfg, tokenizer, haystack, "".join(map(str, digits)), prefix, gen)
+                rows.append(row)
+                ans_pos.append(list(range(first - 1, len(row) - 1)))
+                answers.append(row[first:])
+                needle_pos.append(at)
+                continue
             key = []
             for d in digits:
                 key += tokenizer.encode(str(d))
@@ -121,7 +180,7 @@ def passkey_batch(
             key = _split_key(torch.randint(lo, hi, (cfg.key_len,), generator=gen).tolist(), lo, hi, split, gen)
             tail, question = [], head
         needle = head + key + tail
-        n_hay = cfg.seq_len - prefix - len(needle) - len(question) - len(key)
+        n_hay = cfg.seq_len - len(prefix) - len(needle) - len(question) - len(key)
         if n_hay < 2:
             raise ValueError(
                 f"seq_len={cfg.seq_len} leaves no haystack for a needle of {len(needle)}, a question "
@@ -134,15 +193,17 @@ def passkey_batch(
         lo_d, hi_d = cfg.depth
         depth = lo_d + (hi_d - lo_d) * float(torch.rand(1, generator=gen))
         cut = int(round(depth * n_hay))
-        row = ([bos] if bos is not None else []) + hay[:cut] + needle + hay[cut:] + question + key
+        row = prefix + hay[:cut] + needle + hay[cut:] + question + key
         first_answer = len(row) - len(key)
         rows.append(row)
         ans_pos.append(list(range(first_answer - 1, len(row) - 1)))
         answers.append(key)
-        needle_pos.append(prefix + cut)
+        needle_pos.append(len(prefix) + cut)
     lengths = {len(a) for a in answers}
     if len(lengths) > 1:  # a tokenizer that merges digits differently per key
-        raise ValueError("the tokenizer encodes keys of different token lengths; not supported")
+        raise ValueError(
+            f"the tokenizer encodes the {cfg.key_len}-digit keys as {sorted(lengths)} tokens; a batch needs one length"
+        )
     return PasskeyBatch(torch.tensor(rows), torch.tensor(ans_pos), torch.tensor(answers), torch.tensor(needle_pos))
 
 
@@ -224,9 +285,10 @@ def duo_gates(
     tokenizer=None,
     progress: bool = True,
 ) -> DuoResult:
-    """Optimise one gate per head (module docstring). `haystack` None: the default model's corpus
-    (byte tokenizer, BOS 256); otherwise pass the model's token stream, its `bos` and, for text
-    models, its `tokenizer` (without one the needle and key are random tokens)."""
+    """Optimise one gate per KV head (module docstring: per head on an MHA model, shared by its
+    query heads under GQA, as the paper does). `haystack` None: the default model's corpus (byte
+    tokenizer, BOS 256); otherwise pass the model's token stream, its `bos` and, for text models,
+    its `tokenizer` (without one the needle and key are random tokens)."""
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.n_contexts < cfg.batch_size:
         raise ValueError(
             f"need steps >= 1 and 1 <= batch_size <= n_contexts; got steps={cfg.steps}, "
@@ -264,13 +326,14 @@ def duo_gates(
     # the same against it whatever the residual stream's scale
     scale = float(target.pow(2).sum(-1).mean()) if cfg.distance == "relative" else 1.0
     per_token = (lambda d: d.pow(2).mean(-1)) if cfg.distance == "paper" else (lambda d: d.pow(2).sum(-1))
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    alpha = torch.ones(L, H, dtype=torch.float32, device=device, requires_grad=True)
+    L, H, n_kv = model.cfg.n_layers, model.cfg.n_heads, kv_heads(model)
+    # one gate per KV head (the cache's unit); its query heads share it (gqa.expand_kv)
+    alpha = torch.ones(L, n_kv, dtype=torch.float32, device=device, requires_grad=True)
     opt = torch.optim.Adam([alpha], lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     order = torch.empty(0, dtype=torch.long)
     hist = {"loss": [], "distance": [], "penalty": []}
-    traj_steps, traj = [0], [alpha.detach().cpu().tolist()]
+    traj_steps, traj = [0], [expand_kv(alpha.detach().cpu(), H).tolist()]
     frozen = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -280,7 +343,8 @@ def duo_gates(
             if len(order) < cfg.batch_size:
                 order = torch.cat([order, torch.randperm(cfg.n_contexts, generator=gen)])
             idx, order = order[: cfg.batch_size].to(device), order[cfg.batch_size :]
-            states = _states(model, tokens[idx], state, gate_hooks(model, alpha, cfg.sink, cfg.window))
+            hooks = gate_hooks(model, expand_kv(alpha, H), cfg.sink, cfg.window)
+            states = _states(model, tokens[idx], state, hooks)
             h = states[torch.arange(len(idx), device=device)[:, None], pos[idx]]
             distance = per_token(h - target[idx]).mean() / scale
             penalty = cfg.lam * alpha.abs().mean()
@@ -295,12 +359,15 @@ def duo_gates(
             hist["penalty"].append(penalty.item())
             if step % cfg.log_every == 0 or step == cfg.steps:
                 traj_steps.append(step)
-                traj.append(alpha.detach().cpu().tolist())
+                traj.append(expand_kv(alpha.detach().cpu(), H).tolist())
     finally:
         for p, g in zip(model.parameters(), frozen):
             p.requires_grad_(g)
     return DuoResult(
-        alphas=alpha.detach().cpu().tolist(),
+        alphas=expand_kv(alpha.detach().cpu(), H).tolist(),
+        kv_alphas=alpha.detach().cpu().tolist(),
+        n_query_heads=L * H,
+        n_kv_heads=L * n_kv,
         steps=list(range(1, cfg.steps + 1)),
         **hist,
         trajectory_steps=traj_steps,
@@ -310,8 +377,16 @@ def duo_gates(
     )
 
 
-def passkey_accuracy(logits: Float[Tensor, "b T V"], batch: PasskeyBatch) -> tuple[float, float]:
-    """(share of contexts whose every answer token is the argmax, share of answer tokens that are)."""
+def passkey_hits(logits: Float[Tensor, "b T V"], batch: PasskeyBatch) -> Bool[Tensor, "b k"]:
+    """Whether the teacher-forced argmax at each answer position is the answer token. A row is all
+    True exactly when greedy decoding from the question reproduces the key: each greedy step then
+    sees the same prefix as teacher forcing."""
     rows = torch.arange(len(batch.tokens), device=logits.device)[:, None]
-    hit = logits[rows, batch.answer_pos.to(logits.device)].argmax(-1) == batch.answer.to(logits.device)
+    return logits[rows, batch.answer_pos.to(logits.device)].argmax(-1) == batch.answer.to(logits.device)
+
+
+def passkey_accuracy(logits: Float[Tensor, "b T V"], batch: PasskeyBatch) -> tuple[float, float]:
+    """(exact accuracy: share of contexts whose every answer token is the argmax, the greedy exact
+    match; share of answer tokens that are)."""
+    hit = passkey_hits(logits, batch)
     return float(hit.all(-1).double().mean()), float(hit.double().mean())

@@ -56,7 +56,7 @@ class DuoConfig:
 
 @dataclass
 class DuoResult:
-    alphas: list[list[float]]  # [L][H] final gates: 1 = needs full attention, 0 = streaming suffices
+    alphas: list[list[float]]  # [L][H] final gates per query head (its KV head's): 1 = full, 0 = streaming
     steps: list[int]  # 1..steps
     loss: list[float]  # per step: distance + lam · mean|α|
     distance: list[float]  # per step: mean ‖h_full − h_gated‖² on the answer positions
@@ -65,6 +65,11 @@ class DuoResult:
     trajectory: list[list[list[float]]]  # [n_records][L][H]
     seconds: float  # wall time of the optimisation
     config: dict
+    # The gates themselves, one per KV head [L][n_kv] (under GQA each shared by n_heads / n_kv query
+    # heads, whose `alphas` repeat it; on an MHA model equal to `alphas`), and the two counts
+    kv_alphas: list[list[float]] = field(default_factory=list)
+    n_query_heads: int = 0  # L · n_heads (0: a result from before the counts)
+    n_kv_heads: int = 0  # L · n_kv
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +114,12 @@ class RazorResult:
     config: dict
     nothing_to_protect: bool = False  # no head reached min_score: the rule protects nothing
     uniform_echo_induction: list[float] = field(default_factory=list)  # [echo, induction] of uniform attention
+    # The rule's decision per KV head [L][n_kv] (`protected` repeats it over each group's query heads;
+    # on an MHA model the same grid), the two counts and the share of KV heads protected
+    protected_kv: list[list[bool]] = field(default_factory=list)
+    n_query_heads: int = 0  # L · n_heads (0: a result from before the counts)
+    n_kv_heads: int = 0  # L · n_kv: the units the rule's counts are shares of
+    protected_share: float = 0.0  # protected KV heads / n_kv_heads
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,11 +175,13 @@ class TradeoffResult:
     # metric -> {"mean", "min", "max", "lo", "hi" (band_quantiles), "median"} per fraction, over the null:
     # every m-subset where enumerated, else the random rankings
     random_band: dict[str, dict[str, list[float]]]
-    rankings: dict[str, list[list[float]]]  # the scores [L][H] each curve was built from
+    rankings: dict[str, list[list[float]]]  # the scores [L][n_kv] per KV head ([L][H] on MHA) of each curve
     seq_len: int
     config: dict  # the TradeoffConfig used (its passkey at the trade-off's seq_len)
     # Everything below is optional, so that results written before it still read.
-    n_heads: int = 0  # heads in the model (n of C(n, m))
+    n_heads: int = 0  # units ranked, the n of C(n, m): KV heads (= heads on an MHA model)
+    n_query_heads: int = 0  # L · n_heads (0: a result from before the counts)
+    n_kv_heads: int = 0  # L · n_kv: the units under GQA
     null_exact: list[bool] = field(default_factory=list)  # per fraction: p exact over every m-subset
     null_size: list[int] = field(default_factory=list)  # per fraction: C(n, m) subsets, or R random rankings
     min_p: list[float] = field(default_factory=list)  # per fraction: the smallest attainable p

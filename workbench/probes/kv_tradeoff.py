@@ -2,7 +2,7 @@
 detector, keep full attention on the top x% and sink + window (optionally + RazorAttention's
 compensation token) on the rest, and measure what breaks.
 
-For every ranking and x in `fractions` the top m = round(x% · n_heads) heads stay full, and four
+For every ranking and x in `fractions` the top m = round(x% · n) units stay full, and four
 things are measured on fixed contexts of `seq_len`:
 - needle copy accuracy: the argmax prediction at the copy steps of `heads.make_contexts`' needle
   contexts (random tokens; what a retrieval head is for);
@@ -10,7 +10,10 @@ things are measured on fixed contexts of `seq_len`:
   (and the share of answer tokens), haystack from held-out text, keys held out from the ones
   DuoAttention's gates are fitted on (the "eval" split);
 - natural-text loss: mean next-token loss on consecutive held-out windows;
-and the KV cache that choice implies at T = seq_len (`attention_restrict.kv_fraction`).
+and the KV cache that choice implies at T = seq_len (`attention_restrict.kv_fraction`). A unit is a
+KV head (`gqa`): every head on an MHA model; under grouped-query attention n = L · n_kv, a
+per-query-head ranking is read per KV head by its group's best score, and a kept KV head keeps all
+its query heads full.
 
 Is a ranking better than random picks? (`ranking_test`, METHODS.md "Random baselines"): each point
 gets a p-value against "m heads drawn uniformly", exact over every m-subset where C(n, m) <=
@@ -38,9 +41,10 @@ from transformer_lens import HookedTransformer
 
 from ..runs import jsonable
 from ..tasks import random_token_range
-from .attention_restrict import check_supported, keep_full_hooks, kv_fraction, n_kv_heads
+from .attention_restrict import check_supported, keep_full_hooks, kv_fraction
 from .attention_restrict import keep_top as keep_top  # re-exported: its old import path
 from .duo import PasskeyBatch, PasskeyConfig, passkey_accuracy, passkey_batch
+from .gqa import expand_kv, kv_heads, to_units
 from .head_rankings import head_rankings
 from .heads import HeadRoleConfig, copy_steps, make_contexts
 from .intervals import t_interval, wilson_interval
@@ -178,11 +182,11 @@ def tradeoff_curve(
     {context seed: rankings} gives the rankings measured on each of `cfg.context_seeds`' contexts
     (the same names as `rankings`); without it every context seed re-measures `rankings`."""
     check_supported(model, cfg.compensation)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    n = L * H
-    _check_rankings(rankings, L, H, "rankings")
-    for s, r in (seed_rankings or {}).items():
-        _check_rankings(r, L, H, f"seed_rankings[{s}]")
+    L, H, G = model.cfg.n_layers, model.cfg.n_heads, kv_heads(model)
+    n = L * G  # the units kept full or streaming: KV heads (every head on an MHA model)
+    rankings = _check_rankings(rankings, L, H, G, "rankings")
+    seed_rankings = {s: _check_rankings(r, L, H, G, f"seed_rankings[{s}]") for s, r in (seed_rankings or {}).items()}
+    for s, r in seed_rankings.items():
         if set(r) != set(rankings):
             raise ValueError(f"seed_rankings[{s}]: expected the rankings {sorted(rankings)}, got {sorted(r)}")
     if cfg.n_random < 2:
@@ -213,7 +217,6 @@ def tradeoff_curve(
         haystack, tokenizer, bos = data.validation, data.tokenizer, data.tokenizer.bos_token_id
     text = haystack if text is None else text
     device = next(model.parameters()).device
-    kv_heads = n_kv_heads(model)
     model.eval()
 
     def evaluator(seed: int):
@@ -226,7 +229,7 @@ def tradeoff_curve(
         def measure(kept: list[int]) -> dict[str, float]:
             key = tuple(kept)
             if key not in cache:
-                keep = _mask(kept, L, H)
+                keep = _mask(kept, L, G, H)
                 hooks = keep_full_hooks(
                     model, keep, cfg.sink, cfg.window, compensation=cfg.compensation, comp_weight=cfg.comp_weight
                 )
@@ -248,7 +251,7 @@ def tradeoff_curve(
 
     def kv(kept: list[int]) -> float:
         return kv_fraction(
-            _mask(kept, L, H), cfg.seq_len, cfg.sink, cfg.window, compensation=cfg.compensation, n_kv_heads=kv_heads
+            _mask(kept, L, G, H), cfg.seq_len, cfg.sink, cfg.window, compensation=cfg.compensation, n_kv_heads=G
         )
 
     measure, sizes = evaluator(cfg.seed)
@@ -346,7 +349,7 @@ def tradeoff_curve(
     return TradeoffResult(
         fractions=[float(p) for p in cfg.fractions],
         n_full=n_full,
-        kv_fraction=[kv(list(range(m))) for m in n_full],  # MHA: any m heads; GQA: the first m (see curves)
+        kv_fraction=[kv(list(range(m))) for m in n_full],  # any m units: m KV heads full
         curves=curves,
         random_curves=random_curves,
         random_band=band,
@@ -354,6 +357,8 @@ def tradeoff_curve(
         seq_len=cfg.seq_len,
         config=jsonable(replace(cfg, passkey=passkey_config(cfg))),
         n_heads=n,
+        n_query_heads=L * H,
+        n_kv_heads=L * G,
         null_exact=exact,
         null_size=null_size,
         min_p=min_p,
@@ -371,14 +376,13 @@ def tradeoff_curve(
     )
 
 
-def _check_rankings(rankings: dict, L: int, H: int, what: str) -> None:
-    for name, scores in rankings.items():
-        shape = tuple(torch.as_tensor(scores).shape)
-        if shape != (L, H):
-            raise ValueError(f"{what}[{name!r}]: expected [n_layers={L}][n_heads={H}], got shape {shape}")
+def _check_rankings(rankings: dict, L: int, H: int, G: int, what: str) -> dict[str, list[list[float]]]:
+    """Each ranking per KV head [L][G] (`gqa.to_units`: a per-query-head one by its group's best)."""
+    return {name: to_units(scores, L, H, G, f"{what}[{name!r}]").tolist() for name, scores in rankings.items()}
 
 
-def _mask(kept: list[int], L: int, H: int) -> Tensor:
-    keep = torch.zeros(L * H, dtype=torch.bool)
+def _mask(kept: list[int], L: int, G: int, H: int) -> Tensor:
+    """The kept units (flat indices l·G + g) as the [L, H] query-head mask the hooks take."""
+    keep = torch.zeros(L * G, dtype=torch.bool)
     keep[kept] = True
-    return keep.view(L, H)
+    return expand_kv(keep.view(L, G), H)

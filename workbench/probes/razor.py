@@ -14,7 +14,9 @@ exactly the positions named (with repeats inside s, a chance match would count t
 Protection rule: the union of the top ⌈induction_frac · n_heads_total⌉ heads by induction score
 and the top ⌈echo_frac · n_heads_total⌉ by echo score (the paper: 14% and 1%) keeps full
 attention; every other head keeps sink + window + the compensation token
-(`attention_restrict`, `compensation=True`).
+(`attention_restrict`, `compensation=True`). Under grouped-query attention the rule ranks KV heads
+(the cache's unit), each by its best query head's score (`gqa.kv_scores`), and n_heads_total counts
+KV heads; a protected KV head keeps all its query heads full. On an MHA model both are the heads.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from transformer_lens import HookedTransformer
 from ..runs import jsonable
 from ..tasks import random_token_range
 from .attention_restrict import keep_top
+from .gqa import expand_kv, kv_heads, kv_scores
 from .heads import attention_patterns
 from .kv_data import RazorConfig, RazorResult
 
@@ -125,15 +128,23 @@ def razor_scores(model: HookedTransformer, cfg: RazorConfig = RazorConfig(), *, 
     queries = echo_m.any(-1)  # the queries of the second and later repeats
     echo = (pat * echo_m).sum(-1)[..., queries].mean((1, 3))  # [L, H]
     induction = (pat * ind_m).sum(-1)[..., queries].mean((1, 3))
-    keep = protected_heads(echo, induction, cfg.induction_frac, cfg.echo_frac, cfg.min_score)
-    n = echo.numel()
+    G = kv_heads(model)
+    # the rule decides per KV head (the cache's unit), by its group's best query head
+    keep_kv = protected_heads(
+        kv_scores(echo, G), kv_scores(induction, G), cfg.induction_frac, cfg.echo_frac, cfg.min_score
+    )
+    n = keep_kv.numel()
     return RazorResult(
         echo=echo.tolist(),
         induction=induction.tolist(),
-        protected=keep.tolist(),
+        protected=expand_kv(keep_kv, model.cfg.n_heads).tolist(),
         n_induction_protected=rule_count(cfg.induction_frac, n),
         n_echo_protected=rule_count(cfg.echo_frac, n),
+        protected_kv=keep_kv.tolist(),
+        n_query_heads=echo.numel(),
+        n_kv_heads=n,
+        protected_share=float(keep_kv.double().mean()),
         config=jsonable(cfg),
-        nothing_to_protect=not bool(keep.any()),
+        nothing_to_protect=not bool(keep_kv.any()),
         uniform_echo_induction=list(uniform_scores(cfg.segment, cfg.repeats, prefix)),
     )

@@ -1,0 +1,229 @@
+"""DuoAttention, RazorAttention and the KV-cache trade-off on SmolLM2-135M-Instruct (issue 28):
+30 layers, 9 query heads sharing 3 KV heads each (GQA: 270 query heads, 90 KV heads, the unit every
+decision here is about), BPE tokenizer, passkey contexts as whole strings tokenized once.
+
+    python benchmarks/smollm_kv.py --part duo        # gates on <= 512-token passkeys, held-out accuracy 256-2048
+    python benchmarks/smollm_kv.py --part razor      # the rule's protected KV heads over --razor-seeds
+    python benchmarks/smollm_kv.py --part tradeoff   # exact passkey accuracy at two KV fractions vs random
+    python benchmarks/smollm_kv.py                   # all three (the trade-off reads the duo part's gates)
+
+Each part writes its figures into benchmarks/results/smollm_kv.json (merged per part) and prints
+markdown. Exact passkey accuracy: a context counts when the teacher-forced argmax at every answer
+position is the answer token (the same as greedy decoding reproducing the key). The trade-off's
+p-value of a ranking at m KV heads full: (1 + #random rankings at least as good) / (1 + R); R = 99 by
+default (smallest p 0.01), about 90 minutes on 2 threads; `--n-random 19` fits about 25 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, replace
+from datetime import date
+from pathlib import Path
+
+import torch
+
+NAME = "smollm2-135m-instruct-q4"
+OUT = Path(__file__).parent / "results" / "smollm_kv.json"
+SINK, WINDOW = 4, 32  # a streaming head keeps 4 sink tokens and the last 32 (the question's tail)
+PASSKEY = dict(needle_prefix=" The pass key is ", needle_suffix=". Remember it. ")
+KEEP = (25, 50)  # % of KV heads kept full: the paper's ~quarter (MHA) and ~half (GQA)
+
+
+def _save(part: str, got: dict) -> None:
+    data = json.loads(OUT.read_text()) if OUT.exists() else {}
+    data[part] = {"date": str(date.today()), "machine": platform.processor() or platform.machine(), **got}
+    tmp = OUT.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(OUT)
+
+
+def _load():
+    from workbench.corpus import encode_corpus, python_docs_corpus
+    from workbench.hub import load_model
+
+    model, tok = load_model(NAME)
+    corpus = python_docs_corpus()
+    return model, tok, encode_corpus(corpus, tok, "train"), encode_corpus(corpus, tok, "validation")
+
+
+def _wilson(k: int, n: int) -> list[float]:
+    from workbench.probes.intervals import wilson_interval
+
+    lo, hi = wilson_interval(torch.tensor(float(k)), torch.tensor(float(n)))
+    return [float(lo), float(hi)]
+
+
+def duo_part(args) -> dict:
+    from workbench.probes.attention_restrict import keep_full_hooks, keep_top
+    from workbench.probes.duo import duo_gates, passkey_accuracy, passkey_batch
+    from workbench.probes.gqa import expand_kv
+    from workbench.probes.kv_data import DuoConfig, PasskeyConfig
+
+    model, tok, train, val = _load()
+    bos = tok.bos_token_id
+    pk = PasskeyConfig(seq_len=args.duo_len, **PASSKEY)
+    cfg = DuoConfig(
+        n_contexts=args.duo_contexts,
+        batch_size=args.duo_batch,
+        steps=args.duo_steps,
+        sink=SINK,
+        window=WINDOW,
+        log_every=10,
+        passkey=pk,
+    )
+    duo = duo_gates(model, cfg, haystack=train, bos=bos, tokenizer=tok)
+    gates = torch.tensor(duo.kv_alphas)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    print(f"Duo: {cfg.steps} steps x {cfg.batch_size} contexts of {pk.seq_len} tokens in {duo.seconds:.0f} s")
+    print(f"gates per KV head {tuple(gates.shape)} ({duo.n_kv_heads} KV heads, {duo.n_query_heads} query heads)")
+    policies = {"full": torch.ones(L, H, dtype=torch.bool), "streaming": torch.zeros(L, H, dtype=torch.bool)}
+    for pct in KEEP:
+        m = round(pct / 100 * gates.numel())
+        policies[f"duo {pct}%"] = expand_kv(keep_top(gates, m), H)
+    rows = {}
+    for T, n in zip(args.eval_lens, args.eval_n):
+        batch = passkey_batch(n, replace(pk, seq_len=T), val, bos=bos, tokenizer=tok, seed=1000 + T, split="eval")
+        for name, keep in policies.items():
+            hooks = [] if name == "full" else keep_full_hooks(model, keep, SINK, WINDOW)
+            hits, start = 0, time.perf_counter()
+            for i in range(n):  # one context at a time: no [L, H, T, T] kept beyond one layer's
+                one = batch._replace(**{f: getattr(batch, f)[i : i + 1] for f in batch._fields})
+                with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+                    hits += round(passkey_accuracy(model(one.tokens), one)[0])
+            rows[f"{name} @ {T}"] = {
+                "T": T,
+                "policy": name,
+                "n": n,
+                "exact": hits / n,
+                "wilson95": _wilson(hits, n),
+                "seconds": time.perf_counter() - start,
+            }
+            r = rows[f"{name} @ {T}"]
+            print(f"| {T} | {name} | {hits}/{n} = {r['exact']:.2f} [{r['wilson95'][0]:.2f}, {r['wilson95'][1]:.2f}] |")
+    shares = {str(t): float((gates >= t).double().mean()) for t in (0.25, 0.5, 0.75)}
+    print(f"share of KV heads whose gate is >= 0.25 / 0.5 / 0.75: {shares}")
+    return {
+        "config": asdict(cfg),
+        "seconds": duo.seconds,
+        "kv_alphas": duo.kv_alphas,
+        "n_kv_heads": duo.n_kv_heads,
+        "n_query_heads": duo.n_query_heads,
+        "final_loss": duo.loss[-1],
+        "final_distance": duo.distance[-1],
+        "gate_share_at_least": shares,
+        "eval": rows,
+    }
+
+
+def razor_part(args) -> dict:
+    from workbench.probes.kv_data import RazorConfig
+    from workbench.probes.razor import razor_scores
+
+    model, tok, _, _ = _load()
+    res, shares = None, []
+    start = time.perf_counter()
+    for s in range(args.razor_seeds):
+        r = razor_scores(model, RazorConfig(seed=s), bos=tok.bos_token_id)
+        shares.append(r.protected_share)
+        res = res or r
+    t = torch.tensor(shares, dtype=torch.float64)
+    half = float(2.776 * t.std() / len(t) ** 0.5) if len(t) == 5 else float("nan")  # t(0.975, 4)
+    print(f"Razor: protected share of the {res.n_kv_heads} KV heads per seed {shares}; mean {float(t.mean()):.3f}")
+    return {
+        "protected_share": shares,
+        "mean": float(t.mean()),
+        "t95_half_width": half,
+        "n_kv_heads": res.n_kv_heads,
+        "n_query_heads": res.n_query_heads,
+        "seed0": res.to_dict(),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def tradeoff_part(args, got: dict) -> dict:
+    from workbench.probes.kv_data import PasskeyConfig, RazorConfig, TradeoffConfig
+    from workbench.probes.kv_tradeoff import tradeoff_curve
+    from workbench.probes.razor import razor_scores
+
+    model, tok, _, val = _load()
+    bos = tok.bos_token_id
+    rankings = {"razor": razor_scores(model, RazorConfig(), bos=bos).ranking()}
+    if "duo" in got:
+        rankings["duo_alpha"] = got["duo"]["kv_alphas"]
+    out = {}
+    for comp in (False, True):
+        cfg = TradeoffConfig(
+            fractions=KEEP,
+            sink=SINK,
+            window=WINDOW,
+            compensation=comp,
+            n_random=args.n_random,
+            max_tie_orders=args.max_tie_orders,
+            seq_len=args.tradeoff_len,
+            n_passkey=args.n_passkey,
+            n_needle=1,  # the curve also measures needle copying and text loss; kept minimal here
+            needle_len=10,
+            n_text=1,
+            passkey=PasskeyConfig(**PASSKEY),
+        )
+        start = time.perf_counter()
+        res = tradeoff_curve(model, rankings, cfg, bos=bos, haystack=val, tokenizer=tok)
+        secs = time.perf_counter() - start
+        key = "with compensation" if comp else "without compensation"
+        out[key] = {"seconds": secs, "result": res.to_dict()}
+        print(f"\n{key}: {secs:.0f} s; all heads full: passkey exact {res.full_value['passkey_acc']:.3f}")
+        print(f"({res.n_kv_heads} KV heads ranked, {res.n_query_heads} query heads; R = {cfg.n_random})")
+        print("| ranking | % KV heads full | KV cache | exact passkey acc | random mean [min, max] | p |")
+        print("|---|---|---|---|---|---|")
+        band = res.random_band["passkey_acc"]
+        for name in rankings:
+            c = res.curves[name]
+            for i, pct in enumerate(res.fractions):
+                print(
+                    f"| {name} | {pct:g} ({res.n_full[i]}) | {c['kv_fraction'][i]:.3f} | {c['passkey_acc'][i]:.3f} | "
+                    f"{band['mean'][i]:.3f} [{band['min'][i]:.3f}, {band['max'][i]:.3f}] | "
+                    f"{res.p_values[name]['passkey_acc'][i]:.3f} |"
+                )
+    return {"n_random": args.n_random, **out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("duo", "razor", "tradeoff", "all"), default="all")
+    ap.add_argument("--duo-steps", type=int, default=100)
+    ap.add_argument("--duo-len", type=int, default=384, help="fitting contexts' tokens (at most 512)")
+    ap.add_argument("--duo-batch", type=int, default=2)
+    ap.add_argument("--duo-contexts", type=int, default=32)
+    ap.add_argument("--eval-lens", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    ap.add_argument("--eval-n", type=int, nargs="+", default=[16, 8, 4, 4], help="held-out contexts per length")
+    ap.add_argument("--razor-seeds", type=int, default=5)
+    ap.add_argument("--n-random", type=int, default=99, help="random rankings per trade-off point")
+    ap.add_argument("--max-tie-orders", type=int, default=3)
+    ap.add_argument("--tradeoff-len", type=int, default=256)
+    ap.add_argument("--n-passkey", type=int, default=16)
+    args = ap.parse_args()
+    if len(args.eval_n) != len(args.eval_lens):
+        ap.error(f"--eval-n needs one count per --eval-lens ({len(args.eval_lens)}), got {len(args.eval_n)}")
+    if args.duo_len > 512:
+        ap.error(f"--duo-len: at most 512 tokens (issue 28), got {args.duo_len}")
+    print(f"torch threads {torch.get_num_threads()}")
+    got = json.loads(OUT.read_text()) if OUT.exists() else {}
+    for part in ("duo", "razor", "tradeoff"):
+        if args.part in (part, "all"):
+            start = time.perf_counter()
+            res = {"duo": duo_part, "razor": razor_part}[part](args) if part != "tradeoff" else tradeoff_part(args, got)
+            res["wall_seconds"] = time.perf_counter() - start
+            res["command"] = "python benchmarks/smollm_kv.py " + " ".join(
+                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in vars(args).items()
+            )
+            _save(part, res)
+            got[part] = res
+
+
+if __name__ == "__main__":
+    main()
