@@ -41,6 +41,13 @@ def share_label(n_full: int, n_heads: int) -> str:
     return f"{100 * n_full / n_heads:.3g}% ({n_full} of {n_heads})"
 
 
+def _unit(d: dict) -> str:
+    """What the shares count: "KV heads" under grouped-query attention (a cache is kept or cut per
+    KV head, `probes.gqa`), else "heads"."""
+    q, kv = d.get("n_query_heads") or 0, d.get("n_kv_heads") or 0
+    return "KV heads" if 0 < kv < q else "heads"
+
+
 def _n_heads(d: dict) -> int:
     return int(d.get("n_heads") or (d["n_full"][-1] if d.get("fractions") and d["fractions"][-1] == 100 else 0))
 
@@ -84,7 +91,7 @@ def tradeoff_figure(result: TradeoffResult | dict, panels: tuple[tuple[str, str]
     x = d["kv_fraction"]
     n = _n_heads(d)
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[plain(t) for _, t in panels], horizontal_spacing=0.07)
-    hover = [share_label(k, n) + " heads full" for k in d["n_full"]]
+    hover = [f"{share_label(k, n)} {_unit(d)} full" for k in d["n_full"]]
     chance = d.get("at_chance") or {}
     legend_done: set[str] = set()
     for col, (metric, _) in enumerate(panels, start=1):
@@ -222,9 +229,11 @@ def tradeoff_table_html(result: TradeoffResult | dict, metric: str = "needle_acc
     lo, hi, band_name = _band_edges(d, metric)
     band = "".join(f"<td>{m:.3f} [{a:.3f}, {z:.3f}]</td>" for m, a, z in zip(b["mean"], lo, hi))
     seeds = d.get("context_seeds") or []
+    unit = _unit(d)
+    gqa = f" (grouped-query attention: {n} KV heads, {d['n_query_heads']} query heads)" if unit != "heads" else ""
     return (
-        f"<p>{e(label(metric))} with the top heads full; each point tested against random picks of as many "
-        f"heads (p exact over every subset where there are few, else over random rankings; Holm over a curve's "
+        f"<p>{e(label(metric))} with the top {unit} full{gqa}; each point tested against random picks of as many "
+        f"{unit} (p exact over every subset where there are few, else over random rankings; Holm over a curve's "
         f'testable points). "=": tied scores at the cut (mean over tie orders).'
         + (f" Intervals: Student t 95% over {len(seeds)} context seeds." if len(seeds) > 1 else "")
         + f"</p><table><tr><th>ranking</th>{heads}</tr>{''.join(rows)}"
