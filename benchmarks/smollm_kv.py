@@ -77,6 +77,7 @@ def duo_part(args) -> dict:
     )
     duo = duo_gates(model, cfg, haystack=train, bos=bos, tokenizer=tok)
     gates = torch.tensor(duo.kv_alphas)
+    _save("duo", {"config": asdict(cfg), "seconds": duo.seconds, "kv_alphas": duo.kv_alphas, "eval": "not yet"})
     L, H = model.cfg.n_layers, model.cfg.n_heads
     print(f"Duo: {cfg.steps} steps x {cfg.batch_size} contexts of {pk.seq_len} tokens in {duo.seconds:.0f} s")
     print(f"gates per KV head {tuple(gates.shape)} ({duo.n_kv_heads} KV heads, {duo.n_query_heads} query heads)")
