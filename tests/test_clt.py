@@ -213,9 +213,9 @@ def _held_fvu(t, t_hat):
 
 def test_planted_cross_layer_write_is_recovered():
     x, y, truth = planted_two_layer(40_000)
-    store = ActivationStore(TensorSource(x.flatten(1), targets=y.flatten(1), chunk_size=20_000), 512, seed=0)
+    store = ActivationStore(TensorSource(x.flatten(1), targets=y.flatten(1), chunk_size=20_000), 256, seed=0)
     cfg = CLTConfig(n_layers=2, d_in=32, d_sae=64, k=6, dead_tokens=10_000)
-    train = SAETrainConfig(total_tokens=300 * 512, batch_size=512, lr=1e-2, warmup_steps=10, seed=0)
+    train = SAETrainConfig(total_tokens=200 * 256, batch_size=256, lr=1e-2, warmup_steps=10, seed=0)
     clt = train_clt(cfg, train, store, progress=False)
     W0, W1 = clt.W_dec[0].detach(), clt.W_dec[1].detach()
     assert mcc(clt.W_enc[0].detach(), truth["E0"]) >= 0.9 and mcc(clt.W_enc[1].detach(), truth["E1"]) >= 0.9
@@ -292,3 +292,62 @@ def test_resume_is_exact_and_files_round_trip(tmp_path):
     (tmp_path / "c" / "clt.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_clt(tmp_path / "c")
+
+
+# --- the spliced CE and the two-hop study's measures ---------------------------------------------
+
+
+def test_splice_ce_replaces_every_layer_at_once(tiny_model):
+    from workbench.sae.clt_eval import clt_output, splice_ce
+
+    tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(3))
+    ins, outs = mlp_hooks(range(2))
+    exact = (lambda j, xs: tiny_model.blocks[j].mlp(xs[j].unsqueeze(0))[0], lambda xs: 0.0)
+    zero = (lambda j, xs: torch.zeros_like(xs[j]), lambda xs: 0.0)
+    same = splice_ce(tiny_model, tokens, ins, outs, exact)
+    assert abs(same.ce_spliced - same.ce_clean) < 1e-5 and abs(same.recovered - 1) < 1e-4
+    assert abs(splice_ce(tiny_model, tokens, ins, outs, zero).recovered) < 1e-6
+
+    # layer 1 reads what the replaced layer 0 wrote: zeros at layer 0 and layer 1's own MLP of its
+    # spliced input is the model with layer 0's MLP output zeroed (past BOS)
+    def half(j, xs):
+        return torch.zeros_like(xs[0]) if j == 0 else tiny_model.blocks[1].mlp(xs[1].unsqueeze(0))[0]
+
+    got = splice_ce(tiny_model, tokens, ins, outs, (half, lambda xs: 0.0))
+
+    def zero0(act, hook):
+        act = act.clone()
+        act[:, 1:] = 0.0
+        return act
+
+    with torch.no_grad():
+        want = tiny_model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(outs[0], zero0)])
+    assert abs(got.ce_spliced - float(want)) < 1e-5 and abs(got.ce_spliced - got.ce_clean) > 1e-3
+    # a CLT's layer outputs in the splice are its own forward's
+    clt = _clt("mutual_choice", True).eval()
+    with torch.no_grad():
+        clt.threshold.fill_(0.2)
+        x = torch.randn(20, L, D, dtype=torch.float64)
+        out, l0 = clt_output(clt)
+        for j in range(L):
+            torch.testing.assert_close(out(j, list(x.unbind(1))[: j + 1]), clt(x).y_hat[:, j], rtol=1e-12, atol=1e-12)
+        assert abs(l0(list(x.unbind(1))) - float((clt.encode(x) > 0).sum((1, 2)).double().mean())) < 1e-9
+
+
+def test_two_hop_measures_on_the_planted_circuit_written_both_ways():
+    from workbench.sae.clt_twohop import best_correlation, cross_layer_share, planted_clt, two_hop_data
+
+    data = two_hop_data(3000)
+    assert 0.08 < float((data.and_act > 0).float().mean()) < 0.16  # p_and² = 0.1225
+    for one_hop in (False, True):
+        clt = planted_clt(data, one_hop)
+        with torch.no_grad():
+            y_hat = clt(data.x).y_hat
+            z = clt.encode(data.x)
+        torch.testing.assert_close(y_hat, data.y, rtol=0, atol=1e-5)  # both are the model, exactly
+        share = cross_layer_share(clt, data.x, data.directions["w"])
+        chain = cross_layer_share(clt, data.x, data.directions["u"])
+        assert (share, chain) == ((1.0, 1.0) if one_hop else (0.0, 0.0))
+        r, where = best_correlation(z[:, 0 if one_hop else 1], data.and_act)
+        assert r > 1 - 1e-6 and where == (20 if one_hop else 6)  # the AND latent, in the layer it lives in
+        assert best_correlation(z[:, 1 if one_hop else 0], data.and_act)[0] < 0.9
