@@ -265,3 +265,27 @@ def test_smollm2_text_contexts_and_the_screen_is_the_bridges_derivative():
     assert float(sp.score[l, h]) > 0.01 and fd == pytest.approx(float(sp.score[l, h]), rel=0.05)
     (exact,), _ = exact_deltas(model, batch.tokens, q, targets, [(l, h)], sink, window, sp.clean_loss)
     assert exact > 0  # restricting the screen's top head fully does raise the copy loss
+
+
+def test_the_heads_kind_takes_text_contexts_and_the_screen_from_its_flags(tmp_path):
+    """`workbench run heads --contexts text --causal screen --n-exact 4` on the default byte model:
+    the flags reach the role config, the contexts are cut from the data's validation text, and the
+    example pattern is on the first of them."""
+    from workbench.__main__ import parse_args
+    from workbench.fielddoc import from_args
+    from workbench.hub import load_model
+    from workbench.kinds.heads import HeadsRunConfig, build
+    from workbench.kinds.registry import ModelInput
+    from workbench.runs import RunDir
+    from workbench.token_data import default_data
+
+    args = parse_args(["run", "heads", "--out", "x", "--contexts", "text", "--causal", "screen", "--n-exact", "4"])
+    cfg = replace(from_args(HeadsRunConfig, args), head_methods=False, n_contexts=2, seq_len=64)
+    rcfg = cfg.role_config()
+    assert (rcfg.contexts, rcfg.causal, rcfg.n_exact) == ("text", "screen", 4)
+    model, tok = load_model("workbench-tiny")
+    data = default_data()
+    res = build(cfg, ModelInput(model, "workbench-tiny"), data, RunDir(tmp_path), progress=False)
+    assert res.roles.causal == "screen" and len(res.roles.screen.heads) == 4
+    want = text_contexts(tok, tok.decode(data.validation.tolist()), rcfg, tok.bos_token_id)
+    assert res.examples[0].tokens == [tok.token_str(int(t)) for t in want.tokens[0]]

@@ -107,7 +107,7 @@ def _text_row(tokenizer, text: str, bounds: list[int], cfg: HeadRoleConfig, pref
         if c2 is None:
             return None
         s = hay[:c1] + needle + hay[c1:c2] + needle + hay[c2:]
-        ids = tokenizer.encode(s)[:body]  # the whole string, tokenized once
+        ids = tokenizer.encode(s)[:body]  # the whole candidate string, tokenized as one
         ends = _char_ends(tokenizer, ids)
         starts = [0] + ends[:-1]
         o2 = c2 + len(needle)
