@@ -28,7 +28,7 @@ from datetime import date
 
 import torch
 
-from workbench.activations import ActivationStore, TensorSource
+from workbench.activations import ActivationBatch, ActivationStore, TensorSource
 from workbench.sae import SAEConfig, SAETrainConfig, SparseAutoencoder, train_sae
 from workbench.sae.evaluate import reconstruction_metrics
 from workbench.sae.matryoshka import prefix_sae
@@ -65,7 +65,7 @@ def masked_prefix(sae: SparseAutoencoder, eval_acts: torch.Tensor, width: int) -
 
 
 def score(sae, model, eval_acts, probe_tokens, probing: ProbingConfig) -> dict:
-    rec = reconstruction_metrics(sae, [b for b in _batches(eval_acts)])
+    rec = reconstruction_metrics(sae, [ActivationBatch(x, None) for x in eval_acts.split(4096)])
     use = evaluate_usefulness(model, sae, HOOK, probe_tokens, probing)
     acc = use.sparse_probing.mean_accuracy()
     return {
@@ -78,12 +78,6 @@ def score(sae, model, eval_acts, probe_tokens, probing: ProbingConfig) -> dict:
         "probe_k5": acc[5],
         "probe_llm": use.sparse_probing.mean_llm_accuracy(),
     }
-
-
-def _batches(acts: torch.Tensor):
-    from workbench.activations import ActivationBatch
-
-    return [ActivationBatch(x, None) for x in acts.split(4096)]
 
 
 def fmt(vals: list[float], digits: int = 3) -> str:
