@@ -297,3 +297,17 @@ def test_transcoder_steps_reduce_the_loss():
         res.loss.backward()
         optimizer_step(sae, opt, cfg, step)
     assert float(res.fvu) < 0.5 * first and sae.W_skip.abs().sum() > 0
+
+
+def test_train_a_transcoder_on_a_live_model_from_the_command_line(tmp_path):
+    """--hook and --target-hook without a cache: the live store yields the MLP outputs as targets
+    (before, it yielded none and training stopped with "the store yields no targets")."""
+    from workbench.__main__ import main
+
+    hook, target = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
+    argv = ["train-sae", "--model", "workbench-tiny", "--hook", hook, "--target-hook", target]
+    argv += ["--d-sae", "64", "--k", "4", "--total-tokens", "8192", "--batch-size", "256", "--buffer-tokens", "2048"]
+    argv += ["--no-eval", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    sae = load_sae(tmp_path / "run")
+    assert (sae.cfg.transcoder, sae.cfg.target_hook, sae.cfg.hook_name) == (True, target, hook)

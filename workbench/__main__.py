@@ -261,6 +261,7 @@ def _model_source(
     buffer_tokens: int,
     corpus: str | None = None,
     text_field: str = "text",
+    target_hook: str = "",
 ):
     from .activations import ModelSource, StoreConfig
     from .corpus import corpus_stream
@@ -269,7 +270,9 @@ def _model_source(
 
     model, tok = load_model(model_name, device=device)
     seq = min(128, model.cfg.n_ctx - 1)
-    cfg = StoreConfig(hook, seq_len=seq, with_grads=with_grads, seed=seed, buffer_tokens=buffer_tokens)
+    cfg = StoreConfig(
+        hook, seq_len=seq, with_grads=with_grads, seed=seed, buffer_tokens=buffer_tokens, target_hook=target_hook
+    )
     return ModelSource(model, corpus_stream(load_text(corpus, text_field), tok, "train", seq), cfg, tok.bos_token_id)
 
 
@@ -333,7 +336,15 @@ def train(args: argparse.Namespace) -> int:
         hook, model_name = args.hook, model_record(args.model)["model"]
         corpus, text_field = args.corpus, args.text_field
         src = _model_source(
-            args.model, args.hook, values["device"], gradient, values["seed"], args.buffer_tokens, corpus, text_field
+            args.model,
+            args.hook,
+            values["device"],
+            gradient,
+            values["seed"],
+            args.buffer_tokens,
+            corpus,
+            text_field,
+            values.get("target_hook") or "",  # a transcoder's store yields its targets too
         )
     corpus = None if corpus is None else str(Path(corpus).resolve())
     sae_cfg, train_cfg = train_configs(args, src.d, hook, model_name)
