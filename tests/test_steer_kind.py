@@ -216,3 +216,28 @@ def test_the_steer_api_on_an_sae_run_folder(tmp_path):
     with pytest.raises(ApiError, match="has no SAE") as e:
         steer(store, "other", {"feature": 0, "strength": 1.0, "prompt": "x"})
     assert e.value.status == 400
+
+
+def test_a_transcoder_is_steered_at_its_target_hook_along_its_unit_decoder_row(built):
+    """A transcoder's decoder writes at target_hook, with rows of any norm: steering its feature is
+    steering a plain SAE at that hook whose row is the unit direction (the same next-token change);
+    steering at its input hook, or by the unnormalised row, would give another."""
+    from workbench.sae.config import SAEConfig
+    from workbench.sae.model import SparseAutoencoder
+    from workbench.viewer.steer import steer_response
+
+    _, _, model = built
+    tok, target = ToyTokenizer(), "blocks.0.hook_mlp_out"
+    plain = toy_sae()
+    unit = plain.W_dec[ALIGNED] / plain.W_dec[ALIGNED].norm()
+    cfg = SAEConfig(d_in=plain.cfg.d_in, d_sae=8, k=2, hook_name="blocks.0.hook_resid_mid", target_hook=target)
+    tc = SparseAutoencoder(cfg).double().eval()
+    ref = SparseAutoencoder(SAEConfig(d_in=plain.cfg.d_in, d_sae=8, k=2, hook_name=target)).double().eval()
+    with torch.no_grad():
+        tc.W_dec[ALIGNED] = 3.0 * unit
+        ref.W_dec[ALIGNED] = unit
+    body = {"feature": ALIGNED, "strength": 6.0, "prompt": "bca"}
+    got, want = steer_response(model, tc, tok, body, gen_tokens=2), steer_response(model, ref, tok, body, gen_tokens=2)
+    assert got["hook_name"] == target
+    assert got["next_token"]["after"] == pytest.approx(want["next_token"]["after"], abs=1e-9)
+    assert got["next_token"]["after"] != pytest.approx(got["next_token"]["before"], abs=1e-6)

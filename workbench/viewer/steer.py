@@ -112,16 +112,20 @@ def steer_response(model, sae, tokenizer, body: Any, gen_tokens: int = GEN_TOKEN
     f, c, prompt = parse_body(body, sae.cfg.d_sae)
     if not tokenizer.encode(prompt):
         raise ApiError(400, "prompt encodes to no tokens")
+    # A transcoder's decoder writes at its target hook (the MLP output), and its rows are not unit norm.
+    at = sae.cfg.target_hook or sae.cfg.hook_name
     with torch.no_grad():
         direction = sae.W_dec[f].detach()
-        fh = hooks(Intervention("add", sae.cfg.hook_name, strength=c, direction=direction))
+        if sae.cfg.transcoder:
+            direction = direction / direction.norm().clamp_min(1e-12)
+        fh = hooks(Intervention("add", at, strength=c, direction=direction))
         change = next_token_change(model, tokenizer, prompt, fh)
         gen = generate_pair(model, tokenizer, prompt, fh, gen_tokens)
     fig = stf.next_token_bars(change, tokenizer)
     return {
         "feature": f,
         "strength": c,
-        "hook_name": sae.cfg.hook_name,
+        "hook_name": at,
         "next_token": change.to_dict(),
         "labels": [tokenizer.token_str(t) for t in change.tokens],
         "generation": gen.to_dict(),
