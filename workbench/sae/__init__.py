@@ -1,5 +1,8 @@
-"""Sparse autoencoders: one module, registered selection rules (selection.py), two auxiliary losses, one trainer."""
+"""Sparse autoencoders: one module, registered selection rules (selection.py), two auxiliary losses, one trainer;
+transcoders on the same module, and cross-layer transcoders (clt.py) on the same rules."""
 
+from .clt import CLTConfig, CrossLayerTranscoder
+from .clt_train import load_clt, save_clt, train_clt
 from .config import SAEConfig
 from .io import from_saelens, load_sae, save_sae, to_saelens
 from .model import SAEOutput, SparseAutoencoder
@@ -19,4 +22,9 @@ __all__ = [
     "Rule",
     "RULES",
     "register_rule",
+    "CLTConfig",
+    "CrossLayerTranscoder",
+    "train_clt",
+    "save_clt",
+    "load_clt",
 ]
