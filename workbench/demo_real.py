@@ -179,6 +179,7 @@ def build_heads(cfg: RealHeadsConfig, model: ModelInput, data, run: RunDir, *, p
     """Head roles on needle contexts cut from the held-out text, RazorAttention's scores, the
     trade-off when configured, and the explorer's data (patterns beside results.json, read per head)."""
     from .corpus import windows
+    from .hub import record_model
     from .probes.head_explorer import default_contexts, explorer_data, save_patterns
     from .probes.heads import head_roles, role_contexts
     from .probes.kv_tradeoff import standard_rankings, tradeoff_curve
@@ -186,6 +187,8 @@ def build_heads(cfg: RealHeadsConfig, model: ModelInput, data, run: RunDir, *, p
     from .runs import EXPLORER_PATTERNS_FILE
 
     lm, tok = model.model, data.tokenizer
+    run.write_config(cfg, kind="heads")  # with the model's record: the viewer labels tokens with its tokenizer
+    record_model(run.path, model.name, model_description=DESCRIPTION)
     bos, text = tok.bos_token_id, tok.decode(data.validation.tolist())
     roles = head_roles(lm, cfg.roles, bos, tokenizer=tok, text=text, progress=progress)
     razor = razor_scores(lm, cfg.razor, bos=bos)
