@@ -147,7 +147,7 @@ def _stop(thread: threading.Thread, status) -> None:
         os._exit(130)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="workbench viewer")
     ap.add_argument(
         "--host",
@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
         "needs ./install.sh --real-model)",
     )
     ap.add_argument("--build-only", action="store_true", help="build the demo, print each stage's time and exit")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
     args = ap.parse_args(argv)
     check_model(ap, args.model)
     if args.build_only:
