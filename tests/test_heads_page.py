@@ -123,6 +123,18 @@ class Tok:
         return f"t{i}"
 
 
+def test_head_api_keeps_the_stored_labels_when_the_tokenizer_is_too_small_for_the_ids():
+    """BPE ids (here 300-302) and a byte tokenizer (a run without its model record): ByteTokenizer
+    labels any id without raising, so the vocabulary size decides; the build-time labels are shown."""
+    from workbench.corpus import ByteTokenizer as Bytes
+
+    res = explorer_result()
+    ctx = res.explorer.contexts["passkey"]
+    ctx["ids"], ctx["tokens"] = [300, 301, 302], ["▁The", "▁pass", "▁key"]
+    got = heads_page.head("hd", res, {"layer": "1", "head": "0", "context": "passkey"}, tokenizer=Bytes())
+    assert got["tokens"] == ["▁The", "▁pass", "▁key"]
+
+
 def test_head_api_returns_the_heads_pattern_scores_and_gate():
     res, data = explorer_result(), explorer()
     got = heads_page.head("hd", res, {"layer": "1", "head": "0", "context": "passkey"}, tokenizer=ByteTokenizer())

@@ -31,6 +31,10 @@ class SAERunConfig:
     batch_size: int = doc(4096, "activations per step")
     seq_len: int = doc(128, "tokens per context the activations are read from")
     eval_windows: int = doc(64, "held-out windows for results.json (the probing scores read twice as many)")
+    target_hook: str = doc(
+        "", "a transcoder: the hook it predicts from hook_name's input, e.g. blocks.1.hook_mlp_out; empty: an SAE"
+    )
+    skip: bool = doc(False, "a transcoder: add a learned skip matrix (a skip transcoder)")
 
 
 @dataclass
@@ -95,7 +99,13 @@ def build(cfg: SAERunConfig, model, data, run, *, progress: bool = True) -> SAER
     from ..sae.run_eval import evaluate_sae
 
     lm, bos = model.model, data.tokenizer.bos_token_id
-    store_cfg = StoreConfig(cfg.hook_name, batch_size=cfg.batch_size, buffer_tokens=65_536, seq_len=cfg.seq_len)
+    store_cfg = StoreConfig(
+        cfg.hook_name,
+        batch_size=cfg.batch_size,
+        buffer_tokens=65_536,
+        seq_len=cfg.seq_len,
+        target_hook=cfg.target_hook,
+    )
     store = ActivationStore(ModelSource(lm, data.train, store_cfg, bos), cfg.batch_size)
     sae_cfg = SAEConfig(
         d_in=lm.cfg.d_model,
@@ -104,6 +114,8 @@ def build(cfg: SAERunConfig, model, data, run, *, progress: bool = True) -> SAER
         hook_name=cfg.hook_name,
         model_name=model.name,
         dead_tokens=cfg.dead_tokens,
+        target_hook=cfg.target_hook,
+        skip=cfg.skip,
     )
     train = SAETrainConfig(
         total_tokens=cfg.sae_tokens, batch_size=cfg.batch_size, lr=cfg.sae_lr, log_every=5, checkpoint_every=10**9

@@ -144,6 +144,9 @@ def _decodes(tokenizer, ids: list[int]) -> bool:
     """Whether `tokenizer` can label these ids (else the labels stored at build time are used)."""
     if tokenizer is None or not ids:
         return False
+    vocab = getattr(tokenizer, "vocab_size", None)  # a byte tokenizer labels any id without raising
+    if isinstance(vocab, int) and max(int(i) for i in ids) >= vocab:
+        return False
     try:
         for i in ids:
             tokenizer.token_str(int(i))
