@@ -231,7 +231,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.smollm:
         layers = [int(x) for x in args.smollm_layers.split(",")]
-        print(json.dumps(profile_smollm(args.smollm, args.smollm_batch, layers, min_influence=args.min_influence), indent=1))
+        print(
+            json.dumps(
+                profile_smollm(args.smollm, args.smollm_batch, layers, min_influence=args.min_influence), indent=1
+            )
+        )
         return
     if args.measure:
         if args.top_m is None:

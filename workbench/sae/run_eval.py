@@ -104,8 +104,8 @@ def _resumes_at_a_layer(model) -> bool:
 def _skipped(model, sae: SparseAutoencoder, byte_level: bool) -> dict[str, str]:
     """The evaluation's stages `sae` does not have, each with the reason the page shows."""
     from ..steer.directions import output_score_skip
+    from ..steer.transcoder_scores import output_score_skip as transcoder_score_skip
     from .attention import is_hook_z
-    from .transcoder_eval import output_score_skip as transcoder_score_skip
 
     skip = {}
     if not is_hook_z(sae.cfg.hook_name):
@@ -153,6 +153,7 @@ def evaluate_sae(
     from ..results import SAERunResult, write_results
     from ..runs import ATTENTION_FILE, FEATURES_FILE, OUTPUT_SCORES_FILE, RunDir
     from ..steer.directions import output_scores, save_output_scores
+    from ..steer.transcoder_scores import transcoder_output_scores
     from . import transcoder_eval as te
     from .attention import attention_table, is_hook_z
     from .evaluate import feature_table, reconstruction_metrics, splice_metrics
@@ -190,7 +191,7 @@ def evaluate_sae(
             with step("output scores"):
                 prompts = tokens[:SCORE_PROMPTS, :SCORE_LEN]
                 chunk = max(1, min(256, SCORE_LOGITS // (prompts.numel() * model.cfg.d_vocab)))
-                score = te.transcoder_output_scores if transcoder else output_scores
+                score = transcoder_output_scores if transcoder else output_scores
                 scores = score(model, sae, prompts, chunk=chunk, progress=progress)
                 save_output_scores(run.file(OUTPUT_SCORES_FILE), scores)
         if "usefulness" not in skip:
