@@ -131,6 +131,14 @@ def test_head_roles_screen_checks_its_sample_exactly_and_round_trips(copy_model)
     back = HeadsRunResult.from_dict(json.loads(json.dumps(HeadsRunResult(screened).to_dict())))
     assert isinstance(back.roles.screen, CausalScreen) and isinstance(back.roles.screen.spearman, Correlation)
     assert back.roles.screen == sc and back.roles.causal == "screen"
+    # the figure says what it shows: the estimate, the exactly checked heads ringed, the agreement
+    from workbench.figures.probes import causal_check
+
+    fig, plain = causal_check(back.roles), causal_check(exact)
+    assert "First-order estimate" in fig.layout.title.text and "First-order" not in plain.layout.title.text
+    ring = next(t for t in fig.data if t.name == "checked exactly")
+    assert list(ring.customdata) == pytest.approx(sc.exact) and len(plain.data) == 1
+    assert f"on {sc.spearman.n} heads" in fig.layout.annotations[0].text
     with pytest.raises(ValueError, match=r"n_exact=9 exceeds the model's 8 heads"):
         head_roles(model, replace(cfg, causal="screen", n_exact=9), bos=bos)
 
