@@ -6,13 +6,13 @@ whole strings, and exact passkey accuracy equal to greedy decoding."""
 from __future__ import annotations
 
 import os
-from importlib import metadata
 
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench.corpus import ByteTokenizer
+from workbench.gguf_model import _installed
 from workbench.probes.attention_restrict import gate_hooks, kv_fraction, streaming_pattern
 from workbench.probes.duo import passkey_accuracy, passkey_batch, passkey_hits
 from workbench.probes.gqa import expand_kv, kv_scores, to_units
@@ -137,14 +137,6 @@ def test_byte_passkeys_are_the_whole_string_and_the_answer_decodes_to_the_key():
         assert key.isdigit() and len(key) == 5 and sum(map(int, key)) % 2 == 1  # the "eval" split
         assert [row[p + 1] for p in pos] == ans and pos[-1] == len(row) - 2
         assert text.endswith(pk.question + key) and tok.decode(row[at:]).startswith(pk.needle_prefix + key)
-
-
-def _installed(package: str) -> bool:
-    try:
-        metadata.distribution(package)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def _smollm_tokenizer():

@@ -218,16 +218,24 @@ def tiny_demo_recipes(root: str | Path | None = None) -> list[Recipe]:
 STAGES: tuple[tuple[str, str | None], ...] = ((MODELS_STAGE, None), *((r.folder, r.folder) for r in demo_recipes()))
 
 
-def _complete(run: RunDir, cfg: DemoConfig) -> bool:
-    """Whether a demo run is done: its results.json (written last) reads. One that does not (an older
-    schema that cannot migrate, a torn file) is rebuilt: the demo is a cache. So is a heads run built
-    before the head methods were (no explorer data) while the config asks for them."""
+def finished_results(run: RunDir):
+    """A demo run's typed results.json (written last), or None when it must be built again: none
+    yet, or one that does not read (an older schema that cannot migrate, a torn file; the demo is a
+    cache)."""
     if not run.file(RESULTS_FILE).exists():
-        return False
+        return None
     try:
-        res = read_results(run)
+        return read_results(run)
     except ResultsError as e:
         print(f"demo: rebuilding {run.name}: {e}", file=sys.stderr)
+        return None
+
+
+def _complete(run: RunDir, cfg: DemoConfig) -> bool:
+    """Whether a demo run is done (`finished_results`); a heads run built before the head methods
+    were (no explorer data) is rebuilt while the config asks for them."""
+    res = finished_results(run)
+    if res is None:
         return False
     if isinstance(res, HeadsRunResult) and cfg.head_methods and res.explorer is None:
         print(

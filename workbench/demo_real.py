@@ -23,20 +23,19 @@ for minutes per step count; the arrow needs a backward model, which SmolLM2 has 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .demo import MODELS_STAGE, Recipe, build_recipes
+from .demo import MODELS_STAGE, Recipe, build_recipes, finished_results
 from .fielddoc import doc
 from .kinds import heads, sae, sparsity
 from .kinds.registry import ModelInput
 from .models import workbench_home
 from .probes.heads_data import HeadRoleConfig
 from .probes.kv_data import RazorConfig, TradeoffConfig
-from .results import HeadsRunResult, ResultsError, read_results
-from .runs import RESULTS_FILE, RunDir
+from .results import HeadsRunResult, read_results
+from .runs import RunDir
 from .viewer.build_status import BuildStatus
 
 REAL_MODEL = "smollm2-135m-instruct-q4"  # workbench.gguf_model.SMOLLM2.name (tests check they agree)
@@ -221,14 +220,8 @@ def build_heads(cfg: RealHeadsConfig, model: ModelInput, data, run: RunDir, *, p
 
 def _complete(run: RunDir) -> bool:
     """Done once its results.json reads (the heads run also needs its explorer data)."""
-    if not run.file(RESULTS_FILE).exists():
-        return False
-    try:
-        res = read_results(run)
-    except ResultsError as e:
-        print(f"demo: rebuilding {run.name}: {e}", file=sys.stderr)
-        return False
-    return not (isinstance(res, HeadsRunResult) and res.explorer is None)
+    res = finished_results(run)
+    return res is not None and not (isinstance(res, HeadsRunResult) and res.explorer is None)
 
 
 def load_inputs(name: str, progress: bool = True) -> tuple[ModelInput, Any]:
