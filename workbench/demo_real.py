@@ -249,10 +249,15 @@ def build_real_demo(
     import torch
 
     root = Path(root) if root is not None else real_demo_dir(cfg.model)
+    before = torch.get_num_threads()
     torch.set_num_threads(max(1, min(cfg.threads, os.cpu_count() or 1)))
-    if progress:
-        print(f"demo: {DESCRIPTION} into {root}", flush=True)
-    return build_recipes(root, real_recipes(cfg), lambda: load_inputs(cfg.model, progress), _complete, progress, status)
+    try:
+        if progress:
+            print(f"demo: {DESCRIPTION} into {root}", flush=True)
+        load = lambda: load_inputs(cfg.model, progress)  # noqa: E731
+        return build_recipes(root, real_recipes(cfg), load, _complete, progress, status)
+    finally:  # the caller's thread count (a notebook, a test process) is left as it was
+        torch.set_num_threads(before)
 
 
 STAGES: tuple[tuple[str, str | None], ...] = ((MODELS_STAGE, None), *((r.folder, r.folder) for r in real_recipes()))

@@ -51,7 +51,7 @@ class HeadsRunConfig:
         "checked exactly on --n-exact heads: for large models)",
         choices=CAUSAL_CHECKS,
     )
-    n_exact: int = doc(40, "with --causal screen: heads checked with the exact restricted forward")
+    n_exact: int = doc(40, "with --causal screen: heads checked with the exact restricted forward (at most every head)")
     roles: HeadRoleConfig = field(
         default_factory=HeadRoleConfig
     )  # its n_contexts/seq_len/contexts/causal/n_exact are the flags'
@@ -188,6 +188,8 @@ def build(cfg: HeadsRunConfig, model, data, run, *, progress: bool = True) -> He
 
     lm, tok = model.model, data.tokenizer
     bos, rcfg = tok.bos_token_id, cfg.role_config()
+    if rcfg.causal == "screen":  # at most every head: the default's 8 heads are fewer than the default 40
+        rcfg = dataclasses.replace(rcfg, n_exact=min(rcfg.n_exact, lm.cfg.n_layers * lm.cfg.n_heads))
     text = tok.decode(data.validation.tolist()) if rcfg.contexts == "text" else None  # cut into contexts
     roles = head_roles(lm, rcfg, bos=bos, tokenizer=tok, text=text, progress=progress)
     example = role_contexts(lm, rcfg, bos, tok, text).tokens[:1]

@@ -51,7 +51,9 @@ class PasskeyBatch(NamedTuple):
     tokens: Int[Tensor, "b T"]
     answer_pos: Int[Tensor, "b k"]  # query positions whose next token is answer[:, i]
     answer: Int[Tensor, "b k"]  # the key's tokens
-    needle_pos: Int[Tensor, " b"]  # where the needle starts
+    # where the needle starts (BPE: the text before it tokenized apart, so a merge across the cut
+    # can put it one token off; nothing reads it to score)
+    needle_pos: Int[Tensor, " b"]
 
 
 def _token_range(vocab: int, bos: int | None, cfg: PasskeyConfig) -> tuple[int, int]:

@@ -35,7 +35,7 @@ class SpliceCE(NamedTuple):
     ce_clean: float  # mean next-token CE of the model
     ce_spliced: float  # ... with every covered MLP output replaced
     ce_zero: float  # ... with every covered MLP output zeroed
-    recovered: float  # (ce_zero − ce_spliced) / (ce_zero − ce_clean)
+    recovered: float | None  # (ce_zero − ce_spliced) / (ce_zero − ce_clean); None when the gap is 0
     l0: float  # total positive latents per token over the covered layers (held-out, inference)
 
 
@@ -107,5 +107,5 @@ def splice_ce(
         n += chunk.shape[0] * (chunk.shape[1] - 1)
     ce = {k: v / n for k, v in totals.items()}
     gap = ce["zero"] - ce["clean"]
-    recovered = (ce["zero"] - ce["spliced"]) / gap if abs(gap) > 1e-9 else float("nan")
+    recovered = (ce["zero"] - ce["spliced"]) / gap if abs(gap) > 1e-9 else None
     return SpliceCE(ce["clean"], ce["spliced"], ce["zero"], recovered, l0 / n)  # rows = loss positions

@@ -203,7 +203,12 @@ def ce_recovered_many(
         raise ValueError("transcoders: expected at least one")
     for i, tc in enumerate(transcoders):
         check_transcoder(model, tc, f"transcoders[{i}]")
-        tc.eval()
-    return spliced_ce(
-        model, tokens, lambda: transcoder_hooks(transcoders), [tc.cfg.target_hook for tc in transcoders], batch_size
-    )
+    modes = [tc.training for tc in transcoders]  # a caller still training gets its transcoders back as they were
+    try:
+        for tc in transcoders:
+            tc.eval()
+        targets = [tc.cfg.target_hook for tc in transcoders]
+        return spliced_ce(model, tokens, lambda: transcoder_hooks(transcoders), targets, batch_size)
+    finally:
+        for tc, mode in zip(transcoders, modes):
+            tc.train(mode)
