@@ -297,3 +297,8 @@ def test_the_heads_kind_takes_text_contexts_and_the_screen_from_its_flags(tmp_pa
     assert res.roles.causal == "screen" and len(res.roles.screen.heads) == 4
     want = text_contexts(tok, tok.decode(data.validation.tolist()), rcfg, tok.bos_token_id)
     assert res.examples[0].tokens == [tok.token_str(int(t)) for t in want.tokens[0]]
+    # the default --n-exact (40) on the default's 8 heads: every head checked, not a refusal
+    every = build(
+        replace(cfg, n_exact=40), ModelInput(model, "workbench-tiny"), data, RunDir(tmp_path / "b"), progress=False
+    )
+    assert sorted(map(tuple, every.roles.screen.heads)) == [(l, h) for l in range(2) for h in range(4)]
