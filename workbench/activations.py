@@ -21,7 +21,8 @@ import difflib
 import json
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -38,6 +39,21 @@ if TYPE_CHECKING:  # importing transformer_lens costs seconds; torchrun workers 
 from .corpus import windows
 from .fielddoc import REQUIRED, doc
 from .runs import atomic_save_tensors, atomic_write_json
+
+
+@contextmanager
+def frozen(tensors: Iterable[torch.Tensor]):
+    """`tensors` (a model's weights) not requiring gradients inside the block, their flags restored
+    after, also on an error: a backward then computes the gradients of the activations only, and
+    autograd keeps no matmul input for a weight gradient."""
+    tensors = [t for t in tensors if t.requires_grad]
+    try:
+        for t in tensors:
+            t.requires_grad_(False)
+        yield
+    finally:
+        for t in tensors:
+            t.requires_grad_(True)
 
 
 class ActivationBatch(NamedTuple):
@@ -170,16 +186,9 @@ def capture_pair(
         return saved[leaf]
 
     hooks = [(leaf, make_leaf)] + ([(hook_name, keep)] if target_hook else [])
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-            loss = model(tokens, return_type="loss", loss_per_token=True).sum()
-            (grad,) = torch.autograd.grad(loss, saved[leaf])
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
+    with frozen(model.parameters()), torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        loss = model(tokens, return_type="loss", loss_per_token=True).sum()
+        (grad,) = torch.autograd.grad(loss, saved[leaf])
     acts = token_rows(saved[hook_name].detach(), hook_name)
     target = token_rows(saved[target_hook].detach(), target_hook) if target_hook else None
     return acts, target, token_rows(grad, leaf)

@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..activations import frozen as frozen_weights
 from .graph import Graph
 from .replacement import Replacement, setup
 from .sparse import TopInputs, top_rows
@@ -88,21 +89,14 @@ class LinearPass:
         # Only the leaves need gradients: with the weights frozen too, autograd keeps no input
         # activation of any matmul for a weight gradient (at 512 tokens x 16 copies of SmolLM2 that
         # would be gigabytes), and the backward computes input gradients only.
-        params = [p for p in model.parameters() if p.requires_grad]
-        params += [p for tc in transcoders.values() for p in _tensors(tc) if p.requires_grad]
-        try:
-            for p in params:
-                p.requires_grad_(False)
-            with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-                try:
-                    model(rep.tokens[None].expand(B, -1).to(model.cfg.device))
-                except _Stop:
-                    pass
-                resid = self.cap["r.final"]
-                self.cap["final"] = model.ln_final(resid) if hasattr(model, "ln_final") else resid
-        finally:
-            for p in params:
-                p.requires_grad_(True)
+        weights = [*model.parameters(), *(t for tc in transcoders.values() for t in _tensors(tc))]
+        with frozen_weights(weights), torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+            try:
+                model(rep.tokens[None].expand(B, -1).to(model.cfg.device))
+            except _Stop:
+                pass
+            resid = self.cap["r.final"]
+            self.cap["final"] = model.ln_final(resid) if hasattr(model, "ln_final") else resid
         self.sources = [leaves["embed"]] + [leaves[f"mlp.{l}"] for l in rep.mlp_layers]
 
     def rows(self, inj: Injection) -> tuple[Float[Tensor, "b S"], Float[Tensor, "b d"]]:

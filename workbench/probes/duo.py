@@ -40,6 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from ..activations import frozen
 from ..runs import jsonable
 from ..tasks import random_token_range
 from .attention_restrict import check_supported, gate_hooks
@@ -336,11 +337,8 @@ def duo_gates(
     order = torch.empty(0, dtype=torch.long)
     hist = {"loss": [], "distance": [], "penalty": []}
     traj_steps, traj = [0], [expand_kv(alpha.detach().cpu(), H).tolist()]
-    frozen = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     start = time.perf_counter()
-    try:
+    with frozen(model.parameters()):  # only the gates learn
         for step in tqdm(range(1, cfg.steps + 1), desc="duo gates", disable=not progress):
             if len(order) < cfg.batch_size:
                 order = torch.cat([order, torch.randperm(cfg.n_contexts, generator=gen)])
@@ -362,9 +360,6 @@ def duo_gates(
             if step % cfg.log_every == 0 or step == cfg.steps:
                 traj_steps.append(step)
                 traj.append(expand_kv(alpha.detach().cpu(), H).tolist())
-    finally:
-        for p, g in zip(model.parameters(), frozen):
-            p.requires_grad_(g)
     return DuoResult(
         alphas=expand_kv(alpha.detach().cpu(), H).tolist(),
         kv_alphas=alpha.detach().cpu().tolist(),

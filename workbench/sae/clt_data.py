@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..activations import ActivationBatch, hook_dim, stop_layer, token_rows, validate_hook_name
+from ..activations import ActivationBatch, frozen, hook_dim, stop_layer, token_rows, validate_hook_name
 from ..corpus import windows
 from ..fielddoc import REQUIRED, FieldError, doc
 
@@ -92,16 +92,9 @@ def capture_layers(
 
     hooks = [(h, lambda a, hook, h=h: keep(a, hook, h)) for h in input_hooks if h not in target_hooks]
     hooks += [(h, lambda a, hook, h=h: probe(a, hook, h)) for h in target_hooks]
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-            loss = model(tokens, return_type="loss", loss_per_token=True).sum()
-            grads = torch.autograd.grad(loss, [probes[h] for h in target_hooks])
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
+    with frozen(model.parameters()), torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        loss = model(tokens, return_type="loss", loss_per_token=True).sum()
+        grads = torch.autograd.grad(loss, [probes[h] for h in target_hooks])
     x = torch.stack([token_rows(saved[h], h) for h in input_hooks], 2)
     y = torch.stack([token_rows(saved[h], h) for h in target_hooks], 2)
     return x, y, torch.stack([token_rows(g, h) for g, h in zip(grads, target_hooks)], 2)
