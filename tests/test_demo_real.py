@@ -189,7 +189,13 @@ def test_the_tiny_real_demo_opens_in_the_viewer_and_is_reused(tiny_real):
     assert np.triu(pattern, 1).max() < 1e-6  # causal: no query attends ahead
     ids = hd.explorer.contexts["needle (text)"]["ids"]
     assert api["tokens"] == [tok.token_str(int(i)) for i in ids] and any(len(t) > 1 for t in api["tokens"][1:])
-    assert client.get("/run/probe-heads").status_code == 200
+    # the trade-off per KV head (90 units under GQA, 270 query heads), on the page with its verdict tables
+    kv = hd.kv_tradeoff
+    assert (kv.n_heads, kv.n_kv_heads, kv.n_query_heads) == (90, 90, 270) and list(kv.curves) == ["razor"]
+    assert kv.n_full == [23] and len(kv.random_curves) == 2  # 25% of 90 = 22.5, rounded up
+    page = client.get("/run/probe-heads")
+    assert page.status_code == 200 and 'id="kv-tradeoff"' in page.text and "tradeoff-missing" not in page.text
+    assert "query heads" in page.text and "RazorAttention rule" in page.text
 
     # the next start reuses every run
     status = BuildStatus()

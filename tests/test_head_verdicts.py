@@ -250,6 +250,18 @@ def test_metric_at_chance_is_not_compared(handset8):
         progress=False,
     )
     assert not ok.at_chance["needle_acc"]
+    # the passkey panel and the viewer's table: exact accuracy only where it is above chance
+    from workbench.figures.kv_tradeoff import panels_for, passkey_metric
+    from workbench.figures.text import plain
+    from workbench.probes.head_rankings import label
+
+    assert passkey_metric(res.to_dict()) == "passkey_token_acc"  # at chance: the per-token share instead
+    d = ok.to_dict()
+    for at_chance, want in ((False, "passkey_acc"), (True, "passkey_token_acc")):
+        d["at_chance"]["passkey_acc"] = at_chance
+        assert passkey_metric(d) == want and [k for k, _ in panels_for(d)] == ["needle_acc", want, "text_loss"]
+        titles = [a.text for a in tradeoff_figure(d).layout.annotations]
+        assert titles[1] == plain(label(want))
 
 
 # --- smaller items ------------------------------------------------------------------------------

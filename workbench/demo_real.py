@@ -8,8 +8,10 @@ minutes on 2 cores and reused on the next start.
                              the model's BPE tokenizer (the run records the model by name)
     <root>/probe-sparsity/   act(gate) of the 30 SwiGLU MLPs per layer, and the top-k intervention
     <root>/probe-heads/      roles of the 270 query heads on natural-text needle contexts (each one
-                             string tokenized once), the causal check, RazorAttention's scores and the
-                             head explorer over 30 x 9 heads (patterns in explorer_patterns.safetensors)
+                             string tokenized once), the causal check, RazorAttention's scores, the
+                             KV-cache trade-off per KV head (exact passkey accuracy at 25% and 50% of
+                             the 90 KV heads full, against 19 random rankings) and the head explorer
+                             over 30 x 9 heads (patterns in explorer_patterns.safetensors)
 
 The root is `<WORKBENCH_HOME>/demo-<model name>`, apart from the default's demo. The stages are
 workbench.demo's (`build_recipes`): a run counts as done once its results.json reads, so a finished
@@ -33,7 +35,7 @@ from .kinds import heads, sae, sparsity
 from .kinds.registry import ModelInput
 from .models import workbench_home
 from .probes.heads_data import HeadRoleConfig
-from .probes.kv_data import RazorConfig, TradeoffConfig
+from .probes.kv_data import PasskeyConfig, RazorConfig, TradeoffConfig
 from .results import HeadsRunResult, read_results
 from .runs import RunDir
 from .viewer.build_status import BuildStatus
@@ -44,6 +46,11 @@ DESCRIPTION = "SmolLM2-135M-Instruct, Q4_1 GGUF weights dequantized to float32 (
 # backward pass, then the exact restricted forward on n_exact heads (probes/head_screen.py). "exact" is
 # one forward per head: 270 here, about 15 minutes on 2 threads at 16 x 128 tokens.
 CAUSAL_CHECK = "screen"
+# A passkey sentence of its own after the key, so that BPE never merges the key's last digit with
+# what follows (benchmarks/smollm_kv.py uses the same layout)
+TEXT_PASSKEY = PasskeyConfig(needle_suffix=". Remember it. ")
+# The rankings a heads run here gives (probes.head_rankings keys; DuoAttention's gates are not trained)
+HEADS_RANKINGS = ("retrieval", "streaming_reversed", "tl_induction", "causal_delta_loss", "razor")
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,33 @@ class RealHeadsConfig:
         )
     )
     razor: RazorConfig = field(default_factory=RazorConfig)  # repeated random segments (~2 s)
-    tradeoff: TradeoffConfig | None = None  # None: not measured (its 99 random rankings take an hour here)
+    # The trade-off at the heads' T = 128 (window T / 8), 19 random rankings (smallest p 0.05): about
+    # 3 minutes here; 99 rankings at T = 256 with and without the compensation token take
+    # benchmarks/smollm_kv.py --part tradeoff about 1.5 hours. None: not measured.
+    tradeoff: TradeoffConfig | None = field(
+        default_factory=lambda: TradeoffConfig(
+            fractions=(25, 50),
+            sink=4,
+            window=16,
+            n_random=19,
+            max_tie_orders=3,
+            seq_len=128,
+            n_needle=1,
+            n_passkey=16,
+            n_text=2,
+            passkey=TEXT_PASSKEY,
+        )
+    )
+    tradeoff_rankings: tuple[str, ...] = doc(
+        ("retrieval", "razor", "causal_delta_loss"),
+        "the rankings the trade-off compares, of HEADS_RANKINGS; each adds one evaluation per fraction and tie order",
+    )
     explorer_text: int = doc(1, "held-out text windows among the explorer's contexts (besides needle, repeat)")
+
+    def __post_init__(self):
+        unknown = [k for k in self.tradeoff_rankings if k not in HEADS_RANKINGS]
+        if unknown or not self.tradeoff_rankings:
+            raise ValueError(f"tradeoff_rankings: expected some of {HEADS_RANKINGS}, got {self.tradeoff_rankings}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +159,19 @@ def tiny_real_config() -> RealDemoConfig:
                 n_exact=2,
             ),
             razor=RazorConfig(n_contexts=2, segment=8, repeats=3),
+            tradeoff=TradeoffConfig(
+                fractions=(25,),
+                sink=4,
+                window=6,
+                n_random=2,
+                max_tie_orders=1,
+                seq_len=48,
+                n_needle=1,
+                n_passkey=2,
+                n_text=1,
+                passkey=TEXT_PASSKEY,
+            ),
+            tradeoff_rankings=("razor",),
             explorer_text=0,
         ),
     )
@@ -193,9 +238,13 @@ def build_heads(cfg: RealHeadsConfig, model: ModelInput, data, run: RunDir, *, p
     razor = razor_scores(lm, cfg.razor, bos=bos)
     tradeoff = None
     if cfg.tradeoff is not None:
+        rankings = standard_rankings(roles, None, razor)
+        unknown = sorted(set(cfg.tradeoff_rankings) - set(rankings))
+        if unknown:
+            raise ValueError(f"tradeoff_rankings: {unknown} not among the rankings this run has, {sorted(rankings)}")
         tradeoff = tradeoff_curve(
             lm,
-            standard_rankings(roles, None, razor),
+            {k: rankings[k] for k in cfg.tradeoff_rankings},
             cfg.tradeoff,
             bos=bos,
             haystack=data.validation,

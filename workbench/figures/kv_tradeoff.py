@@ -24,13 +24,29 @@ from .text import plain
 if TYPE_CHECKING:
     from ..probes.kv_tradeoff import TradeoffResult
 
-__all__ = ["LABELS", "PANELS", "share_label", "tradeoff_figure", "tradeoff_table_html"]
+__all__ = ["LABELS", "PANELS", "panels_for", "passkey_metric", "share_label", "tradeoff_figure", "tradeoff_table_html"]
 
 PANELS = (
     ("needle_acc", label("needle_acc")),
     ("passkey_token_acc", label("passkey_token_acc")),
     ("text_loss", label("text_loss")),
 )
+
+
+def passkey_metric(d: dict) -> str:
+    """The passkey metric worth showing: exact accuracy (every answer token) where the all-full model
+    is above chance on it, else the per-token share (the default byte model scores 0 exact)."""
+    exact_ok = "passkey_acc" in (d.get("random_band") or {}) and (d.get("at_chance") or {}).get("passkey_acc") is False
+    return "passkey_acc" if exact_ok else "passkey_token_acc"
+
+
+def panels_for(d: dict) -> tuple[tuple[str, str], ...]:
+    """PANELS with the passkey panel on `passkey_metric`."""
+    return tuple(
+        (passkey_metric(d), label(passkey_metric(d))) if k == "passkey_token_acc" else (k, t) for k, t in PANELS
+    )
+
+
 BAND = "rgba(128,128,128,0.22)"
 
 
@@ -81,13 +97,15 @@ def _point_text(d: dict, name: str, metric: str, i: int) -> str:
     return "<br>".join(parts)
 
 
-def tradeoff_figure(result: TradeoffResult | dict, panels: tuple[tuple[str, str], ...] = PANELS) -> go.Figure:
-    """One subplot per metric: x = KV cache kept (fraction of all heads full), one line per
-    ranking, the random picks' mean (dashed) and quantile band (shaded); markers as the module
-    docstring says. A metric at chance with all heads full gets a note instead of lines."""
+def tradeoff_figure(result: TradeoffResult | dict, panels: tuple[tuple[str, str], ...] | None = None) -> go.Figure:
+    """One subplot per metric (None: `panels_for` the result): x = KV cache kept (fraction of all
+    heads full), one line per ranking, the random picks' mean (dashed) and quantile band (shaded);
+    markers as the module docstring says. A metric at chance with all heads full gets a note
+    instead of lines."""
     d = result if isinstance(result, dict) else result.to_dict()
     if not d.get("fractions") or not d.get("random_band"):
         return empty_figure("no trade-off curve measured")
+    panels = panels_for(d) if panels is None else panels
     x = d["kv_fraction"]
     n = _n_heads(d)
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[plain(t) for _, t in panels], horizontal_spacing=0.07)

@@ -150,24 +150,11 @@ def tradeoff_section(name: str, res: HeadsRunResult) -> str:
     check_section(res, "kv_tradeoff")
     if res.kv_tradeoff is None:
         return not_computed("KV-cache trade-off", "kv_tradeoff", "tradeoff")
-    from ..figures.kv_tradeoff import LABELS, tradeoff_figure
+    from ..figures.kv_tradeoff import passkey_metric, tradeoff_figure, tradeoff_table_html
 
-    d = res.kv_tradeoff
-    verdict = ""
-    if 25.0 in d.fractions and d.random_band:
-        i = d.fractions.index(25.0)
-        band = d.random_band["needle_acc"]
-        rows = "".join(
-            f"<tr><td>{html.escape(LABELS.get(k, k))}</td><td>{c['needle_acc'][i]:.3f}</td>"
-            f"<td>{'yes' if c['needle_acc'][i] > band['max'][i] else 'no'}</td></tr>"
-            for k, c in d.curves.items()
-        )
-        verdict = (
-            f"<p>At 25% of heads full (KV cache {d.kv_fraction[i]:.2f} of full), needle copy accuracy; "
-            f"a ranking beats chance when it lies above every one of the {len(d.random_curves)} random "
-            f"rankings ({band['min'][i]:.3f}–{band['max'][i]:.3f}).</p><table><tr><th>ranking</th>"
-            f"<th>needle copy accuracy</th><th>above the random band?</th></tr>{rows}</table>"
-        )
+    d = res.kv_tradeoff.to_dict()
+    # the verdicts (Holm-adjusted p against random picks of as many heads) on the two accuracies
+    verdict = "".join(tradeoff_table_html(d, m) for m in (passkey_metric(d), "needle_acc"))
     return "<h2>KV-cache trade-off</h2>" + figure_div(tradeoff_figure(d), "kv-tradeoff") + verdict
 
 
