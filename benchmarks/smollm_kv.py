@@ -5,6 +5,7 @@ decision here is about), BPE tokenizer, passkey contexts as whole strings tokeni
     python benchmarks/smollm_kv.py --part duo        # gates on <= 512-token passkeys, held-out accuracy 256-2048
     python benchmarks/smollm_kv.py --part razor      # the rule's protected KV heads over --razor-seeds
     python benchmarks/smollm_kv.py --part tradeoff   # exact passkey accuracy at two KV fractions vs random
+    python benchmarks/smollm_kv.py --part duo-seeds  # gates over --duo-seeds training seeds: shares, overlap
     python benchmarks/smollm_kv.py                   # all three (the trade-off reads the duo part's gates)
 
 Each part writes its figures into benchmarks/results/smollm_kv.json (merged per part) and prints
@@ -120,6 +121,81 @@ def duo_part(args) -> dict:
     }
 
 
+def duo_seeds_part(args) -> dict:
+    """The gates' largest source of variance, the training seed (its fitting contexts and their
+    order): per seed the share of KV heads kept, the overlap of the top 25% with seed 0's, and exact
+    passkey accuracy at the first eval length with the top 25% / 50% full, on one held-out batch."""
+    from workbench.probes.attention_restrict import keep_full_hooks, keep_top
+    from workbench.probes.duo import duo_gates, passkey_accuracy, passkey_batch
+    from workbench.probes.gqa import expand_kv
+    from workbench.probes.intervals import t_interval
+    from workbench.probes.kv_data import DuoConfig, PasskeyConfig
+
+    if len(args.duo_seeds) < 2:
+        raise SystemExit(f"--duo-seeds: at least 2 seeds for an interval, got {args.duo_seeds}")
+    model, tok, train, val = _load()
+    bos, H = tok.bos_token_id, model.cfg.n_heads
+    pk = PasskeyConfig(seq_len=args.duo_len, **PASSKEY)
+    T, n = args.eval_lens[0], args.eval_n[0]
+    batch = passkey_batch(n, replace(pk, seq_len=T), val, bos=bos, tokenizer=tok, seed=1000 + T, split="eval")
+    per_seed, tops = [], {}
+    for seed in args.duo_seeds:
+        cfg = DuoConfig(
+            n_contexts=args.duo_contexts,
+            batch_size=args.duo_batch,
+            steps=args.duo_steps,
+            sink=SINK,
+            window=WINDOW,
+            log_every=10,
+            passkey=pk,
+            seed=seed,
+        )
+        duo = duo_gates(model, cfg, haystack=train, bos=bos, tokenizer=tok, progress=False)
+        gates = torch.tensor(duo.kv_alphas)
+        row = {"seed": seed, "seconds": duo.seconds, "kv_alphas": duo.kv_alphas, "exact": {}}
+        row["share_at_least_0.5"] = float((gates >= 0.5).double().mean())
+        for pct in KEEP:
+            m = round(pct / 100 * gates.numel())
+            kv_keep = keep_top(gates, m)
+            tops.setdefault(pct, []).append(kv_keep.flatten())
+            hooks = keep_full_hooks(model, expand_kv(kv_keep, H), SINK, WINDOW)
+            hits = 0
+            for i in range(n):
+                one = batch._replace(**{f: getattr(batch, f)[i : i + 1] for f in batch._fields})
+                with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+                    hits += round(passkey_accuracy(model(one.tokens), one)[0])
+            row["exact"][f"duo {pct}%"] = hits / n
+        per_seed.append(row)
+        share = row["share_at_least_0.5"]
+        print(f"seed {seed}: {duo.seconds:.0f} s; gate >= 0.5: {share:.3f}; exact @ {T}: {row['exact']}")
+
+    def summary(values: list[float]) -> dict:
+        mean, lo, hi = t_interval(torch.tensor(values))
+        return {"values": values, "mean": float(mean), "t95": [float(lo), float(hi)]}
+
+    out = {
+        "T": T,
+        "n": n,
+        "seeds": per_seed,
+        "share_at_least_0.5": summary([r["share_at_least_0.5"] for r in per_seed]),
+    }
+    for pct in KEEP:
+        out[f"exact duo {pct}%"] = summary([r["exact"][f"duo {pct}%"] for r in per_seed])
+        base = tops[pct][0]  # the KV heads seed 0 keeps, against each other seed's
+        out[f"top {pct}% overlap with seed {args.duo_seeds[0]}"] = [
+            float((base & t).sum() / base.sum()) for t in tops[pct][1:]
+        ]
+    print("| seeds | gate >= 0.5 (t 95%) | exact duo 25% | exact duo 50% | top-25% overlap with the first seed |")
+    print("|---|---|---|---|---|")
+    f = lambda d: f"{d['mean']:.3f} [{d['t95'][0]:.3f}, {d['t95'][1]:.3f}]"  # noqa: E731
+    overlap = out[f"top 25% overlap with seed {args.duo_seeds[0]}"]
+    print(
+        f"| {len(per_seed)} | {f(out['share_at_least_0.5'])} | {f(out['exact duo 25%'])} | {f(out['exact duo 50%'])} "
+        f"| {', '.join(f'{v:.2f}' for v in overlap)} |"
+    )
+    return out
+
+
 def razor_part(args) -> dict:
     from workbench.probes.kv_data import RazorConfig
     from workbench.probes.razor import razor_scores
@@ -194,11 +270,12 @@ def tradeoff_part(args, got: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("duo", "razor", "tradeoff", "all"), default="all")
+    ap.add_argument("--part", choices=("duo", "razor", "tradeoff", "duo-seeds", "all"), default="all")
     ap.add_argument("--duo-steps", type=int, default=100)
     ap.add_argument("--duo-len", type=int, default=384, help="fitting contexts' tokens (at most 512)")
     ap.add_argument("--duo-batch", type=int, default=2)
     ap.add_argument("--duo-contexts", type=int, default=32)
+    ap.add_argument("--duo-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of --part duo-seeds")
     ap.add_argument("--eval-lens", type=int, nargs="+", default=[256, 512, 1024, 2048])
     ap.add_argument("--eval-n", type=int, nargs="+", default=[16, 8, 4, 4], help="held-out contexts per length")
     ap.add_argument("--razor-seeds", type=int, default=5)
@@ -213,10 +290,11 @@ def main() -> None:
         ap.error(f"--duo-len: at most 512 tokens (issue 28), got {args.duo_len}")
     print(f"torch threads {torch.get_num_threads()}")
     got = json.loads(OUT.read_text()) if OUT.exists() else {}
-    for part in ("duo", "razor", "tradeoff"):
-        if args.part in (part, "all"):
+    for part in ("duo", "razor", "tradeoff", "duo-seeds"):
+        if args.part == part or (args.part == "all" and part != "duo-seeds"):
             start = time.perf_counter()
-            res = {"duo": duo_part, "razor": razor_part}[part](args) if part != "tradeoff" else tradeoff_part(args, got)
+            parts = {"duo": duo_part, "razor": razor_part, "duo-seeds": duo_seeds_part}
+            res = parts[part](args) if part != "tradeoff" else tradeoff_part(args, got)
             res["wall_seconds"] = time.perf_counter() - start
             res["command"] = "python benchmarks/smollm_kv.py " + " ".join(
                 f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
