@@ -12,7 +12,8 @@ Each part writes its figures into benchmarks/results/smollm_kv.json (merged per 
 markdown. Exact passkey accuracy: a context counts when the teacher-forced argmax at every answer
 position is the answer token (the same as greedy decoding reproducing the key). The trade-off's
 p-value of a ranking at m KV heads full: (1 + #random rankings at least as good) / (1 + R); R = 99 by
-default (smallest p 0.01), about 90 minutes on 2 threads; `--n-random 19` fits about 25 minutes.
+default (smallest p 0.01): about 60 minutes on 2 threads without the compensation token and 90 with it
+(`--compensation no|yes` runs one; each is saved as it finishes); `--n-random 19` about 12 + 18.
 """
 
 from __future__ import annotations
@@ -231,8 +232,9 @@ def tradeoff_part(args, got: dict) -> dict:
     rankings = {"razor": razor_scores(model, RazorConfig(), bos=bos).ranking()}
     if "duo" in got:
         rankings["duo_alpha"] = got["duo"]["kv_alphas"]
-    out = {}
-    for comp in (False, True):
+    # each setting is its own entry, so that one can be rerun (or run alone) and the other kept
+    out = {k: v for k, v in got.get("tradeoff", {}).items() if k in ("without compensation", "with compensation")}
+    for comp in {"no": (False,), "yes": (True,), "both": (False, True)}[args.compensation]:
         cfg = TradeoffConfig(
             fractions=KEEP,
             sink=SINK,
@@ -251,7 +253,8 @@ def tradeoff_part(args, got: dict) -> dict:
         res = tradeoff_curve(model, rankings, cfg, bos=bos, haystack=val, tokenizer=tok)
         secs = time.perf_counter() - start
         key = "with compensation" if comp else "without compensation"
-        out[key] = {"seconds": secs, "result": res.to_dict()}
+        out[key] = {"date": str(date.today()), "seconds": secs, "n_random": cfg.n_random, "result": res.to_dict()}
+        _save("tradeoff", {"n_random": args.n_random, **out})  # kept even if the next setting is cut short
         print(f"\n{key}: {secs:.0f} s; all heads full: passkey exact {res.full_value['passkey_acc']:.3f}")
         print(f"({res.n_kv_heads} KV heads ranked, {res.n_query_heads} query heads; R = {cfg.n_random})")
         print("| ranking | % KV heads full | KV cache | exact passkey acc | random mean [min, max] | p |")
@@ -265,7 +268,7 @@ def tradeoff_part(args, got: dict) -> dict:
                     f"{band['mean'][i]:.3f} [{band['min'][i]:.3f}, {band['max'][i]:.3f}] | "
                     f"{res.p_values[name]['passkey_acc'][i]:.3f} |"
                 )
-    return {"n_random": args.n_random, **out}
+    return {"n_random": args.n_random, **out}  # n_random: this command's; each setting records its own
 
 
 def main() -> None:
@@ -283,6 +286,7 @@ def main() -> None:
     ap.add_argument("--max-tie-orders", type=int, default=3)
     ap.add_argument("--tradeoff-len", type=int, default=256)
     ap.add_argument("--n-passkey", type=int, default=16)
+    ap.add_argument("--compensation", choices=("no", "yes", "both"), default="both", help="trade-off settings to run")
     args = ap.parse_args()
     if len(args.eval_n) != len(args.eval_lens):
         ap.error(f"--eval-n needs one count per --eval-lens ({len(args.eval_lens)}), got {len(args.eval_n)}")

@@ -323,3 +323,19 @@ def test_echo_and_induction_keys_follow_their_definition(segment, repeats, prefi
     got_e, got_i = echo_induction_masks(segment, repeats, prefix)
     assert got_e.tolist() == echo and got_i.tolist() == induction
     assert int(got_e.sum()) == segment * repeats * (repeats - 1) // 2  # each copy sees every earlier one
+
+
+@pytest.mark.parametrize("compensation", [False, True])
+def test_keep_full_hooks_are_gate_hooks_at_binary_alpha_bit_for_bit(handset, needle, compensation):
+    """keep_full_hooks computes the restriction for the streaming heads only; its logits must be
+    exactly gate_hooks' at α = keep (1·full + 0·streaming), whichever heads are kept, none or all."""
+    tokens, _ = needle
+    gen = torch.Generator().manual_seed(3)
+    for keep in (torch.rand(2, 4, generator=gen) < 0.5, torch.zeros(2, 4, dtype=torch.bool), torch.ones(2, 4).bool()):
+        want = handset.run_with_hooks(
+            tokens, fwd_hooks=gate_hooks(handset, keep.float(), 1, 4, compensation=compensation)
+        )
+        got = handset.run_with_hooks(tokens, fwd_hooks=keep_full_hooks(handset, keep, 1, 4, compensation=compensation))
+        assert torch.equal(got, want), keep
+    with pytest.raises(ValueError, match=r"keep: expected shape \[n_layers=2, n_heads=4\]"):
+        keep_full_hooks(handset, torch.ones(4, 2, dtype=torch.bool), 1, 4)

@@ -99,7 +99,7 @@ def streaming_pattern(
     mean_score = scores.masked_fill(~dropped, 0.0).sum(-1) / m.clamp_min(1)  # ŝ = q·k̂ / scale
     log_w = m.clamp_min(1).log() if comp_weight == "count" else torch.zeros_like(m)
     comp_logit = torch.where(m > 0, mean_score + log_w, torch.full_like(mean_score, float("-inf")))
-    lse = torch.logsumexp(torch.cat([kept_scores, comp_logit[..., None]], dim=-1), dim=-1, keepdim=True)
+    lse = torch.logaddexp(torch.logsumexp(kept_scores, dim=-1), comp_logit)[..., None]  # no [.., k + 1] copy
     kept_p = torch.exp(kept_scores - lse)
     comp_p = torch.exp(comp_logit[..., None] - lse) / m.clamp_min(1)[:, None]  # per dropped key
     return kept_p + comp_p * dropped.to(scores.dtype)
@@ -152,8 +152,33 @@ def keep_full_hooks(
     compensation: bool = False,
     comp_weight: CompWeight = "count",
 ) -> list[Hook]:
-    """Heads in `keep` attend fully, every other head on sink + window (+ compensation token)."""
-    return gate_hooks(model, keep.to(torch.float32), sink, window, compensation=compensation, comp_weight=comp_weight)
+    """Heads in `keep` attend fully, every other head on sink + window (+ compensation token): the
+    patterns of `gate_hooks` at α = keep, bit for bit, with the restriction computed for the
+    streaming heads alone (a trade-off evaluation keeps 25-50% of the heads full; no mixing pass)."""
+    check_supported(model, compensation)
+    _check_window(sink, window)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    keep = torch.as_tensor(keep, dtype=torch.bool)
+    if tuple(keep.shape) != (L, H):
+        raise ValueError(f"keep: expected shape [n_layers={L}, n_heads={H}], got {tuple(keep.shape)}")
+    hooks: list[Hook] = []
+    for layer in range(L):
+        stream = (~keep[layer]).nonzero().flatten()
+        if not len(stream):
+            continue
+        store: dict[str, Tensor] = {}
+
+        def save_scores(scores, hook, store=store, idx=stream):
+            store["scores"] = scores[:, idx.to(scores.device)]
+
+        def restrict(pattern, hook, store=store, idx=stream):
+            scores = store.pop("scores")
+            sub = streaming_pattern(scores, sink, window, compensation=compensation, comp_weight=comp_weight)
+            return pattern.index_copy(1, idx.to(pattern.device), sub.to(pattern.dtype))
+
+        name = f"blocks.{layer}.attn"
+        hooks += [(f"{name}.hook_attn_scores", save_scores), (f"{name}.hook_pattern", restrict)]
+    return hooks
 
 
 def one_head_streaming_hooks(
