@@ -59,16 +59,10 @@ def _wilson(k: int, n: int) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def duo_part(args) -> dict:
-    from workbench.probes.attention_restrict import keep_full_hooks, keep_top
-    from workbench.probes.duo import duo_gates, passkey_accuracy, passkey_batch
-    from workbench.probes.gqa import expand_kv
-    from workbench.probes.kv_data import DuoConfig, PasskeyConfig
+def _duo_config(args, pk, seed: int = 0):
+    from workbench.probes.kv_data import DuoConfig
 
-    model, tok, train, val = _load()
-    bos = tok.bos_token_id
-    pk = PasskeyConfig(seq_len=args.duo_len, **PASSKEY)
-    cfg = DuoConfig(
+    return DuoConfig(
         n_contexts=args.duo_contexts,
         batch_size=args.duo_batch,
         steps=args.duo_steps,
@@ -76,7 +70,33 @@ def duo_part(args) -> dict:
         window=WINDOW,
         log_every=10,
         passkey=pk,
+        seed=seed,
     )
+
+
+def _exact_hits(model, batch, hooks) -> int:
+    """Contexts whose every answer token is the argmax, one at a time (no [L, H, T, T] kept beyond
+    one layer's at 2048 tokens)."""
+    from workbench.probes.duo import passkey_accuracy
+
+    hits = 0
+    for i in range(len(batch.tokens)):
+        one = batch._replace(**{f: getattr(batch, f)[i : i + 1] for f in batch._fields})
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            hits += round(passkey_accuracy(model(one.tokens), one)[0])
+    return hits
+
+
+def duo_part(args) -> dict:
+    from workbench.probes.attention_restrict import keep_full_hooks, keep_top
+    from workbench.probes.duo import duo_gates, passkey_batch
+    from workbench.probes.gqa import expand_kv
+    from workbench.probes.kv_data import PasskeyConfig
+
+    model, tok, train, val = _load()
+    bos = tok.bos_token_id
+    pk = PasskeyConfig(seq_len=args.duo_len, **PASSKEY)
+    cfg = _duo_config(args, pk)
     duo = duo_gates(model, cfg, haystack=train, bos=bos, tokenizer=tok)
     gates = torch.tensor(duo.kv_alphas)
     _save("duo", {"config": asdict(cfg), "seconds": duo.seconds, "kv_alphas": duo.kv_alphas, "eval": "not yet"})
@@ -92,11 +112,8 @@ def duo_part(args) -> dict:
         batch = passkey_batch(n, replace(pk, seq_len=T), val, bos=bos, tokenizer=tok, seed=1000 + T, split="eval")
         for name, keep in policies.items():
             hooks = [] if name == "full" else keep_full_hooks(model, keep, SINK, WINDOW)
-            hits, start = 0, time.perf_counter()
-            for i in range(n):  # one context at a time: no [L, H, T, T] kept beyond one layer's
-                one = batch._replace(**{f: getattr(batch, f)[i : i + 1] for f in batch._fields})
-                with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-                    hits += round(passkey_accuracy(model(one.tokens), one)[0])
+            start = time.perf_counter()
+            hits = _exact_hits(model, batch, hooks)
             rows[f"{name} @ {T}"] = {
                 "T": T,
                 "policy": name,
@@ -127,10 +144,10 @@ def duo_seeds_part(args) -> dict:
     order): per seed the share of KV heads kept, the overlap of the top 25% with seed 0's, and exact
     passkey accuracy at the first eval length with the top 25% / 50% full, on one held-out batch."""
     from workbench.probes.attention_restrict import keep_full_hooks, keep_top
-    from workbench.probes.duo import duo_gates, passkey_accuracy, passkey_batch
+    from workbench.probes.duo import duo_gates, passkey_batch
     from workbench.probes.gqa import expand_kv
     from workbench.probes.intervals import t_interval
-    from workbench.probes.kv_data import DuoConfig, PasskeyConfig
+    from workbench.probes.kv_data import PasskeyConfig
 
     if len(args.duo_seeds) < 2:
         raise SystemExit(f"--duo-seeds: at least 2 seeds for an interval, got {args.duo_seeds}")
@@ -141,16 +158,7 @@ def duo_seeds_part(args) -> dict:
     batch = passkey_batch(n, replace(pk, seq_len=T), val, bos=bos, tokenizer=tok, seed=1000 + T, split="eval")
     per_seed, tops = [], {}
     for seed in args.duo_seeds:
-        cfg = DuoConfig(
-            n_contexts=args.duo_contexts,
-            batch_size=args.duo_batch,
-            steps=args.duo_steps,
-            sink=SINK,
-            window=WINDOW,
-            log_every=10,
-            passkey=pk,
-            seed=seed,
-        )
+        cfg = _duo_config(args, pk, seed)
         duo = duo_gates(model, cfg, haystack=train, bos=bos, tokenizer=tok, progress=False)
         gates = torch.tensor(duo.kv_alphas)
         row = {"seed": seed, "seconds": duo.seconds, "kv_alphas": duo.kv_alphas, "exact": {}}
@@ -159,12 +167,7 @@ def duo_seeds_part(args) -> dict:
             m = round(pct / 100 * gates.numel())
             kv_keep = keep_top(gates, m)
             tops.setdefault(pct, []).append(kv_keep.flatten())
-            hooks = keep_full_hooks(model, expand_kv(kv_keep, H), SINK, WINDOW)
-            hits = 0
-            for i in range(n):
-                one = batch._replace(**{f: getattr(batch, f)[i : i + 1] for f in batch._fields})
-                with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-                    hits += round(passkey_accuracy(model(one.tokens), one)[0])
+            hits = _exact_hits(model, batch, keep_full_hooks(model, expand_kv(kv_keep, H), SINK, WINDOW))
             row["exact"][f"duo {pct}%"] = hits / n
         per_seed.append(row)
         share = row["share_at_least_0.5"]
