@@ -69,6 +69,22 @@ def test_subset_p_exact_and_monte_carlo():
     assert rt.verdict(0.001, 0.001, 0.05, at_chance=True) == rt.AT_CHANCE
 
 
+def test_curve_verdicts_count_holms_multiplier_in_testability():
+    """Two points at R = 19 (smallest p 1/20 each): Holm's best is 2/20, never below 0.05, so even a
+    perfect ranking is "untestable", not "not shown"; at R = 40 the best is 2/41 and it passes."""
+    adj, v = rt.curve_verdicts([1 / 20, 1 / 20], [1 / 20, 1 / 20], 0.05)
+    assert adj == [None, None] and v == [rt.UNTESTABLE] * 2  # 1/20 is not below alpha: nothing tested
+    adj, v = rt.curve_verdicts([1 / 32, 1 / 32, 1.0], [1 / 32, 1 / 32, 1.0], 0.05)
+    assert adj == [pytest.approx(2 / 32), pytest.approx(2 / 32), None]  # each 1/32 < 0.05, yet 2/32 is not
+    assert v == [rt.UNTESTABLE] * 3
+    adj, v = rt.curve_verdicts([1 / 41, 0.5], [1 / 41, 1 / 41], 0.05)
+    assert adj == [pytest.approx(2 / 41), pytest.approx(0.5)] and v == [rt.BEATS, rt.NOT_SHOWN]
+    adj, v = rt.curve_verdicts([1 / 28, 7 / 28], [1 / 28, 1.0], 0.05)  # one testable point: no multiplier
+    assert v == [rt.BEATS, rt.UNTESTABLE]
+    with pytest.raises(ValueError, match="p_raw and min_p"):
+        rt.curve_verdicts([0.1], [0.1, 0.2], 0.05)
+
+
 def test_tie_orders_enumerate_the_choices_at_the_cut():
     scores = [1.0, 1.0, 0.995, 0.2, 0.0, 0.0, 0.0, 0.7]  # Duo-like: two clamped at 1, three at 0
     sets, tied = rt.tie_orders(scores, 1, max_orders=100)

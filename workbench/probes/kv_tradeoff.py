@@ -49,7 +49,7 @@ from .head_rankings import head_rankings
 from .heads import HeadRoleConfig, copy_steps, make_contexts
 from .intervals import t_interval, wilson_interval
 from .kv_data import LOWER_IS_BETTER, METRICS, TradeoffConfig, TradeoffResult
-from .ranking_test import all_subsets, holm, min_attainable_p, random_rankings, subset_p, tie_orders, verdict
+from .ranking_test import all_subsets, curve_verdicts, min_attainable_p, random_rankings, subset_p, tie_orders
 
 PASSKEY_SEED_OFFSET = 7_919  # the trade-off's passkeys come from a seed stream apart from Duo's fitting ones
 
@@ -324,10 +324,7 @@ def tradeoff_curve(
     for name in rankings:
         p_adj[name], verdicts[name] = {}, {}
         for m in METRICS:
-            testable = [p if mp < cfg.alpha else None for p, mp in zip(p_raw[name][m], min_p)]
-            adj = holm(testable)
-            p_adj[name][m] = adj
-            verdicts[name][m] = [verdict(a, mp, cfg.alpha, chance_hit[m]) for a, mp in zip(adj, min_p)]
+            p_adj[name][m], verdicts[name][m] = curve_verdicts(p_raw[name][m], min_p, cfg.alpha, chance_hit[m])
 
     seed_curves = {name: {m: [curves[name][m]] for m in METRICS} for name in rankings}
     for s in cfg.context_seeds:

@@ -12,7 +12,8 @@ of m-subsets whose metric is at least as good as the ranking's:
 A point where even a perfect pick cannot reach the level (smallest attainable p >= alpha: 1 of 8
 heads, p >= 0.125; all or no heads, p = 1) is "untestable at this size", not "not better". The
 testable points of one curve are corrected together (Holm), and a point "beats random" only at an
-adjusted p below alpha.
+adjusted p below alpha; a curve whose k testable points cannot reach it even so (k · smallest p >=
+alpha) is untestable at every point.
 
 Ties: a ranking with equal scores at the cut does not choose among them. Each tie order (which k
 of the g tied heads fill the last places) is a different subset; the curve reports their mean and
@@ -76,6 +77,22 @@ def verdict(p_adjusted: float | None, min_p: float, alpha: float, at_chance: boo
     if min_p >= alpha or p_adjusted is None:
         return UNTESTABLE
     return BEATS if p_adjusted < alpha else NOT_SHOWN
+
+
+def curve_verdicts(
+    p_raw: Sequence[float], min_p: Sequence[float], alpha: float, at_chance: bool = False
+) -> tuple[list[float | None], list[str]]:
+    """Holm-adjusted p and the verdict of each point of one curve. The points whose smallest
+    attainable p is below alpha are tested together; Holm multiplies the smallest p by their count
+    k, so none can pass unless k · min(min_p) < alpha (R = 19 random rankings, two points: 2/20 is
+    not below 0.05), and then every point is "untestable at this size" rather than "not shown"."""
+    if len(p_raw) != len(min_p):
+        raise ValueError(f"p_raw and min_p: expected one entry per point, got {len(p_raw)} and {len(min_p)}")
+    testable = [p if mp < alpha else None for p, mp in zip(p_raw, min_p)]
+    adj = holm(testable)
+    tested = [mp for mp, t in zip(min_p, testable) if t is not None]
+    floor = len(tested) * min(tested) if tested else 1.0  # the smallest adjusted p any point can reach
+    return adj, [verdict(a, max(mp, floor), alpha, at_chance) for a, mp in zip(adj, min_p)]
 
 
 def all_subsets(n: int, m: int) -> list[list[int]]:
