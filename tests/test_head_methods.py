@@ -330,12 +330,16 @@ def test_keep_full_hooks_are_gate_hooks_at_binary_alpha_bit_for_bit(handset, nee
     """keep_full_hooks computes the restriction for the streaming heads only; its logits must be
     exactly gate_hooks' at α = keep (1·full + 0·streaming), whichever heads are kept, none or all."""
     tokens, _ = needle
-    gen = torch.Generator().manual_seed(3)
-    for keep in (torch.rand(2, 4, generator=gen) < 0.5, torch.zeros(2, 4, dtype=torch.bool), torch.ones(2, 4).bool()):
+    mixed = torch.tensor([[1, 0, 0, 1], [0, 1, 1, 0]], dtype=torch.bool)  # full and streaming in each layer
+    plain = handset(tokens)
+    for keep in (mixed, torch.zeros(2, 4, dtype=torch.bool), torch.ones(2, 4).bool()):
         want = handset.run_with_hooks(
             tokens, fwd_hooks=gate_hooks(handset, keep.float(), 1, 4, compensation=compensation)
         )
         got = handset.run_with_hooks(tokens, fwd_hooks=keep_full_hooks(handset, keep, 1, 4, compensation=compensation))
         assert torch.equal(got, want), keep
+        assert torch.equal(got, plain) == bool(keep.all())  # a streaming head changes the logits
     with pytest.raises(ValueError, match=r"keep: expected shape \[n_layers=2, n_heads=4\]"):
         keep_full_hooks(handset, torch.ones(4, 2, dtype=torch.bool), 1, 4)
+    with pytest.raises(TypeError, match="keep: expected a bool"):
+        keep_full_hooks(handset, torch.full((2, 4), 0.3), 1, 4)

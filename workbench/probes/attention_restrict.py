@@ -158,7 +158,9 @@ def keep_full_hooks(
     check_supported(model, compensation)
     _check_window(sink, window)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    keep = torch.as_tensor(keep, dtype=torch.bool)
+    keep = torch.as_tensor(keep)
+    if keep.dtype != torch.bool:  # a cast would turn a gate of 0.3 into "full" without a word
+        raise TypeError(f"keep: expected a bool [L, H] mask (for fractional gates use gate_hooks), got {keep.dtype}")
     if tuple(keep.shape) != (L, H):
         raise ValueError(f"keep: expected shape [n_layers={L}, n_heads={H}], got {tuple(keep.shape)}")
     hooks: list[Hook] = []
