@@ -203,3 +203,27 @@ def test_the_tiny_real_demo_opens_in_the_viewer_and_is_reused(tiny_real):
     build_real_demo(root, tiny_real_config(), progress=False, status=status)
     assert [s["reused"] for s in status.snapshot()["stages"][1:]] == [True, True, True]
     assert (root / "probe-heads" / "results.json").stat().st_mtime_ns == before
+
+    # a heads run built before the trade-off joined the demo is rebuilt while the config asks for one
+    import shutil
+    from dataclasses import replace
+
+    from workbench.demo_real import _complete
+
+    old = root.parent / "old-heads" / "probe-heads"
+    shutil.copytree(root / "probe-heads", old)
+    res = json.loads((old / "results.json").read_text())
+    res["kv_tradeoff"] = None
+    (old / "results.json").write_text(json.dumps(res))
+    cfg = tiny_real_config()
+    assert _complete(RunDir(root / "probe-heads"), cfg) and not _complete(RunDir(old), cfg)
+    assert _complete(RunDir(old), replace(cfg, heads=replace(cfg.heads, tradeoff=None)))
+
+
+def test_an_unknown_tradeoff_ranking_is_named():
+    from workbench.demo_real import RealHeadsConfig
+
+    with pytest.raises(ValueError, match=r"tradeoff_rankings: unknown \['nope'\]; expected at least one of"):
+        RealHeadsConfig(tradeoff_rankings=("retrieval", "nope"))
+    with pytest.raises(ValueError, match="unknown none given"):
+        RealHeadsConfig(tradeoff_rankings=())
