@@ -92,6 +92,7 @@ def duo_part(args) -> dict:
     from workbench.probes.duo import duo_gates, passkey_batch
     from workbench.probes.gqa import expand_kv
     from workbench.probes.kv_data import PasskeyConfig
+    from workbench.probes.kv_tradeoff import n_full_heads
 
     model, tok, train, val = _load()
     bos = tok.bos_token_id
@@ -105,7 +106,7 @@ def duo_part(args) -> dict:
     print(f"gates per KV head {tuple(gates.shape)} ({duo.n_kv_heads} KV heads, {duo.n_query_heads} query heads)")
     policies = {"full": torch.ones(L, H, dtype=torch.bool), "streaming": torch.zeros(L, H, dtype=torch.bool)}
     for pct in KEEP:
-        m = round(pct / 100 * gates.numel())
+        m = n_full_heads(pct, gates.numel())  # 25% of 90 = 23, as the trade-off's (round(22.5) is 22)
         policies[f"duo {pct}%"] = expand_kv(keep_top(gates, m), H)
     rows = {}
     for T, n in zip(args.eval_lens, args.eval_n):
@@ -140,17 +141,16 @@ def duo_part(args) -> dict:
 
 
 def duo_seeds_part(args) -> dict:
-    """The gates' largest source of variance, the training seed (its fitting contexts and their
-    order): per seed the share of KV heads kept, the overlap of the top 25% with seed 0's, and exact
+    """The gates over training seeds (each seed draws its own fitting contexts and their order): per
+    seed the share of KV heads kept, the overlap of its top 25% with the first seed's, and exact
     passkey accuracy at the first eval length with the top 25% / 50% full, on one held-out batch."""
     from workbench.probes.attention_restrict import keep_full_hooks, keep_top
     from workbench.probes.duo import duo_gates, passkey_batch
     from workbench.probes.gqa import expand_kv
     from workbench.probes.intervals import t_interval
     from workbench.probes.kv_data import PasskeyConfig
+    from workbench.probes.kv_tradeoff import n_full_heads
 
-    if len(args.duo_seeds) < 2:
-        raise SystemExit(f"--duo-seeds: at least 2 seeds for an interval, got {args.duo_seeds}")
     model, tok, train, val = _load()
     bos, H = tok.bos_token_id, model.cfg.n_heads
     pk = PasskeyConfig(seq_len=args.duo_len, **PASSKEY)
@@ -164,7 +164,7 @@ def duo_seeds_part(args) -> dict:
         row = {"seed": seed, "seconds": duo.seconds, "kv_alphas": duo.kv_alphas, "exact": {}}
         row["share_at_least_0.5"] = float((gates >= 0.5).double().mean())
         for pct in KEEP:
-            m = round(pct / 100 * gates.numel())
+            m = n_full_heads(pct, gates.numel())
             kv_keep = keep_top(gates, m)
             tops.setdefault(pct, []).append(kv_keep.flatten())
             hits = _exact_hits(model, batch, keep_full_hooks(model, expand_kv(kv_keep, H), SINK, WINDOW))
@@ -173,9 +173,9 @@ def duo_seeds_part(args) -> dict:
         share = row["share_at_least_0.5"]
         print(f"seed {seed}: {duo.seconds:.0f} s; gate >= 0.5: {share:.3f}; exact @ {T}: {row['exact']}")
 
-    def summary(values: list[float]) -> dict:
+    def summary(values: list[float]) -> dict:  # shares and accuracies: the t interval clamped to [0, 1]
         mean, lo, hi = t_interval(torch.tensor(values))
-        return {"values": values, "mean": float(mean), "t95": [float(lo), float(hi)]}
+        return {"values": values, "mean": float(mean), "t95": [max(0.0, float(lo)), min(1.0, float(hi))]}
 
     out = {
         "T": T,
@@ -185,7 +185,7 @@ def duo_seeds_part(args) -> dict:
     }
     for pct in KEEP:
         out[f"exact duo {pct}%"] = summary([r["exact"][f"duo {pct}%"] for r in per_seed])
-        base = tops[pct][0]  # the KV heads seed 0 keeps, against each other seed's
+        base = tops[pct][0]  # the KV heads the first seed keeps, against each other seed's
         out[f"top {pct}% overlap with seed {args.duo_seeds[0]}"] = [
             float((base & t).sum() / base.sum()) for t in tops[pct][1:]
         ]
@@ -225,8 +225,37 @@ def razor_part(args) -> dict:
     }
 
 
+def _fmt(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3f}"
+
+
+def _tradeoff_config(args, compensation: bool):
+    from workbench.probes.kv_data import PasskeyConfig, TradeoffConfig
+
+    return TradeoffConfig(
+        fractions=KEEP,
+        sink=SINK,
+        window=WINDOW,
+        compensation=compensation,
+        n_random=args.n_random,
+        max_tie_orders=args.max_tie_orders,
+        seq_len=args.tradeoff_len,
+        n_passkey=args.n_passkey,
+        n_needle=1,  # the curve also measures needle copying and text loss; kept minimal here
+        needle_len=10,
+        n_text=1,
+        passkey=PasskeyConfig(**PASSKEY),
+    )
+
+
+def _command(args) -> str:
+    return "python benchmarks/smollm_kv.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
+    )
+
+
 def tradeoff_part(args, got: dict) -> dict:
-    from workbench.probes.kv_data import PasskeyConfig, RazorConfig, TradeoffConfig
+    from workbench.probes.kv_data import RazorConfig
     from workbench.probes.kv_tradeoff import tradeoff_curve
     from workbench.probes.razor import razor_scores
 
@@ -235,33 +264,29 @@ def tradeoff_part(args, got: dict) -> dict:
     rankings = {"razor": razor_scores(model, RazorConfig(), bos=bos).ranking()}
     if "duo" in got:
         rankings["duo_alpha"] = got["duo"]["kv_alphas"]
-    # each setting is its own entry, so that one can be rerun (or run alone) and the other kept
-    out = {k: v for k, v in got.get("tradeoff", {}).items() if k in ("without compensation", "with compensation")}
+    # each setting is its own entry, so that one can be rerun (or run alone) and the other kept; an
+    # entry kept from an earlier command must share this one's settings but the compensation token
+    out = {}
+    for key, old in got.get("tradeoff", {}).items():
+        if key in ("without compensation", "with compensation"):
+            old_cfg = {k: v for k, v in old["result"]["config"].items() if k != "compensation"}
+            if old_cfg == {k: v for k, v in asdict(_tradeoff_config(args, False)).items() if k != "compensation"}:
+                out[key] = old
+            else:
+                print(f"dropping the saved '{key}' entry: its settings differ from this command's")
     for comp in {"no": (False,), "yes": (True,), "both": (False, True)}[args.compensation]:
-        cfg = TradeoffConfig(
-            fractions=KEEP,
-            sink=SINK,
-            window=WINDOW,
-            compensation=comp,
-            n_random=args.n_random,
-            max_tie_orders=args.max_tie_orders,
-            seq_len=args.tradeoff_len,
-            n_passkey=args.n_passkey,
-            n_needle=1,  # the curve also measures needle copying and text loss; kept minimal here
-            needle_len=10,
-            n_text=1,
-            passkey=PasskeyConfig(**PASSKEY),
-        )
+        cfg = _tradeoff_config(args, comp)
         start = time.perf_counter()
         res = tradeoff_curve(model, rankings, cfg, bos=bos, haystack=val, tokenizer=tok)
         secs = time.perf_counter() - start
         key = "with compensation" if comp else "without compensation"
-        out[key] = {"date": str(date.today()), "seconds": secs, "n_random": cfg.n_random, "result": res.to_dict()}
-        _save("tradeoff", {"n_random": args.n_random, **out})  # kept even if the next setting is cut short
+        out[key] = {"date": str(date.today()), "seconds": secs, "command": _command(args), "result": res.to_dict()}
+        _save("tradeoff", out)  # kept even if the next setting is cut short
         print(f"\n{key}: {secs:.0f} s; all heads full: passkey exact {res.full_value['passkey_acc']:.3f}")
         print(f"({res.n_kv_heads} KV heads ranked, {res.n_query_heads} query heads; R = {cfg.n_random})")
-        print("| ranking | % KV heads full | KV cache | exact passkey acc | random mean [min, max] | p |")
-        print("|---|---|---|---|---|---|")
+        cols = "ranking | % KV heads full | KV cache | passkey exact | random mean [min, max] | p | Holm p | verdict"
+        print(f"| {cols} |")
+        print("|---|---|---|---|---|---|---|---|")
         band = res.random_band["passkey_acc"]
         for name in rankings:
             c = res.curves[name]
@@ -269,9 +294,10 @@ def tradeoff_part(args, got: dict) -> dict:
                 print(
                     f"| {name} | {pct:g} ({res.n_full[i]}) | {c['kv_fraction'][i]:.3f} | {c['passkey_acc'][i]:.3f} | "
                     f"{band['mean'][i]:.3f} [{band['min'][i]:.3f}, {band['max'][i]:.3f}] | "
-                    f"{res.p_values[name]['passkey_acc'][i]:.3f} |"
+                    f"{res.p_values[name]['passkey_acc'][i]:.3f} | {_fmt(res.p_adjusted[name]['passkey_acc'][i])} | "
+                    f"{res.verdicts[name]['passkey_acc'][i]} |"
                 )
-    return {"n_random": args.n_random, **out}  # n_random: this command's; each setting records its own
+    return out  # each setting records its own command and config
 
 
 def main() -> None:
@@ -293,6 +319,8 @@ def main() -> None:
     args = ap.parse_args()
     if len(args.eval_n) != len(args.eval_lens):
         ap.error(f"--eval-n needs one count per --eval-lens ({len(args.eval_lens)}), got {len(args.eval_n)}")
+    if args.part == "duo-seeds" and len(args.duo_seeds) < 2:
+        ap.error(f"--duo-seeds: at least 2 seeds for an interval, got {args.duo_seeds}")
     if args.duo_len > 512:
         ap.error(f"--duo-len: at most 512 tokens (issue 28), got {args.duo_len}")
     print(f"torch threads {torch.get_num_threads()}")
@@ -303,10 +331,7 @@ def main() -> None:
             parts = {"duo": duo_part, "razor": razor_part, "duo-seeds": duo_seeds_part}
             res = parts[part](args) if part != "tradeoff" else tradeoff_part(args, got)
             res["wall_seconds"] = time.perf_counter() - start
-            res["command"] = "python benchmarks/smollm_kv.py " + " ".join(
-                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                for k, v in vars(args).items()
-            )
+            res["command"] = _command(args)
             _save(part, res)
             got[part] = res
 
