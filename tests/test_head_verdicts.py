@@ -278,6 +278,10 @@ def test_metric_at_chance_is_not_compared(handset8):
         assert passkey_metric(d) == want and [k for k, _ in panels_for(d)] == ["needle_acc", want, "text_loss"]
         titles = [a.text for a in tradeoff_figure(d).layout.annotations]
         assert titles[1] == plain(label(want))
+        table = tradeoff_table_html(d, passkey_metric(d))
+        assert f"{d['curves']['induction'][want][0]:.3f}" in table and "<table" in table
+    d["at_chance"]["passkey_acc"] = True  # the table for exact accuracy at chance says so and compares nothing
+    assert "no ranking is compared on it" in tradeoff_table_html(d, "passkey_acc")
 
 
 # --- smaller items ------------------------------------------------------------------------------
