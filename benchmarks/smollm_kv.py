@@ -244,7 +244,7 @@ def _tradeoff_config(args, compensation: bool):
         n_needle=1,  # the curve also measures needle copying and text loss; kept minimal here
         needle_len=10,
         n_text=1,
-        passkey=PasskeyConfig(**PASSKEY),
+        passkey=PasskeyConfig(seq_len=args.tradeoff_len, **PASSKEY),  # as the result records it
     )
 
 
@@ -270,7 +270,8 @@ def tradeoff_part(args, got: dict) -> dict:
     for key, old in got.get("tradeoff", {}).items():
         if key in ("without compensation", "with compensation"):
             old_cfg = {k: v for k, v in old["result"]["config"].items() if k != "compensation"}
-            if old_cfg == {k: v for k, v in asdict(_tradeoff_config(args, False)).items() if k != "compensation"}:
+            now = json.loads(json.dumps(asdict(_tradeoff_config(args, False))))  # tuples as the file's lists
+            if old_cfg == {k: v for k, v in now.items() if k != "compensation"}:
                 out[key] = old
             else:
                 print(f"dropping the saved '{key}' entry: its settings differ from this command's")
