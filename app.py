@@ -7,7 +7,7 @@ background thread that starts once the server listens, and `/` shows the build l
 
 `--model smollm2-135m-instruct-q4` builds and opens the demo on a real model instead
 (workbench.demo_real: SmolLM2-135M-Instruct, its Q4_1 GGUF weights dequantized to float32, about
-ten minutes on 2 cores the first time, in its own folder); it needs `./install.sh --real-model`.
+16 minutes on 2 cores the first time, in its own folder); it needs `./install.sh --real-model`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The demo on a real model: SmolLM2-135M-Instruct, its Q4_1 GGUF weights dequantized to float32 (not
-the original bf16 release), built by `python app.py --model smollm2-135m-instruct-q4` in about ten
+the original bf16 release), built by `python app.py --model smollm2-135m-instruct-q4` in about 16
 minutes on 2 cores and reused on the next start.
 
     <root>/sae-topk/         a TopK SAE on blocks.15.hook_resid_post: 200,704 activations cached with
