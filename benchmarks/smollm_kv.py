@@ -12,8 +12,9 @@ Each part writes its figures into benchmarks/results/smollm_kv.json (merged per 
 markdown. Exact passkey accuracy: a context counts when the teacher-forced argmax at every answer
 position is the answer token (the same as greedy decoding reproducing the key). The trade-off's
 p-value of a ranking at m KV heads full: (1 + #random rankings at least as good) / (1 + R); R = 99 by
-default (smallest p 0.01): about 60 minutes on 2 threads without the compensation token and 90 with it
-(`--compensation no|yes` runs one; each is saved as it finishes); `--n-random 19` about 12 + 18.
+default (smallest p 0.01): 56 minutes on 2 threads without the compensation token and 56 with it
+(3370 s / 3337 s measured; `--compensation no|yes` runs one; each is saved as it finishes);
+`--n-random 19` on 12 passkeys about 8 + 9.
 """
 
 from __future__ import annotations
@@ -264,14 +265,17 @@ def tradeoff_part(args, got: dict) -> dict:
     rankings = {"razor": razor_scores(model, RazorConfig(), bos=bos).ranking()}
     if "duo" in got:
         rankings["duo_alpha"] = got["duo"]["kv_alphas"]
+
     # each setting is its own entry, so that one can be rerun (or run alone) and the other kept; an
     # entry kept from an earlier command must share this one's settings but the compensation token
+    def settings(cfg: dict) -> dict:
+        return {k: v for k, v in cfg.items() if k != "compensation"}
+
+    now = settings(json.loads(json.dumps(asdict(_tradeoff_config(args, False)))))  # tuples as the file's lists
     out = {}
     for key, old in got.get("tradeoff", {}).items():
         if key in ("without compensation", "with compensation"):
-            old_cfg = {k: v for k, v in old["result"]["config"].items() if k != "compensation"}
-            now = json.loads(json.dumps(asdict(_tradeoff_config(args, False))))  # tuples as the file's lists
-            if old_cfg == {k: v for k, v in now.items() if k != "compensation"}:
+            if settings(old["result"]["config"]) == now:
                 out[key] = old
             else:
                 print(f"dropping the saved '{key}' entry: its settings differ from this command's")

@@ -84,7 +84,7 @@ class RealHeadsConfig:
     # The trade-off at the heads' T = 128 (window T / 8) against 40 random rankings: the fewest at which
     # Holm over the two fractions can pass (2 / 41 < 0.05; 19 give 2 / 20), with 8 passkeys to pay for
     # them (about 6 minutes here). benchmarks/smollm_kv.py --part tradeoff runs 99 rankings on 16
-    # passkeys at T = 256: about an hour without the compensation token, 1.5 hours with. None: skipped.
+    # passkeys at T = 256: 56 minutes with or without the compensation token. None: skipped.
     tradeoff: TradeoffConfig | None = field(
         default_factory=lambda: TradeoffConfig(
             fractions=(25, 50),
