@@ -49,9 +49,30 @@ def test_wheel_has_no_top_level_kernels(tmp_path):
     code = (
         "import importlib.util, sys; sys.path.insert(0, sys.argv[1]);"
         "import workbench.kernels.reference as r; assert r.__file__.startswith(sys.argv[1]);"
-        "assert importlib.util.find_spec('kernels') is None;"
-        "from transformers.utils import is_kernels_available; assert not is_kernels_available();"
+        # the wheel adds no top-level `kernels`: the name is free for the PyPI package (which
+        # transformers >= 5.25 installs), or unbound where transformers does not need it
+        "s = importlib.util.find_spec('kernels'); assert s is None or not s.origin.startswith(sys.argv[1]);"
         "from workbench.default_model import load_shipped, shipped_dir;"
         "assert str(shipped_dir()).startswith(sys.argv[1]); load_shipped('forward', 1)"
     )
     subprocess.run([sys.executable, "-c", code, str(target)], check=True, cwd=tmp_path)
+
+
+def test_repo_root_on_sys_path_does_not_shadow_pypi_kernels():
+    """From the repository root (`python app.py`, `python -m pytest`) sys.path holds the root, where
+    the folder kernels/ sits. transformers >= 5.25 depends on the PyPI package `kernels` and imports
+    it at start-up; the folder must hand that name to the installed package, or transformers (and
+    TransformerLens with it) fails to import."""
+    import importlib.metadata
+
+    code = "import transformer_lens, kernels, workbench.kernels as wk; print(kernels.__file__); print(wk.__file__)"
+    try:
+        importlib.metadata.version("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        code = "import transformer_lens, workbench.kernels as wk; print('-'); print(wk.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pypi_file, ours = out.stdout.split()
+    assert Path(ours).resolve() == ROOT / "kernels" / "__init__.py"
+    if pypi_file != "-":
+        assert Path(pypi_file).resolve().parent != ROOT / "kernels", pypi_file
