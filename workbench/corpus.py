@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,11 @@ def python_docs_corpus(val_every: int = 10) -> Corpus:
     docs = {f"topic:{k}": v.strip() for k, v in topics.items() if v.strip()}
     for module_name in STDLIB_MODULES:
         try:
-            docs.update({f"doc:{k}": v for k, v in _docstrings(module_name).items()})
+            # reading a docstring can touch a deprecated alias (typing.io, typing.re), which warns
+            # in the caller's notebook or test run about something none of it uses
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                docs.update({f"doc:{k}": v for k, v in _docstrings(module_name).items()})
         except ImportError:  # e.g. a Python built without sqlite3 or ssl
             continue
     return _split("python-docs", docs, val_every)
