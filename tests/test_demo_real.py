@@ -218,6 +218,16 @@ def test_the_tiny_real_demo_opens_in_the_viewer_and_is_reused(tiny_real):
     cfg = tiny_real_config()
     assert _complete(RunDir(root / "probe-heads"), cfg) and not _complete(RunDir(old), cfg)
     assert _complete(RunDir(old), replace(cfg, heads=replace(cfg.heads, tradeoff=None)))
+    # the default demo's rule, through the same helper: no explorer data means no head methods
+    from workbench.demo import DemoConfig, run_complete
+    from workbench.demo import _complete as default_complete
+
+    assert not run_complete(RunDir(old), lambda res: "it lacks what the config asks for")
+    assert not run_complete(RunDir(root.parent / "never-built"), lambda res: None)
+    res["explorer"] = None
+    (old / "results.json").write_text(json.dumps(res))
+    assert not default_complete(RunDir(old), DemoConfig(head_methods=True))
+    assert default_complete(RunDir(old), DemoConfig(head_methods=False))
 
 
 def test_an_unknown_tradeoff_ranking_is_named():

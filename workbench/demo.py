@@ -231,19 +231,30 @@ def finished_results(run: RunDir):
         return None
 
 
-def _complete(run: RunDir, cfg: DemoConfig) -> bool:
-    """Whether a demo run is done (`finished_results`); a heads run built before the head methods
-    were (no explorer data) is rebuilt while the config asks for them."""
+def run_complete(run: RunDir, lacks: Callable[[Any], str | None]) -> bool:
+    """Whether a demo run is done: its results.json reads (`finished_results`) and `lacks(results)`
+    names nothing the config still asks for (a run an older recipe built is rebuilt, the reason
+    printed)."""
     res = finished_results(run)
     if res is None:
         return False
-    if isinstance(res, HeadsRunResult) and cfg.head_methods and res.explorer is None:
-        print(
-            f"demo: rebuilding {run.name}: it has no head methods (DuoAttention, Razor, trade-off, explorer)",
-            file=sys.stderr,
-        )
+    missing = lacks(res)
+    if missing:
+        print(f"demo: rebuilding {run.name}: {missing}", file=sys.stderr)
         return False
     return True
+
+
+def _complete(run: RunDir, cfg: DemoConfig) -> bool:
+    """A heads run built before the head methods were (no explorer data) is rebuilt while the config
+    asks for them."""
+
+    def lacks(res: Any) -> str | None:
+        if isinstance(res, HeadsRunResult) and cfg.head_methods and res.explorer is None:
+            return "it has no head methods (DuoAttention, Razor, trade-off, explorer)"
+        return None
+
+    return run_complete(run, lacks)
 
 
 def build_demo(

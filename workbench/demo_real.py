@@ -25,12 +25,11 @@ for minutes per step count; the arrow needs a backward model, which SmolLM2 has 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .demo import MODELS_STAGE, Recipe, build_recipes, finished_results
+from .demo import MODELS_STAGE, Recipe, build_recipes, run_complete
 from .fielddoc import doc
 from .kinds import heads, sae, sparsity
 from .kinds.registry import ModelInput
@@ -272,17 +271,17 @@ def build_heads(cfg: RealHeadsConfig, model: ModelInput, data, run: RunDir, *, p
 
 
 def _complete(run: RunDir, cfg: RealDemoConfig) -> bool:
-    """Done once its results.json reads; a heads run also needs its explorer data, and its trade-off
-    while the config asks for one (a demo built before the trade-off joined it is rebuilt)."""
-    res = finished_results(run)
-    if res is None:
-        return False
-    if isinstance(res, HeadsRunResult) and (
-        res.explorer is None or (cfg.heads.tradeoff is not None and res.kv_tradeoff is None)
-    ):
-        print(f"demo: rebuilding {run.name}: it lacks the explorer or the KV trade-off", file=sys.stderr)
-        return False
-    return True
+    """A heads run also needs its explorer data, and its trade-off while the config asks for one (a
+    demo built before the trade-off joined it is rebuilt)."""
+
+    def lacks(res: Any) -> str | None:
+        if isinstance(res, HeadsRunResult) and (
+            res.explorer is None or (cfg.heads.tradeoff is not None and res.kv_tradeoff is None)
+        ):
+            return "it lacks the explorer or the KV trade-off"
+        return None
+
+    return run_complete(run, lacks)
 
 
 def load_inputs(name: str, progress: bool = True) -> tuple[ModelInput, Any]:
