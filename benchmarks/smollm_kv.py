@@ -157,6 +157,8 @@ def duo_seeds_part(args) -> dict:
     pk = PasskeyConfig(seq_len=args.duo_len, **PASSKEY)
     T, n = args.eval_lens[0], args.eval_n[0]
     batch = passkey_batch(n, replace(pk, seq_len=T), val, bos=bos, tokenizer=tok, seed=1000 + T, split="eval")
+    full_hits = _exact_hits(model, batch, [])  # the bar the seeds' picks are held to, on the same batch
+    print(f"full attention @ {T}: {full_hits}/{n}")
     per_seed, tops = [], {}
     for seed in args.duo_seeds:
         cfg = _duo_config(args, pk, seed)
@@ -182,6 +184,8 @@ def duo_seeds_part(args) -> dict:
         "T": T,
         "n": n,
         "seeds": per_seed,
+        "full": full_hits / n,
+        "full_wilson": _wilson(full_hits, n),
         "share_at_least_0.5": summary([r["share_at_least_0.5"] for r in per_seed]),
     }
     for pct in KEEP:
@@ -206,19 +210,27 @@ def razor_part(args) -> dict:
     from workbench.probes.razor import razor_scores
 
     model, tok, _, _ = _load()
-    res, shares = None, []
+    res, shares, chosen = None, [], []
     start = time.perf_counter()
     for s in range(args.razor_seeds):
         r = razor_scores(model, RazorConfig(seed=s), bos=tok.bos_token_id)
         shares.append(r.protected_share)
+        chosen.append(torch.tensor(r.protected_kv).flatten())
         res = res or r
     t = torch.tensor(shares, dtype=torch.float64)
     half = float(2.776 * t.std() / len(t) ** 0.5) if len(t) == 5 else float("nan")  # t(0.975, 4)
+    # the share is the rule's by construction; what a context seed can change is which heads
+    overlap = [float((chosen[0] & c).sum() / chosen[0].sum()) for c in chosen[1:]]
+    every = int(torch.stack(chosen).all(0).sum())
     print(f"Razor: protected share of the {res.n_kv_heads} KV heads per seed {shares}; mean {float(t.mean()):.3f}")
+    print(f"Razor: seed 0's protected KV heads also protected on seeds 1..: {overlap}; on every seed: {every}")
     return {
         "protected_share": shares,
         "mean": float(t.mean()),
         "t95_half_width": half,
+        "overlap_with_seed0": overlap,
+        "protected_on_every_seed": every,
+        "protected_kv_per_seed": [torch.nonzero(c).flatten().tolist() for c in chosen],
         "n_kv_heads": res.n_kv_heads,
         "n_query_heads": res.n_query_heads,
         "seed0": res.to_dict(),
