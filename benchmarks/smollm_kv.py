@@ -143,8 +143,9 @@ def duo_part(args) -> dict:
 
 def duo_seeds_part(args) -> dict:
     """The gates over training seeds (each seed draws its own fitting contexts and their order): per
-    seed the share of KV heads kept, the overlap of its top 25% with the first seed's, and exact
-    passkey accuracy at the first eval length with the top 25% / 50% full, on one held-out batch."""
+    seed the share of KV heads kept, the overlap of its top 25% / 50% with the first seed's, and exact
+    passkey accuracy at the first eval length with the top 25% / 50% full, on one held-out batch,
+    beside full attention's on the same batch."""
     from workbench.probes.attention_restrict import keep_full_hooks, keep_top
     from workbench.probes.duo import duo_gates, passkey_batch
     from workbench.probes.gqa import expand_kv
