@@ -75,6 +75,11 @@ def _duo_config(args, pk, seed: int = 0):
     )
 
 
+def _overlap_with_first(sets: list[torch.Tensor]) -> list[float]:
+    """Share of the first boolean set's members that each later set also holds."""
+    return [float((sets[0] & s).sum() / sets[0].sum()) for s in sets[1:]]
+
+
 def _exact_hits(model, batch, hooks) -> int:
     """Contexts whose every answer token is the argmax, one at a time (no [L, H, T, T] kept beyond
     one layer's at 2048 tokens)."""
@@ -191,10 +196,8 @@ def duo_seeds_part(args) -> dict:
     }
     for pct in KEEP:
         out[f"exact duo {pct}%"] = summary([r["exact"][f"duo {pct}%"] for r in per_seed])
-        base = tops[pct][0]  # the KV heads the first seed keeps, against each other seed's
-        out[f"top {pct}% overlap with seed {args.duo_seeds[0]}"] = [
-            float((base & t).sum() / base.sum()) for t in tops[pct][1:]
-        ]
+        # the KV heads the first seed keeps, against each other seed's
+        out[f"top {pct}% overlap with seed {args.duo_seeds[0]}"] = _overlap_with_first(tops[pct])
     print("| seeds | gate >= 0.5 (t 95%) | exact duo 25% | exact duo 50% | top-25% overlap with the first seed |")
     print("|---|---|---|---|---|")
     f = lambda d: f"{d['mean']:.3f} [{d['t95'][0]:.3f}, {d['t95'][1]:.3f}]"  # noqa: E731
@@ -221,7 +224,7 @@ def razor_part(args) -> dict:
     t = torch.tensor(shares, dtype=torch.float64)
     half = float(2.776 * t.std() / len(t) ** 0.5) if len(t) == 5 else float("nan")  # t(0.975, 4)
     # the share is the rule's by construction; what a context seed can change is which heads
-    overlap = [float((chosen[0] & c).sum() / chosen[0].sum()) for c in chosen[1:]]
+    overlap = _overlap_with_first(chosen)
     every = int(torch.stack(chosen).all(0).sum())
     print(f"Razor: protected share of the {res.n_kv_heads} KV heads per seed {shares}; mean {float(t.mean()):.3f}")
     print(f"Razor: seed 0's protected KV heads also protected on seeds 1..: {overlap}; on every seed: {every}")

@@ -9,6 +9,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _pypi_kernels_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def test_wheel_has_no_top_level_kernels(tmp_path):
     subprocess.run(
         [
@@ -63,12 +73,8 @@ def test_repo_root_on_sys_path_does_not_shadow_pypi_kernels():
     the folder kernels/ sits. transformers >= 5.25 depends on the PyPI package `kernels` and imports
     it at start-up; the folder must hand that name to the installed package, or transformers (and
     TransformerLens with it) fails to import."""
-    import importlib.metadata
-
     code = "import transformer_lens, kernels, workbench.kernels as wk; print(kernels.__file__); print(wk.__file__)"
-    try:
-        importlib.metadata.version("kernels")
-    except importlib.metadata.PackageNotFoundError:
+    if not _pypi_kernels_installed():
         code = "import transformer_lens, workbench.kernels as wk; print('-'); print(wk.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -82,7 +88,6 @@ def test_kernels_folder_without_the_pypi_package_and_in_two_checkouts(tmp_path):
     """Two copies of the folder on sys.path (a second checkout or worktree) must not hand the name to
     each other; with no PyPI `kernels` installed the folder stays an empty module without
     __version__ (transformers then reads kernels as unavailable, as before 5.25)."""
-    import importlib.metadata
     import shutil
 
     roots = [tmp_path / "a", tmp_path / "b"]
@@ -98,9 +103,7 @@ def test_kernels_folder_without_the_pypi_package_and_in_two_checkouts(tmp_path):
     bare = subprocess.run([sys.executable, "-S", "-c", code, *map(str, roots)], capture_output=True, text=True)
     assert bare.returncode == 0, bare.stderr[-2000:]
     assert bare.stdout.splitlines() == [str(roots[0] / "kernels" / "__init__.py"), "False"]
-    try:
-        importlib.metadata.version("kernels")
-    except importlib.metadata.PackageNotFoundError:
+    if not _pypi_kernels_installed():
         return
     # with site-packages both copies step aside for the installed package
     full = subprocess.run([sys.executable, "-c", code, *map(str, roots)], capture_output=True, text=True)

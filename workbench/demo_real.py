@@ -271,8 +271,8 @@ def build_heads(cfg: RealHeadsConfig, model: ModelInput, data, run: RunDir, *, p
 
 
 def _complete(run: RunDir, cfg: RealDemoConfig) -> bool:
-    """A heads run also needs its explorer data, and its trade-off while the config asks for one (a
-    demo built before the trade-off joined it is rebuilt)."""
+    """Done once its results.json reads; a heads run needs its explorer data too, and its trade-off
+    while the config asks for one (a demo built before the trade-off joined it is rebuilt)."""
 
     def lacks(res: Any) -> str | None:
         if isinstance(res, HeadsRunResult) and (
